@@ -1,0 +1,120 @@
+"""`load(path)`: a checkpoint file or diffusers folder -> a ready `StableDiffusion`.
+
+The networks are built on the meta device and take the checkpoint's tensors with `load_state_dict(assign=True)`,
+so the weights exist once in memory (memory-mapped when the file's dtype is the target dtype).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from . import checkpoint
+from .devices import pick_device, pick_dtype
+from .model_config import ModelConfig, infer_config
+from .models.text_encoder import CLIPTextEncoder, normalize_hf_keys, openclip_to_hf
+from .models.unet import UNetModel
+from .models.vae import AutoencoderKL
+from .pipeline import StableDiffusion
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+CLIP_HF_PREFIX = "cond_stage_model.transformer."
+CLIP_OPENCLIP_PREFIX = "cond_stage_model.model."
+
+
+def split_components(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
+    """LDM single-file keys -> (unet, vae, text encoder) dicts with component-local keys, HF names for text."""
+    unet, vae, text, openclip = {}, {}, {}, {}
+    for key, tensor in state_dict.items():
+        if key.startswith(UNET_PREFIX):
+            unet[key[len(UNET_PREFIX):]] = tensor
+        elif key.startswith(VAE_PREFIX):
+            vae[key[len(VAE_PREFIX):]] = tensor
+        elif key.startswith(CLIP_HF_PREFIX):
+            text[key[len(CLIP_HF_PREFIX):]] = tensor
+        elif key.startswith(CLIP_OPENCLIP_PREFIX):
+            openclip[key[len(CLIP_OPENCLIP_PREFIX):]] = tensor
+    if openclip:
+        text.update(openclip_to_hf(openclip))
+    return unet, vae, normalize_hf_keys(text)
+
+
+def _assign(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, path: str | os.PathLike) -> None:
+    """Strict load with an error that lists what is missing or unexpected (first few of each)."""
+    expected = set(module.state_dict().keys())
+    missing = sorted(expected - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:10])}"
+                         f"{' ...' if len(unexpected) > 10 else ''}")
+        raise checkpoint.CheckpointError(f"{path}: {what} weights do not match the inferred architecture: "
+                                         + "; ".join(parts))
+    mismatched = [k for k, v in module.state_dict().items() if tuple(v.shape) != tuple(state_dict[k].shape)]
+    if mismatched:
+        k = mismatched[0]
+        raise checkpoint.CheckpointError(
+            f"{path}: {what} tensor {k} has shape {tuple(state_dict[k].shape)}, expected "
+            f"{tuple(module.state_dict()[k].shape)} ({len(mismatched)} mismatched tensors)")
+    module.load_state_dict(state_dict, strict=True, assign=True)
+
+
+@torch.inference_mode()
+def probe_v_prediction(unet: torch.nn.Module, context_dim: int) -> bool:
+    """A1111's test for SD2 v-prediction models, which carry no marker: at t=999 on a constant input an eps model
+    predicts roughly the input, a v model roughly its negative."""
+    param = next(unet.parameters())
+    x = torch.full((1, unet.config["in_channels"], 8, 8), 0.5, dtype=param.dtype, device=param.device)
+    context = torch.full((1, 2, context_dim), 0.5, dtype=param.dtype, device=param.device)
+    t = torch.tensor([999.0], dtype=param.dtype, device=param.device)
+    out = unet(x, t, context).float()
+    return bool((out - x.float())[:, :4].mean() < -1)
+
+
+def build_models(config: ModelConfig, state_dict: dict[str, torch.Tensor], path: str | os.PathLike
+                 ) -> tuple[UNetModel, AutoencoderKL, CLIPTextEncoder]:
+    """Meta-device networks filled with the checkpoint's tensors."""
+    unet_sd, vae_sd, text_sd = split_components(state_dict)
+    with torch.device("meta"):
+        unet, vae, text = UNetModel(config.unet), AutoencoderKL(config.vae), CLIPTextEncoder(config.text)
+    _assign(unet, unet_sd, "UNet", path)
+    _assign(vae, vae.prepare_state_dict(vae_sd) if hasattr(vae, "prepare_state_dict") else vae_sd, "VAE", path)
+    _assign(text, text_sd, "text encoder", path)
+    return unet, vae, text
+
+
+def load(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    prediction: str | None = None,
+) -> StableDiffusion:
+    """Load a `.safetensors`/`.ckpt` single file or a diffusers folder.
+
+    `device`/`dtype` default to the best available (see `sd_core.devices`). `prediction` ("eps" or "v") overrides
+    the detection: a diffusers folder's scheduler config, else A1111's probe for SD2-family models.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if prediction not in (None, "eps", "v"):
+        raise ValueError(f"prediction must be 'eps', 'v' or None, not {prediction!r}")
+    dev = pick_device(device)
+    dt = pick_dtype(dev, dtype)
+    config = infer_config(checkpoint.read_shapes(path))
+    state_dict = checkpoint.read_state_dict(path, dtype=dt, device=dev)
+    unet, vae, text = build_models(config, state_dict, path)
+    del state_dict
+    if prediction is None and path.is_dir():
+        prediction = checkpoint.read_folder_hints(path).get("prediction")
+    if prediction is None and config.family.startswith("sd2") and not config.inpainting:
+        prediction = "v" if probe_v_prediction(unet, config.unet["context_dim"]) else "eps"
+    config.prediction = prediction or "eps"
+    return StableDiffusion(unet, vae, text, config, device=dev, dtype=dt, name=path.stem)

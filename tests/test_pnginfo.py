@@ -1,0 +1,42 @@
+"""A1111 `parameters` text: written the way other tools read it, and read back."""
+
+from PIL import Image
+
+from sd_core.pnginfo import format_parameters, parse_parameters, pnginfo_for, read_parameters
+
+SETTINGS = {"Steps": 20, "Sampler": "Euler a", "Schedule type": "Karras", "CFG scale": 7, "Seed": 1,
+            "Size": "512x512"}
+
+
+def test_format_matches_a1111_layout():
+    text = format_parameters("a cat", "blurry", SETTINGS)
+    assert text == ("a cat\nNegative prompt: blurry\n"
+                    "Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512")
+
+
+def test_negative_line_omitted_when_empty():
+    assert "Negative prompt" not in format_parameters("a cat", "", SETTINGS)
+
+
+def test_values_with_separators_are_quoted_and_parse_back():
+    text = format_parameters("p", "", {"Model": 'odd, name: "x"', "Seed": 3})
+    assert 'Model: "odd, name: \\"x\\""' in text
+    parsed = parse_parameters(text)
+    assert parsed["Model"] == 'odd, name: "x"'
+    assert parsed["Seed"] == "3"
+
+
+def test_round_trip_multiline_prompts():
+    text = format_parameters("line one\nline two", "neg one\nneg two", SETTINGS)
+    parsed = parse_parameters(text)
+    assert parsed["prompt"] == "line one\nline two"
+    assert parsed["negative_prompt"] == "neg one\nneg two"
+    assert parsed["Sampler"] == "Euler a" and parsed["Size"] == "512x512"
+
+
+def test_png_text_chunk_round_trip(tmp_path):
+    text = format_parameters("a cat", "dog", SETTINGS)
+    path = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=pnginfo_for(text))
+    with Image.open(path) as img:
+        assert read_parameters(img) == text
