@@ -1,0 +1,281 @@
+"""What a checkpoint is, read from its tensor shapes alone (no hub configs, no guessing from file names).
+
+`infer_config(shapes)` takes full single-file LDM keys (`model.diffusion_model.*`, `first_stage_model.*`,
+`cond_stage_model.transformer.*` or `cond_stage_model.model.*`) and returns the constructor dicts of the three
+networks plus the facts the pipeline needs (family, text layer, pad token). The reference SD1.5/SD2 configs below are
+what the rules give for the released models.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+HF_TEXT_PREFIX = "cond_stage_model.transformer."
+OPENCLIP_TEXT_PREFIX = "cond_stage_model.model."
+
+SD15_UNET = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "channel_mult": [1, 2, 4, 4],
+    "num_res_blocks": [2, 2, 2, 2],
+    "num_res_blocks_output": [3, 3, 3, 3],
+    "transformer_depth": [1, 1, 1, 0],
+    "transformer_depth_output": [1, 1, 1, 0],
+    "mid_block": True,
+    "transformer_depth_middle": 1,
+    "num_heads": 8,
+    "num_head_channels": -1,
+    "context_dim": 768,
+    "use_linear_in_transformer": False,
+}
+SD2_UNET = {
+    **SD15_UNET,
+    "num_heads": -1,
+    "num_head_channels": 64,
+    "context_dim": 1024,
+    "use_linear_in_transformer": True,
+}
+SD_VAE = {"in_channels": 3, "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "z_channels": 4,
+          "embed_dim": 4}  # fmt: skip
+SD15_TEXT = {
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "num_layers": 12,
+    "num_heads": 12,
+    "intermediate_size": 3072,
+    "max_positions": 77,
+    "act": "quick_gelu",
+}
+SD2_TEXT = {
+    **SD15_TEXT,
+    "hidden_size": 1024,
+    "num_layers": 24,
+    "num_heads": 16,
+    "intermediate_size": 4096,
+    "act": "gelu",
+}
+
+
+@dataclass
+class ModelConfig:
+    family: str  # "sd1", "sd2", "sd1-inpaint", "sd2-inpaint"
+    unet: dict
+    vae: dict
+    text: dict
+    latent_scale: float = 0.18215
+    prediction: str = "eps"  # "v" for SD2-768 style models: not visible in the shapes, the loader probes or is told
+    text_skip: int = 0  # hidden state -(1 + text_skip) goes through final_layer_norm
+    pad_token: int = 49407
+    inpainting: bool = False
+    text_format: str = "hf"  # "hf": cond_stage_model.transformer.* ; "openclip": cond_stage_model.model.*
+    params: dict[str, int] = field(default_factory=dict)  # parameter count per component: unet, vae, text
+
+
+def _sub(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int, ...]]:
+    return {k[len(prefix) :]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
+
+
+def _indices(shapes: dict, pattern: str) -> list[int]:
+    """Sorted distinct integers N in the keys matching `pattern` (a regex with one `(\\d+)` group, matched at the
+    start of the key)."""
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in shapes if (m := rx.match(k))})
+
+
+def _need(shapes: dict, key: str, what: str) -> tuple[int, ...]:
+    if key not in shapes:
+        raise ValueError(f"not a Stable Diffusion {what}: missing {key!r}")
+    return shapes[key]
+
+
+def _depth(shapes: dict, prefix: str) -> int:
+    """Number of transformer blocks in the SpatialTransformer at `prefix` (0 if there is none)."""
+    return len(_indices(shapes, re.escape(prefix) + r"transformer_blocks\.(\d+)\."))
+
+
+def _uniform(values: list[int], what: str) -> int:
+    if len(set(values)) > 1:
+        raise ValueError(f"unsupported UNet layout: {what} varies within a resolution level ({values})")
+    return values[0] if values else 0
+
+
+def infer_unet_config(shapes: dict[str, tuple[int, ...]], sd2: bool | None = None) -> dict:
+    """UNet config from shapes with `model.diffusion_model.` stripped. `sd2` picks the head rule (8 heads vs
+    64-channel heads); None decides from the context width (1024 -> SD2, 768 -> SD1, else linear proj_in -> SD2)."""
+    conv_in = _need(shapes, "input_blocks.0.0.weight", "UNet")
+    conv_out = _need(shapes, "out.2.weight", "UNet")
+    _need(shapes, "time_embed.0.weight", "UNet")
+    if "label_emb.0.0.weight" in shapes:
+        raise ValueError("unsupported UNet: class/size-conditioned (label_emb) models such as SDXL or unCLIP")
+    mc = conv_in[0]
+
+    # input side: ResBlocks grouped into levels, a Downsample (`.0.op`) closes each level but the last
+    res_counts: list[int] = [0]
+    level_ch: list[list[int]] = [[]]
+    depths: list[list[int]] = [[]]
+    blocks = _indices(shapes, r"input_blocks\.(\d+)\.")
+    if blocks != list(range(len(blocks))):
+        raise ValueError(f"unsupported UNet layout: input_blocks indices {blocks}")
+    for n in blocks[1:]:
+        if f"input_blocks.{n}.0.op.weight" in shapes:
+            res_counts.append(0)
+            level_ch.append([])
+            depths.append([])
+            continue
+        res_counts[-1] += 1
+        level_ch[-1].append(_need(shapes, f"input_blocks.{n}.0.out_layers.3.weight", "UNet")[0])
+        depths[-1].append(_depth(shapes, f"input_blocks.{n}.1."))
+    if 0 in res_counts:
+        raise ValueError("unsupported UNet layout: a resolution level without ResBlocks")
+    levels = len(res_counts)
+    channel_mult = []
+    for chans in level_ch:
+        ch = _uniform(chans, "channel count")
+        if ch % mc:
+            raise ValueError(f"unsupported UNet layout: {ch} channels is not a multiple of {mc}")
+        channel_mult.append(ch // mc)
+    transformer_depth = [_uniform(d, "transformer depth") for d in depths]
+
+    # output side, deepest level first: an Upsample (`.1.conv` or `.2.conv`) closes each level but the shallowest
+    out_counts: list[int] = [0]
+    out_depths: list[list[int]] = [[]]
+    out_blocks = _indices(shapes, r"output_blocks\.(\d+)\.")
+    for n in out_blocks:
+        out_counts[-1] += 1
+        out_depths[-1].append(_depth(shapes, f"output_blocks.{n}.1."))
+        if f"output_blocks.{n}.1.conv.weight" in shapes or f"output_blocks.{n}.2.conv.weight" in shapes:
+            out_counts.append(0)
+            out_depths.append([])
+    if len(out_counts) != levels or 0 in out_counts:
+        raise ValueError("unsupported UNet layout: output_blocks do not mirror the input_blocks levels")
+    out_counts.reverse()
+    out_depths.reverse()
+
+    mid = _indices(shapes, r"middle_block\.(\d+)\.")
+    depth_middle = _depth(shapes, "middle_block.1.") if mid else 0
+
+    context_dims = {v[1] for k, v in shapes.items() if k.endswith("attn2.to_k.weight")}
+    if len(context_dims) != 1:
+        raise ValueError(f"not a Stable Diffusion UNet: cross-attention context widths {sorted(context_dims)}")
+    context_dim = context_dims.pop()
+    proj_in = [v for k, v in shapes.items() if k.endswith(".proj_in.weight")]
+    linear = len(proj_in[0]) == 2
+    if sd2 is None:
+        sd2 = context_dim == 1024 or (context_dim != 768 and linear)
+    return {
+        "in_channels": conv_in[1],
+        "out_channels": conv_out[0],
+        "model_channels": mc,
+        "channel_mult": channel_mult,
+        "num_res_blocks": res_counts,
+        "num_res_blocks_output": out_counts,
+        "transformer_depth": transformer_depth,
+        "transformer_depth_output": [_uniform(d, "transformer depth") for d in out_depths],
+        "mid_block": bool(mid),
+        "transformer_depth_middle": depth_middle,
+        "num_heads": -1 if sd2 else 8,
+        "num_head_channels": 64 if sd2 else -1,
+        "context_dim": context_dim,
+        "use_linear_in_transformer": linear,
+    }
+
+
+def infer_vae_config(shapes: dict[str, tuple[int, ...]]) -> dict:
+    """VAE config from shapes with `first_stage_model.` stripped."""
+    conv_in = _need(shapes, "encoder.conv_in.weight", "VAE")
+    ch = conv_in[0]
+    levels = _indices(shapes, r"encoder\.down\.(\d+)\.")
+    if not levels:
+        raise ValueError("not a Stable Diffusion VAE: missing 'encoder.down.0.*'")
+    ch_mult = [_need(shapes, f"encoder.down.{i}.block.0.conv2.weight", "VAE")[0] // ch for i in levels]
+    return {
+        "in_channels": conv_in[1],
+        "out_ch": _need(shapes, "decoder.conv_out.weight", "VAE")[0],
+        "ch": ch,
+        "ch_mult": ch_mult,
+        "num_res_blocks": len(_indices(shapes, r"encoder\.down\.0\.block\.(\d+)\.")),
+        "z_channels": _need(shapes, "decoder.conv_in.weight", "VAE")[1],
+        "embed_dim": _need(shapes, "post_quant_conv.weight", "VAE")[1],
+    }
+
+
+def infer_text_config(shapes: dict[str, tuple[int, ...]], openclip: bool, act: str) -> dict:
+    """Text encoder config from shapes with the `cond_stage_model.transformer.` / `.model.` prefix stripped."""
+    if openclip:
+        tok = _need(shapes, "token_embedding.weight", "OpenCLIP text encoder")
+        pos = _need(shapes, "positional_embedding", "OpenCLIP text encoder")
+        layers = _indices(shapes, r"transformer\.resblocks\.(\d+)\.")
+        fc1 = _need(shapes, "transformer.resblocks.0.mlp.c_fc.weight", "OpenCLIP text encoder")
+    else:
+        shapes = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in shapes.items()}
+        tok = _need(shapes, "text_model.embeddings.token_embedding.weight", "CLIP text encoder")
+        pos = _need(shapes, "text_model.embeddings.position_embedding.weight", "CLIP text encoder")
+        layers = _indices(shapes, r"text_model\.encoder\.layers\.(\d+)\.")
+        fc1 = _need(shapes, "text_model.encoder.layers.0.mlp.fc1.weight", "CLIP text encoder")
+    return {
+        "vocab_size": tok[0],
+        "hidden_size": tok[1],
+        "num_layers": len(layers),
+        "num_heads": max(1, tok[1] // 64),
+        "intermediate_size": fc1[0],
+        "max_positions": pos[0],
+        "act": act,
+    }
+
+
+def _count(shapes: dict[str, tuple[int, ...]]) -> int:
+    """Parameters the network loads: the position_ids buffer and OpenCLIP's unused projection are not counted."""
+    unused = ("position_ids", "text_projection", "logit_scale")
+    return sum(math.prod(s) for k, s in shapes.items() if not k.endswith(unused))
+
+
+def infer_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
+    """Family and network configs of a single-file SD1/SD2 checkpoint (full LDM keys -> shapes).
+
+    Rules: context width 1024 -> SD2, 768 -> SD1 (other widths, i.e. tiny test models: linear proj_in -> SD2);
+    9 UNet input channels -> inpainting; OpenCLIP text keys -> penultimate layer (text_skip 1), whereas an SD2 text
+    encoder already in HF names (diffusers folders keep 23 of the 24 layers) uses its last layer (text_skip 0)."""
+    if any(k.startswith("conditioner.embedders.") for k in shapes):
+        raise ValueError("unsupported checkpoint: SDXL-style 'conditioner.embedders.*' text encoders")
+    unet_shapes = _sub(shapes, UNET_PREFIX)
+    vae_shapes = _sub(shapes, VAE_PREFIX)
+    hf_shapes = _sub(shapes, HF_TEXT_PREFIX)
+    oc_shapes = _sub(shapes, OPENCLIP_TEXT_PREFIX)
+    missing = [
+        name
+        for name, part in (
+            (f"UNet ({UNET_PREFIX}*)", unet_shapes),
+            (f"VAE ({VAE_PREFIX}*)", vae_shapes),
+            (f"text encoder ({HF_TEXT_PREFIX}* or {OPENCLIP_TEXT_PREFIX}*)", hf_shapes or oc_shapes),
+        )
+        if not part
+    ]
+    if missing:
+        raise ValueError("not a Stable Diffusion checkpoint: no " + ", no ".join(missing))
+
+    unet = infer_unet_config(unet_shapes)
+    sd2 = unet["num_head_channels"] != -1
+    openclip = bool(oc_shapes) and not hf_shapes
+    text = infer_text_config(oc_shapes if openclip else hf_shapes, openclip, "gelu" if sd2 else "quick_gelu")
+    if text["hidden_size"] != unet["context_dim"]:
+        raise ValueError(
+            f"text encoder width {text['hidden_size']} does not match the UNet context width {unet['context_dim']}"
+        )
+    inpainting = unet["in_channels"] == 9
+    family = ("sd2" if sd2 else "sd1") + ("-inpaint" if inpainting else "")
+    return ModelConfig(
+        family=family,
+        unet=unet,
+        vae=infer_vae_config(vae_shapes),
+        text=text,
+        text_skip=1 if openclip else 0,
+        pad_token=0 if sd2 else 49407,
+        inpainting=inpainting,
+        text_format="openclip" if openclip else "hf",
+        params={"unet": _count(unet_shapes), "vae": _count(vae_shapes), "text": _count(oc_shapes or hf_shapes)},
+    )

@@ -1,0 +1,199 @@
+"""The CLIP text transformer that turns 77 tokens into the UNet's cross-attention context.
+
+Attribute names are Hugging Face CLIP names (`text_model.encoder.layers.N.self_attn.q_proj`, ...): the SD1 single-file
+keys with `cond_stage_model.transformer.` stripped. SD2 files store OpenCLIP names with a fused q/k/v projection;
+`openclip_to_hf` renames them (the split is three row views of the fused tensor, so no weight is copied).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+
+
+def text_config(config: dict) -> dict:
+    """Complete a text encoder config. Keys: vocab_size (49408), hidden_size, num_layers, num_heads, intermediate_size,
+    max_positions (77), act ("quick_gelu" for OpenAI CLIP / SD1, "gelu" for OpenCLIP / SD2)."""
+    cfg = dict(config)
+    cfg.setdefault("vocab_size", 49408)
+    cfg.setdefault("max_positions", 77)
+    cfg.setdefault("num_heads", cfg["hidden_size"] // 64)
+    cfg.setdefault("intermediate_size", cfg["hidden_size"] * 4)
+    if cfg.setdefault("act", "quick_gelu") not in ("quick_gelu", "gelu"):
+        raise ValueError(f"text encoder config: unknown activation {cfg['act']!r}")
+    return cfg
+
+
+class Embeddings(nn.Module):
+    def __init__(self, vocab_size: int, width: int, max_positions: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.position_embedding = nn.Embedding(max_positions, width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # positions are computed, not stored: no buffer stays behind on the meta device after an assign-load
+        return self.token_embedding(tokens) + self.position_embedding.weight[: tokens.shape[1]]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width)
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, inner: int, act: str):
+        super().__init__()
+        self.act = act
+        self.fc1 = nn.Linear(width, inner)
+        self.fc2 = nn.Linear(inner, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h = h * torch.sigmoid(1.702 * h) if self.act == "quick_gelu" else F.gelu(h)
+        return self.fc2(h)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.self_attn = SelfAttention(cfg["hidden_size"], cfg["num_heads"])
+        self.layer_norm1 = nn.LayerNorm(cfg["hidden_size"])
+        self.mlp = MLP(cfg["hidden_size"], cfg["intermediate_size"], cfg["act"])
+        self.layer_norm2 = nn.LayerNorm(cfg["hidden_size"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg["num_layers"]))
+
+
+class TextTransformer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.embeddings = Embeddings(cfg["vocab_size"], cfg["hidden_size"], cfg["max_positions"])
+        self.encoder = Encoder(cfg)
+        self.final_layer_norm = nn.LayerNorm(cfg["hidden_size"])
+
+
+class CLIPTextEncoder(nn.Module):
+    """`forward(tokens, skip)` = `final_layer_norm(hidden_states[-(1 + skip)])`, hidden_states[-1] being the last
+    layer's output: skip=0 is SD1's `last_hidden_state`, skip=1 the penultimate layer SD2 uses ("clip skip 2").
+    Layers after the requested one are not run. Output dtype = the weights' dtype."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = text_config(config)
+        self.text_model = TextTransformer(self.config)
+
+    def forward(self, tokens: torch.Tensor, skip: int = 0) -> torch.Tensor:
+        layers = self.text_model.encoder.layers
+        if not 0 <= skip <= len(layers):
+            raise ValueError(f"skip must be in [0, {len(layers)}], got {skip}")
+        x = self.text_model.embeddings(tokens)
+        for layer in layers[: len(layers) - skip]:
+            x = layer(x)
+        return self.text_model.final_layer_norm(x)
+
+
+# --- key conversions -------------------------------------------------------------------------------------------------
+
+_OPENCLIP_DROPPED = ("text_projection", "logit_scale", "attn_mask")
+_OPENCLIP_TOP = {
+    "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
+    "positional_embedding": "text_model.embeddings.position_embedding.weight",
+    "ln_final.weight": "text_model.final_layer_norm.weight",
+    "ln_final.bias": "text_model.final_layer_norm.bias",
+}
+_OPENCLIP_LAYER = {
+    "ln_1": "layer_norm1",
+    "ln_2": "layer_norm2",
+    "attn.out_proj": "self_attn.out_proj",
+    "mlp.c_fc": "mlp.fc1",
+    "mlp.c_proj": "mlp.fc2",
+}
+_RESBLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$")
+_HF_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SD2 OpenCLIP text keys (`cond_stage_model.model.` stripped) -> HF CLIP names. The fused `attn.in_proj_*` is
+    split into q/k/v row views (no copy); `text_projection`, `logit_scale` (unused by SD) are dropped."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key in _OPENCLIP_DROPPED:
+            continue
+        if key in _OPENCLIP_TOP:
+            out[_OPENCLIP_TOP[key]] = value
+            continue
+        m = _RESBLOCK.match(key.replace(".in_proj_weight", ".in_proj.weight").replace(".in_proj_bias", ".in_proj.bias"))
+        if m is None:
+            raise ValueError(f"openclip_to_hf: unexpected OpenCLIP text key {key!r}")
+        layer, name, kind = m.groups()
+        prefix = f"text_model.encoder.layers.{layer}."
+        if name == "attn.in_proj":
+            q, k, v = value.chunk(3, dim=0)
+            for part, tensor in zip("qkv", (q, k, v), strict=True):
+                out[f"{prefix}self_attn.{part}_proj.{kind}"] = tensor
+        elif name in _OPENCLIP_LAYER:
+            out[f"{prefix}{_OPENCLIP_LAYER[name]}.{kind}"] = value
+        else:
+            raise ValueError(f"openclip_to_hf: unexpected OpenCLIP text key {key!r}")
+    return out
+
+
+def hf_to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF CLIP names -> SD2 OpenCLIP keys (inverse of `openclip_to_hf`; q/k/v are concatenated, which copies).
+    `text_projection` and `logit_scale` cannot be recovered and are not produced."""
+    sd = normalize_hf_keys(sd)
+    top = {hf: oc for oc, hf in _OPENCLIP_TOP.items()}
+    layer_names = {hf: oc for oc, hf in _OPENCLIP_LAYER.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key in top:
+            out[top[key]] = value
+            continue
+        m = _HF_LAYER.match(key)
+        if m is None:
+            raise ValueError(f"hf_to_openclip: unexpected CLIP text key {key!r}")
+        layer, name, kind = m.groups()
+        prefix = f"transformer.resblocks.{layer}."
+        if name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            if name == "self_attn.q_proj":
+                parts = [sd[f"text_model.encoder.layers.{layer}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
+                out[f"{prefix}attn.in_proj_{kind}"] = torch.cat(parts, dim=0)
+        elif name in layer_names:
+            out[f"{prefix}{layer_names[name]}.{kind}"] = value
+        else:
+            raise ValueError(f"hf_to_openclip: unexpected CLIP text key {key!r}")
+    return out
+
+
+def normalize_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF CLIP state dicts come with or without the `text_model.` level (old SD1 files and transformers 5.x lack it)
+    and sometimes with the `position_ids` buffer; return the names `CLIPTextEncoder` expects."""
+    out = {}
+    for key, value in sd.items():
+        if not key.startswith("text_model."):
+            key = "text_model." + key
+        if key == "text_model.embeddings.position_ids":
+            continue
+        out[key] = value
+    return out

@@ -1,0 +1,281 @@
+"""The SD1/SD2 denoising UNet in the original CompVis/LDM layout.
+
+Attribute names are the single-file checkpoint keys with `model.diffusion_model.` stripped, so a checkpoint loads with
+one strict `load_state_dict`. The config is a small dict (see `sd_core.model_config.SD15_UNET`); per-level block counts
+and transformer depths are lists so distilled variants (BK-SDM: fewer ResBlocks, no middle block) fit the same code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention, group_norm, timestep_embedding
+
+
+def _per_level(value: int | list[int], levels: int, name: str) -> list[int]:
+    if isinstance(value, int):
+        return [value] * levels
+    if len(value) != levels:
+        raise ValueError(f"UNet config: {name} has {len(value)} entries, channel_mult has {levels}")
+    return [int(v) for v in value]
+
+
+def unet_config(config: dict) -> dict:
+    """Complete a UNet config: ints become per-level lists, output-side counts default to the LDM rule (input + 1).
+
+    Keys: in_channels, out_channels, model_channels, channel_mult, num_res_blocks, transformer_depth, context_dim,
+    num_heads / num_head_channels (-1 = unused; SD1 has 8 heads, SD2 64-channel heads), use_linear_in_transformer,
+    optional: num_res_blocks_output, transformer_depth_output (per level, level order), mid_block (bool, default True),
+    transformer_depth_middle (int, default 1; 0 = two ResBlocks and no transformer)."""
+    cfg = dict(config)
+    levels = len(cfg["channel_mult"])
+    cfg["channel_mult"] = [int(m) for m in cfg["channel_mult"]]
+    cfg["num_res_blocks"] = _per_level(cfg["num_res_blocks"], levels, "num_res_blocks")
+    cfg["transformer_depth"] = _per_level(cfg["transformer_depth"], levels, "transformer_depth")
+    out_blocks = cfg.get("num_res_blocks_output") or [n + 1 for n in cfg["num_res_blocks"]]
+    cfg["num_res_blocks_output"] = _per_level(out_blocks, levels, "num_res_blocks_output")
+    out_depth = cfg.get("transformer_depth_output", cfg["transformer_depth"])
+    cfg["transformer_depth_output"] = _per_level(out_depth, levels, "transformer_depth_output")
+    cfg.setdefault("mid_block", True)
+    cfg.setdefault("transformer_depth_middle", 1)
+    cfg.setdefault("num_heads", -1)
+    cfg.setdefault("num_head_channels", -1)
+    cfg.setdefault("use_linear_in_transformer", False)
+    # every input block leaves one skip tensor, every output block takes one
+    if sum(cfg["num_res_blocks_output"]) != sum(cfg["num_res_blocks"]) + levels:
+        raise ValueError("UNet config: output blocks must consume exactly the skip connections of the input blocks")
+    if (cfg["num_heads"] == -1) == (cfg["num_head_channels"] == -1):
+        raise ValueError("UNet config: set exactly one of num_heads and num_head_channels")
+    return cfg
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convs with the timestep embedding added in between; 1x1 `skip_connection` when channels change."""
+
+    def __init__(self, channels: int, emb_channels: int, out_channels: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(group_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(
+            group_norm(out_channels), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        )
+        if channels != out_channels:
+            self.skip_connection = nn.Conv2d(channels, out_channels, 1)
+        else:
+            self.skip_connection = nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class CrossAttention(nn.Module):
+    """Attention from image tokens to `context` (or to themselves when context is None)."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        return self.to_out(attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU: one projection to twice the width, the second half gates the first."""
+
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, inner * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, gate = self.proj(x).chunk(2, dim=-1)
+        return h * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention to the text, GEGLU feed-forward; each with a residual."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, heads, dim_head)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, heads, dim_head, context_dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Image features as a token sequence through `depth` transformer blocks. SD1 projects in/out with 1x1 convs,
+    SD2 with Linear layers (`use_linear`); the weights differ only in shape, the maths is the same."""
+
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int, use_linear: bool):
+        super().__init__()
+        inner = heads * dim_head
+        self.use_linear = use_linear
+        self.norm = group_norm(channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner) if use_linear else nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
+        )
+        self.proj_out = nn.Linear(inner, channels) if use_linear else nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        t = self.norm(x)
+        if not self.use_linear:
+            t = self.proj_in(t)
+        t = t.flatten(2).transpose(1, 2)
+        if self.use_linear:
+            t = self.proj_in(t)
+        for block in self.transformer_blocks:
+            t = block(t, context)
+        if self.use_linear:
+            t = self.proj_out(t)
+        t = t.transpose(1, 2).reshape(b, -1, h, w)
+        if not self.use_linear:
+            t = self.proj_out(t)
+        return x + t
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest x2 (or to `size`, so latents that are not a multiple of 8 still line up with the skips), then a conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, size: torch.Size | None = None) -> torch.Tensor:
+        if size is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=size, mode="nearest")
+        return self.conv(x)
+
+
+class Block(nn.ModuleList):
+    """One `input_blocks.N` / `output_blocks.N` / `middle_block` entry: layers indexed 0, 1, 2 as in the checkpoint."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, size: torch.Size | None = None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, size)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    """`forward(x, timesteps, context)`: x [B, in_channels, h, w]; timesteps [B] (or a scalar), may be fractional;
+    context [B, T, context_dim]. Inputs are cast to the weights' dtype; the output is in the weights' dtype."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        cfg = unet_config(config)
+        self.config = cfg
+        mc = cfg["model_channels"]
+        emb_ch = mc * 4
+        levels = len(cfg["channel_mult"])
+
+        def transformer(ch: int, depth: int) -> SpatialTransformer:
+            if cfg["num_head_channels"] == -1:
+                heads, dim_head = cfg["num_heads"], ch // cfg["num_heads"]
+            else:
+                heads, dim_head = ch // cfg["num_head_channels"], cfg["num_head_channels"]
+            return SpatialTransformer(ch, heads, dim_head, depth, cfg["context_dim"], cfg["use_linear_in_transformer"])
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+
+        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(cfg["in_channels"], mc, 3, padding=1)])])
+        skip_channels = [mc]
+        ch = mc
+        for level, mult in enumerate(cfg["channel_mult"]):
+            for _ in range(cfg["num_res_blocks"][level]):
+                layers: list[nn.Module] = [ResBlock(ch, emb_ch, mc * mult)]
+                ch = mc * mult
+                if cfg["transformer_depth"][level]:
+                    layers.append(transformer(ch, cfg["transformer_depth"][level]))
+                self.input_blocks.append(Block(layers))
+                skip_channels.append(ch)
+            if level != levels - 1:
+                self.input_blocks.append(Block([Downsample(ch)]))
+                skip_channels.append(ch)
+
+        if cfg["mid_block"]:
+            middle: list[nn.Module] = [ResBlock(ch, emb_ch, ch)]
+            if cfg["transformer_depth_middle"]:
+                middle.append(transformer(ch, cfg["transformer_depth_middle"]))
+            middle.append(ResBlock(ch, emb_ch, ch))
+            self.middle_block = Block(middle)
+        else:
+            self.middle_block = None
+
+        self.output_blocks = nn.ModuleList()
+        for level in reversed(range(levels)):
+            mult = cfg["channel_mult"][level]
+            count = cfg["num_res_blocks_output"][level]
+            for i in range(count):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_ch, mc * mult)]
+                ch = mc * mult
+                if cfg["transformer_depth_output"][level]:
+                    layers.append(transformer(ch, cfg["transformer_depth_output"][level]))
+                if level and i == count - 1:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(Block(layers))
+
+        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, cfg["out_channels"], 3, padding=1))
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+        dtype = self.time_embed[0].weight.dtype
+        t = torch.as_tensor(timesteps, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_embed(timestep_embedding(t, self.config["model_channels"]).to(dtype))
+        context = context.to(dtype)
+        h = x.to(dtype)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        if self.middle_block is not None:
+            h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
+        return self.out(h)
