@@ -65,10 +65,10 @@ class GuidedDenoiser:
             x_in = torch.cat([x_in, self.extra.to(x_in)], dim=1)
         cond = self.cond.expand(batch, -1, -1)
         if not self.guided:
-            return self.unet(x_in.to(dtype), t.to(dtype), cond.to(dtype)).float()
+            return self.unet(x_in.to(dtype), t, cond.to(dtype)).float()
         uncond = self.uncond.expand(batch, -1, -1)
         out = self.unet(
-            torch.cat([x_in, x_in]).to(dtype), torch.cat([t, t]).to(dtype), torch.cat([uncond, cond]).to(dtype)
+            torch.cat([x_in, x_in]).to(dtype), torch.cat([t, t]), torch.cat([uncond, cond]).to(dtype)
         ).float()
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.cfg_scale * (out_cond - out_uncond)

@@ -42,27 +42,21 @@ def split_components(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict, d
     return unet, vae, normalize_hf_keys(text)
 
 
-def _assign(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str, path: str | os.PathLike) -> None:
-    """Strict load with an error that lists what is missing or unexpected (first few of each)."""
-    expected = set(module.state_dict().keys())
-    missing = sorted(expected - state_dict.keys())
-    unexpected = sorted(state_dict.keys() - expected)
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {', '.join(unexpected[:10])}"
-                         f"{' ...' if len(unexpected) > 10 else ''}")
-        raise checkpoint.CheckpointError(f"{path}: {what} weights do not match the inferred architecture: "
-                                         + "; ".join(parts))
-    mismatched = [k for k, v in module.state_dict().items() if tuple(v.shape) != tuple(state_dict[k].shape)]
-    if mismatched:
-        k = mismatched[0]
-        raise checkpoint.CheckpointError(
-            f"{path}: {what} tensor {k} has shape {tuple(state_dict[k].shape)}, expected "
-            f"{tuple(module.state_dict()[k].shape)} ({len(mismatched)} mismatched tensors)")
-    module.load_state_dict(state_dict, strict=True, assign=True)
+def _listing(kind: str, keys: list[str]) -> str:
+    more = " ..." if len(keys) > 10 else ""
+    return f"{len(keys)} {kind} keys: {', '.join(keys[:10])}{more}"
+
+
+def key_problems(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> list[str]:
+    """What keeps `state_dict` from loading strictly into `module`: missing, unexpected and mis-shaped tensors."""
+    expected = module.state_dict()
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    shapes = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+              if k in state_dict and tuple(v.shape) != tuple(state_dict[k].shape)]
+    problems = [_listing(kind, keys) for kind, keys in (("missing", missing), ("unexpected", unexpected),
+                                                         ("mis-shaped", shapes)) if keys]
+    return [f"{what}: {'; '.join(problems)}"] if problems else []
 
 
 @torch.inference_mode()
@@ -72,7 +66,7 @@ def probe_v_prediction(unet: torch.nn.Module, context_dim: int) -> bool:
     param = next(unet.parameters())
     x = torch.full((1, unet.config["in_channels"], 8, 8), 0.5, dtype=param.dtype, device=param.device)
     context = torch.full((1, 2, context_dim), 0.5, dtype=param.dtype, device=param.device)
-    t = torch.tensor([999.0], dtype=param.dtype, device=param.device)
+    t = torch.tensor([999.0], device=param.device)  # float32: bf16 cannot hold 999
     out = unet(x, t, context).float()
     return bool((out - x.float())[:, :4].mean() < -1)
 
@@ -83,9 +77,14 @@ def build_models(config: ModelConfig, state_dict: dict[str, torch.Tensor], path:
     unet_sd, vae_sd, text_sd = split_components(state_dict)
     with torch.device("meta"):
         unet, vae, text = UNetModel(config.unet), AutoencoderKL(config.vae), CLIPTextEncoder(config.text)
-    _assign(unet, unet_sd, "UNet", path)
-    _assign(vae, vae.prepare_state_dict(vae_sd) if hasattr(vae, "prepare_state_dict") else vae_sd, "VAE", path)
-    _assign(text, text_sd, "text encoder", path)
+    parts = [(unet, unet_sd, "UNet"), (vae, AutoencoderKL.prepare_state_dict(vae_sd), "VAE"),
+             (text, text_sd, "text encoder")]
+    problems = [p for module, sd, what in parts for p in key_problems(module, sd, what)]
+    if problems:
+        raise checkpoint.CheckpointError(f"{path}: weights do not match the inferred architecture: "
+                                         + " | ".join(problems))
+    for module, sd, _ in parts:
+        module.load_state_dict(sd, strict=True, assign=True)
     return unet, vae, text
 
 
