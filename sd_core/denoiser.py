@@ -24,6 +24,9 @@ class InpaintBlend:
     latents: torch.Tensor
     noise: torch.Tensor
 
+    def to(self, device: torch.device) -> InpaintBlend:
+        return InpaintBlend(self.mask.to(device), self.latents.to(device), self.noise.to(device))
+
     def apply(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = sigma.reshape(-1, 1, 1, 1)
         return x * self.mask + (self.latents + self.noise * s) * (1 - self.mask)

@@ -519,3 +519,26 @@ def extend_canvas(
     if bottom:
         mask[max(top + h - o, top) : top + h, :] = 1.0
     return out, mask
+
+
+def fill_masked(image: Any, mask: Any, *, radius: float = 32.0) -> np.ndarray:
+    """A1111's "fill" masked content: masked pixels replaced by the surroundings' colours, smeared inward.
+
+    Normalised convolution: blur(image * keep) / blur(keep) with a wide Gaussian, where keep = 1 - mask, repeated
+    with shrinking radius so that far-inside pixels still get a colour; pixels outside the mask are unchanged.
+    """
+    img = to_rgb_array(image).astype(np.float32) / 255.0  # blur_mask works on [0, 1] planes
+    m = to_mask_array(mask)
+    check_same_size(img, m)
+    keep = (m < 0.5).astype(np.float32)
+    if not keep.any():
+        return to_rgb_array(image).copy()
+    out = img * keep[:, :, None]
+    weight = keep.copy()
+    for r in (radius, radius / 2, radius / 4):
+        num = np.stack([blur_mask(out[:, :, c], r) for c in range(3)], axis=-1)
+        den = blur_mask(weight, r)[:, :, None]
+        smeared = np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0)
+        out = np.where(keep[:, :, None] > 0, img, smeared)
+        weight = np.where(den[:, :, 0] > 1e-6, 1.0, weight).astype(np.float32)
+    return np.clip(out * 255.0, 0, 255).round().astype(np.uint8)

@@ -7,10 +7,11 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
-from . import images, samplers
+from . import images, samplers, tiling
 from .denoiser import GuidedDenoiser, InpaintBlend
 from .model_config import ModelConfig
 from .pnginfo import format_parameters
@@ -83,23 +84,32 @@ class StableDiffusion:
     # --- latents <-> pixels -------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def decode_latents(self, latents: torch.Tensor) -> list[Image.Image]:
-        """VP latents -> PIL images. A float16 VAE that overflows to NaN is upcast to float32 once and retried."""
+    def decode_latents(self, latents: torch.Tensor, *, seamless: str | None = None,
+                       tile: bool | None = None) -> list[Image.Image]:
+        """VP latents -> PIL images; tiled when large or out of memory (`sd_core.tiling`). A float16 VAE that
+        overflows to NaN is upcast to float32 once and retried (the black-image failure of half precision)."""
         z = latents / self.config.latent_scale
-        vae_dtype = next(self.vae.parameters()).dtype
-        pixels = self.vae.decode(z.to(self.device, vae_dtype)).float()
-        if vae_dtype == torch.float16 and not torch.isfinite(pixels).all():
+        for _attempt in range(2):
+            vae_dtype = next(self.vae.parameters()).dtype
+            pixels = tiling.decode_with_fallback(
+                self.vae.decode, z.to(self.device, vae_dtype), tile=tile, seamless=seamless
+            ).float()
+            if vae_dtype != torch.float16 or torch.isfinite(pixels).all():
+                break
             self.vae.to(torch.float32)
-            pixels = self.vae.decode(z.to(self.device, torch.float32)).float()
         return images.tensor_to_images(pixels.cpu())
 
     @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """[-1,1] pixels [B,3,H,W] -> scaled VP latents; samples the posterior with `generator` (diffusers' order),
-        or takes its mean when `generator` is None."""
+    def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator | None, batch: int = 1) -> torch.Tensor:
+        """[-1,1] pixels [1,3,H,W] -> scaled VP latents [batch,4,h,w]. Samples the posterior with `generator`
+        (diffusers' order of draws), or takes its mean when `generator` is None or the image needs tiled encoding."""
         vae_dtype = next(self.vae.parameters()).dtype
-        mean, logvar = self.vae.encode(pixels.to(self.device, vae_dtype))
-        mean, logvar = mean.float().cpu(), logvar.float().cpu()
+        x = pixels.to(self.device, vae_dtype)
+        if tiling.should_tile(x.shape[-2], x.shape[-1], vae_dtype, self.device):
+            mean = tiling.tiled_encode(lambda t: self.vae.encode(t)[0], x).float().cpu()
+            return mean.expand(batch, -1, -1, -1) * self.config.latent_scale
+        mean, logvar = self.vae.encode(x)
+        mean, logvar = mean.float().cpu().expand(batch, -1, -1, -1), logvar.float().cpu()
         if generator is not None:
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
             mean = mean + std * torch.randn(mean.shape, generator=generator, dtype=torch.float32)
@@ -124,7 +134,8 @@ class StableDiffusion:
         """Run the sampler in k-diffusion space; return VP latents on the CPU."""
         denoiser = GuidedDenoiser(
             self.unet, self.noise_schedule, self.config.prediction, cond.to(self.device), uncond.to(self.device),
-            cfg_scale, extra=None if extra is None else extra.to(self.device), blend=blend,
+            cfg_scale, extra=None if extra is None else extra.to(self.device),
+            blend=None if blend is None else blend.to(self.device),
         )
         total = len(sigmas) - 1
 
@@ -135,14 +146,49 @@ class StableDiffusion:
 
         with torch.inference_mode():
             x = choice.fn(denoiser, x.to(self.device), sigmas.to(self.device), callback=on_step, generator=generator)
-            if blend is not None:
-                x = blend.apply(x, sigmas[-1].reshape(1).to(x.device).expand(x.shape[0]))
+            if denoiser.blend is not None:
+                x = denoiser.blend.apply(x, sigmas[-1].reshape(1).to(x.device).expand(x.shape[0]))
         return (x / math.sqrt(1.0 + float(sigmas[-1]) ** 2)).float().cpu()
+
+    def _denoise(
+        self,
+        *,
+        choice: samplers.SamplerChoice,
+        steps: int,
+        strength: float,
+        noise: torch.Tensor,
+        init: torch.Tensor | None,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        cfg_scale: float,
+        generator: torch.Generator,
+        callback: Callback | None,
+        extra: torch.Tensor | None = None,
+        blend_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sampling from pure noise (strength 1) or from `init` noised to the strength's level.
+
+        Strength follows diffusers: of the `steps` sigmas, the last `int(steps * strength)` steps run, starting
+        from `init + noise * sigma_start`. Strength 1 starts from pure noise, as diffusers' inpainting does.
+        """
+        sigmas = choice.sigmas(steps, self.noise_schedule)
+        run = min(int(steps * strength), steps)
+        if run < 1:
+            raise ValueError(f"strength {strength} with {steps} steps leaves no step to run: "
+                             "raise strength or steps (strength * steps must be at least 1)")
+        sigmas = sigmas[steps - run:]
+        if init is None or strength >= 1.0:
+            x = noise * choice.initial_noise_scale(sigmas)
+        else:
+            x = init + noise * sigmas[0]
+        blend = None if blend_mask is None else InpaintBlend(blend_mask, init, noise)
+        return self._sample(choice=choice, sigmas=sigmas, x=x, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
+                            generator=generator, callback=callback, extra=extra, blend=blend)
 
     def _settings(self, choice: samplers.SamplerChoice, steps: int, cfg_scale: float, seed: int, width: int,
                   height: int, **more: Any) -> dict[str, Any]:
-        return {"Steps": steps, "Sampler": choice.label, "Schedule type": choice.schedule, "CFG scale": cfg_scale,
-                "Seed": seed, "Size": f"{width}x{height}", "Model": self.name, **more}
+        return {"Steps": steps, "Sampler": choice.label, "Schedule type": choice.schedule_label,
+                "CFG scale": cfg_scale, "Seed": seed, "Size": f"{width}x{height}", "Model": self.name, **more}
 
     def _finish(self, imgs: list[Image.Image], prompt: str, negative_prompt: str, settings: dict[str, Any]
                 ) -> list[Image.Image]:
@@ -152,6 +198,21 @@ class StableDiffusion:
             img.info["parameters"] = format_parameters(prompt, negative_prompt, {**settings, **extra})
             img.info["seed"] = settings["Seed"]
         return imgs
+
+    def _prepare(self, prompt: str, negative_prompt: str, steps: int, sampler: str, schedule: str | None,
+                 cfg_scale: float, seed: int | None, batch_size: int, clip_skip: int, tiling_axes: Any
+                 ) -> tuple[samplers.SamplerChoice, int, torch.Generator, torch.Tensor, torch.Tensor, str | None]:
+        """Validation and the pieces every mode shares: sampler, seed and its generator, text embeddings."""
+        check_generation_args(steps, cfg_scale, batch_size)
+        choice = samplers.resolve(sampler, schedule)
+        axes = seamless_axes(tiling_axes)
+        seed = random_seed() if seed is None or seed == -1 else int(seed)
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be -1 (random) or from 0 to 2**63-1, got {seed}")
+        cond, uncond = self.encode_prompt(prompt, negative_prompt, clip_skip)
+        return choice, seed, torch.Generator("cpu").manual_seed(seed), cond, uncond, axes
+
+    # --- modes --------------------------------------------------------------------------------------------------
 
     def txt2img(
         self,
@@ -167,30 +228,169 @@ class StableDiffusion:
         seed: int | None = None,
         batch_size: int = 1,
         clip_skip: int = 1,
+        tiling: str | bool | None = None,
         callback: Callback | None = None,
     ) -> list[Image.Image]:
         """Images from text. `seed=None` (or -1) picks a random seed; each image's `info["seed"]` and
-        `info["parameters"]` (A1111 text) record what made it. A callback cancels by raising `sd_core.Cancelled`."""
+        `info["parameters"]` (A1111 text) record what made it. `tiling` "x", "y" or "xy" makes the image wrap
+        seamlessly on those axes. A callback cancels by raising `sd_core.Cancelled`."""
         images.check_size(width, height)
-        check_generation_args(steps, cfg_scale, batch_size)
-        choice = samplers.resolve(sampler, schedule)
-        seed = random_seed() if seed is None or seed == -1 else int(seed)
-        cond, uncond = self.encode_prompt(prompt, negative_prompt, clip_skip)
-        sigmas = choice.sigmas(steps, self.noise_schedule)
-        generator = torch.Generator("cpu").manual_seed(seed)
-        noise = torch.randn((batch_size, 4, height // 8, width // 8), generator=generator)
-        x = noise * choice.initial_noise_scale(sigmas)
-        latents = self._sample(choice=choice, sigmas=sigmas, x=x, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
-                               generator=generator, callback=callback, extra=self._txt2img_extra(batch_size, height,
-                                                                                                  width))
-        settings = self._settings(choice, steps, cfg_scale, seed, width, height,
-                                  **({"Clip skip": clip_skip} if clip_skip != 1 else {}))
-        return self._finish(self.decode_latents(latents), prompt, negative_prompt, settings)
+        choice, seed, g, cond, uncond, axes = self._prepare(prompt, negative_prompt, steps, sampler, schedule,
+                                                            cfg_scale, seed, batch_size, clip_skip, tiling)
+        noise = torch.randn((batch_size, 4, height // 8, width // 8), generator=g)
+        with self._seamless(axes):
+            extra = self._blank_inpaint_input(batch_size, height, width)
+            latents = self._denoise(choice=choice, steps=steps, strength=1.0, noise=noise, init=None, cond=cond,
+                                    uncond=uncond, cfg_scale=cfg_scale, generator=g, callback=callback, extra=extra)
+            imgs = self.decode_latents(latents, seamless=axes)
+        settings = self._settings(choice, steps, cfg_scale, seed, width, height, **_optional(clip_skip, axes))
+        return self._finish(imgs, prompt, negative_prompt, settings)
 
-    def _txt2img_extra(self, batch: int, height: int, width: int) -> torch.Tensor | None:
+    def img2img(
+        self,
+        image: Any,
+        prompt: str,
+        *,
+        strength: float = 0.75,
+        negative_prompt: str = "",
+        width: int | None = None,
+        height: int | None = None,
+        steps: int = 20,
+        sampler: str = "euler",
+        schedule: str | None = None,
+        cfg_scale: float = 7.5,
+        seed: int | None = None,
+        batch_size: int = 1,
+        clip_skip: int = 1,
+        tiling: str | bool | None = None,
+        callback: Callback | None = None,
+    ) -> list[Image.Image]:
+        """Restyle an image (PIL or numpy; RGBA alpha is ignored). The image is resized to `width`x`height` if
+        given, else to its own size rounded to a multiple of 8. Strength as diffusers: 0 keeps the image, 1 ignores
+        it; `int(steps * strength)` steps run."""
+        check_strength(strength)
+        arr = images.to_rgb_array(image)
+        width, height = working_size(arr, width, height)
+        arr = resize_rgb(arr, width, height)
+        choice, seed, g, cond, uncond, axes = self._prepare(prompt, negative_prompt, steps, sampler, schedule,
+                                                            cfg_scale, seed, batch_size, clip_skip, tiling)
+        with self._seamless(axes):
+            init = self.encode_pixels(images.image_to_tensor(arr), g, batch_size)
+            noise = torch.randn(init.shape, generator=g)
+            extra = self._image_inpaint_input(init)
+            latents = self._denoise(choice=choice, steps=steps, strength=strength, noise=noise, init=init, cond=cond,
+                                    uncond=uncond, cfg_scale=cfg_scale, generator=g, callback=callback, extra=extra)
+            imgs = self.decode_latents(latents, seamless=axes)
+        settings = self._settings(choice, steps, cfg_scale, seed, width, height, **{"Denoising strength": strength},
+                                  **_optional(clip_skip, axes))
+        return self._finish(imgs, prompt, negative_prompt, settings)
+
+    def inpaint(
+        self,
+        image: Any,
+        mask: Any,
+        prompt: str,
+        *,
+        strength: float = 1.0,
+        mask_blur: float = 4,
+        only_masked: bool = False,
+        padding: int = 32,
+        fill: str = "original",
+        color_match: bool = False,
+        negative_prompt: str = "",
+        width: int | None = None,
+        height: int | None = None,
+        steps: int = 20,
+        sampler: str = "euler",
+        schedule: str | None = None,
+        cfg_scale: float = 7.5,
+        seed: int | None = None,
+        batch_size: int = 1,
+        clip_skip: int = 1,
+        tiling: str | bool | None = None,
+        callback: Callback | None = None,
+    ) -> list[Image.Image]:
+        """Repaint where `mask` is white (soft grey values blend); everything outside the blurred mask keeps the
+        input's exact pixels. See `sd_core.inpainting` for the steps and options."""
+        from .inpainting import inpaint
+
+        return inpaint(self, image, mask, prompt, strength=strength, mask_blur=mask_blur, only_masked=only_masked,
+                       padding=padding, fill=fill, color_match=color_match, negative_prompt=negative_prompt,
+                       width=width, height=height, steps=steps, sampler=sampler, schedule=schedule,
+                       cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, clip_skip=clip_skip, tiling=tiling,
+                       callback=callback)
+
+    def outpaint(self, image: Any, prompt: str, *, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0,
+                 prefill: str = "edge_noise", strength: float | None = None, **options: Any) -> list[Image.Image]:
+        """Extend the canvas by the margins (rounded up so the size stays a multiple of 8) and fill the new area.
+
+        The new area is prefilled (`images.extend_canvas`) and repainted with the seam; `strength` defaults to 1.0
+        for inpainting models and 0.9 for ordinary ones, which then continue the prefill's colours.
+        """
+        if not any((left, top, right, bottom)):
+            raise ValueError("outpaint needs at least one of left, top, right, bottom > 0")
+        canvas, mask = images.extend_canvas(image, left, top, right, bottom, fill=prefill)
+        if strength is None:
+            strength = 1.0 if self.config.inpainting else 0.9
+        return self.inpaint(canvas, mask, prompt, strength=strength, **options)
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+
+    def _seamless(self, axes: str | None):
+        return tiling.seamless([self.unet, self.vae], axes)
+
+    def _blank_inpaint_input(self, batch: int, height: int, width: int) -> torch.Tensor | None:
         """An inpainting model generating from scratch: everything masked, masked image all zeros (diffusers too)."""
         if not self.config.inpainting:
             return None
         h, w = height // 8, width // 8
-        masked = self.encode_pixels(torch.zeros(1, 3, height, width), None)
-        return torch.cat([torch.ones(batch, 1, h, w), masked.expand(batch, -1, -1, -1)], dim=1)
+        masked = self.encode_pixels(torch.zeros(1, 3, height, width), None, batch)
+        return torch.cat([torch.ones(batch, 1, h, w), masked], dim=1)
+
+    def _image_inpaint_input(self, init: torch.Tensor) -> torch.Tensor | None:
+        """img2img with an inpainting model: nothing masked, the whole image as the masked-image input."""
+        if not self.config.inpainting:
+            return None
+        return torch.cat([torch.zeros(init.shape[0], 1, *init.shape[-2:]), init], dim=1)
+
+
+def check_strength(strength: float) -> None:
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+
+
+def seamless_axes(value: str | bool | None) -> str | None:
+    """`tiling` argument -> "x", "y", "xy" or None (True means both axes)."""
+    if value is None or value is False or value == "":
+        return None
+    if value is True:
+        return "xy"
+    if isinstance(value, str) and value.lower() in ("x", "y", "xy", "yx"):
+        return "xy" if value.lower() == "yx" else value.lower()
+    raise ValueError(f"tiling must be None, True, 'x', 'y' or 'xy', got {value!r}")
+
+
+def working_size(arr: np.ndarray, width: int | None, height: int | None) -> tuple[int, int]:
+    """The generation size: as given, or the image's own size rounded to the nearest multiple of 8."""
+    h, w = arr.shape[:2]
+    width = images.round_to_multiple(w) if width is None else width
+    height = images.round_to_multiple(h) if height is None else height
+    images.check_size(width, height)
+    return width, height
+
+
+def resize_rgb(arr: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Lanczos resize (diffusers' choice for PIL inputs); the array itself when the size already matches."""
+    if arr.shape[1] == width and arr.shape[0] == height:
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((width, height), Image.LANCZOS))
+
+
+def _optional(clip_skip: int, axes: str | None) -> dict[str, Any]:
+    """Infotext keys written only when they differ from the default."""
+    out: dict[str, Any] = {}
+    if clip_skip != 1:
+        out["Clip skip"] = clip_skip
+    if axes:
+        out["Tiling"] = axes
+    return out
