@@ -40,20 +40,6 @@ def _padded_conv(conv: nn.Conv2d, axes: str) -> _ConvForward:
     return conv_forward
 
 
-def seamless_pad(conv: nn.Conv2d, x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
-    """F.pad `x` by (left, right, top, bottom) for `conv` the way its own padding is done now: circular on the axes
-    set by `set_seamless`, the conv's padding_mode otherwise. For modules that pad by hand before an unpadded conv
-    (the VAE encoder's stride-2 downsample pads right/bottom only), so they follow the seamless setting too."""
-    axes = conv.__dict__.get(_STATE, (None,))[0] or ""
-    other = _TORCH_PAD_MODE[conv.padding_mode]
-    left, right, top, bottom = pad
-    if left or right:
-        x = F.pad(x, (left, right, 0, 0), mode="circular" if "x" in axes else other)
-    if top or bottom:
-        x = F.pad(x, (0, 0, top, bottom), mode="circular" if "y" in axes else other)
-    return x
-
-
 def _restore(conv: nn.Conv2d) -> None:
     state = conv.__dict__.pop(_STATE, None)
     if state is None:
@@ -71,6 +57,14 @@ def _padded_convs(module: nn.Module) -> Iterator[nn.Conv2d]:
             yield m
 
 
+def _hand_padders(module: nn.Module) -> Iterator[nn.Module]:
+    """Modules that pad by hand before an unpadded conv (the VAE encoder's stride-2 downsample). They declare a
+    `seamless` attribute ("x", "y", "xy" or None) and read it in forward; the functions here set and restore it."""
+    for m in module.modules():
+        if hasattr(m, "seamless") and not isinstance(m, nn.Conv2d):
+            yield m
+
+
 def set_seamless(module: nn.Module, axes: str | None) -> int:
     """Make every padded Conv2d in `module` wrap around along `axes` ("x", "y", "xy"); None restores the original.
 
@@ -81,6 +75,8 @@ def set_seamless(module: nn.Module, axes: str | None) -> int:
     if axes not in _AXES:
         raise ValueError(f"axes must be None, 'x', 'y' or 'xy', got {axes!r}")
     count = 0
+    for padder in _hand_padders(module):
+        padder.seamless = axes
     for conv in _padded_convs(module):
         _restore(conv)
         if axes is not None:
@@ -113,6 +109,7 @@ def seamless(modules: nn.Module | Iterable[nn.Module], axes: str | None) -> Iter
         yield
         return
     saved: list[tuple[nn.Conv2d, str | None]] = []
+    padders = [(p, p.seamless) for mod in mods for p in _hand_padders(mod)]
     for mod in mods:
         for conv in _padded_convs(mod):
             saved.append((conv, conv.__dict__.get(_STATE, (None,))[0]))
@@ -121,6 +118,8 @@ def seamless(modules: nn.Module | Iterable[nn.Module], axes: str | None) -> Iter
             set_seamless(mod, axes)
         yield
     finally:
+        for padder, before in padders:
+            padder.seamless = before
         for conv, before in saved:
             _restore(conv)
             if before is not None:

@@ -186,12 +186,22 @@ def test_tiled_decode_seamless_keeps_the_image_wrapping():
     assert wrapped.shape == whole.shape
 
 
-def test_seamless_pad_follows_the_conv_setting():
-    conv, x = nn.Conv2d(1, 1, 3, padding=1), torch.arange(6.0).view(1, 1, 2, 3)
-    assert torch.equal(tiling.seamless_pad(conv, x, (0, 1, 0, 1))[0, 0, :, 3], torch.zeros(3))
-    tiling.set_seamless(conv, "x")
-    padded = tiling.seamless_pad(conv, x, (0, 1, 0, 1))
-    assert torch.equal(padded[0, 0, :2, 3], x[0, 0, :, 0]) and torch.equal(padded[0, 0, 2], torch.zeros(4))
+def test_vae_encoder_wraps_on_x_only():
+    """The encoder's hand-padded stride-2 downsample follows the seamless setting: with axes "x", shifting the image
+    by 8 pixels (one latent) along x shifts the latents by one column exactly; along y it does not."""
+    from sd_core.models.vae import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL({"ch": 32, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "embed_dim": 4,
+                         "in_channels": 3, "out_ch": 3}).eval()
+    x = torch.rand(1, 3, 32, 48) * 2 - 1
+    with torch.no_grad(), tiling.seamless(vae, "x"):
+        a = vae.encode(x)[0]
+        shifted_x = vae.encode(torch.roll(x, 8, dims=-1))[0]
+        shifted_y = vae.encode(torch.roll(x, 8, dims=-2))[0]
+    assert torch.allclose(torch.roll(a, 1, dims=-1), shifted_x, atol=1e-5)
+    assert not torch.allclose(torch.roll(a, 1, dims=-2), shifted_y, atol=1e-3)
+    assert all(m.seamless is None for m in vae.modules() if hasattr(m, "seamless"))
 
 
 # --- tiled decode / encode: a real (tiny, random) AutoencoderKL --------------------------------------------------

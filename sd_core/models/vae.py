@@ -80,16 +80,21 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Stride-2 conv after padding one pixel right and bottom only (the LDM convention, padding=0 in the conv)."""
+    """Stride-2 conv after padding one pixel right and bottom only (the LDM convention, padding=0 in the conv).
+
+    `seamless` ("x", "y", "xy" or None, set by `sd_core.tiling`) makes that pad wrap around on those axes; the conv's
+    own padding_mode set to circular (all axes) is honoured too.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+        self.seamless: str | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # follow the conv's padding mode, so switching the convs to circular (seamless tiling) reaches this pad too
-        mode = "constant" if self.conv.padding_mode == "zeros" else self.conv.padding_mode
-        return self.conv(F.pad(x, (0, 1, 0, 1), mode=mode))
+        axes = "xy" if self.conv.padding_mode == "circular" else (self.seamless or "")
+        x = F.pad(x, (0, 1, 0, 0), mode="circular" if "x" in axes else "constant")
+        return self.conv(F.pad(x, (0, 0, 0, 1), mode="circular" if "y" in axes else "constant"))
 
 
 class Upsample(nn.Module):
