@@ -1,0 +1,52 @@
+"""k-diffusion style samplers: `sample_x(denoiser, x, sigmas, *, callback=None, generator=None, **options) -> x`.
+
+`denoiser(x, sigma) -> x0` works in k-diffusion space (`x = x0 + sigma * eps`, sigma a [B] tensor); `sigmas` is a
+decreasing 1-D tensor (see `sd_core.schedules`); the result is x at `sigmas[-1]`. Samplers know nothing of models.
+`callback(info)` is called once per step with `{"i", "total", "x", "sigma", "sigma_next", "denoised"}` (sigmas as
+floats); raising `sd_core.errors.Cancelled` in it stops the run. Stochastic samplers draw their noise on the CPU
+from `generator`. `resolve(name, schedule)` maps user-facing names to a `SamplerChoice`.
+"""
+
+from ..schedules import SCHEDULES
+from ._core import BrownianNoise, ancestral_split
+from .dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_sde
+from .multistep import lms_coefficients, sample_lms, sample_plms
+from .registry import SAMPLERS, SamplerChoice, resolve
+from .singlestep import (
+    sample_ddim,
+    sample_ddpm,
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_dpmpp_2s_ancestral,
+    sample_euler,
+    sample_euler_ancestral,
+    sample_heun,
+    sample_lcm,
+)
+from .unipc import sample_uni_pc
+
+__all__ = [
+    "SAMPLERS",
+    "SCHEDULES",
+    "BrownianNoise",
+    "SamplerChoice",
+    "ancestral_split",
+    "lms_coefficients",
+    "resolve",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpm_2",
+    "sample_dpm_2_ancestral",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2m_sde_heun",
+    "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_sde",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_lcm",
+    "sample_lms",
+    "sample_plms",
+    "sample_uni_pc",
+]

@@ -1,0 +1,117 @@
+"""Pieces every sampler shares: calling the denoiser, reporting progress, drawing noise, the basic moves.
+
+Samplers work in k-diffusion space (`x = x0 + sigma * eps`) on float32 tensors; sigmas are read once into Python
+floats so that step coefficients cost nothing and match across devices.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]
+NoiseSampler = Callable[[float, float], torch.Tensor]
+
+
+def prepare(x: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    """float32 latents and the sigmas as Python floats."""
+    return x.to(torch.float32), [float(s) for s in torch.as_tensor(sigmas).reshape(-1).tolist()]
+
+
+def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The denoiser's x0 estimate at one noise level, given as a [B] tensor on x's device."""
+    s = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
+    return denoiser(x, s).to(torch.float32)
+
+
+def report(
+    callback: Callback | None,
+    i: int,
+    total: int,
+    x: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    denoised: torch.Tensor,
+) -> None:
+    """One progress call per step (design.md "Callback"). A callback stops the run by raising; we let it through."""
+    if callback is not None:
+        callback({"i": i, "total": total, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
+
+
+def to_d(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
+    """dx/dsigma of the probability-flow ODE (equal to the eps estimate)."""
+    return (x - denoised) / sigma
+
+
+def toward(x: torch.Tensor, denoised: torch.Tensor, ratio: float) -> torch.Tensor:
+    """The ODE solution from sigma to `ratio * sigma` with the x0 estimate held fixed: an Euler step, which is also
+    DPM-Solver++'s first-order step and DDIM's eta=0 step."""
+    return denoised + ratio * (x - denoised)
+
+
+def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """(sigma_down, sigma_up) of an ancestral step: go deterministically to sigma_down, then add sigma_up of fresh
+    noise, so the total is sigma_next. eta=1 is DDPM's posterior variance, eta=0 the ODE."""
+    if sigma_next == 0 or eta == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - up**2), up
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn on the CPU (reproducible on every device), moved to x's device."""
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+
+
+def gaussian_noise(x: torch.Tensor, generator: torch.Generator | None) -> NoiseSampler:
+    """Fresh independent noise for every call, in call order (what diffusers' ancestral schedulers draw)."""
+    return lambda sigma, sigma_next: randn_like(x, generator)
+
+
+class BrownianNoise:
+    """A Brownian motion W(sigma), one per latent element, drawn lazily from a CPU generator as it is queried.
+
+    `noise(sigma, sigma_next) = (W(hi) - W(lo)) / sqrt(hi - lo)` is standard normal; increments over disjoint
+    intervals are independent and over overlapping ones correlated, which is what the SDE solvers' sub-steps assume.
+    A point beyond the known ones is a fresh Gaussian increment, a point between two known ones comes from the
+    Brownian bridge. For decreasing, non-overlapping queries the result is exactly the generator's normals in order.
+    Same distribution as k-diffusion's torchsde Brownian tree, not the same numbers.
+    """
+
+    def __init__(self, x: torch.Tensor, generator: torch.Generator | None) -> None:
+        self.like, self.generator = x, generator
+        self.points: list[float] = []
+        self.values: list[torch.Tensor] = []
+
+    def _at(self, s: float) -> torch.Tensor:
+        pts, vals = self.points, self.values
+        i = bisect.bisect_left(pts, s)
+        if i < len(pts) and pts[i] == s:
+            return vals[i]
+        if not pts:
+            w = torch.zeros_like(self.like, dtype=torch.float32)
+        else:
+            z = randn_like(self.like, self.generator)
+            if i == 0:
+                w = vals[0] - math.sqrt(pts[0] - s) * z
+            elif i == len(pts):
+                w = vals[-1] + math.sqrt(s - pts[-1]) * z
+            else:
+                a, b = pts[i - 1], pts[i]
+                frac = (s - a) / (b - a)
+                w = vals[i - 1] + frac * (vals[i] - vals[i - 1]) + math.sqrt((s - a) * (b - s) / (b - a)) * z
+        pts.insert(i, s)
+        vals.insert(i, w)
+        return w
+
+    def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        hi, lo = max(sigma, sigma_next), min(sigma, sigma_next)
+        if hi == lo:
+            return torch.zeros_like(self.like, dtype=torch.float32)
+        w_hi = self._at(hi)
+        return (w_hi - self._at(lo)) / math.sqrt(hi - lo)

@@ -1,0 +1,141 @@
+"""Sampler names as people type them: A1111 display names ("DPM++ 2M Karras"), snake names ("dpmpp_2m"), with an
+optional schedule, resolved to a function plus the sigmas it should walk."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..schedules import SCHEDULE_LABELS, SCHEDULES, NoiseSchedule, get_sigmas, schedule_name
+from .dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_sde
+from .multistep import sample_lms, sample_plms
+from .singlestep import (
+    sample_ddim,
+    sample_ddpm,
+    sample_dpm_2,
+    sample_dpm_2_ancestral,
+    sample_dpmpp_2s_ancestral,
+    sample_euler,
+    sample_euler_ancestral,
+    sample_heun,
+    sample_lcm,
+)
+from .unipc import sample_uni_pc
+
+
+@dataclass(frozen=True)
+class SamplerChoice:
+    """A resolved sampler: `name` (snake), `label` (A1111 sampler name), `fn`, `schedule` (schedule name).
+
+    `vp_start` marks the timestep-form samplers (DDIM, PLMS, DDPM, UniPC, LCM) whose reference implementations start
+    from unit-variance VP noise; `spacing`/`final` configure the `discrete` schedule.
+    """
+
+    name: str
+    label: str
+    fn: Callable[..., torch.Tensor]
+    schedule: str
+    vp_start: bool = False
+    spacing: str = "leading"
+    final: str = "zero"
+
+    @property
+    def schedule_label(self) -> str:
+        """A1111 "Schedule type" text: "Automatic" for the sampler's own default, else the schedule's label."""
+        return "Automatic" if self.schedule == _SPECS[self.name][2] else SCHEDULE_LABELS[self.schedule]
+
+    def sigmas(self, steps: int, noise_schedule: NoiseSchedule) -> torch.Tensor:
+        """The sigmas for `steps` steps (1..1000) of this sampler on this model's noise schedule."""
+        return get_sigmas(self.schedule, steps, noise_schedule, spacing=self.spacing, final=self.final)
+
+    def initial_noise_scale(self, sigmas: torch.Tensor) -> float:
+        """txt2img starts from `noise * scale`: sigma_max for k-diffusion samplers, sqrt(1 + sigma_max**2) (unit
+        variance in VP space, diffusers' start) for the timestep-form ones."""
+        s = float(sigmas[0])
+        return math.sqrt(1.0 + s * s) if self.vp_start else s
+
+
+# name: (A1111 label, function, default schedule, vp_start, final sigma of the discrete schedule)
+_SPECS: dict[str, tuple[str, Callable[..., torch.Tensor], str, bool, str]] = {
+    "euler": ("Euler", sample_euler, "normal", False, "zero"),
+    "euler_ancestral": ("Euler a", sample_euler_ancestral, "normal", False, "zero"),
+    "heun": ("Heun", sample_heun, "normal", False, "zero"),
+    "lms": ("LMS", sample_lms, "normal", False, "zero"),
+    "dpm_2": ("DPM2", sample_dpm_2, "normal", False, "zero"),
+    "dpm_2_ancestral": ("DPM2 a", sample_dpm_2_ancestral, "normal", False, "zero"),
+    "dpmpp_2s_ancestral": ("DPM++ 2S a", sample_dpmpp_2s_ancestral, "normal", False, "zero"),
+    "dpmpp_2m": ("DPM++ 2M", sample_dpmpp_2m, "normal", False, "zero"),
+    "dpmpp_sde": ("DPM++ SDE", sample_dpmpp_sde, "normal", False, "zero"),
+    "dpmpp_2m_sde": ("DPM++ 2M SDE", sample_dpmpp_2m_sde, "normal", False, "zero"),
+    "dpmpp_2m_sde_heun": ("DPM++ 2M SDE Heun", sample_dpmpp_2m_sde_heun, "normal", False, "zero"),
+    "ddim": ("DDIM", sample_ddim, "discrete", True, "sigma_min"),
+    "plms": ("PLMS", sample_plms, "discrete", True, "sigma_min"),
+    "uni_pc": ("UniPC", sample_uni_pc, "normal", True, "zero"),
+    "lcm": ("LCM", sample_lcm, "lcm", True, "zero"),
+    "ddpm": ("DDPM", sample_ddpm, "discrete", True, "zero"),
+}
+
+SAMPLERS: list[str] = list(_SPECS)
+
+_ALIASES: dict[str, str] = {
+    **{name: name for name in _SPECS},
+    **{spec[0].lower(): name for name, spec in _SPECS.items()},
+    "euler_a": "euler_ancestral",
+    "k_euler": "euler",
+    "k_euler_a": "euler_ancestral",
+    "k_heun": "heun",
+    "k_lms": "lms",
+    "k_dpm_2": "dpm_2",
+    "k_dpm_2_a": "dpm_2_ancestral",
+    "k_dpmpp_2s_a": "dpmpp_2s_ancestral",
+    "k_dpmpp_2m": "dpmpp_2m",
+    "k_dpmpp_sde": "dpmpp_sde",
+    "k_dpmpp_2m_sde": "dpmpp_2m_sde",
+    "unipc": "uni_pc",
+}
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def _split(key: str) -> tuple[str | None, str]:
+    """The longest sampler alias that starts `key` at a word boundary, and what follows it."""
+    for alias in sorted(_ALIASES, key=len, reverse=True):
+        rest = key[len(alias) :]
+        if key.startswith(alias) and (not rest or rest[0] in " _"):
+            return _ALIASES[alias], rest[1:].strip()
+    return None, ""
+
+
+def _unknown(name: str) -> ValueError:
+    labels = ", ".join(spec[0] for spec in _SPECS.values())
+    return ValueError(
+        f"unknown sampler {name!r}; valid samplers: {labels} (or {', '.join(SAMPLERS)}), optionally followed by a "
+        f"schedule: {', '.join(SCHEDULES)}"
+    )
+
+
+def resolve(name: str, schedule: str | None = None) -> SamplerChoice:
+    """Resolve a sampler name, case-insensitively: "Euler a", "euler_a", "DPM++ 2M Karras", "dpmpp_2m_karras"...
+
+    A schedule in the name ("... Karras") applies unless `schedule` is given; "Automatic" (or None) means the
+    sampler's default: `normal` for the k-diffusion samplers, DDIM's discrete timesteps for DDIM/PLMS/DDPM, `lcm`
+    for LCM. Unknown names raise ValueError listing the valid ones.
+    """
+    sampler, rest = _split(_normalize(name))
+    if sampler is None:
+        raise _unknown(name)
+    label, fn, default, vp_start, final = _SPECS[sampler]
+    chosen = default
+    if rest and rest != "automatic":
+        try:
+            chosen = schedule_name(rest)
+        except ValueError:
+            raise _unknown(name) from None
+    if schedule is not None and _normalize(schedule) not in ("", "automatic"):
+        chosen = schedule_name(schedule)
+    return SamplerChoice(name=sampler, label=label, fn=fn, schedule=chosen, vp_start=vp_start, final=final)

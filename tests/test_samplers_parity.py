@@ -1,0 +1,289 @@
+"""Samplers against diffusers' schedulers (the oracle), with SD1.5's noise schedule.
+
+diffusers runs its usual loop (`scale_model_input`, a fake eps "UNet", `step`) on a [1, 4, 8, 8] latent; our sampler
+gets the same model as a k-diffusion denoiser (`x / sqrt(sigma**2 + 1)` at t = sigma_to_t(sigma)), the same sigmas
+and the same initial noise, and for the stochastic ones the same noise draws. The final latents must agree to float
+rounding: max |ours - diffusers| below 2e-5 of max |diffusers| (different samplers differ by far more, see
+`test_parity_check_is_discriminating`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 notices inside diffusers
+
+from sd_core import samplers  # noqa: E402
+from sd_core.schedules import NoiseSchedule  # noqa: E402
+
+SD15 = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+# The DDIM-family settings of SD1.5's scheduler config.
+SD15_VP = {**SD15, "steps_offset": 1, "set_alpha_to_one": False}
+TOL = 2e-5
+NS = NoiseSchedule()
+
+
+class FakeUNet:
+    """A smooth, nonlinear stand-in for the UNet: eps (or v) from the scaled latent and the timestep."""
+
+    def __init__(self, seed: int = 1234) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.mix = torch.randn(4, 4, generator=g) / 2
+        self.bias = torch.randn(1, 4, 8, 8, generator=g) / 2
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1, 1, 1)
+        h = torch.einsum("oc,bchw->bohw", self.mix, x.float())
+        return torch.tanh(h + self.bias * torch.cos(t / 250)) + 0.2 * x * torch.sin(t / 400)
+
+
+def make_denoiser(model: FakeUNet, prediction: str = "eps", t_of=None):
+    """The model in k-diffusion space, as sd_core's pipeline builds it (eps: x - sigma * eps; v: c_skip, c_out).
+    `t_of(sigma)` replaces `sigma_to_t` to imitate schedulers that call the model at integer timesteps."""
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.reshape(-1, 1, 1, 1)
+        t = NS.sigma_to_t(sigma) if t_of is None else t_of(sigma)
+        out = model(x / (s**2 + 1).sqrt(), t)
+        if prediction == "eps":
+            return x - s * out
+        return x / (s**2 + 1) - out * s / (s**2 + 1).sqrt()
+
+    return denoiser
+
+
+def initial_noise(seed: int = 0) -> torch.Tensor:
+    return torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+
+
+def run_diffusers(scheduler, steps=None, *, seed=None, set_kwargs=None, step_kwargs=None, model=None):
+    """diffusers' denoising loop; `seed` seeds the generator handed to `step` (for schedulers that draw noise)."""
+    model = model or FakeUNet()
+    scheduler.set_timesteps(steps, **(set_kwargs or {}))
+    x = initial_noise() * scheduler.init_noise_sigma
+    kwargs = dict(step_kwargs or {})
+    if seed is not None:
+        kwargs["generator"] = torch.Generator().manual_seed(seed)
+    for t in scheduler.timesteps:
+        out = model(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(out, t, x, **kwargs).prev_sample
+    return x
+
+
+def run_ours(fn, sigmas, *, vp_start=False, seed=None, prediction="eps", t_of=None, **options):
+    """Our sampler from the same initial noise; returns the VP latent (x / sqrt(1 + sigma_last**2))."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
+    s0 = float(sigmas[0])
+    x = initial_noise() * (math.sqrt(1 + s0 * s0) if vp_start else s0)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    denoiser = make_denoiser(FakeUNet(), prediction, t_of)
+    x = fn(denoiser, x, sigmas, generator=generator, **options)
+    return x / math.sqrt(1 + float(sigmas[-1]) ** 2)
+
+
+def rel_diff(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((ours - ref).abs().max() / ref.abs().max()).item()
+
+
+def base_sigmas(scheduler) -> torch.Tensor:
+    """The step sigmas of a scheduler that lists some of them twice (Heun, DPM2, DPM++ SDE)."""
+    return torch.unique_consecutive(scheduler.sigmas)
+
+
+# --- k-diffusion style schedulers (sigma space) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["normal", "karras"])
+def test_euler_matches_euler_discrete(schedule):
+    sigmas = samplers.resolve("euler", schedule).sigmas(12, NS)
+    ref = run_diffusers(diffusers.EulerDiscreteScheduler(**SD15), set_kwargs={"sigmas": sigmas.tolist()})
+    assert rel_diff(run_ours(samplers.sample_euler, sigmas), ref) < TOL
+
+
+def test_euler_v_prediction_matches_euler_discrete():
+    sigmas = samplers.resolve("euler").sigmas(12, NS)
+    sched = diffusers.EulerDiscreteScheduler(**SD15, prediction_type="v_prediction")
+    ref = run_diffusers(sched, set_kwargs={"sigmas": sigmas.tolist()})
+    assert rel_diff(run_ours(samplers.sample_euler, sigmas, prediction="v"), ref) < TOL
+
+
+def test_euler_ancestral_matches_euler_ancestral_discrete():
+    sched = diffusers.EulerAncestralDiscreteScheduler(**SD15, timestep_spacing="trailing")
+    ref = run_diffusers(sched, 12, seed=7)
+    assert rel_diff(run_ours(samplers.sample_euler_ancestral, sched.sigmas, seed=7), ref) < TOL
+
+
+@pytest.mark.parametrize("karras", [False, True])
+def test_heun_matches_heun_discrete(karras):
+    sched = diffusers.HeunDiscreteScheduler(**SD15, timestep_spacing="trailing", use_karras_sigmas=karras)
+    ref = run_diffusers(sched, 10)
+    assert rel_diff(run_ours(samplers.sample_heun, base_sigmas(sched)), ref) < TOL
+
+
+def test_lms_matches_lms_discrete():
+    pytest.importorskip("scipy")  # diffusers integrates the LMS weights with scipy
+    sched = diffusers.LMSDiscreteScheduler(**SD15, timestep_spacing="trailing")
+    ref = run_diffusers(sched, 12)
+    assert rel_diff(run_ours(samplers.sample_lms, sched.sigmas), ref) < TOL
+
+
+def test_dpm_2_matches_kdpm2_discrete():
+    sched = diffusers.KDPM2DiscreteScheduler(**SD15, timestep_spacing="trailing")
+    ref = run_diffusers(sched, 10)
+    assert rel_diff(run_ours(samplers.sample_dpm_2, base_sigmas(sched)), ref) < TOL
+
+
+def test_dpm_2_ancestral_matches_kdpm2_ancestral_discrete():
+    sched = diffusers.KDPM2AncestralDiscreteScheduler(**SD15, timestep_spacing="trailing")
+    ref = run_diffusers(sched, 10, seed=3)
+    assert rel_diff(run_ours(samplers.sample_dpm_2_ancestral, base_sigmas(sched), seed=3), ref) < TOL
+
+
+# --- DPM-Solver++ -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [8, 20])
+@pytest.mark.parametrize("karras", [False, True])
+def test_dpmpp_2m_matches_dpm_solver_multistep(karras, steps):
+    """dpmsolver++ order 2 (midpoint), lower_order_final, final sigma 0: the last step returns the x0 estimate.
+    diffusers starts at unit VP variance and rounds Karras timesteps to integers for the model call."""
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15, use_karras_sigmas=karras)
+    ref = run_diffusers(sched, steps)
+    t_of = (lambda sigma: NS.sigma_to_t(sigma).round()) if karras else None
+    ours = run_ours(samplers.sample_dpmpp_2m, sched.sigmas, vp_start=True, t_of=t_of)
+    assert rel_diff(ours, ref) < TOL
+
+
+def test_dpmpp_2m_v_prediction_matches_dpm_solver_multistep():
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15, prediction_type="v_prediction")
+    ref = run_diffusers(sched, 12)
+    ours = run_ours(samplers.sample_dpmpp_2m, sched.sigmas, vp_start=True, prediction="v")
+    assert rel_diff(ours, ref) < TOL
+
+
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+def test_dpmpp_2m_sde_matches_sde_dpm_solver_multistep(solver_type):
+    """Our Brownian noise yields one fresh generator normal per step here, as diffusers draws them."""
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15, algorithm_type="sde-dpmsolver++", solver_type=solver_type)
+    ref = run_diffusers(sched, 12, seed=11)
+    fn = samplers.sample_dpmpp_2m_sde if solver_type == "midpoint" else samplers.sample_dpmpp_2m_sde_heun
+    assert rel_diff(run_ours(fn, sched.sigmas, vp_start=True, seed=11), ref) < TOL
+
+
+def test_dpmpp_sde_matches_dpm_solver_sde_with_the_same_brownian_tree():
+    """DPMSolverSDEScheduler draws from a torchsde Brownian tree; we hand our sampler a tree with the same seed.
+    The query points are snapped to diffusers' float32 values of them, since a Brownian path moves by ~sqrt(dt)
+    under a rounding-size shift of the point."""
+    pytest.importorskip("torchsde")
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    sched = diffusers.DPMSolverSDEScheduler(**SD15, timestep_spacing="trailing", noise_sampler_seed=5)
+    ref = run_diffusers(sched, 8)
+    sigmas = base_sigmas(sched)
+    tree = BrownianTreeNoiseSampler(initial_noise(), float(sigmas[sigmas > 0].min()), float(sigmas.max()), 5)
+    points = []
+    for s, s_next in zip(sigmas[:-2], sigmas[1:-1], strict=True):
+        t, t_next = s.log().neg(), s_next.log().neg()
+        points += [t.neg().exp(), (t + (t_next - t) * 0.5).neg().exp(), t_next.neg().exp()]
+    points = torch.stack(points)
+
+    def snap(s: float) -> float:
+        i = (points - s).abs().argmin()
+        assert abs(float(points[i]) - s) <= 1e-5 * s
+        return float(points[i])
+
+    ours = run_ours(samplers.sample_dpmpp_sde, sigmas, noise_sampler=lambda a, b: tree(snap(a), snap(b)))
+    assert rel_diff(ours, ref) < TOL
+
+
+@pytest.mark.parametrize("fn", [samplers.sample_dpmpp_2s_ancestral, samplers.sample_dpmpp_sde])
+def test_dpmpp_2s_and_sde_without_noise_match_dpm_solver_singlestep(fn):
+    """diffusers' DPM-Solver++(2S) (singlestep, order 2) on a log-uniform schedule makes its second-order steps over
+    pairs of intervals whose inner point is the log-midpoint: our 2S step over every other sigma (DPM++ SDE with
+    eta = 0 and r = 1/2 is the same step). diffusers truncates its timesteps to int64; the model gets those."""
+    sched = diffusers.DPMSolverSinglestepScheduler(**SD15, solver_order=2, use_exponential_sigmas=True)
+    ref = run_diffusers(sched, 9)
+    sigmas = torch.cat([sched.sigmas[:-1:2], sched.sigmas[-1:]])
+
+    def t_of(sigma: torch.Tensor) -> torch.Tensor:
+        return sched.timesteps[(sched.sigmas[:-1] - sigma).abs().argmin()].float().reshape(1)
+
+    ours = run_ours(fn, sigmas, vp_start=True, t_of=t_of, eta=0.0)
+    assert rel_diff(ours, ref) < TOL
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_uni_pc_matches_unipc_multistep(order):
+    sched = diffusers.UniPCMultistepScheduler(**SD15, solver_order=order)
+    ref = run_diffusers(sched, 12)
+    ours = run_ours(samplers.sample_uni_pc, sched.sigmas, vp_start=True, order=order)
+    assert rel_diff(ours, ref) < TOL
+
+
+def test_uni_pc_bh1_to_sigma_min_matches_unipc_multistep():
+    """bh1 with a final sigma of 0 gives NaN in diffusers (B(h) = -inf times 0), so this one ends at sigma_min."""
+    sched = diffusers.UniPCMultistepScheduler(**SD15, solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min")
+    ref = run_diffusers(sched, 12)
+    ours = run_ours(samplers.sample_uni_pc, sched.sigmas, vp_start=True, order=3, variant="bh1")
+    assert rel_diff(ours, ref) < TOL
+
+
+# --- timestep-form schedulers: our registry's sigmas and start --------------------------------------------------
+
+
+def run_registry(name: str, steps: int, *, seed=None, prediction="eps", **options):
+    choice = samplers.resolve(name)
+    assert choice.vp_start
+    return run_ours(choice.fn, choice.sigmas(steps, NS), vp_start=True, seed=seed, prediction=prediction, **options)
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_ddim_matches_ddim_scheduler(steps):
+    ref = run_diffusers(diffusers.DDIMScheduler(**SD15_VP, clip_sample=False), steps)
+    assert rel_diff(run_registry("ddim", steps), ref) < TOL
+
+
+def test_ddim_v_prediction_matches_ddim_scheduler():
+    sched = diffusers.DDIMScheduler(**SD15_VP, clip_sample=False, prediction_type="v_prediction")
+    ref = run_diffusers(sched, 10)
+    assert rel_diff(run_registry("ddim", 10, prediction="v"), ref) < TOL
+
+
+def test_ddim_with_eta_matches_ddim_scheduler():
+    ref = run_diffusers(diffusers.DDIMScheduler(**SD15_VP, clip_sample=False), 10, seed=9, step_kwargs={"eta": 0.7})
+    assert rel_diff(run_registry("ddim", 10, seed=9, eta=0.7), ref) < TOL
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 20])
+def test_plms_matches_pndm_with_skip_prk_steps(steps):
+    ref = run_diffusers(diffusers.PNDMScheduler(**SD15_VP, skip_prk_steps=True), steps)
+    assert rel_diff(run_registry("plms", steps), ref) < TOL
+
+
+def test_ddpm_matches_ddpm_scheduler():
+    sched = diffusers.DDPMScheduler(**SD15, steps_offset=1, clip_sample=False)
+    ref = run_diffusers(sched, 20, seed=4)
+    assert rel_diff(run_registry("ddpm", 20, seed=4), ref) < TOL
+
+
+@pytest.mark.parametrize("steps", [1, 4, 8])
+def test_lcm_matches_lcm_scheduler(steps):
+    """diffusers mixes in the raw sample by c_skip = 0.25 / ((10 t)**2 + 0.25) (consistency boundary condition); at
+    LCM's timesteps (t >= 19) that is below 7e-6 and we leave it out, as k-diffusion's sample_lcm does."""
+    sched = diffusers.LCMScheduler(**SD15_VP, clip_sample=False)
+    ref = run_diffusers(sched, steps, seed=2)
+    assert rel_diff(run_registry("lcm", steps, seed=2), ref) < TOL
+
+
+# --- the comparison means something -------------------------------------------------------------------------------
+
+
+def test_parity_check_is_discriminating():
+    """Two different samplers on the same sigmas differ by far more than the parity tolerance."""
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15)
+    ref = run_diffusers(sched, 12)
+    assert rel_diff(run_ours(samplers.sample_euler, sched.sigmas, vp_start=True), ref) > 100 * TOL
