@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUBCOMMANDS_HELP = "txt2img: generate images; info: describe a checkpoint"
+SUBCOMMANDS_HELP = "txt2img: generate images; info: describe a checkpoint; serve: A1111-compatible HTTP server"
 
 
 class ProgressBar:
@@ -100,6 +100,12 @@ def _dtype_summary(path: str) -> str:
     return ", ".join(f"{d} ({n})" for d, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sd_core.server.main import serve
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sd-core", description="Local Stable Diffusion engine.")
     sub = parser.add_subparsers(dest="command", required=True, help=SUBCOMMANDS_HELP)
@@ -125,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a checkpoint: family, sizes, dtypes, key counts")
     info.add_argument("path")
     info.set_defaults(func=cmd_info)
+
+    from sd_core.server.settings import add_arguments as add_serve_arguments
+
+    srv = sub.add_parser("serve", help="serve the AUTOMATIC1111 API (/sdapi/v1) on 127.0.0.1 (needs sd-core[server])")
+    add_serve_arguments(srv)
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,0 +1,479 @@
+"""A standard-library client for `sd-core serve` (and any AUTOMATIC1111-compatible server).
+
+This one file is vendored by the Krita and Blender plugins, so it imports nothing outside the Python standard
+library (3.10+) and nothing from sd_core.
+
+    server = LocalServer(sys.executable, "model.safetensors")  # optional: start a server of our own
+    server.start(); server.wait_ready(120)
+    client = SDClient(server.url)
+    result = client.txt2img({"prompt": "a red brick wall", "steps": 20, "seed": 1})
+    png = b64_to_bytes(result["images"][0])
+
+Errors: `ClientError` when the server answers with an error (its message, status and the request field at fault),
+`ServerUnavailable` (a `ClientError`) when it cannot be reached.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import http.client
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "ClientError",
+    "ServerUnavailable",
+    "SDClient",
+    "Job",
+    "LocalServer",
+    "free_port",
+    "encode_png_rgba",
+    "decode_png",
+    "png_text",
+    "bytes_to_b64",
+    "b64_to_bytes",
+]
+
+DEFAULT_URL = "http://127.0.0.1:7860"
+TOKEN_ENV = "SD_CORE_TOKEN"
+
+
+class ClientError(Exception):
+    """The server refused or failed a request. `status` is the HTTP status (None when there was no answer),
+    `field` the request field at fault when the server named one, `body` the decoded error body."""
+
+    def __init__(self, message: str, status: int | None = None, field: str | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.message, self.status, self.field, self.body = message, status, field, body
+
+
+class ServerUnavailable(ClientError):
+    """No answer: the server is not running, not reachable, or did not answer in time."""
+
+
+def _error_message(status: int, body: Any, reason: str) -> tuple[str, str | None]:
+    """The human message and field from sd_core's `{"error", "detail", "field"}`, FastAPI's or A1111's shapes."""
+    if isinstance(body, dict):
+        field = body.get("field") if isinstance(body.get("field"), str) else None
+        detail = body.get("detail")
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict):  # FastAPI's validation list
+            first = detail[0]
+            loc = [str(p) for p in first.get("loc", []) if p != "body"]
+            field = field or (".".join(loc) or None)
+            detail = f"{'.'.join(loc)}: {first.get('msg', '')}" if loc else str(first.get("msg", ""))
+        for text in (detail, body.get("errors"), body.get("error")):
+            if isinstance(text, str) and text:
+                return text, field
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:500], None
+    return f"HTTP {status} {reason}".strip(), None
+
+
+class SDClient:
+    """Blocking calls to one server; thread-safe (each call opens its own connection)."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        token: str | None = None,
+        timeout: float = 30.0,
+        generation_timeout: float | None = 3600.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.generation_timeout = generation_timeout
+
+    # --- transport ----------------------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
+        """One JSON request; returns the decoded JSON answer or raises ClientError/ServerUnavailable."""
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                err_body: Any = json.loads(raw)
+            except ValueError:
+                err_body = raw.decode("utf-8", "replace")
+            message, field = _error_message(exc.code, err_body, str(exc.reason or ""))
+            raise ClientError(message, exc.code, field, err_body) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerUnavailable(f"cannot reach {self.base_url}: {reason}") from None
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ClientError(f"the server at {self.base_url} did not answer with JSON", 200) from None
+
+    # --- A1111 endpoints ----------------------------------------------------------------------------------------
+
+    def txt2img(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /sdapi/v1/txt2img: {"images": [base64 PNG], "parameters": {...}, "info": JSON string}."""
+        return self.request("POST", "/sdapi/v1/txt2img", dict(payload), self.generation_timeout)
+
+    def img2img(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /sdapi/v1/img2img (inpainting when the payload has a `mask`)."""
+        return self.request("POST", "/sdapi/v1/img2img", dict(payload), self.generation_timeout)
+
+    def progress(self, skip_current_image: bool = False) -> dict[str, Any]:
+        query = "?skip_current_image=true" if skip_current_image else ""
+        return self.request("GET", "/sdapi/v1/progress" + query)
+
+    def interrupt(self) -> None:
+        self.request("POST", "/sdapi/v1/interrupt")
+
+    def models(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/sdapi/v1/sd-models")
+
+    def samplers(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/sdapi/v1/samplers")
+
+    def schedulers(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/sdapi/v1/schedulers")
+
+    def options(self) -> dict[str, Any]:
+        return self.request("GET", "/sdapi/v1/options")
+
+    def set_options(self, options: Mapping[str, Any]) -> None:
+        """Setting `sd_model_checkpoint` switches the model; returns once it is loaded."""
+        self.request("POST", "/sdapi/v1/options", dict(options), self.generation_timeout)
+
+    def png_info(self, image_b64: str) -> dict[str, Any]:
+        """{"info": parameters text, "items": other text chunks, "parameters": parsed}."""
+        return self.request("POST", "/sdapi/v1/png-info", {"image": image_b64})
+
+    def ping(self) -> bool:
+        """True when the server answers its health check."""
+        try:
+            self.request("GET", "/internal/ping", timeout=min(self.timeout, 5.0))
+        except ClientError:
+            return False
+        return True
+
+    def submit(self, kind: str, payload: Mapping[str, Any]) -> Job:
+        """Start `txt2img`/`img2img` (or any method name of this class) in a thread; poll `progress()` meanwhile."""
+        if kind not in ("txt2img", "img2img", "set_options", "png_info"):
+            raise ValueError(f"cannot submit {kind!r}; use txt2img, img2img, set_options or png_info")
+        return Job(getattr(self, kind), payload)
+
+
+class Job:
+    """A request running in a background thread: `done`, `result`, `error`, `wait(timeout)`."""
+
+    def __init__(self, call: Callable[[Any], Any], payload: Any) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._event = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(call, payload), daemon=True)
+        self._thread.start()
+
+    def _run(self, call: Callable[[Any], Any], payload: Any) -> None:
+        try:
+            self.result = call(payload)
+        except BaseException as exc:  # handed to whoever waits
+            self.error = exc
+        finally:
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done (or `timeout` seconds); True when done."""
+        return self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The result, raising the request's error; ServerUnavailable if not done within `timeout`."""
+        if not self.wait(timeout):
+            raise ServerUnavailable(f"no answer within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+# --- running a server ---------------------------------------------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LocalServer:
+    """A `python -m sd_core.server` child process on a loopback port; its output is kept for error messages."""
+
+    def __init__(
+        self,
+        python: str,
+        model: str | os.PathLike[str] | None,
+        *,
+        port: int | None = None,
+        models_dir: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        extra_args: Iterable[str] = (),
+        host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+        module: str = "sd_core.server",
+    ) -> None:
+        self.python, self.model, self.models_dir, self.token = python, model, models_dir, token
+        self.host, self.port = host, port or free_port(host)
+        self.extra_args, self.env, self.module = list(extra_args), env, module
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: collections.deque[str] = collections.deque(maxlen=200)
+        self._reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [self.python, "-m", self.module, "--host", self.host, "--port", str(self.port)]
+        if self.model is not None:
+            cmd += ["--model", os.fspath(self.model)]
+        if self.models_dir is not None:
+            cmd += ["--models-dir", os.fspath(self.models_dir)]
+        return cmd + self.extra_args
+
+    def start(self) -> LocalServer:
+        if self.process is not None and self.process.poll() is None:
+            return self
+        env = dict(os.environ if self.env is None else self.env)
+        if self.token:
+            env[TOKEN_ENV] = self.token  # not on the command line, where other users could read it
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            creationflags=flags,
+        )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in iter(self.process.stdout.readline, b""):
+            self._log.append(line.decode("utf-8", "replace").rstrip())
+
+    def output(self) -> str:
+        """The last lines the server printed."""
+        return "\n".join(self._log)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_ready(self, timeout: float = 120.0) -> LocalServer:
+        """Wait until the server answers its health check (the model is loaded by then)."""
+        if self.process is None:
+            raise ServerUnavailable("the server was not started")
+        client = SDClient(self.url, token=self.token, timeout=2.0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                time.sleep(0.1)  # let the reader catch the last lines
+                raise ServerUnavailable(f"the server exited with code {self.process.returncode}:\n{self.output()}")
+            if client.ping():
+                return self
+            time.sleep(0.2)
+        raise ServerUnavailable(f"the server did not answer within {timeout} s:\n{self.output()}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Terminate, then kill if it does not exit within `timeout`; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(2.0)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- PNG and base64 helpers ---------------------------------------------------------------------------------------
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def bytes_to_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64_to_bytes(text: str) -> bytes:
+    """Decode base64, with or without a `data:image/png;base64,` prefix."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not valid base64: {exc}") from None
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def encode_png_rgba(
+    width: int, height: int, rgba: bytes, text: Mapping[str, str] | None = None, level: int = 6
+) -> bytes:
+    """An 8-bit RGBA PNG from raw top-to-bottom RGBA rows (`width * height * 4` bytes), with optional tEXt chunks
+    (latin-1 keys and values, e.g. A1111's `parameters`)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    stride = width * 4
+    if len(rgba) != stride * height:
+        raise ValueError(f"expected {stride * height} bytes for {width}x{height} RGBA, got {len(rgba)}")
+    view = memoryview(rgba)
+    raw = b"".join(b"\x00" + view[y * stride : (y + 1) * stride].tobytes() for y in range(height))
+    out = [_PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))]
+    for key, value in (text or {}).items():
+        out.append(_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1", "replace")))
+    out += [_chunk(b"IDAT", zlib.compress(raw, level)), _chunk(b"IEND", b"")]
+    return b"".join(out)
+
+
+def _chunks(data: bytes) -> Iterable[tuple[bytes, bytes]]:
+    if not data.startswith(_PNG_SIGNATURE):
+        raise ValueError("not a PNG file")
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        if len(body) != length:
+            raise ValueError("truncated PNG")
+        yield kind, body
+        pos += 12 + length
+        if kind == b"IEND":
+            return
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The PNG's text chunks (tEXt, zTXt, uncompressed or compressed iTXt), e.g. `png_text(png)["parameters"]`."""
+    out: dict[str, str] = {}
+    for kind, body in _chunks(data):
+        if kind == b"tEXt":
+            key, _, value = body.partition(b"\x00")
+            out[key.decode("latin-1")] = value.decode("latin-1")
+        elif kind == b"zTXt":
+            key, _, rest = body.partition(b"\x00")
+            out[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
+        elif kind == b"iTXt":
+            key, _, rest = body.partition(b"\x00")
+            compressed, rest = rest[0], rest[2:]
+            _lang, _, rest = rest.partition(b"\x00")
+            _translated, _, value = rest.partition(b"\x00")
+            out[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
+    return out
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    if pa <= pb and pa <= pc:
+        return a
+    return b if pb <= pc else c
+
+
+def decode_png(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, RGBA bytes) of an 8-bit non-interlaced PNG (grey, grey+alpha, RGB, RGBA or palette):
+    what the server sends. Pure Python, so meant for previews and modest sizes."""
+    header = None
+    palette, alpha_table, idat = b"", b"", []
+    for kind, body in _chunks(data):
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"PLTE":
+            palette = body
+        elif kind == b"tRNS":
+            alpha_table = body
+        elif kind == b"IDAT":
+            idat.append(body)
+    if header is None:
+        raise ValueError("PNG without IHDR")
+    width, height, depth, color, _, _, interlace = header
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color)
+    if depth != 8 or channels is None or interlace:
+        raise ValueError(f"unsupported PNG (bit depth {depth}, colour type {color}, interlace {interlace})")
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * channels
+    if len(raw) < (stride + 1) * height:
+        raise ValueError("truncated PNG image data")
+    rows: list[bytearray] = []
+    prev = bytearray(stride)
+    for y in range(height):
+        start = y * (stride + 1)
+        ftype, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for i in range(stride):
+            left = line[i - channels] if i >= channels else 0
+            up = prev[i]
+            if ftype == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif ftype == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif ftype == 3:
+                line[i] = (line[i] + ((left + up) >> 1)) & 0xFF
+            elif ftype == 4:
+                upleft = prev[i - channels] if i >= channels else 0
+                line[i] = (line[i] + _paeth(left, up, upleft)) & 0xFF
+            elif ftype != 0:
+                raise ValueError(f"bad PNG filter type {ftype}")
+        rows.append(line)
+        prev = line
+    out = bytearray()
+    for line in rows:
+        if channels == 4:
+            out += line
+        elif channels == 3:
+            for i in range(0, stride, 3):
+                out += line[i : i + 3] + b"\xff"
+        elif channels == 2:
+            for i in range(0, stride, 2):
+                out += bytes((line[i], line[i], line[i], line[i + 1]))
+        elif color == 0:
+            for v in line:
+                out += bytes((v, v, v, 255))
+        else:
+            for v in line:
+                out += palette[3 * v : 3 * v + 3] + bytes((alpha_table[v] if v < len(alpha_table) else 255,))
+    return width, height, bytes(out)

@@ -1,0 +1,340 @@
+"""The FastAPI app: A1111's `/sdapi/v1` endpoints over one engine pipeline and one FIFO worker.
+
+Handlers never touch the device: generation and model loading are jobs for the worker (`jobs.py`), awaited without
+blocking the event loop; everything else (progress, interrupt, listings, png-info) answers at once, busy or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Query
+from fastapi.concurrency import run_in_threadpool
+
+from .. import __version__
+from . import catalog, generate
+from .codec import decode_image
+from .engine import Loader, ModelManager, Options, default_loader
+from .errors import ApiError, install_handlers, invalid, log
+from .guard import Guard
+from .jobs import Job, JobQueue, Progress, ShuttingDown
+from .models import ModelDirectory, ModelNameError
+from .schemas import (
+    ErrorResponse,
+    GenerationResponse,
+    Img2ImgRequest,
+    PingResponse,
+    PNGInfoRequest,
+    PNGInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+    Txt2ImgRequest,
+)
+from .settings import ServerSettings, is_loopback
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in [
+        (400, "the body could not be read (not UTF-8)"),
+        (401, "missing or wrong token"),
+        (403, "not addressed to localhost"),
+        (413, "request body too large"),
+        (422, "invalid request; `field` names the culprit"),
+        (500, "engine failure"),
+    ]
+}
+MAX_SETTINGS_LINE = 4096
+GENERATION_ERRORS = {**ERRORS, 503: {"model": ErrorResponse, "description": "out of device memory"}}
+
+
+@dataclass
+class ServerState:
+    """Everything the handlers share; on `app.state.sd`."""
+
+    settings: ServerSettings
+    jobs: JobQueue
+    directory: ModelDirectory
+    models: ModelManager
+    options: Options
+    cancelled: type[BaseException]
+
+
+def _cancelled_type() -> type[BaseException]:
+    from sd_core.errors import Cancelled
+
+    return Cancelled
+
+
+def build_state(settings: ServerSettings, loader: Loader | None = None) -> ServerState:
+    """Models directory, initial model choice and the worker; the model itself loads at startup."""
+    if settings.model is not None:
+        root = settings.models_dir or Path(settings.model).resolve().parent
+        directory = ModelDirectory(root, extra=Path(settings.model))
+        initial = directory.entry_for_path(Path(settings.model))
+    else:
+        assert settings.models_dir is not None
+        directory = ModelDirectory(settings.models_dir)
+        entries = directory.entries()
+        initial = entries[0] if entries else None
+    if initial is None:
+        raise ValueError(f"no checkpoints (.safetensors, .ckpt, diffusers folders) in {directory.root}")
+    models = ModelManager(directory, loader or default_loader(settings.device, settings.dtype), initial)
+    return ServerState(settings, JobQueue(), directory, models, Options(), _cancelled_type())
+
+
+class PreviewCache:
+    """The latest preview as base64 PNG, made at most once per step however often clients poll."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[int, int] | None = None
+        self._value: str | None = None
+
+    def get(self, snap: Progress) -> str | None:
+        if snap.job is None or snap.latents is None:
+            return None
+        key = (snap.job.id, snap.latents_version)
+        with self._lock:
+            if key == self._key:
+                return self._value
+        from sd_core.preview import latents_to_preview
+
+        buf = io.BytesIO()
+        latents_to_preview(snap.latents).save(buf, format="PNG")
+        value = base64.b64encode(buf.getvalue()).decode("ascii")
+        with self._lock:
+            self._key, self._value = key, value
+        return value
+
+
+async def wait_for(job: Job) -> Any:
+    """Await a job's result; engine ValueErrors (bad settings, bad checkpoint) are the client's 422."""
+    try:
+        return await asyncio.wrap_future(job.future)
+    except ApiError:
+        raise
+    except ModelNameError as exc:
+        raise invalid("sd_model_checkpoint", str(exc)) from None
+    except (ValueError, FileNotFoundError) as exc:
+        raise ApiError(422, str(exc)) from None
+    except ShuttingDown as exc:
+        raise ApiError(503, str(exc)) from None
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            raise ApiError(503, f"out of device memory: {exc}; try a smaller size or batch") from None
+        raise ApiError(500, f"generation failed: {type(exc).__name__}: {exc}") from None
+
+
+def _progress_response(snap: Progress, preview: str | None) -> dict[str, Any]:
+    state = ProgressState(queue_pending=snap.pending)
+    if snap.job is None:
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+    state.job = snap.job.kind
+    state.job_count = snap.job_count
+    state.job_no = snap.job_no
+    state.sampling_step = snap.step
+    state.sampling_steps = snap.total
+    state.interrupted = snap.interrupted
+    state.job_timestamp = time.strftime("%Y%m%d%H%M%S", time.localtime(time.time() - (time.monotonic() - snap.started)))
+    done = snap.job_no + (snap.step / snap.total if snap.total else 0.0)
+    progress = min(1.0, done / max(snap.job_count, 1))
+    elapsed = time.monotonic() - snap.started
+    eta = elapsed / progress - elapsed if progress > 0 else 0.0
+    return {
+        "progress": progress,
+        "eta_relative": max(eta, 0.0),
+        "state": state,
+        "current_image": preview,
+        "textinfo": snap.textinfo,
+    }
+
+
+def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAPI:
+    """The app for `settings`; `loader(path) -> pipeline` defaults to `sd_core.load` on the chosen device."""
+    sd = build_state(settings, loader)
+    previews = PreviewCache()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        entry = sd.models.current
+        job = sd.jobs.submit("load", lambda ctx: sd.models.pipeline(entry))
+        try:
+            await asyncio.wrap_future(job.future)
+        except Exception as exc:
+            log.error("sd-core serve: could not load %s: %s", entry.path, exc)
+            sd.jobs.close()
+            raise
+        log.info("sd-core serve: model %s ready", entry.name)
+        yield
+        sd.jobs.close()
+
+    app = FastAPI(
+        title="sd_core",
+        version=__version__,
+        lifespan=lifespan,
+        description="A local Stable Diffusion server with the AUTOMATIC1111 web UI API (`/sdapi/v1`).",
+    )
+    app.state.sd = sd
+    install_handlers(app)
+    app.add_middleware(
+        Guard, token=settings.token, max_body=settings.max_body_bytes, loopback_only=is_loopback(settings.host)
+    )
+
+    def submit(kind: str, run: Any) -> Job:
+        try:
+            return sd.jobs.submit(kind, run)
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc)) from None
+
+    async def generate_images(req: Txt2ImgRequest | Img2ImgRequest, kind: str) -> dict[str, Any]:
+        plan = await run_in_threadpool(generate.plan, req, kind, settings, sd.directory, sd.options)
+        job = submit(plan.kind, partial(generate.run, plan, models=sd.models, cancelled=sd.cancelled))
+        outcome = await wait_for(job)
+        return await run_in_threadpool(generate.respond, plan, outcome)
+
+    @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse, responses=GENERATION_ERRORS)
+    async def txt2img(req: Txt2ImgRequest) -> dict[str, Any]:
+        """Images from a prompt. Queued behind running jobs (FIFO)."""
+        return await generate_images(req, "txt2img")
+
+    @app.post("/sdapi/v1/img2img", response_model=GenerationResponse, responses=GENERATION_ERRORS)
+    async def img2img(req: Img2ImgRequest) -> dict[str, Any]:
+        """Images from an init image; with `mask`, inpainting. Queued behind running jobs (FIFO)."""
+        return await generate_images(req, "img2img")
+
+    @app.get("/sdapi/v1/progress", response_model=ProgressResponse, responses=ERRORS)
+    def progress(skip_current_image: bool = Query(False)) -> dict[str, Any]:
+        """The running job's progress and a cheap preview of its latest step."""
+        snap = sd.jobs.snapshot()
+        preview = None if skip_current_image else previews.get(snap)
+        return _progress_response(snap, preview)
+
+    @app.post("/sdapi/v1/interrupt", responses=ERRORS)
+    def interrupt() -> dict[str, Any]:
+        """Stop the running job at its next step (finished batches still come back); queued jobs still run."""
+        sd.jobs.interrupt()
+        return {}
+
+    @app.get("/sdapi/v1/sd-models", response_model=list[SDModelItem], responses=ERRORS)
+    def sd_models() -> list[dict[str, Any]]:
+        """Checkpoints in the models directory; `hash`/`sha256` are known once a model has been loaded."""
+        out = []
+        for entry in sd.directory.entries():
+            sha = sd.directory.hashes.get(entry.path)
+            out.append(
+                {
+                    "title": sd.directory.title(entry),
+                    "model_name": entry.model_name,
+                    "hash": sha[:10] if sha else None,
+                    "sha256": sha,
+                    "filename": str(entry.path),
+                    "config": None,
+                }
+            )
+        return out
+
+    @app.post("/sdapi/v1/refresh-checkpoints", responses=ERRORS)
+    def refresh_checkpoints() -> None:
+        """The directory is rescanned on every listing; kept for A1111 clients that call it."""
+        return None
+
+    @app.get("/sdapi/v1/samplers", response_model=list[SamplerItem], responses=ERRORS)
+    def samplers() -> list[dict[str, Any]]:
+        return catalog.sampler_items()
+
+    @app.get("/sdapi/v1/schedulers", response_model=list[SchedulerItem], responses=ERRORS)
+    def schedulers() -> list[dict[str, Any]]:
+        return catalog.scheduler_items()
+
+    @app.get("/sdapi/v1/options", response_model=dict[str, Any], responses=ERRORS)
+    def get_options() -> dict[str, Any]:
+        return sd.options.as_dict(sd.models)
+
+    @app.post("/sdapi/v1/options", responses=ERRORS)
+    async def set_options(body: dict[str, Any]) -> None:
+        """`sd_model_checkpoint` switches the model (a queued job: it waits for the generation ahead of it and
+        answers once the model is loaded); `CLIP_stop_at_last_layers` sets the default clip skip. Others are
+        ignored."""
+        clip_skip = body.get(Options.CLIP_SKIP)
+        if clip_skip is not None:
+            if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
+                raise invalid(Options.CLIP_SKIP, f"{Options.CLIP_SKIP}: must be an integer from 1 to 12")
+        name = body.get("sd_model_checkpoint")
+        entry = None
+        if name is not None:
+            try:
+                entry = await run_in_threadpool(sd.directory.resolve, name)
+            except ModelNameError as exc:
+                raise invalid("sd_model_checkpoint", f"sd_model_checkpoint: {exc}") from None
+        if clip_skip is not None:
+            sd.options.clip_skip = clip_skip
+        if entry is not None:
+
+            def switch(ctx: Any) -> None:
+                ctx.set_phase(f"loading {entry.name}")
+                sd.models.pipeline(entry)
+                sd.models.select(entry)
+
+            try:
+                await wait_for(submit("load", switch))
+            except ApiError as exc:
+                if exc.status == 422:  # the file is there but not a checkpoint the engine can load
+                    exc.field = "sd_model_checkpoint"
+                raise
+        return None
+
+    @app.get("/sdapi/v1/scripts", responses=ERRORS)
+    def scripts() -> dict[str, list[str]]:
+        """No scripts or extensions; A1111 clients probe this."""
+        return {"txt2img": [], "img2img": []}
+
+    @app.post("/sdapi/v1/png-info", response_model=PNGInfoResponse, responses=ERRORS)
+    def png_info(req: PNGInfoRequest) -> dict[str, Any]:
+        """The A1111 `parameters` text of a PNG, raw and parsed."""
+        from sd_core.pnginfo import parse_parameters, read_parameters
+
+        if not req.image.strip():
+            return {"info": "", "items": {}, "parameters": {}}
+        img = decode_image(req.image, "image", settings.max_input_pixels)
+        text = read_parameters(img) or ""
+        items = {k: v for k, v in img.info.items() if k != "parameters" and isinstance(v, (str, int, float, bool))}
+        # the settings line is parsed by a regex that is slow on very long lines: refuse to spend seconds on one
+        parsable = text and len(text.rsplit("\n", 1)[-1]) <= MAX_SETTINGS_LINE
+        return {"info": text, "items": items, "parameters": parse_parameters(text) if parsable else {}}
+
+    @app.get("/internal/ping", response_model=PingResponse, responses=ERRORS)
+    def ping() -> dict[str, Any]:
+        """Health check: answers as soon as the server is up, busy or not."""
+        snap = sd.jobs.snapshot()
+        return {
+            "status": "ok",
+            "model": sd.directory.title(sd.models.current),
+            "busy": snap.job is not None,
+            "queue_pending": snap.pending,
+        }
+
+    @app.get("/internal/jobs", responses=ERRORS)
+    def jobs() -> dict[str, Any]:
+        """Recent jobs in the order they ran (id = arrival order), for monitoring."""
+        snap = sd.jobs.snapshot()
+        return {
+            "accepted": sd.jobs.accepted,
+            "running": snap.job.id if snap.job else None,
+            "pending": snap.pending,
+            "history": sd.jobs.recent(),
+        }
+
+    return app

@@ -1,0 +1,115 @@
+"""The loaded model and the server's options, owned by the worker thread.
+
+Only the worker loads or uses a pipeline, so no lock guards the model itself; the current checkpoint *option* is
+what clients see and set. A switch is a queued job like a generation: it waits for the generation ahead of it.
+Switching frees the old model before loading the new one (two SD models rarely fit in a consumer GPU at once); if
+the new one fails to load, the old one is loaded again.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .models import HashCache, ModelDirectory, ModelEntry
+
+log = logging.getLogger("sd_core.server")
+Loader = Callable[[Path], Any]
+
+
+def default_loader(device: str | None, dtype: str | None) -> Loader:
+    """`sd_core.load` with the server's device and dtype."""
+
+    def load(path: Path) -> Any:
+        import sd_core
+
+        return sd_core.load(path, device=device, dtype=dtype)
+
+    return load
+
+
+def _free_device_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency of the engine
+        pass
+
+
+class ModelManager:
+    """Which checkpoint is selected (`current`) and which pipeline is in memory (`loaded`)."""
+
+    def __init__(self, directory: ModelDirectory, loader: Loader, current: ModelEntry) -> None:
+        self.directory, self.loader = directory, loader
+        self.hashes: HashCache = directory.hashes
+        self._lock = threading.Lock()
+        self._current = current
+        self._loaded: tuple[ModelEntry, Any] | None = None
+
+    @property
+    def current(self) -> ModelEntry:
+        with self._lock:
+            return self._current
+
+    def select(self, entry: ModelEntry) -> None:
+        with self._lock:
+            self._current = entry
+
+    def pipeline(self, entry: ModelEntry | None = None) -> Any:
+        """The pipeline for `entry` (default: the current checkpoint), loading it if needed. Worker thread only."""
+        entry = entry or self.current
+        if self._loaded is not None and self._loaded[0] == entry:
+            return self._loaded[1]
+        previous = self._loaded[0] if self._loaded is not None else None
+        self._loaded = None
+        _free_device_memory()
+        try:
+            pipe = self._load(entry)
+        except BaseException:
+            if previous is not None:
+                try:
+                    self._loaded = (previous, self._load(previous))
+                except Exception:
+                    log.exception("could not reload %s after a failed switch", previous.name)
+            raise
+        self._loaded = (entry, pipe)
+        return pipe
+
+    def _load(self, entry: ModelEntry) -> Any:
+        log.info("loading %s", entry.path)
+        pipe = self.loader(entry.path)
+        self.hashes.compute(entry.path)
+        return pipe
+
+    def short_hash(self, entry: ModelEntry) -> str | None:
+        sha = self.hashes.get(entry.path)
+        return sha[:10] if sha else None
+
+
+class Options:
+    """The A1111 options this server understands; others are accepted and ignored."""
+
+    CLIP_SKIP = "CLIP_stop_at_last_layers"
+
+    def __init__(self) -> None:
+        self.clip_skip = 1  # one int, replaced whole: no lock needed
+
+    def as_dict(self, models: ModelManager) -> dict[str, Any]:
+        entry = models.current
+        sha = models.hashes.get(entry.path)
+        return {
+            "sd_model_checkpoint": models.directory.title(entry),
+            "sd_checkpoint_hash": sha,
+            self.CLIP_SKIP: self.clip_skip,
+            "samples_format": "png",
+            "sd_vae": "Automatic",
+            "live_previews_enable": True,
+            "show_progress_type": "Approx cheap",
+        }
