@@ -32,14 +32,56 @@ def format_parameters(prompt: str, negative_prompt: str, settings: Mapping[str, 
     return "\n".join(lines)
 
 
-_PAIR = re.compile(r'\s*([\w /+\-.()]+?):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+_JSON = json.JSONDecoder()
+_KEY_CHARS = re.compile(r"[\w /+\-.()]+")
+
+
+def _settings_pairs(line: str) -> list[tuple[str, Any]] | None:
+    """`Key: value, Key: "quoted, value"` pairs in one linear pass, or None if the line is not of that shape."""
+    pairs: list[tuple[str, Any]] = []
+    i, n = 0, len(line)
+    while i < n:
+        colon = line.find(":", i)
+        if colon < 0:
+            return None
+        key = line[i:colon].strip()
+        if not key or not _KEY_CHARS.fullmatch(key):
+            return None
+        i = colon + 1
+        while i < n and line[i] == " ":
+            i += 1
+        if i < n and line[i] == '"':
+            try:
+                value, i = _JSON.raw_decode(line, i)
+            except ValueError:
+                return None
+        else:
+            comma = line.find(",", i)
+            end = n if comma < 0 else comma
+            value, i = line[i:end].strip(), end
+        pairs.append((key, value))
+        while i < n and line[i] == " ":
+            i += 1
+        if i < n:
+            if line[i] != ",":
+                return None
+            i += 1
+            while i < n and line[i] == " ":
+                i += 1
+    return pairs
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
-    """Inverse of `format_parameters`: {"prompt", "negative_prompt", and each key as a string}."""
+    """Inverse of `format_parameters`: {"prompt", "negative_prompt", and each key as a string}.
+
+    As A1111, the last line counts as the settings line only when it holds at least 3 `Key: value` pairs, so a
+    prompt like "a cat: cute" stays a prompt. Linear in the text's length.
+    """
     lines = text.strip("\n").split("\n")
-    settings_line = lines[-1] if len(lines) > 1 and _PAIR.match(lines[-1]) else ""
-    body = lines[:-1] if settings_line else lines
+    pairs = _settings_pairs(lines[-1]) if len(lines) > 0 else None
+    if pairs is None or len(pairs) < 3:
+        pairs = []
+    body = lines[:-1] if pairs else lines
     prompt_lines, negative_lines, in_negative = [], [], False
     for line in body:
         if line.startswith(NEGATIVE):
@@ -47,13 +89,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
             line = line[len(NEGATIVE):]
         (negative_lines if in_negative else prompt_lines).append(line)
     out: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines)}
-    for key, value in _PAIR.findall(settings_line):
-        if value.startswith('"'):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                pass
-        out[key.strip()] = value.strip() if isinstance(value, str) else value
+    out.update(pairs)
     return out
 
 

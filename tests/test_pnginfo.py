@@ -19,7 +19,7 @@ def test_negative_line_omitted_when_empty():
 
 
 def test_values_with_separators_are_quoted_and_parse_back():
-    text = format_parameters("p", "", {"Model": 'odd, name: "x"', "Seed": 3})
+    text = format_parameters("p", "", {"Model": 'odd, name: "x"', "Seed": 3, "Steps": 20})
     assert 'Model: "odd, name: \\"x\\""' in text
     parsed = parse_parameters(text)
     assert parsed["Model"] == 'odd, name: "x"'
@@ -40,3 +40,17 @@ def test_png_text_chunk_round_trip(tmp_path):
     Image.new("RGB", (8, 8)).save(path, pnginfo=pnginfo_for(text))
     with Image.open(path) as img:
         assert read_parameters(img) == text
+
+
+def test_short_prompt_with_colon_is_not_settings():
+    assert parse_parameters("a cat: cute")["prompt"] == "a cat: cute"
+
+
+def test_long_settings_line_parses():
+    """80 KB of settings: a backtracking regex took minutes on this, the linear parser milliseconds."""
+    line = ", ".join(f"Key{i}: value {i}" for i in range(5000))
+    assert parse_parameters("prompt\n" + line)["Key4999"] == "value 4999"
+
+
+def test_garbage_is_all_prompt():
+    assert parse_parameters("::,,\"\n:,\"")["prompt"] == "::,,\"\n:,\""

@@ -56,7 +56,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (500, "engine failure"),
     ]
 }
-MAX_SETTINGS_LINE = 4096
 GENERATION_ERRORS = {**ERRORS, 503: {"model": ErrorResponse, "description": "out of device memory"}}
 
 
@@ -311,9 +310,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
         img = decode_image(req.image, "image", settings.max_input_pixels)
         text = read_parameters(img) or ""
         items = {k: v for k, v in img.info.items() if k != "parameters" and isinstance(v, (str, int, float, bool))}
-        # the settings line is parsed by a regex that is slow on very long lines: refuse to spend seconds on one
-        parsable = text and len(text.rsplit("\n", 1)[-1]) <= MAX_SETTINGS_LINE
-        return {"info": text, "items": items, "parameters": parse_parameters(text) if parsable else {}}
+        return {"info": text, "items": items, "parameters": parse_parameters(text) if text else {}}
 
     @app.get("/internal/ping", response_model=PingResponse, responses=ERRORS)
     def ping() -> dict[str, Any]:
