@@ -40,14 +40,16 @@ else:
 load_s = time.perf_counter() - t0
 peak_load = rss_mb()
 with torch.inference_mode():
-    unet(torch.randn(1, 4, 32, 32, dtype=dtype), torch.tensor([500.0], dtype=dtype), torch.randn(1, 77, 768, dtype=dtype))
+    x, c = torch.randn(1, 4, 32, 32, dtype=dtype), torch.randn(1, 77, 768, dtype=dtype)
+    unet(x, torch.tensor([500.0]), c)
 print(json.dumps({"base_mb": base, "load_s": load_s, "peak_load_mb": peak_load, "peak_after_step_mb": rss_mb()}))
 """
 
 
 def measure(loader: str, path: Path, config: Path, dtype: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(config), loader, dtype], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), str(config), loader, dtype], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -60,13 +62,18 @@ def main() -> None:
     print(f"checkpoint: {path} ({size_mb:.0f} MiB, fp32), load dtype {args.dtype}")
     rows = {name: measure(name, path, config, args.dtype) for name in ("sd_core", "diffusers")}
     print(f"{'':<22}{'sd_core':>12}{'diffusers':>12}{'ratio':>8}")
-    for key, label in [("load_s", "load time (s)"), ("peak_load_mb", "peak RSS load (MiB)"),
-                       ("peak_after_step_mb", "peak RSS +1 step")]:
+    for key, label in [
+        ("load_s", "load time (s)"),
+        ("peak_load_mb", "peak RSS load (MiB)"),
+        ("peak_after_step_mb", "peak RSS +1 step"),
+    ]:
         a, b = rows["sd_core"][key], rows["diffusers"][key]
         print(f"{label:<22}{a:>12.1f}{b:>12.1f}{a / b:>8.2f}")
     for name, row in rows.items():
-        print(f"{name}: peak RSS during load / file size = {row['peak_load_mb'] / size_mb:.2f} "
-              f"(interpreter+torch baseline {row['base_mb']:.0f} MiB included)")
+        print(
+            f"{name}: peak RSS during load / file size = {row['peak_load_mb'] / size_mb:.2f} "
+            f"(interpreter+torch baseline {row['base_mb']:.0f} MiB included)"
+        )
 
 
 if __name__ == "__main__":

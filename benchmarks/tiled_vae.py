@@ -46,8 +46,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("tiled", "whole"):
             out = Path(tmp) / f"{mode}.npy"
-            done = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.size), args.dtype, mode, str(out)],
-                                  capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, str(path), str(args.size), args.dtype, mode, str(out)],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 rows[mode] = {"error": done.stderr.strip().splitlines()[-1]}
                 continue
@@ -58,12 +61,16 @@ def main() -> None:
         if "error" in row:
             print(f"  {mode:<6} failed: {row['error']}")
         else:
-            print(f"  {mode:<6} {row['seconds']:8.1f} s   peak RSS {row['peak_mb']:8.0f} MiB "
-                  f"(after loading the model: {row['before_mb']:.0f} MiB)")
+            print(
+                f"  {mode:<6} {row['seconds']:8.1f} s   peak RSS {row['peak_mb']:8.0f} MiB "
+                f"(after loading the model: {row['before_mb']:.0f} MiB)"
+            )
     if len(images) == 2:
         diff = np.abs(images["tiled"] - images["whole"])
-        print(f"  tiled vs whole on [-1, 1]: mean abs {diff.mean():.4f}, max {diff.max():.3f} "
-              f"(= {diff.mean() * 127.5:.2f}/255 mean)")
+        print(
+            f"  tiled vs whole on [-1, 1]: mean abs {diff.mean():.4f}, max {diff.max():.3f} "
+            f"(= {diff.mean() * 127.5:.2f}/255 mean)"
+        )
         print(f"  peak RSS ratio tiled / whole: {rows['tiled']['peak_mb'] / rows['whole']['peak_mb']:.2f}")
 
 

@@ -8,7 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUBCOMMANDS_HELP = "txt2img: generate images; info: describe a checkpoint; serve: A1111-compatible HTTP server"
+SUBCOMMANDS_HELP = (
+    "txt2img: generate images; info: describe a checkpoint; serve: A1111-compatible HTTP server; train: train or "
+    "fine-tune a model"
+)
 
 
 class ProgressBar:
@@ -44,9 +47,18 @@ def cmd_txt2img(args: argparse.Namespace) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     index = next_index(outdir)
     imgs = pipe.txt2img(
-        args.prompt, negative_prompt=args.negative_prompt, width=args.width, height=args.height, steps=args.steps,
-        sampler=args.sampler, schedule=args.schedule, cfg_scale=args.cfg_scale, seed=args.seed,
-        batch_size=args.n_samples, clip_skip=args.clip_skip, callback=ProgressBar("txt2img"),
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        sampler=args.sampler,
+        schedule=args.schedule,
+        cfg_scale=args.cfg_scale,
+        seed=args.seed,
+        batch_size=args.n_samples,
+        clip_skip=args.clip_skip,
+        callback=ProgressBar("txt2img"),
     )
     for img in imgs:
         path = outdir / f"{index:05d}-{img.info['seed']}.png"
@@ -106,6 +118,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from sd_core.training.train import main as train_main
+
+    return train_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sd-core", description="Local Stable Diffusion engine.")
     sub = parser.add_subparsers(dest="command", required=True, help=SUBCOMMANDS_HELP)
@@ -137,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="serve the AUTOMATIC1111 API (/sdapi/v1) on 127.0.0.1 (needs sd-core[server])")
     add_serve_arguments(srv)
     srv.set_defaults(func=cmd_serve)
+
+    from sd_core.training.train import add_arguments as add_train_arguments
+
+    trn = sub.add_parser("train", help="train the built-in texture model, or fine-tune a checkpoint on a folder")
+    add_train_arguments(trn)
+    trn.set_defaults(func=cmd_train)
     return parser
 
 

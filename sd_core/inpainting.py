@@ -83,12 +83,25 @@ def inpaint(
     if fill == "fill":
         work_img = images.fill_masked(work_img, work_mask)
 
-    choice, seed, g, cond, uncond, axes = pipe._prepare(prompt, negative_prompt, steps, sampler, schedule, cfg_scale,
-                                                        seed, batch_size, clip_skip, tiling)
+    choice, seed, g, cond, uncond, axes = pipe._prepare(
+        prompt, negative_prompt, steps, sampler, schedule, cfg_scale, seed, batch_size, clip_skip, tiling
+    )
     with pipe._seamless(axes):
-        latents = _generate(pipe, work_img, work_mask, choice=choice, steps=steps, strength=strength, fill=fill,
-                            batch=batch_size, generator=g, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
-                            callback=callback)
+        latents = _generate(
+            pipe,
+            work_img,
+            work_mask,
+            choice=choice,
+            steps=steps,
+            strength=strength,
+            fill=fill,
+            batch=batch_size,
+            generator=g,
+            cond=cond,
+            uncond=uncond,
+            cfg_scale=cfg_scale,
+            callback=callback,
+        )
         generated = pipe.decode_latents(latents, seamless=axes)
 
     results = []
@@ -99,11 +112,22 @@ def inpaint(
         pasted = arr.copy()
         pasted[y0:y1, x0:x1] = region
         results.append(Image.fromarray(images.composite(arr, pasted, blurred)))
-    settings = pipe._settings(choice, steps, cfg_scale, seed, arr.shape[1], arr.shape[0], **{
-        "Denoising strength": strength, "Mask blur": mask_blur, "Masked content": fill,
-        "Inpaint area": "Only masked" if only_masked else "Whole picture",
-        "Masked area padding": padding if only_masked else None, "Color match": "on" if color_match else None,
-    })
+    settings = pipe._settings(
+        choice,
+        steps,
+        cfg_scale,
+        seed,
+        arr.shape[1],
+        arr.shape[0],
+        **{
+            "Denoising strength": strength,
+            "Mask blur": mask_blur,
+            "Masked content": fill,
+            "Inpaint area": "Only masked" if only_masked else "Whole picture",
+            "Masked area padding": padding if only_masked else None,
+            "Color match": "on" if color_match else None,
+        },
+    )
     return pipe._finish(results, prompt, negative_prompt, settings)
 
 
@@ -140,6 +164,17 @@ def _generate(
         extra = torch.cat([mask_latent.expand(batch, -1, -1, -1), masked_latents], dim=1)
     else:
         blend_mask = images.latent_mask(work_mask, h, w)
-    return pipe._denoise(choice=choice, steps=steps, strength=strength, noise=noise, init=init, cond=cond,
-                         uncond=uncond, cfg_scale=cfg_scale, generator=generator, callback=callback, extra=extra,
-                         blend_mask=blend_mask)
+    return pipe._denoise(
+        choice=choice,
+        steps=steps,
+        strength=strength,
+        noise=noise,
+        init=init,
+        cond=cond,
+        uncond=uncond,
+        cfg_scale=cfg_scale,
+        generator=generator,
+        callback=callback,
+        extra=extra,
+        blend_mask=blend_mask,
+    )

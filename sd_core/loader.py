@@ -30,13 +30,13 @@ def split_components(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict, d
     unet, vae, text, openclip = {}, {}, {}, {}
     for key, tensor in state_dict.items():
         if key.startswith(UNET_PREFIX):
-            unet[key[len(UNET_PREFIX):]] = tensor
+            unet[key[len(UNET_PREFIX) :]] = tensor
         elif key.startswith(VAE_PREFIX):
-            vae[key[len(VAE_PREFIX):]] = tensor
+            vae[key[len(VAE_PREFIX) :]] = tensor
         elif key.startswith(CLIP_HF_PREFIX):
-            text[key[len(CLIP_HF_PREFIX):]] = tensor
+            text[key[len(CLIP_HF_PREFIX) :]] = tensor
         elif key.startswith(CLIP_OPENCLIP_PREFIX):
-            openclip[key[len(CLIP_OPENCLIP_PREFIX):]] = tensor
+            openclip[key[len(CLIP_OPENCLIP_PREFIX) :]] = tensor
     if openclip:
         text.update(openclip_to_hf(openclip))
     return unet, vae, normalize_hf_keys(text)
@@ -52,10 +52,16 @@ def key_problems(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], w
     expected = module.state_dict()
     missing = sorted(expected.keys() - state_dict.keys())
     unexpected = sorted(state_dict.keys() - expected.keys())
-    shapes = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-              if k in state_dict and tuple(v.shape) != tuple(state_dict[k].shape)]
-    problems = [_listing(kind, keys) for kind, keys in (("missing", missing), ("unexpected", unexpected),
-                                                         ("mis-shaped", shapes)) if keys]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state_dict and tuple(v.shape) != tuple(state_dict[k].shape)
+    ]
+    problems = [
+        _listing(kind, keys)
+        for kind, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
+        if keys
+    ]
     return [f"{what}: {'; '.join(problems)}"] if problems else []
 
 
@@ -71,18 +77,23 @@ def probe_v_prediction(unet: torch.nn.Module, context_dim: int) -> bool:
     return bool((out - x.float())[:, :4].mean() < -1)
 
 
-def build_models(config: ModelConfig, state_dict: dict[str, torch.Tensor], path: str | os.PathLike
-                 ) -> tuple[UNetModel, AutoencoderKL, CLIPTextEncoder]:
+def build_models(
+    config: ModelConfig, state_dict: dict[str, torch.Tensor], path: str | os.PathLike
+) -> tuple[UNetModel, AutoencoderKL, CLIPTextEncoder]:
     """Meta-device networks filled with the checkpoint's tensors."""
     unet_sd, vae_sd, text_sd = split_components(state_dict)
     with torch.device("meta"):
         unet, vae, text = UNetModel(config.unet), AutoencoderKL(config.vae), CLIPTextEncoder(config.text)
-    parts = [(unet, unet_sd, "UNet"), (vae, AutoencoderKL.prepare_state_dict(vae_sd), "VAE"),
-             (text, text_sd, "text encoder")]
+    parts = [
+        (unet, unet_sd, "UNet"),
+        (vae, AutoencoderKL.prepare_state_dict(vae_sd), "VAE"),
+        (text, text_sd, "text encoder"),
+    ]
     problems = [p for module, sd, what in parts for p in key_problems(module, sd, what)]
     if problems:
-        raise checkpoint.CheckpointError(f"{path}: weights do not match the inferred architecture: "
-                                         + " | ".join(problems))
+        raise checkpoint.CheckpointError(
+            f"{path}: weights do not match the inferred architecture: " + " | ".join(problems)
+        )
     for module, sd, _ in parts:
         module.load_state_dict(sd, strict=True, assign=True)
     return unet, vae, text

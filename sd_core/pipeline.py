@@ -84,8 +84,9 @@ class StableDiffusion:
     # --- latents <-> pixels -------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def decode_latents(self, latents: torch.Tensor, *, seamless: str | None = None,
-                       tile: bool | None = None) -> list[Image.Image]:
+    def decode_latents(
+        self, latents: torch.Tensor, *, seamless: str | None = None, tile: bool | None = None
+    ) -> list[Image.Image]:
         """VP latents -> PIL images; tiled when large or out of memory (`sd_core.tiling`). A float16 VAE that
         overflows to NaN is upcast to float32 once and retried (the black-image failure of half precision)."""
         z = latents / self.config.latent_scale
@@ -133,16 +134,28 @@ class StableDiffusion:
     ) -> torch.Tensor:
         """Run the sampler in k-diffusion space; return VP latents on the CPU."""
         denoiser = GuidedDenoiser(
-            self.unet, self.noise_schedule, self.config.prediction, cond.to(self.device), uncond.to(self.device),
-            cfg_scale, extra=None if extra is None else extra.to(self.device),
+            self.unet,
+            self.noise_schedule,
+            self.config.prediction,
+            cond.to(self.device),
+            uncond.to(self.device),
+            cfg_scale,
+            extra=None if extra is None else extra.to(self.device),
             blend=None if blend is None else blend.to(self.device),
         )
         total = len(sigmas) - 1
 
         def on_step(info: dict[str, Any]) -> None:
             if callback is not None:
-                callback({"step": info["i"] + 1, "total": total, "latents": info["x"], "denoised": info["denoised"],
-                          "sigma": float(info["sigma"])})
+                callback(
+                    {
+                        "step": info["i"] + 1,
+                        "total": total,
+                        "latents": info["x"],
+                        "denoised": info["denoised"],
+                        "sigma": float(info["sigma"]),
+                    }
+                )
 
         with torch.inference_mode():
             x = choice.fn(denoiser, x.to(self.device), sigmas.to(self.device), callback=on_step, generator=generator)
@@ -174,24 +187,53 @@ class StableDiffusion:
         sigmas = choice.sigmas(steps, self.noise_schedule)
         run = min(int(steps * strength), steps)
         if run < 1:
-            raise ValueError(f"strength {strength} with {steps} steps leaves no step to run: "
-                             "raise strength or steps (strength * steps must be at least 1)")
-        sigmas = sigmas[steps - run:]
+            raise ValueError(
+                f"strength {strength} with {steps} steps leaves no step to run: "
+                "raise strength or steps (strength * steps must be at least 1)"
+            )
+        sigmas = sigmas[steps - run :]
         if init is None or strength >= 1.0:
             x = noise * choice.initial_noise_scale(sigmas)
         else:
             x = init + noise * sigmas[0]
         blend = None if blend_mask is None else InpaintBlend(blend_mask, init, noise)
-        return self._sample(choice=choice, sigmas=sigmas, x=x, cond=cond, uncond=uncond, cfg_scale=cfg_scale,
-                            generator=generator, callback=callback, extra=extra, blend=blend)
+        return self._sample(
+            choice=choice,
+            sigmas=sigmas,
+            x=x,
+            cond=cond,
+            uncond=uncond,
+            cfg_scale=cfg_scale,
+            generator=generator,
+            callback=callback,
+            extra=extra,
+            blend=blend,
+        )
 
-    def _settings(self, choice: samplers.SamplerChoice, steps: int, cfg_scale: float, seed: int, width: int,
-                  height: int, **more: Any) -> dict[str, Any]:
-        return {"Steps": steps, "Sampler": choice.label, "Schedule type": choice.schedule_label,
-                "CFG scale": cfg_scale, "Seed": seed, "Size": f"{width}x{height}", "Model": self.name, **more}
+    def _settings(
+        self,
+        choice: samplers.SamplerChoice,
+        steps: int,
+        cfg_scale: float,
+        seed: int,
+        width: int,
+        height: int,
+        **more: Any,
+    ) -> dict[str, Any]:
+        return {
+            "Steps": steps,
+            "Sampler": choice.label,
+            "Schedule type": choice.schedule_label,
+            "CFG scale": cfg_scale,
+            "Seed": seed,
+            "Size": f"{width}x{height}",
+            "Model": self.name,
+            **more,
+        }
 
-    def _finish(self, imgs: list[Image.Image], prompt: str, negative_prompt: str, settings: dict[str, Any]
-                ) -> list[Image.Image]:
+    def _finish(
+        self, imgs: list[Image.Image], prompt: str, negative_prompt: str, settings: dict[str, Any]
+    ) -> list[Image.Image]:
         """Attach the A1111 parameters text (and the seed) to each image's `info`."""
         for pos, img in enumerate(imgs):
             extra = {"Batch size": len(imgs), "Batch pos": pos} if len(imgs) > 1 else {}
@@ -199,9 +241,19 @@ class StableDiffusion:
             img.info["seed"] = settings["Seed"]
         return imgs
 
-    def _prepare(self, prompt: str, negative_prompt: str, steps: int, sampler: str, schedule: str | None,
-                 cfg_scale: float, seed: int | None, batch_size: int, clip_skip: int, tiling_axes: Any
-                 ) -> tuple[samplers.SamplerChoice, int, torch.Generator, torch.Tensor, torch.Tensor, str | None]:
+    def _prepare(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        steps: int,
+        sampler: str,
+        schedule: str | None,
+        cfg_scale: float,
+        seed: int | None,
+        batch_size: int,
+        clip_skip: int,
+        tiling_axes: Any,
+    ) -> tuple[samplers.SamplerChoice, int, torch.Generator, torch.Tensor, torch.Tensor, str | None]:
         """Validation and the pieces every mode shares: sampler, seed and its generator, text embeddings."""
         check_generation_args(steps, cfg_scale, batch_size)
         choice = samplers.resolve(sampler, schedule)
@@ -235,13 +287,25 @@ class StableDiffusion:
         `info["parameters"]` (A1111 text) record what made it. `tiling` "x", "y" or "xy" makes the image wrap
         seamlessly on those axes. A callback cancels by raising `sd_core.Cancelled`."""
         images.check_size(width, height)
-        choice, seed, g, cond, uncond, axes = self._prepare(prompt, negative_prompt, steps, sampler, schedule,
-                                                            cfg_scale, seed, batch_size, clip_skip, tiling)
+        choice, seed, g, cond, uncond, axes = self._prepare(
+            prompt, negative_prompt, steps, sampler, schedule, cfg_scale, seed, batch_size, clip_skip, tiling
+        )
         noise = torch.randn((batch_size, 4, height // 8, width // 8), generator=g)
         with self._seamless(axes):
             extra = self._blank_inpaint_input(batch_size, height, width)
-            latents = self._denoise(choice=choice, steps=steps, strength=1.0, noise=noise, init=None, cond=cond,
-                                    uncond=uncond, cfg_scale=cfg_scale, generator=g, callback=callback, extra=extra)
+            latents = self._denoise(
+                choice=choice,
+                steps=steps,
+                strength=1.0,
+                noise=noise,
+                init=None,
+                cond=cond,
+                uncond=uncond,
+                cfg_scale=cfg_scale,
+                generator=g,
+                callback=callback,
+                extra=extra,
+            )
             imgs = self.decode_latents(latents, seamless=axes)
         settings = self._settings(choice, steps, cfg_scale, seed, width, height, **_optional(clip_skip, axes))
         return self._finish(imgs, prompt, negative_prompt, settings)
@@ -272,17 +336,37 @@ class StableDiffusion:
         arr = images.to_rgb_array(image)
         width, height = working_size(arr, width, height)
         arr = resize_rgb(arr, width, height)
-        choice, seed, g, cond, uncond, axes = self._prepare(prompt, negative_prompt, steps, sampler, schedule,
-                                                            cfg_scale, seed, batch_size, clip_skip, tiling)
+        choice, seed, g, cond, uncond, axes = self._prepare(
+            prompt, negative_prompt, steps, sampler, schedule, cfg_scale, seed, batch_size, clip_skip, tiling
+        )
         with self._seamless(axes):
             init = self.encode_pixels(images.image_to_tensor(arr), g, batch_size)
             noise = torch.randn(init.shape, generator=g)
             extra = self._image_inpaint_input(init)
-            latents = self._denoise(choice=choice, steps=steps, strength=strength, noise=noise, init=init, cond=cond,
-                                    uncond=uncond, cfg_scale=cfg_scale, generator=g, callback=callback, extra=extra)
+            latents = self._denoise(
+                choice=choice,
+                steps=steps,
+                strength=strength,
+                noise=noise,
+                init=init,
+                cond=cond,
+                uncond=uncond,
+                cfg_scale=cfg_scale,
+                generator=g,
+                callback=callback,
+                extra=extra,
+            )
             imgs = self.decode_latents(latents, seamless=axes)
-        settings = self._settings(choice, steps, cfg_scale, seed, width, height, **{"Denoising strength": strength},
-                                  **_optional(clip_skip, axes))
+        settings = self._settings(
+            choice,
+            steps,
+            cfg_scale,
+            seed,
+            width,
+            height,
+            **{"Denoising strength": strength},
+            **_optional(clip_skip, axes),
+        )
         return self._finish(imgs, prompt, negative_prompt, settings)
 
     def inpaint(
@@ -314,14 +398,44 @@ class StableDiffusion:
         input's exact pixels. See `sd_core.inpainting` for the steps and options."""
         from .inpainting import inpaint
 
-        return inpaint(self, image, mask, prompt, strength=strength, mask_blur=mask_blur, only_masked=only_masked,
-                       padding=padding, fill=fill, color_match=color_match, negative_prompt=negative_prompt,
-                       width=width, height=height, steps=steps, sampler=sampler, schedule=schedule,
-                       cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, clip_skip=clip_skip, tiling=tiling,
-                       callback=callback)
+        return inpaint(
+            self,
+            image,
+            mask,
+            prompt,
+            strength=strength,
+            mask_blur=mask_blur,
+            only_masked=only_masked,
+            padding=padding,
+            fill=fill,
+            color_match=color_match,
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            steps=steps,
+            sampler=sampler,
+            schedule=schedule,
+            cfg_scale=cfg_scale,
+            seed=seed,
+            batch_size=batch_size,
+            clip_skip=clip_skip,
+            tiling=tiling,
+            callback=callback,
+        )
 
-    def outpaint(self, image: Any, prompt: str, *, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0,
-                 prefill: str = "edge_noise", strength: float | None = None, **options: Any) -> list[Image.Image]:
+    def outpaint(
+        self,
+        image: Any,
+        prompt: str,
+        *,
+        left: int = 0,
+        top: int = 0,
+        right: int = 0,
+        bottom: int = 0,
+        prefill: str = "edge_noise",
+        strength: float | None = None,
+        **options: Any,
+    ) -> list[Image.Image]:
         """Extend the canvas by the margins (rounded up so the size stays a multiple of 8) and fill the new area.
 
         The new area is prefilled (`images.extend_canvas`) and repainted with the seam; `strength` defaults to 1.0

@@ -86,7 +86,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     for line in body:
         if line.startswith(NEGATIVE):
             in_negative = True
-            line = line[len(NEGATIVE):]
+            line = line[len(NEGATIVE) :]
         (negative_lines if in_negative else prompt_lines).append(line)
     out: dict[str, Any] = {"prompt": "\n".join(prompt_lines), "negative_prompt": "\n".join(negative_lines)}
     out.update(pairs)

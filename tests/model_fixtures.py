@@ -45,7 +45,9 @@ def clip_tokenizer(folder: Path, *, sd2: bool = False):
 
     write_clip_tokenizer_files(folder)
     return CLIPTokenizer(
-        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        model_max_length=77,
         pad_token="!" if sd2 else "<|endoftext|>",
     )
 
@@ -67,25 +69,52 @@ def tiny_components(seed: int = 0, *, sd2: bool = False, inpainting: bool = Fals
     g = torch.Generator().manual_seed(seed + 1)
     channels = (64, 128) if sd2 else (32, 64)
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=9 if inpainting else 4, out_channels=4, layers_per_block=2,
-        block_out_channels=channels, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_WIDTH,
-        attention_head_dim=(1, 2) if sd2 else 8, use_linear_projection=sd2,
+        sample_size=8,
+        in_channels=9 if inpainting else 4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=channels,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=(1, 2) if sd2 else 8,
+        use_linear_projection=sd2,
     )
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(32, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=TEXT_WIDTH, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
-        max_position_embeddings=77, hidden_act="gelu" if sd2 else "quick_gelu", bos_token_id=49406,
-        eos_token_id=49407, pad_token_id=0 if sd2 else 49407, projection_dim=TEXT_WIDTH,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=256,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            hidden_act="gelu" if sd2 else "quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=0 if sd2 else 49407,
+            projection_dim=TEXT_WIDTH,
+        )
+    )
     for m in (unet, vae, text_encoder):
         _perturb(m, g).eval()
     scheduler = DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
         prediction_type="v_prediction" if sd2 else "epsilon",
     )
     tokenizer = clip_tokenizer((tmp or Path("/tmp")) / f"sd_core_tok_{'sd2' if sd2 else 'sd1'}", sd2=sd2)
@@ -119,7 +148,7 @@ def write_tiny_checkpoint(path: str | Path, seed: int = 0, *, sd2: bool = False,
         from sd_core.models.text_encoder import hf_to_openclip
 
         hf_prefix, oc_prefix = "cond_stage_model.transformer.", "cond_stage_model.model."
-        text = {k[len(hf_prefix):]: v for k, v in state_dict.items() if k.startswith(hf_prefix)}
+        text = {k[len(hf_prefix) :]: v for k, v in state_dict.items() if k.startswith(hf_prefix)}
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(hf_prefix)}
         state_dict.update({oc_prefix + k: v for k, v in hf_to_openclip(text).items()})
     write_safetensors(path, {k: v.contiguous() for k, v in state_dict.items()})

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from model_fixtures import write_tiny_checkpoint
 from PIL import Image
 
-from model_fixtures import write_tiny_checkpoint
 from sd_core.pnginfo import parse_parameters
 
 
@@ -23,9 +23,31 @@ def sd_core_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_txt2img_writes_pngs_with_parameters(model, tmp_path):
-    out = sd_core_cli("txt2img", "--model", str(model), "--prompt", "a red wall", "--negative-prompt", "blurry",
-                      "--steps", "2", "--width", "64", "--height", "64", "--seed", "42", "--n-samples", "2",
-                      "--sampler", "DPM++ 2M Karras", "--outdir", str(tmp_path), "--dtype", "fp32")
+    out = sd_core_cli(
+        "txt2img",
+        "--model",
+        str(model),
+        "--prompt",
+        "a red wall",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "2",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--seed",
+        "42",
+        "--n-samples",
+        "2",
+        "--sampler",
+        "DPM++ 2M Karras",
+        "--outdir",
+        str(tmp_path),
+        "--dtype",
+        "fp32",
+    )
     assert out.returncode == 0, out.stderr
     files = sorted(tmp_path.glob("*.png"))
     assert [f.name for f in files] == ["00000-42.png", "00001-42.png"]

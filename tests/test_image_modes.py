@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_fixtures import _cached_folder, write_tiny_checkpoint
 from PIL import Image
 
 import sd_core
-from model_fixtures import _cached_folder, write_tiny_checkpoint
 
 SIZE, SEED = 64, 77
 
@@ -18,16 +18,21 @@ def reference(inpainting: bool = False):
     from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
 
     cls = StableDiffusionInpaintPipeline if inpainting else StableDiffusionImg2ImgPipeline
-    pipe = cls.from_pretrained(str(_cached_folder(0, False, inpainting)), local_files_only=True, safety_checker=None,
-                               requires_safety_checker=False)
+    pipe = cls.from_pretrained(
+        str(_cached_folder(0, False, inpainting)),
+        local_files_only=True,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
 
 
 @pytest.fixture(scope="module")
 def sd1(tmp_path_factory):
-    return sd_core.load(write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "sd1.safetensors"), device="cpu",
-                        dtype=torch.float32)
+    return sd_core.load(
+        write_tiny_checkpoint(tmp_path_factory.mktemp("m") / "sd1.safetensors"), device="cpu", dtype=torch.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +72,26 @@ def assert_same_image(ours: np.ndarray, ref: np.ndarray) -> None:
 
 def test_img2img_matches_diffusers(sd1, photo):
     ref = reference()
-    expected = ref("a red brick wall", image=photo, strength=0.6, num_inference_steps=10, guidance_scale=7.5,
-                   negative_prompt="blurry", generator=torch.Generator("cpu").manual_seed(SEED),
-                   output_type="np").images[0]
-    ours = sd1.img2img(photo, "a red brick wall", strength=0.6, steps=10, sampler="ddim", cfg_scale=7.5,
-                       negative_prompt="blurry", seed=SEED)[0]
+    expected = ref(
+        "a red brick wall",
+        image=photo,
+        strength=0.6,
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        negative_prompt="blurry",
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    ).images[0]
+    ours = sd1.img2img(
+        photo,
+        "a red brick wall",
+        strength=0.6,
+        steps=10,
+        sampler="ddim",
+        cfg_scale=7.5,
+        negative_prompt="blurry",
+        seed=SEED,
+    )[0]
     assert_same_image(as_array(ours), (expected * 255).round())
 
 
@@ -79,8 +99,15 @@ def test_inpaint_9_channel_matches_diffusers(sd1_inpaint, photo, square_mask):
     """diffusers returns the raw decode; ours pastes the original back outside the mask, so diffusers' output is
     composited with the same (unblurred) mask before comparing."""
     ref = reference(inpainting=True)
-    expected = ref("a cat", image=photo, mask_image=square_mask, num_inference_steps=10, guidance_scale=7.5,
-                   generator=torch.Generator("cpu").manual_seed(SEED), output_type="np").images[0]
+    expected = ref(
+        "a cat",
+        image=photo,
+        mask_image=square_mask,
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+        output_type="np",
+    ).images[0]
     expected = (expected * 255).round()
     m = (np.asarray(square_mask) / 255.0)[:, :, None]
     expected = np.asarray(photo) * (1 - m) + expected * m
@@ -96,8 +123,9 @@ def test_inpaint_9_channel_matches_diffusers(sd1_inpaint, photo, square_mask):
 def test_pixels_outside_blurred_mask_are_unchanged(request, model, only_masked, photo, square_mask):
     pipe = request.getfixturevalue(model)
     kw = {"width": 64, "height": 64} if only_masked else {}
-    out = np.asarray(pipe.inpaint(photo, square_mask, "a cat", steps=3, seed=1, only_masked=only_masked,
-                                  padding=8, **kw)[0])
+    out = np.asarray(
+        pipe.inpaint(photo, square_mask, "a cat", steps=3, seed=1, only_masked=only_masked, padding=8, **kw)[0]
+    )
     blurred = sd_core.images.blur_mask(sd_core.images.to_mask_array(square_mask), 4)
     original = np.asarray(photo)
     outside = blurred == 0
@@ -112,8 +140,9 @@ def test_soft_mask_blends(sd1, photo):
     mask[:, 32:] = 1.0
     mask[:, 28:32] = 0.5
     out = np.asarray(sd1.inpaint(photo, mask, "a cat", mask_blur=0, steps=3, seed=2)[0]).astype(float)
-    full = np.asarray(sd1.inpaint(photo, np.where(mask > 0, 1.0, 0.0), "a cat", mask_blur=0, steps=3,
-                                  seed=2)[0]).astype(float)
+    full = np.asarray(
+        sd1.inpaint(photo, np.where(mask > 0, 1.0, 0.0), "a cat", mask_blur=0, steps=3, seed=2)[0]
+    ).astype(float)
     original = np.asarray(photo).astype(float)
     # half-masked columns lie between the original and a fully repainted result
     half = np.s_[:, 28:32]
@@ -185,8 +214,18 @@ def _rolled_pair(pipe, axes: str | None, shift: int):
     out = []
     for n in (noise, torch.roll(noise, shift, dims=-1)):
         with pipe._seamless(axes):
-            lat = pipe._denoise(choice=choice, steps=4, strength=1.0, noise=n, init=None, cond=cond, uncond=uncond,
-                                cfg_scale=7.5, generator=torch.Generator().manual_seed(0), callback=None)
+            lat = pipe._denoise(
+                choice=choice,
+                steps=4,
+                strength=1.0,
+                noise=n,
+                init=None,
+                cond=cond,
+                uncond=uncond,
+                cfg_scale=7.5,
+                generator=torch.Generator().manual_seed(0),
+                callback=None,
+            )
             out.append(np.asarray(pipe.decode_latents(lat, seamless=axes)[0]).astype(float))
     return out
 
@@ -234,8 +273,10 @@ def test_every_sampler_in_every_mode(sd1, sd1_inpaint, photo, square_mask, sampl
     def cancel(info):
         raise sd_core.Cancelled
 
-    for run in (lambda: sd1.txt2img("a", width=64, height=64, steps=3, sampler=sampler, callback=cancel),
-                lambda: sd1.img2img(photo, "a", steps=3, sampler=sampler, callback=cancel),
-                lambda: sd1.inpaint(photo, square_mask, "a", steps=3, sampler=sampler, callback=cancel)):
+    for run in (
+        lambda: sd1.txt2img("a", width=64, height=64, steps=3, sampler=sampler, callback=cancel),
+        lambda: sd1.img2img(photo, "a", steps=3, sampler=sampler, callback=cancel),
+        lambda: sd1.inpaint(photo, square_mask, "a", steps=3, sampler=sampler, callback=cancel),
+    ):
         with pytest.raises(sd_core.Cancelled):
             run()

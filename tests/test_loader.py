@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 import torch
+from model_fixtures import _cached_folder, write_tiny_checkpoint
 
 import sd_core
-from model_fixtures import _cached_folder, write_tiny_checkpoint
 from sd_core.checkpoint import CheckpointError, read_state_dict, write_safetensors
 from sd_core.loader import probe_v_prediction
 
@@ -40,8 +40,9 @@ def test_sd2_openclip_layout_loads_as_sd2(tmp_path):
 
 
 def test_inpainting_checkpoint_reports_inpaint_family(tmp_path):
-    pipe = sd_core.load(write_tiny_checkpoint(tmp_path / "inp.safetensors", inpainting=True), device="cpu",
-                        dtype=torch.float32)
+    pipe = sd_core.load(
+        write_tiny_checkpoint(tmp_path / "inp.safetensors", inpainting=True), device="cpu", dtype=torch.float32
+    )
     assert pipe.config.inpainting and pipe.config.family == "sd1-inpaint"
     assert pipe.unet.config["in_channels"] == 9
 

@@ -4,14 +4,15 @@ from PIL import Image
 
 from sd_core.pnginfo import format_parameters, parse_parameters, pnginfo_for, read_parameters
 
-SETTINGS = {"Steps": 20, "Sampler": "Euler a", "Schedule type": "Karras", "CFG scale": 7, "Seed": 1,
-            "Size": "512x512"}
+SETTINGS = {"Steps": 20, "Sampler": "Euler a", "Schedule type": "Karras", "CFG scale": 7, "Seed": 1, "Size": "512x512"}
 
 
 def test_format_matches_a1111_layout():
     text = format_parameters("a cat", "blurry", SETTINGS)
-    assert text == ("a cat\nNegative prompt: blurry\n"
-                    "Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512")
+    assert text == (
+        "a cat\nNegative prompt: blurry\n"
+        "Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512"
+    )
 
 
 def test_negative_line_omitted_when_empty():
@@ -53,4 +54,4 @@ def test_long_settings_line_parses():
 
 
 def test_garbage_is_all_prompt():
-    assert parse_parameters("::,,\"\n:,\"")["prompt"] == "::,,\"\n:,\""
+    assert parse_parameters('::,,"\n:,"')["prompt"] == '::,,"\n:,"'

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from sd15_reference import PARAMS, random_sd15_state_dict, write_config_folder
 
 pytestmark = pytest.mark.slow
@@ -35,8 +34,9 @@ def sd15(tmp_path_factory):
     del weights
     single = root / "sd15-random.safetensors"
     write_safetensors(single, read_state_dict(folder))
-    ref = StableDiffusionPipeline.from_single_file(str(single), config=str(config), local_files_only=True,
-                                                   torch_dtype=torch.float32)
+    ref = StableDiffusionPipeline.from_single_file(
+        str(single), config=str(config), local_files_only=True, torch_dtype=torch.float32
+    )
     assert isinstance(ref.unet, UNet2DConditionModel) and isinstance(ref.vae, AutoencoderKL)
     ours = sd_core.load(single, device="cpu", dtype=torch.float32)
     return ref, ours
@@ -77,7 +77,8 @@ def test_vae_encode_decode_match_diffusers(sd15):
 @torch.inference_mode()
 def test_text_encoder_matches_transformers(sd15):
     ref, ours = sd15
-    tokens = ref.tokenizer("a photograph of an astronaut riding a horse", padding="max_length", max_length=77,
-                           return_tensors="pt").input_ids
+    tokens = ref.tokenizer(
+        "a photograph of an astronaut riding a horse", padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
     expected = ref.text_encoder(tokens).last_hidden_state
     assert rel_err(ours.text_encoder(tokens), expected) < REL_TOL

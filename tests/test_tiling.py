@@ -192,8 +192,17 @@ def test_vae_encoder_wraps_on_x_only():
     from sd_core.models.vae import AutoencoderKL
 
     torch.manual_seed(0)
-    vae = AutoencoderKL({"ch": 32, "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "z_channels": 4, "embed_dim": 4,
-                         "in_channels": 3, "out_ch": 3}).eval()
+    vae = AutoencoderKL(
+        {
+            "ch": 32,
+            "ch_mult": [1, 1, 2, 2],
+            "num_res_blocks": 1,
+            "z_channels": 4,
+            "embed_dim": 4,
+            "in_channels": 3,
+            "out_ch": 3,
+        }
+    ).eval()
     x = torch.rand(1, 3, 32, 48) * 2 - 1
     with torch.no_grad(), tiling.seamless(vae, "x"):
         a = vae.encode(x)[0]

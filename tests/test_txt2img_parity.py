@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_fixtures import _cached_folder, write_tiny_checkpoint
 
 import sd_core
-from model_fixtures import _cached_folder, write_tiny_checkpoint
 
 PROMPT, NEGATIVE = "a red brick wall, highly detailed", "blurry, (low quality:1.0)"
 SIZE, STEPS, CFG, SEED = 64, 8, 7.5, 1234

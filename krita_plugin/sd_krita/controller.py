@@ -1,0 +1,247 @@
+"""The plugin's brain, without widgets: server start/stop/status and one generation at a time.
+
+Krita's UI never waits: HTTP calls and the pure-Python image work run in background threads (the shared client's
+`Job`), and a QTimer on Krita's thread polls them. Only reading the document and adding layers happen on Krita's
+thread, because the Krita API is not thread-safe. A generation is a `Run` object; Cancel or a new run simply
+replaces it, so a late answer from an abandoned run is never applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import document, generation, qt
+from .sd_client import ClientError, Job, LocalServer, SDClient, ServerUnavailable
+from .settings import Settings
+
+POLL_MS = 100
+PROGRESS_EVERY_S = 0.5
+
+
+def background(fn: Callable[[], Any]) -> Job:
+    """Run `fn` in a thread with the client's Job (done / result / error)."""
+    return Job(lambda _payload: fn(), None)
+
+
+class Run:
+    """One generation: capture -> prepare (thread) -> HTTP (thread) -> results (thread) -> layers (Krita)."""
+
+    def __init__(self, kind: str, settings: Settings, target: document.Target, job: Job) -> None:
+        self.kind, self.settings, self.target, self.job = kind, settings, target, job
+        self.stage = "prepare"
+        self.request: generation.Request | None = None
+        self.progress_job: Job | None = None
+        self.last_progress = 0.0
+
+
+class Controller(qt.QObject):
+    """Signals carry plain Python values so the docker (or a test) can follow along."""
+
+    server_status = qt.pyqtSignal(str)  # one line for the status label
+    samplers_ready = qt.pyqtSignal(list)  # sampler names offered by the server
+    message = qt.pyqtSignal(str)  # information or an error, for the user
+    progress = qt.pyqtSignal(float)  # 0..1
+    busy = qt.pyqtSignal(bool)
+    finished = qt.pyqtSignal(object)  # list of added layer names, or None when the run failed / was cancelled
+
+    def __init__(self, krita: Any, settings: Settings, parent: qt.QObject | None = None) -> None:
+        super().__init__(parent)
+        self.krita, self.settings = krita, settings
+        self.server: LocalServer | None = None
+        self.client = SDClient(settings.server_url, timeout=10.0)
+        self.run: Run | None = None
+        self._server_job: Job | None = None
+        self._server_job_kind = ""
+        self.timer = qt.QTimer(self)  # runs only while something is pending
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self._tick)
+
+    # --- server ---------------------------------------------------------------------------------------------
+
+    def use_url(self, url: str) -> None:
+        self.settings.server_url = url.strip() or self.settings.server_url
+        self.client = SDClient(self.settings.server_url, timeout=10.0)
+
+    def start_server(self) -> None:
+        """Start `python -m sd_core.server` with the configured interpreter and model, then wait for it (thread)."""
+        s = self.settings
+        if not s.python or not s.model:
+            self.message.emit("Set the Python interpreter (with sd-core installed) and the model file first.")
+            return
+        if self.server is not None and self.server.running():
+            self.message.emit(f"The server is already running at {self.server.url}.")
+            return
+        server = LocalServer(s.python, s.model, port=s.port or None)
+        try:
+            server.start()
+        except OSError as exc:
+            self.message.emit(f"Cannot start {s.python}: {exc}")
+            return
+        self.server = server
+        self.use_url(server.url)
+        self.server_status.emit(f"Starting server at {server.url} (loading the model)…")
+        self._watch_server("start", lambda: server.wait_ready(600.0))
+
+    def stop_server(self) -> None:
+        """Stop the server this plugin started (an external server is left alone)."""
+        if self.server is None:
+            self.message.emit("This plugin did not start a server; stop yours where it runs.")
+            return
+        server, self.server = self.server, None
+        if self._server_job_kind == "start":
+            self._server_job = None  # a pending "is it ready yet" wait: its answer no longer matters
+        server.stop()
+        self.server_status.emit("Server stopped.")
+
+    def check_server(self) -> None:
+        self._watch_server("check", lambda: self.client.samplers())
+
+    def _watch_server(self, kind: str, fn: Callable[[], Any]) -> None:
+        self._server_job, self._server_job_kind = background(fn), kind
+        self.timer.start()
+
+    def _server_job_done(self, job: Job) -> None:
+        if job.error is not None:
+            text = job.error.message if isinstance(job.error, ClientError) else str(job.error)
+            self.server_status.emit(f"Server not available: {text}")
+            if self._server_job_kind == "start" and self.server is not None:
+                self.server.stop()
+                self.server = None
+            return
+        if self._server_job_kind == "start":
+            self.check_server()
+            return
+        names = [s.get("name", "") for s in job.result or [] if isinstance(s, dict)]
+        self.samplers_ready.emit([n for n in names if n])
+        owner = " (started by Krita)" if self.server is not None and self.server.running() else ""
+        self.server_status.emit(f"Server ready at {self.client.base_url}{owner}.")
+
+    # --- generation -----------------------------------------------------------------------------------------
+
+    def inpaint(self, doc: Any = None) -> bool:
+        """Inpaint the selection of `doc` (the active document by default). False if it could not start."""
+        return self._start("inpaint", doc)
+
+    def generate(self, doc: Any = None) -> bool:
+        """New content: the whole canvas without a selection, the selection (at full strength) with one."""
+        return self._start("generate", doc)
+
+    def _start(self, kind: str, doc: Any) -> bool:
+        if self.run is not None:
+            self.message.emit("A generation is already running; cancel it first.")
+            return False
+        doc = doc if doc is not None else self.krita.activeDocument()
+        settings = Settings.from_strings(self.settings.to_strings())  # a snapshot: later edits don't leak in
+        try:
+            captured, target = document.capture(doc, settings, generate=kind == "generate")
+        except document.UserError as exc:
+            self.message.emit(str(exc))
+            return False
+        except Exception as exc:  # a Krita API surprise: say so, don't raise into Krita's event loop
+            self.message.emit(f"Could not read the document: {type(exc).__name__}: {exc}")
+            return False
+        strength = 1.0 if kind == "generate" else None
+        job = background(lambda: generation.build_request(captured, settings, strength))
+        self.run = Run(kind, settings, target, job)
+        self.timer.start()
+        self.busy.emit(True)
+        self.progress.emit(0.0)
+        self.message.emit("Preparing…")
+        return True
+
+    def cancel(self) -> None:
+        """Stop waiting now and ask the server to interrupt; whatever it sends later is dropped."""
+        if self.run is None:
+            return
+        was_generating = self.run.stage == "generate"
+        self.run = None
+        if was_generating:
+            client = self.client
+            background(client.interrupt)
+        self._end(None, "Cancelled.")
+
+    def _end(self, names: list[str] | None, text: str) -> None:
+        self.run = None
+        self.busy.emit(False)
+        self.progress.emit(1.0 if names else 0.0)
+        self.message.emit(text)
+        self.finished.emit(names)
+
+    def _tick(self) -> None:
+        job = self._server_job
+        if job is not None and job.done:
+            self._server_job = None
+            self._server_job_done(job)
+        run = self.run
+        if run is None:
+            if self._server_job is None:
+                self.timer.stop()
+            return
+        try:
+            self._advance(run)
+        except Exception as exc:  # an unexpected failure must end the run, not leave the UI busy forever
+            self._end(None, f"Failed: {type(exc).__name__}: {exc}")
+
+    def _advance(self, run: Run) -> None:
+        if run.stage == "generate":
+            self._poll_progress(run)
+        if not run.job.done:
+            return
+        if run.job.error is not None:
+            self._end(None, self._describe(run.job.error))
+            return
+        if run.stage == "prepare":
+            run.request = run.job.result
+            run.stage = "generate"
+            run.job = self.client.submit(run.request.kind, run.request.payload)
+            self.message.emit("Generating…")
+        elif run.stage == "generate":
+            response, request, settings = run.job.result, run.request, run.settings
+            run.stage = "results"
+            run.job = background(lambda: generation.read_response(request, response, settings))
+        elif run.stage == "results":
+            candidates = run.job.result
+            try:
+                nodes = document.add_layers(self.krita, run.target, candidates)
+            except document.UserError as exc:
+                self._end(None, str(exc))
+                return
+            names = [n.name() for n in nodes]
+            self._end(names, f"Added {len(names)} layer(s): {', '.join(names)}")
+
+    def _poll_progress(self, run: Run) -> None:
+        pj = run.progress_job
+        if pj is not None and pj.done:
+            run.progress_job = None
+            if pj.error is None and isinstance(pj.result, dict):
+                value = pj.result.get("progress")
+                if isinstance(value, (int, float)):
+                    self.progress.emit(max(0.0, min(1.0, float(value))))
+        now = time.monotonic()
+        if run.progress_job is None and now - run.last_progress >= PROGRESS_EVERY_S:
+            run.last_progress = now
+            client = self.client
+            run.progress_job = background(client.progress)
+
+    def _describe(self, error: BaseException) -> str:
+        if isinstance(error, ServerUnavailable):
+            hint = ""
+            if self.server is not None and not self.server.running():
+                hint = f"\nThe server started by Krita exited:\n{self.server.output()[-800:]}"
+            return f"The server is not answering ({error.message}). Start it or check the URL.{hint}"
+        if isinstance(error, ClientError):
+            where = f" ({error.field})" if error.field else ""
+            return f"The server refused the request{where}: {error.message}"
+        if isinstance(error, (generation.RegionError, document.UserError)):
+            return str(error)
+        return f"Failed: {type(error).__name__}: {error}"
+
+    def shutdown(self) -> None:
+        """Krita is closing: drop the run and stop a server we started."""
+        self.run = None
+        self.timer.stop()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None

@@ -1,0 +1,169 @@
+"""Krita documents in and out: read the selection and pixels, add result layers. Never writes to existing layers.
+
+8-bit RGBA documents are read natively (B, G, R, A bytes). Other colour models and depths are read through Krita's
+own conversion of the projection to 8-bit sRGB (`Document.thumbnail` at full size) and get result layers in 8-bit
+sRGB, which Krita composites into the document's colour space; the user's layers are not converted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from . import qt
+from .generation import Candidate, Capture
+from .regions import Plan, Rect, RegionError, plan_canvas, plan_region
+from .settings import Settings
+
+NATIVE = ("RGBA", "U8")
+SRGB = "sRGB-elle-V2-srgbtrc.icc"  # Krita's built-in 8-bit sRGB profile
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+@dataclass
+class Target:
+    """What a finished request writes into: the document, its size then, and the layer to stack results above."""
+
+    document: Any
+    width: int
+    height: int
+    above: Any  # krita.Node or None (top of the stack)
+
+
+def is_native(node_or_doc: Any) -> bool:
+    return (node_or_doc.colorModel(), node_or_doc.colorDepth()) == NATIVE
+
+
+def document_is_open(krita: Any, doc: Any) -> bool:
+    """False once the user closed the document (its methods then return empty values)."""
+    return any(d == doc for d in krita.documents())
+
+
+def top_layer(doc: Any) -> Any:
+    """The topmost layer of the root (the global selection mask is a child of the root too: skipped)."""
+    layers = [n for n in doc.rootNode().childNodes() if not n.type().endswith("mask")]
+    return layers[-1] if layers else None
+
+
+def layer_anchor(doc: Any) -> Any:
+    """The layer results go above: the active layer (the owning layer if a mask is active), else the top one."""
+    node = doc.activeNode()
+    while node is not None and node.type().endswith("mask"):
+        node = node.parentNode()
+    if node is None or node.parentNode() is None:  # nothing active, or the root itself
+        return top_layer(doc)
+    return node
+
+
+def read_pixels(doc: Any, rect: Rect, source: str, node: Any) -> bytes:
+    """B, G, R, A bytes (8-bit) of `rect`: the visible canvas, or the given layer."""
+    if source == "layer":
+        if node is None:
+            raise UserError("There is no active layer to read; choose 'Visible canvas' as the source.")
+        if not is_native(node):
+            raise UserError(
+                f"The active layer is {node.colorModel()}/{node.colorDepth()}; the 'Active layer' source needs an "
+                "8-bit RGBA layer. Choose 'Visible canvas' or convert the layer (Layer > Convert > Layer Color Space)."
+            )
+        return bytes(node.projectionPixelData(rect.x, rect.y, rect.w, rect.h))
+    if is_native(doc):
+        return bytes(doc.pixelData(rect.x, rect.y, rect.w, rect.h))
+    return converted_pixels(doc, rect)
+
+
+def converted_pixels(doc: Any, rect: Rect) -> bytes:
+    """The projection of a non-8-bit-RGBA document as 8-bit sRGB B, G, R, A, converted by Krita."""
+    image = doc.thumbnail(doc.width(), doc.height())
+    if image.isNull() or (image.width(), image.height()) != (doc.width(), doc.height()):
+        raise UserError(
+            f"Cannot read this {doc.colorModel()}/{doc.colorDepth()} document; convert it to 8-bit RGBA "
+            "(Image > Convert Image Color Space)."
+        )
+    part = image.copy(rect.x, rect.y, rect.w, rect.h).convertToFormat(qt.QtGui.QImage.Format.Format_ARGB32)
+    stride, row = part.bytesPerLine(), rect.w * 4
+    bits = part.constBits()
+    bits.setsize(stride * rect.h)
+    raw = bytes(bits)
+    if stride != row:
+        raw = b"".join(raw[y * stride : y * stride + row] for y in range(rect.h))
+    return raw  # ARGB32 in memory is B, G, R, A on little-endian machines, the same order Krita uses
+
+
+def capture(doc: Any, settings: Settings, *, generate: bool) -> tuple[Capture, Target]:
+    """Read what a request needs, on Krita's thread. `generate`: txt2img-like (no selection needed)."""
+    if doc is None:
+        raise UserError("Open a document first.")
+    width, height = doc.width(), doc.height()
+    anchor = layer_anchor(doc)
+    target = Target(doc, width, height, anchor)
+    selection = doc.selection()
+    bounds = None
+    if selection is not None:
+        bounds = Rect(selection.x(), selection.y(), selection.width(), selection.height())
+        if bounds.empty:
+            bounds = None
+    if bounds is None:
+        if not generate:
+            raise UserError("Select the area to inpaint first (any selection tool; feathered edges are kept).")
+        return Capture(plan_canvas(width, height, target=settings.resolution), None, None), target
+    plan = _plan(bounds, width, height, settings)
+    box = plan.box
+    mask = bytes(selection.pixelData(box.x, box.y, box.w, box.h))
+    if len(mask) != box.w * box.h:
+        raise UserError("Krita returned an incomplete selection; try again.")
+    if mask.count(0) == len(mask):
+        raise UserError("The selection is empty inside the canvas: select something inside the image.")
+    image = read_pixels(doc, box, settings.source, anchor)
+    if len(image) != box.w * box.h * 4:
+        raise UserError("Krita returned incomplete pixels for this layer; choose 'Visible canvas' as the source.")
+    return Capture(plan, image, mask), target
+
+
+def _plan(bounds: Rect, width: int, height: int, settings: Settings) -> Plan:
+    try:
+        return plan_region(
+            bounds,
+            width,
+            height,
+            grow=settings.grow,
+            feather=settings.feather,
+            margin=settings.margin,
+            target=settings.resolution,
+        )
+    except RegionError as exc:
+        raise UserError(str(exc)) from None
+
+
+def add_layers(krita: Any, target: Target, candidates: list[Candidate]) -> list[Any]:
+    """One new paint layer per candidate, directly above the anchor (first candidate on top and the only visible
+    one). Pixels are written before a layer enters the document, so each is one undoable 'add layer'."""
+    doc = target.document
+    if not document_is_open(krita, doc):
+        raise UserError("The document was closed while generating; the results were discarded.")
+    if (doc.width(), doc.height()) != (target.width, target.height):
+        raise UserError("The canvas was resized while generating; the results were discarded. Try again.")
+    above = target.above
+    if above is not None and doc.nodeByUniqueID(above.uniqueId()) is None:
+        above = None  # the anchor layer was deleted meanwhile: stack on top instead
+    if above is None:
+        above = top_layer(doc)
+    parent = above.parentNode() if above is not None else doc.rootNode()
+    native = is_native(doc)
+    added = []
+    for i, candidate in enumerate(candidates):
+        node = doc.createNode(candidate.name, "paintlayer")
+        if not native:
+            node.setColorSpace(NATIVE[0], NATIVE[1], SRGB)
+        px = candidate.pixels
+        if not px.rect.empty:
+            node.setPixelData(px.data, px.rect.x, px.rect.y, px.rect.w, px.rect.h)
+        node.setVisible(i == 0)
+        parent.addChildNode(node, above)
+        added.append(node)
+    if added:
+        doc.setActiveNode(added[0])
+    doc.refreshProjection()
+    return added

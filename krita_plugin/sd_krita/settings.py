@@ -1,0 +1,60 @@
+"""The docker's settings: one dataclass, stored as strings in any key/value store (Krita's settings in the plugin).
+
+Kept free of Krita and Qt so the defaults and the round trip are testable anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+SOURCES = ("visible", "layer")  # what the model sees: the visible canvas or the active layer only
+
+
+@dataclass
+class Settings:
+    server_url: str = "http://127.0.0.1:7860"
+    python: str = ""  # an interpreter with sd-core installed, used to start the server
+    model: str = ""  # checkpoint the started server loads
+    port: int = 7860
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = 0.75
+    steps: int = 20
+    sampler: str = "Euler a"
+    cfg_scale: float = 7.0
+    seed: int = -1  # -1: the server picks one
+    candidates: int = 1
+    grow: int = 8  # pixels the selection grows before feathering
+    feather: int = 16  # pixels over which the result fades into the original
+    margin: int = 64  # context pixels around the selection the model sees
+    resolution: int = 512  # the model's working size (about resolution**2 pixels)
+    source: str = "visible"
+    colour_match: bool = True
+
+    def to_strings(self) -> dict[str, str]:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str]) -> Settings:
+        """Unknown keys are ignored and unreadable values fall back to the default, so old settings never break."""
+        settings = cls()
+        for f in fields(cls):
+            text = values.get(f.name)
+            if text is None or text == "":
+                continue
+            default = getattr(settings, f.name)
+            try:
+                if isinstance(default, bool):
+                    value: object = text.strip().lower() in ("1", "true", "yes", "on")
+                elif isinstance(default, int):
+                    value = int(text)
+                elif isinstance(default, float):
+                    value = float(text)
+                else:
+                    value = text
+            except ValueError:
+                continue
+            setattr(settings, f.name, value)
+        if settings.source not in SOURCES:
+            settings.source = "visible"
+        return settings

@@ -1,0 +1,388 @@
+"""Tests that run inside real Krita (kritarunner, offscreen), through a real `sd_core.server` with a tiny model.
+
+Started by tests/test_krita_real.py via run_pytest.py; not collected by the outer pytest (no `test_` file name).
+The server is started and stopped by the plugin's own Controller (its LocalServer path), with the interpreter
+and model given in SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from krita import Krita, Selection
+from sd_krita import document, qt, regions
+from sd_krita.controller import Controller
+from sd_krita.generation import Candidate
+from sd_krita.regions import Rect
+from sd_krita.settings import Settings
+
+PYTHON = os.environ.get("SD_KRITA_TEST_PYTHON", "")
+MODEL = os.environ.get("SD_KRITA_TEST_MODEL", "")
+W, H = 160, 120
+
+
+def pump(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    """Let Krita's event loop run (the controller polls with a QTimer) until `condition()` holds."""
+    app = qt.QtCore.QCoreApplication.instance()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        app.processEvents(qt.QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Recorder:
+    """Everything the controller told the user, in order."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.statuses: list[str] = []
+        self.messages: list[str] = []
+        self.results: list[Any] = []
+        self.progress: list[float] = []
+        controller.server_status.connect(self.statuses.append)
+        controller.message.connect(self.messages.append)
+        controller.finished.connect(self.results.append)
+        controller.progress.connect(self.progress.append)
+
+    def clear(self) -> None:
+        self.statuses.clear()
+        self.messages.clear()
+        self.results.clear()
+        self.progress.clear()
+
+
+@pytest.fixture(scope="module")
+def ctl() -> Iterator[tuple[Controller, Recorder]]:
+    assert PYTHON and MODEL, "SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL must be set"
+    settings = Settings(
+        python=PYTHON, model=MODEL, port=0, prompt="a red apple", seed=1234, steps=2, sampler="Euler",
+        candidates=1, grow=4, feather=8, margin=16, resolution=64,
+    )  # fmt: skip
+    controller = Controller(Krita.instance(), settings)
+    rec = Recorder(controller)
+    controller.start_server()
+    pump(lambda: any("ready" in s or "not available" in s for s in rec.statuses), 300, "the server to start")
+    server = controller.server
+    assert server is not None and "ready" in rec.statuses[-1], (rec.statuses, rec.messages)
+    yield controller, rec
+    controller.stop_server()
+    assert not server.running()
+
+
+def new_document(model: str = "RGBA", depth: str = "U8") -> Any:
+    doc = Krita.instance().createDocument(W, H, "sd_krita test", model, depth, "", 72.0)
+    assert doc is not None and (doc.width(), doc.height()) == (W, H)
+    return doc
+
+
+def add_painted_layer(doc: Any) -> Any:
+    """A layer with a gradient in every pixel, in the document's own pixel format."""
+    node = doc.createNode("Paint", "paintlayer")
+    size = len(node.pixelData(0, 0, 1, 1))
+    if size == 4:  # 8-bit RGBA: B, G, R, A
+        data = bytes(v for y in range(H) for x in range(W) for v in (x, y * 2, 200 - x, 255))
+    elif size == 8:  # 16-bit RGBA: B, G, R, A little-endian
+        data = b"".join(
+            (x * 300).to_bytes(2, "little") + (y * 500).to_bytes(2, "little") + (20000).to_bytes(2, "little")
+            + b"\xff\xff" for y in range(H) for x in range(W)
+        )  # fmt: skip
+    elif size == 2:  # 8-bit grey + alpha
+        data = bytes(v for y in range(H) for x in range(W) for v in ((x + y) % 256, 255))
+    else:
+        raise AssertionError(f"unexpected pixel size {size}")
+    node.setPixelData(data, 0, 0, W, H)
+    doc.rootNode().addChildNode(node, None)
+    doc.setActiveNode(node)
+    doc.refreshProjection()
+    return node
+
+
+def soft_disc(cx: float, cy: float, radius: float, edge: float) -> bytes:
+    out = bytearray(W * H)
+    for y in range(H):
+        for x in range(W):
+            d = ((x + 0.5 - cx) ** 2 + (y + 0.5 - cy) ** 2) ** 0.5
+            out[y * W + x] = max(0, min(255, round((radius - d) / edge * 255)))
+    return bytes(out)
+
+
+def select(doc: Any, mask: bytes) -> None:
+    sel = Selection()
+    sel.setPixelData(mask, 0, 0, W, H)
+    doc.setSelection(sel)
+
+
+def stack(doc: Any) -> list[Any]:
+    """The root's layers, bottom to top (without the global selection mask, also a child of the root)."""
+    return [n for n in doc.rootNode().childNodes() if n.type() != "selectionmask"]
+
+
+def names(doc: Any) -> list[str]:
+    return [n.name() for n in stack(doc)]
+
+
+def snapshot(doc: Any) -> dict[str, bytes]:
+    return {n.name(): bytes(n.pixelData(0, 0, W, H)) for n in stack(doc)}
+
+
+def expected_alpha(doc: Any, settings: Settings) -> tuple[bytes, regions.Plan]:
+    """The shaped mask placed on the canvas: what every result layer's alpha must be."""
+    sel = doc.selection()
+    plan = regions.plan_region(
+        Rect(sel.x(), sel.y(), sel.width(), sel.height()), W, H, grow=settings.grow, feather=settings.feather,
+        margin=settings.margin, target=settings.resolution,
+    )  # fmt: skip
+    box = plan.box
+    shaped = regions.shape_mask(bytes(sel.pixelData(box.x, box.y, box.w, box.h)), box.w, box.h, plan.grow, plan.feather)
+    canvas = bytearray(W * H)
+    for y in range(box.h):
+        canvas[(box.y + y) * W + box.x : (box.y + y) * W + box.right] = shaped[y * box.w : (y + 1) * box.w]
+    return bytes(canvas), plan
+
+
+def run(controller: Controller, rec: Recorder, start: Callable[[], bool], timeout: float = 240) -> Any:
+    rec.clear()
+    assert start(), rec.messages
+    pump(lambda: rec.results, timeout, "the generation to finish")
+    return rec.results[0]
+
+
+def close(doc: Any) -> None:
+    doc.setModified(False)
+    doc.close()
+
+
+# --- tests ----------------------------------------------------------------------------------------------------
+
+
+def test_plugin_runs_on_kritas_python_without_numpy_pil_or_torch() -> None:
+    import sd_krita.controller  # noqa: F401
+    import sd_krita.document  # noqa: F401
+    import sd_krita.generation  # noqa: F401
+
+    assert sys.version_info[:2] >= (3, 10)
+    assert not {"numpy", "PIL", "torch"} & set(sys.modules), "the plugin must use the standard library and PyQt only"
+    assert Krita.instance().version().startswith("5.")
+
+
+@pytest.mark.parametrize("depth", ["U8", "U16"])
+def test_byte_order_in_and_out(depth: str) -> None:
+    """Krita itself (its QImage rendering) is the judge of which bytes are red: the plugin must read red as red and
+    write blue as blue. 8-bit RGBA is B, G, R, A; 16-bit goes through Krita's conversion."""
+    doc = new_document("RGBA", depth)
+    node = doc.createNode("Red", "paintlayer")
+    red = bytes([0, 0, 255, 255]) if depth == "U8" else b"\0\0\0\0\xff\xff\xff\xff"
+    node.setPixelData(red * (W * H), 0, 0, W, H)
+    doc.rootNode().addChildNode(node, None)
+    doc.refreshProjection()
+    shown = doc.thumbnail(W, H).pixelColor(5, 5)
+    assert (shown.red(), shown.green(), shown.blue()) == (255, 0, 0)
+    rgb = regions.bgra_to_rgb(document.read_pixels(doc, Rect(0, 0, 4, 4), "visible", None))
+    assert rgb[:3] == bytes([255, 0, 0])
+
+    blue = regions.rgb_to_bgra(bytes([0, 0, 255]) * 100, b"\xff" * 100)
+    candidate = Candidate("Blue", 1, regions.LayerPixels(Rect(10, 10, 10, 10), blue))
+    target = document.Target(doc, W, H, node)
+    added = document.add_layers(Krita.instance(), target, [candidate])
+    assert names(doc) == ["Background", "Red", "Blue"] and added[0].name() == "Blue"
+    doc.waitForDone()
+    doc.refreshProjection()
+    shown = doc.thumbnail(W, H).pixelColor(15, 15)
+    assert (shown.red(), shown.green(), shown.blue()) == (0, 0, 255)
+    shown = doc.thumbnail(W, H).pixelColor(5, 5)
+    assert (shown.red(), shown.green(), shown.blue()) == (255, 0, 0)
+    close(doc)
+
+
+def test_inpaint_feathered_selection(ctl: tuple[Controller, Recorder]) -> None:
+    controller, rec = ctl
+    controller.settings.candidates = 2
+    doc = new_document()
+    paint = add_painted_layer(doc)
+    select(doc, soft_disc(70, 55, 22, 8))
+    before = snapshot(doc)
+    projection_before = bytes(doc.pixelData(0, 0, W, H))
+    alpha, plan = expected_alpha(doc, controller.settings)
+
+    added = run(controller, rec, lambda: controller.inpaint(doc))
+    assert added is not None, rec.messages
+    layers = stack(doc)
+    assert names(doc) == ["Background", "Paint", added[1], added[0]]  # above the painted layer
+    assert added[0].startswith("a red apple (seed 1234)") and "#1" in added[0] and "#2" in added[1]
+    assert layers[3].visible() and not layers[2].visible()  # only the first candidate shows
+    assert snapshot(doc)["Paint"] == before["Paint"] and snapshot(doc)["Background"] == before["Background"]
+    assert paint.name() == "Paint"
+
+    for layer in layers[2:]:
+        data = bytes(layer.pixelData(0, 0, W, H))
+        assert data[3::4] == alpha, "the layer's alpha is the grown and feathered selection"
+        outside = [i for i in range(W * H) if not alpha[i]]
+        assert all(data[4 * i : 4 * i + 4] == b"\0\0\0\0" for i in outside), "transparent outside the mask"
+        assert plan.reach.contains(regions.nonzero_bounds(alpha, W, H))
+        assert any(data[4 * i : 4 * i + 3] != b"\0\0\0" for i in range(W * H) if alpha[i] == 255)
+
+    doc.waitForDone()
+    doc.refreshProjection()
+    projection = bytes(doc.pixelData(0, 0, W, H))
+    top = bytes(layers[3].pixelData(0, 0, W, H))
+    for i in range(W * H):
+        a = alpha[i]
+        got, old, new = projection[4 * i : 4 * i + 3], projection_before[4 * i : 4 * i + 3], top[4 * i : 4 * i + 3]
+        if a == 0:
+            assert got == old, f"pixel {i % W},{i // W} changed outside the mask"
+        elif a == 255:
+            assert got == new, f"pixel {i % W},{i // W} does not show the result"
+        else:
+            blend = [(n * a + o * (255 - a)) / 255 for n, o in zip(new, old, strict=True)]
+            assert max(abs(g - b) for g, b in zip(got, blend, strict=True)) <= 2
+    close(doc)
+    controller.settings.candidates = 1
+
+
+def test_generate_without_selection_covers_the_canvas(ctl: tuple[Controller, Recorder]) -> None:
+    controller, rec = ctl
+    doc = new_document()
+    add_painted_layer(doc)
+    before = snapshot(doc)
+    added = run(controller, rec, lambda: controller.generate(doc))
+    assert added is not None and len(added) == 1, rec.messages
+    layer = stack(doc)[-1]
+    assert layer.name() == added[0]
+    assert set(bytes(layer.pixelData(0, 0, W, H))[3::4]) == {255}
+    assert all(snapshot(doc)[k] == v for k, v in before.items())
+    close(doc)
+
+
+@pytest.mark.parametrize("model, depth", [("RGBA", "U16"), ("GRAYA", "U8")])
+def test_other_colour_spaces_get_an_8bit_srgb_result_layer(ctl: tuple[Controller, Recorder], model, depth) -> None:
+    controller, rec = ctl
+    doc = new_document(model, depth)
+    add_painted_layer(doc)
+    select(doc, soft_disc(80, 60, 20, 6))
+    before = snapshot(doc)
+    projection_before = bytes(doc.pixelData(0, 0, W, H))
+    added = run(controller, rec, lambda: controller.inpaint(doc))
+    assert added is not None, rec.messages
+    layer = stack(doc)[-1]
+    assert (layer.colorModel(), layer.colorDepth()) == ("RGBA", "U8")
+    assert (doc.colorModel(), doc.colorDepth()) == (model, depth)  # the document is not converted
+    assert all(snapshot(doc)[k] == v for k, v in before.items())
+    doc.waitForDone()
+    doc.refreshProjection()
+    assert bytes(doc.pixelData(0, 0, W, H)) != projection_before
+    close(doc)
+
+
+def test_active_layer_source(ctl: tuple[Controller, Recorder]) -> None:
+    controller, rec = ctl
+    controller.settings.source = "layer"
+    try:
+        doc = new_document()
+        add_painted_layer(doc)
+        select(doc, soft_disc(60, 60, 15, 4))
+        assert run(controller, rec, lambda: controller.inpaint(doc)) is not None, rec.messages
+        close(doc)
+        doc = new_document("RGBA", "U16")
+        add_painted_layer(doc)
+        select(doc, soft_disc(60, 60, 15, 4))
+        rec.clear()
+        assert not controller.inpaint(doc)
+        assert "8-bit RGBA layer" in rec.messages[-1]
+        close(doc)
+    finally:
+        controller.settings.source = "visible"
+
+
+def test_no_selection_and_selection_outside_canvas_are_clear_messages(ctl: tuple[Controller, Recorder]) -> None:
+    controller, rec = ctl
+    doc = new_document()
+    add_painted_layer(doc)
+    rec.clear()
+    assert not controller.inpaint(doc)
+    assert "Select the area" in rec.messages[-1]
+    sel = Selection()
+    sel.select(W + 50, H + 50, 20, 20, 255)
+    doc.setSelection(sel)
+    rec.clear()
+    assert not controller.inpaint(doc)
+    assert "outside the canvas" in rec.messages[-1]
+    assert names(doc) == ["Background", "Paint"]
+    close(doc)
+
+
+def test_document_closed_mid_generation(ctl: tuple[Controller, Recorder]) -> None:
+    controller, rec = ctl
+    doc = new_document()
+    add_painted_layer(doc)
+    select(doc, soft_disc(80, 60, 20, 6))
+    rec.clear()
+    assert controller.inpaint(doc)
+    close(doc)
+    pump(lambda: rec.results, 240, "the generation to finish")
+    assert rec.results == [None] and "closed" in rec.messages[-1]
+    assert not any(d == doc for d in Krita.instance().documents())
+
+
+def test_cancel_then_inpaint_again(ctl: tuple[Controller, Recorder]) -> None:
+    controller, rec = ctl
+    doc = new_document()
+    add_painted_layer(doc)
+    select(doc, soft_disc(80, 60, 25, 6))
+    controller.settings.steps, controller.settings.resolution = 150, 192
+    try:
+        rec.clear()
+        assert controller.inpaint(doc)
+        pump(lambda: controller.run is not None and controller.run.stage == "generate", 60, "the request to be sent")
+        pump(lambda: any(p > 0 for p in rec.progress), 120, "progress from the server")
+        controller.cancel()
+        assert rec.results == [None] and rec.messages[-1] == "Cancelled."
+    finally:
+        controller.settings.steps, controller.settings.resolution = 2, 64
+    assert names(doc) == ["Background", "Paint"]
+    assert run(controller, rec, lambda: controller.inpaint(doc)) is not None, rec.messages
+    close(doc)
+
+
+def test_unreachable_server_is_a_clear_message() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    controller = Controller(Krita.instance(), Settings(server_url=f"http://127.0.0.1:{port}", resolution=64))
+    rec = Recorder(controller)
+    doc = new_document()
+    add_painted_layer(doc)
+    select(doc, soft_disc(80, 60, 20, 6))
+    result = run(controller, rec, lambda: controller.inpaint(doc), timeout=60)
+    assert result is None and "not answering" in rec.messages[-1]
+    assert names(doc) == ["Background", "Paint"]
+    controller.shutdown()
+    close(doc)
+
+
+def test_server_stopped_mid_generation_zz_last(ctl: tuple[Controller, Recorder]) -> None:
+    """Runs last (file order): it stops the shared server."""
+    controller, rec = ctl
+    doc = new_document()
+    add_painted_layer(doc)
+    select(doc, soft_disc(80, 60, 25, 6))
+    controller.settings.steps, controller.settings.resolution = 150, 192
+    rec.clear()
+    assert controller.inpaint(doc)
+    pump(lambda: controller.run is not None and controller.run.stage == "generate", 60, "the request to be sent")
+    pump(lambda: any(p > 0 for p in rec.progress), 120, "progress from the server")
+    server = controller.server
+    controller.stop_server()
+    assert server is not None and not server.running()
+    pump(lambda: rec.results, 60, "the failed generation")
+    assert rec.results == [None]
+    assert "server" in rec.messages[-1].lower(), rec.messages
+    assert names(doc) == ["Background", "Paint"]
+    close(doc)

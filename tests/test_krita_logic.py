@@ -1,0 +1,386 @@
+"""The Krita plugin's Krita-free logic: planning, masks, resampling, BGRA, colour matching, request/response.
+
+Plain pytest, no Krita. Oracles: straightforward per-pixel reference implementations written here, and PIL for
+PNG files and resampling.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "krita_plugin"))
+
+from sd_krita import generation, regions  # noqa: E402
+from sd_krita.regions import Rect, RegionError  # noqa: E402
+from sd_krita.settings import Settings  # noqa: E402
+
+
+def noise(n: int, seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    return bytes(rng.getrandbits(8) for _ in range(n))
+
+
+def soft_disc(w: int, h: int, cx: float, cy: float, radius: float, edge: float) -> bytes:
+    """A disc with a linear soft edge `edge` pixels wide: values between 0 and 255 like a feathered selection."""
+    out = bytearray(w * h)
+    for y in range(h):
+        for x in range(w):
+            d = ((x + 0.5 - cx) ** 2 + (y + 0.5 - cy) ** 2) ** 0.5
+            out[y * w + x] = max(0, min(255, round((radius - d) / edge * 255)))
+    return bytes(out)
+
+
+# --- references ---------------------------------------------------------------------------------------------------
+
+
+def ref_dilate(mask: bytes, w: int, h: int, r: int) -> bytes:
+    out = bytearray(w * h)
+    for y in range(h):
+        for x in range(w):
+            out[y * w + x] = max(
+                mask[min(h - 1, max(0, yy)) * w + min(w - 1, max(0, xx))]
+                for yy in range(y - r, y + r + 1)
+                for xx in range(x - r, x + r + 1)
+            )
+    return bytes(out)
+
+
+def ref_box(plane: list[int], w: int, h: int, r: int, vertical: bool) -> list[int]:
+    n, out = 2 * r + 1, [0] * (w * h)
+    for y in range(h):
+        for x in range(w):
+            if vertical:
+                total = sum(plane[min(h - 1, max(0, y + k)) * w + x] for k in range(-r, r + 1))
+            else:
+                total = sum(plane[y * w + min(w - 1, max(0, x + k))] for k in range(-r, r + 1))
+            out[y * w + x] = (total + n // 2) // n
+    return out
+
+
+def ref_blur(mask: bytes, w: int, h: int, feather: int) -> bytes:
+    values = list(mask)
+    for r in regions.feather_radii(feather):
+        values = ref_box(ref_box(values, w, h, r, True), w, h, r, False)
+    return bytes(values)
+
+
+# --- planning -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "box, canvas",
+    [
+        (Rect(10, 10, 21, 13), Rect(0, 0, 100, 80)),
+        (Rect(0, 0, 5, 5), Rect(0, 0, 100, 80)),  # at the corner: the rounded box shifts inside
+        (Rect(95, 75, 5, 5), Rect(0, 0, 100, 80)),  # at the far corner
+        (Rect(0, 0, 100, 80), Rect(0, 0, 100, 80)),  # the whole canvas, a multiple already
+        (Rect(3, 2, 99, 59), Rect(0, 0, 102, 61)),  # wider than any multiple of 8 that fits: take the canvas
+    ],
+)
+def test_round_box_multiple_of_8_inside_canvas_and_covering(box: Rect, canvas: Rect) -> None:
+    out = regions.round_box(box, canvas)
+    assert canvas.contains(out) and out.contains(box)
+    for size, extent in ((out.w, canvas.w), (out.h, canvas.h)):
+        assert size % 8 == 0 or size == extent
+    assert out.w - box.w < 8 or out.w == canvas.w
+
+
+def test_working_size_is_multiple_of_8_near_target_and_keeps_aspect() -> None:
+    assert regions.working_size(512, 512, 512) == (512, 512)
+    assert regions.working_size(480, 560, 512) == (480, 560)  # close enough: no resampling at all
+    w, h = regions.working_size(100, 50, 512)  # small boxes are enlarged (more detail for the model)
+    assert w % 8 == 0 and h % 8 == 0 and abs(w / h - 2) < 0.1 and 0.8 < w * h / 512**2 < 1.2
+    w, h = regions.working_size(3000, 1000, 512)  # large ones shrunk
+    assert w % 8 == 0 and h % 8 == 0 and abs(w / h - 3) < 0.1 and 0.8 < w * h / 512**2 < 1.2
+    assert regions.working_size(5, 5000, 512)[0] == 64  # never below SD's smallest size
+    assert regions.working_size(160, 120, 64) == (88, 64)  # small target: the short side is lifted to 64
+
+
+def test_plan_region_grows_feathers_and_clamps_to_canvas() -> None:
+    plan = regions.plan_region(Rect(40, 30, 20, 10), 200, 100, grow=4, feather=6, margin=16, target=64)
+    assert plan.selection == Rect(40, 30, 20, 10)
+    assert plan.reach == Rect(30, 20, 40, 30)  # selection + grow + feather
+    assert plan.box.contains(plan.reach.expand(16).intersect(plan.canvas))
+    assert plan.box.w % 8 == 0 and plan.box.h % 8 == 0
+    assert plan.work_w % 8 == 0 and plan.work_h % 8 == 0
+
+    edge = regions.plan_region(Rect(-30, -30, 50, 40), 200, 100, grow=4, feather=6, margin=16)
+    assert edge.selection == Rect(0, 0, 20, 10)  # the part inside the canvas
+    assert edge.box.x == 0 and edge.box.y == 0 and edge.canvas.contains(edge.box)
+
+
+@pytest.mark.parametrize("sel", [Rect(300, 10, 20, 20), Rect(-50, -50, 40, 40), Rect(10, 10, 0, 5)])
+def test_selection_outside_canvas_is_a_clear_error(sel: Rect) -> None:
+    with pytest.raises(RegionError, match="outside the canvas"):
+        regions.plan_region(sel, 200, 100)
+
+
+# --- masks --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("r", [1, 2, 3, 5])
+def test_dilate_matches_reference_on_soft_masks(r: int) -> None:
+    w, h = 23, 17
+    mask = soft_disc(w, h, 8, 6, 4, 3)
+    assert regions.dilate(mask, w, h, r) == ref_dilate(mask, w, h, r)
+
+
+@pytest.mark.parametrize("feather", [1, 2, 4, 7])
+def test_blur_matches_reference(feather: int) -> None:
+    w, h = 21, 15
+    mask = soft_disc(w, h, 10, 7, 5, 1)
+    assert regions.blur(mask, w, h, feather) == ref_blur(mask, w, h, feather)
+
+
+def test_feather_reaches_exactly_grow_plus_feather_and_keeps_the_core() -> None:
+    w, h = 60, 50
+    mask = bytearray(w * h)
+    for y in range(20, 30):
+        mask[y * w + 25 : y * w + 35] = b"\xff" * 10
+    shaped = regions.shape_mask(bytes(mask), w, h, grow=3, feather=6)
+    assert regions.nonzero_bounds(shaped, w, h) == Rect(25 - 9, 20 - 9, 10 + 18, 10 + 18)
+    grown = [shaped[y * w + x] for y in range(20 - 3, 30 + 3) for x in range(25 - 3, 35 + 3)]
+    assert set(grown) == {255}  # the grown selection is fully replaced; the fade lies outside it
+    row = [shaped[25 * w + x] for x in range(35 + 3, 35 + 9)]
+    assert row == sorted(row, reverse=True) and 0 < row[-1] < row[0] < 255  # a smooth ramp, no step
+
+
+def test_mask_touching_canvas_edge_stays_solid_at_the_edge() -> None:
+    w, h = 40, 30
+    mask = bytearray(w * h)
+    for y in range(h):
+        mask[y * w : y * w + 10] = b"\xff" * 10  # selected along the left border
+    shaped = regions.shape_mask(bytes(mask), w, h, grow=0, feather=6)
+    assert all(shaped[y * w] == 255 for y in range(h))  # no fade towards the canvas border
+
+
+def test_harden_covers_every_visible_alpha() -> None:
+    soft = bytes(range(256))
+    hard = regions.harden(soft)
+    assert hard[0] == 0 and set(hard[1:]) == {255}
+
+
+# --- resampling ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size, new", [((40, 30), (64, 48)), ((64, 48), (24, 16)), ((33, 17), (33, 40))])
+def test_resize_matches_pil_bilinear(size: tuple[int, int], new: tuple[int, int]) -> None:
+    w, h = size
+    data = bytes(v // 2 + 64 for v in noise(w * h * 3, 1))
+    ours = regions.resize(data, w, h, 3, *new)
+    theirs = Image.frombytes("RGB", size, data).resize(new, Image.Resampling.BILINEAR).tobytes()
+    assert len(ours) == len(theirs)
+    assert max(abs(a - b) for a, b in zip(ours, theirs, strict=True)) <= 2
+
+
+def test_resize_part_equals_crop_of_full_resize() -> None:
+    w, h, nw, nh = 30, 20, 75, 50
+    data = noise(w * h * 4, 2)
+    full = regions.resize(data, w, h, 4, nw, nh)
+    part = Rect(10, 7, 31, 22)
+    assert regions.resize(data, w, h, 4, nw, nh, rows=part) == regions.crop(full, nw, 4, part)
+
+
+def test_resize_back_and_forth_is_close() -> None:
+    w, h = 48, 40
+    img = bytes(x * 2 + y * 2 + c * 10 for y in range(h) for x in range(w) for c in range(3))
+    up = regions.resize(img, w, h, 3, 96, 80)
+    down = regions.resize(up, 96, 80, 3, w, h)
+    assert max(abs(a - b) for a, b in zip(down, img, strict=True)) <= 3
+
+
+# --- BGRA and layer pixels ----------------------------------------------------------------------------------------
+
+
+def test_bgra_to_rgb_byte_order_and_white_flattening() -> None:
+    pixels = bytes([10, 20, 30, 255, 10, 20, 30, 0, 0, 0, 255, 128])  # B, G, R, A
+    assert regions.bgra_to_rgb(pixels) == bytes([30, 20, 10, 255, 255, 255, 255, 127, 127])
+
+
+def test_rgb_to_bgra_orders_bytes_and_cleans_transparent_pixels() -> None:
+    rgb = bytes([30, 20, 10, 1, 2, 3])
+    assert regions.rgb_to_bgra(rgb, bytes([200, 0])) == bytes([10, 20, 30, 200, 0, 0, 0, 0])
+
+
+def test_composite_alpha_is_the_mask_and_outside_is_transparent() -> None:
+    cw, ch = 120, 90
+    sel = Rect(50, 30, 20, 16)
+    plan = regions.plan_region(sel, cw, ch, grow=3, feather=5, margin=10, target=64)
+    box = plan.box
+    selection = bytearray(box.w * box.h)
+    for y in range(sel.y, sel.bottom):
+        selection[(y - box.y) * box.w + sel.x - box.x : (y - box.y) * box.w + sel.right - box.x] = b"\xc0" * sel.w
+    alpha = regions.shape_mask(bytes(selection), box.w, box.h, plan.grow, plan.feather)
+    result = bytes([200, 100, 50]) * (plan.work_w * plan.work_h)
+    layer = regions.composite(result, plan, alpha)
+    assert plan.reach.contains(layer.rect)  # nothing outside the grown + feathered selection
+    b, g, r, a = regions.split(layer.data, 4)
+    inner = Rect(layer.rect.x - box.x, layer.rect.y - box.y, layer.rect.w, layer.rect.h)
+    assert a == regions.crop(alpha, box.w, 1, inner)  # alpha = the shaped soft mask, byte for byte
+    assert max(a) == 0xC0  # a partial selection stays partial
+    visible = [i for i, v in enumerate(a) if v]
+    assert all((r[i], g[i], b[i]) == (200, 100, 50) for i in visible)
+    assert all(r[i] == g[i] == b[i] == 0 for i, v in enumerate(a) if not v)
+
+
+def test_colour_match_removes_a_drift_measured_on_the_band() -> None:
+    n = 64 * 64
+    rng = random.Random(3)
+    original = bytes(rng.randrange(60, 180) for _ in range(n * 3))
+    drifted = bytes(min(255, int(v * 1.1) + 12) if i % 3 == 0 else v for i, v in enumerate(original))
+    band = bytes([255] * (n // 2) + [0] * (n // 2))
+    fit = regions.fit_colours(drifted, original, band)
+    assert fit is not None
+    fixed = regions.apply_colours(drifted, fit)
+    assert max(abs(a - b) for a, b in zip(fixed, original, strict=True)) <= 2
+    assert regions.fit_colours(drifted, original, bytes(n)) is None  # nothing kept: nothing to measure
+
+
+def test_colour_match_keeps_new_content_colours() -> None:
+    """Only the drift is removed: a red object inside the mask stays red on a green surrounding."""
+    n = 32 * 32
+    green = bytes([40, 160, 40]) * n
+    result = bytearray(green)
+    result[: n // 4 * 3] = bytes([220, 30, 30]) * (n // 4)
+    band = bytes([0] * (n // 4) + [255] * (n - n // 4))
+    out = regions.apply_colours(bytes(result), regions.fit_colours(bytes(result), green, band))
+    assert out[:3] == bytes([220, 30, 30])
+
+
+# --- request and response (real PNGs: written by PIL, read by PIL) -----------------------------------------------
+
+
+def pil_png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def capture_for(cw: int, ch: int, sel: Rect, settings: Settings) -> generation.Capture:
+    plan = regions.plan_region(
+        sel, cw, ch, grow=settings.grow, feather=settings.feather, margin=settings.margin, target=settings.resolution
+    )
+    box = plan.box
+    image = bytes(v for y in range(box.h) for x in range(box.w) for v in (x % 256, y % 256, 90, 255))
+    mask = bytearray(box.w * box.h)
+    for y in range(max(sel.y, box.y), min(sel.bottom, box.bottom)):
+        for x in range(max(sel.x, box.x), min(sel.right, box.right)):
+            mask[(y - box.y) * box.w + x - box.x] = 255
+    return generation.Capture(plan, image, bytes(mask))
+
+
+def test_inpaint_request_payload() -> None:
+    settings = Settings(prompt="a cat", seed=5, steps=3, candidates=2, grow=2, feather=4, margin=8, resolution=64)
+    cap = capture_for(150, 100, Rect(60, 40, 30, 20), settings)
+    req = generation.build_request(cap, settings)
+    p = req.payload
+    assert req.kind == "img2img"
+    assert (p["width"], p["height"]) == (req.plan.work_w, req.plan.work_h)
+    assert p["mask_blur"] == 0 and p["inpaint_full_res"] is False and p["batch_size"] == 2
+    assert p["denoising_strength"] == settings.strength and p["prompt"] == "a cat" and p["seed"] == 5
+    init = Image.open(io.BytesIO(base64.b64decode(p["init_images"][0])))
+    mask = Image.open(io.BytesIO(base64.b64decode(p["mask"])))
+    assert init.size == mask.size == (req.plan.work_w, req.plan.work_h)
+    init, mask = init.convert("RGB"), mask.convert("L")  # opaque RGBA PNGs from the shared client's encoder
+    assert set(mask.tobytes()) == {0, 255}
+    box = req.plan.box  # the init image is the crop, B,G,R -> R,G,B, scaled
+    expected = regions.resize(regions.bgra_to_rgb(cap.image), box.w, box.h, 3, req.plan.work_w, req.plan.work_h)
+    assert init.tobytes() == expected
+    assert generation.build_request(cap, settings, strength=1.0).payload["denoising_strength"] == 1.0
+    band = regions.feather_band(regions.resize_plane(req.alpha, box.w, box.h, req.plan.work_w, req.plan.work_h))
+    assert req.band == band and band.count(255) > 64  # colours are matched on the feather band
+    assert all(m == 255 for m, b in zip(mask.tobytes(), band, strict=True) if b)  # which the server repaints
+
+
+def test_generate_without_selection_is_txt2img_over_the_canvas() -> None:
+    settings = Settings(prompt="a sky", resolution=64)
+    plan = regions.plan_canvas(100, 60, target=64)
+    req = generation.build_request(generation.Capture(plan, None, None), settings)
+    assert req.kind == "txt2img" and "init_images" not in req.payload and "mask" not in req.payload
+    assert set(req.alpha) == {255} and len(req.alpha) == 100 * 60
+
+
+def test_empty_selection_is_a_clear_error() -> None:
+    settings = Settings(resolution=64)
+    cap = capture_for(100, 80, Rect(10, 10, 20, 20), settings)
+    with pytest.raises(RegionError, match="empty"):
+        generation.build_request(generation.Capture(cap.plan, cap.image, bytes(len(cap.selection))), settings)
+
+
+def response_with(images: list[Image.Image], seeds: list[int]) -> dict:
+    info = json.dumps({"seed": seeds[0], "all_seeds": seeds})
+    return {"images": [base64.b64encode(pil_png(i)).decode() for i in images], "info": info, "parameters": {}}
+
+
+def test_read_response_makes_named_layers_inside_the_mask() -> None:
+    settings = Settings(prompt="a  red\nbrick wall", seed=-1, candidates=2, grow=2, feather=4, margin=8, resolution=64)
+    cap = capture_for(150, 100, Rect(60, 40, 30, 20), settings)
+    req = generation.build_request(cap, settings)
+    size = (req.plan.work_w, req.plan.work_h)
+    images = [Image.new("RGB", size, (250, 10, 10)), Image.new("RGB", size, (10, 250, 10)), Image.new("L", size)]
+    out = generation.read_response(req, response_with(images, [11, 12, 13]), settings)
+    assert [c.name for c in out] == ["a red brick wall (seed 11) #1", "a red brick wall (seed 12) #2"]
+    assert [c.seed for c in out] == [11, 12]
+    for cand in out:
+        assert req.plan.reach.contains(cand.pixels.rect)
+        assert len(cand.pixels.data) == cand.pixels.rect.w * cand.pixels.rect.h * 4
+
+
+def test_read_response_rejects_wrong_size_and_garbage() -> None:
+    settings = Settings(resolution=64)
+    cap = capture_for(100, 80, Rect(10, 10, 20, 20), settings)
+    req = generation.build_request(cap, settings)
+    with pytest.raises(RegionError, match="requested"):
+        generation.read_response(req, response_with([Image.new("RGB", (8, 8))], [1]), settings)
+    with pytest.raises(RegionError, match="unreadable"):
+        generation.read_response(req, {"images": ["bm90IGEgcG5n"]}, settings)
+    with pytest.raises(RegionError, match="no images"):
+        generation.read_response(req, {"images": []}, settings)
+
+
+def test_512_pipeline_runs_in_about_a_second() -> None:
+    """No per-pixel Python loops: a 512x512 region is prepared and composited quickly (generous bound: the CI
+    machine is shared)."""
+    settings = Settings(grow=8, feather=16, margin=64, resolution=512)
+    cap = capture_for(1024, 1024, Rect(300, 300, 400, 400), settings)
+    start = time.perf_counter()
+    req = generation.build_request(cap, settings)
+    size = (req.plan.work_w, req.plan.work_h)
+    img = Image.frombytes("RGB", size, noise(size[0] * size[1] * 3, 5))
+    generation.read_response(req, response_with([img], [1]), settings)
+    assert time.perf_counter() - start < 6.0
+
+
+# --- settings and packaging ---------------------------------------------------------------------------------------
+
+
+def test_settings_round_trip_and_bad_values() -> None:
+    s = Settings(prompt="x", strength=0.3, steps=7, colour_match=False, source="layer")
+    assert Settings.from_strings(s.to_strings()) == s
+    broken = Settings.from_strings({"steps": "many", "source": "elsewhere", "unknown": "1"})
+    assert broken.steps == Settings().steps and broken.source == "visible"
+
+
+def test_plugin_zip_layout(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    import build_krita_plugin
+
+    path = build_krita_plugin.build_zip(tmp_path / "p.zip")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert "sd_krita.desktop" in names and "sd_krita/" in names and "sd_krita/__init__.py" in names
+        assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+        assert zf.read("sd_krita/sd_client.py") == (REPO / "sd_core" / "client.py").read_bytes()
+        desktop = zf.read("sd_krita.desktop").decode()
+        assert "X-KDE-Library=sd_krita" in desktop and "ServiceTypes=Krita/PythonPlugin" in desktop
