@@ -1,0 +1,186 @@
+"""What every engine offers the UI, so the UI never asks which engine it has (`server_engine`, `inprocess`).
+
+No bpy here: requests carry numpy pixels and results carry PNG bytes, so this runs, and is tested, in plain Python.
+Anything that may take long runs in a `Job` thread; `progress()` and `interrupt()` may block for a moment and are
+called off the UI thread by `task.Task`.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+try:  # the copy the extension builder puts into the zip
+    from . import sd_client as client
+except ImportError:  # running from the source tree, next to sd_core
+    from sd_core import client  # type: ignore[no-redef]
+
+KINDS = ("txt2img", "img2img", "inpaint")
+TILING = ("", "x", "y", "xy")
+
+
+class UserError(Exception):
+    """A failure whose message already says what happened and what to do about it."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled before it produced a result."""
+
+
+@dataclass
+class Request:
+    """What to generate, independent of the engine. Pixels are uint8 arrays with rows top-down (PNG order)."""
+
+    kind: str = "txt2img"
+    prompt: str = ""
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    sampler: str = "Euler a"
+    cfg_scale: float = 7.0
+    seed: int = -1
+    batch_size: int = 1
+    tiling: str = ""  # "", "x", "y" or "xy": seamless on those axes
+    strength: float = 0.75  # img2img/inpaint denoising strength
+    image: np.ndarray | None = None  # HxWx3, img2img and inpaint
+    mask: np.ndarray | None = None  # HxW, 255 = repaint (inpaint)
+
+    def check(self) -> None:
+        """Settings no engine could run, refused before anything starts."""
+        if self.kind not in KINDS:
+            raise UserError(f"Unknown generation kind {self.kind!r}")
+        if self.tiling not in TILING:
+            raise UserError(f"Seamless axes must be one of {TILING}, got {self.tiling!r}")
+        if self.width < 64 or self.height < 64 or self.width % 8 or self.height % 8:
+            raise UserError(f"Size {self.width}x{self.height}: width and height must be multiples of 8, at least 64")
+        if self.kind != "txt2img" and (self.image is None or self.image.size == 0):
+            raise UserError("img2img needs a source image with pixels")
+        if self.kind == "inpaint" and self.mask is None:
+            raise UserError("Inpainting needs a mask")
+
+
+@dataclass
+class Result:
+    """PNG bytes per image, the seed of each and the A1111 parameters text (empty when the engine gives none)."""
+
+    images: list[bytes]
+    seeds: list[int] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """One look at the engine: `active` while it works on something, `preview` a PNG of the latest step."""
+
+    active: bool = False
+    step: int = 0
+    total: int = 0
+    fraction: float = 0.0
+    preview: bytes | None = None
+    text: str = ""
+
+
+class Job:
+    """A call running in a daemon thread: `done()`, `result()`, `error()`, `cancel()`. Never blocks the caller."""
+
+    def __init__(self, fn: Callable[[threading.Event], Result], on_cancel: Callable[[], None] | None = None) -> None:
+        self.cancel_event = threading.Event()
+        self._on_cancel = on_cancel
+        self._result: Result | None = None
+        self._error: BaseException | None = None
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="sd-core-job", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[threading.Event], Result]) -> None:
+        try:
+            self._result = fn(self.cancel_event)
+        except BaseException as exc:  # handed to the UI thread, which reports it
+            self._error = exc
+        finally:
+            self._finished.set()
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._finished.wait(timeout)
+
+    def result(self) -> Result:
+        if not self.done():
+            raise RuntimeError("the job is still running")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def error(self) -> BaseException | None:
+        return self._error if self.done() else None
+
+    def cancel(self) -> None:
+        """Ask the engine to stop; its interrupt runs in a thread of its own so the caller never waits."""
+        if self.cancel_event.is_set() or self.done():
+            return
+        self.cancel_event.set()
+        if self._on_cancel is not None:
+            threading.Thread(target=quietly, args=(self._on_cancel,), name="sd-core-cancel", daemon=True).start()
+
+
+def quietly(fn: Callable[[], Any]) -> None:
+    """Best effort: a failed interrupt or cleanup must not hide the job's own outcome."""
+    try:
+        fn()
+    except Exception:
+        pass
+
+
+class Engine(ABC):
+    """What the UI needs from any engine."""
+
+    @abstractmethod
+    def start(self, request: Request) -> Job:
+        """Begin generating; returns at once."""
+
+    @abstractmethod
+    def progress(self) -> Progress:
+        """Where the engine is now. May block briefly: call it off the UI thread."""
+
+    @abstractmethod
+    def interrupt(self) -> None:
+        """Stop the running generation at its next step."""
+
+    @abstractmethod
+    def release(self) -> str:
+        """Give the GPU memory back (unload the model / stop the server this engine started); says what it did."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the images come from, for the panel."""
+
+
+def explain(exc: BaseException, engine: Engine | None = None) -> str:
+    """A message a Blender user can act on, for anything an engine raises."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    where = engine.describe() if engine is not None else "the engine"
+    if isinstance(exc, (client.ServerUnavailable, ConnectionError)):
+        url = getattr(engine, "url", "") or "the configured URL"
+        return (
+            f"Cannot reach the sd-core server at {url} ({exc}). Start it with 'sd-core serve --model PATH', or "
+            "choose 'Start a local server' in the add-on preferences"
+        )
+    if isinstance(exc, client.ClientError):
+        if exc.status in (401, 403):
+            return f"The server refused the token ({exc}). Set the server's token in the add-on preferences"
+        return f"The server refused the request: {exc}. Check the settings in the panel"
+    if isinstance(exc, MemoryError):
+        return f"Out of memory in {where}: lower the size or the batch, or press Release and try again"
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return f"The request was refused ({where}): {exc}"
+    return f"Generation failed in {where}: {type(exc).__name__}: {exc}"

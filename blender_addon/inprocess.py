@@ -1,0 +1,143 @@
+"""`sd_core` imported into Blender's own Python (when someone installed it and torch there), run in a thread.
+
+The model loads on first use and stays until Release. Cancelling works the way `sd_core` defines it: the step
+callback raises `sd_core.Cancelled`.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import io
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from .engine import Cancelled, Engine, Job, Progress, Request, Result, UserError, explain
+
+
+def sd_core_importable() -> bool:
+    """Whether Blender's Python could run the engine itself (sd_core and torch both importable)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("sd_core", "torch"))
+
+
+def _png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class InProcessEngine(Engine):
+    """One generation at a time, like a server's queue; the loaded pipeline is kept between runs."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._pipe: Any = None
+        self._lock = threading.Lock()
+        self._state: dict[str, Any] = {"active": False, "step": 0, "total": 0, "latents": None}
+        self._cancel: threading.Event | None = None
+
+    def describe(self) -> str:
+        return f"in Blender's Python with {os.path.basename(self.model) or 'no model'}"
+
+    def check(self) -> None:
+        if not sd_core_importable():
+            raise UserError(
+                "In-process mode needs sd_core and torch in Blender's own Python, which has neither. "
+                "Choose 'Start a local server' in the add-on preferences instead"
+            )
+        if not self.model or not os.path.exists(self.model):
+            raise UserError(f"Model not found: {self.model or '(empty)'}. Set the model path in the add-on preferences")
+
+    def start(self, request: Request) -> Job:
+        self.check()
+        request.check()
+        return Job(lambda cancel: self._generate(request, cancel), on_cancel=self.interrupt)
+
+    def _generate(self, request: Request, cancel: threading.Event) -> Result:
+        from PIL import Image
+
+        import sd_core
+
+        with self._lock:
+            self._cancel = cancel
+            self._state.update(active=True, step=0, total=request.steps, latents=None)
+            try:
+                if cancel.is_set():
+                    raise Cancelled("cancelled before it started")
+                if self._pipe is None:
+                    self._pipe = sd_core.load(self.model)
+
+                def on_step(info: dict[str, Any]) -> None:
+                    self._state.update(step=info["step"], total=info["total"], latents=info["latents"][:1].cpu())
+                    if cancel.is_set():
+                        raise sd_core.Cancelled("cancelled")
+
+                common: dict[str, Any] = dict(
+                    negative_prompt=request.negative_prompt,
+                    width=request.width,
+                    height=request.height,
+                    steps=request.steps,
+                    sampler=request.sampler,
+                    cfg_scale=request.cfg_scale,
+                    seed=None if request.seed < 0 else request.seed,
+                    batch_size=request.batch_size,
+                    callback=on_step,
+                )
+                if request.tiling:
+                    common["tiling"] = request.tiling
+                if request.kind == "txt2img":
+                    images = self._pipe.txt2img(request.prompt, **common)
+                else:
+                    init = Image.fromarray(np.ascontiguousarray(request.image), "RGB")
+                    if request.kind == "img2img":
+                        images = self._pipe.img2img(init, request.prompt, strength=request.strength, **common)
+                    else:
+                        mask = Image.fromarray(np.ascontiguousarray(request.mask), "L")
+                        images = self._pipe.inpaint(init, mask, request.prompt, strength=request.strength, **common)
+            except sd_core.Cancelled as exc:
+                raise Cancelled("cancelled") from exc
+            except (ValueError, TypeError, FileNotFoundError, MemoryError) as exc:
+                raise UserError(explain(exc, self)) from exc
+            finally:
+                self._state.update(active=False, latents=None)
+                self._cancel = None
+        return Result(
+            [_png_bytes(img) for img in images],
+            [int(img.info.get("seed", -1)) for img in images],
+            [str(img.info.get("parameters", "")) for img in images],
+        )
+
+    def progress(self) -> Progress:
+        state = dict(self._state)
+        preview = None
+        if state["latents"] is not None:
+            from sd_core.preview import latents_to_preview
+
+            preview = _png_bytes(latents_to_preview(state["latents"]))
+        return Progress(
+            active=state["active"],
+            step=state["step"],
+            total=state["total"],
+            fraction=state["step"] / (state["total"] or 1),
+            preview=preview,
+        )
+
+    def interrupt(self) -> None:
+        if self._cancel is not None:
+            self._cancel.set()
+
+    def release(self) -> str:
+        with self._lock:  # waits for a running generation; the UI cancels it first
+            had, self._pipe = self._pipe is not None, None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+        return "unloaded the model" if had else "no model was loaded"

@@ -1,0 +1,403 @@
+"""Operators. Each generation operator only says what to ask for and what to make of the answer (`prepare`);
+`_Generation` runs it: modal with a timer in the UI (Blender stays responsive), blocking in `execute()` (scripts and
+background mode, where timers never fire)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import bpy
+import numpy as np
+from bpy.props import IntProperty, StringProperty
+
+from . import materials, pixels, props
+from .engine import Request, Result, UserError
+from .renders import render_scene, render_viewport
+from .runs import PREVIEW_NAME, SESSION, Finish, Run, new_preview_image, remove_images
+
+TIMER_SECONDS = 0.1
+TEXTURE_FOLDER = "//sd_textures"
+
+
+def _name_from(text: str, fallback: str, prefix: str = "") -> str:
+    """A datablock name from a prompt: one line, at most 60 bytes (Blender's limit is 63)."""
+    name = prefix + (re.sub(r"\s+", " ", text).strip() or fallback)
+    while len(name.encode("utf-8")) > 60:
+        name = name[:-1]
+    return name.rstrip()
+
+
+def _store(image: Any, result: Result, index: int, pack: bool) -> None:
+    """Keep the image with the .blend (packed) or as a PNG next to it, and note how it was made."""
+    if index < len(result.infotexts) and result.infotexts[index]:
+        image["sd_parameters"] = result.infotexts[index]
+    if index < len(result.seeds):
+        image["sd_seed"] = result.seeds[index]
+    if pack:
+        image.pack()
+        return
+    folder = bpy.path.abspath(TEXTURE_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    seed = f"-{image['sd_seed']}" if "sd_seed" in image else ""
+    path = os.path.join(folder, f"{bpy.path.clean_name(image.name)}{seed}.png")
+    image.filepath_raw = path
+    image.file_format = "PNG"
+    image.save()
+    image.filepath = bpy.path.relpath(path)
+
+
+def _check_storage(pack: bool) -> None:
+    if not pack and not bpy.data.is_saved:
+        raise UserError(
+            "Save the .blend file first: unpacked textures are written next to it in "
+            f"{TEXTURE_FOLDER}/ (or turn on 'Pack into .blend')"
+        )
+
+
+def _fit(rgba: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize uint8 HxWx4 pixels to width x height with Blender's own scaler (results may come back a multiple
+    of 8 smaller or larger than the source)."""
+    if rgba.shape[:2] == (height, width):
+        return rgba
+    image = pixels.new_image(".sd_core_resize", rgba)
+    try:
+        image.scale(width, height)
+        return pixels.to_srgb8(image)
+    finally:
+        bpy.data.images.remove(image)
+
+
+def _show(context: Any, image: Any) -> None:
+    space = getattr(context, "space_data", None)
+    if space is not None and space.type == "IMAGE_EDITOR" and not space.use_image_pin:
+        space.image = image
+
+
+def _source_image(context: Any, name: str) -> Any:
+    if name:
+        image = bpy.data.images.get(name)
+        if image is None:
+            raise UserError(f"There is no image named '{name}'")
+        return image
+    space = getattr(context, "space_data", None)
+    image = getattr(space, "image", None) if space is not None and space.type == "IMAGE_EDITOR" else None
+    if image is None or image.name == PREVIEW_NAME:
+        raise UserError("Open an image in the Image Editor first")
+    return image
+
+
+def _img2img_request(settings: Any, rgba: np.ndarray, kind: str = "img2img") -> Request:
+    """A request on uint8 top-down pixels, at their size rounded to a multiple of 8 (at least 64)."""
+    height, width = rgba.shape[:2]
+    request = props.make_request(settings, kind, image=np.ascontiguousarray(rgba[:, :, :3]))
+    request.width, request.height = (max(64, round(side / 8) * 8) for side in (width, height))
+    return request
+
+
+class _Generation:
+    """Shared run logic; subclasses implement `prepare(context) -> (request, label, finish)`."""
+
+    bl_options = {"UNDO"}  # one undo step for what the run made; no redo panel (it would generate again)
+    makes_images = True  # stores images (checked before anything starts) and goes into the history
+    _run: Run | None = None
+    _timer: Any = None
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        raise NotImplementedError
+
+    def _begin(self, context: Any) -> Run | None:
+        settings = props.settings(context)
+        try:
+            if self.makes_images:
+                _check_storage(settings.pack)
+            request, label, finish = self.prepare(context)
+            run = SESSION.start(context, request, label, finish)
+            if self.makes_images:
+                props.remember(settings, request)
+        except UserError as exc:
+            SESSION.last_error = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return None
+        return run
+
+    def _end(self, run: Run) -> set[str]:
+        SESSION.note(run)
+        level, message = run.report()
+        self.report({level}, message)
+        return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
+
+    def execute(self, context: Any) -> set[str]:
+        run = self._begin(context)
+        if run is None:
+            return {"CANCELLED"}
+        run.wait()
+        return self._end(run)
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        run = self._begin(context)
+        if run is None:
+            return {"CANCELLED"}
+        self._run = run
+        if run.step():
+            return self._end(run)
+        _show(context, bpy.data.images.get(PREVIEW_NAME) or new_preview_image())
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(TIMER_SECONDS, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context: Any, event: Any) -> set[str]:
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        assert self._run is not None
+        if not self._run.step():
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        self._timer = None
+        return self._end(self._run)
+
+    def cancel(self, context: Any) -> None:
+        """Blender ends the modal (file load, quit): stop the run rather than leave it unattended."""
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        if self._run is not None:  # only the plain-Python task: Blender may be unloading the file right now
+            self._run.task.cancel()
+            self._run.task.wait(timeout=10.0)
+
+
+def _make_images(decoded: list[np.ndarray], result: Result, pack: bool, build: Callable[[np.ndarray], Any]) -> list:
+    """One stored datablock per decoded image, by `build(rgba)`; all or nothing."""
+    made: list[Any] = []
+    try:
+        for index, rgba in enumerate(decoded):
+            made.append(build(rgba))
+            _store(made[-1], result, index, pack)
+    except Exception:
+        remove_images(made)
+        raise
+    return made
+
+
+def _texture_finish(context: Any, request: Request, settings: Any) -> Finish:
+    obj = context.active_object if settings.apply_material else None
+    obj_name = obj.name if obj is not None and obj.type == "MESH" else ""
+    name, pack = _name_from(request.prompt, "SD texture"), settings.pack
+
+    def finish(decoded: list[np.ndarray], result: Result) -> list[Any]:
+        made = _make_images(decoded, result, pack, lambda rgba: pixels.new_image(name, rgba))
+        target = bpy.data.objects.get(obj_name) if obj_name else None
+        if target is not None:
+            try:
+                materials.apply_texture(target, made[0])
+            except Exception:
+                remove_images(made)
+                raise
+        return made
+
+    return finish
+
+
+def _new_images_finish(name: str, pack: bool, size: tuple[int, int] | None = None) -> Finish:
+    """Results as new packed/saved images named `name` (scaled to `size` when given)."""
+
+    def finish(decoded: list[np.ndarray], result: Result) -> list[Any]:
+        return _make_images(
+            decoded, result, pack, lambda rgba: pixels.new_image(name, _fit(rgba, *size) if size else rgba)
+        )
+
+    return finish
+
+
+class SDCORE_OT_generate_texture(_Generation, bpy.types.Operator):
+    """Generate a texture from the prompt: a new image packed into the .blend, optionally on the active object"""
+
+    bl_idname = "sdcore.generate_texture"
+    bl_label = "Generate Texture"
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        settings = props.settings(context)
+        request = props.make_request(settings, "txt2img")
+        return request, "Generate texture", _texture_finish(context, request, settings)
+
+
+def _restyle(context: Any, source: np.ndarray, label: str) -> tuple[Request, str, Finish]:
+    settings = props.settings(context)
+    name = _name_from(settings.prompt, "render", prefix="Restyled ")
+    return _img2img_request(settings, source), label, _new_images_finish(name, settings.pack)
+
+
+class SDCORE_OT_restyle_viewport(_Generation, bpy.types.Operator):
+    """Restyle what the 3D viewport shows with img2img (background mode: the active camera's render)"""
+
+    bl_idname = "sdcore.restyle_viewport"
+    bl_label = "Restyle Viewport"
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        source, how = render_viewport(context)
+        return _restyle(context, source, f"Restyle viewport ({how})")
+
+
+class SDCORE_OT_restyle_render(_Generation, bpy.types.Operator):
+    """Render the active camera with the scene's engine and restyle the render with img2img"""
+
+    bl_idname = "sdcore.restyle_render"
+    bl_label = "Restyle Render"
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        return _restyle(context, render_scene(context.scene), "Restyle render")
+
+
+class SDCORE_OT_img2img_image(_Generation, bpy.types.Operator):
+    """Restyle the image open in the Image Editor with img2img, into a new image"""
+
+    bl_idname = "sdcore.img2img_image"
+    bl_label = "Restyle Image"
+
+    image: StringProperty(name="Image", default="", description="Image to use; empty: the Image Editor's image")
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        settings = props.settings(context)
+        source = _source_image(context, self.image)
+        request = _img2img_request(settings, pixels.to_srgb8(source))
+        name = _name_from(source.name, "image", prefix="Restyled ")
+        return request, "Restyle image", _new_images_finish(name, settings.pack, tuple(source.size))
+
+
+class SDCORE_OT_inpaint_image(_Generation, bpy.types.Operator):
+    """Fill the transparent area of the Image Editor's image; opaque pixels stay exactly as they are"""
+
+    bl_idname = "sdcore.inpaint_image"
+    bl_label = "Inpaint Transparent Area"
+
+    image: StringProperty(name="Image", default="", description="Image to use; empty: the Image Editor's image")
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        settings = props.settings(context)
+        source = _source_image(context, self.image)
+        stored = pixels.read_rgba(source)
+        alpha = stored[:, :, 3]
+        if float(alpha.min()) >= 1.0:
+            raise UserError(
+                f"The image '{source.name}' has no transparent pixels to fill: erase the area to repaint "
+                "(Texture Paint, brush blend 'Erase Alpha') or use Restyle Image"
+            )
+        request = _img2img_request(settings, pixels.to_srgb8(source), "inpaint")
+        request.mask = np.where(alpha < 1.0, 255, 0).astype(np.uint8)
+        width, height = source.size
+        name = _name_from(source.name, "image", prefix="Inpainted ")
+        linear, float_buffer = pixels.is_linear(source), source.is_float
+        colorspace, pack = source.colorspace_settings.name, settings.pack
+
+        def build(generated: np.ndarray) -> Any:
+            fill = _fit(generated, width, height)[:, :, :3].astype(np.float32) / 255.0
+            if linear:
+                fill = pixels.srgb_to_linear(fill)
+            a = alpha[:, :, None]
+            out = np.ones_like(stored)
+            out[:, :, :3] = np.where(a >= 1.0, stored[:, :, :3], stored[:, :, :3] * a + fill * (1.0 - a))
+            image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=float_buffer)
+            image.colorspace_settings.name = colorspace
+            pixels.write_rgba(image, out)
+            return image
+
+        def finish(decoded: list[np.ndarray], result: Result) -> list[Any]:
+            return _make_images(decoded, result, pack, build)
+
+        return request, "Inpaint", finish
+
+
+class SDCORE_OT_cancel(bpy.types.Operator):
+    """Stop the running generation; nothing is made from it"""
+
+    bl_idname = "sdcore.cancel"
+    bl_label = "Cancel"
+
+    def execute(self, context: Any) -> set[str]:
+        if not SESSION.busy:
+            self.report({"INFO"}, "Nothing is running")
+            return {"CANCELLED"}
+        SESSION.cancel()
+        return {"FINISHED"}
+
+
+class SDCORE_OT_release(bpy.types.Operator):
+    """Free the GPU: stop the local server this add-on started, or unload the model"""
+
+    bl_idname = "sdcore.release"
+    bl_label = "Release"
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            done = SESSION.release()
+        except Exception as exc:  # the server may already be gone; releasing must never trap the user
+            self.report({"WARNING"}, f"Release: {exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Release: {done}")
+        return {"FINISHED"}
+
+
+class SDCORE_OT_test_connection(_Generation, bpy.types.Operator):
+    """Check that the engine answers with a tiny image (starts the local server if that is the connection)"""
+
+    bl_idname = "sdcore.test_connection"
+    bl_label = "Test Connection"
+    bl_options = {"REGISTER"}  # nothing to undo
+    makes_images = False
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        sampler = props.settings(context).sampler
+        request = Request(prompt="test", width=64, height=64, steps=1, seed=0, sampler=sampler)
+        return request, "Test connection", lambda decoded, result: []
+
+
+class SDCORE_OT_history_recall(bpy.types.Operator):
+    """Put these settings back into the panel (with the seed that was used)"""
+
+    bl_idname = "sdcore.history_recall"
+    bl_label = "Recall"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: IntProperty(default=0, min=0)
+
+    def execute(self, context: Any) -> set[str]:
+        settings = props.settings(context)
+        if self.index >= len(settings.history):
+            self.report({"ERROR"}, "No such history entry")
+            return {"CANCELLED"}
+        props.recall(settings, self.index)
+        return {"FINISHED"}
+
+
+class SDCORE_OT_history_clear(bpy.types.Operator):
+    """Forget the recent prompts"""
+
+    bl_idname = "sdcore.history_clear"
+    bl_label = "Clear History"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: Any) -> set[str]:
+        props.settings(context).history.clear()
+        return {"FINISHED"}
+
+
+CLASSES = (
+    SDCORE_OT_generate_texture,
+    SDCORE_OT_restyle_viewport,
+    SDCORE_OT_restyle_render,
+    SDCORE_OT_img2img_image,
+    SDCORE_OT_inpaint_image,
+    SDCORE_OT_cancel,
+    SDCORE_OT_release,
+    SDCORE_OT_test_connection,
+    SDCORE_OT_history_recall,
+    SDCORE_OT_history_clear,
+)
+
+
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

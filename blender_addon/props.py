@@ -1,0 +1,191 @@
+"""The panel's settings (saved with the scene) and the history of recent generations that can be recalled."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+from .engine import Request
+
+SAMPLERS = [
+    "Euler a",
+    "Euler",
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "DPM++ SDE",
+    "DPM++ 2M SDE",
+    "Heun",
+    "LMS",
+    "DDIM",
+    "UniPC",
+]
+SEAMLESS = [
+    ("NONE", "Off", "Ordinary image"),
+    ("X", "X", "Tiles left to right"),
+    ("Y", "Y", "Tiles top to bottom"),
+    ("XY", "Both", "Tiles in both directions"),
+]
+HISTORY_SIZE = 20
+# The settings a history entry keeps and a recall restores (names shared by both property groups).
+RECALLED = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "steps",
+    "sampler",
+    "cfg_scale",
+    "seed",
+    "random_seed",
+    "seamless",
+    "batch_size",
+    "strength",
+)
+
+
+def _common() -> dict[str, Any]:
+    """Property definitions shared by the settings and the history entries."""
+    return {
+        "prompt": StringProperty(name="Prompt", description="What to generate", default=""),
+        "negative_prompt": StringProperty(name="Negative", description="What to avoid", default=""),
+        "width": IntProperty(
+            name="Width",
+            default=512,
+            min=64,
+            max=2048,
+            step=64,
+            subtype="PIXEL",
+            description="Image width (a multiple of 8)",
+        ),
+        "height": IntProperty(
+            name="Height",
+            default=512,
+            min=64,
+            max=2048,
+            step=64,
+            subtype="PIXEL",
+            description="Image height (a multiple of 8)",
+        ),
+        "steps": IntProperty(name="Steps", default=20, min=1, max=150, description="Sampling steps"),
+        "sampler": EnumProperty(name="Sampler", items=[(s, s, "") for s in SAMPLERS], default="Euler a"),
+        "cfg_scale": FloatProperty(
+            name="CFG", default=7.0, min=0.0, max=30.0, description="How closely to follow the prompt"
+        ),
+        "seed": IntProperty(name="Seed", default=0, min=0, description="Seed used when 'Random' is off"),
+        "random_seed": BoolProperty(name="Random", default=True, description="A new random seed each time"),
+        "seamless": EnumProperty(
+            name="Seamless", items=SEAMLESS, default="NONE", description="Make the image tile on these axes"
+        ),
+        "batch_size": IntProperty(name="Batch", default=1, min=1, max=8, description="Images per generation"),
+        "strength": FloatProperty(
+            name="Strength",
+            default=0.6,
+            min=0.0,
+            max=1.0,
+            subtype="FACTOR",
+            description="How much img2img and restyling may change the image",
+        ),
+    }
+
+
+class SDCORE_PG_history_entry(bpy.types.PropertyGroup):
+    __annotations__ = {**_common(), "kind": StringProperty(), "used_seed": IntProperty(), "when": FloatProperty()}
+
+
+class SDCORE_PG_settings(bpy.types.PropertyGroup):
+    __annotations__ = {
+        **_common(),
+        "apply_material": BoolProperty(
+            name="Apply to active object",
+            default=True,
+            description="Use the texture as the active object's base colour (material and UVs made if missing)",
+        ),
+        "pack": BoolProperty(
+            name="Pack into .blend",
+            default=True,
+            description="Keep generated images inside the .blend; off: save them as PNGs in //sd_textures/ "
+            "next to the saved .blend file",
+        ),
+        "history": CollectionProperty(type=SDCORE_PG_history_entry),
+        "history_index": IntProperty(default=0),
+    }
+
+
+def settings(context: Any) -> Any:
+    return context.scene.sd_core
+
+
+def make_request(s: Any, kind: str, **extra: Any) -> Request:
+    """The engine request for the panel's settings; a random seed is drawn here so the history knows it (within
+    the range of Blender's integer properties, so a recall reproduces it)."""
+    seed = random.randrange(2**31 - 1) if s.random_seed else int(s.seed)
+    return Request(
+        kind=kind,
+        prompt=s.prompt,
+        negative_prompt=s.negative_prompt,
+        width=_multiple_of_8(s.width),
+        height=_multiple_of_8(s.height),
+        steps=s.steps,
+        sampler=s.sampler,
+        cfg_scale=s.cfg_scale,
+        seed=seed,
+        batch_size=s.batch_size,
+        tiling="" if s.seamless == "NONE" else s.seamless.lower(),
+        strength=s.strength,
+        **extra,
+    )
+
+
+def _multiple_of_8(value: int) -> int:
+    return max(64, int(value) // 8 * 8)
+
+
+def remember(s: Any, request: Request) -> None:
+    """Put the request's settings at the top of the history (an identical earlier entry moves up)."""
+    for index, entry in enumerate(s.history):
+        if all(getattr(entry, name) == getattr(s, name) for name in RECALLED if name not in ("seed", "random_seed")):
+            s.history.remove(index)
+            break
+    entry = s.history.add()
+    for name in RECALLED:
+        setattr(entry, name, getattr(s, name))
+    entry.kind, entry.used_seed, entry.when = request.kind, request.seed, time.time()
+    s.history.move(len(s.history) - 1, 0)
+    while len(s.history) > HISTORY_SIZE:
+        s.history.remove(len(s.history) - 1)
+
+
+def recall(s: Any, index: int) -> None:
+    """Copy a history entry back into the settings, with the seed it used fixed (to reproduce the image)."""
+    entry = s.history[index]
+    for name in RECALLED:
+        setattr(s, name, getattr(entry, name))
+    s.seed, s.random_seed = entry.used_seed, False
+
+
+CLASSES = (SDCORE_PG_history_entry, SDCORE_PG_settings)
+
+
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def register() -> None:
+    _register_classes()
+    bpy.types.Scene.sd_core = PointerProperty(type=SDCORE_PG_settings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.sd_core
+    _unregister_classes()

@@ -1,0 +1,443 @@
+"""Checks that run inside real Blender (the `bpy` wheel), driven by tests/test_blender.py:
+
+    .venv-bpy50/bin/python -m pytest --noconftest -p no:cacheprovider tests/blender_runner/bpy_addon_checks.py
+
+The add-on is installed from its built extension zip with Blender's own installer, into a throw-away user folder.
+Environment: SDCORE_TEST_URL (a running sd-core server with a tiny model), SDCORE_TEST_ZIP (the extension),
+SDCORE_TEST_MODEL (that model's file), SDCORE_TEST_PYTHON (a Python that can run `sd_core.server`),
+BLENDER_USER_RESOURCES (Blender's user folder, where the extension is installed; a new temporary one if unset).
+Not collected by the main test run (no `test_` prefix): it needs bpy, which only the bpy venvs have.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+if "BLENDER_USER_RESOURCES" not in os.environ:  # keep the user's own Blender folders out of it
+    os.environ["BLENDER_USER_RESOURCES"] = tempfile.mkdtemp(prefix="sd_core_bpy_user_")
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+URL = os.environ["SDCORE_TEST_URL"]
+ZIP = os.environ["SDCORE_TEST_ZIP"]
+MODEL = os.environ["SDCORE_TEST_MODEL"]
+PYTHON = os.environ["SDCORE_TEST_PYTHON"]
+ADDON = "bl_ext.user_default.sd_core_blender"
+PROMPT = "mossy stone wall"
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def addon():
+    """The add-on, installed from the zip by Blender's extension installer and enabled."""
+    result = bpy.ops.extensions.package_install_files(filepath=ZIP, repo="user_default", enable_on_install=True)
+    assert result == {"FINISHED"}
+    assert ADDON in bpy.context.preferences.addons, "the extension did not install/enable from the zip"
+    module = importlib.import_module(ADDON)
+    yield module
+    module.runs.SESSION.release()
+
+
+@pytest.fixture
+def addon_env(addon):
+    """A fresh startup scene, the add-on pointed at the test server, small fast settings."""
+    bpy.ops.wm.read_homefile(use_empty=False)
+    assert ADDON in bpy.context.preferences.addons
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.url = "SERVER", URL
+    s = bpy.context.scene.sd_core
+    s.prompt, s.negative_prompt, s.width, s.height, s.steps = PROMPT, "", 64, 64, 4
+    s.sampler, s.cfg_scale, s.seed, s.random_seed, s.batch_size, s.strength = "Euler", 7.0, 123, False, 1, 0.6
+    s.apply_material, s.pack = True, True
+    yield addon
+    addon.runs.SESSION.cancel()
+
+
+def client(addon):
+    return addon.sd_client.SDClient(URL, timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def blender_pixels(image) -> np.ndarray:
+    """The image's stored values as uint8 HxWx4, rows top-down; read directly, not through the add-on."""
+    width, height = image.size
+    flat = np.empty(width * height * 4, dtype=np.float32)
+    image.pixels.foreach_get(flat)
+    return np.round(flat.reshape(height, width, 4)[::-1] * 255).astype(np.uint8)
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """A PNG decoded by Blender's loader, uint8 HxWx4 top-down, independent of the add-on's helpers."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "reference.png"
+        path.write_bytes(data)
+        image = bpy.data.images.load(str(path), check_existing=False)
+        try:
+            return blender_pixels(image)
+        finally:
+            bpy.data.images.remove(image)
+
+
+def image_names() -> set[str]:
+    return {img.name for img in bpy.data.images}
+
+
+def server_image(addon, endpoint: str, payload: dict) -> np.ndarray:
+    response = getattr(client(addon), endpoint)(payload)
+    return decode_png(addon.sd_client.b64_to_bytes(response["images"][0]))
+
+
+def base_payload(s) -> dict:
+    return {
+        "prompt": s.prompt,
+        "negative_prompt": "",
+        "width": 64,
+        "height": 64,
+        "steps": s.steps,
+        "sampler_name": s.sampler,
+        "cfg_scale": s.cfg_scale,
+        "seed": s.seed,
+        "batch_size": 1,
+    }
+
+
+# --- pixels and colour ------------------------------------------------------------------------------------------------
+
+
+def test_pixels_keep_row_order_and_colour(addon_env):
+    pixels = addon_env.pixels
+    rng = np.random.default_rng(1)
+    rgba = rng.integers(0, 256, (6, 10, 4), dtype=np.uint8)
+    image = pixels.new_image("orientation", rgba)
+    stored = np.empty(6 * 10 * 4, dtype=np.float32)
+    image.pixels.foreach_get(stored)
+    # Blender's first stored row is the bottom row of the picture.
+    assert np.array_equal(np.round(stored[: 10 * 4] * 255).astype(np.uint8), rgba[-1].ravel())
+    assert np.array_equal(pixels.to_srgb8(image), rgba)
+    png = addon_env.sd_client.encode_png_rgba(10, 6, rgba.tobytes())
+    assert np.array_equal(pixels.png_to_array(png), rgba)
+
+    # Float images hold linear values: linear 0.21586 is sRGB 128/255.
+    linear = bpy.data.images.new("linear", 2, 1, alpha=True, float_buffer=True)
+    linear.pixels.foreach_set(np.array([0.21586, 0.21586, 0.21586, 1.0, 1.0, 0.0, 0.0, 0.5], dtype=np.float32))
+    assert pixels.to_srgb8(linear).tolist() == [[[128, 128, 128, 255], [255, 0, 0, 128]]]
+
+
+# --- acceptance 1: generate texture -----------------------------------------------------------------------------------
+
+
+def test_generate_texture_matches_server_and_textures_a_cube(addon_env):
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    bpy.ops.mesh.primitive_cube_add(calc_uvs=False)
+    cube = bpy.context.active_object
+    assert len(cube.data.uv_layers) == 0
+    before = image_names()
+
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+
+    made = image_names() - before
+    assert made == {PROMPT}, made  # named after the prompt; the live preview is gone
+    image = bpy.data.images[PROMPT]
+    assert tuple(image.size) == (64, 64)
+    assert image.packed_file is not None
+    got = blender_pixels(image)
+    assert got[:, :, :3].std() > 1.0, "constant image"
+    s = bpy.context.scene.sd_core
+    expected = server_image(addon_env, "txt2img", base_payload(s))
+    assert np.array_equal(got, expected), "differs from the server's image for the same seed"
+    assert image["sd_seed"] == 123
+
+    material = cube.active_material
+    assert material is not None
+    bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    links = bsdf.inputs["Base Color"].links
+    assert len(links) == 1 and links[0].from_node.type == "TEX_IMAGE" and links[0].from_node.image == image
+    assert bsdf.outputs["BSDF"].links[0].to_node.type == "OUTPUT_MATERIAL"
+
+    mesh = cube.data
+    assert len(mesh.uv_layers) == 1
+    uv = np.empty(len(mesh.loops) * 2, dtype=np.float32)
+    mesh.uv_layers[0].data.foreach_get("uv", uv)
+    uv = uv.reshape(-1, 2)
+    for poly in mesh.polygons:  # box projection: each face of the cube shows the whole texture
+        face = uv[poly.loop_start : poly.loop_start + poly.loop_total]
+        assert np.allclose(face.min(axis=0), 0.0, atol=1e-5) and np.allclose(face.max(axis=0), 1.0, atol=1e-5)
+
+    entry = s.history[0]
+    assert (entry.prompt, entry.used_seed, entry.kind) == (PROMPT, 123, "txt2img")
+
+
+def test_history_recall_restores_settings_and_seed(addon_env):
+    s = bpy.context.scene.sd_core
+    s.random_seed = True
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    used = s.history[0].used_seed
+    made = bpy.data.images[PROMPT]
+    assert made["sd_seed"] == used
+    s.prompt, s.steps = "something else", 9
+    assert bpy.ops.sdcore.history_recall(index=0) == {"FINISHED"}
+    assert (s.prompt, s.steps, s.seed, s.random_seed) == (PROMPT, 4, used, False)
+
+
+def test_unpacked_textures_need_a_saved_file(addon_env, tmp_path):
+    s = bpy.context.scene.sd_core
+    s.pack = False
+    before = image_names()
+    with pytest.raises(RuntimeError, match=r"Save the \.blend file first"):
+        bpy.ops.sdcore.generate_texture()
+    assert image_names() == before
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    image = bpy.data.images[PROMPT]
+    assert image.packed_file is None
+    written = Path(bpy.path.abspath(image.filepath))
+    assert written.parent == tmp_path / "sd_textures" and written.is_file()
+    assert np.array_equal(decode_png(written.read_bytes()), blender_pixels(image))
+
+
+# --- acceptance 3: the tick-driven flow and cancel --------------------------------------------------------------------
+
+
+def start_texture_run(addon, steps: int):
+    """What the panel's button starts, without the modal timer: the test calls `run.step()` itself."""
+    s = bpy.context.scene.sd_core
+    s.steps = steps
+    request = addon.props.make_request(s, "txt2img")
+    finish = addon.operators._texture_finish(bpy.context, request, s)
+    return addon.runs.SESSION.start(bpy.context, request, "test", finish)
+
+
+def test_tick_flow_progress_preview_result(addon_env):
+    before = image_names()
+    run = start_texture_run(addon_env, steps=40)
+    states, fractions, previews = [], [], []
+    while not run.step():
+        states.append(run.task.state.value)
+        fractions.append(run.task.fraction)
+        preview = bpy.data.images.get(addon_env.runs.PREVIEW_NAME)
+        if preview is not None:
+            previews.append(blender_pixels(preview).tobytes())
+        time.sleep(0.02)
+    assert run.task.state.value == "done"
+    assert states[0] == "submitted" and "running" in states
+    assert fractions == sorted(fractions) and any(0.0 < f < 1.0 for f in fractions), fractions
+    assert len(set(previews)) >= 2, "the preview image did not update during the run"
+    assert image_names() - before == {PROMPT}  # the result arrived; the preview datablock is gone
+
+
+def test_cancel_leaves_nothing_and_server_idle(addon_env):
+    before = image_names()
+    run = start_texture_run(addon_env, steps=150)  # the server's limit: about 8 s here
+    while run.task.state.value != "running":
+        assert not run.step()
+    addon_env.runs.SESSION.cancel()
+    while not run.step():
+        pass
+    assert run.task.state.value == "cancelled"
+    assert image_names() == before, "a cancelled run left datablocks behind"
+    progress = client(addon_env).progress(skip_current_image=True)
+    assert progress["state"]["job_count"] == 0 and progress["state"]["queue_pending"] == 0, progress
+    bpy.context.scene.sd_core.steps = 4
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    assert image_names() - before == {PROMPT}
+
+
+# --- acceptance 2: restyle and inpaint --------------------------------------------------------------------------------
+
+
+def test_restyle_viewport_in_background_renders_the_camera(addon_env):
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 2
+    scene.cycles.device = "CPU"
+    scene.render.resolution_x = scene.render.resolution_y = 64
+    scene.render.resolution_percentage = 100
+    scene.view_settings.view_transform = "Standard"
+    before = image_names()
+
+    assert bpy.ops.sdcore.restyle_viewport() == {"FINISHED"}
+
+    run = addon_env.runs.SESSION.run
+    assert "rendered the camera with CYCLES" in run.label
+    made = image_names() - before
+    assert len(made) == 1 and next(iter(made)).startswith("Restyled")
+    image = bpy.data.images[next(iter(made))]
+    assert tuple(image.size) == (64, 64)
+    init = run.task.request.image  # what the fallback render gave the engine
+    assert init.shape == (64, 64, 3) and init.std() > 1.0, "the render is empty"
+    s = scene.sd_core
+    payload = dict(base_payload(s), init_images=[png_b64(addon_env, init)], denoising_strength=s.strength)
+    expected = server_image(addon_env, "img2img", payload)
+    got = blender_pixels(image)
+    assert np.array_equal(got, expected), "not the server's img2img result for this render"
+    assert not np.array_equal(got[:, :, :3], init), "img2img returned the render unchanged"
+
+
+def png_b64(addon, rgb: np.ndarray) -> str:
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    return addon.sd_client.bytes_to_b64(addon.sd_client.encode_png_rgba(rgb.shape[1], rgb.shape[0], rgba.tobytes()))
+
+
+@pytest.mark.parametrize("float_buffer", [False, True], ids=["byte", "float"])
+def test_inpaint_keeps_opaque_pixels(addon_env, float_buffer):
+    rng = np.random.default_rng(7)
+    values = rng.random((64, 64, 4), dtype=np.float32)
+    values[:, :, 3] = 1.0
+    values[20:44, 16:48, 3] = 0.0  # the hole to fill
+    source = bpy.data.images.new("holey", 64, 64, alpha=True, float_buffer=float_buffer)
+    source.pixels.foreach_set(values[::-1].ravel())
+    stored = np.empty(64 * 64 * 4, dtype=np.float32)
+    source.pixels.foreach_get(stored)
+    values = stored.reshape(64, 64, 4)[::-1]  # as stored: a byte image keeps 8 bits of each value
+    before = image_names()
+
+    assert bpy.ops.sdcore.inpaint_image(image="holey") == {"FINISHED"}
+
+    made = image_names() - before
+    assert made == {"Inpainted holey"}, made
+    result = bpy.data.images["Inpainted holey"]
+    assert result.is_float == float_buffer
+    out = np.empty(64 * 64 * 4, dtype=np.float32)
+    result.pixels.foreach_get(out)
+    out = out.reshape(64, 64, 4)[::-1]
+    opaque = values[:, :, 3] == 1.0
+    assert np.array_equal(out[opaque][:, :3], values[opaque][:, :3]), "opaque pixels changed"
+    hole = ~opaque
+    assert np.all(out[:, :, 3] == 1.0)
+    assert np.abs(out[hole][:, :3] - values[hole][:, :3]).mean() > 0.01, "the hole was not filled"
+
+
+# --- acceptance 4: clear reports, Blender keeps running ---------------------------------------------------------------
+
+
+def test_unreachable_server_is_a_clear_report(addon_env):
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.url = f"http://127.0.0.1:{free_port()}"
+    before = image_names()
+    with pytest.raises(RuntimeError, match="Cannot reach the sd-core server.*add-on preferences"):
+        bpy.ops.sdcore.generate_texture()
+    assert image_names() == before
+    assert "Cannot reach" in addon_env.runs.SESSION.last_error  # what the panel shows
+    prefs.url = URL  # Blender is still there and the next generation works
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+
+
+def test_bad_model_path_is_a_clear_report(addon_env):
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.python, prefs.model = "LOCAL", PYTHON, "/nonexistent/model.safetensors"
+    with pytest.raises(RuntimeError, match="Model not found: /nonexistent/model.safetensors.*add-on preferences"):
+        bpy.ops.sdcore.generate_texture()
+
+
+def test_broken_model_reports_why_the_server_did_not_start(addon_env, tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"this is not a checkpoint")
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.python, prefs.model = "LOCAL", PYTHON, str(broken)
+    with pytest.raises(RuntimeError, match="local sd-core server did not start.*broken.safetensors"):
+        bpy.ops.sdcore.generate_texture()
+
+
+def test_zero_size_image_is_a_clear_report(addon_env):
+    missing = bpy.data.images.new("missing", 4, 4)
+    missing.source, missing.filepath = "FILE", "/nonexistent/texture.png"
+    with pytest.raises(RuntimeError, match="The image 'missing' has no pixels"):
+        bpy.ops.sdcore.img2img_image(image="missing")
+    with pytest.raises(RuntimeError, match="has no pixels"):
+        bpy.ops.sdcore.inpaint_image(image="missing")
+
+
+def test_in_process_without_torch_is_a_clear_report(addon_env):
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.model = "INPROCESS", MODEL
+    with pytest.raises(RuntimeError, match="In-process mode needs sd_core and torch"):
+        bpy.ops.sdcore.generate_texture()
+
+
+# --- the usual case: a local server the add-on starts, and Release ----------------------------------------------------
+
+
+def test_local_server_generates_and_release_stops_it(addon_env):
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.python, prefs.model = "LOCAL", PYTHON, MODEL
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    engine = addon_env.runs.SESSION.engine
+    assert engine.running
+    process = engine._server.process
+    assert bpy.ops.sdcore.release() == {"FINISHED"}
+    assert process.poll() is not None, "Release left the server running"
+    assert addon_env.runs.SESSION.engine is None
+
+
+def test_panels_and_operators_are_registered(addon_env):
+    for name in ("SDCORE_PT_image_editor", "SDCORE_PT_shader_editor", "SDCORE_PT_image_history"):
+        assert hasattr(bpy.types, name)
+    for op in (
+        "generate_texture",
+        "restyle_viewport",
+        "restyle_render",
+        "img2img_image",
+        "inpaint_image",
+        "cancel",
+        "release",
+    ):
+        assert hasattr(bpy.ops.sdcore, op)
+
+
+def test_restyle_render_and_restyle_image_keep_the_source_size(addon_env):
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 2
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 80, 64, 100
+    before = image_names()
+    assert bpy.ops.sdcore.restyle_render() == {"FINISHED"}
+    (name,) = image_names() - before
+    assert tuple(bpy.data.images[name].size) == (80, 64)
+
+    odd = bpy.data.images.new("odd", 70, 50)  # not multiples of 8: generated at 72x48, scaled back
+    odd.pixels.foreach_set(np.random.default_rng(3).random(70 * 50 * 4, dtype=np.float32))
+    before = image_names()
+    assert bpy.ops.sdcore.img2img_image(image="odd") == {"FINISHED"}
+    assert image_names() - before == {"Restyled odd"}
+    assert tuple(bpy.data.images["Restyled odd"].size) == (70, 50)
+    assert addon_env.runs.SESSION.run.task.request.width == 72
+
+
+def test_seamless_both_axes_reaches_the_engine(addon_env):
+    s = bpy.context.scene.sd_core
+    s.seamless, s.apply_material = "XY", False
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    got = blender_pixels(bpy.data.images[PROMPT])
+    assert np.array_equal(got, server_image(addon_env, "txt2img", dict(base_payload(s), tiling=True)))
+    assert not np.array_equal(got, server_image(addon_env, "txt2img", base_payload(s)))
+
+
+def test_connection_check_reports_the_engine(addon_env):
+    assert bpy.ops.sdcore.test_connection() == {"FINISHED"}
+    bpy.context.preferences.addons[ADDON].preferences.url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RuntimeError, match="Cannot reach"):
+        bpy.ops.sdcore.test_connection()
+
+
+def test_every_icon_the_ui_names_exists_in_this_blender(addon_env):
+    """Icons come and go between Blender versions; a missing one breaks a panel's drawing."""
+    known = set(bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys())
+    folder = Path(addon_env.__file__).parent
+    used = {m for f in folder.glob("*.py") for m in re.findall(r'icon="([A-Z0-9_]+)"', f.read_text())}
+    assert used and used <= known, sorted(used - known)

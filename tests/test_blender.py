@@ -1,0 +1,218 @@
+"""The Blender add-on: built into an extension zip by Blender's own tool, installed into real Blender (the `bpy`
+wheels 5.0.1 and 4.2 LTS, in their own venvs made by scripts/install_bpy.sh) and run against a real local server
+with a tiny model; plus its plain-Python engine and tick-driven state machine, tested here directly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from server_utils import open_b64, start_server, tiny_checkpoint
+
+from sd_core.client import SDClient, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # blender_addon/ is not an installed package
+
+from blender_addon.engine import Request  # noqa: E402
+from blender_addon.inprocess import InProcessEngine  # noqa: E402
+from blender_addon.server_engine import LocalServerEngine, ServerEngine  # noqa: E402
+from blender_addon.task import State, Task  # noqa: E402
+
+BLENDERS = {"5.0": REPO / ".venv-bpy50", "4.2": REPO / ".venv-bpy42"}
+RUNNER = REPO / "tests" / "blender_runner" / "bpy_addon_checks.py"
+BUILDER = REPO / "scripts" / "build_blender_addon.py"
+
+
+def blender_python(version: str) -> Path:
+    python = BLENDERS[version] / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} is missing: run `bash scripts/install_bpy.sh` (the test command does)", pytrace=False)
+    return python
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("blender_model") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    server = start_server(model)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def addon_zip(tmp_path_factory) -> Path:
+    """The extension, built and validated by Blender 5.0's extension tool and validated by 4.2's too."""
+    out = tmp_path_factory.mktemp("blender_zip")
+    cmd = [
+        sys.executable,
+        str(BUILDER),
+        "--blender-python",
+        str(blender_python("5.0")),
+        "--output-dir",
+        str(out),
+        "--validate-with",
+        str(blender_python("4.2")),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    zip_path = Path(done.stdout.strip().splitlines()[-1])
+    assert zip_path.is_file() and zip_path.parent == out
+    return zip_path
+
+
+# --- inside real Blender ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", list(BLENDERS))
+def test_addon_in_blender(version, server, model, addon_zip, tmp_path):
+    """Every check in tests/blender_runner/bpy_addon_checks.py, in Blender `version`, must pass."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        BLENDER_USER_RESOURCES=str(tmp_path / "blender_user"),  # the extension installs here, not in ~/.config
+        SDCORE_TEST_URL=server.url,
+        SDCORE_TEST_ZIP=str(addon_zip),
+        SDCORE_TEST_MODEL=str(model),
+        SDCORE_TEST_PYTHON=sys.executable,
+        # The add-on's local server runs `python -m sd_core.server`: make this checkout importable for it.
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    cmd = [
+        str(blender_python(version)),
+        "-m",
+        "pytest",
+        "-q",
+        "-rA",
+        "--noconftest",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(RUNNER.parent),
+        str(RUNNER),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=RUNNER.parent, timeout=900)
+    assert done.returncode == 0, f"Blender {version} checks failed:\n{done.stdout[-12000:]}\n{done.stderr[-4000:]}"
+    assert " passed" in done.stdout and "failed" not in done.stdout.splitlines()[-1]
+
+
+# --- the plain-Python engine and state machine ------------------------------------------------------------------------
+
+
+def small_request(**changes) -> Request:
+    base = dict(prompt="a red brick wall", width=64, height=64, steps=4, sampler="Euler", seed=5)
+    return Request(**{**base, **changes})
+
+
+def drive(task: Task, timeout: float = 120.0) -> list[tuple[State, float, int]]:
+    """Tick `task` by hand until it finishes; returns what each tick showed."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while not task.finished:
+        assert time.monotonic() < deadline, "the task did not finish"
+        seen.append((task.tick(), task.fraction, task.preview_serial))
+        time.sleep(0.01)
+    return seen
+
+
+def png_array(data: bytes) -> np.ndarray:
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_task_steps_through_progress_and_preview_to_the_servers_image(server):
+    task = Task(ServerEngine(server.url), small_request(steps=40), poll_interval=0.05)
+    assert task.state is State.IDLE
+    task.start()
+    assert task.state is State.SUBMITTED
+    seen = drive(task)
+    states = [s for s, _, _ in seen]
+    fractions = [f for _, f, _ in seen]
+    assert State.RUNNING in states and states[-1] is State.DONE
+    assert fractions == sorted(fractions) and any(0 < f < 1 for f in fractions)
+    assert max(p for _, _, p in seen[:-1]) >= 2, "the preview did not update during the run"
+    assert task.result is not None and len(task.result.images) == 1 and task.result.seeds == [5]
+    reference = SDClient(server.url).txt2img(
+        {"prompt": "a red brick wall", "width": 64, "height": 64, "steps": 40, "sampler_name": "Euler", "seed": 5}
+    )
+    assert np.array_equal(png_array(task.result.images[0]), np.asarray(open_b64(reference["images"][0]).convert("RGB")))
+
+
+def test_task_cancel_leaves_the_server_idle_and_the_next_run_works(server):
+    engine = ServerEngine(server.url)
+    task = Task(engine, small_request(steps=150), poll_interval=0.05).start()
+    while task.tick() is not State.RUNNING:
+        assert not task.finished
+        time.sleep(0.01)
+    started = time.monotonic()
+    task.cancel()
+    drive(task, timeout=30)
+    assert task.state is State.CANCELLED and task.result is None
+    assert time.monotonic() - started < 10
+    state = SDClient(server.url).progress(skip_current_image=True)["state"]
+    assert state["job_count"] == 0 and state["queue_pending"] == 0
+    again = Task(engine, small_request()).start()
+    assert again.wait(60) is State.DONE
+
+
+def test_unreachable_server_fails_with_advice():
+    task = Task(ServerEngine(f"http://127.0.0.1:{free_port()}"), small_request()).start()
+    assert task.wait(30) is State.FAILED
+    assert "Cannot reach the sd-core server" in task.error and "add-on preferences" in task.error
+
+
+def test_local_server_engine_refuses_a_missing_model_before_starting(tmp_path):
+    task = Task(LocalServerEngine(sys.executable, str(tmp_path / "none.safetensors")), small_request()).start()
+    assert task.state is State.FAILED and "Model not found" in task.error
+
+
+def processes_on(port: int) -> list:
+    """Child processes of this test run that were told to listen on `port`."""
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True) if f"--port {port}" in " ".join(p.cmdline())]
+
+
+def test_cancel_while_the_local_server_starts_stops_it(model):
+    import psutil
+
+    port = free_port()
+    engine = LocalServerEngine(sys.executable, str(model), port=port)
+    task = Task(engine, small_request()).start()
+    deadline = time.monotonic() + 5  # the job's thread spawns the server a moment after start()
+    while not (started := processes_on(port)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started and task.tick() is State.SUBMITTED
+    task.cancel()
+    assert task.wait(20) is State.CANCELLED
+    assert not engine.running
+    gone, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, "the server still runs"
+
+
+def test_in_process_engine_ticks_cancels_and_generates(model):
+    engine = InProcessEngine(str(model))
+    task = Task(engine, small_request(steps=300), poll_interval=0.02).start()
+    while task.tick() is not State.RUNNING:
+        assert not task.finished, task.error
+        time.sleep(0.01)
+    task.cancel()
+    drive(task, timeout=60)
+    assert task.state is State.CANCELLED
+    task = Task(engine, small_request(steps=12), poll_interval=0.02).start()
+    seen = drive(task)
+    assert task.state is State.DONE, task.error
+    assert any(s is State.RUNNING for s, _, _ in seen) and task.preview is not None
+    assert png_array(task.result.images[0]).shape == (64, 64, 3)
+    engine.release()
