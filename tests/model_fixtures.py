@@ -155,9 +155,26 @@ def write_tiny_checkpoint(path: str | Path, seed: int = 0, *, sd2: bool = False,
     return path
 
 
+FIXTURE_VERSION = 1  # bump when the tiny models change, so stale cached folders are not reused
+
+
 @cache
 def _cached_folder(seed: int, sd2: bool, inpainting: bool) -> Path:
+    """The tiny diffusers folder for these settings, built once per machine (shared by test processes: built in a
+    scratch folder and renamed into place, so a concurrent builder never sees half a folder)."""
+    import shutil
     import tempfile
 
-    root = Path(tempfile.mkdtemp(prefix="sd_core_tiny_"))
-    return write_tiny_folder(root / "model", seed, sd2=sd2, inpainting=inpainting)
+    root = Path(tempfile.gettempdir()) / "sd_core_tiny"
+    final = root / f"v{FIXTURE_VERSION}-seed{seed}-{'sd2' if sd2 else 'sd1'}{'-inpaint' if inpainting else ''}"
+    if (final / "model_index.json").exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="build-", dir=root))
+    write_tiny_folder(scratch / "model", seed, sd2=sd2, inpainting=inpainting)
+    try:
+        (scratch / "model").rename(final)
+    except OSError:  # another process got there first
+        pass
+    shutil.rmtree(scratch, ignore_errors=True)
+    return final

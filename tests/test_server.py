@@ -91,6 +91,18 @@ def test_random_seed_is_reported_and_reproducible(client):
     assert pixels(open_b64(again["images"][0])) == pixels(open_b64(first["images"][0]))
 
 
+def test_tiling_axes_reach_the_engine(client):
+    for tiling, label in ((True, "xy"), ("x", "x"), ("y", "y")):
+        info = info_of(txt2img(client, seed=4, tiling=tiling))
+        assert f"Tiling: {label}" in info["infotexts"][0]
+
+
+def test_unload_and_reload_checkpoint(client):
+    for path in ("/sdapi/v1/unload-checkpoint", "/sdapi/v1/reload-checkpoint", "/sdapi/v1/unload-checkpoint"):
+        client.request("POST", path)
+    assert client.ping() and info_of(txt2img(client, seed=5))["seed"] == 5  # loads the model again
+
+
 def test_a1111_sampler_and_scheduler_names(client):
     names = {s["name"] for s in client.samplers()}
     assert {"Euler", "Euler a", "DPM++ 2M", "DDIM"} <= names

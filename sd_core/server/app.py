@@ -295,6 +295,16 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
                 raise
         return None
 
+    @app.post("/sdapi/v1/unload-checkpoint", responses=ERRORS)
+    async def unload_checkpoint() -> None:
+        """Free the model's memory (queued behind running jobs, as A1111); the next generation loads it again."""
+        await wait_for(submit("unload", lambda ctx: sd.models.unload()))
+
+    @app.post("/sdapi/v1/reload-checkpoint", responses=ERRORS)
+    async def reload_checkpoint() -> None:
+        """Load the selected model now rather than at the next generation."""
+        await wait_for(submit("reload", lambda ctx: sd.models.pipeline()))
+
     @app.get("/sdapi/v1/scripts", responses=ERRORS)
     def scripts() -> dict[str, list[str]]:
         """No scripts or extensions; A1111 clients probe this."""

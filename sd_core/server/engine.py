@@ -82,6 +82,16 @@ class ModelManager:
         self._loaded = (entry, pipe)
         return pipe
 
+    def unload(self) -> bool:
+        """Drop the pipeline from memory (the selection stays; the next job loads it again). Worker thread only."""
+        was_loaded, self._loaded = self._loaded is not None, None
+        _free_device_memory()
+        return was_loaded
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
     def _load(self, entry: ModelEntry) -> Any:
         log.info("loading %s", entry.path)
         pipe = self.loader(entry.path)

@@ -168,7 +168,7 @@ def run(p: Plan, ctx: JobContext, models: ModelManager, cancelled: type[BaseExce
     if req.tiling:
         if not _accepts(method, "tiling"):
             raise ValueError("tiling: this engine does not support tiling")
-        common["tiling"] = True
+        common["tiling"] = "xy" if req.tiling is True else req.tiling
     for n in range(req.n_iter):
         if ctx.interrupted.is_set():
             out.interrupted = True

@@ -8,7 +8,7 @@ typed: a wrong type is a 422 naming the field.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,7 +37,9 @@ class GenerationRequest(ApiModel):
     cfg_scale: float = Field(7.0, ge=-100, le=100, allow_inf_nan=False)
     width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
     height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
-    tiling: bool = False
+    tiling: bool | Literal["x", "y", "xy"] = Field(
+        False, description="seamless output: true (both axes, as A1111) or 'x', 'y', 'xy' for chosen axes"
+    )
     override_settings: dict[str, Any] | None = Field(
         None, description="supported: sd_model_checkpoint, CLIP_stop_at_last_layers"
     )
