@@ -41,8 +41,7 @@ def cmd_txt2img(args: argparse.Namespace) -> int:
     import sd_core
     from sd_core.pnginfo import pnginfo_for
 
-    model = args.model or default_model()
-    pipe = sd_core.load(model, device=args.device, dtype=args.dtype)
+    pipe = sd_core.load(args.model, device=args.device, dtype=args.dtype)  # no --model: the built-in model
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     index = next_index(outdir)
@@ -66,16 +65,6 @@ def cmd_txt2img(args: argparse.Namespace) -> int:
         print(path)
         index += 1
     return 0
-
-
-def default_model() -> str:
-    """The built-in model shipped with the package, when one exists."""
-    from importlib import resources
-
-    path = resources.files("sd_core") / "data" / "default_model.safetensors"
-    if not path.is_file():
-        raise SystemExit("no --model given and no built-in model is installed; pass --model PATH")
-    return str(path)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ from .models.unet import UNetModel
 from .models.vae import AutoencoderKL
 from .pipeline import StableDiffusion
 
+BUILTIN_MODEL = Path(__file__).parent / "data" / "default_model.safetensors"
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_HF_PREFIX = "cond_stage_model.transformer."
@@ -99,19 +101,27 @@ def build_models(
     return unet, vae, text
 
 
+def builtin_model() -> Path:
+    """The small texture model that ships with the package (see sd_core/data/MODEL_CARD.md): the default when no
+    model is given."""
+    if not BUILTIN_MODEL.is_file():
+        raise FileNotFoundError(f"no model given and the built-in model is missing ({BUILTIN_MODEL})")
+    return BUILTIN_MODEL
+
+
 def load(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     *,
     prediction: str | None = None,
 ) -> StableDiffusion:
-    """Load a `.safetensors`/`.ckpt` single file or a diffusers folder.
+    """Load a `.safetensors`/`.ckpt` single file or a diffusers folder; with no path, the built-in model.
 
     `device`/`dtype` default to the best available (see `sd_core.devices`). `prediction` ("eps" or "v") overrides
     the detection: a diffusers folder's scheduler config, else A1111's probe for SD2-family models.
     """
-    path = Path(path)
+    path = builtin_model() if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     if prediction not in (None, "eps", "v"):

@@ -67,7 +67,11 @@ def _positive_float(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `serve` options, added to an existing parser."""
     d = ServerSettings()
-    parser.add_argument("--model", type=Path, help="checkpoint to load first (default: the first in --models-dir)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint to load first (default: the first in --models-dir, else the built-in model)",
+    )
     parser.add_argument(
         "--models-dir",
         type=Path,
@@ -96,7 +100,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Checked settings: a usable model source, a token from the environment, no open port without a token."""
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.model is None and args.models_dir is None:
-        raise ValueError("give --model PATH or --models-dir DIR")
+        from sd_core.loader import builtin_model
+
+        args.model = builtin_model()  # the small texture model shipped with the package
     if args.models_dir is not None and not args.models_dir.is_dir():
         raise ValueError(f"--models-dir {args.models_dir} is not a folder")
     if args.model is not None and not args.model.exists():
