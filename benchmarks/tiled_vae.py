@@ -43,27 +43,21 @@ def main() -> None:
     args = parser.parse_args()
     path, _ = sd15_checkpoint()
     rows, images = {}, {}
+    print(f"VAE decode {args.size}x{args.size} ({args.dtype}), SD1.5-size random VAE, CPU", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("tiled", "whole"):
             out = Path(tmp) / f"{mode}.npy"
-            done = subprocess.run(
-                [sys.executable, "-c", CHILD, str(path), str(args.size), args.dtype, mode, str(out)],
-                capture_output=True,
-                text=True,
-            )
+            cmd = [sys.executable, "-c", CHILD, str(path), str(args.size), args.dtype, mode, str(out)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                rows[mode] = {"error": done.stderr.strip().splitlines()[-1]}
+                print(f"  {mode:<6} failed: {done.stderr.strip().splitlines()[-1]}", flush=True)
                 continue
-            rows[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            row = rows[mode] = json.loads(done.stdout.strip().splitlines()[-1])
             images[mode] = np.load(out)
-    print(f"VAE decode {args.size}x{args.size} ({args.dtype}), SD1.5-size random VAE, CPU")
-    for mode, row in rows.items():
-        if "error" in row:
-            print(f"  {mode:<6} failed: {row['error']}")
-        else:
             print(
                 f"  {mode:<6} {row['seconds']:8.1f} s   peak RSS {row['peak_mb']:8.0f} MiB "
-                f"(after loading the model: {row['before_mb']:.0f} MiB)"
+                f"(after loading the model: {row['before_mb']:.0f} MiB)",
+                flush=True,
             )
     if len(images) == 2:
         diff = np.abs(images["tiled"] - images["whole"])
