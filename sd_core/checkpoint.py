@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import struct
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,46 @@ def _target(t: torch.Tensor, dtype: torch.dtype | None, device: torch.device) ->
     return t.to(device=device)
 
 
+# Live memory maps of checkpoint files: (mapping, base address, size). `release_pages` only ever touches these.
+_MAPPINGS: list[tuple[weakref.ref, int, int]] = []
+
+
+def _register_mapping(buffer: mmap.mmap) -> None:
+    _MAPPINGS[:] = [m for m in _MAPPINGS if m[0]() is not None]
+    base = torch.frombuffer(buffer, dtype=torch.uint8, count=1).data_ptr()
+    _MAPPINGS.append((weakref.ref(buffer), base, len(buffer)))
+
+
+def _dontneed(buffer: mmap.mmap, offset: int, nbytes: int) -> int:
+    """Drop this process's pages of bytes [offset, offset + nbytes) of a private file mapping (whole pages inside
+    the range only, so neighbouring tensors are never touched). Clean pages come back from the file if read again;
+    callers guarantee nobody wrote to them. Returns the bytes released (0 where madvise is unavailable)."""
+    page = mmap.PAGESIZE
+    start = -(-offset // page) * page
+    end = (offset + nbytes) // page * page
+    if end <= start or not hasattr(buffer, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return 0
+    try:
+        buffer.madvise(mmap.MADV_DONTNEED, start, end - start)
+    except (OSError, ValueError):
+        return 0
+    return end - start
+
+
+def release_pages(t: torch.Tensor) -> int:
+    """After `t` (a zero-copy view of a memory-mapped checkpoint) has been copied elsewhere (cast, packed), give its
+    pages back so that RSS does not hold the file and the copy at once. Only for tensors never written to (the loader
+    calls it right after loading). No-op for tensors that are not views of a live checkpoint mapping."""
+    if t.device.type != "cpu" or t.layout != torch.strided or t.is_mkldnn or not t.numel() or not t.is_contiguous():
+        return 0
+    ptr, nbytes = t.data_ptr(), t.untyped_storage().nbytes() - t.storage_offset() * t.element_size()
+    for ref, base, size in _MAPPINGS:
+        buffer = ref()
+        if buffer is not None and base <= ptr and ptr + nbytes <= base + size:
+            return _dontneed(buffer, ptr - base, min(nbytes, t.numel() * t.element_size()))
+    return 0
+
+
 def _read_safetensors(path: Path, dtype: torch.dtype | None, device: torch.device) -> dict[str, torch.Tensor]:
     header = _read_header(path)
     names = [name for name in header.entries if not name.startswith(_EMA_PREFIX)]
@@ -168,6 +209,7 @@ def _read_safetensors(path: Path, dtype: torch.dtype | None, device: torch.devic
         # ACCESS_COPY: a private, writable mapping, so torch gets a writable buffer without copying the file and
         # writes to the tensors never reach the file. Tensors keep the mapping alive after this function returns.
         buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    _register_mapping(buffer)
     out = {}
     for name in names:
         entry = header.entries[name]
@@ -182,6 +224,10 @@ def _read_safetensors(path: Path, dtype: torch.dtype | None, device: torch.devic
             count = nbytes // entry.dtype.itemsize
             t = torch.frombuffer(buffer, dtype=entry.dtype, count=count, offset=offset).view(entry.shape)
         out[name] = _target(t, dtype, device)
+        if nbytes and out[name].data_ptr() != t.data_ptr():
+            # cast or moved: the file's pages of this tensor are no longer needed; without this, a float32 file
+            # loaded as bfloat16 would hold the whole file and the cast copy in RSS (1.5x the file at peak)
+            _dontneed(buffer, offset, nbytes)
     return out
 
 

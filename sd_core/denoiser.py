@@ -60,19 +60,28 @@ class GuidedDenoiser:
         self.cond, self.uncond, self.cfg_scale = cond, uncond, float(cfg_scale)
         self.extra, self.blend = extra, blend
         self.guided = self.cfg_scale != 1.0
+        self.dtype = next(unet.parameters()).dtype
+        self._contexts: dict[int, torch.Tensor] = {}
+
+    def context(self, batch: int) -> torch.Tensor:
+        """The UNet's text context for `batch` images, in the model dtype: `[uncond, cond]` batched for CFG. Built
+        once per run, not at every step."""
+        if batch not in self._contexts:
+            cond = self.cond.expand(batch, -1, -1)
+            if self.guided:
+                cond = torch.cat([self.uncond.expand(batch, -1, -1), cond])
+            self._contexts[batch] = cond.to(self.dtype)
+        return self._contexts[batch]
 
     def model_output(self, x_in: torch.Tensor, t: torch.Tensor, batch: int) -> torch.Tensor:
         """The UNet's raw prediction with guidance applied (one call for both halves)."""
-        dtype = next(self.unet.parameters()).dtype
         if self.extra is not None:
             x_in = torch.cat([x_in, self.extra.to(x_in)], dim=1)
-        cond = self.cond.expand(batch, -1, -1)
+        context = self.context(batch)
         if not self.guided:
-            return self.unet(x_in.to(dtype), t, cond.to(dtype)).float()
-        uncond = self.uncond.expand(batch, -1, -1)
-        out = self.unet(
-            torch.cat([x_in, x_in]).to(dtype), torch.cat([t, t]), torch.cat([uncond, cond]).to(dtype)
-        ).float()
+            return self.unet(x_in.to(self.dtype), t, context).float()
+        x_in = x_in.to(self.dtype)
+        out = self.unet(torch.cat([x_in, x_in]), torch.cat([t, t]), context).float()
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.cfg_scale * (out_cond - out_uncond)
 

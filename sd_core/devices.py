@@ -4,8 +4,11 @@ Defaults, and why:
 - CUDA first, then Apple MPS, then the CPU.
 - GPUs run in float16 (half the memory, tensor cores); the VAE falls back to float32 when float16 decodes to NaN
   (the pipeline checks), the known cause of black images.
-- On the CPU, bfloat16 only where the processor has native bf16 arithmetic (AVX512-BF16 or AMX): measured about
-  2x faster than float32 there. Without it bf16 is emulated and slower than float32, so float32 is used.
+- On the CPU, bfloat16 only where the processor has AMX tile units (`amx_bf16`), whose bf16 matrix throughput is
+  many times float32's. AVX512-BF16 alone is not enough: its dot-product instruction runs on one port where float32
+  FMAs run on two, so convolutions and GEMMs are no faster in bf16 (measured on a 2-core AVX512-BF16 Xeon without
+  AMX: an SD1.5 UNet step 1.2-1.5x *slower* in bf16 than in float32, diffusers and sd_core alike; see
+  `benchmarks/bench.py`). Everywhere else float32.
 """
 
 from __future__ import annotations
@@ -42,14 +45,23 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); Linux reads /proc/cpuinfo."""
+def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
+        return ""
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); Linux reads /proc/cpuinfo."""
+    flags = _cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when the CPU has AMX bf16 tile units (where bf16 beats float32 by far); Linux reads /proc/cpuinfo."""
+    return "amx_bf16" in _cpu_flags()
 
 
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
@@ -63,4 +75,4 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
             raise ValueError(f"dtype={dtype!r} is not one of {sorted(set(DTYPES))}") from None
     if device.type in ("cuda", "mps"):
         return torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if cpu_has_amx_bf16() else torch.float32

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, perf
 from .devices import pick_device, pick_dtype
 from .model_config import ModelConfig, infer_config
 from .models.text_encoder import CLIPTextEncoder, normalize_hf_keys, openclip_to_hf
@@ -115,21 +115,29 @@ def load(
     dtype: str | torch.dtype | None = None,
     *,
     prediction: str | None = None,
+    optimize: bool = True,
+    low_vram: bool | str = False,
 ) -> StableDiffusion:
     """Load a `.safetensors`/`.ckpt` single file or a diffusers folder; with no path, the built-in model.
 
     `device`/`dtype` default to the best available (see `sd_core.devices`). `prediction` ("eps" or "v") overrides
     the detection: a diffusers folder's scheduler config, else A1111's probe for SD2-family models.
+    `optimize` applies the device's default speed levers (`sd_core.perf.optimize`: prepacked oneDNN weights on the
+    CPU, channels_last on GPUs); `optimize=False` gives the plain modules. `low_vram=True` keeps the text encoder and
+    VAE in CPU memory except while they run, `low_vram="sequential"` the UNet too, block by block (GPU only).
     """
     path = builtin_model() if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     if prediction not in (None, "eps", "v"):
         raise ValueError(f"prediction must be 'eps', 'v' or None, not {prediction!r}")
+    if low_vram not in (False, True, "sequential"):
+        raise ValueError(f"low_vram must be False, True or 'sequential', not {low_vram!r}")
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
+    offload = bool(low_vram) and dev.type != "cpu"
     config = infer_config(checkpoint.read_shapes(path))
-    state_dict = checkpoint.read_state_dict(path, dtype=dt, device=dev)
+    state_dict = checkpoint.read_state_dict(path, dtype=dt, device="cpu" if offload else dev)
     unet, vae, text = build_models(config, state_dict, path)
     del state_dict
     if prediction is None and path.is_dir():
@@ -137,4 +145,9 @@ def load(
     if prediction is None and config.family.startswith("sd2") and not config.inpainting:
         prediction = "v" if probe_v_prediction(unet, config.unet["context_dim"]) else "eps"
     config.prediction = prediction or "eps"
-    return StableDiffusion(unet, vae, text, config, device=dev, dtype=dt, name=path.stem)
+    pipe = StableDiffusion(unet, vae, text, config, device=dev, dtype=dt, name=path.stem)
+    if optimize:
+        perf.optimize(pipe)
+    if offload:
+        perf.LowVRAM(dev, sequential=low_vram == "sequential").attach(pipe)
+    return pipe

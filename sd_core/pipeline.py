@@ -56,6 +56,7 @@ class StableDiffusion:
         self.config, self.device, self.dtype, self.name = config, device, dtype, name
         self.tokenizer = CLIPTokenizer()
         self.noise_schedule = NoiseSchedule()
+        self.low_vram: Any = None  # sd_core.perf.LowVRAM when weights are offloaded between uses (GPU)
 
     # --- conditioning -------------------------------------------------------------------------------------------
 
@@ -98,6 +99,8 @@ class StableDiffusion:
             if vae_dtype != torch.float16 or torch.isfinite(pixels).all():
                 break
             self.vae.to(torch.float32)
+        if self.low_vram is not None:
+            self.low_vram.release()
         return images.tensor_to_images(pixels.cpu())
 
     @torch.inference_mode()

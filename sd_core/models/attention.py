@@ -9,15 +9,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+_SLICE: list[int | None] = [None]  # query rows per attention call (sd_core.perf.attention_slicing); None: all
+
+
+def set_slice_size(tokens: int | None) -> None:
+    """Attention slicing: split the queries into chunks of `tokens` rows (None: one call). Caps the score matrix
+    where SDPA runs its plain (math) kernel; flash and memory-efficient kernels never build it."""
+    if tokens is not None and (not isinstance(tokens, int) or tokens < 1):
+        raise ValueError(f"attention slice size must be a positive integer or None, got {tokens!r}")
+    _SLICE[0] = tokens
+
+
+def get_slice_size() -> int | None:
+    return _SLICE[0]
+
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool = False) -> torch.Tensor:
     """Multi-head attention on [B, N, heads*dim] tensors; returns [B, N, heads*dim].
 
-    One fused SDPA call (flash / memory-efficient kernels where the device has them), default 1/sqrt(dim) scale."""
+    One fused SDPA call (flash / memory-efficient kernels where the device has them), default 1/sqrt(dim) scale.
+    Measured on the CPU: the flash kernel torch picks by default is 4-5x faster than the math one at 1024-4096 tokens
+    (`benchmarks/bench.py --levers`), so no backend is forced."""
     b, n, inner = q.shape
     dim = inner // heads
     q, k, v = (t.reshape(b, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    size = _SLICE[0]
+    if size is None or n <= size or causal:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    else:
+        out = torch.empty(b, n, heads, dim, dtype=q.dtype, device=q.device).transpose(1, 2)
+        for start in range(0, n, size):
+            out[:, :, start : start + size] = F.scaled_dot_product_attention(q[:, :, start : start + size], k, v)
     return out.transpose(1, 2).reshape(b, n, inner)
 
 

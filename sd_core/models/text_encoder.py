@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..perf import linear_add
 from .attention import attention
 
 
@@ -49,8 +50,9 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True)
+        return self.out_proj(out) if residual is None else linear_add(self.out_proj, out, residual)
 
 
 class MLP(nn.Module):
@@ -60,10 +62,10 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(width, inner)
         self.fc2 = nn.Linear(inner, width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc1(x)
         h = h * torch.sigmoid(1.702 * h) if self.act == "quick_gelu" else F.gelu(h)
-        return self.fc2(h)
+        return self.fc2(h) if residual is None else linear_add(self.fc2, h, residual)
 
 
 class EncoderLayer(nn.Module):
@@ -75,8 +77,8 @@ class EncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(cfg["hidden_size"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+        x = self.self_attn(self.layer_norm1(x), residual=x)
+        return self.mlp(self.layer_norm2(x), residual=x)
 
 
 class Encoder(nn.Module):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..perf import PackedGEGLUProj, conv_add, conv_emb, linear_add, silu_
 from .attention import attention, group_norm, timestep_embedding
 
 
@@ -67,9 +68,10 @@ class ResBlock(nn.Module):
             self.skip_connection = nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        # = skip(x) + out_layers(in_layers(x) + emb_layers(emb)); written out so that packed layers fuse the adds
+        h = conv_emb(self.in_layers[2], silu_(self.in_layers[0](x)), self.emb_layers(emb))
+        h = self.out_layers[2](silu_(self.out_layers[0](h)))
+        return conv_add(self.out_layers[3], h, self.skip_connection(x))
 
 
 class CrossAttention(nn.Module):
@@ -84,21 +86,33 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`to_out(attention)`, plus `residual` when given (added inside the output projection when it is packed)."""
         context = x if context is None else context
-        return self.to_out(attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads))
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        if residual is None:
+            return self.to_out(out)
+        return linear_add(self.to_out[0], self.to_out[1](out), residual)
 
 
 class GEGLU(nn.Module):
     """Gated GELU: one projection to twice the width, the second half gates the first."""
+
+    _sd_core_geglu = True  # sd_core.perf packs `proj` as two halves with gelu and the multiply fused
 
     def __init__(self, dim: int, inner: int):
         super().__init__()
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.proj, PackedGEGLUProj):
+            return self.proj.geglu(x)
         h, gate = self.proj(x).chunk(2, dim=-1)
-        return h * F.gelu(gate)
+        if torch.is_grad_enabled():
+            return h * F.gelu(gate)
+        return F.gelu(gate).mul_(h)
 
 
 class FeedForward(nn.Module):
@@ -106,8 +120,9 @@ class FeedForward(nn.Module):
         super().__init__()
         self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(0.0), nn.Linear(dim * mult, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.net[1](self.net[0](x))
+        return self.net[2](h) if residual is None else linear_add(self.net[2], h, residual)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -123,9 +138,9 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        x = self.attn1(self.norm1(x), residual=x)
+        x = self.attn2(self.norm2(x), context, residual=x)
+        return self.ff(self.norm3(x), residual=x)
 
 
 class SpatialTransformer(nn.Module):
@@ -153,12 +168,12 @@ class SpatialTransformer(nn.Module):
             t = self.proj_in(t)
         for block in self.transformer_blocks:
             t = block(t, context)
-        if self.use_linear:
-            t = self.proj_out(t)
-        t = t.transpose(1, 2).reshape(b, -1, h, w)
         if not self.use_linear:
-            t = self.proj_out(t)
-        return x + t
+            return conv_add(self.proj_out, t.transpose(1, 2).reshape(b, -1, h, w), x)
+        x_tokens = x.flatten(2).transpose(1, 2)  # a view; contiguous when x is channels_last
+        if x_tokens.is_contiguous():
+            return linear_add(self.proj_out, t, x_tokens).transpose(1, 2).reshape(b, -1, h, w)
+        return x + self.proj_out(t).transpose(1, 2).reshape(b, -1, h, w)
 
 
 class Downsample(nn.Module):
@@ -266,6 +281,8 @@ class UNetModel(nn.Module):
         t = torch.as_tensor(timesteps, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        if getattr(self, "_sd_core_packed", False) and t.shape[0] > 1 and bool((t == t[0]).all()):
+            t = t[:1]  # one shared timestep (CFG halves, a batch): one embedding row, folded into the conv biases
         emb = self.time_embed(timestep_embedding(t, self.config["model_channels"]).to(dtype))
         context = context.to(dtype)
         h = x.to(dtype)
@@ -278,4 +295,4 @@ class UNetModel(nn.Module):
         for block in self.output_blocks:
             h = torch.cat([h, skips.pop()], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
-        return self.out(h)
+        return self.out(h).contiguous()  # called as a whole: sd_core.perf.LowVRAM offloads it as one unit

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..perf import conv_add, silu_
 from .attention import attention, group_norm
 
 
@@ -47,9 +48,9 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
+        h = self.conv1(silu_(self.norm1(x)))
+        h = self.dropout(silu_(self.norm2(h)))  # rebinding h frees conv1's output before conv2 runs (peak memory)
+        return conv_add(self.conv2, h, self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
@@ -76,7 +77,7 @@ class AttnBlock(nn.Module):
         t = self.norm(x)
         q, k, v = (conv(t).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))
         out = attention(q, k, v, heads=1).transpose(1, 2).reshape(b, c, h, w)
-        return x + self.proj_out(out)
+        return conv_add(self.proj_out, out, x)
 
 
 class Downsample(nn.Module):
@@ -156,7 +157,7 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -180,7 +181,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(silu_(self.norm_out(h)))
 
 
 class AutoencoderKL(nn.Module):
@@ -208,7 +209,7 @@ class AutoencoderKL(nn.Module):
         return mean, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype)))
+        return self.decoder(self.post_quant_conv(z.to(self.post_quant_conv.weight.dtype))).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction from the posterior mean (handy for checks; the pipeline calls encode/decode)."""

@@ -1,0 +1,742 @@
+"""sd_core vs diffusers on the same random-weight SD1.5-size checkpoint, measured side by side.
+
+    python benchmarks/bench.py            # default cases (about 30-40 min on a 2-core CPU)
+    python benchmarks/bench.py --quick    # 256x256 batch 1 only, one repetition (about 10 min)
+    python benchmarks/bench.py --levers   # also each speed lever on its own (UNet step / VAE decode A/B)
+
+Generation: both engines are loaded in one process and run alternately (sd_core, diffusers, sd_core, ...) with
+identical settings: txt2img, Euler with the same sigmas (diffusers' EulerDiscreteScheduler given sd_core's sigma list,
+which makes the two samplers identical), CFG 7.5, same prompt and seed. Reported: medians of seconds per image and
+per UNet step (from the step callbacks), achieved GFLOP/s of the UNet (FLOPs counted by torch's FLOP counter), the
+working memory of a run (peak RSS above the RSS before it; Linux clear_refs), the ratio sd_core / diffusers, and the
+mean absolute pixel difference between the engines (and to the float32 image for other dtypes).
+
+Load and memory: each engine in a fresh process (alternating), single-file load: `sd_core.load(path)` vs
+`StableDiffusionPipeline.from_single_file(path, config=<local config folder>)`: load time, peak RSS during the load
+(vs the weights' size in the target dtype), and peak RSS while generating one image afterwards.
+
+CPU: float32 and bfloat16 (`--dtypes`), plus each engine's default (sd_core picks its dtype, diffusers float32).
+CUDA (when available): float16 it/s, peak VRAM, and sd_core's low-VRAM mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sd15_checkpoint import sd15_checkpoint  # noqa: E402
+
+PROMPT = "a red brick wall covered in ivy, highly detailed"
+SEED = 1234
+CFG = 7.5
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --- memory ----------------------------------------------------------------------------------------------------------
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new RSS high-water mark (Linux: writing 5 to clear_refs resets VmHWM)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
+
+
+# --- machine ---------------------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    with contextlib.suppress(OSError):
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?"
+        )
+        flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+        info["isa"] = " ".join(
+            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f" {f}" in flags
+        )
+        mhz = [float(line.split(":")[1]) for line in cpuinfo.splitlines() if line.startswith("cpu MHz")]
+        info["mhz"] = max(mhz) if mhz else None
+    info["cores"] = os.cpu_count()
+    with contextlib.suppress(OSError):
+        info["mem_gib"] = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def load_average() -> str:
+    with contextlib.suppress(OSError, AttributeError):
+        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+    return "?"
+
+
+def measured_peak_gflops(dtype: torch.dtype, device: str = "cpu") -> float:
+    """Best-of GEMM throughput at this thread count: the 'achievable peak' the UNet's GFLOP/s compare with."""
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(5):
+        if device != "cpu":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+# --- the two engines -------------------------------------------------------------------------------------------------
+
+
+def euler_sigmas(steps: int) -> list[float]:
+    """sd_core's Euler sigmas, ending in 0. Given this whole list, diffusers' EulerDiscreteScheduler runs the same
+    `steps` steps (its timesteps: one per sigma but the last)."""
+    import sd_core
+    from sd_core.schedules import NoiseSchedule
+
+    return sd_core.samplers.resolve("euler").sigmas(steps, NoiseSchedule()).tolist()
+
+
+class SdCore:
+    name = "sd_core"
+
+    def __init__(self, path: Path, dtype: torch.dtype | None, device: str, **options):
+        import sd_core
+
+        self.pipe = sd_core.load(path, device=device, dtype=dtype, **options)
+        self.dtype = self.pipe.dtype
+
+    def generate(self, size: int, batch: int, steps: int, on_step) -> np.ndarray:
+        images = self.pipe.txt2img(
+            PROMPT,
+            width=size,
+            height=size,
+            steps=steps,
+            sampler="euler",
+            cfg_scale=CFG,
+            seed=SEED,
+            batch_size=batch,
+            callback=lambda info: on_step(),
+        )
+        return np.stack([np.asarray(img, dtype=np.float32) for img in images])
+
+    def close(self) -> None:
+        del self.pipe
+
+
+class Diffusers:
+    name = "diffusers"
+
+    def __init__(self, path: Path, config: Path, dtype: torch.dtype | None, device: str):
+        import diffusers
+
+        kwargs = {} if dtype is None else {"torch_dtype": dtype}
+        pipe = diffusers.StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=str(config),
+            local_files_only=True,
+            safety_checker=None,
+            requires_safety_checker=False,
+            **kwargs,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        # EulerDiscreteScheduler with sd_core's sigma list = the same sampler (tests/test_txt2img_parity.py)
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+            pipe.scheduler.config, timestep_spacing="linspace"
+        )
+        self.pipe = pipe.to(device)
+        self.dtype = pipe.unet.dtype
+
+    def generate(self, size: int, batch: int, steps: int, on_step) -> np.ndarray:
+        def callback(pipe, i, t, kwargs):
+            on_step()
+            return kwargs
+
+        out = self.pipe(
+            PROMPT,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            guidance_scale=CFG,
+            num_images_per_prompt=batch,
+            generator=torch.Generator("cpu").manual_seed(SEED),
+            output_type="np",
+            sigmas=euler_sigmas(steps),
+            callback_on_step_end=callback,
+        )
+        return (out.images * 255).round().astype(np.float32)
+
+    def close(self) -> None:
+        del self.pipe
+
+
+def timed_run(engine, size: int, batch: int, steps: int, device: str) -> dict:
+    """One image batch: seconds, per-step seconds (between step callbacks), working memory, the images."""
+    marks: list[float] = []
+
+    def on_step():
+        if device != "cpu":
+            torch.cuda.synchronize()
+        marks.append(time.perf_counter())
+
+    reset_peak_rss()
+    before = rss_mb()
+    if device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    images = engine.generate(size, batch, steps, on_step)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else float("nan")
+    out = {"seconds": seconds, "step": step, "work_mb": peak_rss_mb() - before, "images": images}
+    if device != "cpu":
+        out["vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run_generation(
+    path: Path,
+    config: Path,
+    dtype_name: str | None,
+    cases: list[tuple[int, int, int]],
+    steps: int,
+    device: str,
+    flops: dict,
+    references: dict,
+    log,
+) -> list[dict]:
+    """Both engines in this process, alternating; `cases` = (size, batch, repetitions)."""
+    dtype = None if dtype_name is None else DTYPES[dtype_name]
+    label = "default" if dtype is None else dtype_name
+    log(f"\n[{label}] loading both engines (load average {load_average()})")
+    ours = SdCore(path, dtype, device)
+    theirs = Diffusers(path, config, dtype, device)
+    log(
+        f"[{label}] sd_core dtype {str(ours.dtype).removeprefix('torch.')}, "
+        f"diffusers dtype {str(theirs.dtype).removeprefix('torch.')}"
+    )
+    rows = []
+    for size, batch, reps in cases:
+        for engine in (ours, theirs):  # warm-up at this shape (sd_core packs its conv weights for it)
+            timed_run(engine, size, batch, 2, device)
+        runs: dict[str, list[dict]] = {"sd_core": [], "diffusers": []}
+        for rep in range(reps):
+            for engine in (ours, theirs) if rep % 2 == 0 else (theirs, ours):
+                r = timed_run(engine, size, batch, steps, device)
+                runs[engine.name].append(r)
+                log(
+                    f"[{label}] {size}x{size} b{batch} rep {rep + 1}/{reps} {engine.name:<9} {r['seconds']:7.1f} s "
+                    f"({r['step']:.2f} s/step, load avg {load_average()})"
+                )
+        row = {
+            "dtype": label,
+            "size": size,
+            "batch": batch,
+            "reps": reps,
+            "steps": steps,
+            "sd_core_dtype": str(ours.dtype).removeprefix("torch."),
+            "diffusers_dtype": str(theirs.dtype).removeprefix("torch."),
+        }
+        for name, rs in runs.items():
+            row[f"{name}_image_s"] = median([r["seconds"] for r in rs]) / batch
+            row[f"{name}_step_s"] = median([r["step"] for r in rs])
+            row[f"{name}_work_mb"] = median([r["work_mb"] for r in rs])
+            if device != "cpu":
+                row[f"{name}_vram_mb"] = max(r["vram_mb"] for r in rs)
+        row["unet_gflop_per_step"] = flops[(size, batch)] / 1e9
+        a, b = runs["sd_core"][-1]["images"], runs["diffusers"][-1]["images"]
+        row["px_diff_engines"] = float(np.abs(a - b).mean())
+        ref = references.get((size, batch))
+        if label == "fp32":
+            references[(size, batch)] = b  # diffusers' float32 image: the quality reference
+        elif ref is not None:
+            row["px_diff_sd_core_vs_fp32"] = float(np.abs(a - ref).mean())
+            row["px_diff_diffusers_vs_fp32"] = float(np.abs(b - ref).mean())
+        rows.append(row)
+    ours.close()
+    theirs.close()
+    del ours, theirs
+    gc.collect()
+    return rows
+
+
+# --- load + memory, one fresh process per engine ---------------------------------------------------------------------
+
+CHILD = "--child"
+
+
+def child(args) -> None:
+    """Fresh process: load one engine, then generate one image; print JSON."""
+    import diffusers  # noqa: F401  (both libraries imported by both children: the same baseline)
+
+    import sd_core  # noqa: F401
+
+    dtype = None if args.child_dtype == "default" else DTYPES[args.child_dtype]
+    base = rss_mb()
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    if args.child_engine == "sd_core":
+        engine = SdCore(Path(args.child_path), dtype, "cpu")
+    else:
+        engine = Diffusers(Path(args.child_path), Path(args.child_config), dtype, "cpu")
+    load_s = time.perf_counter() - t0
+    peak_load = peak_rss_mb()
+    weights_mb = (
+        sum(
+            p.numel() * p.element_size()
+            for m in (engine.pipe.unet, engine.pipe.vae, engine.pipe.text_encoder)
+            for p in m.parameters()
+        )
+        / 2**20
+    )
+    after_load = rss_mb()
+    out = {
+        "load_s": load_s,
+        "base_mb": base,
+        "peak_load_mb": peak_load,
+        "after_load_mb": after_load,
+        "weights_mb": weights_mb,
+        "dtype": str(engine.dtype).removeprefix("torch."),
+    }
+    if args.child_gen_size:
+        reset_peak_rss()
+        engine.generate(args.child_gen_size, 1, args.child_gen_steps, lambda: None)
+        out["peak_gen_mb"] = peak_rss_mb()
+    print(json.dumps(out))
+
+
+def run_child(engine: str, dtype: str, path: Path, config: Path, gen_size: int, gen_steps: int) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        CHILD,
+        "--child-engine",
+        engine,
+        "--child-dtype",
+        dtype,
+        "--child-path",
+        str(path),
+        "--child-config",
+        str(config),
+        "--child-gen-size",
+        str(gen_size),
+        "--child-gen-steps",
+        str(gen_steps),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise RuntimeError(f"{engine} {dtype} child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_loads(path: Path, config: Path, dtypes: list[str], reps: int, gen_size: int, gen_steps: int, log) -> list[dict]:
+    rows = []
+    for dtype in dtypes:
+        results: dict[str, list[dict]] = {"sd_core": [], "diffusers": []}
+        for rep in range(reps):
+            for engine in ("sd_core", "diffusers") if rep % 2 == 0 else ("diffusers", "sd_core"):
+                r = run_child(engine, dtype, path, config, gen_size if rep == 0 else 0, gen_steps)
+                results[engine].append(r)
+                log(
+                    f"[load {dtype}] {engine:<9} {r['load_s']:6.1f} s, peak RSS {r['peak_load_mb']:7.0f} MiB "
+                    f"(weights {r['weights_mb']:.0f} MiB, base {r['base_mb']:.0f})"
+                    + (f", generating {gen_size}px: peak {r['peak_gen_mb']:.0f} MiB" if "peak_gen_mb" in r else "")
+                )
+        row = {"dtype": dtype}
+        for name, rs in results.items():
+            row[f"{name}_load_s"] = median([r["load_s"] for r in rs])
+            row[f"{name}_peak_load_mb"] = max(r["peak_load_mb"] for r in rs)
+            row[f"{name}_base_mb"] = min(r["base_mb"] for r in rs)
+            row[f"{name}_weights_mb"] = rs[0]["weights_mb"]
+            row[f"{name}_dtype"] = rs[0]["dtype"]
+            row[f"{name}_peak_gen_mb"] = rs[0].get("peak_gen_mb", float("nan"))
+        rows.append(row)
+    return rows
+
+
+# --- levers, one at a time -------------------------------------------------------------------------------------------
+
+
+def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, float]]:
+    """Each lever as an A/B on one UNet call (CFG batch 2) or one VAE decode at `size`, alternating A and B."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    import sd_core
+    from sd_core import perf
+
+    results = []
+
+    def ab(name: str, fa, fb, label_a: str, label_b: str):
+        with torch.inference_mode():
+            fa(), fb()  # warm-up (packed convs pack for this shape)
+            ta, tb = [], []
+            for _ in range(reps):
+                for f, times in ((fa, ta), (fb, tb)):
+                    t0 = time.perf_counter()
+                    f()
+                    times.append(time.perf_counter() - t0)
+        a, b = median(ta), median(tb)
+        results.append((name, a, b))
+        log(f"[lever] {name:<48} {label_a} {a:6.2f} s   {label_b} {b:6.2f} s   B/A {b / a:.2f}")
+
+    h = size // 8
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, h, h, generator=g)
+    t = torch.tensor([500.0, 500.0])
+    c = torch.randn(2, 77, 768, generator=g)
+    z = torch.randn(1, 4, h, h, generator=g)
+    packed_unets = {}
+    for dtype_name in ("fp32", "bf16"):
+        dtype = DTYPES[dtype_name]
+        xd, cd, zd = x.to(dtype), c.to(dtype), z.to(dtype)
+        plain = sd_core.load(path, device="cpu", dtype=dtype, optimize=False)
+        packed = copy.deepcopy(plain.unet)
+        perf.pack_for_cpu(packed)
+        ab(
+            f"{dtype_name} UNet {size}px: prepacked + fused epilogues",
+            lambda u=plain.unet, xd=xd, cd=cd: u(xd, t, cd),
+            lambda u=packed, xd=xd, cd=cd: u(xd, t, cd),
+            "plain",
+            "packed",
+        )
+        packed_unets[dtype_name] = packed
+        nhwc = copy.deepcopy(plain.unet).to(memory_format=torch.channels_last)
+        xcl = xd.contiguous(memory_format=torch.channels_last)
+        ab(
+            f"{dtype_name} UNet {size}px: channels_last alone",
+            lambda u=plain.unet, xd=xd, cd=cd: u(xd, t, cd),
+            lambda u=nhwc, xcl=xcl, cd=cd: u(xcl, t, cd),
+            "NCHW",
+            "NHWC",
+        )
+        del nhwc
+        packed_vae = copy.deepcopy(plain.vae)
+        perf.pack_for_cpu(packed_vae)
+        ab(
+            f"{dtype_name} VAE decode {size}px: prepacked + fused",
+            lambda v=plain.vae, zd=zd: v.decode(zd),
+            lambda v=packed_vae, zd=zd: v.decode(zd),
+            "plain",
+            "packed",
+        )
+        del packed_vae
+        q = torch.randn(2, 8, h * h, 40, generator=g).to(dtype)
+
+        def sdpa(backend, q=q):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, q, q)
+
+        ab(
+            f"{dtype_name} attention [2,8,{h * h},40]: SDPA flash vs math",
+            lambda: sdpa(SDPBackend.FLASH_ATTENTION),
+            lambda: sdpa(SDPBackend.MATH),
+            "flash",
+            "math",
+        )
+        del plain
+        gc.collect()
+    ab(
+        f"UNet {size}px packed: float32 vs bfloat16",
+        lambda: packed_unets["fp32"](x, t, c),
+        lambda: packed_unets["bf16"](x.bfloat16(), t, c.bfloat16()),
+        "fp32",
+        "bf16",
+    )
+    threads = torch.get_num_threads()
+    if threads > 1:
+        unet = packed_unets["fp32"]
+
+        def with_threads(n):
+            torch.set_num_threads(n)
+            try:
+                return unet(x, t, c)
+            finally:
+                torch.set_num_threads(threads)
+
+        ab(
+            f"fp32 UNet {size}px packed: {threads} threads vs 1",
+            lambda: with_threads(threads),
+            lambda: with_threads(1),
+            f"{threads}t",
+            "1t",
+        )
+    return results
+
+
+# --- report ----------------------------------------------------------------------------------------------------------
+
+
+def fmt_ratio(a: float, b: float) -> str:
+    return f"{a / b:5.2f}" if b and b == b and a == a else "  -  "
+
+
+def print_report(info: dict, gen_rows: list[dict], load_rows: list[dict], levers, peaks: dict, steps: int, log) -> None:
+    log("\n" + "=" * 100)
+    log(
+        f"Machine: {info.get('cpu')} ({info.get('cores')} cores, {info.get('isa')}, {info.get('mem_gib')} GiB), "
+        f"torch {info['torch']}, diffusers {info.get('diffusers')}, {info['threads']} threads"
+        + (f", GPU {info['gpu']}" if "gpu" in info else "")
+    )
+    log("Measured GEMM peak at these threads: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    log(
+        f"Euler, CFG {CFG}, {steps} steps (time per step = between step callbacks), same sigmas, seed {SEED}; "
+        "ratio = sd_core / diffusers (< 1: sd_core faster/leaner)"
+    )
+    log("")
+    head = (
+        f"{'dtype':<8}{'case':<11}{'s/image':>18}{'ratio':>7}{'s/UNet step':>20}{'ratio':>7}"
+        f"{'UNet GFLOP/s':>16}{'work RSS MiB':>16}{'ratio':>7}{'|px| eng':>9}{'|px| vs fp32':>14}"
+    )
+    log(head)
+    log("-" * len(head))
+    for r in gen_rows:
+        dt = r["dtype"] if r["dtype"] != "default" else f"def({r['sd_core_dtype'][:4]}/{r['diffusers_dtype'][:4]})"
+        gflops_a = r["unet_gflop_per_step"] / r["sd_core_step_s"]
+        gflops_b = r["unet_gflop_per_step"] / r["diffusers_step_s"]
+        vs32 = ""
+        if "px_diff_sd_core_vs_fp32" in r:
+            vs32 = f"{r['px_diff_sd_core_vs_fp32']:.2f}/{r['px_diff_diffusers_vs_fp32']:.2f}"
+        a, b = r["sd_core_image_s"], r["diffusers_image_s"]
+        sa, sb = r["sd_core_step_s"], r["diffusers_step_s"]
+        wa, wb = r["sd_core_work_mb"], r["diffusers_work_mb"]
+        log(
+            f"{dt:<8}{r['size']}x{r['size']} b{r['batch']:<3}{a:9.1f}{b:9.1f}{fmt_ratio(a, b):>7}"
+            f"{sa:10.2f}{sb:10.2f}{fmt_ratio(sa, sb):>7}{gflops_a:8.0f}{gflops_b:8.0f}"
+            f"{wa:8.0f}{wb:8.0f}{fmt_ratio(wa, wb):>7}{r['px_diff_engines']:9.2f}{vs32:>14}"
+        )
+    work = sorted({(r["size"], r["batch"], r["unet_gflop_per_step"]) for r in gen_rows})
+    log("(UNet work per CFG step: " + ", ".join(f"{s}px b{b}: {g:.0f} GFLOP" for s, b, g in work) + ")")
+    if load_rows:
+        log("")
+        head = (
+            f"{'load dtype':<12}{'load s':>16}{'ratio':>7}{'peak RSS load MiB':>20}{'ratio':>7}"
+            f"{'peak/weights':>14}{'(-base)':>9}{'peak RSS gen MiB':>20}{'ratio':>7}"
+        )
+        log(head)
+        log("-" * len(head))
+        for r in load_rows:
+            ratio_w = r["sd_core_peak_load_mb"] / r["sd_core_weights_mb"]
+            ratio_wb = (r["sd_core_peak_load_mb"] - r["sd_core_base_mb"]) / r["sd_core_weights_mb"]
+            ratio_wd = r["diffusers_peak_load_mb"] / r["diffusers_weights_mb"]
+            log(
+                f"{r['dtype'] + ' (' + r['sd_core_dtype'][:4] + ')':<12}"
+                f"{r['sd_core_load_s']:8.1f}{r['diffusers_load_s']:8.1f}"
+                f"{fmt_ratio(r['sd_core_load_s'], r['diffusers_load_s']):>7}"
+                f"{r['sd_core_peak_load_mb']:10.0f}{r['diffusers_peak_load_mb']:10.0f}"
+                f"{fmt_ratio(r['sd_core_peak_load_mb'], r['diffusers_peak_load_mb']):>7}"
+                f"{ratio_w:7.2f}{ratio_wd:7.2f}{ratio_wb:9.2f}"
+                f"{r['sd_core_peak_gen_mb']:10.0f}{r['diffusers_peak_gen_mb']:10.0f}"
+                f"{fmt_ratio(r['sd_core_peak_gen_mb'], r['diffusers_peak_gen_mb']):>7}"
+            )
+        log(
+            "peak/weights: peak RSS during the load / the weights' bytes in the load dtype (sd_core, diffusers); "
+            "(-base): sd_core's without the interpreter + torch + diffusers import baseline"
+        )
+    default = info.get("sd_core_default_dtype")
+    by_key = {(r["dtype"], r["size"], r["batch"]): r for r in gen_rows}
+    lines = []
+    for r in gen_rows:
+        if r["dtype"] != "fp32":
+            continue
+        ours = by_key.get((default, r["size"], r["batch"]))
+        if ours is None:
+            continue
+        px = ours["px_diff_engines"] if default == "fp32" else ours.get("px_diff_sd_core_vs_fp32", float("nan"))
+        lines.append(
+            f"  {r['size']}x{r['size']} b{r['batch']}: sd_core ({default}) {ours['sd_core_image_s']:.1f} s vs "
+            f"diffusers (float32) {r['diffusers_image_s']:.1f} s per image: ratio "
+            f"{ours['sd_core_image_s'] / r['diffusers_image_s']:.2f}; mean |pixel difference| to the float32 "
+            f"image {px:.2f}/255"
+        )
+    if lines:
+        log(f"\nDefaults vs defaults (sd_core.load(path) picks {default} here; diffusers loads float32):")
+        for line in lines:
+            log(line)
+    if levers:
+        log("")
+        for name, a, b in levers:
+            log(f"lever  {name:<48} {a:7.2f} s -> {b:7.2f} s  ({b / a:.2f}x time)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="256x256 batch 1, one repetition, fp32 and bf16")
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="comma-separated SIZExBATCHxREPS, e.g. 256x1x3,512x4x1 (default 256x1x3,256x4x1,512x1x1)",
+    )
+    parser.add_argument("--dtypes", default=None, help="comma-separated from fp32,bf16,default (CPU) / fp16 (CUDA)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--load-reps", type=int, default=1)
+    parser.add_argument("--no-load", action="store_true", help="skip the fresh-process load/memory section")
+    parser.add_argument("--levers", action="store_true", help="also A/B each speed lever")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", type=Path, default=None, help="write all numbers here")
+    parser.add_argument(CHILD, action="store_true", help=argparse.SUPPRESS)
+    for name in ("engine", "dtype", "path", "config"):
+        parser.add_argument(f"--child-{name}", help=argparse.SUPPRESS)
+    parser.add_argument("--child-gen-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--child-gen-steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        child(args)
+        return
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.quick:
+        cases, dtypes = [(256, 1, 1)], ["fp32", "bf16"]
+    else:
+        spec = args.cases or "256x1x3,256x4x1,512x1x1"
+        cases = [tuple(int(v) for v in c.split("x")) for c in spec.split(",")]
+        dtypes = ["fp32", "bf16"] if device == "cpu" else ["fp16"]
+    if args.dtypes:
+        dtypes = args.dtypes.split(",")
+    path, config = sd15_checkpoint()
+    info = machine_info()
+    from sd_core.devices import pick_dtype
+
+    default_dtype = {v: k for k, v in DTYPES.items()}[pick_dtype(torch.device(device))]
+    info["sd_core_default_dtype"] = default_dtype
+    if "default" in dtypes and default_dtype in dtypes:
+        dtypes.remove("default")  # sd_core's default is one of the measured dtypes: its rows are the default's
+    log(
+        f"checkpoint {path} ({path.stat().st_size / 2**20:.0f} MiB, float32); machine {info}; "
+        f"load average {load_average()}"
+    )
+
+    from sd_core.checkpoint import read_shapes
+    from sd_core.model_config import infer_config
+    from sd_core.perf import unet_flops
+
+    unet_cfg = infer_config(read_shapes(path)).unet
+    flops = {(s, b): unet_flops(unet_cfg, 2 * b, s, s) for s, b, _ in cases}
+    peaks = {d: measured_peak_gflops(DTYPES[d], device) for d in ("fp32", "bf16" if device == "cpu" else "fp16")}
+
+    load_rows = []
+    if not args.no_load and device == "cpu":
+        load_dtypes = [d for d in dtypes if d in ("fp32", "bf16", "default")]
+        load_rows = run_loads(path, config, load_dtypes, args.load_reps, 256, 2, log)
+
+    gen_rows: list[dict] = []
+    references: dict = {}
+    order = sorted(dtypes, key=lambda d: d != "fp32")  # float32 first: its images are the quality reference
+    for dtype in order:
+        gen_rows += run_generation(
+            path, config, None if dtype == "default" else dtype, cases, args.steps, device, flops, references, log
+        )
+    if device == "cuda":
+        gen_rows += run_cuda_extras(path, config, args.steps, flops, log)
+
+    levers = run_levers(path, 256, 3, log) if args.levers and device == "cpu" else []
+    print_report(info, gen_rows, load_rows, levers, peaks, args.steps, log)
+    log(f"load average at the end: {load_average()}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "generation": gen_rows,
+                    "load": load_rows,
+                    "levers": levers,
+                    "gemm_peak_gflops": peaks,
+                },
+                indent=1,
+            )
+        )
+
+
+def run_cuda_extras(path: Path, config: Path, steps: int, flops: dict, log) -> list[dict]:
+    """GPU only: sd_core's low-VRAM modes at 512x512 fp16 (peak VRAM must stay under 3 GB)."""
+    rows = []
+    for mode in (True, "sequential"):
+        engine = SdCore(path, torch.float16, "cuda", low_vram=mode)
+        timed_run(engine, 512, 1, 2, "cuda")
+        r = timed_run(engine, 512, 1, steps, "cuda")
+        log(
+            f"[cuda low_vram={mode}] 512x512: {r['seconds']:.2f} s, {1 / r['step']:.2f} it/s, "
+            f"peak VRAM {r['vram_mb']:.0f} MiB"
+        )
+        rows.append(
+            {
+                "dtype": f"fp16 low_vram={mode}",
+                "size": 512,
+                "batch": 1,
+                "reps": 1,
+                "steps": steps,
+                "sd_core_dtype": "float16",
+                "diffusers_dtype": "-",
+                "sd_core_image_s": r["seconds"],
+                "diffusers_image_s": float("nan"),
+                "sd_core_step_s": r["step"],
+                "diffusers_step_s": float("nan"),
+                "sd_core_work_mb": r["vram_mb"],
+                "diffusers_work_mb": float("nan"),
+                "unet_gflop_per_step": flops.get((512, 1), float("nan")) / 1e9,
+                "px_diff_engines": float("nan"),
+            }
+        )
+        engine.close()
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows
+
+
+if __name__ == "__main__":
+    main()

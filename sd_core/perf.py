@@ -1,0 +1,572 @@
+"""Speed and memory levers, each measured in `benchmarks/bench.py` (numbers in the README, "Performance").
+
+CPU, on by default (`sd_core.load(..., optimize=True)`, `optimize(pipe)`):
+- **Prepacked oneDNN weights** (`pack_for_cpu`): every Conv2d and Linear keeps its weight in oneDNN's blocked layout
+  instead of the plain one, so the weight reorder that eager PyTorch repeats on every call is done once; convolutions
+  run channels_last. The packed weight *replaces* the plain one (no second copy). In float32 the kernels are the ones
+  eager PyTorch calls, so results agree to float rounding (tests: `tests/test_optimizations.py`).
+- **Fused epilogues** on packed layers: residual adds run inside the conv/linear that precedes them, the timestep
+  embedding is folded into the ResBlock conv bias when the batch shares one timestep (txt2img with CFG does), GEGLU is
+  two GEMMs with gelu and the multiply fused, SiLU after GroupNorm runs in place.
+Packed modules stay `nn.Conv2d`/`nn.Linear` instances: `state_dict()` gives plain tensors, `.to()` unpacks first,
+seamless tiling falls back to a plain convolution, and `unpack(module)` restores the original modules.
+
+Opt-in: `compile_models` (torch.compile; CUDA graphs with mode="reduce-overhead" on GPU), `attention_slicing`,
+`LowVRAM` (text encoder and VAE off the GPU while idle, optionally the UNet block by block), `set_cpu_threads`.
+`unet_flops` counts the FLOPs of one UNet call (for achieved FLOP/s next to the hardware's peak).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# --- prepacked oneDNN layers -----------------------------------------------------------------------------------------
+
+
+def packing_available() -> bool:
+    """oneDNN (mkldnn) with the packed-weight ops that torch's own CPU compiler uses."""
+    mk = getattr(torch.ops, "mkldnn", None)
+    try:
+        return (
+            torch.backends.mkldnn.is_available()
+            and mk is not None
+            and hasattr(mk, "_convolution_pointwise")
+            and hasattr(mk, "_reorder_convolution_weight")
+            and hasattr(mk, "_linear_pointwise")
+            and hasattr(mk, "_reorder_linear_weight")
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _mk():
+    return torch.ops.mkldnn
+
+
+def _release_if_unshared(old: torch.Tensor) -> None:
+    """`old` (a weight just replaced by its packed copy) may be a zero-copy view of a memory-mapped checkpoint: give
+    its pages back, so RSS does not hold the file and the packed copy at once. Only when no other tensor shares its
+    storage (then nobody can see the pages again, written to or not)."""
+    if old.device.type != "cpu" or old.is_mkldnn or not old.numel():
+        return
+    try:
+        unshared = torch._C._storage_Use_Count(old.untyped_storage()._cdata) <= 2  # `old` + the temporary wrapper
+    except (AttributeError, RuntimeError):
+        return
+    if unshared:
+        from .checkpoint import release_pages
+
+        release_pages(old)
+
+
+def _pack_conv_weight(weight: torch.Tensor, conv: nn.Conv2d, input_shape) -> torch.Tensor:
+    with torch.no_grad():
+        return _mk()._reorder_convolution_weight(
+            weight.detach(),
+            list(conv.padding),
+            list(conv.stride),
+            list(conv.dilation),
+            conv.groups,
+            list(input_shape),
+        )
+
+
+def _pack_linear_weight(w: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return _mk()._reorder_linear_weight(w.detach().contiguous(), None)
+
+
+class _Packed:
+    """Shared behaviour of packed layers: the fast path's conditions and transparent unpacking.
+
+    Packing is lazy: `pack_for_cpu` only swaps the class; the first call packs (so loading stays a memory map and the
+    first call costs what a plain call costs: one weight reorder)."""
+
+    weight: nn.Parameter
+
+    def fast(self, x: torch.Tensor) -> bool:
+        """True when the packed kernel may run: CPU tensor of the weight's dtype, no autograd graph to build (the
+        oneDNN ops have no backward: with anything requiring grad, the plain maths run)."""
+        if x.device.type != "cpu" or x.dtype != self.weight.dtype:
+            return False
+        if torch.is_grad_enabled():
+            return not any(t is not None and t.requires_grad for t in (x, self.weight, self.bias))
+        return True
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight.to_dense() if self.weight.is_mkldnn else self.weight
+
+    def _apply(self, fn, recurse=True):  # .to(), .float(), .cuda(), ...: back to a plain module first
+        unpack_module(self)
+        return self._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for name, value in self.dense_state().items():
+            destination[prefix + name] = value if keep_vars else value.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        unpack_module(self)
+        self._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.dense_weight()}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
+    def _set_weight(self, name: str, packed: torch.Tensor) -> None:
+        old = getattr(self, name, None)
+        setattr(self, name, nn.Parameter(packed, requires_grad=False))
+        if old is not None:
+            _release_if_unshared(old)
+            del old
+
+
+class PackedConv2d(_Packed, nn.Conv2d):
+    """A Conv2d whose weight lives in oneDNN's blocked layout (channels_last activations).
+
+    oneDNN's preferred layout depends on the whole problem (batch, channels, spatial size): a weight packed for
+    another input shape gets reordered again on *every* call (measured: 12 such convs cost 1.3 s per SD1.5 step).
+    So the weight is (re)packed once whenever the input shape changes (once per image size in practice)."""
+
+    _packed_for: tuple[int, ...] | None = None  # input shape the weight is packed for; None: not packed yet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # an instance-level `_conv_forward` is sd_core.tiling's seamless padding: honour it with the plain weight
+        if self.fast(x) and "_conv_forward" not in self.__dict__:
+            return self._run(x, self.bias)
+        return self._conv_forward(x, self.dense_weight(), self.bias)
+
+    def repack(self, input_shape: list[int] | tuple[int, ...]) -> None:
+        """Pack the weight for inputs of `input_shape` (done automatically at the first call with a new shape)."""
+        self._set_weight("weight", _pack_conv_weight(self.dense_weight(), self, input_shape))
+        self._packed_for = tuple(input_shape)
+
+    def _run(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self._packed_for != tuple(x.shape):
+            self.repack(x.shape)
+        return _mk()._convolution_pointwise(
+            x, self.weight, bias, self.padding, self.stride, self.dilation, self.groups, "none", [], None
+        )
+
+    def forward_add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """conv(x) + other, the add fused into the convolution."""
+        if self.fast(x) and "_conv_forward" not in self.__dict__ and other.dtype == x.dtype:
+            if other.shape[:2] == (x.shape[0], self.out_channels) and other.dim() == 4:
+                if self._packed_for != tuple(x.shape):
+                    self.repack(x.shape)
+                mk = _mk()
+                return mk._convolution_pointwise.binary(
+                    x, other, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "add",
+                    None, None, [], None,
+                )  # fmt: skip
+        return self.forward(x) + other
+
+    def forward_bias(self, x: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        """conv(x) + extra[None, :, None, None] with `extra` [C_out] folded into the bias."""
+        if self.fast(x) and "_conv_forward" not in self.__dict__:
+            bias = extra if self.bias is None else self.bias + extra
+            return self._run(x, bias.to(x.dtype))
+        return self.forward(x) + extra[None, :, None, None]
+
+
+class PackedLinear(_Packed, nn.Linear):
+    """A Linear whose weight lives in oneDNN's blocked layout; bias and residual add in the GEMM's epilogue."""
+
+    def _ready(self) -> None:
+        if not self.weight.is_mkldnn:
+            self._set_weight("weight", _pack_linear_weight(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast(x):
+            self._ready()
+            return _mk()._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.dense_weight(), self.bias)
+
+    def forward_add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """linear(x) + other, the add fused into the GEMM."""
+        if (
+            self.fast(x)
+            and other.dtype == x.dtype
+            and other.is_contiguous()
+            and other.shape[-1] == self.out_features
+            and other.shape[:-1] == x.shape[:-1]
+        ):
+            self._ready()
+            return _mk()._linear_pointwise.binary(x, other, self.weight, self.bias, "add")
+        return self.forward(x) + other
+
+
+class PackedGEGLUProj(PackedLinear):
+    """GEGLU's projection (`value, gate = proj(x).chunk(2)`) as two packed halves: `geglu(x) = value * gelu(gate)`
+    with the gelu and the multiply fused into the two GEMMs. Once packed, `weight`/`bias` hold the value half and
+    `gate_weight`/`gate_bias` the gate half; before, `weight`/`bias` are the whole projection."""
+
+    def _split(self) -> bool:
+        return "gate_weight" in self._parameters
+
+    def _ready(self) -> None:
+        if self._split():
+            return
+        old, bias, half = self.weight, self.bias, self.out_features // 2
+        value, gate = _pack_linear_weight(old[:half]), _pack_linear_weight(old[half:])
+        self.weight = nn.Parameter(value, requires_grad=False)
+        self.gate_weight = nn.Parameter(gate, requires_grad=False)
+        self.gate_bias = None if bias is None else nn.Parameter(bias.detach()[half:], requires_grad=False)
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach()[:half], requires_grad=False)
+        _release_if_unshared(old)
+
+    def dense_weight(self) -> torch.Tensor:
+        if not self._split():
+            return self.weight
+        return torch.cat([self.weight.to_dense(), self.gate_weight.to_dense()])
+
+    def dense_bias(self) -> torch.Tensor | None:
+        if not self._split() or self.bias is None:
+            return self.bias
+        return torch.cat([self.bias, self.gate_bias])
+
+    def dense_state(self) -> dict[str, torch.Tensor]:
+        out = {"weight": self.dense_weight()}
+        if self.bias is not None:
+            out["bias"] = self.dense_bias()
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast(x):
+            self._ready()
+            value = _mk()._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+            gate = _mk()._linear_pointwise(x, self.gate_weight, self.gate_bias, "none", [], "")
+            return torch.cat([value, gate], dim=-1)
+        return F.linear(x, self.dense_weight(), self.dense_bias())
+
+    def geglu(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast(x):
+            self._ready()
+            gate = _mk()._linear_pointwise(x, self.gate_weight, self.gate_bias, "gelu", [], "none")
+            return _mk()._linear_pointwise.binary(x, gate, self.weight, self.bias, "mul")
+        value, gate = self.forward(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)
+
+
+_PLAIN = {PackedConv2d: nn.Conv2d, PackedLinear: nn.Linear, PackedGEGLUProj: nn.Linear}
+
+
+def _eligible(m: nn.Module, kind: type) -> bool:
+    w = getattr(m, "weight", None)
+    return (
+        type(m) is kind
+        and isinstance(w, torch.Tensor)
+        and w.device.type == "cpu"
+        and w.dtype in (torch.float32, torch.bfloat16)
+        and (kind is not nn.Conv2d or (m.padding_mode == "zeros" and not isinstance(m.padding, str)))
+    )
+
+
+def _swap(m: nn.Module, cls: type) -> None:
+    m._sd_core_requires_grad = m.weight.requires_grad
+    m.__class__ = cls
+    if isinstance(m, nn.Conv2d):
+        m.padding, m.stride, m.dilation = list(m.padding), list(m.stride), list(m.dilation)
+
+
+def pack_for_cpu(module: nn.Module) -> int:
+    """Make every plain Conv2d and Linear in `module` (CPU, float32/bfloat16) a packed layer, in place.
+
+    The weights are packed by each layer's first call. A module that declares `_sd_core_geglu = True` has its `proj`
+    split into two packed halves for the fused GEGLU. Returns the number of layers converted (0 where oneDNN is not
+    available). Inference only: under autograd a packed layer falls back to plain (slower) maths; `unpack` restores
+    the plain modules.
+    """
+    if not packing_available():
+        return 0
+    count = 0
+    for m in list(module.modules()):
+        if getattr(type(m), "_sd_core_geglu", False) and _eligible(getattr(m, "proj", None), nn.Linear):
+            if m.proj.out_features % 2 == 0:
+                _swap(m.proj, PackedGEGLUProj)
+                count += 1
+    for m in list(module.modules()):
+        if _eligible(m, nn.Conv2d):
+            _swap(m, PackedConv2d)
+            count += 1
+        elif _eligible(m, nn.Linear):
+            _swap(m, PackedLinear)
+            count += 1
+    if count:
+        module._sd_core_packed = True
+    return count
+
+
+def unpack_module(m: nn.Module) -> bool:
+    """One packed layer back to a plain `nn.Conv2d`/`nn.Linear` with dense weights (no-op on other modules)."""
+    plain = _PLAIN.get(type(m))
+    if plain is None:
+        return False
+    state = m.dense_state()
+    requires_grad = m.__dict__.pop("_sd_core_requires_grad", False)
+    m.__dict__.pop("_packed_for", None)
+    for name in ("weight", "bias", "gate_weight", "gate_bias"):
+        m._parameters.pop(name, None)
+    m.__class__ = plain
+    m.weight = nn.Parameter(state["weight"].detach(), requires_grad=requires_grad)
+    m.bias = nn.Parameter(state["bias"].detach(), requires_grad=requires_grad) if "bias" in state else None
+    if plain is nn.Conv2d:
+        m.weight.data = m.weight.data.contiguous()
+        m.padding, m.stride, m.dilation = tuple(m.padding), tuple(m.stride), tuple(m.dilation)
+    return True
+
+
+def unpack(module: nn.Module) -> int:
+    """Undo `pack_for_cpu`: plain modules and dense weights again (requires_grad as before packing)."""
+    count = sum(unpack_module(m) for m in list(module.modules()))
+    module.__dict__.pop("_sd_core_packed", None)
+    return count
+
+
+def is_packed(module: nn.Module) -> bool:
+    return any(type(m) in _PLAIN for m in module.modules())
+
+
+# --- helpers the networks call: fused when the layer is packed, the plain expression otherwise ------------------------
+
+
+def conv_add(conv: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """`other + conv(x)` (the residual add of ResBlocks and attention blocks)."""
+    if isinstance(conv, PackedConv2d):
+        return conv.forward_add(x, other)
+    return other + conv(x)
+
+
+def conv_emb(conv: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """`conv(x) + emb[:, :, None, None]`; with a packed conv and one embedding row for the batch, emb joins the bias."""
+    if isinstance(conv, PackedConv2d) and (emb.shape[0] == 1 or x.shape[0] == 1):
+        return conv.forward_bias(x, emb[0])
+    return conv(x) + emb[:, :, None, None]
+
+
+def linear_add(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """`other + linear(x)`."""
+    if isinstance(linear, PackedLinear):
+        return linear.forward_add(x, other)
+    return other + linear(x)
+
+
+def silu_(x: torch.Tensor) -> torch.Tensor:
+    """SiLU in place when no autograd graph is recorded (after a GroupNorm whose output nobody else holds)."""
+    return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
+
+
+# --- whole pipelines -------------------------------------------------------------------------------------------------
+
+
+def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None = None) -> dict[str, int]:
+    """The default levers for the pipeline's device: on the CPU, prepacked weights (`pack_for_cpu`) for the UNet, VAE
+    and text encoder; on a GPU, channels_last UNet and VAE. Returns what was done, per model."""
+    on_cpu = pipe.device.type == "cpu"
+    pack = on_cpu if pack is None else pack
+    channels_last = (not on_cpu) if channels_last is None else channels_last
+    done: dict[str, int] = {}
+    for name in ("unet", "vae", "text_encoder"):
+        model = getattr(pipe, name)
+        if pack and next(model.parameters()).device.type == "cpu":
+            done[name] = pack_for_cpu(model)
+        elif channels_last and name != "text_encoder":
+            model.to(memory_format=torch.channels_last)
+            done[name] = 1
+    return done
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Intra-op threads = the cores this process may use (the default torch picks too; measured: more threads than
+    cores only adds contention). Returns the count set."""
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:
+            threads = os.cpu_count() or 1
+    torch.set_num_threads(max(1, int(threads)))
+    return torch.get_num_threads()
+
+
+def compile_models(pipe: Any, *, mode: str | None = None, vae: bool = True, dynamic: bool = False) -> None:
+    """Opt-in torch.compile of the UNet (and the VAE decoder). The first call at each new shape compiles (minutes on
+    a small CPU; inductor caches on disk under the system temp dir); later calls are faster. On CUDA,
+    `mode="reduce-overhead"` adds CUDA graphs. Packed CPU weights are unpacked first: inductor packs them itself
+    (with `freezing`), which it only does for plain modules."""
+    import torch._inductor.config as inductor_config
+
+    if pipe.device.type == "cpu":
+        unpack(pipe.unet)
+        if vae:
+            unpack(pipe.vae)
+        inductor_config.freezing = True
+        pipe.unet.to(memory_format=torch.channels_last)
+    pipe.unet.forward = torch.compile(pipe.unet.forward, mode=mode, dynamic=dynamic)
+    if vae:
+        pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, dynamic=dynamic)
+
+
+def attention_slicing(tokens: int | None) -> None:
+    """Split attention into query chunks of `tokens` rows (None: whole). Caps the attention's working memory where
+    SDPA falls back to the plain (math) kernel; flash/memory-efficient kernels need no slicing."""
+    from .models import attention
+
+    attention.set_slice_size(tokens)
+
+
+@contextlib.contextmanager
+def attention_sliced(tokens: int | None) -> Iterator[None]:
+    from .models import attention
+
+    before = attention.get_slice_size()
+    attention.set_slice_size(tokens)
+    try:
+        yield
+    finally:
+        attention.set_slice_size(before)
+
+
+# --- low-VRAM mode ---------------------------------------------------------------------------------------------------
+
+
+class LowVRAM:
+    """Keep weights in CPU memory and on the GPU only while they compute.
+
+    Default: the text encoder and the VAE move to `device` for their calls and back to `offload` after (the pipeline
+    releases them after each decode; the UNet's first call evicts the text encoder); the UNet stays on `device`
+    (SD1.5 fp16: about 1.7 GB of weights). `sequential=True`: the UNet too, one top-level block at a time
+    (`time_embed`, each input block, the middle block, each output block, `out`): the least memory, the most
+    transfer. `attach(pipe)` installs the hooks; `detach()` removes them and puts every model on `device`.
+
+    The logic is device-agnostic: `moves` records every (unit, device) move, and `resident` holds the units on the
+    device now (tested on the CPU).
+    """
+
+    def __init__(self, device: str | torch.device, offload: str | torch.device = "cpu", *, sequential: bool = False):
+        self.device, self.offload = torch.device(device), torch.device(offload)
+        self.sequential = sequential
+        self.handles: list[Any] = []
+        self.moves: list[tuple[str, str]] = []
+        self.resident: dict[str, nn.Module] = {}
+        self.pipe: Any = None
+
+    def _move(self, name: str, module: nn.Module, device: torch.device) -> None:
+        module.to(device)
+        self.moves.append((name, str(device)))
+
+    def units(self, pipe: Any) -> list[tuple[str, nn.Module]]:
+        """(name, module) of everything that is moved on demand."""
+        units: list[tuple[str, nn.Module]] = [("text_encoder", pipe.text_encoder), ("vae", pipe.vae)]
+        if self.sequential:
+            for name, child in pipe.unet.named_children():
+                if isinstance(child, nn.ModuleList):
+                    units += [(f"unet.{name}.{i}", block) for i, block in enumerate(child)]
+                elif child is not None:
+                    units.append((f"unet.{name}", child))
+        return units
+
+    def attach(self, pipe: Any) -> LowVRAM:
+        if self.pipe is not None:
+            raise RuntimeError("LowVRAM is already attached")
+        self.pipe = pipe
+        for model in (pipe.unet, pipe.vae, pipe.text_encoder):
+            unpack(model)  # packed oneDNN weights are CPU-only
+        if self.sequential:
+            self._move("unet", pipe.unet, self.offload)
+        else:
+            self._move("unet", pipe.unet, self.device)
+            self.handles.append(pipe.unet.register_forward_pre_hook(lambda _m, _a: self.release()))
+        for name, module in self.units(pipe):
+            if name in ("text_encoder", "vae"):
+                self._move(name, module, self.offload)
+            self.handles.append(module.register_forward_pre_hook(self._pre(name, module)))
+        # the pipeline calls the VAE through encode/decode, not forward: wrap those (instance attributes)
+        for method in ("encode", "decode"):
+            pipe.vae.__dict__[method] = self._wrapped("vae", pipe.vae, getattr(pipe.vae, method))
+        pipe.low_vram = self
+        return self
+
+    def _load(self, name: str, module: nn.Module) -> None:
+        """Make `module` the one offloaded unit on the device."""
+        for other_name, other in list(self.resident.items()):
+            if other_name != name:
+                self._move(other_name, other, self.offload)
+                del self.resident[other_name]
+        if name not in self.resident:
+            self._move(name, module, self.device)
+            self.resident[name] = module
+
+    def _pre(self, name: str, module: nn.Module):
+        def hook(_module, _args):
+            self._load(name, module)
+
+        return hook
+
+    def _wrapped(self, name: str, module: nn.Module, fn):
+        def call(*args, **kwargs):
+            self._load(name, module)
+            return fn(*args, **kwargs)
+
+        return call
+
+    def release(self) -> None:
+        """Send the offloaded units still on the device back (after each decode, before the UNet runs)."""
+        for name, module in list(self.resident.items()):
+            self._move(name, module, self.offload)
+        self.resident.clear()
+
+    def detach(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.resident.clear()
+        if self.pipe is not None:
+            for method in ("encode", "decode"):
+                self.pipe.vae.__dict__.pop(method, None)
+            for model in (self.pipe.unet, self.pipe.vae, self.pipe.text_encoder):
+                model.to(self.device)
+            self.pipe.low_vram = None
+            self.pipe = None
+
+
+# --- FLOPs -----------------------------------------------------------------------------------------------------------
+
+
+def unet_flops(config: dict, batch: int, height: int, width: int, context_tokens: int = 77) -> int:
+    """FLOPs of one UNet call on [batch, C, height/8, width/8] latents (convs, matmuls, attention), counted by
+    torch's FLOP counter on the meta device (nothing is computed). A CFG step is one call with batch = 2 x images."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models.unet import UNetModel
+
+    with torch.device("meta"):
+        unet = UNetModel(config)
+        x = torch.zeros(batch, unet.config["in_channels"], height // 8, width // 8)
+        t = torch.zeros(batch)
+        context = torch.zeros(batch, context_tokens, unet.config["context_dim"])
+        with FlopCounterMode(display=False) as counter:
+            unet(x, t, context)
+    return int(counter.get_total_flops())
+
+
+def vae_decode_flops(config: dict, batch: int, height: int, width: int) -> int:
+    """FLOPs of one VAE decode to [batch, 3, height, width], counted like `unet_flops`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .models.vae import AutoencoderKL
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(config)
+        z = torch.zeros(batch, vae.config["z_channels"], height // 8, width // 8)
+        with FlopCounterMode(display=False) as counter:
+            vae.decode(z)
+    return int(counter.get_total_flops())

@@ -1,0 +1,311 @@
+"""Each speed/memory lever of `sd_core.perf` against the plain modules: same outputs within float tolerance, and the
+bookkeeping (unpacking, state dicts, offload moves, released pages) right. No timings here: `benchmarks/bench.py`."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from model_fixtures import write_tiny_checkpoint
+from torch import nn
+
+import sd_core
+import tests.tiny_models as tm
+from sd_core import checkpoint, devices, perf, tiling
+from sd_core.denoiser import GuidedDenoiser
+from sd_core.models import attention
+from sd_core.models.text_encoder import CLIPTextEncoder
+from sd_core.models.unet import UNetModel
+from sd_core.models.vae import AutoencoderKL
+from sd_core.schedules import NoiseSchedule
+
+torch.set_num_threads(1)
+needs_onednn = pytest.mark.skipif(not perf.packing_available(), reason="oneDNN packed ops not available")
+TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
+
+
+def random_unet(variant: str) -> UNetModel:
+    unet = UNetModel(tm.unet_config(variant)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return unet
+
+
+def unet_inputs(variant: str, batch: int = 2, size: int = 16, same_t: bool = False):
+    g = torch.Generator().manual_seed(1)
+    kw = tm.unet_kwargs(variant)
+    x = torch.randn(batch, kw["in_channels"], size, size, generator=g)
+    t = torch.full((batch,), 500.0) if same_t else torch.linspace(999.0, 37.5, batch)
+    return x, t, torch.randn(batch, 7, kw["cross_attention_dim"], generator=g)
+
+
+def packed_copy(module: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+    out = copy.deepcopy(module).to(dtype)
+    assert perf.pack_for_cpu(out) > 0
+    return out
+
+
+# --- prepacked weights and fused epilogues ------------------------------------------------------------------------
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("same_t", [False, True], ids=["own-timesteps", "shared-timestep"])
+@pytest.mark.parametrize("variant", tm.VARIANTS)
+def test_packed_unet_matches_plain(variant, same_t, dtype):
+    """Packed convs/linears, residual adds in the epilogues, GEGLU halves, and (shared timestep) the embedding folded
+    into the conv bias: the same UNet output as the plain modules."""
+    plain = random_unet(variant).to(dtype)
+    packed = packed_copy(plain, dtype)
+    x, t, context = unet_inputs(variant, same_t=same_t)
+    with torch.inference_mode():
+        expected = plain(x, t, context).float()
+        got = packed(x, t, context).float()
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, expected, **TOL[dtype])
+
+
+@needs_onednn
+def test_packed_conv_repacks_when_the_input_shape_changes():
+    plain = random_unet("sd1")
+    packed = packed_copy(plain)
+    conv = packed.input_blocks[1][0].in_layers[2]
+    with torch.inference_mode():
+        for batch, size in [(2, 16), (1, 24), (4, 8), (2, 16)]:
+            x, t, context = unet_inputs("sd1", batch=batch, size=size, same_t=True)
+            torch.testing.assert_close(packed(x, t, context), plain(x, t, context), **TOL[torch.float32])
+            assert conv._packed_for is not None and conv._packed_for[0] == batch
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_vae_matches_plain(dtype):
+    plain = AutoencoderKL(tm.vae_config()).eval()
+    plain.load_state_dict(tm.vae_to_ldm(tm.make_vae()))
+    plain = plain.to(dtype)
+    packed = packed_copy(plain, dtype)
+    g = torch.Generator().manual_seed(2)
+    image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    z = torch.randn(2, 4, 8, 8, generator=g)
+    with torch.inference_mode():
+        for a, b in zip(plain.encode(image), packed.encode(image), strict=True):
+            torch.testing.assert_close(b.float(), a.float(), **TOL[dtype])
+        torch.testing.assert_close(packed.decode(z).float(), plain.decode(z).float(), **TOL[dtype])
+
+
+@needs_onednn
+@pytest.mark.parametrize("variant", ["sd1", "sd2"])
+def test_packed_text_encoder_matches_plain(variant):
+    plain = CLIPTextEncoder(tm.text_config(variant)).eval()
+    plain.load_state_dict(tm.text_to_hf(tm.make_text_encoder(variant)))
+    packed = packed_copy(plain)
+    tokens = torch.randint(0, tm.VOCAB, (2, 77), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        for skip in (0, 1):
+            torch.testing.assert_close(packed(tokens, skip=skip), plain(tokens, skip=skip), **TOL[torch.float32])
+
+
+@needs_onednn
+def test_packed_modules_stay_modules_state_dict_to_and_unpack():
+    plain = random_unet("sd1")
+    packed = packed_copy(plain)
+    x, t, context = unet_inputs("sd1")
+    with torch.inference_mode():
+        packed(x, t, context)  # packs every layer
+    convs = [m for m in packed.modules() if isinstance(m, perf.PackedConv2d)]
+    assert convs and all(isinstance(m, nn.Conv2d) for m in convs) and convs[0].weight.is_mkldnn
+    # the state dict is the plain one, dense tensors, same keys and values
+    expected, got = plain.state_dict(), packed.state_dict()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert not got[key].is_mkldnn
+        torch.testing.assert_close(got[key], value, atol=0, rtol=0)
+    # .to() unpacks first
+    other = packed_copy(plain)
+    with torch.inference_mode():
+        other(x, t, context)
+    other.to(torch.float64)
+    assert not perf.is_packed(other) and next(other.parameters()).dtype == torch.float64
+    # unpack gives plain modules with the original weights
+    assert perf.unpack(packed) > 0 and not perf.is_packed(packed)
+    assert all(type(m) in (nn.Conv2d, nn.Linear) for m in packed.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x, t, context), plain(x, t, context), atol=0, rtol=0)
+    packed.load_state_dict(expected)
+
+
+@needs_onednn
+def test_packed_layers_fall_back_under_autograd():
+    plain = random_unet("sd1")
+    packed = packed_copy(plain)
+    x, t, context = unet_inputs("sd1")
+    x.requires_grad_(True)
+    out = packed(x, t, context)
+    out.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(out.detach(), plain(x, t, context).detach(), **TOL[torch.float32])
+
+
+@needs_onednn
+def test_seamless_tiling_works_on_packed_convs():
+    plain = random_unet("sd1")
+    packed = packed_copy(plain)
+    x, t, context = unet_inputs("sd1")
+    with torch.inference_mode():
+        packed(x, t, context)
+        with tiling.seamless(plain, "x"), tiling.seamless(packed, "x"):
+            torch.testing.assert_close(packed(x, t, context), plain(x, t, context), **TOL[torch.float32])
+        torch.testing.assert_close(packed(x, t, context), plain(x, t, context), **TOL[torch.float32])
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("opt") / "tiny.safetensors")
+
+
+@needs_onednn
+def test_load_optimizes_by_default_and_images_match_plain(tiny_file):
+    fast = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
+    plain = sd_core.load(tiny_file, device="cpu", dtype=torch.float32, optimize=False)
+    assert perf.is_packed(fast.unet) and perf.is_packed(fast.vae) and perf.is_packed(fast.text_encoder)
+    assert not perf.is_packed(plain.unet)
+    kw = dict(width=64, height=64, steps=4, cfg_scale=7.5, seed=5, batch_size=2)
+    a = np.stack([np.asarray(i, np.float64) for i in fast.txt2img("a red brick wall", **kw)])
+    b = np.stack([np.asarray(i, np.float64) for i in plain.txt2img("a red brick wall", **kw)])
+    assert b.std() > 5
+    assert np.abs(a - b).mean() < 0.05, np.abs(a - b).mean()
+
+
+# --- memory: no second copy of the weights -----------------------------------------------------------------------
+
+
+def test_release_pages_keeps_values_readable(tmp_path):
+    path = tmp_path / "w.safetensors"
+    big = torch.arange(300_000, dtype=torch.float32)
+    checkpoint.write_safetensors(path, {"a": big[:1000].clone(), "big": big, "c": big[:5].clone()})
+    sd = checkpoint.read_state_dict(path)
+    assert checkpoint.release_pages(sd["big"]) >= 1_000_000  # whole pages inside the tensor
+    torch.testing.assert_close(sd["big"], big)  # clean pages come back from the file
+    torch.testing.assert_close(sd["a"], big[:1000])  # neighbours untouched
+    assert checkpoint.release_pages(torch.zeros(300_000)) == 0  # not a mapped checkpoint tensor: never touched
+
+
+@needs_onednn
+def test_packing_never_releases_pages_another_tensor_still_sees(tmp_path):
+    """A weight written to in place (copy-on-write pages) and shared with another tensor keeps its values there."""
+    conv = nn.Conv2d(64, 64, 3, padding=1)
+    path = tmp_path / "conv.safetensors"
+    checkpoint.write_safetensors(path, {"weight": conv.weight.detach(), "bias": conv.bias.detach()})
+    sd = checkpoint.read_state_dict(path)
+    mapped = nn.Conv2d(64, 64, 3, padding=1)
+    mapped.load_state_dict(sd, assign=True)
+    with torch.no_grad():
+        mapped.weight.mul_(2.0)  # written: these pages now differ from the file
+    other_view = sd["weight"]  # still shares the storage
+    expected = other_view.clone()
+    perf.pack_for_cpu(mapped)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.inference_mode():
+        out = mapped(x)
+    assert mapped.weight.is_mkldnn
+    torch.testing.assert_close(other_view, expected)  # not reverted to the file's values
+    torch.testing.assert_close(out, F.conv2d(x, expected, conv.bias.detach(), padding=1), atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_load_of_an_fp32_file_releases_the_file_pages(tmp_path, monkeypatch):
+    calls = []
+    real = checkpoint._dontneed
+    monkeypatch.setattr(checkpoint, "_dontneed", lambda *a: calls.append(a[2]) or real(*a))
+    big = torch.randn(100_000)
+    path = tmp_path / "f32.safetensors"
+    checkpoint.write_safetensors(path, {"big": big})
+    sd = checkpoint.read_state_dict(path, dtype=torch.bfloat16)
+    assert calls == [big.numel() * 4]
+    torch.testing.assert_close(sd["big"], big.bfloat16())
+    calls.clear()
+    checkpoint.read_state_dict(path)  # same dtype: zero-copy views, nothing to release
+    assert calls == []
+
+
+# --- other levers ----------------------------------------------------------------------------------------------------
+
+
+def test_attention_slicing_matches_whole_attention():
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 50, 64, generator=g) for _ in range(3))
+    whole = attention.attention(q, k, v, heads=4)
+    with perf.attention_sliced(16):
+        assert attention.get_slice_size() == 16
+        sliced = attention.attention(q, k, v, heads=4)
+    assert attention.get_slice_size() is None
+    torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError):
+        attention.set_slice_size(0)
+
+
+def test_denoiser_builds_the_cfg_context_once():
+    unet = random_unet("sd1")
+    cond, uncond = torch.randn(1, 7, 32), torch.randn(1, 7, 32)
+    den = GuidedDenoiser(unet, NoiseSchedule(), "eps", cond, uncond, 7.5)
+    first = den.context(2)
+    assert den.context(2) is first and first.shape == (4, 7, 32)
+    torch.testing.assert_close(first[:2], uncond.expand(2, -1, -1))
+    torch.testing.assert_close(first[2:], cond.expand(2, -1, -1))
+
+
+def test_cpu_dtype_bf16_only_with_amx(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
+    assert devices.pick_dtype(cpu) == torch.float32
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16 amx_bf16 amx_tile")
+    assert devices.pick_dtype(cpu) == torch.bfloat16
+    assert devices.pick_dtype(torch.device("cuda")) == torch.float16
+
+
+def test_unet_flops_of_sd15():
+    config = dict(
+        in_channels=4, out_channels=4, model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=2,
+        transformer_depth=[1, 1, 1, 0], context_dim=768, num_heads=8,
+    )  # fmt: skip
+    flops = perf.unet_flops(config, 2, 256, 256)
+    assert 3.0e11 < flops < 4.5e11  # ~360 GFLOP for a CFG step at 256x256
+    assert 3.5 < perf.unet_flops(config, 2, 512, 512) / flops < 5.0
+
+
+# --- low-VRAM offload (logic tested on the CPU) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_low_vram_moves_each_model_only_while_it_runs(tiny_file, sequential):
+    """Compute device "cpu", offload device "cpu:0": the same memory, but the moves can be told apart."""
+    pipe = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
+    reference = np.asarray(pipe.txt2img("a cat", width=64, height=64, steps=2, seed=3)[0], np.float64)
+    offload = perf.LowVRAM("cpu", "cpu:0", sequential=sequential).attach(pipe)
+    assert pipe.low_vram is offload and not perf.is_packed(pipe.unet)
+    start = len(offload.moves)
+    seen: list[list[str]] = []
+    watch = [m for name, m in offload.units(pipe) if name.startswith("unet.")] or [pipe.unet]
+    hooks = [m.register_forward_hook(lambda *_: seen.append(sorted(offload.resident))) for m in watch]
+    image = np.asarray(pipe.txt2img("a cat", width=64, height=64, steps=2, seed=3)[0], np.float64)
+    for h in hooks:
+        h.remove()
+    assert np.abs(image - reference).mean() < 0.05
+    moves = offload.moves[start:]
+    assert moves[0] == ("text_encoder", "cpu")  # to the device for the prompt
+    assert moves[1] == ("text_encoder", "cpu:0")  # and away before the UNet's first block
+    assert moves[-2:] == [("vae", "cpu"), ("vae", "cpu:0")]  # the VAE only around the decode
+    assert offload.resident == {}
+    assert seen and all(len(r) <= 1 for r in seen)  # never two offloaded units on the device at once
+    if sequential:
+        assert all(len(r) == 1 and r[0].startswith("unet.") for r in seen)
+        unet_units = {name for name, _ in offload.units(pipe) if name.startswith("unet.")}
+        assert unet_units == {name for name, device in moves if device == "cpu" and name.startswith("unet.")}
+    else:
+        assert len(moves) == 4 and all(r == [] for r in seen)  # the UNet stays; nothing else is on the device
+    offload.detach()
+    assert pipe.low_vram is None and "decode" not in pipe.vae.__dict__
