@@ -1,0 +1,195 @@
+"""Does a texture model draw what it is asked? Measured with the detectors on prompts it never saw in training.
+
+- `held_out_samples`: prompts that pair a colour with a pattern the training sampler never combined (`HELD_OUT`).
+- `adherence`: fraction of samples with both asked colours and the asked pattern, at a given CFG scale.
+- `negative_effect`: share of a colour's pixels with and without that colour as the negative prompt.
+- `wrap_ratio`, `img2img_keeps_structure`, `inpaint_continues`: the seamless / image-mode checks.
+
+`python -m sd_core.training.evaluate [--model PATH]` prints all figures as JSON (the default model by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import detectors
+from .data import COLOURS, DETECTABLE, HELD_OUT, TextureSpec, allowed, caption, render
+
+EVAL = {"width": 64, "height": 64, "steps": 20, "sampler": "euler"}
+"""Sampling settings of every check: the training size, 20 Euler steps."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    colours: tuple[str, str]
+    pattern: str
+    seed: int
+
+
+def held_out_samples(n: int = 50, seed: int = 0) -> list[Sample]:
+    """`n` prompts, each pairing a held-out colour/pattern with a partner colour the pattern was trained with; the
+    pairs take turns, partner and colour order vary; every sample has its own image seed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        colour, pattern = HELD_OUT[i % len(HELD_OUT)]
+        partners = [c for c in COLOURS if c != colour and allowed(c, pattern)]
+        other = partners[int(rng.integers(len(partners)))]
+        fg, bg = (colour, other) if rng.random() < 0.5 else (other, colour)
+        out.append(Sample(caption(TextureSpec(pattern, fg, bg, "small")), (fg, bg), pattern, 1000 + i))
+    return out
+
+
+def check(image: Image.Image | np.ndarray, colours: tuple[str, ...], pattern: str) -> tuple[bool, bool]:
+    """(has the asked colours, has the asked pattern)."""
+    return detectors.has_colours(image, colours), detectors.detect_pattern(image) == pattern
+
+
+def generate(pipe: Any, prompt: str, seed: int, **options: Any) -> Image.Image:
+    return pipe.txt2img(prompt, seed=seed, **{**EVAL, **options})[0]
+
+
+def adherence(pipe: Any, samples: list[Sample], cfg_scale: float = 7.0, **options: Any) -> dict[str, Any]:
+    """Fractions of samples with the right colours, the right pattern, and both."""
+    results = []
+    for s in samples:
+        colour_ok, pattern_ok = check(
+            generate(pipe, s.prompt, s.seed, cfg_scale=cfg_scale, **options), s.colours, s.pattern
+        )
+        results.append({**asdict(s), "colour_ok": colour_ok, "pattern_ok": pattern_ok})
+    n = max(1, len(results))
+    return {
+        "cfg_scale": cfg_scale,
+        "n": len(results),
+        "colours": sum(r["colour_ok"] for r in results) / n,
+        "pattern": sum(r["pattern_ok"] for r in results) / n,
+        "both": sum(r["colour_ok"] and r["pattern_ok"] for r in results) / n,
+        "samples": results,
+    }
+
+
+def negative_effect(
+    pipe: Any, colour: str, patterns: tuple[str, ...] = DETECTABLE, seeds: range = range(5), cfg_scale: float = 7.0
+) -> dict[str, float]:
+    """Mean share of `colour`'s pixels in pattern-only prompts ("checkerboard"), without and with `colour` as the
+    negative prompt."""
+    plain, negated = [], []
+    for pattern in patterns:
+        for seed in seeds:
+            plain.append(detectors.colour_fractions(generate(pipe, pattern, seed, cfg_scale=cfg_scale))[colour])
+            img = generate(pipe, pattern, seed, cfg_scale=cfg_scale, negative_prompt=colour)
+            negated.append(detectors.colour_fractions(img)[colour])
+    return {"colour": colour, "without": float(np.mean(plain)), "with": float(np.mean(negated))}
+
+
+# --- seamless and image modes ---------------------------------------------------------------------------------------
+
+
+def wrap_ratio(image: Image.Image | np.ndarray, axis: str = "x") -> float:
+    """Seam difference across the wrap (last column vs first) over the 95th percentile of the differences between
+    neighbouring columns inside the image; <= 1 means the seam looks like any interior step. `axis="y"` for rows."""
+    arr = detectors.as_array(image).astype(np.float64)
+    if axis == "y":
+        arr = arr.transpose(1, 0, 2)
+    interior = np.abs(np.diff(arr, axis=1)).mean(axis=(0, 2))
+    seam = np.abs(arr[:, -1] - arr[:, 0]).mean()
+    return float(seam / max(np.percentile(interior, 95), 1e-6))
+
+
+def structure_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of the two images' grey levels, a plain measure of "same structure"."""
+    ga, gb = a.astype(np.float64).mean(axis=-1).ravel(), b.astype(np.float64).mean(axis=-1).ravel()
+    ga, gb = ga - ga.mean(), gb - gb.mean()
+    return float((ga * gb).sum() / max(np.sqrt((ga * ga).sum() * (gb * gb).sum()), 1e-9))
+
+
+def reference_texture(spec: TextureSpec, seed: int, size: int = 64) -> np.ndarray:
+    return render(spec, size, np.random.default_rng(seed), jitter=0.0)
+
+
+def img2img_keeps_structure(pipe: Any, spec: TextureSpec, seed: int = 0, strength: float = 0.3) -> dict[str, Any]:
+    """img2img at low strength on a generator texture: same pattern and colours, high correlation with the input."""
+    src = reference_texture(spec, seed)
+    out = np.asarray(
+        pipe.img2img(
+            Image.fromarray(src),
+            caption(spec),
+            strength=strength,
+            seed=seed,
+            cfg_scale=7.0,
+            **{k: v for k, v in EVAL.items() if k not in ("width", "height")},
+        )[0]
+    )
+    colour_ok, pattern_ok = check(out, (spec.fg, spec.bg), spec.pattern)
+    return {"correlation": structure_similarity(src, out), "colour_ok": colour_ok, "pattern_ok": pattern_ok}
+
+
+def inpaint_continues(pipe: Any, spec: TextureSpec, seed: int = 0, box: tuple[int, int] = (20, 44)) -> dict[str, Any]:
+    """Inpaint a square hole in a generator texture: inside the hole the result should correlate with the texture
+    that was there (the pattern continued), far more than with the same pattern shifted by half a period."""
+    src = reference_texture(spec, seed)
+    mask = np.zeros(src.shape[:2], np.uint8)
+    lo, hi = box
+    mask[lo:hi, lo:hi] = 255
+    out = np.asarray(
+        pipe.inpaint(
+            Image.fromarray(src),
+            Image.fromarray(mask),
+            caption(spec),
+            seed=seed,
+            cfg_scale=7.0,
+            mask_blur=0,
+            **{k: v for k, v in EVAL.items() if k not in ("width", "height")},
+        )[0]
+    )
+    hole = (slice(lo, hi), slice(lo, hi))
+    return {
+        "correlation": structure_similarity(src[hole], out[hole]),
+        "outside_unchanged": bool(np.array_equal(src[mask == 0], out[mask == 0])),
+    }
+
+
+def report(pipe: Any, n: int = 50) -> dict[str, Any]:
+    """Every figure of the acceptance checks (minutes on a CPU at the default 64 px)."""
+    samples = held_out_samples(n)
+    cfg7 = adherence(pipe, samples, 7.0)
+    cfg1 = adherence(pipe, samples, 1.0)
+    tiles = [generate(pipe, s.prompt, s.seed, cfg_scale=7.0, tiling="xy") for s in samples[:10]]
+    plain = [generate(pipe, s.prompt, s.seed, cfg_scale=7.0) for s in samples[:10]]
+    spec = TextureSpec("vertical stripes", "red", "white", "small")
+    return {
+        "held_out_cfg7": {k: v for k, v in cfg7.items() if k != "samples"},
+        "held_out_cfg1": {k: v for k, v in cfg1.items() if k != "samples"},
+        "failures_cfg7": [s["prompt"] for s in cfg7["samples"] if not (s["colour_ok"] and s["pattern_ok"])],
+        "negative": [negative_effect(pipe, c) for c in ("red", "blue", "green")],
+        "wrap_ratio_tiling": float(np.mean([max(wrap_ratio(t, "x"), wrap_ratio(t, "y")) for t in tiles])),
+        "wrap_ratio_plain": float(np.mean([max(wrap_ratio(t, "x"), wrap_ratio(t, "y")) for t in plain])),
+        "img2img": img2img_keeps_structure(pipe, spec),
+        "inpaint": inpaint_continues(pipe, TextureSpec("checkerboard", "black", "yellow", "large")),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sd_core
+
+    parser = argparse.ArgumentParser(prog="python -m sd_core.training.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="checkpoint (default: the built-in model)")
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--dtype", default="fp32")
+    args = parser.parse_args(argv)
+    pipe = sd_core.load(args.model, device="cpu", dtype=args.dtype)  # None: the built-in model
+    json.dump(report(pipe, args.n), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
