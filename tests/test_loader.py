@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from model_fixtures import _cached_folder, write_tiny_checkpoint
@@ -189,7 +190,10 @@ def test_seed_reproducible_and_batch_shape(pipe):
     c = pipe.txt2img("a cat", width=64, height=64, steps=2, seed=6)[0]
     assert a.tobytes() == b.tobytes() != c.tobytes()
     batch = pipe.txt2img("a cat", width=64, height=64, steps=2, seed=5, batch_size=2)
-    assert len(batch) == 2 and batch[0].tobytes() == a.tobytes() != batch[1].tobytes()
+    # image 0 of the batch has the single run's noise: the same image up to float reordering in batched kernels
+    first = np.abs(np.asarray(batch[0], float) - np.asarray(a, float))
+    assert len(batch) == 2 and first.max() <= 2 and first.mean() < 0.1
+    assert np.abs(np.asarray(batch[1], float) - np.asarray(a, float)).mean() > 5
 
 
 def test_callback_progress_and_cancel(pipe):
