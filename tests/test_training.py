@@ -173,3 +173,27 @@ def test_fine_tune_on_a_folder(tmp_path, finished):
     assert all(torch.equal(before[k], after[k]) for k in vae_keys + text_keys)
     assert any(not torch.equal(before[k], after[k]) for k in unet_keys)
     assert sd_core.load(path, device="cpu", dtype="fp32").config.family == "sd1"
+
+
+def test_decoder_fine_tune_changes_only_the_decoder_and_resumes(tmp_path, finished):
+    def cfg(out):
+        return tiny_config(out, init=str(finished[1]), unet_steps=0, decoder_steps=6, decoder_batch=2, pool_size=0)
+
+    straight = train.run(cfg(tmp_path / "straight"))
+
+    def stop_at_5(stage: str, step: int, loss: float) -> None:
+        if stage == "decoder" and step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train.run(cfg(tmp_path / "stopped"), on_step=stop_at_5)
+    resumed_steps: list[int] = []
+    resumed = train.run(cfg(tmp_path / "stopped"), on_step=lambda s, step, loss: resumed_steps.append(step))
+    assert resumed_steps == [4, 5, 6]
+
+    before, after, again = (checkpoint.read_state_dict(p) for p in (finished[1], straight, resumed))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("first_stage_model.decoder.", "first_stage_model.post_quant_conv."))
+                           for k in changed)  # fmt: skip
+    for key in after:
+        torch.testing.assert_close(again[key], after[key], atol=0, rtol=0, msg=key)

@@ -48,6 +48,20 @@ def held_out_samples(n: int = 50, seed: int = 0) -> list[Sample]:
     return out
 
 
+def trained_samples(n: int = 50, seed: int = 1) -> list[Sample]:
+    """Like `held_out_samples` but with colour/pattern pairs seen in training (the comparison that shows how much of
+    the gap is composition and how much is colour in general)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        pattern = DETECTABLE[i % len(DETECTABLE)]
+        ok = [c for c in COLOURS if allowed(c, pattern)]
+        a, b = rng.choice(len(ok), size=2, replace=False)
+        fg, bg = ok[int(a)], ok[int(b)]
+        out.append(Sample(caption(TextureSpec(pattern, fg, bg, "small")), (fg, bg), pattern, 2000 + i))
+    return out
+
+
 def check(image: Image.Image | np.ndarray, colours: tuple[str, ...], pattern: str) -> tuple[bool, bool]:
     """(has the asked colours, has the asked pattern)."""
     return detectors.has_colours(image, colours), detectors.detect_pattern(image) == pattern
@@ -162,12 +176,16 @@ def report(pipe: Any, n: int = 50) -> dict[str, Any]:
     samples = held_out_samples(n)
     cfg7 = adherence(pipe, samples, 7.0)
     cfg1 = adherence(pipe, samples, 1.0)
+    cfg3 = adherence(pipe, samples, 3.0)
+    trained3 = adherence(pipe, trained_samples(n), 3.0)
     tiles = [generate(pipe, s.prompt, s.seed, cfg_scale=7.0, tiling="xy") for s in samples[:10]]
     plain = [generate(pipe, s.prompt, s.seed, cfg_scale=7.0) for s in samples[:10]]
     spec = TextureSpec("vertical stripes", "red", "white", "small")
     return {
         "held_out_cfg7": {k: v for k, v in cfg7.items() if k != "samples"},
         "held_out_cfg1": {k: v for k, v in cfg1.items() if k != "samples"},
+        "held_out_cfg3": {k: v for k, v in cfg3.items() if k != "samples"},
+        "trained_pairs_cfg3": {k: v for k, v in trained3.items() if k != "samples"},
         "failures_cfg7": [s["prompt"] for s in cfg7["samples"] if not (s["colour_ok"] and s["pattern_ok"])],
         "negative": [negative_effect(pipe, c) for c in ("red", "blue", "green")],
         "wrap_ratio_tiling": float(np.mean([max(wrap_ratio(t, "x"), wrap_ratio(t, "y")) for t in tiles])),

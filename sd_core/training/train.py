@@ -93,6 +93,9 @@ class TrainConfig:
     vae_full_batch: int = 4
     vae_lr: float = 2e-3
     kl_weight: float = 1e-4
+    decoder_steps: int = 0  # > 0: fine-tune the VAE decoder alone (encoder frozen: latents and UNet stay valid)
+    decoder_batch: int = 8
+    decoder_lr: float = 5e-4
     unet_steps: int = 3000
     unet_batch: int = 32
     unet_lr: float = 5e-4
@@ -286,6 +289,66 @@ def train_vae(
             save()
     vae.eval()
     fold_latent_scale(vae, latent_std(vae, dataset, 256))
+    save(done=True)
+    return vae
+
+
+def train_decoder(
+    cfg: TrainConfig,
+    vae: AutoencoderKL,
+    dataset: TextureDataset | FolderDataset,
+    out: Path,
+    on_step: Callable[[int, float], None] | None = None,
+) -> AutoencoderKL:
+    """Fine-tune `post_quant_conv` and the decoder on whole images, resuming from `out/decoder_state.pt`.
+
+    Why: the encoder fixes the latent space the UNet was trained in; with it frozen, a sharper decoder improves
+    every image without retraining anything else (the same idea as SD's fine-tuned VAE decoders)."""
+    path = out / "decoder_state.pt"
+    vae.requires_grad_(False)
+    trained = [vae.post_quant_conv, vae.decoder]
+    params = [p for m in trained for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    step = 0
+    state = load_state(path)
+    if state is not None:
+        vae.load_state_dict(state["vae"])
+        if state.get("done"):
+            return vae.eval()
+        opt.load_state_dict(state["opt"])
+        dataset.load_state(state["data"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+
+    def save(done: bool = False) -> None:
+        atomic_save(
+            {"step": step, "vae": vae.state_dict(), "opt": opt.state_dict(), "data": dataset.state(),
+             "rng": rng_state(), "done": done},
+            path,
+        )  # fmt: skip
+
+    progress = Progress("dec ", cfg.decoder_steps, step, cfg.log_every)
+    for m in trained:
+        m.requires_grad_(True).train()
+    while step < cfg.decoder_steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg.decoder_steps, cfg.decoder_lr, min(cfg.warmup, cfg.decoder_steps // 10))
+        x = dataset.batch(cfg.decoder_batch)[0]
+        with torch.no_grad():
+            mean, logvar = vae.encode(x)
+            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        rec = vae.decode(z)
+        loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        progress.update(step, float(loss.detach()))
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
+        if step % cfg.save_every == 0 and step < cfg.decoder_steps:
+            save()
+    vae.eval().requires_grad_(False)
     save(done=True)
     return vae
 
@@ -574,6 +637,9 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
         vae = train_vae(cfg, vae, dataset, out, hook("vae"))
         vae.requires_grad_(False)
         scale = LATENT_SCALE
+    if cfg.decoder_steps > 0:
+        torch.manual_seed(cfg.seed + 5)  # posterior samples (a resumed run restores its saved state instead)
+        vae = train_decoder(cfg, vae, dataset, out, hook("decoder"))
 
     source: LatentPool | EncodedBatches
     if isinstance(dataset, TextureDataset) and cfg.pool_size > 0:
@@ -591,7 +657,10 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
     torch.manual_seed(cfg.seed + 4)
     ema = train_unet(cfg, unet, text, source, out, hook("unet"))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.export_dtype]
-    meta = {"sd_core.training": json.dumps(asdict(cfg)), "sd_core.steps": f"vae={cfg.vae_steps},unet={cfg.unet_steps}"}
+    meta = {
+        "sd_core.training": json.dumps(asdict(cfg)),
+        "sd_core.steps": f"vae={cfg.vae_steps},unet={cfg.unet_steps},decoder={cfg.decoder_steps}",
+    }
     return export(out / "model.safetensors", ema.shadow["unet"], vae, ema.shadow["text"], meta, dtype)
 
 
@@ -625,6 +694,8 @@ def add_arguments(parser: Any) -> None:
         "unet_batch",
         "warmup",
         "pool_size",
+        "decoder_steps",
+        "decoder_batch",
         "save_every",
         "log_every",
         "threads",
@@ -633,6 +704,7 @@ def add_arguments(parser: Any) -> None:
     for name in (
         "vae_lr",
         "kl_weight",
+        "decoder_lr",
         "unet_lr",
         "uncond_prob",
         "ema_decay",
