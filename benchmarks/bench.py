@@ -1,7 +1,8 @@
 """sd_core vs diffusers on the same random-weight SD1.5-size checkpoint, measured side by side.
 
-    python benchmarks/bench.py            # default cases (about 30-40 min on a 2-core CPU)
-    python benchmarks/bench.py --quick    # 256x256 batch 1 only, one repetition (about 10 min)
+    python benchmarks/bench.py            # default cases (about 30 min on a busy 2-core CPU)
+    python benchmarks/bench.py --quick    # 256x256 batch 1 only, one repetition (about 8 min)
+    python benchmarks/bench.py --full     # every case (512x512 batch 4 too) in every dtype (hours on a small CPU)
     python benchmarks/bench.py --levers   # also each speed lever on its own (UNet step / VAE decode A/B)
 
 Generation: both engines are loaded in one process and run alternately (sd_core, diffusers, sd_core, ...) with
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import ctypes
 import gc
+import inspect
 import json
 import os
 import platform
@@ -46,6 +48,14 @@ PROMPT = "a red brick wall covered in ivy, highly detailed"
 SEED = 1234
 CFG = 7.5
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# (size, batch, repetitions) per dtype; each repetition runs both engines once, alternating which goes first
+DEFAULT_CASES = {
+    "fp32": [(256, 1, 2), (256, 4, 1), (512, 1, 1)],
+    "bf16": [(256, 1, 2), (512, 1, 1)],
+    "fp16": [(512, 1, 3), (512, 4, 1)],
+}
+FULL_CASES = [(256, 1, 3), (256, 4, 1), (512, 1, 2), (512, 4, 1)]
+QUICK_CASES = [(256, 1, 1)]
 
 
 # --- memory ----------------------------------------------------------------------------------------------------------
@@ -238,6 +248,54 @@ def timed_run(engine, size: int, batch: int, steps: int, device: str) -> dict:
     return out
 
 
+def run_defaults(path: Path, config: Path, size: int, device: str, log) -> dict:
+    """Each engine exactly as a user gets it: `sd_core.load(path).txt2img(prompt)` (its default dtype, levers, sampler
+    and steps) vs `from_single_file(path)(prompt)` (its default dtype and the checkpoint's scheduler, PNDM, 50 steps),
+    same prompt and seed. Quality: both runs start from the same noise and integrate the same model's ODE, so the
+    pixel difference between the two images is how far sd_core's shorter default run lands from diffusers' longer one
+    (shown next to the difference between two seeds, the scale of "a different image")."""
+    import diffusers
+
+    import sd_core
+
+    log(f"\n[defaults] {size}x{size} batch 1, each engine's own defaults (load average {load_average()})")
+    ours = sd_core.load(path, device=device)
+    theirs = diffusers.StableDiffusionPipeline.from_single_file(
+        str(path), config=str(config), local_files_only=True, safety_checker=None, requires_safety_checker=False
+    ).to(device)
+    theirs.set_progress_bar_config(disable=True)
+    ours_args = inspect.signature(ours.txt2img).parameters
+    theirs_args = inspect.signature(theirs.__call__).parameters
+    defaults = {
+        "sd_core": {"dtype": str(ours.dtype).removeprefix("torch."), "sampler": ours_args["sampler"].default,
+                    "steps": ours_args["steps"].default, "cfg": ours_args["cfg_scale"].default},
+        "diffusers": {"dtype": str(theirs.unet.dtype).removeprefix("torch."),
+                      "sampler": type(theirs.scheduler).__name__, "steps": theirs_args["num_inference_steps"].default,
+                      "cfg": theirs_args["guidance_scale"].default},
+    }  # fmt: skip
+
+    def run(name: str, seed: int, **steps) -> np.ndarray:
+        if name == "sd_core":
+            return np.asarray(ours.txt2img(PROMPT, width=size, height=size, seed=seed, **steps)[0], np.float32)
+        gen = torch.Generator("cpu").manual_seed(seed)
+        n = {"num_inference_steps": steps["steps"]} if steps else {}
+        return np.asarray(theirs(PROMPT, height=size, width=size, generator=gen, **n).images[0], np.float32)
+
+    for name in ("sd_core", "diffusers"):  # warm-up at this shape (sd_core packs its weights for it)
+        run(name, SEED, steps=1)
+    row: dict = {"size": size, "defaults": defaults}
+    images = {}
+    for name in ("sd_core", "diffusers"):
+        t0 = time.perf_counter()
+        images[name] = run(name, SEED)
+        row[f"{name}_image_s"] = time.perf_counter() - t0
+        log(f"[defaults] {name:<9} {row[f'{name}_image_s']:7.1f} s per image ({defaults[name]})")
+    other_seed = run("sd_core", SEED + 1)
+    row["px_diff_defaults"] = float(np.abs(images["sd_core"] - images["diffusers"]).mean())
+    row["px_diff_other_seed"] = float(np.abs(images["sd_core"] - other_seed).mean())
+    return row
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -266,7 +324,7 @@ def run_generation(
     rows = []
     for size, batch, reps in cases:
         for engine in (ours, theirs):  # warm-up at this shape (sd_core packs its conv weights for it)
-            timed_run(engine, size, batch, 2, device)
+            timed_run(engine, size, batch, 1, device)
         runs: dict[str, list[dict]] = {"sd_core": [], "diffusers": []}
         for rep in range(reps):
             for engine in (ours, theirs) if rep % 2 == 0 else (theirs, ours):
@@ -521,7 +579,9 @@ def fmt_ratio(a: float, b: float) -> str:
     return f"{a / b:5.2f}" if b and b == b and a == a else "  -  "
 
 
-def print_report(info: dict, gen_rows: list[dict], load_rows: list[dict], levers, peaks: dict, steps: int, log) -> None:
+def print_report(
+    info: dict, gen_rows: list[dict], load_rows: list[dict], levers, peaks: dict, steps: int, log, defaults_row=None
+) -> None:
     log("\n" + "=" * 100)
     log(
         f"Machine: {info.get('cpu')} ({info.get('cores')} cores, {info.get('isa')}, {info.get('mem_gib')} GiB), "
@@ -583,26 +643,16 @@ def print_report(info: dict, gen_rows: list[dict], load_rows: list[dict], levers
             "peak/weights: peak RSS during the load / the weights' bytes in the load dtype (sd_core, diffusers); "
             "(-base): sd_core's without the interpreter + torch + diffusers import baseline"
         )
-    default = info.get("sd_core_default_dtype")
-    by_key = {(r["dtype"], r["size"], r["batch"]): r for r in gen_rows}
-    lines = []
-    for r in gen_rows:
-        if r["dtype"] != "fp32":
-            continue
-        ours = by_key.get((default, r["size"], r["batch"]))
-        if ours is None:
-            continue
-        px = ours["px_diff_engines"] if default == "fp32" else ours.get("px_diff_sd_core_vs_fp32", float("nan"))
-        lines.append(
-            f"  {r['size']}x{r['size']} b{r['batch']}: sd_core ({default}) {ours['sd_core_image_s']:.1f} s vs "
-            f"diffusers (float32) {r['diffusers_image_s']:.1f} s per image: ratio "
-            f"{ours['sd_core_image_s'] / r['diffusers_image_s']:.2f}; mean |pixel difference| to the float32 "
-            f"image {px:.2f}/255"
+    if defaults_row:
+        r, d = defaults_row, defaults_row["defaults"]
+        log(f"\nDefaults vs defaults, {r['size']}x{r['size']} batch 1 (each engine as it comes):")
+        for name in ("sd_core", "diffusers"):
+            log(f"  {name:<9} {d[name]['dtype']}, {d[name]['sampler']} {d[name]['steps']} steps, CFG {d[name]['cfg']}: "
+                f"{r[f'{name}_image_s']:.1f} s per image")  # fmt: skip
+        log(
+            f"  ratio sd_core / diffusers {r['sd_core_image_s'] / r['diffusers_image_s']:.2f}; mean |pixel difference| "
+            f"between the two images {r['px_diff_defaults']:.2f}/255 (another seed: {r['px_diff_other_seed']:.2f}/255)"
         )
-    if lines:
-        log(f"\nDefaults vs defaults (sd_core.load(path) picks {default} here; diffusers loads float32):")
-        for line in lines:
-            log(line)
     if levers:
         log("")
         for name, a, b in levers:
@@ -612,13 +662,18 @@ def print_report(info: dict, gen_rows: list[dict], load_rows: list[dict], levers
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="256x256 batch 1, one repetition, fp32 and bf16")
+    parser.add_argument("--full", action="store_true", help="256 and 512, batch 1 and 4, in every dtype")
     parser.add_argument(
         "--cases",
         default=None,
-        help="comma-separated SIZExBATCHxREPS, e.g. 256x1x3,512x4x1 (default 256x1x3,256x4x1,512x1x1)",
+        help="comma-separated SIZExBATCHxREPS for every dtype, e.g. 256x1x3,512x4x1 (default: per dtype, "
+        "fp32 256x1x2,256x4x1,512x1x1; bf16 256x1x2,512x1x1)",
     )
     parser.add_argument("--dtypes", default=None, help="comma-separated from fp32,bf16,default (CPU) / fp16 (CUDA)")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--defaults-size", type=int, default=256, help="image size of the defaults-vs-defaults run (0: skip it)"
+    )
     parser.add_argument("--load-reps", type=int, default=1)
     parser.add_argument("--no-load", action="store_true", help="skip the fresh-process load/memory section")
     parser.add_argument("--levers", action="store_true", help="also A/B each speed lever")
@@ -640,14 +695,15 @@ def main() -> None:
         print(msg, flush=True)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.quick:
-        cases, dtypes = [(256, 1, 1)], ["fp32", "bf16"]
+    dtypes = args.dtypes.split(",") if args.dtypes else (["fp32", "bf16"] if device == "cpu" else ["fp16"])
+    if args.cases:
+        given = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]
+        cases_for = dict.fromkeys(dtypes + ["default"], given)
+    elif args.quick or args.full:
+        cases_for = dict.fromkeys(dtypes + ["default"], QUICK_CASES if args.quick else FULL_CASES)
     else:
-        spec = args.cases or "256x1x3,256x4x1,512x1x1"
-        cases = [tuple(int(v) for v in c.split("x")) for c in spec.split(",")]
-        dtypes = ["fp32", "bf16"] if device == "cpu" else ["fp16"]
-    if args.dtypes:
-        dtypes = args.dtypes.split(",")
+        cases_for = {d: DEFAULT_CASES.get(d, DEFAULT_CASES["fp32"]) for d in dtypes + ["default"]}
+    all_cases = sorted({c[:2] for d in dtypes for c in cases_for[d]})
     path, config = sd15_checkpoint()
     info = machine_info()
     from sd_core.devices import pick_dtype
@@ -666,7 +722,7 @@ def main() -> None:
     from sd_core.perf import unet_flops
 
     unet_cfg = infer_config(read_shapes(path)).unet
-    flops = {(s, b): unet_flops(unet_cfg, 2 * b, s, s) for s, b, _ in cases}
+    flops = {(s, b): unet_flops(unet_cfg, 2 * b, s, s) for s, b in all_cases}
     peaks = {d: measured_peak_gflops(DTYPES[d], device) for d in ("fp32", "bf16" if device == "cpu" else "fp16")}
 
     load_rows = []
@@ -679,13 +735,15 @@ def main() -> None:
     order = sorted(dtypes, key=lambda d: d != "fp32")  # float32 first: its images are the quality reference
     for dtype in order:
         gen_rows += run_generation(
-            path, config, None if dtype == "default" else dtype, cases, args.steps, device, flops, references, log
-        )
+            path, config, None if dtype == "default" else dtype, cases_for[dtype], args.steps, device, flops,
+            references, log,
+        )  # fmt: skip
     if device == "cuda":
         gen_rows += run_cuda_extras(path, config, args.steps, flops, log)
 
+    defaults_row = run_defaults(path, config, args.defaults_size, device, log) if args.defaults_size else None
     levers = run_levers(path, 256, 3, log) if args.levers and device == "cpu" else []
-    print_report(info, gen_rows, load_rows, levers, peaks, args.steps, log)
+    print_report(info, gen_rows, load_rows, levers, peaks, args.steps, log, defaults_row)
     log(f"load average at the end: {load_average()}")
     if args.json:
         args.json.write_text(
@@ -695,6 +753,7 @@ def main() -> None:
                     "generation": gen_rows,
                     "load": load_rows,
                     "levers": levers,
+                    "defaults": defaults_row,
                     "gemm_peak_gflops": peaks,
                 },
                 indent=1,

@@ -309,3 +309,33 @@ def test_low_vram_moves_each_model_only_while_it_runs(tiny_file, sequential):
         assert len(moves) == 4 and all(r == [] for r in seen)  # the UNet stays; nothing else is on the device
     offload.detach()
     assert pipe.low_vram is None and "decode" not in pipe.vae.__dict__
+
+
+def test_gpu_levers_on_a_cuda_pipeline_are_channels_last_not_packing():
+    """What `optimize` does for a CUDA pipeline (checked on CPU tensors: only the decision and the layout)."""
+    from types import SimpleNamespace
+
+    unet = random_unet("sd1")
+    vae = AutoencoderKL(tm.vae_config()).eval()
+    text = CLIPTextEncoder(tm.text_config("sd1")).eval()
+    pipe = SimpleNamespace(device=torch.device("cuda"), unet=unet, vae=vae, text_encoder=text)
+    done = perf.optimize(pipe)
+    assert done == {"unet": 1, "vae": 1}
+    assert not perf.is_packed(unet) and not perf.is_packed(vae)
+    assert unet.input_blocks[1][0].in_layers[2].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_compiled_unet_matches_eager():
+    """Opt-in torch.compile (inductor, weights frozen): same output as the eager modules."""
+    pytest.importorskip("torch._inductor")
+    from types import SimpleNamespace
+
+    unet = random_unet("sd1")
+    reference = copy.deepcopy(unet)
+    pipe = SimpleNamespace(device=torch.device("cpu"), unet=unet, vae=AutoencoderKL(tm.vae_config()).eval())
+    perf.pack_for_cpu(pipe.unet)
+    perf.compile_models(pipe, vae=False)
+    x, t, context = unet_inputs("sd1")
+    with torch.inference_mode():
+        torch.testing.assert_close(pipe.unet(x, t, context), reference(x, t, context), **TOL[torch.float32])
