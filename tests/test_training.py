@@ -197,3 +197,12 @@ def test_decoder_fine_tune_changes_only_the_decoder_and_resumes(tmp_path, finish
                            for k in changed)  # fmt: skip
     for key in after:
         torch.testing.assert_close(again[key], after[key], atol=0, rtol=0, msg=key)
+
+
+def test_resume_refuses_a_state_saved_from_another_start(tmp_path, finished):
+    cfg = tiny_config(tmp_path / "out", init=str(finished[1]), unet_steps=2, pool_size=0)
+    train.run(cfg)
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(finished[1].read_bytes())
+    with pytest.raises(ValueError, match="use a new --out"):
+        train.run(dataclasses.replace(cfg, init=str(other)))

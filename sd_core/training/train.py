@@ -125,8 +125,16 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path) -> dict | None:
-    return torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+def load_state(path: Path, init: str | None = None) -> dict | None:
+    """The saved state at `path`, if any. `init`: the run's starting checkpoint, which must be the one the state was
+    made from (a state left in `--out` by a run from another checkpoint would silently replace the new start)."""
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved = state.get("init", state.get("config", {}).get("init")) if isinstance(state, dict) else None
+    if saved != init:
+        raise ValueError(f"{path} was saved by a run that started from {saved!r}, not {init!r}: use a new --out")
+    return state
 
 
 def rng_state() -> dict:
@@ -310,7 +318,7 @@ def train_decoder(
     params = [p for m in trained for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
     step = 0
-    state = load_state(path)
+    state = load_state(path, cfg.init)
     if state is not None:
         vae.load_state_dict(state["vae"])
         if state.get("done"):
@@ -323,7 +331,7 @@ def train_decoder(
     def save(done: bool = False) -> None:
         atomic_save(
             {"step": step, "vae": vae.state_dict(), "opt": opt.state_dict(), "data": dataset.state(),
-             "rng": rng_state(), "done": done},
+             "rng": rng_state(), "done": done, "init": cfg.init},
             path,
         )  # fmt: skip
 
@@ -510,7 +518,7 @@ def train_unet(
     tokens_of = CaptionTokens()
     gen = torch.Generator().manual_seed(cfg.seed + 2)  # timesteps, noise and caption dropout
     step = 0
-    state = load_state(path)
+    state = load_state(path, cfg.init)
     if state is not None:
         unet.load_state_dict(state["unet"])
         text.load_state_dict(state["text"])
