@@ -206,3 +206,15 @@ def test_resume_refuses_a_state_saved_from_another_start(tmp_path, finished):
     other.write_bytes(finished[1].read_bytes())
     with pytest.raises(ValueError, match="use a new --out"):
         train.run(dataclasses.replace(cfg, init=str(other)))
+
+
+def test_caption_mix_option():
+    from sd_core.training import data
+
+    assert data.parse_caption_mix("") == data.CAPTION_VARIANTS
+    assert data.parse_caption_mix("full=0.5,colours=0.5") == (("full", 0.5), ("colours", 0.5))
+    with pytest.raises(ValueError, match="unknown caption variant 'shape'"):
+        data.parse_caption_mix("full=0.5,shape=0.5")
+    rng = np.random.default_rng(0)
+    spec = data.TextureSpec("dots", "red", "blue", "small")
+    assert {data.random_caption(spec, rng, (("colours", 1.0),)) for _ in range(5)} == {"red and blue"}

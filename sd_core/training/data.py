@@ -188,9 +188,26 @@ def random_spec(rng: np.random.Generator, held_out: bool = False) -> TextureSpec
 CAPTION_VARIANTS = (("full", 0.7), ("pattern", 0.1), ("one", 0.1), ("colours", 0.1))
 
 
-def random_caption(spec: TextureSpec, rng: np.random.Generator) -> str:
+def parse_caption_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """ "full=0.4,pattern=0.15,one=0.15,colours=0.3" -> CAPTION_VARIANTS-like weights ("" -> the default)."""
+    if not text:
+        return CAPTION_VARIANTS
+    mix = []
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        if name.strip() not in dict(CAPTION_VARIANTS):
+            raise ValueError(
+                f"unknown caption variant {name.strip()!r} in {text!r}; use {[n for n, _ in CAPTION_VARIANTS]}"
+            )
+        mix.append((name.strip(), float(weight)))
+    return tuple(mix)
+
+
+def random_caption(
+    spec: TextureSpec, rng: np.random.Generator, variants: tuple[tuple[str, float], ...] = CAPTION_VARIANTS
+) -> str:
     """Mostly the full caption; sometimes only part of it, so each word also means something on its own."""
-    names, weights = zip(*CAPTION_VARIANTS, strict=True)
+    names, weights = zip(*variants, strict=True)
     variant = names[rng.choice(len(names), p=np.array(weights) / sum(weights))]
     return caption(spec, variant, with_scale=variant != "colours" and rng.random() < 0.5)
 

@@ -40,7 +40,17 @@ from ..models.vae import AutoencoderKL
 from ..prompt import tokenize_prompt
 from ..schedules import NoiseSchedule
 from ..tokenizer import CLIPTokenizer
-from .data import FolderDataset, TextureDataset, TextureSpec, random_caption, random_spec, render, to_tensor
+from .data import (
+    CAPTION_VARIANTS,
+    FolderDataset,
+    TextureDataset,
+    TextureSpec,
+    parse_caption_mix,
+    random_caption,
+    random_spec,
+    render,
+    to_tensor,
+)
 
 LATENT_SCALE = 0.18215
 """The SD1 latent scale the loader assumes; the trained VAE is rescaled so that scaled latents have unit std."""
@@ -106,6 +116,9 @@ class TrainConfig:
     text_lr_scale: float = 1.0  # text encoder learning rate = unet_lr * this
     text: str = "train"  # "train" (jointly with the UNet) or "frozen"
     uncond_prob: float = 0.1
+    caption_mix: str = (
+        ""  # UNet stage caption variants, e.g. "full=0.4,pattern=0.15,one=0.15,colours=0.3" ("": default)
+    )
     ema_decay: float = 0.999
     pool_size: int = 8192  # textures encoded once for the UNet stage (0: encode every batch)
     save_every: int = 200
@@ -388,6 +401,8 @@ class LatentPool:
     """Training textures encoded once (posterior mean and log-variance, scaled); a batch samples the posterior and
     draws fresh caption variants, so the UNet stage costs no VAE passes."""
 
+    caption_mix = CAPTION_VARIANTS
+
     def __init__(self, vae: AutoencoderKL, dataset: TextureDataset, n: int, scale: float, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
         self.specs: list[TextureSpec] = []
@@ -406,7 +421,7 @@ class LatentPool:
         idx = self.rng.integers(len(self.specs), size=batch_size)
         t = torch.from_numpy(idx)
         z = self.mean[t] + torch.randn_like(self.mean[t]) * (0.5 * self.logvar[t]).exp()
-        return z, [random_caption(self.specs[i], self.rng) for i in idx]
+        return z, [random_caption(self.specs[i], self.rng, self.caption_mix) for i in idx]
 
     def state(self) -> dict:
         return {"rng": self.rng.bit_generator.state}
@@ -658,6 +673,7 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
             atomic_save(pool.tensors(), pool_path)
         else:
             pool = LatentPool.from_tensors(saved, cfg.seed + 3)
+        pool.caption_mix = parse_caption_mix(cfg.caption_mix)
         source = pool
     else:
         source = EncodedBatches(vae, dataset, scale)
@@ -691,6 +707,12 @@ def add_arguments(parser: Any) -> None:
         default=None,
         choices=("train", "frozen"),
         help="text encoder: trained with the UNet (default from scratch) or frozen (default with --init)",
+    )
+    parser.add_argument(
+        "--caption-mix",
+        default=d.caption_mix,
+        help='caption variants of procedural textures, e.g. "full=0.4,pattern=0.15,one=0.15,colours=0.3" '
+        "(default: full=0.7,pattern=0.1,one=0.1,colours=0.1)",
     )
     for name in (
         "vae_steps",
