@@ -79,8 +79,8 @@ def test_seam_is_like_any_interior_step_only_when_tiling():
     samples = evaluate.held_out_samples(24)
     tiled = [evaluate.generate(pipe(), s.prompt, s.seed, cfg_scale=7.0, tiling="xy") for s in samples]
     plain = [evaluate.generate(pipe(), s.prompt, s.seed, cfg_scale=7.0) for s in samples]
-    assert 0.8 <= evaluate.wrap_ratio(tiled) <= 1.25  # measured 1.08
-    assert evaluate.wrap_ratio(plain) >= 1.3  # measured 1.50
+    assert 0.8 <= evaluate.wrap_ratio(tiled) <= 1.25  # measured 1.02
+    assert evaluate.wrap_ratio(plain) >= 1.3  # measured 1.65
 
 
 def test_img2img_at_low_strength_keeps_the_structure():
