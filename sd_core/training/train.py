@@ -144,7 +144,7 @@ def load_state(path: Path, init: str | None = None) -> dict | None:
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = state.get("init", state.get("config", {}).get("init")) if isinstance(state, dict) else None
+    saved = state.get("config", {}).get("init")
     if saved != init:
         raise ValueError(f"{path} was saved by a run that started from {saved!r}, not {init!r}: use a new --out")
     return state
@@ -156,6 +156,74 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+
+
+def _snapshot(part: Any) -> Any:
+    if isinstance(part, torch.Generator):
+        return part.get_state()
+    return part.state_dict() if hasattr(part, "state_dict") else part.state()
+
+
+def _restore(part: Any, value: Any) -> None:
+    if isinstance(part, torch.Generator):
+        part.set_state(value)
+    elif hasattr(part, "load_state_dict"):
+        part.load_state_dict(value)
+    else:
+        part.load_state(value)
+
+
+class Stage:
+    """One resumable training stage: its state file (`out/<name>_state.pt`), progress, periodic saves.
+
+    `kept` parts (the trained weights, and what later stages read on, like the data stream) are restored even from a
+    finished stage's file; `running` parts (optimiser, generators) and the global torch RNG only to continue it.
+    Parts are modules, optimisers, EMAs (`state_dict`), data sources (`state`) or `torch.Generator`s."""
+
+    def __init__(
+        self,
+        name: str,
+        out: Path,
+        cfg: TrainConfig,
+        total: int,
+        kept: dict[str, Any],
+        running: dict[str, Any],
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.path = out / f"{name}_state.pt"
+        self.cfg, self.total, self.kept, self.running, self.on_step = cfg, total, kept, running, on_step
+        self.label = name[:4].ljust(4)
+        self.step = 0
+
+    def resume(self) -> bool:
+        """Restore the saved state, if any; True when the stage had already finished."""
+        state = load_state(self.path, self.cfg.init)
+        if state is not None:
+            for key, part in self.kept.items():
+                _restore(part, state[key])
+            if state.get("done"):
+                return True
+            for key, part in self.running.items():
+                _restore(part, state[key])
+            set_rng_state(state["rng"])
+            self.step = state["step"]
+        self.progress = Progress(self.label, self.total, self.step, self.cfg.log_every)
+        return False
+
+    def save(self, done: bool = False) -> None:
+        parts = {key: _snapshot(part) for key, part in {**self.kept, **self.running}.items()}
+        atomic_save(
+            {"step": self.step, **parts, "rng": rng_state(), "done": done, "config": asdict(self.cfg)}, self.path
+        )
+
+    def advance(self, loss: float) -> None:
+        """One optimiser step done: count it, report it, save every `save_every` steps."""
+        self.step += 1
+        self.progress.update(self.step, loss)
+        if self.on_step is not None:
+            self.on_step(self.step, loss)
+        if self.step % self.cfg.save_every == 0 and self.step < self.total:
+            self.save()
 
 
 class EMA:
@@ -230,13 +298,20 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
 
 
+def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """A draw from N(mean, exp(logvar)) (the global torch RNG)."""
+    return mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+
+
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 + MSE on pixels in [-1, 1]."""
+    return (rec - x).abs().mean() + F.mse_loss(rec, x)
+
+
 def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction (L1 + MSE on pixels in [-1, 1]) of a posterior sample, plus the weighted KL term.
-    Returns (total loss, reconstruction loss)."""
+    """Reconstruction of a posterior sample, plus the weighted KL term. Returns (total loss, reconstruction loss)."""
     mean, logvar = vae.encode(x)
-    z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-    rec = vae.decode(z)
-    rec_loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
+    rec_loss = reconstruction_loss(vae.decode(posterior_sample(mean, logvar)), x)
     return rec_loss + kl_weight * kl_loss(mean, logvar), rec_loss
 
 
@@ -259,42 +334,17 @@ def train_vae(
     on_step: Callable[[int, float], None] | None = None,
 ) -> AutoencoderKL:
     """Train the autoencoder, resuming from `out/vae_state.pt`; fold the latent scale in when done."""
-    path = out / "vae_state.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     crop_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    step = 0
-    state = load_state(path)
-    if state is not None:
-        vae.load_state_dict(state["vae"])
-        dataset.load_state(state["data"])
-        if state.get("done"):
-            return vae.eval()
-        opt.load_state_dict(state["opt"])
-        crop_gen.set_state(state["crop_gen"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-
-    def save(done: bool = False) -> None:
-        atomic_save(
-            {
-                "step": step,
-                "vae": vae.state_dict(),
-                "opt": opt.state_dict(),
-                "data": dataset.state(),
-                "crop_gen": crop_gen.get_state(),
-                "rng": rng_state(),
-                "done": done,
-                "config": asdict(cfg),
-            },
-            path,
-        )
-
-    progress = Progress("vae ", cfg.vae_steps, step, cfg.log_every)
+    kept, running = {"vae": vae, "data": dataset}, {"opt": opt, "crop_gen": crop_gen}
+    stage = Stage("vae", out, cfg, cfg.vae_steps, kept, running, on_step)
+    if stage.resume():
+        return vae.eval()
     vae.train()
-    while step < cfg.vae_steps:
+    while stage.step < cfg.vae_steps:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup)
-        if step < cfg.vae_steps - cfg.vae_full_steps:
+            group["lr"] = lr_at(stage.step, cfg.vae_steps, cfg.vae_lr, cfg.warmup)
+        if stage.step < cfg.vae_steps - cfg.vae_full_steps:
             x = random_crops(dataset.batch(cfg.vae_batch)[0], cfg.vae_crop, crop_gen)
         else:
             x = dataset.batch(cfg.vae_full_batch)[0]
@@ -302,15 +352,10 @@ def train_vae(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
-        progress.update(step, float(rec.detach()))
-        if on_step is not None:
-            on_step(step, float(rec.detach()))
-        if step % cfg.save_every == 0 and step < cfg.vae_steps:
-            save()
+        stage.advance(float(rec.detach()))
     vae.eval()
     fold_latent_scale(vae, latent_std(vae, dataset, 256))
-    save(done=True)
+    stage.save(done=True)
     return vae
 
 
@@ -325,52 +370,28 @@ def train_decoder(
 
     Why: the encoder fixes the latent space the UNet was trained in; with it frozen, a sharper decoder improves
     every image without retraining anything else (the same idea as SD's fine-tuned VAE decoders)."""
-    path = out / "decoder_state.pt"
     vae.requires_grad_(False)
     trained = [vae.post_quant_conv, vae.decoder]
-    params = [p for m in trained for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
-    step = 0
-    state = load_state(path, cfg.init)
-    if state is not None:
-        vae.load_state_dict(state["vae"])
-        if state.get("done"):
-            return vae.eval()
-        opt.load_state_dict(state["opt"])
-        dataset.load_state(state["data"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-
-    def save(done: bool = False) -> None:
-        atomic_save(
-            {"step": step, "vae": vae.state_dict(), "opt": opt.state_dict(), "data": dataset.state(),
-             "rng": rng_state(), "done": done, "init": cfg.init},
-            path,
-        )  # fmt: skip
-
-    progress = Progress("dec ", cfg.decoder_steps, step, cfg.log_every)
+    opt = torch.optim.AdamW([p for m in trained for p in m.parameters()], lr=cfg.decoder_lr, weight_decay=0.0)
+    stage = Stage("decoder", out, cfg, cfg.decoder_steps, {"vae": vae, "data": dataset}, {"opt": opt}, on_step)
+    if stage.resume():
+        return vae.eval()
     for m in trained:
         m.requires_grad_(True).train()
-    while step < cfg.decoder_steps:
+    while stage.step < cfg.decoder_steps:
+        warmup = min(cfg.warmup, cfg.decoder_steps // 10)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.decoder_steps, cfg.decoder_lr, min(cfg.warmup, cfg.decoder_steps // 10))
+            group["lr"] = lr_at(stage.step, cfg.decoder_steps, cfg.decoder_lr, warmup)
         x = dataset.batch(cfg.decoder_batch)[0]
         with torch.no_grad():
-            mean, logvar = vae.encode(x)
-            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-        rec = vae.decode(z)
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
+            z = posterior_sample(*vae.encode(x))
+        loss = reconstruction_loss(vae.decode(z), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
-        progress.update(step, float(loss.detach()))
-        if on_step is not None:
-            on_step(step, float(loss.detach()))
-        if step % cfg.save_every == 0 and step < cfg.decoder_steps:
-            save()
+        stage.advance(float(loss.detach()))
     vae.eval().requires_grad_(False)
-    save(done=True)
+    stage.save(done=True)
     return vae
 
 
@@ -420,7 +441,7 @@ class LatentPool:
     def batch(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
         idx = self.rng.integers(len(self.specs), size=batch_size)
         t = torch.from_numpy(idx)
-        z = self.mean[t] + torch.randn_like(self.mean[t]) * (0.5 * self.logvar[t]).exp()
+        z = posterior_sample(self.mean[t], self.logvar[t])
         return z, [random_caption(self.specs[i], self.rng, self.caption_mix) for i in idx]
 
     def state(self) -> dict:
@@ -451,7 +472,7 @@ class EncodedBatches:
     def batch(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
         x, captions = self.dataset.batch(batch_size)
         mean, logvar = self.vae.encode(x)
-        z = mean.float() + torch.randn_like(mean.float()) * (0.5 * logvar.float()).exp()
+        z = posterior_sample(mean.float(), logvar.float())
         return z * self.scale, captions
 
     def state(self) -> dict:
@@ -520,7 +541,6 @@ def train_unet(
     on_step: Callable[[int, float], None] | None = None,
 ) -> EMA:
     """Train the UNet (and the text encoder unless frozen), resuming from `out/unet_state.pt`. Returns the EMA."""
-    path = out / "unet_state.pt"
     train_text = cfg.text == "train"
     text.requires_grad_(train_text)
     groups = [{"params": list(unet.parameters()), "scale": 1.0}]
@@ -532,43 +552,15 @@ def train_unet(
     schedule = NoiseSchedule()
     tokens_of = CaptionTokens()
     gen = torch.Generator().manual_seed(cfg.seed + 2)  # timesteps, noise and caption dropout
-    step = 0
-    state = load_state(path, cfg.init)
-    if state is not None:
-        unet.load_state_dict(state["unet"])
-        text.load_state_dict(state["text"])
-        ema.load_state_dict(state["ema"])
-        if state.get("done"):
-            return ema
-        opt.load_state_dict(state["opt"])
-        source.load_state(state["data"])
-        gen.set_state(state["gen"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-
-    def save(done: bool = False) -> None:
-        atomic_save(
-            {
-                "step": step,
-                "unet": unet.state_dict(),
-                "text": text.state_dict(),
-                "ema": ema.state_dict(),
-                "opt": opt.state_dict(),
-                "data": source.state(),
-                "gen": gen.get_state(),
-                "rng": rng_state(),
-                "done": done,
-                "config": asdict(cfg),
-            },
-            path,
-        )
-
-    progress = Progress("unet", cfg.unet_steps, step, cfg.log_every)
+    kept, running = {**modules, "ema": ema}, {"opt": opt, "data": source, "gen": gen}
+    stage = Stage("unet", out, cfg, cfg.unet_steps, kept, running, on_step)
+    if stage.resume():
+        return ema
     unet.train()
     text.train(train_text)
-    while step < cfg.unet_steps:
+    while stage.step < cfg.unet_steps:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup, cfg.lr_schedule) * group["scale"]
+            group["lr"] = lr_at(stage.step, cfg.unet_steps, cfg.unet_lr, cfg.warmup, cfg.lr_schedule) * group["scale"]
         latents, captions = source.batch(cfg.unet_batch)
         drop = torch.rand(len(captions), generator=gen) < cfg.uncond_prob
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
@@ -579,13 +571,8 @@ def train_unet(
         loss.backward()
         opt.step()
         ema.update(modules)
-        step += 1
-        progress.update(step, float(loss.detach()))
-        if on_step is not None:
-            on_step(step, float(loss.detach()))
-        if step % cfg.save_every == 0 and step < cfg.unet_steps:
-            save()
-    save(done=True)
+        stage.advance(float(loss.detach()))
+    stage.save(done=True)
     return ema
 
 
