@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import images, samplers, tiling
+from . import devices, images, samplers, tiling
 from .denoiser import GuidedDenoiser, InpaintBlend
 from .model_config import ModelConfig
 from .pnginfo import format_parameters
@@ -90,6 +90,8 @@ class StableDiffusion:
     ) -> list[Image.Image]:
         """VP latents -> PIL images; tiled when large or out of memory (`sd_core.tiling`). A float16 VAE that
         overflows to NaN is upcast to float32 once and retried (the black-image failure of half precision)."""
+        if self.device.type == "cpu":
+            devices.release_free_heap()  # the sampler's freed buffers out of RSS before the decoder's come in
         z = latents / self.config.latent_scale
         for _attempt in range(2):
             vae_dtype = next(self.vae.parameters()).dtype

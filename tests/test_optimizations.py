@@ -4,6 +4,7 @@ bookkeeping (unpacking, state dicts, offload moves, released pages) right. No ti
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -193,6 +194,22 @@ def test_release_pages_keeps_values_readable(tmp_path):
     torch.testing.assert_close(sd["big"], big)  # clean pages come back from the file
     torch.testing.assert_close(sd["a"], big[:1000])  # neighbours untouched
     assert checkpoint.release_pages(torch.zeros(300_000)) == 0  # not a mapped checkpoint tensor: never touched
+
+
+def test_cpu_decode_hands_the_freed_heap_back_first(tiny_file, monkeypatch):
+    """Peak RSS: the sampler's freed buffers leave the heap before the VAE decoder allocates its own."""
+    pipe = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
+    calls = []
+    decode = pipe.vae.decode
+    monkeypatch.setattr(devices, "release_free_heap", lambda: calls.append("trim") or True)
+    monkeypatch.setattr(pipe.vae, "decode", lambda z: calls.append("decode") or decode(z))
+    pipe.txt2img("a red brick wall", width=64, height=64, steps=2, seed=1)
+    assert calls == ["trim", "decode"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's (Linux)")
+def test_release_free_heap_is_available_on_linux():
+    assert devices.release_free_heap() is True
 
 
 @needs_onednn
