@@ -218,3 +218,29 @@ def test_caption_mix_option():
     rng = np.random.default_rng(0)
     spec = data.TextureSpec("dots", "red", "blue", "small")
     assert {data.random_caption(spec, rng, (("colours", 1.0),)) for _ in range(5)} == {"red and blue"}
+
+
+def test_pattern_weights_option():
+    from sd_core.training import data
+
+    assert data.parse_pattern_weights("") == {}
+    assert data.parse_pattern_weights("dots=3, checkerboard=0.5") == {"dots": 3.0, "checkerboard": 0.5}
+    for bad, message in (
+        ("circles=2", "unknown pattern 'circles'"),
+        ("dots=x", "not name=number"),
+        ("dots=-1", ">= 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            data.parse_pattern_weights(bad)
+    a, b = TextureDataset(32, seed=4), TextureDataset(32, seed=4, pattern_weights={})
+    plain = [a.spec() for _ in range(400)]
+    assert plain == [b.spec() for _ in range(400)]  # no weights: the same draws as before the option existed
+    weighted = TextureDataset(32, seed=4, pattern_weights=data.parse_pattern_weights("dots=8")).spec
+    share = sum(weighted().pattern == "dots" for _ in range(400)) / 400
+    assert abs(sum(s.pattern == "dots" for s in plain) / 400 - 1 / 8) < 0.05
+    assert abs(share - 8 / 15) < 0.07, share  # 8 / (8 + 7 others)
+    only_dots = TextureDataset(32, seed=4, pattern_weights={p: 0.0 for p in data.PATTERNS[:3]})
+    assert not {only_dots.spec().pattern for _ in range(100)} & set(data.PATTERNS[:3])
+    assert all(
+        data.allowed(s.fg, s.pattern) and data.allowed(s.bg, s.pattern) for s in [weighted() for _ in range(200)]
+    )

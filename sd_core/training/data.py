@@ -169,8 +169,11 @@ def render(
     return np.clip(np.rint(m * fg + (1 - m) * bg), 0, 255).astype(np.uint8)
 
 
-def random_spec(rng: np.random.Generator, held_out: bool = False) -> TextureSpec:
-    """A random texture for training (`held_out=False`: never a held-out pair) or for evaluation of held-out pairs."""
+def random_spec(
+    rng: np.random.Generator, held_out: bool = False, pattern_weights: dict[str, float] | None = None
+) -> TextureSpec:
+    """A random texture for training (`held_out=False`: never a held-out pair) or for evaluation of held-out pairs.
+    `pattern_weights` (training only) draws some patterns more often than others (missing ones weigh 1)."""
     names = list(COLOURS)
     if held_out:
         colour, pattern = HELD_OUT[rng.integers(len(HELD_OUT))]
@@ -178,7 +181,11 @@ def random_spec(rng: np.random.Generator, held_out: bool = False) -> TextureSpec
         other = partner[rng.integers(len(partner))]
         fg, bg = (colour, other) if rng.random() < 0.5 else (other, colour)
     else:
-        pattern = PATTERNS[rng.integers(len(PATTERNS))]
+        if pattern_weights:
+            weights = np.array([pattern_weights.get(p, 1.0) for p in PATTERNS])
+            pattern = PATTERNS[rng.choice(len(PATTERNS), p=weights / weights.sum())]
+        else:
+            pattern = PATTERNS[rng.integers(len(PATTERNS))]
         ok = [c for c in names if allowed(c, pattern)]
         i, j = rng.choice(len(ok), size=2, replace=False)
         fg, bg = ok[i], ok[j]
@@ -203,6 +210,25 @@ def parse_caption_mix(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(mix)
 
 
+def parse_pattern_weights(text: str) -> dict[str, float]:
+    """ "dots=3,checkerboard=1.5" -> {"dots": 3.0, "checkerboard": 1.5} ("" -> {}: every pattern equally often)."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in PATTERNS:
+            raise ValueError(f"unknown pattern {name!r} in pattern weights {text!r}; use {list(PATTERNS)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"pattern weight {part!r} in {text!r} is not name=number") from None
+        if not weights[name] >= 0:
+            raise ValueError(f"pattern weight {part!r} in {text!r} must be >= 0")
+    if weights and sum(weights.get(p, 1.0) for p in PATTERNS) <= 0:
+        raise ValueError(f"pattern weights {text!r} leave no pattern to draw")
+    return weights
+
+
 def random_caption(
     spec: TextureSpec, rng: np.random.Generator, variants: tuple[tuple[str, float], ...] = CAPTION_VARIANTS
 ) -> str:
@@ -221,12 +247,16 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 class TextureDataset:
     """An endless stream of (images [B,3,H,W] in [-1,1], captions) batches of random training textures."""
 
-    def __init__(self, size: int = 64, seed: int = 0) -> None:
+    def __init__(self, size: int = 64, seed: int = 0, pattern_weights: dict[str, float] | None = None) -> None:
         self.size = size
         self.rng = np.random.default_rng(seed)
+        self.pattern_weights = pattern_weights or None
+
+    def spec(self) -> TextureSpec:
+        return random_spec(self.rng, pattern_weights=self.pattern_weights)
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
-        specs = [random_spec(self.rng) for _ in range(batch_size)]
+        specs = [self.spec() for _ in range(batch_size)]
         imgs = [render(s, self.size, self.rng) for s in specs]
         return to_tensor(imgs), [random_caption(s, self.rng) for s in specs]
 

@@ -46,8 +46,8 @@ from .data import (
     TextureDataset,
     TextureSpec,
     parse_caption_mix,
+    parse_pattern_weights,
     random_caption,
-    random_spec,
     render,
     to_tensor,
 )
@@ -119,6 +119,7 @@ class TrainConfig:
     caption_mix: str = (
         ""  # UNet stage caption variants, e.g. "full=0.4,pattern=0.15,one=0.15,colours=0.3" ("": default)
     )
+    pattern_weights: str = ""  # procedural textures: some patterns drawn more often, e.g. "dots=3" ("": all alike)
     ema_decay: float = 0.999
     pool_size: int = 8192  # textures encoded once for the UNet stage (0: encode every batch)
     save_every: int = 200
@@ -431,7 +432,7 @@ class LatentPool:
 
         with torch.no_grad():
             for start in range(0, n, 64):
-                specs = [random_spec(dataset.rng) for _ in range(min(64, n - start))]
+                specs = [dataset.spec() for _ in range(min(64, n - start))]
                 mean, logvar = vae.encode(to_tensor([render(s, dataset.size, dataset.rng) for s in specs]))
                 means.append(mean.float() * scale)
                 logvars.append(logvar.float() + 2 * math.log(scale))
@@ -633,7 +634,11 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
     if cfg.text not in ("train", "frozen"):
         raise ValueError(f"text must be 'train' or 'frozen', not {cfg.text!r}")
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
-    dataset = FolderDataset(cfg.data, cfg.size, cfg.seed) if cfg.data else TextureDataset(cfg.size, cfg.seed)
+    dataset = (
+        FolderDataset(cfg.data, cfg.size, cfg.seed)
+        if cfg.data
+        else TextureDataset(cfg.size, cfg.seed, parse_pattern_weights(cfg.pattern_weights))
+    )
 
     def hook(stage: str) -> Callable[[int, float], None] | None:
         return None if on_step is None else (lambda step, loss: on_step(stage, step, loss))
@@ -700,6 +705,11 @@ def add_arguments(parser: Any) -> None:
         default=d.caption_mix,
         help='caption variants of procedural textures, e.g. "full=0.4,pattern=0.15,one=0.15,colours=0.3" '
         "(default: full=0.7,pattern=0.1,one=0.1,colours=0.1)",
+    )
+    parser.add_argument(
+        "--pattern-weights",
+        default=d.pattern_weights,
+        help='procedural textures: draw some patterns more often, e.g. "dots=3" (others weigh 1; default: all alike)',
     )
     for name in (
         "vae_steps",
