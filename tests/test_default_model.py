@@ -43,8 +43,8 @@ def test_small_file_in_the_sd1_layout():
                for k in checkpoint.read_shapes(str(MODEL)))  # fmt: skip
 
 
-HELD_OUT_FLOOR = 0.45
-"""Regression floor for the shipped model (it measures 0.58 of 50 at CFG 7; the issue asks 0.8: see the xfail)."""
+HELD_OUT_FLOOR = 0.6
+"""Regression floor for the shipped model (it measures 0.70 of 50 at CFG 7; the issue asks 0.8: see the xfail)."""
 
 
 def test_held_out_colour_pattern_pairs_do_not_regress():
@@ -53,7 +53,7 @@ def test_held_out_colour_pattern_pairs_do_not_regress():
     assert result["both"] >= HELD_OUT_FLOOR
 
 
-@pytest.mark.xfail(strict=True, reason="not reached yet: the shipped model draws 0.58 of the held-out pairs")
+@pytest.mark.xfail(strict=True, reason="not reached yet: the shipped model draws 0.70 of the held-out pairs")
 def test_held_out_colour_pattern_pairs_reach_the_target():
     result = held_out(7.0)
     failures = [s["prompt"] for s in result["samples"] if not (s["colour_ok"] and s["pattern_ok"])]
@@ -61,8 +61,8 @@ def test_held_out_colour_pattern_pairs_reach_the_target():
 
 
 def test_guidance_raises_adherence():
-    """On colour/pattern pairs seen in training (measured 0.64 at CFG 7 vs 0.34 at CFG 1). On the held-out pairs the
-    gain is smaller (0.58 vs 0.48): guidance also amplifies a wrong colour the model associates with a pattern."""
+    """On colour/pattern pairs seen in training (measured 0.68 at CFG 7 vs 0.42 at CFG 1; held-out pairs 0.70 vs
+    0.46). CFG 7 is not the best scale for this model (2-3 is): guidance also amplifies a wrong colour."""
     assert trained_pairs(7.0)["both"] >= trained_pairs(1.0)["both"] + 0.1
 
 
@@ -79,8 +79,8 @@ def test_seam_is_like_any_interior_step_only_when_tiling():
     samples = evaluate.held_out_samples(24)
     tiled = [evaluate.generate(pipe(), s.prompt, s.seed, cfg_scale=7.0, tiling="xy") for s in samples]
     plain = [evaluate.generate(pipe(), s.prompt, s.seed, cfg_scale=7.0) for s in samples]
-    assert 0.8 <= evaluate.wrap_ratio(tiled) <= 1.25  # measured 1.02
-    assert evaluate.wrap_ratio(plain) >= 1.3  # measured 1.65
+    assert 0.8 <= evaluate.wrap_ratio(tiled) <= 1.25  # measured 1.17 (generator textures that wrap exactly: 0.86-1.33)
+    assert evaluate.wrap_ratio(plain) >= 1.3  # measured 1.57
 
 
 def test_img2img_at_low_strength_keeps_the_structure():
