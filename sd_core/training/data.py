@@ -195,35 +195,32 @@ def random_spec(
 CAPTION_VARIANTS = (("full", 0.7), ("pattern", 0.1), ("one", 0.1), ("colours", 0.1))
 
 
+def parse_weights(text: str, names: tuple[str, ...] | list[str], what: str) -> list[tuple[str, float]]:
+    """ "a=0.4,b=2" -> [("a", 0.4), ("b", 2.0)] for options that weigh named choices ("" -> []); every name must be
+    one of `names` (`what` names them in errors) and every weight a number >= 0."""
+    pairs = []
+    for part in text.split(",") if text else []:
+        name, _, value = (v.strip() for v in part.partition("="))
+        if name not in names:
+            raise ValueError(f"unknown {what} {name!r} in {text!r}; use {list(names)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            raise ValueError(f"{what} weight {part!r} in {text!r} is not name=number") from None
+        if not weight >= 0:
+            raise ValueError(f"{what} weight {part!r} in {text!r} must be >= 0")
+        pairs.append((name, weight))
+    return pairs
+
+
 def parse_caption_mix(text: str) -> tuple[tuple[str, float], ...]:
     """ "full=0.4,pattern=0.15,one=0.15,colours=0.3" -> CAPTION_VARIANTS-like weights ("" -> the default)."""
-    if not text:
-        return CAPTION_VARIANTS
-    mix = []
-    for part in text.split(","):
-        name, _, weight = part.partition("=")
-        if name.strip() not in dict(CAPTION_VARIANTS):
-            raise ValueError(
-                f"unknown caption variant {name.strip()!r} in {text!r}; use {[n for n, _ in CAPTION_VARIANTS]}"
-            )
-        mix.append((name.strip(), float(weight)))
-    return tuple(mix)
+    return tuple(parse_weights(text, [n for n, _ in CAPTION_VARIANTS], "caption variant")) or CAPTION_VARIANTS
 
 
 def parse_pattern_weights(text: str) -> dict[str, float]:
     """ "dots=3,checkerboard=1.5" -> {"dots": 3.0, "checkerboard": 1.5} ("" -> {}: every pattern equally often)."""
-    weights: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        name = name.strip()
-        if name not in PATTERNS:
-            raise ValueError(f"unknown pattern {name!r} in pattern weights {text!r}; use {list(PATTERNS)}")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise ValueError(f"pattern weight {part!r} in {text!r} is not name=number") from None
-        if not weights[name] >= 0:
-            raise ValueError(f"pattern weight {part!r} in {text!r} must be >= 0")
+    weights = dict(parse_weights(text, PATTERNS, "pattern"))
     if weights and sum(weights.get(p, 1.0) for p in PATTERNS) <= 0:
         raise ValueError(f"pattern weights {text!r} leave no pattern to draw")
     return weights
