@@ -218,6 +218,9 @@ def test_caption_mix_option():
     rng = np.random.default_rng(0)
     spec = data.TextureSpec("dots", "red", "blue", "small")
     assert {data.random_caption(spec, rng, (("colours", 1.0),)) for _ in range(5)} == {"red and blue"}
+    only_colours = TextureDataset(32, seed=3, caption_mix=(("colours", 1.0),))  # also without a latent pool
+    for words in (c.split(" and ") for c in only_colours.batch(8)[1]):
+        assert len(words) == 2 and set(words) <= set(data.COLOURS), words
 
 
 def test_pattern_weights_option():

@@ -244,10 +244,17 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 class TextureDataset:
     """An endless stream of (images [B,3,H,W] in [-1,1], captions) batches of random training textures."""
 
-    def __init__(self, size: int = 64, seed: int = 0, pattern_weights: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        size: int = 64,
+        seed: int = 0,
+        pattern_weights: dict[str, float] | None = None,
+        caption_mix: tuple[tuple[str, float], ...] = CAPTION_VARIANTS,
+    ) -> None:
         self.size = size
         self.rng = np.random.default_rng(seed)
         self.pattern_weights = pattern_weights or None
+        self.caption_mix = caption_mix
 
     def spec(self) -> TextureSpec:
         return random_spec(self.rng, pattern_weights=self.pattern_weights)
@@ -255,7 +262,7 @@ class TextureDataset:
     def batch(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
         specs = [self.spec() for _ in range(batch_size)]
         imgs = [render(s, self.size, self.rng) for s in specs]
-        return to_tensor(imgs), [random_caption(s, self.rng) for s in specs]
+        return to_tensor(imgs), [random_caption(s, self.rng, self.caption_mix) for s in specs]
 
     def state(self) -> dict:
         return {"size": self.size, "rng": self.rng.bit_generator.state}

@@ -637,7 +637,9 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
     dataset = (
         FolderDataset(cfg.data, cfg.size, cfg.seed)
         if cfg.data
-        else TextureDataset(cfg.size, cfg.seed, parse_pattern_weights(cfg.pattern_weights))
+        else TextureDataset(
+            cfg.size, cfg.seed, parse_pattern_weights(cfg.pattern_weights), parse_caption_mix(cfg.caption_mix)
+        )
     )
 
     def hook(stage: str) -> Callable[[int, float], None] | None:
@@ -665,7 +667,7 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
             atomic_save(pool.tensors(), pool_path)
         else:
             pool = LatentPool.from_tensors(saved, cfg.seed + 3)
-        pool.caption_mix = parse_caption_mix(cfg.caption_mix)
+        pool.caption_mix = dataset.caption_mix  # the pool draws captions for its stored textures
         source = pool
     else:
         source = EncodedBatches(vae, dataset, scale)
