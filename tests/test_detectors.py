@@ -94,6 +94,17 @@ def test_evaluation_asks_exactly_for_held_out_pairs():
     assert {(c, s.pattern) for s in samples for c in s.colours} & set(data.HELD_OUT) == set(data.HELD_OUT)
 
 
+def test_validation_samples_share_no_image_with_the_reported_ones():
+    """Choices are made on the validation samples; the reported figures use the defaults: no image in common."""
+    validation = evaluate.validation_samples(100)
+    reported = evaluate.held_out_samples(50) + evaluate.trained_samples(50)
+    assert len(validation["held_out"]) == len(validation["trained"]) == 100
+    chosen_on = {(s.prompt, s.seed) for kind in validation.values() for s in kind}
+    assert not chosen_on & {(s.prompt, s.seed) for s in reported}
+    assert not {s.seed for kind in validation.values() for s in kind} & {s.seed for s in reported}
+    assert {(c, s.pattern) for s in validation["held_out"] for c in s.colours} >= set(data.HELD_OUT)
+
+
 def test_generator_textures_tile_and_wrap_ratio_sees_it():
     """The generator's textures wrap: their seams look like interior steps (ratio about 1); the same textures cut
     out of a larger render do not wrap (ratio far above 1); a ramp's seam is a cliff."""

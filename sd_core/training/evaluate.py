@@ -5,7 +5,8 @@
 - `negative_effect`: share of a colour's pixels with and without that colour as the negative prompt.
 - `wrap_ratio`, `img2img_keeps_structure`, `inpaint_continues`: the seamless / image-mode checks.
 
-`python -m sd_core.training.evaluate [--model PATH]` prints all figures as JSON (the default model by default).
+`python -m sd_core.training.evaluate [--model PATH]` prints all figures as JSON (the default model by default);
+`--validation 3,7` prints only adherence on the validation samples, the ones to compare training choices on.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ class Sample:
     seed: int
 
 
-def held_out_samples(n: int = 50, seed: int = 0) -> list[Sample]:
+VALIDATION_SEEDS = {"held_out": (100, 5000), "trained": (101, 6000)}
+"""(prompt seed, first image seed) of the validation samples. Training choices (recipes, phases, settings) are
+compared on these, so the reported figures (the defaults: prompt seeds 0 and 1, images from 1000 and 2000) never
+took part in a choice."""
+
+
+def held_out_samples(n: int = 50, seed: int = 0, first_image_seed: int = 1000) -> list[Sample]:
     """`n` prompts, each pairing a held-out colour/pattern with a partner colour the pattern was trained with; the
     pairs take turns, partner and colour order vary; every sample has its own image seed."""
     rng = np.random.default_rng(seed)
@@ -44,11 +51,11 @@ def held_out_samples(n: int = 50, seed: int = 0) -> list[Sample]:
         partners = [c for c in COLOURS if c != colour and allowed(c, pattern)]
         other = partners[int(rng.integers(len(partners)))]
         fg, bg = (colour, other) if rng.random() < 0.5 else (other, colour)
-        out.append(Sample(caption(TextureSpec(pattern, fg, bg, "small")), (fg, bg), pattern, 1000 + i))
+        out.append(Sample(caption(TextureSpec(pattern, fg, bg, "small")), (fg, bg), pattern, first_image_seed + i))
     return out
 
 
-def trained_samples(n: int = 50, seed: int = 1) -> list[Sample]:
+def trained_samples(n: int = 50, seed: int = 1, first_image_seed: int = 2000) -> list[Sample]:
     """Like `held_out_samples` but with colour/pattern pairs seen in training (the comparison that shows how much of
     the gap is composition and how much is colour in general)."""
     rng = np.random.default_rng(seed)
@@ -58,8 +65,17 @@ def trained_samples(n: int = 50, seed: int = 1) -> list[Sample]:
         ok = [c for c in COLOURS if allowed(c, pattern)]
         a, b = rng.choice(len(ok), size=2, replace=False)
         fg, bg = ok[int(a)], ok[int(b)]
-        out.append(Sample(caption(TextureSpec(pattern, fg, bg, "small")), (fg, bg), pattern, 2000 + i))
+        out.append(Sample(caption(TextureSpec(pattern, fg, bg, "small")), (fg, bg), pattern, first_image_seed + i))
     return out
+
+
+def validation_samples(n: int = 100) -> dict[str, list[Sample]]:
+    """Held-out and trained-pair samples for choosing between models (see `VALIDATION_SEEDS`)."""
+    seeds = VALIDATION_SEEDS
+    return {
+        "held_out": held_out_samples(n, *seeds["held_out"]),
+        "trained": trained_samples(n, *seeds["trained"]),
+    }
 
 
 def check(image: Image.Image | np.ndarray, colours: tuple[str, ...], pattern: str) -> tuple[bool, bool]:
@@ -210,9 +226,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="checkpoint (default: the built-in model)")
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--dtype", default="fp32")
+    parser.add_argument(
+        "--validation", metavar="CFGS", help="only adherence on the validation samples at these CFG scales, e.g. 3,7"
+    )
     args = parser.parse_args(argv)
     pipe = sd_core.load(args.model, device="cpu", dtype=args.dtype)  # None: the built-in model
-    json.dump(report(pipe, args.n), sys.stdout, indent=2)
+    if args.validation:
+        scales = [float(c) for c in args.validation.split(",")]
+        result = {
+            f"{name}_cfg{cfg:g}": {k: v for k, v in adherence(pipe, samples, cfg).items() if k != "samples"}
+            for name, samples in validation_samples(args.n).items()
+            for cfg in scales
+        }
+    else:
+        result = report(pipe, args.n)
+    json.dump(result, sys.stdout, indent=2)
     print()
     return 0
 
