@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     t2i.add_argument("--steps", type=int, default=20)
     t2i.add_argument("--sampler", default="euler", help="e.g. euler, 'Euler a', dpmpp_2m, 'DPM++ 2M Karras', ddim")
     t2i.add_argument("--schedule", default=None, help="normal, karras, exponential, sgm_uniform, simple")
-    t2i.add_argument("--cfg-scale", type=float, default=7.5)
+    t2i.add_argument(
+        "--cfg-scale", type=float, default=None, help="default: the model's own (7.5 unless its file names one)"
+    )
     t2i.add_argument("--seed", type=int, default=None, help="default: random")
     t2i.add_argument("--width", type=int, default=512)
     t2i.add_argument("--height", type=int, default=512)

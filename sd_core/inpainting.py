@@ -50,7 +50,7 @@ def inpaint(
     steps: int,
     sampler: str,
     schedule: str | None,
-    cfg_scale: float,
+    cfg_scale: float | None,
     seed: int | None,
     batch_size: int,
     clip_skip: int,
@@ -58,6 +58,7 @@ def inpaint(
     callback: Callback | None,
 ) -> list[Image.Image]:
     check_strength(strength)
+    cfg_scale = pipe.cfg_scale_or_default(cfg_scale)
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, got {fill!r}")
     if not isinstance(mask_blur, (int, float)) or mask_blur < 0:

@@ -17,7 +17,7 @@ from .model_config import ModelConfig, infer_config
 from .models.text_encoder import CLIPTextEncoder, normalize_hf_keys, openclip_to_hf
 from .models.unet import UNetModel
 from .models.vae import AutoencoderKL
-from .pipeline import StableDiffusion
+from .pipeline import CFG_SCALE_KEY, DEFAULT_CFG_SCALE, StableDiffusion
 
 BUILTIN_MODEL = Path(__file__).parent / "data" / "default_model.safetensors"
 
@@ -101,6 +101,23 @@ def build_models(
     return unet, vae, text
 
 
+def default_cfg_scale(path: Path) -> float:
+    """The CFG scale a `.safetensors` file names in its metadata (`sd_core.cfg_scale`), else `DEFAULT_CFG_SCALE`.
+    A value that is not a finite positive number is an error naming the file: a typo must not go unnoticed."""
+    if path.is_dir() or path.suffix.lower() != ".safetensors":
+        return DEFAULT_CFG_SCALE
+    text = checkpoint.read_metadata(path).get(CFG_SCALE_KEY)
+    if text is None:
+        return DEFAULT_CFG_SCALE
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise checkpoint.CheckpointError(f"{path}: metadata {CFG_SCALE_KEY}={text!r} is not a positive number")
+    return value
+
+
 def builtin_model() -> Path:
     """The small texture model that ships with the package (see sd_core/data/MODEL_CARD.md): the default when no
     model is given."""
@@ -146,6 +163,7 @@ def load(
         prediction = "v" if probe_v_prediction(unet, config.unet["context_dim"]) else "eps"
     config.prediction = prediction or "eps"
     pipe = StableDiffusion(unet, vae, text, config, device=dev, dtype=dt, name=path.stem)
+    pipe.default_cfg_scale = default_cfg_scale(path)
     if optimize:
         perf.optimize(pipe)
     if offload:

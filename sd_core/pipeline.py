@@ -21,6 +21,10 @@ from .tokenizer import CLIPTokenizer
 
 Callback = Callable[[dict[str, Any]], None]
 MAX_BATCH = 64
+DEFAULT_CFG_SCALE = 7.5
+"""The CFG scale when neither the caller nor the model file names one (diffusers' default; A1111's is 7)."""
+CFG_SCALE_KEY = "sd_core.cfg_scale"
+"""`.safetensors` metadata key with a model's own default CFG scale (a decimal string, e.g. "3")."""
 
 
 def random_seed() -> int:
@@ -57,6 +61,12 @@ class StableDiffusion:
         self.tokenizer = CLIPTokenizer()
         self.noise_schedule = NoiseSchedule()
         self.low_vram: Any = None  # sd_core.perf.LowVRAM when weights are offloaded between uses (GPU)
+        self.default_cfg_scale = DEFAULT_CFG_SCALE  # the model file's own (`sd_core.cfg_scale`) when it names one
+
+    def cfg_scale_or_default(self, cfg_scale: float | None) -> float:
+        """`cfg_scale`, or this model's default when None: most models work at 7-7.5 (A1111's and diffusers'
+        default), but some ask for less, e.g. the built-in model (best at 3) or distilled models."""
+        return self.default_cfg_scale if cfg_scale is None else cfg_scale
 
     # --- conditioning -------------------------------------------------------------------------------------------
 
@@ -281,7 +291,7 @@ class StableDiffusion:
         steps: int = 20,
         sampler: str = "euler",
         schedule: str | None = None,
-        cfg_scale: float = 7.5,
+        cfg_scale: float | None = None,
         seed: int | None = None,
         batch_size: int = 1,
         clip_skip: int = 1,
@@ -290,8 +300,10 @@ class StableDiffusion:
     ) -> list[Image.Image]:
         """Images from text. `seed=None` (or -1) picks a random seed; each image's `info["seed"]` and
         `info["parameters"]` (A1111 text) record what made it. `tiling` "x", "y" or "xy" makes the image wrap
-        seamlessly on those axes. A callback cancels by raising `sd_core.Cancelled`."""
+        seamlessly on those axes. `cfg_scale=None` takes the model's default (`default_cfg_scale`). A callback
+        cancels by raising `sd_core.Cancelled`."""
         images.check_size(width, height)
+        cfg_scale = self.cfg_scale_or_default(cfg_scale)
         choice, seed, g, cond, uncond, axes = self._prepare(
             prompt, negative_prompt, steps, sampler, schedule, cfg_scale, seed, batch_size, clip_skip, tiling
         )
@@ -327,7 +339,7 @@ class StableDiffusion:
         steps: int = 20,
         sampler: str = "euler",
         schedule: str | None = None,
-        cfg_scale: float = 7.5,
+        cfg_scale: float | None = None,
         seed: int | None = None,
         batch_size: int = 1,
         clip_skip: int = 1,
@@ -338,6 +350,7 @@ class StableDiffusion:
         given, else to its own size rounded to a multiple of 8. Strength as diffusers: 0 keeps the image, 1 ignores
         it; `int(steps * strength)` steps run."""
         check_strength(strength)
+        cfg_scale = self.cfg_scale_or_default(cfg_scale)
         arr = images.to_rgb_array(image)
         width, height = working_size(arr, width, height)
         arr = resize_rgb(arr, width, height)
@@ -392,7 +405,7 @@ class StableDiffusion:
         steps: int = 20,
         sampler: str = "euler",
         schedule: str | None = None,
-        cfg_scale: float = 7.5,
+        cfg_scale: float | None = None,
         seed: int | None = None,
         batch_size: int = 1,
         clip_skip: int = 1,

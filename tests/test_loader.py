@@ -173,6 +173,35 @@ def test_bad_batch_and_cfg(pipe):
         pipe.txt2img("x", width=64, height=64, steps=1, cfg_scale=float("nan"))
 
 
+def with_metadata(source, path, metadata: dict[str, str]):
+    write_safetensors(path, read_state_dict(source), metadata)
+    return path
+
+
+def test_model_file_can_name_its_default_cfg_scale(sd1_file, tmp_path, pipe):
+    """A model that works best at another scale says so in its metadata; calls that leave cfg_scale out use it,
+    explicit values still win. Files that name none get 7.5."""
+    own = sd_core.load(with_metadata(sd1_file, tmp_path / "m.safetensors", {"sd_core.cfg_scale": "3"}), dtype="fp32")
+    assert own.default_cfg_scale == 3.0 and pipe.default_cfg_scale == 7.5
+    args = dict(width=64, height=64, steps=2, seed=4)
+    implicit = own.txt2img("a cat", **args)[0]
+    assert "CFG scale: 3.0," in implicit.info["parameters"]
+    assert implicit.tobytes() == own.txt2img("a cat", cfg_scale=3, **args)[0].tobytes()
+    assert implicit.tobytes() != own.txt2img("a cat", cfg_scale=7.5, **args)[0].tobytes()
+    assert "CFG scale: 7.5," in pipe.txt2img("a cat", **args)[0].info["parameters"]
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    assert "CFG scale: 3.0," in own.img2img(implicit, "a dog", steps=2, seed=1)[0].info["parameters"]
+    assert "CFG scale: 3.0," in own.inpaint(implicit, mask, "a dog", steps=2, seed=1)[0].info["parameters"]
+
+
+@pytest.mark.parametrize("value", ["three", "0", "-2", "inf"])
+def test_bad_default_cfg_scale_in_metadata_names_the_key(sd1_file, tmp_path, value):
+    path = with_metadata(sd1_file, tmp_path / "bad.safetensors", {"sd_core.cfg_scale": value})
+    with pytest.raises(CheckpointError, match="sd_core.cfg_scale"):
+        sd_core.load(path, dtype="fp32")
+
+
 def test_unknown_sampler_lists_valid_names(pipe):
     with pytest.raises(ValueError, match="euler"):
         pipe.txt2img("x", width=64, height=64, steps=1, sampler="warp drive")

@@ -148,6 +148,7 @@ def test_exported_model_loads_and_generates(finished):
     assert set(checkpoint.read_dtypes(path).values()) == {"float16"}
     meta = checkpoint.read_metadata(path)
     assert json.loads(meta["sd_core.training"])["seed"] == 7
+    assert "sd_core.cfg_scale" not in meta and pipe.default_cfg_scale == 7.5
     img = pipe.txt2img("red and white checkerboard", width=64, height=64, steps=2, seed=1)[0]
     assert img.size == (64, 64) and np.asarray(img).std() > 0
 
@@ -164,7 +165,9 @@ def test_fine_tune_on_a_folder(tmp_path, finished):
     x, captions = FolderDataset(folder, 32, seed=0).batch(3)
     assert x.shape == (3, 3, 32, 32) and set(captions) <= {"a plain red square", "a plain blue square"}
 
-    cfg = tiny_config(tmp_path / "ft", init=str(finished[1]), data=str(folder), unet_steps=3, text="frozen")
+    cfg = tiny_config(
+        tmp_path / "ft", init=str(finished[1]), data=str(folder), unet_steps=3, text="frozen", default_cfg_scale=2.5
+    )
     path = train.run(cfg)
     before, after = checkpoint.read_state_dict(finished[1]), checkpoint.read_state_dict(path)
     vae_keys = [k for k in before if k.startswith("first_stage_model.")]
@@ -172,7 +175,8 @@ def test_fine_tune_on_a_folder(tmp_path, finished):
     unet_keys = [k for k in before if k.startswith("model.diffusion_model.")]
     assert all(torch.equal(before[k], after[k]) for k in vae_keys + text_keys)
     assert any(not torch.equal(before[k], after[k]) for k in unet_keys)
-    assert sd_core.load(path, device="cpu", dtype="fp32").config.family == "sd1"
+    tuned = sd_core.load(path, device="cpu", dtype="fp32")
+    assert tuned.config.family == "sd1" and tuned.default_cfg_scale == 2.5  # --default-cfg-scale went into the file
 
 
 def test_decoder_fine_tune_changes_only_the_decoder_and_resumes(tmp_path, finished):

@@ -37,6 +37,7 @@ from ..model_config import infer_config
 from ..models.text_encoder import CLIPTextEncoder
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
+from ..pipeline import CFG_SCALE_KEY
 from ..prompt import tokenize_prompt
 from ..schedules import NoiseSchedule
 from ..tokenizer import CLIPTokenizer
@@ -121,6 +122,7 @@ class TrainConfig:
     )
     pattern_weights: str = ""  # procedural textures: some patterns drawn more often, e.g. "dots=3" ("": all alike)
     ema_decay: float = 0.999
+    default_cfg_scale: float = 0.0  # > 0: the exported model's own default CFG scale (metadata sd_core.cfg_scale)
     pool_size: int = 8192  # textures encoded once for the UNet stage (0: encode every batch)
     save_every: int = 200
     log_every: int = 50
@@ -679,6 +681,8 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
         "sd_core.training": json.dumps(asdict(cfg)),
         "sd_core.steps": f"vae={cfg.vae_steps},unet={cfg.unet_steps},decoder={cfg.decoder_steps}",
     }
+    if cfg.default_cfg_scale > 0:
+        meta[CFG_SCALE_KEY] = f"{cfg.default_cfg_scale:g}"
     return export(out / "model.safetensors", ema.shadow["unet"], vae, ema.shadow["text"], meta, dtype)
 
 
@@ -740,6 +744,7 @@ def add_arguments(parser: Any) -> None:
         "snr_gamma",
         "text_lr_scale",
         "timestep_bias",
+        "default_cfg_scale",
     ):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     parser.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "constant"))
