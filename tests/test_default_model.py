@@ -43,26 +43,28 @@ def test_small_file_in_the_sd1_layout():
                for k in checkpoint.read_shapes(str(MODEL)))  # fmt: skip
 
 
-HELD_OUT_FLOOR = 0.6
-"""Regression floor for the shipped model (it measures 0.70 of 50 at CFG 7; the issue asks 0.8: see the xfail)."""
+def test_names_its_own_default_cfg_scale():
+    assert checkpoint.read_metadata(str(MODEL))["sd_core.cfg_scale"] == "3"
+    assert pipe().default_cfg_scale == 3.0
 
 
-def test_held_out_colour_pattern_pairs_do_not_regress():
-    result = held_out(7.0)
-    assert result["n"] == 50
-    assert result["both"] >= HELD_OUT_FLOOR
-
-
-@pytest.mark.xfail(strict=True, reason="not reached yet: the shipped model draws 0.70 of the held-out pairs")
 def test_held_out_colour_pattern_pairs_reach_the_target():
-    result = held_out(7.0)
+    """The issue's acceptance: 80% of 50 held-out samples right, at the model's own default scale (3, chosen on the
+    validation samples, which share no image with these). Measured 0.82."""
+    result = held_out(pipe().default_cfg_scale)
     failures = [s["prompt"] for s in result["samples"] if not (s["colour_ok"] and s["pattern_ok"])]
+    assert result["n"] == 50
     assert result["both"] >= 0.8, failures
 
 
+def test_held_out_pairs_at_cfg_7_do_not_regress():
+    """At A1111's usual scale the model does worse (guidance also amplifies a wrong colour): measured 0.72."""
+    assert held_out(7.0)["both"] >= 0.6
+
+
 def test_guidance_raises_adherence():
-    """On colour/pattern pairs seen in training (measured 0.68 at CFG 7 vs 0.42 at CFG 1; held-out pairs 0.70 vs
-    0.46). CFG 7 is not the best scale for this model (2-3 is): guidance also amplifies a wrong colour."""
+    """On colour/pattern pairs seen in training (measured 0.74 at CFG 7 vs 0.60 at CFG 1; held-out pairs 0.72
+    vs 0.66, and 0.82 at the model's default 3)."""
     assert trained_pairs(7.0)["both"] >= trained_pairs(1.0)["both"] + 0.1
 
 
@@ -79,8 +81,8 @@ def test_seam_is_like_any_interior_step_only_when_tiling():
     samples = evaluate.held_out_samples(24)
     tiled = [evaluate.generate(pipe(), s.prompt, s.seed, cfg_scale=7.0, tiling="xy") for s in samples]
     plain = [evaluate.generate(pipe(), s.prompt, s.seed, cfg_scale=7.0) for s in samples]
-    assert 0.8 <= evaluate.wrap_ratio(tiled) <= 1.25  # measured 1.17 (generator textures that wrap exactly: 0.86-1.33)
-    assert evaluate.wrap_ratio(plain) >= 1.3  # measured 1.57
+    assert 0.8 <= evaluate.wrap_ratio(tiled) <= 1.25  # measured 1.24 (generator textures that wrap exactly: 0.86-1.33)
+    assert evaluate.wrap_ratio(plain) >= 1.3  # measured 1.81
 
 
 def test_img2img_at_low_strength_keeps_the_structure():
