@@ -251,3 +251,41 @@ def test_pattern_weights_option():
     assert all(
         data.allowed(s.fg, s.pattern) and data.allowed(s.bg, s.pattern) for s in [weighted() for _ in range(200)]
     )
+
+
+def test_seamless_share_of_batches():
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert train.seamless_axes(0.0, gen) is None and torch.equal(gen.get_state(), state)  # no draw: runs unchanged
+    draws = [train.seamless_axes(0.25, gen) for _ in range(400)]
+    assert set(draws) == {None, "xy"} and abs(draws.count("xy") / 400 - 0.25) < 0.06
+    assert train.seamless_axes(1.0, gen) == "xy"
+
+
+def test_seamless_training_runs_the_networks_with_circular_padding(tmp_path, finished, monkeypatch):
+    """With --seamless-prob 1 every UNet and decoder batch runs inside tiling.seamless(..., "xy"); the result
+    differs from the same run with zero padding, and it still loads."""
+    from sd_core import tiling
+
+    seen = []
+    real = tiling.seamless
+
+    def spy(modules, axes):
+        seen.append((type(modules[0]).__name__, axes))
+        return real(modules, axes)
+
+    monkeypatch.setattr(tiling, "seamless", spy)
+
+    def cfg(out, prob):
+        return tiny_config(out, init=str(finished[1]), unet_steps=2, decoder_steps=2, decoder_batch=2, pool_size=0,
+                           seamless_prob=prob)  # fmt: skip
+
+    circular = train.run(cfg(tmp_path / "circular", 1.0))
+    assert seen == [("AutoencoderKL", "xy")] * 2 + [("UNetModel", "xy")] * 2
+    seen.clear()
+    plain = train.run(cfg(tmp_path / "plain", 0.0))
+    assert seen == [("AutoencoderKL", None)] * 2 + [("UNetModel", None)] * 2
+    a, b = checkpoint.read_state_dict(circular), checkpoint.read_state_dict(plain)
+    for prefix in ("model.diffusion_model.", "first_stage_model.decoder."):
+        assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefix)), prefix
+    assert sd_core.load(circular, device="cpu", dtype="fp32").config.family == "sd1"
