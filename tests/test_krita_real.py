@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BUILTIN_MODEL = REPO / "sd_core" / "data" / "default_model.safetensors"
 RUNNER = REPO / "tests" / "krita_runner"
 KRITA_TIMEOUT = 900  # seconds for one Krita process, cold start and server start included
 QUIT_HUNG_EXIT = 17  # smoke driver: Krita did not exit after File > Quit
@@ -131,7 +132,8 @@ def test_plugin_api_in_kritarunner(tmp_path: Path, pytest_for_krita: Path, tiny_
     path = os.pathsep.join(str(p) for p in (pytest_for_krita, REPO / "krita_plugin", RUNNER, REPO))
     env = krita_env(
         tmp_path / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=path, SD_KRITA_TEST_PYTHON=sys.executable,
-        SD_KRITA_TEST_MODEL=str(tiny_model), SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
+        SD_KRITA_TEST_MODEL=str(tiny_model), SD_KRITA_TEST_BUILTIN_MODEL=str(BUILTIN_MODEL),
+        SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
     )  # fmt: skip
     code, out = run_krita(["kritarunner", "-s", "run_pytest", "-f", "main"], env)
     assert code == 0, f"pytest inside Krita exited with {code}:\n{tail(out)}"

@@ -202,14 +202,16 @@ def report(pipe: Any, n: int = 50) -> dict[str, Any]:
     cfg1 = adherence(pipe, samples, 1.0)
     default = adherence(pipe, samples, pipe.default_cfg_scale)  # the model's own scale (3 for the built-in one)
     trained = adherence(pipe, trained_samples(n), pipe.default_cfg_scale)
-    tiles = [generate(pipe, s.prompt, s.seed, cfg_scale=7.0, tiling="xy") for s in samples[:10]]
-    plain = [generate(pipe, s.prompt, s.seed, cfg_scale=7.0) for s in samples[:10]]
+    tiled = adherence(pipe, samples, pipe.default_cfg_scale, tiling="xy")  # seamless textures: the same asks
+    tiles = [generate(pipe, s.prompt, s.seed, cfg_scale=None, tiling="xy") for s in samples[:10]]
+    plain = [generate(pipe, s.prompt, s.seed, cfg_scale=None) for s in samples[:10]]
     spec = TextureSpec("vertical stripes", "red", "white", "small")
     return {
         "held_out_cfg7": {k: v for k, v in cfg7.items() if k != "samples"},
         "held_out_cfg1": {k: v for k, v in cfg1.items() if k != "samples"},
         "held_out_default_cfg": {k: v for k, v in default.items() if k != "samples"},
         "trained_pairs_default_cfg": {k: v for k, v in trained.items() if k != "samples"},
+        "held_out_default_cfg_tiling": {k: v for k, v in tiled.items() if k != "samples"},
         "failures_cfg7": [s["prompt"] for s in cfg7["samples"] if not (s["colour_ok"] and s["pattern_ok"])],
         "negative": [negative_effect(pipe, c) for c in ("red", "blue", "green")],
         "wrap_ratio_tiling": wrap_ratio(tiles),

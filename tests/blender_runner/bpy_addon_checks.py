@@ -5,13 +5,16 @@
 The add-on is installed from its built extension zip with Blender's own installer, into a throw-away user folder.
 Environment: SDCORE_TEST_URL (a running sd-core server with a tiny model), SDCORE_TEST_ZIP (the extension),
 SDCORE_TEST_MODEL (that model's file), SDCORE_TEST_PYTHON (a Python that can run `sd_core.server`),
-BLENDER_USER_RESOURCES (Blender's user folder, where the extension is installed; a new temporary one if unset).
+SDCORE_TEST_BUILTIN_URL (a server with the built-in texture model) and SDCORE_TEST_OUT (a folder for the textures
+made with it, checked afterwards by the outer test with sd_core's detectors), BLENDER_USER_RESOURCES (Blender's
+user folder, where the extension is installed; a new temporary one if unset).
 Not collected by the main test run (no `test_` prefix): it needs bpy, which only the bpy venvs have.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import socket
@@ -30,6 +33,10 @@ URL = os.environ["SDCORE_TEST_URL"]
 ZIP = os.environ["SDCORE_TEST_ZIP"]
 MODEL = os.environ["SDCORE_TEST_MODEL"]
 PYTHON = os.environ["SDCORE_TEST_PYTHON"]
+BUILTIN_URL = os.environ["SDCORE_TEST_BUILTIN_URL"]
+OUT = Path(os.environ["SDCORE_TEST_OUT"])
+BUILTIN_PROMPTS = ("red and white vertical stripes", "blue and yellow horizontal stripes",
+                   "black and white checkerboard", "green and white dots")  # fmt: skip
 ADDON = "bl_ext.user_default.sd_core_blender"
 PROMPT = "mossy stone wall"
 
@@ -426,6 +433,25 @@ def test_seamless_both_axes_reaches_the_engine(addon_env):
     got = blender_pixels(bpy.data.images[PROMPT])
     assert np.array_equal(got, server_image(addon_env, "txt2img", dict(base_payload(s), tiling=True)))
     assert not np.array_equal(got, server_image(addon_env, "txt2img", base_payload(s)))
+
+
+def test_seamless_textures_from_the_built_in_model(addon_env):
+    """The artist's path with a model that draws what it is asked: seamless textures through the add-on, equal to
+    the server's images; saved (rows top-down, RGB) with their prompts for the outer test to measure."""
+    bpy.context.preferences.addons[ADDON].preferences.url = BUILTIN_URL
+    s = bpy.context.scene.sd_core
+    s.steps, s.cfg_scale, s.seamless, s.apply_material = 20, 3.0, "XY", False
+    server = addon_env.sd_client.SDClient(BUILTIN_URL, timeout=60)
+    made = []
+    for i, prompt in enumerate(BUILTIN_PROMPTS * 2):
+        s.prompt, s.seed = prompt, 300 + i
+        assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+        got = blender_pixels(bpy.data.images[prompt])
+        expected = server.txt2img(dict(base_payload(s), tiling=True))["images"][0]
+        assert np.array_equal(got, decode_png(addon_env.sd_client.b64_to_bytes(expected))), prompt
+        np.save(OUT / f"texture{i}.npy", got[:, :, :3])
+        made.append({"file": f"texture{i}.npy", "prompt": prompt})
+    (OUT / "textures.json").write_text(json.dumps(made))
 
 
 def test_connection_check_reports_the_engine(addon_env):

@@ -2,7 +2,8 @@
 
 Started by tests/test_krita_real.py via run_pytest.py; not collected by the outer pytest (no `test_` file name).
 The server is started and stopped by the plugin's own Controller (its LocalServer path), with the interpreter
-and model given in SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL.
+and model given in SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL; SD_KRITA_TEST_BUILTIN_MODEL is the built-in
+texture model, for the check where the drawn structure matters.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sd_krita.settings import Settings
 
 PYTHON = os.environ.get("SD_KRITA_TEST_PYTHON", "")
 MODEL = os.environ.get("SD_KRITA_TEST_MODEL", "")
+BUILTIN_MODEL = os.environ.get("SD_KRITA_TEST_BUILTIN_MODEL", "")
 W, H = 160, 120
 
 
@@ -299,6 +301,61 @@ def test_active_layer_source(ctl: tuple[Controller, Recorder]) -> None:
         close(doc)
     finally:
         controller.settings.source = "visible"
+
+
+def grey(data: bytes, x0: int, y0: int, size: int) -> list[float]:
+    """Mean of B, G, R of the 8-bit BGRA pixels in a size x size square (Krita's Python has no numpy)."""
+    pixels = [4 * (y * W + x) for y in range(y0, y0 + size) for x in range(x0, x0 + size)]
+    return [sum(data[i : i + 3]) / 3 for i in pixels]
+
+
+def correlation(a: list[float], b: list[float]) -> float:
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((p - ma) * (q - mb) for p, q in zip(a, b, strict=True))
+    va, vb = sum((p - ma) ** 2 for p in a), sum((q - mb) ** 2 for q in b)
+    return cov / (va * vb) ** 0.5 if va and vb else 0.0
+
+
+def test_inpaint_with_the_built_in_model_continues_the_pattern() -> None:
+    """A black and yellow checkerboard (32 px period, as the built-in model draws "large" ones); a 32 px square
+    repainted from scratch (strength 1) at the model's own scale must continue the squares around it."""
+    assert PYTHON and BUILTIN_MODEL, "SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_BUILTIN_MODEL must be set"
+    settings = Settings(
+        python=PYTHON, model=BUILTIN_MODEL, port=0, prompt="black and yellow checkerboard", seed=5, steps=20,
+        sampler="Euler", cfg_scale=3.0, strength=1.0, candidates=1, grow=0, feather=0, margin=16, resolution=64,
+        colour_match=False,
+    )  # fmt: skip
+    controller = Controller(Krita.instance(), settings)
+    rec = Recorder(controller)
+    controller.start_server()
+    try:
+        pump(lambda: any("ready" in s or "not available" in s for s in rec.statuses), 300, "the server to start")
+        doc = new_document()
+        node = doc.createNode("Checkerboard", "paintlayer")
+        yellow, black = (0, 220, 250, 255), (10, 10, 10, 255)  # B, G, R, A
+        node.setPixelData(
+            bytes(v for y in range(H) for x in range(W) for v in (yellow if (x // 16 + y // 16) % 2 else black)),
+            0, 0, W, H,
+        )  # fmt: skip
+        doc.rootNode().addChildNode(node, None)
+        doc.setActiveNode(node)
+        doc.refreshProjection()
+        square = bytearray(W * H)
+        for y in range(48, 80):
+            square[y * W + 64 : y * W + 96] = b"\xff" * 32
+        select(doc, bytes(square))
+        before = bytes(node.pixelData(0, 0, W, H))
+        added = run(controller, rec, lambda: controller.inpaint(doc))
+        assert added is not None, rec.messages
+        result = bytes(stack(doc)[-1].pixelData(0, 0, W, H))
+        assert bytes(node.pixelData(0, 0, W, H)) == before  # the user's layer is untouched
+        new, old = grey(result, 64, 48, 32), grey(before, 64, 48, 32)
+        assert new != old, "the square was not repainted"
+        r = correlation(new, old)
+        assert r >= 0.5, f"the repainted square does not continue the checkerboard (correlation {r:.2f})"
+        close(doc)
+    finally:
+        controller.stop_server()
 
 
 def test_no_selection_and_selection_outside_canvas_are_clear_messages(ctl: tuple[Controller, Recorder]) -> None:
