@@ -445,8 +445,10 @@ def test_seamless_textures_from_the_built_in_model(addon_env):
     made = []
     for i, prompt in enumerate(BUILTIN_PROMPTS * 2):
         s.prompt, s.seed = prompt, 300 + i
+        before = image_names()
         assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
-        got = blender_pixels(bpy.data.images[prompt])
+        (name,) = image_names() - before  # a repeated prompt gets a new image ("... .001")
+        got = blender_pixels(bpy.data.images[name])
         expected = server.txt2img(dict(base_payload(s), tiling=True))["images"][0]
         assert np.array_equal(got, decode_png(addon_env.sd_client.b64_to_bytes(expected))), prompt
         np.save(OUT / f"texture{i}.npy", got[:, :, :3])
