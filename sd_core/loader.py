@@ -162,8 +162,9 @@ def load(
     if prediction is None and config.family.startswith("sd2") and not config.inpainting:
         prediction = "v" if probe_v_prediction(unet, config.unet["context_dim"]) else "eps"
     config.prediction = prediction or "eps"
-    pipe = StableDiffusion(unet, vae, text, config, device=dev, dtype=dt, name=path.stem)
-    pipe.default_cfg_scale = default_cfg_scale(path)
+    pipe = StableDiffusion(
+        unet, vae, text, config, device=dev, dtype=dt, name=path.stem, default_cfg_scale=default_cfg_scale(path)
+    )
     if optimize:
         perf.optimize(pipe)
     if offload:

@@ -55,13 +55,14 @@ class StableDiffusion:
         device: torch.device,
         dtype: torch.dtype,
         name: str = "model",
+        default_cfg_scale: float = DEFAULT_CFG_SCALE,
     ) -> None:
         self.unet, self.vae, self.text_encoder = unet.eval(), vae.eval(), text_encoder.eval()
         self.config, self.device, self.dtype, self.name = config, device, dtype, name
         self.tokenizer = CLIPTokenizer()
         self.noise_schedule = NoiseSchedule()
         self.low_vram: Any = None  # sd_core.perf.LowVRAM when weights are offloaded between uses (GPU)
-        self.default_cfg_scale = DEFAULT_CFG_SCALE  # the model file's own (`sd_core.cfg_scale`) when it names one
+        self.default_cfg_scale = default_cfg_scale  # the model file's own (`sd_core.cfg_scale`) when it names one
 
     def cfg_scale_or_default(self, cfg_scale: float | None) -> float:
         """`cfg_scale`, or this model's default when None: most models work at 7-7.5 (A1111's and diffusers'

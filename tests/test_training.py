@@ -256,10 +256,10 @@ def test_pattern_weights_option():
 def test_seamless_share_of_batches():
     gen = torch.Generator().manual_seed(0)
     state = gen.get_state()
-    assert train.seamless_axes(0.0, gen) is None and torch.equal(gen.get_state(), state)  # no draw: runs unchanged
-    draws = [train.seamless_axes(0.25, gen) for _ in range(400)]
+    assert train.draw_seamless_axes(0.0, gen) is None and torch.equal(gen.get_state(), state)  # no draw: runs unchanged
+    draws = [train.draw_seamless_axes(0.25, gen) for _ in range(400)]
     assert set(draws) == {None, "xy"} and abs(draws.count("xy") / 400 - 0.25) < 0.06
-    assert train.seamless_axes(1.0, gen) == "xy"
+    assert train.draw_seamless_axes(1.0, gen) == "xy"
 
 
 def test_seamless_training_runs_the_networks_with_circular_padding(tmp_path, finished, monkeypatch):

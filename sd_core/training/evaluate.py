@@ -69,6 +69,11 @@ def trained_samples(n: int = 50, seed: int = 1, first_image_seed: int = 2000) ->
     return out
 
 
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """An `adherence` result without its per-sample list."""
+    return {k: v for k, v in result.items() if k != "samples"}
+
+
 def validation_samples(n: int = 100) -> dict[str, list[Sample]]:
     """Held-out and trained-pair samples for choosing between models (see `VALIDATION_SEEDS`)."""
     seeds = VALIDATION_SEEDS
@@ -207,11 +212,11 @@ def report(pipe: Any, n: int = 50) -> dict[str, Any]:
     plain = [generate(pipe, s.prompt, s.seed, cfg_scale=None) for s in samples[:10]]
     spec = TextureSpec("vertical stripes", "red", "white", "small")
     return {
-        "held_out_cfg7": {k: v for k, v in cfg7.items() if k != "samples"},
-        "held_out_cfg1": {k: v for k, v in cfg1.items() if k != "samples"},
-        "held_out_default_cfg": {k: v for k, v in default.items() if k != "samples"},
-        "trained_pairs_default_cfg": {k: v for k, v in trained.items() if k != "samples"},
-        "held_out_default_cfg_tiling": {k: v for k, v in tiled.items() if k != "samples"},
+        "held_out_cfg7": summary(cfg7),
+        "held_out_cfg1": summary(cfg1),
+        "held_out_default_cfg": summary(default),
+        "trained_pairs_default_cfg": summary(trained),
+        "held_out_default_cfg_tiling": summary(tiled),
         "failures_cfg7": [s["prompt"] for s in cfg7["samples"] if not (s["colour_ok"] and s["pattern_ok"])],
         "negative": [negative_effect(pipe, c) for c in ("red", "blue", "green")],
         "wrap_ratio_tiling": wrap_ratio(tiles),
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.validation:
         scales = [float(c) for c in args.validation.split(",")]
         result = {
-            f"{name}_cfg{cfg:g}": {k: v for k, v in adherence(pipe, samples, cfg).items() if k != "samples"}
+            f"{name}_cfg{cfg:g}": summary(adherence(pipe, samples, cfg))
             for name, samples in validation_samples(args.n).items()
             for cfg in scales
         }

@@ -391,7 +391,7 @@ def train_decoder(
         x = dataset.batch(cfg.decoder_batch)[0]
         with torch.no_grad():
             z = posterior_sample(*vae.encode(x))
-        with tiling.seamless([vae], seamless_axes(cfg.seamless_prob, gen)):
+        with tiling.seamless([vae], draw_seamless_axes(cfg.seamless_prob, gen)):
             loss = reconstruction_loss(vae.decode(z), x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -505,7 +505,7 @@ class CaptionTokens:
         return torch.stack(rows)
 
 
-def seamless_axes(prob: float, gen: torch.Generator) -> str | None:
+def draw_seamless_axes(prob: float, gen: torch.Generator) -> str | None:
     """ "xy" for a share `prob` of training batches, else None (no draw at all when `prob` is 0, so runs without
     the option stay bit-identical). Why: a network trained only with zero padding learns to lean on the image border
     (at 64 px, with 8x8 latents, most positions are near one); with circular padding (`tiling="xy"`) such a model
@@ -583,7 +583,7 @@ def train_unet(
         captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
         t = sample_timesteps(len(captions), schedule.num_timesteps, cfg.timestep_bias, gen)
         noise = torch.randn(latents.shape, generator=gen)
-        with tiling.seamless([unet], seamless_axes(cfg.seamless_prob, gen)):
+        with tiling.seamless([unet], draw_seamless_axes(cfg.seamless_prob, gen)):
             loss = diffusion_loss(unet, text, schedule, latents, tokens_of(captions), t, noise, cfg.snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
