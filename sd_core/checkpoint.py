@@ -21,15 +21,17 @@ import pickle
 import re
 import struct
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import diffusers_keys
+from .diffusers_keys import VAE_PREFIX
 
 PathLike = str | os.PathLike
+DtypeOf = Callable[[str], "torch.dtype | None"]  # tensor name -> the dtype to cast it to (None: keep the file's)
 
 _TORCH_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 _MAX_HEADER = 100_000_000  # the format's own limit; anything larger is not a safetensors header
@@ -200,7 +202,7 @@ def release_pages(t: torch.Tensor) -> int:
     return 0
 
 
-def _read_safetensors(path: Path, dtype: torch.dtype | None, device: torch.device) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, dtype_of: DtypeOf, device: torch.device) -> dict[str, torch.Tensor]:
     header = _read_header(path)
     names = [name for name in header.entries if not name.startswith(_EMA_PREFIX)]
     if not names:
@@ -223,7 +225,7 @@ def _read_safetensors(path: Path, dtype: torch.dtype | None, device: torch.devic
         else:
             count = nbytes // entry.dtype.itemsize
             t = torch.frombuffer(buffer, dtype=entry.dtype, count=count, offset=offset).view(entry.shape)
-        out[name] = _target(t, dtype, device)
+        out[name] = _target(t, dtype_of(name), device)
         if nbytes and out[name].data_ptr() != t.data_ptr():
             # cast or moved: the file's pages of this tensor are no longer needed; without this, a float32 file
             # loaded as bfloat16 would hold the whole file and the cast copy in RSS (1.5x the file at peak)
@@ -433,10 +435,10 @@ def _key_map(kind: str, folder: Path, keys: Iterable[str]) -> dict[str, str]:
         raise CheckpointError(f"{folder}: {e}") from e
 
 
-def _read_file(path: Path, dtype: torch.dtype | None, device: torch.device) -> dict[str, torch.Tensor]:
+def _read_file(path: Path, dtype_of: DtypeOf, device: torch.device) -> dict[str, torch.Tensor]:
     if _single_file_kind(path) == "safetensors":
-        return _read_safetensors(path, dtype, device)
-    return {key: _target(t, dtype, device) for key, t in _load_pickle(path).items()}
+        return _read_safetensors(path, dtype_of, device)
+    return {key: _target(t, dtype_of(key), device) for key, t in _load_pickle(path).items()}
 
 
 def _file_info(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -447,12 +449,15 @@ def _file_info(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     return {key: (tuple(t.shape), t.dtype) for key, t in _load_pickle(path).items()}
 
 
-def _read_folder(path: Path, dtype: torch.dtype | None, device: torch.device) -> dict[str, torch.Tensor]:
+def _read_folder(
+    path: Path, dtype: torch.dtype | None, vae_dtype: torch.dtype | None, device: torch.device
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for kind, folder in _components(path):
         raw: dict[str, torch.Tensor] = {}
+        component_dtype = vae_dtype if kind == "vae" else dtype
         for file in _weight_files(folder):
-            raw.update(_read_file(file, dtype, device))
+            raw.update(_read_file(file, lambda _key, d=component_dtype: d, device))
         for key, ldm_key in _key_map(kind, folder, raw).items():
             t = raw[key]
             out[ldm_key] = t.reshape(diffusers_keys.ldm_shape(ldm_key, tuple(t.shape)))  # a view
@@ -509,19 +514,25 @@ def read_dtypes(path: PathLike) -> dict[str, str]:
 
 
 def read_state_dict(
-    path: PathLike, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    path: PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    vae_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file or diffusers folder in LDM key layout, floating ones cast to `dtype`.
+    """All tensors of a checkpoint file or diffusers folder in LDM key layout, floating ones cast to `dtype` (the
+    VAE's to `vae_dtype` when given: see `devices.pick_vae_dtype`).
 
     Tensors are converted one at a time; with a `.safetensors` file whose dtype already matches on the CPU they are
     zero-copy views of the memory-mapped file (writable; writes never reach the file).
     """
     path = Path(path)
     device = torch.device(device)
+    vae_dtype = dtype if vae_dtype is None else vae_dtype
     if path.is_dir():
-        out = _read_folder(path, dtype, device)
+        out = _read_folder(path, dtype, vae_dtype, device)
     else:
-        out = _read_file(path, dtype, device)
+        out = _read_file(path, lambda key: vae_dtype if key.startswith(VAE_PREFIX) else dtype, device)
     if not out:
         raise CheckpointError(f"{path}: contains no tensors")
     return out

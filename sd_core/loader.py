@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, perf
-from .devices import pick_device, pick_dtype
+from .devices import pick_device, pick_dtype, pick_vae_dtype
 from .model_config import ModelConfig, infer_config
 from .models.text_encoder import CLIPTextEncoder, normalize_hf_keys, openclip_to_hf
 from .models.unet import UNetModel
@@ -134,11 +134,13 @@ def load(
     prediction: str | None = None,
     optimize: bool = True,
     low_vram: bool | str = False,
+    vae_dtype: str | torch.dtype | None = None,
 ) -> StableDiffusion:
     """Load a `.safetensors`/`.ckpt` single file or a diffusers folder; with no path, the built-in model.
 
-    `device`/`dtype` default to the best available (see `sd_core.devices`). `prediction` ("eps" or "v") overrides
-    the detection: a diffusers folder's scheduler config, else A1111's probe for SD2-family models.
+    `device`/`dtype` default to the best available (see `sd_core.devices`); `vae_dtype` defaults to `dtype`, but
+    float32 for a half-precision pipeline on a CPU without AMX (`devices.pick_vae_dtype`). `prediction` ("eps" or
+    "v") overrides the detection: a diffusers folder's scheduler config, else A1111's probe for SD2-family models.
     `optimize` applies the device's default speed levers (`sd_core.perf.optimize`: prepacked oneDNN weights on the
     CPU, channels_last on GPUs); `optimize=False` gives the plain modules. `low_vram=True` keeps the text encoder and
     VAE in CPU memory except while they run, `low_vram="sequential"` the UNet too, block by block (GPU only).
@@ -154,7 +156,8 @@ def load(
     dt = pick_dtype(dev, dtype)
     offload = bool(low_vram) and dev.type != "cpu"
     config = infer_config(checkpoint.read_shapes(path))
-    state_dict = checkpoint.read_state_dict(path, dtype=dt, device="cpu" if offload else dev)
+    vae_dt = pick_vae_dtype(dev, dt, vae_dtype)
+    state_dict = checkpoint.read_state_dict(path, dtype=dt, vae_dtype=vae_dt, device="cpu" if offload else dev)
     unet, vae, text = build_models(config, state_dict, path)
     del state_dict
     if prediction is None and path.is_dir():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -175,6 +175,39 @@ class PackedConv2d(_Packed, nn.Conv2d):
             bias = extra if self.bias is None else self.bias + extra
             return self._run(x, bias.to(x.dtype))
         return self.forward(x) + extra[None, :, None, None]
+
+    def forward_upsampled(self, x: torch.Tensor) -> torch.Tensor:
+        """conv(nearest 2x upsample of x) for a 3x3 conv with padding 1 ("sub-pixel"): each of the four output pixel
+        phases sees only a 2x2 neighbourhood of `x`, so one 2x2 convolution of `x` with 4x the output channels
+        (`_phase_weight`) gives all of them, then they are interleaved. The same sums with 2.25x fewer multiply-adds,
+        and the 4x larger upsampled input is never built (SD1.5 VAE decode at 512x512: the three upsampling convs
+        3.4 s -> 1.8 s here). Seamless padding works unchanged: the conv's own `_conv_forward` pads x by one pixel
+        (zeros or circular), which is exactly the upsampled image's padding seen at low resolution."""
+        upsampled_conv_ok = self.kernel_size == (3, 3) and list(self.padding) == [1, 1] and self.groups == 1
+        if not (self.fast(x) and upsampled_conv_ok and list(self.stride) == [1, 1] and list(self.dilation) == [1, 1]):
+            return self.forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        n, _, h, w = x.shape
+        weight = self.dense_weight()
+        y = torch.empty((n, self.out_channels, 2 * h, 2 * w), dtype=x.dtype, memory_format=torch.channels_last)
+        for a in (0, 1):
+            for b in (0, 1):
+                # one phase at a time: only a quarter of the output exists twice (plain: the 4x input and the output)
+                out = self._conv_forward(x, _phase_kernel(weight, a, b), self.bias)
+                y[:, :, a::2, b::2] = out[:, :, a : a + h, b : b + w]
+                del out
+        return y
+
+
+def _phase_kernel(weight: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """[C_out, C_in, 3, 3] -> [C_out, C_in, 2, 2]: the kernel over the original image that gives the output pixels at
+    row parity `a` and column parity `b` of the 3x3 conv over the nearest-2x-upsampled image. Even rows see rows
+    (i-1, i, i) of the original, so the taps are (w0, w1 + w2); odd rows see (i, i, i+1): (w0 + w1, w2). Summed in
+    float32, rounded once to the weight's dtype."""
+    w = weight.float()
+    rows = (w[:, :, 0], w[:, :, 1] + w[:, :, 2]) if a == 0 else (w[:, :, 0] + w[:, :, 1], w[:, :, 2])
+    r = torch.stack(rows, 2)  # [C_out, C_in, 2, 3]
+    cols = (r[..., 0], r[..., 1] + r[..., 2]) if b == 0 else (r[..., 0] + r[..., 1], r[..., 2])
+    return torch.stack(cols, -1).to(weight.dtype)
 
 
 class PackedLinear(_Packed, nn.Linear):
@@ -360,6 +393,13 @@ def linear_add(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch
     return other + linear(x)
 
 
+def upsample_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`conv(nearest_2x(x))`, the upsampling step of the VAE decoder; sub-pixel when the conv is packed (CPU)."""
+    if isinstance(conv, PackedConv2d):
+        return conv.forward_upsampled(x)
+    return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
 def silu_(x: torch.Tensor) -> torch.Tensor:
     """SiLU in place when no autograd graph is recorded (after a GroupNorm whose output nobody else holds)."""
     return F.silu(x, inplace=not (torch.is_grad_enabled() and x.requires_grad))
@@ -382,7 +422,31 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
         elif channels_last and name != "text_encoder":
             model.to(memory_format=torch.channels_last)
             done[name] = 1
+    if on_cpu:
+        done["heap_trims"] = trim_heap_before(getattr(pipe.vae.decoder, "up", []))
     return done
+
+
+def _trim_heap(_module: nn.Module, _args: Any) -> None:
+    from .devices import release_free_heap
+
+    release_free_heap()
+
+
+def trim_heap_before(modules: Iterable[nn.Module]) -> int:
+    """Give freed heap memory back to the OS before each of `modules` runs (the VAE decoder's levels on the CPU).
+
+    Why: glibc keeps freed blocks below its (self-raising) mmap threshold, so each decoder level's activations stay
+    in RSS under the next level's, which are 4x larger. Trimming at the four level boundaries lowered the peak RSS of a
+    float32 SD1.5 256x256 generation by about 220 MiB (a fresh process; `benchmarks/bench.py`), for a few
+    milliseconds per decode. Returns the number of hooks added (once per module)."""
+    count = 0
+    for module in modules:
+        if not getattr(module, "_sd_core_trims_heap", False):
+            module.register_forward_pre_hook(_trim_heap)
+            module._sd_core_trims_heap = True
+            count += 1
+    return count
 
 
 def set_cpu_threads(threads: int | None = None) -> int:

@@ -190,6 +190,20 @@ def test_cast_to_half_types(tmp_path, dtype):
     assert torch.equal(read_state_dict(path, dtype=dtype)["w"], w.to(dtype))
 
 
+def test_the_vae_can_have_its_own_dtype(tmp_path):
+    """Single file (`first_stage_model.*` keys) and diffusers folder (`vae/`): only the VAE takes `vae_dtype`."""
+    from model_fixtures import write_tiny_folder
+
+    path = tmp_path / "v.safetensors"
+    write_safetensors(path, {"first_stage_model.decoder.w": torch.ones(4), "model.diffusion_model.w": torch.ones(4)})
+    sd = read_state_dict(path, dtype=torch.bfloat16, vae_dtype=torch.float32)
+    assert sd["first_stage_model.decoder.w"].dtype == torch.float32
+    assert sd["model.diffusion_model.w"].dtype == torch.bfloat16
+    folder = read_state_dict(write_tiny_folder(tmp_path / "f"), dtype=torch.bfloat16, vae_dtype=torch.float32)
+    dtypes = {key.split(".")[0]: t.dtype for key, t in folder.items() if t.is_floating_point()}
+    assert dtypes == {"first_stage_model": torch.float32, "model": torch.bfloat16, "cond_stage_model": torch.bfloat16}
+
+
 def test_cast_leaves_integer_tensors_alone(tmp_path):
     path = tmp_path / "i.safetensors"
     ids = torch.arange(77, dtype=torch.int64)

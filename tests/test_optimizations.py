@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from model_fixtures import write_tiny_checkpoint
+from PIL import Image
 from torch import nn
 
 import sd_core
@@ -97,6 +98,43 @@ def test_packed_vae_matches_plain(dtype):
         for a, b in zip(plain.encode(image), packed.encode(image), strict=True):
             torch.testing.assert_close(b.float(), a.float(), **TOL[dtype])
         torch.testing.assert_close(packed.decode(z).float(), plain.decode(z).float(), **TOL[dtype])
+
+
+@needs_onednn
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("axes", [None, "x", "y", "xy"])
+@pytest.mark.parametrize("size", [(5, 7), (8, 8)])
+def test_sub_pixel_upsampling_conv_matches_upsample_then_conv(size, axes, dtype):
+    """The VAE decoder's upsampling step on a packed conv: four 2x2 convolutions of the low-resolution input, one
+    per output pixel phase, instead of a 3x3 one over the 4x larger upsampled input; seamless padding included."""
+    g = torch.Generator().manual_seed(4)
+    conv = nn.Conv2d(6, 5, 3, padding=1).to(dtype)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) / 54**0.5)  # outputs of order 1
+    x = torch.randn(2, 6, *size, generator=g).to(dtype)
+    with torch.inference_mode(), tiling.seamless(conv, axes):
+        expected = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    packed = packed_copy(conv, dtype)
+    with torch.inference_mode(), tiling.seamless(packed, axes):
+        got = perf.upsample_conv(packed, x)
+    assert got.shape == expected.shape == (2, 5, 2 * size[0], 2 * size[1])
+    torch.testing.assert_close(got.float(), expected.float(), **TOL[dtype])
+    assert not any(type(m) is nn.Conv2d for m in [packed])  # the packed layer did it, not a plain fallback
+
+
+@needs_onednn
+def test_sub_pixel_upsampling_falls_back_where_it_does_not_apply():
+    """Under autograd (training) and for convs that are not 3x3/padding 1 the plain upsample-then-conv runs."""
+    conv = packed_copy(nn.Conv2d(3, 4, 3, padding=1))
+    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    out = perf.upsample_conv(conv, x)
+    out.sum().backward()
+    assert x.grad is not None and out.shape == (1, 4, 8, 8)
+    wide = packed_copy(nn.Conv2d(3, 4, 5, padding=2))
+    with torch.inference_mode():
+        got = perf.upsample_conv(wide, x.detach())
+        expected = F.conv2d(F.interpolate(x.detach(), scale_factor=2.0), wide.dense_weight(), wide.bias, padding=2)
+    torch.testing.assert_close(got, expected, **TOL[torch.float32])
 
 
 @needs_onednn
@@ -204,7 +242,16 @@ def test_cpu_decode_hands_the_freed_heap_back_first(tiny_file, monkeypatch):
     monkeypatch.setattr(devices, "release_free_heap", lambda: calls.append("trim") or True)
     monkeypatch.setattr(pipe.vae, "decode", lambda z: calls.append("decode") or decode(z))
     pipe.txt2img("a red brick wall", width=64, height=64, steps=2, seed=1)
-    assert calls == ["trim", "decode"]
+    # then once more before each decoder level (each level's freed activations out before the next, 4x larger, one)
+    assert calls == ["trim", "decode"] + ["trim"] * len(pipe.vae.decoder.up)
+
+
+def test_plain_pipelines_and_gpus_add_no_heap_trims(tiny_file):
+    plain = sd_core.load(tiny_file, device="cpu", dtype=torch.float32, optimize=False)
+    assert not any(m._forward_pre_hooks for m in plain.vae.decoder.up)
+    fast = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
+    assert [len(m._forward_pre_hooks) for m in fast.vae.decoder.up] == [1] * len(fast.vae.decoder.up)
+    assert perf.trim_heap_before(fast.vae.decoder.up) == 0  # never twice
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's (Linux)")
@@ -282,6 +329,34 @@ def test_cpu_dtype_bf16_only_with_amx(monkeypatch):
     monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16 amx_bf16 amx_tile")
     assert devices.pick_dtype(cpu) == torch.bfloat16
     assert devices.pick_dtype(torch.device("cuda")) == torch.float16
+
+
+def test_half_precision_cpu_pipelines_keep_a_float32_vae_without_amx(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
+    assert devices.pick_vae_dtype(cpu, torch.bfloat16) == torch.float32
+    assert devices.pick_vae_dtype(cpu, torch.float16) == torch.float32
+    assert devices.pick_vae_dtype(cpu, torch.float32) == torch.float32
+    assert devices.pick_vae_dtype(cpu, torch.bfloat16, "bf16") == torch.bfloat16  # asked for: honoured
+    assert devices.pick_vae_dtype(cuda, torch.float16) == torch.float16  # GPUs: the NaN fallback handles it
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16 amx_bf16 amx_tile")
+    assert devices.pick_vae_dtype(cpu, torch.bfloat16) == torch.bfloat16
+
+
+def test_bf16_load_without_amx_has_a_float32_vae_and_generates(tiny_file, monkeypatch):
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
+    pipe = sd_core.load(tiny_file, device="cpu", dtype="bf16")
+    assert {p.dtype for p in pipe.vae.parameters()} == {torch.float32}
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+    kw = dict(width=64, height=64, steps=3, cfg_scale=7.5, seed=5)
+    ref = sd_core.load(tiny_file, device="cpu", dtype="bf16", vae_dtype="bf16")
+    assert {p.dtype for p in ref.vae.parameters()} == {torch.bfloat16}
+    a = np.asarray(pipe.txt2img("a red brick wall", **kw)[0], np.float64)
+    b = np.asarray(ref.txt2img("a red brick wall", **kw)[0], np.float64)
+    assert b.std() > 5 and np.abs(a - b).mean() < 3, np.abs(a - b).mean()  # same image up to bf16 rounding
+    init = Image.fromarray(np.asarray(ref.txt2img("a red brick wall", **kw)[0]))
+    assert pipe.img2img(init, "a red brick wall", strength=0.5, steps=3, seed=5)[0].size == (64, 64)
 
 
 def test_unet_flops_of_sd15():

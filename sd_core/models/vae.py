@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..perf import conv_add, silu_
+from ..perf import conv_add, silu_, upsample_conv
 from .attention import attention, group_norm
 
 
@@ -104,7 +104,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return upsample_conv(self.conv, x)
 
 
 class Mid(nn.Module):
