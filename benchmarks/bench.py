@@ -157,6 +157,7 @@ class SdCore:
 
         self.pipe = sd_core.load(path, device=device, dtype=dtype, **options)
         self.dtype = self.pipe.dtype
+        self.vae_dtype = next(self.pipe.vae.parameters()).dtype
 
     def generate(self, size: int, batch: int, steps: int, on_step) -> np.ndarray:
         images = self.pipe.txt2img(
@@ -268,7 +269,7 @@ def run_defaults(path: Path, config: Path, size: int, device: str, log) -> dict:
     theirs_args = inspect.signature(theirs.__call__).parameters
     defaults = {
         "sd_core": {"dtype": str(ours.dtype).removeprefix("torch."), "sampler": ours_args["sampler"].default,
-                    "steps": ours_args["steps"].default, "cfg": ours_args["cfg_scale"].default},
+                    "steps": ours_args["steps"].default, "cfg": ours.cfg_scale_or_default(None)},
         "diffusers": {"dtype": str(theirs.unet.dtype).removeprefix("torch."),
                       "sampler": type(theirs.scheduler).__name__, "steps": theirs_args["num_inference_steps"].default,
                       "cfg": theirs_args["guidance_scale"].default},
@@ -341,6 +342,7 @@ def run_generation(
             "reps": reps,
             "steps": steps,
             "sd_core_dtype": str(ours.dtype).removeprefix("torch."),
+            "sd_core_vae_dtype": str(ours.vae_dtype).removeprefix("torch."),
             "diffusers_dtype": str(theirs.dtype).removeprefix("torch."),
         }
         for name, rs in runs.items():
@@ -614,6 +616,12 @@ def print_report(
             f"{dt:<8}{r['size']}x{r['size']} b{r['batch']:<3}{a:9.1f}{b:9.1f}{fmt_ratio(a, b):>7}"
             f"{sa:10.2f}{sb:10.2f}{fmt_ratio(sa, sb):>7}{gflops_a:8.0f}{gflops_b:8.0f}"
             f"{wa:8.0f}{wb:8.0f}{fmt_ratio(wa, wb):>7}{r['px_diff_engines']:9.2f}{vs32:>14}"
+        )
+    own_vae = {(r["dtype"], r["sd_core_vae_dtype"]) for r in gen_rows if r["sd_core_vae_dtype"] != r["sd_core_dtype"]}
+    for dtype, vae_dtype in sorted(own_vae):
+        log(
+            f"({dtype}: sd_core's VAE runs in {vae_dtype}, its own choice for this CPU (devices.pick_vae_dtype); "
+            f"diffusers' in {dtype})"
         )
     work = sorted({(r["size"], r["batch"], r["unet_gflop_per_step"]) for r in gen_rows})
     log("(UNet work per CFG step: " + ", ".join(f"{s}px b{b}: {g:.0f} GFLOP" for s, b, g in work) + ")")
