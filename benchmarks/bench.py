@@ -500,7 +500,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
     for dtype_name in ("fp32", "bf16"):
         dtype = DTYPES[dtype_name]
         xd, cd, zd = x.to(dtype), c.to(dtype), z.to(dtype)
-        plain = sd_core.load(path, device="cpu", dtype=dtype, optimize=False)
+        plain = sd_core.load(path, device="cpu", dtype=dtype, optimize=False, vae_dtype=dtype)
         packed = copy.deepcopy(plain.unet)
         perf.pack_for_cpu(packed)
         ab(
@@ -530,7 +530,32 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             "plain",
             "packed",
         )
-        del packed_vae
+        no_sub_pixel = copy.deepcopy(plain.vae)
+        perf.pack_for_cpu(no_sub_pixel)
+        for level in no_sub_pixel.decoder.up:
+            if hasattr(level, "upsample"):
+                perf.unpack_module(level.upsample.conv)  # a plain conv: upsample, then 3x3 conv
+        ab(
+            f"{dtype_name} VAE decode {size}px packed: sub-pixel upsampling",
+            lambda v=no_sub_pixel, zd=zd: v.decode(zd),
+            lambda v=packed_vae, zd=zd: v.decode(zd),
+            "plain",
+            "sub-px",
+        )
+        del packed_vae, no_sub_pixel
+        if dtype != torch.float32:
+            vae32 = copy.deepcopy(plain.vae).float()
+            perf.pack_for_cpu(vae32)
+            vae_half = copy.deepcopy(plain.vae)
+            perf.pack_for_cpu(vae_half)
+            ab(
+                f"{dtype_name} pipeline VAE decode {size}px: {dtype_name} vs float32 VAE",
+                lambda v=vae_half, zd=zd: v.decode(zd),
+                lambda v=vae32, zd=zd: v.decode(zd.float()),
+                dtype_name,
+                "fp32",
+            )
+            del vae32, vae_half
         q = torch.randn(2, 8, h * h, 40, generator=g).to(dtype)
 
         def sdpa(backend, q=q):

@@ -246,7 +246,7 @@ def test_cpu_decode_hands_the_freed_heap_back_first(tiny_file, monkeypatch):
     assert calls == ["trim", "decode"] + ["trim"] * len(pipe.vae.decoder.up)
 
 
-def test_plain_pipelines_and_gpus_add_no_heap_trims(tiny_file):
+def test_plain_pipelines_add_no_heap_trims(tiny_file):
     plain = sd_core.load(tiny_file, device="cpu", dtype=torch.float32, optimize=False)
     assert not any(m._forward_pre_hooks for m in plain.vae.decoder.up)
     fast = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
