@@ -181,11 +181,11 @@ class PackedConv2d(_Packed, nn.Conv2d):
 
     def forward_upsampled(self, x: torch.Tensor) -> torch.Tensor:
         """conv(nearest 2x upsample of x) for a 3x3 conv with padding 1 ("sub-pixel"): each of the four output pixel
-        phases sees only a 2x2 neighbourhood of `x`, so one 2x2 convolution of `x` with 4x the output channels
-        (`_phase_weight`) gives all of them, then they are interleaved. The same sums with 2.25x fewer multiply-adds,
-        and the 4x larger upsampled input is never built (SD1.5 VAE decode at 512x512: the three upsampling convs
-        3.4 s -> 1.8 s here). Seamless padding works unchanged: the conv's own `_conv_forward` pads x by one pixel
-        (zeros or circular), which is exactly the upsampled image's padding seen at low resolution."""
+        phases sees only a 2x2 neighbourhood of `x`, so four 2x2 convolutions of `x` (`_phase_kernel`) give them,
+        interleaved into the output. The same sums with 2.25x fewer multiply-adds, and the 4x larger upsampled input
+        is never built (SD1.5 VAE decode at 256x256: 0.87x the time, `benchmarks/bench.py --levers`). Seamless
+        padding works unchanged: the conv's own `_conv_forward` pads x by one pixel (zeros or circular), which is
+        exactly the upsampled image's padding seen at low resolution."""
         upsampled_conv_ok = self.kernel_size == (3, 3) and list(self.padding) == [1, 1] and self.groups == 1
         if not (self.fast(x) and upsampled_conv_ok and list(self.stride) == [1, 1] and list(self.dilation) == [1, 1]):
             return self.forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
