@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import devices
+
 # --- prepacked oneDNN layers -----------------------------------------------------------------------------------------
 
 
@@ -186,8 +188,8 @@ class PackedConv2d(_Packed, nn.Conv2d):
         is never built (SD1.5 VAE decode at 256x256: 0.87x the time, `benchmarks/bench.py --levers`). Seamless
         padding works unchanged: the conv's own `_conv_forward` pads x by one pixel (zeros or circular), which is
         exactly the upsampled image's padding seen at low resolution."""
-        upsampled_conv_ok = self.kernel_size == (3, 3) and list(self.padding) == [1, 1] and self.groups == 1
-        if not (self.fast(x) and upsampled_conv_ok and list(self.stride) == [1, 1] and list(self.dilation) == [1, 1]):
+        plain_3x3 = self.kernel_size == (3, 3) and self.groups == 1 and list(self.padding) == [1, 1]
+        if not (plain_3x3 and list(self.stride) == list(self.dilation) == [1, 1] and self.fast(x)):
             return self.forward(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         n, _, h, w = x.shape
         weight = self.dense_weight()
@@ -426,14 +428,12 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
             model.to(memory_format=torch.channels_last)
             done[name] = 1
     if on_cpu:
-        done["heap_trims"] = trim_heap_before(getattr(pipe.vae.decoder, "up", []))
+        done["heap_trims"] = trim_heap_before(pipe.vae.decoder.up)
     return done
 
 
 def _trim_heap(_module: nn.Module, _args: Any) -> None:
-    from .devices import release_free_heap
-
-    release_free_heap()
+    devices.release_free_heap()
 
 
 def trim_heap_before(modules: Iterable[nn.Module]) -> int:
