@@ -158,6 +158,8 @@ class SdCore:
         self.pipe = sd_core.load(path, device=device, dtype=dtype, **options)
         self.dtype = self.pipe.dtype
         self.vae_dtype = next(self.pipe.vae.parameters()).dtype
+        upcast = {m.attention_dtype for m in self.pipe.unet.modules() if hasattr(m, "attention_dtype")}
+        self.attention_dtype = upcast.pop() if len(upcast) == 1 and None not in upcast else self.dtype
 
     def generate(self, size: int, batch: int, steps: int, on_step) -> np.ndarray:
         images = self.pipe.txt2img(
@@ -343,6 +345,7 @@ def run_generation(
             "steps": steps,
             "sd_core_dtype": str(ours.dtype).removeprefix("torch."),
             "sd_core_vae_dtype": str(ours.vae_dtype).removeprefix("torch."),
+            "sd_core_attention_dtype": str(ours.attention_dtype).removeprefix("torch."),
             "diffusers_dtype": str(theirs.dtype).removeprefix("torch."),
         }
         for name, rs in runs.items():
@@ -511,6 +514,22 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             "packed",
         )
         packed_unets[dtype_name] = packed
+        if dtype != torch.float32:
+
+            def attention_in(dtype_, u=packed, xd=xd, cd=cd):
+                perf.set_attention_dtype(u, dtype_)
+                try:
+                    return u(xd, t, cd)
+                finally:
+                    perf.set_attention_dtype(u, None)
+
+            ab(
+                f"{dtype_name} UNet {size}px packed: attention in {dtype_name} vs float32",
+                lambda: attention_in(None),
+                lambda: attention_in(torch.float32),
+                dtype_name,
+                "fp32",
+            )
         nhwc = copy.deepcopy(plain.unet).to(memory_format=torch.channels_last)
         xcl = xd.contiguous(memory_format=torch.channels_last)
         ab(
@@ -647,6 +666,16 @@ def print_report(
         log(
             f"({dtype}: sd_core's VAE runs in {vae_dtype}, its own choice for this CPU (devices.pick_vae_dtype); "
             f"diffusers' in {dtype})"
+        )
+    own_attention = {
+        (r["dtype"], r["sd_core_attention_dtype"])
+        for r in gen_rows
+        if r["sd_core_attention_dtype"] != r["sd_core_dtype"]
+    }
+    for dtype, attention_dtype in sorted(own_attention):
+        log(
+            f"({dtype}: sd_core's UNet attention computes in {attention_dtype} (weights and activations stay {dtype}), "
+            f"its own choice for this CPU (devices.pick_attention_dtype); diffusers' in {dtype})"
         )
     work = sorted({(r["size"], r["batch"], r["unet_gflop_per_step"]) for r in gen_rows})
     log("(UNet work per CFG step: " + ", ".join(f"{s}px b{b}: {g:.0f} GFLOP" for s, b, g in work) + ")")

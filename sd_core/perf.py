@@ -11,6 +11,8 @@ CPU, on by default (`sd_core.load(..., optimize=True)`, `optimize(pipe)`):
 - **Sub-pixel upsampling** in the VAE decoder (`upsample_conv`): nearest-2x then 3x3 conv computed as four 2x2 convs
   of the low-resolution input, 2.25x fewer multiply-adds and no 4x upsampled tensor (exact up to float rounding).
 - **Heap trims** before each VAE decoder level (`trim_heap_before`): lower peak RSS, a few milliseconds.
+- **Float32 attention** in bf16/fp16 models on CPUs without AMX (`set_attention_dtype`, choice in
+  `devices.pick_attention_dtype`): only q/k/v and the output are converted; faster there, same accuracy.
 Packed modules stay `nn.Conv2d`/`nn.Linear` instances: `state_dict()` gives plain tensors, `.to()` unpacks first,
 seamless tiling falls back to a plain convolution, and `unpack(module)` restores the original modules.
 
@@ -415,13 +417,18 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
 
 def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None = None) -> dict[str, int]:
     """The default levers for the pipeline's device: on the CPU, prepacked weights (`pack_for_cpu`) for the UNet, VAE
-    and text encoder; on a GPU, channels_last UNet and VAE. Returns what was done, per model."""
+    and text encoder; on a GPU, channels_last UNet and VAE; everywhere, the attention compute dtype
+    `devices.pick_attention_dtype` picks (float32 in half-precision models on CPUs without AMX). Returns what was done,
+    per model."""
     on_cpu = pipe.device.type == "cpu"
     pack = on_cpu if pack is None else pack
     channels_last = (not on_cpu) if channels_last is None else channels_last
     done: dict[str, int] = {}
     for name in ("unet", "vae", "text_encoder"):
         model = getattr(pipe, name)
+        upcast = set_attention_dtype(model, devices.pick_attention_dtype(pipe.device, next(model.parameters()).dtype))
+        if upcast:
+            done[f"{name}_float32_attention"] = upcast
         if pack and next(model.parameters()).device.type == "cpu":
             done[name] = pack_for_cpu(model)
         elif channels_last and name != "text_encoder":
@@ -430,6 +437,18 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
     if on_cpu:
         done["heap_trims"] = trim_heap_before(pipe.vae.decoder.up)
     return done
+
+
+def set_attention_dtype(module: nn.Module, dtype: torch.dtype | None) -> int:
+    """Make every attention layer in `module` compute in `dtype` (None: in its inputs' dtype). Returns how many layers
+    were given a dtype. Measured (`benchmarks/bench.py --levers`): float32 attention in a bf16 SD1.5 UNet at 512x512
+    on a CPU without AMX, 0.92x the step time."""
+    count = 0
+    for m in module.modules():
+        if hasattr(m, "attention_dtype"):
+            m.attention_dtype = dtype
+            count += dtype is not None
+    return count
 
 
 def _trim_heap(_module: nn.Module, _args: Any) -> None:

@@ -19,7 +19,7 @@ from sd_core import checkpoint, devices, perf, tiling
 from sd_core.denoiser import GuidedDenoiser
 from sd_core.models import attention
 from sd_core.models.text_encoder import CLIPTextEncoder
-from sd_core.models.unet import UNetModel
+from sd_core.models.unet import CrossAttention, UNetModel
 from sd_core.models.vae import AutoencoderKL
 from sd_core.schedules import NoiseSchedule
 
@@ -342,12 +342,65 @@ def test_half_precision_cpu_pipelines_keep_a_float32_vae_without_amx(monkeypatch
     assert devices.pick_vae_dtype(cpu, torch.bfloat16) == torch.bfloat16
 
 
+def test_half_precision_cpu_attention_computes_in_float32_without_amx(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
+    assert devices.pick_attention_dtype(cpu, torch.bfloat16) == torch.float32
+    assert devices.pick_attention_dtype(cpu, torch.float16) == torch.float32
+    assert devices.pick_attention_dtype(cpu, torch.float32) is None
+    assert devices.pick_attention_dtype(cuda, torch.float16) is None
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16 amx_bf16 amx_tile")
+    assert devices.pick_attention_dtype(cpu, torch.bfloat16) is None
+
+
+@pytest.mark.parametrize("slice_size", [None, 5])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_in_float32_rounds_once(slice_size, causal):
+    """bf16 q/k/v with dtype=float32: the float32 attention of the same values, rounded to bf16 once."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(2, 12, 16, generator=g).bfloat16() for _ in range(3))
+    attention.set_slice_size(slice_size)
+    try:
+        got = attention.attention(q, k, v, heads=2, causal=causal, dtype=torch.float32)
+        expected = attention.attention(q.float(), k.float(), v.float(), heads=2, causal=causal).bfloat16()
+        own = attention.attention(q, k, v, heads=2, causal=causal)
+    finally:
+        attention.set_slice_size(None)
+    assert got.dtype == own.dtype == torch.bfloat16
+    assert torch.equal(got, expected)
+    torch.testing.assert_close(got.float(), own.float(), **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("variant", tm.VARIANTS)
+def test_float32_attention_in_a_bf16_unet_matches_its_bf16_attention(variant):
+    unet = random_unet(variant)
+    x, t, context = unet_inputs(variant)
+    with torch.inference_mode():
+        reference = unet(x, t, context)
+        unet.bfloat16()
+        plain = unet(x.bfloat16(), t, context.bfloat16()).float()
+        layers = sum(isinstance(m, CrossAttention) for m in unet.modules())
+        assert perf.set_attention_dtype(unet, torch.float32) == layers > 0
+        upcast = unet(x.bfloat16(), t, context.bfloat16()).float()
+    assert not torch.equal(upcast, plain)  # the attention really ran in another dtype
+    torch.testing.assert_close(upcast, plain, **TOL[torch.bfloat16])
+    torch.testing.assert_close(upcast, reference, **TOL[torch.bfloat16])
+
+
 def test_bf16_load_without_amx_has_a_float32_vae_and_generates(tiny_file, monkeypatch):
     monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
     pipe = sd_core.load(tiny_file, device="cpu", dtype="bf16")
     assert {p.dtype for p in pipe.vae.parameters()} == {torch.float32}
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+    upcast = [
+        m.attention_dtype
+        for model in (pipe.unet, pipe.text_encoder)
+        for m in model.modules()
+        if hasattr(m, "attention_dtype")
+    ]
+    assert upcast and set(upcast) == {torch.float32}  # the bf16 models' attention computes in float32
+    assert {m.attention_dtype for m in pipe.vae.modules() if hasattr(m, "attention_dtype")} == {None}  # already float32
     kw = dict(width=64, height=64, steps=3, cfg_scale=7.5, seed=5)
     ref = sd_core.load(tiny_file, device="cpu", dtype="bf16", vae_dtype="bf16")
     assert {p.dtype for p in ref.vae.parameters()} == {torch.bfloat16}

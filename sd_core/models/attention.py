@@ -24,12 +24,23 @@ def get_slice_size() -> int | None:
     return _SLICE[0]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, causal: bool = False) -> torch.Tensor:
-    """Multi-head attention on [B, N, heads*dim] tensors; returns [B, N, heads*dim].
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    causal: bool = False,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Multi-head attention on [B, N, heads*dim] tensors; returns [B, N, heads*dim] in q's dtype.
 
     One fused SDPA call (flash / memory-efficient kernels where the device has them), default 1/sqrt(dim) scale.
     Measured on the CPU: the flash kernel torch picks by default is 4-5x faster than the math one at 1024-4096 tokens
-    (`benchmarks/bench.py --levers`), so no backend is forced."""
+    (`benchmarks/bench.py --levers`), so no backend is forced. `dtype`: compute in it (float32 for half-precision
+    models on CPUs without AMX, `devices.pick_attention_dtype`), the result rounded back once."""
+    out_dtype = q.dtype
+    if dtype is not None and dtype != out_dtype:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     b, n, inner = q.shape
     dim = inner // heads
     q, k, v = (t.reshape(b, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
@@ -40,7 +51,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, cau
         out = torch.empty(b, n, heads, dim, dtype=q.dtype, device=q.device).transpose(1, 2)
         for start in range(0, n, size):
             out[:, :, start : start + size] = F.scaled_dot_product_attention(q[:, :, start : start + size], k, v)
-    return out.transpose(1, 2).reshape(b, n, inner)
+    return out.transpose(1, 2).reshape(b, n, inner).to(out_dtype)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

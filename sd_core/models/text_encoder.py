@@ -42,6 +42,8 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    attention_dtype: torch.dtype | None = None  # compute dtype of the attention core (perf.set_attention_dtype)
+
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
@@ -51,7 +53,7 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, causal=True)
+        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, True, self.attention_dtype)
         return self.out_proj(out) if residual is None else linear_add(self.out_proj, out, residual)
 
 

@@ -77,6 +77,8 @@ class ResBlock(nn.Module):
 class CrossAttention(nn.Module):
     """Attention from image tokens to `context` (or to themselves when context is None)."""
 
+    attention_dtype: torch.dtype | None = None  # compute dtype of the attention core (perf.set_attention_dtype)
+
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None):
         super().__init__()
         inner = heads * dim_head
@@ -91,7 +93,7 @@ class CrossAttention(nn.Module):
     ) -> torch.Tensor:
         """`to_out(attention)`, plus `residual` when given (added inside the output projection when it is packed)."""
         context = x if context is None else context
-        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)
+        out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads, dtype=self.attention_dtype)
         if residual is None:
             return self.to_out(out)
         return linear_add(self.to_out[0], self.to_out[1](out), residual)

@@ -57,6 +57,8 @@ class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels. q/k/v/proj_out are 1x1 convs; files that store them as Linear
     weights [C, C] (diffusers-converted VAEs) are accepted: the load hook adds the two unit dimensions (a view)."""
 
+    attention_dtype: torch.dtype | None = None  # compute dtype of the attention core (perf.set_attention_dtype)
+
     def __init__(self, channels: int):
         super().__init__()
         self.norm = _norm(channels)
@@ -76,7 +78,7 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         t = self.norm(x)
         q, k, v = (conv(t).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))
-        out = attention(q, k, v, heads=1).transpose(1, 2).reshape(b, c, h, w)
+        out = attention(q, k, v, heads=1, dtype=self.attention_dtype).transpose(1, 2).reshape(b, c, h, w)
         return conv_add(self.proj_out, out, x)
 
 
