@@ -355,6 +355,7 @@ def run_generation(
             if device != "cpu":
                 row[f"{name}_vram_mb"] = max(r["vram_mb"] for r in rs)
         row["unet_gflop_per_step"] = flops[(size, batch)] / 1e9
+        row["sd_core_unet_gflop_per_step"] = flops[(size, batch, "sd_core")] / 1e9
         a, b = runs["sd_core"][-1]["images"], runs["diffusers"][-1]["images"]
         row["px_diff_engines"] = float(np.abs(a - b).mean())
         ref = references.get((size, batch))
@@ -648,7 +649,7 @@ def print_report(
     log("-" * len(head))
     for r in gen_rows:
         dt = r["dtype"] if r["dtype"] != "default" else f"def({r['sd_core_dtype'][:4]}/{r['diffusers_dtype'][:4]})"
-        gflops_a = r["unet_gflop_per_step"] / r["sd_core_step_s"]
+        gflops_a = r.get("sd_core_unet_gflop_per_step", r["unet_gflop_per_step"]) / r["sd_core_step_s"]
         gflops_b = r["unet_gflop_per_step"] / r["diffusers_step_s"]
         vs32 = ""
         if "px_diff_sd_core_vs_fp32" in r:
@@ -661,7 +662,11 @@ def print_report(
             f"{sa:10.2f}{sb:10.2f}{fmt_ratio(sa, sb):>7}{gflops_a:8.0f}{gflops_b:8.0f}"
             f"{wa:8.0f}{wb:8.0f}{fmt_ratio(wa, wb):>7}{r['px_diff_engines']:9.2f}{vs32:>14}"
         )
-    own_vae = {(r["dtype"], r["sd_core_vae_dtype"]) for r in gen_rows if r["sd_core_vae_dtype"] != r["sd_core_dtype"]}
+    own_vae = {
+        (r["dtype"], r["sd_core_vae_dtype"])
+        for r in gen_rows
+        if r.get("sd_core_vae_dtype", r["sd_core_dtype"]) != r["sd_core_dtype"]  # (CUDA low-VRAM rows: absent)
+    }
     for dtype, vae_dtype in sorted(own_vae):
         log(
             f"({dtype}: sd_core's VAE runs in {vae_dtype}, its own choice for this CPU (devices.pick_vae_dtype); "
@@ -670,15 +675,20 @@ def print_report(
     own_attention = {
         (r["dtype"], r["sd_core_attention_dtype"])
         for r in gen_rows
-        if r["sd_core_attention_dtype"] != r["sd_core_dtype"]
+        if r.get("sd_core_attention_dtype", r["sd_core_dtype"]) != r["sd_core_dtype"]
     }
     for dtype, attention_dtype in sorted(own_attention):
         log(
             f"({dtype}: sd_core's UNet attention computes in {attention_dtype} (weights and activations stay {dtype}), "
             f"its own choice for this CPU (devices.pick_attention_dtype); diffusers' in {dtype})"
         )
-    work = sorted({(r["size"], r["batch"], r["unet_gflop_per_step"]) for r in gen_rows})
-    log("(UNet work per CFG step: " + ", ".join(f"{s}px b{b}: {g:.0f} GFLOP" for s, b, g in work) + ")")
+    work = sorted(
+        {(r["size"], r["batch"], r["unet_gflop_per_step"], r.get("sd_core_unet_gflop_per_step")) for r in gen_rows}
+    )
+    log(
+        "(UNet work per CFG step, diffusers / sd_core, which runs the layers before the first cross-attention once "
+        "for both halves: " + ", ".join(f"{s}px b{b}: {g:.0f} / {o:.0f} GFLOP" for s, b, g, o in work if o) + ")"
+    )
     if load_rows:
         log("")
         head = (
@@ -784,7 +794,8 @@ def main() -> None:
     from sd_core.perf import unet_flops
 
     unet_cfg = infer_config(read_shapes(path)).unet
-    flops = {(s, b): unet_flops(unet_cfg, 2 * b, s, s) for s, b in all_cases}
+    flops = {(s, b): unet_flops(unet_cfg, 2 * b, s, s) for s, b in all_cases}  # diffusers' CFG call: [x; x]
+    flops.update({(s, b, "sd_core"): unet_flops(unet_cfg, 2 * b, s, s, contexts_per_row=2) for s, b in all_cases})
     peaks = {d: measured_peak_gflops(DTYPES[d], device) for d in ("fp32", "bf16" if device == "cpu" else "fp16")}
 
     load_rows = []
@@ -850,6 +861,7 @@ def run_cuda_extras(path: Path, config: Path, steps: int, flops: dict, log) -> l
                 "sd_core_work_mb": r["vram_mb"],
                 "diffusers_work_mb": float("nan"),
                 "unet_gflop_per_step": flops.get((512, 1), float("nan")) / 1e9,
+                "sd_core_unet_gflop_per_step": flops.get((512, 1, "sd_core"), float("nan")) / 1e9,
                 "px_diff_engines": float("nan"),
             }
         )

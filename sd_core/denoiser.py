@@ -80,8 +80,8 @@ class GuidedDenoiser:
         context = self.context(batch)
         if not self.guided:
             return self.unet(x_in.to(self.dtype), t, context).float()
-        x_in = x_in.to(self.dtype)
-        out = self.unet(torch.cat([x_in, x_in]), torch.cat([t, t]), context).float()
+        # x once, the context twice: the UNet runs its text-free first layers once for both halves
+        out = self.unet(x_in.to(self.dtype), t, context).float()
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.cfg_scale * (out_cond - out_uncond)
 

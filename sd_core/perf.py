@@ -627,17 +627,21 @@ class LowVRAM:
 # --- FLOPs -----------------------------------------------------------------------------------------------------------
 
 
-def unet_flops(config: dict, batch: int, height: int, width: int, context_tokens: int = 77) -> int:
+def unet_flops(
+    config: dict, batch: int, height: int, width: int, context_tokens: int = 77, contexts_per_row: int = 1
+) -> int:
     """FLOPs of one UNet call on [batch, C, height/8, width/8] latents (convs, matmuls, attention), counted by
-    torch's FLOP counter on the meta device (nothing is computed). A CFG step is one call with batch = 2 x images."""
+    torch's FLOP counter on the meta device (nothing is computed). A CFG step is one call with batch = 2 x images;
+    `contexts_per_row=2` counts it as sd_core runs it (batch/2 latent rows under `batch` contexts, the layers before
+    the first cross-attention once per row)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from .models.unet import UNetModel
 
     with torch.device("meta"):
         unet = UNetModel(config)
-        x = torch.zeros(batch, unet.config["in_channels"], height // 8, width // 8)
-        t = torch.zeros(batch)
+        x = torch.zeros(batch // contexts_per_row, unet.config["in_channels"], height // 8, width // 8)
+        t = torch.zeros(batch // contexts_per_row)
         context = torch.zeros(batch, context_tokens, unet.config["context_dim"])
         with FlopCounterMode(display=False) as counter:
             unet(x, t, context)

@@ -89,6 +89,25 @@ def test_unet_test_mapping_agrees_with_diffusers_converter(variant):
     assert all(torch.equal(converted[k], reference[k]) for k in reference)
 
 
+@pytest.mark.parametrize("variant", tm.VARIANTS)
+def test_unet_with_each_row_under_two_contexts_matches_diffusers_on_the_repeated_batch(variant):
+    """Classifier-free guidance: x [B], context [uncond; cond] of 2B rows is diffusers' UNet on [x; x]. The layers
+    before the first cross-attention see B rows only."""
+    x, t, context = unet_inputs(variant)
+    twice = torch.cat([context, torch.randn(context.shape, generator=torch.Generator().manual_seed(9))])
+    model = our_unet(variant)
+    seen = []
+    hook = model.input_blocks[0].register_forward_hook(lambda _m, _a, out: seen.append(out.shape[0]))
+    with torch.no_grad():
+        expected = oracle_unet(variant)(torch.cat([x, x]), torch.cat([t, t]), twice).sample
+        got = model(x, t, twice)
+    hook.remove()
+    assert seen == [2] and got.shape[0] == 4
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match="cannot tile a batch of 2 to 3"):
+        model(x, t, twice[:3])
+
+
 def test_unet_latent_size_not_multiple_of_8_matches_diffusers():
     x, t, context = unet_inputs("sd1", h=10, w=14)
     with torch.no_grad():

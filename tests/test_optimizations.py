@@ -72,6 +72,21 @@ def test_packed_unet_matches_plain(variant, same_t, dtype):
 
 
 @needs_onednn
+@pytest.mark.parametrize("same_t", [False, True], ids=["own-timesteps", "shared-timestep"])
+@pytest.mark.parametrize("variant", tm.VARIANTS)
+def test_packed_unet_shares_the_text_free_layers_between_cfg_halves(variant, same_t):
+    """x once under [uncond; cond] (the denoiser's CFG call) on packed layers = the plain UNet on [x; x]."""
+    plain = random_unet(variant)
+    packed = packed_copy(plain)
+    x, t, context = unet_inputs(variant, same_t=same_t)
+    twice = torch.cat([context, context.flip(0) * 0.5])
+    with torch.inference_mode():
+        expected = plain(torch.cat([x, x]), torch.cat([t, t]), twice)
+        got = packed(x, t, twice)
+    torch.testing.assert_close(got, expected, **TOL[torch.float32])
+
+
+@needs_onednn
 def test_packed_conv_repacks_when_the_input_shape_changes():
     plain = random_unet("sd1")
     packed = packed_copy(plain)
@@ -419,6 +434,8 @@ def test_unet_flops_of_sd15():
     flops = perf.unet_flops(config, 2, 256, 256)
     assert 3.0e11 < flops < 4.5e11  # ~360 GFLOP for a CFG step at 256x256
     assert 3.5 < perf.unet_flops(config, 2, 512, 512) / flops < 5.0
+    shared = perf.unet_flops(config, 2, 256, 256, contexts_per_row=2)  # the text-free first layers once: ~1.7% less
+    assert 0.97 * flops < shared < 0.99 * flops
 
 
 # --- low-VRAM offload (logic tested on the CPU) ---------------------------------------------------------------------

@@ -141,6 +141,7 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         x = self.attn1(self.norm1(x), residual=x)
+        x = tile_batch(x, context.shape[0])  # shared CFG rows part here: the text enters at attn2
         x = self.attn2(self.norm2(x), context, residual=x)
         return self.ff(self.norm3(x), residual=x)
 
@@ -170,6 +171,8 @@ class SpatialTransformer(nn.Module):
             t = self.proj_in(t)
         for block in self.transformer_blocks:
             t = block(t, context)
+        x = tile_batch(x, t.shape[0])
+        b = x.shape[0]
         if not self.use_linear:
             return conv_add(self.proj_out, t.transpose(1, 2).reshape(b, -1, h, w), x)
         x_tokens = x.flatten(2).transpose(1, 2)  # a view; contiguous when x is channels_last
@@ -208,7 +211,7 @@ class Block(nn.ModuleList):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, size: torch.Size | None = None):
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb)
+                x = layer(x, emb if emb.shape[0] == 1 else tile_batch(emb, x.shape[0]))
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
             elif isinstance(layer, Upsample):
@@ -218,9 +221,23 @@ class Block(nn.ModuleList):
         return x
 
 
+def tile_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """`t` repeated along the batch to `batch` rows ([t, t, ...]; `t` itself when it has them already)."""
+    if t.shape[0] == batch:
+        return t
+    if batch % t.shape[0]:
+        raise ValueError(f"cannot tile a batch of {t.shape[0]} to {batch}")
+    return torch.cat([t] * (batch // t.shape[0]))  # cat keeps channels_last
+
+
 class UNetModel(nn.Module):
     """`forward(x, timesteps, context)`: x [B, in_channels, h, w]; timesteps [B] (or a scalar), may be fractional;
-    context [B, T, context_dim]. Inputs are cast to the weights' dtype; the output is in the weights' dtype."""
+    context [B, T, context_dim] or [k*B, T, context_dim]. Inputs are cast to the weights' dtype; the output is in the
+    weights' dtype, with as many rows as `context`.
+
+    A context with k times x's rows means "each x row under k contexts" (classifier-free guidance: k = 2, context
+    [uncond, cond]), the same as passing x repeated k times ([x, x]), but everything before the text first enters (the
+    input conv, the first ResBlock, the first self-attention) runs once per x row instead of k times."""
 
     def __init__(self, config: dict):
         super().__init__()
@@ -295,6 +312,6 @@ class UNetModel(nn.Module):
         if self.middle_block is not None:
             h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = torch.cat([h, skips.pop()], dim=1)
+            h = torch.cat([h, tile_batch(skips.pop(), h.shape[0])], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
-        return self.out(h).contiguous()  # called as a whole: sd_core.perf.LowVRAM offloads it as one unit
+        return tile_batch(self.out(h), context.shape[0]).contiguous()  # LowVRAM offloads the UNet as one unit
