@@ -515,6 +515,14 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             "packed",
         )
         packed_unets[dtype_name] = packed
+        x1 = xd[:1]  # one image under the two contexts of `cd` (uncond, cond)
+        ab(
+            f"{dtype_name} UNet {size}px packed: CFG halves share the text-free layers",
+            lambda u=packed, x1=x1, cd=cd: u(torch.cat([x1, x1]), t, cd),
+            lambda u=packed, x1=x1, cd=cd: u(x1, t[:1], cd),
+            "[x; x]",
+            "x once",
+        )
         if dtype != torch.float32:
 
             def attention_in(dtype_, u=packed, xd=xd, cd=cd):
