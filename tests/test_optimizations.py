@@ -248,6 +248,22 @@ def test_release_pages_keeps_values_readable(tmp_path):
     assert checkpoint.release_pages(torch.zeros(300_000)) == 0  # not a mapped checkpoint tensor: never touched
 
 
+def test_a_batch_decodes_one_image_at_a_time(tiny_file):
+    """The decoder's activations exist for one image at a time; the images are the batched decode's."""
+    pipe = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    seen = []
+    hook = pipe.vae.decoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    images = pipe.decode_latents(z)
+    hook.remove()
+    assert seen == [1, 1, 1] and len(images) == 3
+    with torch.inference_mode():
+        batched = pipe.vae.decode(z / pipe.config.latent_scale).float()
+    expected = sd_core.images.tensor_to_images(batched)
+    for got, want in zip(images, expected, strict=True):
+        assert np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64)).max() <= 1
+
+
 def test_cpu_decode_hands_the_freed_heap_back_first(tiny_file, monkeypatch):
     """Peak RSS: the sampler's freed buffers leave the heap before the VAE decoder allocates its own."""
     pipe = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
