@@ -670,26 +670,18 @@ def print_report(
             f"{sa:10.2f}{sb:10.2f}{fmt_ratio(sa, sb):>7}{gflops_a:8.0f}{gflops_b:8.0f}"
             f"{wa:8.0f}{wb:8.0f}{fmt_ratio(wa, wb):>7}{r['px_diff_engines']:9.2f}{vs32:>14}"
         )
-    own_vae = {
-        (r["dtype"], r["sd_core_vae_dtype"])
-        for r in gen_rows
-        if r.get("sd_core_vae_dtype", r["sd_core_dtype"]) != r["sd_core_dtype"]  # (CUDA low-VRAM rows: absent)
-    }
-    for dtype, vae_dtype in sorted(own_vae):
-        log(
-            f"({dtype}: sd_core's VAE runs in {vae_dtype}, its own choice for this CPU (devices.pick_vae_dtype); "
-            f"diffusers' in {dtype})"
-        )
-    own_attention = {
-        (r["dtype"], r["sd_core_attention_dtype"])
-        for r in gen_rows
-        if r.get("sd_core_attention_dtype", r["sd_core_dtype"]) != r["sd_core_dtype"]
-    }
-    for dtype, attention_dtype in sorted(own_attention):
-        log(
-            f"({dtype}: sd_core's UNet attention computes in {attention_dtype} (weights and activations stay {dtype}), "
-            f"its own choice for this CPU (devices.pick_attention_dtype); diffusers' in {dtype})"
-        )
+    own_choices = (
+        ("sd_core_vae_dtype", "VAE runs in {}", "pick_vae_dtype"),
+        ("sd_core_attention_dtype", "UNet attention computes in {} (weights and activations stay {})",
+         "pick_attention_dtype"),
+    )  # fmt: skip
+    for field, what, chooser in own_choices:
+        differs = {(r["dtype"], r[field]) for r in gen_rows if r.get(field, r["sd_core_dtype"]) != r["sd_core_dtype"]}
+        for dtype, own in sorted(differs):  # (CUDA low-VRAM rows have neither field)
+            log(
+                f"({dtype}: sd_core's {what.format(own, dtype)}, its own choice for this CPU (devices.{chooser}); "
+                f"diffusers' in {dtype})"
+            )
     work = sorted(
         {(r["size"], r["batch"], r["unet_gflop_per_step"], r.get("sd_core_unet_gflop_per_step")) for r in gen_rows}
     )

@@ -123,7 +123,7 @@ class StableDiffusion:
             self.vae.to(torch.float32)
         if self.low_vram is not None:
             self.low_vram.release()
-        return images.tensor_to_images(pixels.cpu())
+        return images.tensor_to_images(pixels)  # on the CPU already: each image moved as it was decoded
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator | None, batch: int = 1) -> torch.Tensor:
