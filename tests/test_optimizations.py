@@ -352,36 +352,52 @@ def test_denoiser_builds_the_cfg_context_once():
     torch.testing.assert_close(first[2:], cond.expand(2, -1, -1))
 
 
-def test_cpu_dtype_bf16_only_with_amx(monkeypatch):
+INTEL_AVX512_BF16 = "vendor_id : GenuineIntel\nflags : avx512f avx512_bf16"
+INTEL_AMX = "vendor_id : GenuineIntel\nflags : avx512f avx512_bf16 amx_bf16 amx_tile"
+AMD_ZEN4 = "vendor_id : AuthenticAMD\nflags : avx2 avx512f avx512_bf16"
+AMD_ZEN3 = "vendor_id : AuthenticAMD\nflags : avx2 fma"
+
+
+def test_cpu_dtype_bf16_only_where_bf16_is_fast(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
-    assert devices.pick_dtype(cpu) == torch.float32
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16 amx_bf16 amx_tile")
-    assert devices.pick_dtype(cpu) == torch.bfloat16
+    for info, expected in (
+        (INTEL_AVX512_BF16, torch.float32),  # one bf16 dot-product port against two float32 FMA ports
+        (INTEL_AMX, torch.bfloat16),
+        (AMD_ZEN4, torch.bfloat16),  # bf16 dot products at the float32 FMA rate: twice the work
+        (AMD_ZEN3, torch.float32),
+    ):
+        monkeypatch.setattr(devices, "_cpu_flags", lambda info=info: info)
+        assert devices.pick_dtype(cpu) == expected, info
     assert devices.pick_dtype(torch.device("cuda")) == torch.float16
 
 
 def test_half_precision_cpu_pipelines_keep_a_float32_vae_without_amx(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: INTEL_AVX512_BF16)
     assert devices.pick_vae_dtype(cpu, torch.bfloat16) == torch.float32
     assert devices.pick_vae_dtype(cpu, torch.float16) == torch.float32
     assert devices.pick_vae_dtype(cpu, torch.float32) == torch.float32
     assert devices.pick_vae_dtype(cpu, torch.bfloat16, "bf16") == torch.bfloat16  # asked for: honoured
     assert devices.pick_vae_dtype(cuda, torch.float16) == torch.float16  # GPUs: the NaN fallback handles it
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16 amx_bf16 amx_tile")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: INTEL_AMX)
     assert devices.pick_vae_dtype(cpu, torch.bfloat16) == torch.bfloat16
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: AMD_ZEN4)
+    assert devices.pick_vae_dtype(cpu, torch.bfloat16) == torch.bfloat16
+    assert devices.pick_vae_dtype(cpu, torch.float16) == torch.float32  # no float16 arithmetic there
 
 
 def test_half_precision_cpu_attention_computes_in_float32_without_amx(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: INTEL_AVX512_BF16)
     assert devices.pick_attention_dtype(cpu, torch.bfloat16) == torch.float32
     assert devices.pick_attention_dtype(cpu, torch.float16) == torch.float32
     assert devices.pick_attention_dtype(cpu, torch.float32) is None
     assert devices.pick_attention_dtype(cuda, torch.float16) is None
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16 amx_bf16 amx_tile")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: INTEL_AMX)
     assert devices.pick_attention_dtype(cpu, torch.bfloat16) is None
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: AMD_ZEN4)
+    assert devices.pick_attention_dtype(cpu, torch.bfloat16) is None
+    assert devices.pick_attention_dtype(cpu, torch.float16) == torch.float32
 
 
 @pytest.mark.parametrize("slice_size", [None, 5])
@@ -419,7 +435,7 @@ def test_float32_attention_in_a_bf16_unet_matches_its_bf16_attention(variant):
 
 
 def test_bf16_load_without_amx_has_a_float32_vae_and_generates(tiny_file, monkeypatch):
-    monkeypatch.setattr(devices, "_cpu_flags", lambda: "flags : avx512f avx512_bf16")
+    monkeypatch.setattr(devices, "_cpu_flags", lambda: INTEL_AVX512_BF16)
     pipe = sd_core.load(tiny_file, device="cpu", dtype="bf16")
     assert {p.dtype for p in pipe.vae.parameters()} == {torch.float32}
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from server_utils import open_b64, png_b64, start_server
 
@@ -36,7 +37,12 @@ def client():
 
 @pytest.fixture(scope="module")
 def engine():
-    return sd_core.load(None, device="cpu", dtype="fp32")
+    """The server's model with the server's defaults, run at the server's one thread: GEMMs split over another
+    number of threads sum in another order (seen on an AMD EPYC, float32 and bf16 alike)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield sd_core.load(None, device="cpu")
+    torch.set_num_threads(threads)
 
 
 def rgb(b64: str) -> np.ndarray:
