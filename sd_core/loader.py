@@ -139,7 +139,7 @@ def load(
     """Load a `.safetensors`/`.ckpt` single file or a diffusers folder; with no path, the built-in model.
 
     `device`/`dtype` default to the best available (see `sd_core.devices`); `vae_dtype` defaults to `dtype`, but
-    float32 for a half-precision pipeline on a CPU without AMX (`devices.pick_vae_dtype`). `prediction` ("eps" or
+    float32 for a half-precision pipeline on a CPU where that is slow (`devices.pick_vae_dtype`). `prediction` ("eps" or
     "v") overrides the detection: a diffusers folder's scheduler config, else A1111's probe for SD2-family models.
     `optimize` applies the device's default speed levers (`sd_core.perf.optimize`: prepacked oneDNN weights on the
     CPU, channels_last on GPUs); `optimize=False` gives the plain modules. `low_vram=True` keeps the text encoder and

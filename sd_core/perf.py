@@ -11,7 +11,7 @@ CPU, on by default (`sd_core.load(..., optimize=True)`, `optimize(pipe)`):
 - **Sub-pixel upsampling** in the VAE decoder (`upsample_conv`): nearest-2x then 3x3 conv computed as four 2x2 convs
   of the low-resolution input, 2.25x fewer multiply-adds and no 4x upsampled tensor (exact up to float rounding).
 - **Heap trims** before each VAE decoder level (`trim_heap_before`): lower peak RSS, a few milliseconds.
-- **Float32 attention** in bf16/fp16 models on CPUs without AMX (`set_attention_dtype`, choice in
+- **Float32 attention** in bf16/fp16 models on CPUs where half precision is slow (`set_attention_dtype`, choice in
   `devices.pick_attention_dtype`): only q/k/v and the output are converted; faster there, same accuracy.
 Packed modules stay `nn.Conv2d`/`nn.Linear` instances: `state_dict()` gives plain tensors, `.to()` unpacks first,
 seamless tiling falls back to a plain convolution, and `unpack(module)` restores the original modules.
@@ -418,8 +418,8 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
 def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None = None) -> dict[str, int]:
     """The default levers for the pipeline's device: on the CPU, prepacked weights (`pack_for_cpu`) for the UNet, VAE
     and text encoder; on a GPU, channels_last UNet and VAE; everywhere, the attention compute dtype
-    `devices.pick_attention_dtype` picks (float32 in half-precision models on CPUs without AMX). Returns what was done,
-    per model."""
+    `devices.pick_attention_dtype` picks (float32 in half-precision models on CPUs where that is slow). Returns what
+    was done, per model."""
     on_cpu = pipe.device.type == "cpu"
     pack = on_cpu if pack is None else pack
     channels_last = (not on_cpu) if channels_last is None else channels_last
@@ -442,7 +442,7 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
 def set_attention_dtype(module: nn.Module, dtype: torch.dtype | None) -> int:
     """Make every attention layer in `module` compute in `dtype` (None: in its inputs' dtype). Returns how many layers
     were given a dtype. Measured (`benchmarks/bench.py --levers`): float32 attention in a bf16 SD1.5 UNet at 512x512
-    on a CPU without AMX, 0.92x the step time."""
+    on an Intel CPU without AMX, 0.92x the step time."""
     count = 0
     for m in module.modules():
         if hasattr(m, "attention_dtype"):

@@ -37,7 +37,7 @@ def attention(
     One fused SDPA call (flash / memory-efficient kernels where the device has them), default 1/sqrt(dim) scale.
     Measured on the CPU: the flash kernel torch picks by default is 4-5x faster than the math one at 1024-4096 tokens
     (`benchmarks/bench.py --levers`), so no backend is forced. `dtype`: compute in it (float32 for half-precision
-    models on CPUs without AMX, `devices.pick_attention_dtype`), the result rounded back once."""
+    models on CPUs where half precision is slow, `devices.pick_attention_dtype`), the result rounded back once."""
     out_dtype = q.dtype
     if dtype is not None and dtype != out_dtype:
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
