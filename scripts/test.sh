@@ -16,10 +16,15 @@ bash scripts/install_bpy.sh
 
 $PY -m ruff check .
 $PY -m ruff format --check .
-# The engine must also work with numpy 1.26 (bpy's numpy): a venv over the same packages with numpy 1.26.
+# The engine must also work with numpy 1.26 (bpy's numpy): a venv over the same packages with numpy 1.26. $PY's
+# site-packages join through a .pth file, after the venv's own (so its numpy wins); --system-site-packages would
+# reach only the base interpreter's packages, missing torch when $PY is itself a venv.
 if [ ! -x .venv-np126/bin/python ]; then
-    $PY -m venv --system-site-packages .venv-np126
+    $PY -m venv .venv-np126
 fi
+main_sites=$($PY -c 'import site, sysconfig; print(repr(sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})))')
+np_site=$(.venv-np126/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+echo "import site; list(map(site.addsitedir, $main_sites))" > "$np_site/sd-core-main-env.pth"
 .venv-np126/bin/python -m pip install -q "numpy==1.26.4"
 .venv-np126/bin/python -c 'import numpy, sys; sys.exit(numpy.__version__ != "1.26.4")'
 .venv-np126/bin/python -m pytest -q -p no:cacheprovider tests/test_images.py tests/test_tiling.py tests/test_loader.py \
