@@ -22,7 +22,7 @@ $PY -m ruff format --check .
 if [ ! -x .venv-np126/bin/python ]; then
     $PY -m venv .venv-np126
 fi
-main_sites=$($PY -c 'import site, sysconfig; print(repr(sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})))')
+main_sites=$($PY -c 'import sysconfig; print(repr(sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})))')
 np_site=$(.venv-np126/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 echo "import site; list(map(site.addsitedir, $main_sites))" > "$np_site/sd-core-main-env.pth"
 .venv-np126/bin/python -m pip install -q "numpy==1.26.4"

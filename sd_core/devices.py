@@ -73,7 +73,7 @@ def cpu_has_amx_bf16() -> bool:
 def cpu_bf16_is_fast() -> bool:
     """True when bf16 matrix arithmetic beats float32 on this CPU: AMX, or AVX512-BF16 on AMD (Zen 4 and later)."""
     info = _cpu_flags()
-    return "amx_bf16" in info or ("avx512_bf16" in info and "AuthenticAMD" in info)
+    return cpu_has_amx_bf16() or ("avx512_bf16" in info and "AuthenticAMD" in info)
 
 
 def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:

@@ -55,6 +55,11 @@ def models_dir(root: Path) -> Path:
     return models
 
 
+# Torch threads of a test server: one, the machine is shared. An in-process engine whose output must equal a server's
+# runs at this count too: GEMMs split over another number of threads sum in another order.
+SERVER_THREADS = 1
+
+
 def start_server(
     model: Path | None,
     *,
@@ -63,8 +68,12 @@ def start_server(
     extra_args: tuple[str, ...] = (),
     timeout: float = 180.0,
 ) -> LocalServer:
-    """A real server process on a free loopback port, ready to answer. One torch thread: the machine is shared."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    """A real server process on a free loopback port, ready to answer, at `SERVER_THREADS` torch threads."""
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(SERVER_THREADS),
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     server = LocalServer(sys.executable, model, models_dir=models_dir, token=token, extra_args=extra_args, env=env)
     server.start()
     try:

@@ -371,7 +371,7 @@ def test_cpu_dtype_bf16_only_where_bf16_is_fast(monkeypatch):
     assert devices.pick_dtype(torch.device("cuda")) == torch.float16
 
 
-def test_half_precision_cpu_pipelines_keep_a_float32_vae_without_amx(monkeypatch):
+def test_half_precision_cpu_pipelines_keep_a_float32_vae_where_half_is_slow(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(devices, "_cpu_flags", lambda: INTEL_AVX512_BF16)
     assert devices.pick_vae_dtype(cpu, torch.bfloat16) == torch.float32
@@ -386,7 +386,7 @@ def test_half_precision_cpu_pipelines_keep_a_float32_vae_without_amx(monkeypatch
     assert devices.pick_vae_dtype(cpu, torch.float16) == torch.float32  # no float16 arithmetic there
 
 
-def test_half_precision_cpu_attention_computes_in_float32_without_amx(monkeypatch):
+def test_half_precision_cpu_attention_computes_in_float32_where_half_is_slow(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(devices, "_cpu_flags", lambda: INTEL_AVX512_BF16)
     assert devices.pick_attention_dtype(cpu, torch.bfloat16) == torch.float32

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from server_utils import open_b64, png_b64, start_server
+from server_utils import SERVER_THREADS, open_b64, png_b64, start_server
 
 import sd_core
 from sd_core.client import SDClient
@@ -37,12 +37,14 @@ def client():
 
 @pytest.fixture(scope="module")
 def engine():
-    """The server's model with the server's defaults, run at the server's one thread: GEMMs split over another
-    number of threads sum in another order (seen on an AMD EPYC, float32 and bf16 alike)."""
+    """The server's model with the server's defaults, run at the server's thread count (a different count changed
+    the pixels on an AMD EPYC, float32 and bf16 alike)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield sd_core.load(None, device="cpu")
-    torch.set_num_threads(threads)
+    torch.set_num_threads(SERVER_THREADS)
+    try:
+        yield sd_core.load(None, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def rgb(b64: str) -> np.ndarray:
