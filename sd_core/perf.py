@@ -37,11 +37,14 @@ from . import devices
 # --- prepacked oneDNN layers -----------------------------------------------------------------------------------------
 
 
-def packing_available() -> bool:
-    """oneDNN (mkldnn) with the packed-weight ops that torch's own CPU compiler uses."""
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """oneDNN (mkldnn) with the packed-weight ops that torch's own CPU compiler uses, able to run `dtype` on this CPU.
+
+    oneDNN's bfloat16 kernels need AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; on an AVX2-only CPU (e.g. AMD Zen 3) its
+    weight reorder refuses bfloat16, so bfloat16 layers stay plain there (eager PyTorch's own bf16 kernels)."""
     mk = getattr(torch.ops, "mkldnn", None)
     try:
-        return (
+        ops = (
             torch.backends.mkldnn.is_available()
             and mk is not None
             and hasattr(mk, "_convolution_pointwise")
@@ -49,6 +52,9 @@ def packing_available() -> bool:
             and hasattr(mk, "_linear_pointwise")
             and hasattr(mk, "_reorder_linear_weight")
         )
+        if not ops or dtype == torch.float32:
+            return bool(ops)
+        return dtype == torch.bfloat16 and bool(mk._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -300,13 +306,13 @@ class PackedGEGLUProj(PackedLinear):
 _PLAIN = {PackedConv2d: nn.Conv2d, PackedLinear: nn.Linear, PackedGEGLUProj: nn.Linear}
 
 
-def _eligible(m: nn.Module, kind: type) -> bool:
+def _eligible(m: nn.Module, kind: type, dtypes: tuple[torch.dtype, ...]) -> bool:
     w = getattr(m, "weight", None)
     return (
         type(m) is kind
         and isinstance(w, torch.Tensor)
         and w.device.type == "cpu"
-        and w.dtype in (torch.float32, torch.bfloat16)
+        and w.dtype in dtypes
         and (kind is not nn.Conv2d or (m.padding_mode == "zeros" and not isinstance(m.padding, str)))
     )
 
@@ -319,26 +325,28 @@ def _swap(m: nn.Module, cls: type) -> None:
 
 
 def pack_for_cpu(module: nn.Module) -> int:
-    """Make every plain Conv2d and Linear in `module` (CPU, float32/bfloat16) a packed layer, in place.
+    """Make every plain Conv2d and Linear in `module` (CPU, float32, and bfloat16 where oneDNN runs it) a packed layer,
+    in place.
 
     The weights are packed by each layer's first call. A module that declares `_sd_core_geglu = True` has its `proj`
     split into two packed halves for the fused GEGLU. Returns the number of layers converted (0 where oneDNN is not
-    available). Inference only: under autograd a packed layer falls back to plain (slower) maths; `unpack` restores
-    the plain modules.
+    available or cannot run the module's dtype). Inference only: under autograd a packed layer falls back to plain
+    (slower) maths; `unpack` restores the plain modules.
     """
-    if not packing_available():
+    dtypes = tuple(d for d in (torch.float32, torch.bfloat16) if packing_available(d))
+    if not dtypes:
         return 0
     count = 0
     for m in list(module.modules()):
-        if getattr(type(m), "_sd_core_geglu", False) and _eligible(getattr(m, "proj", None), nn.Linear):
+        if getattr(type(m), "_sd_core_geglu", False) and _eligible(getattr(m, "proj", None), nn.Linear, dtypes):
             if m.proj.out_features % 2 == 0:
                 _swap(m.proj, PackedGEGLUProj)
                 count += 1
     for m in list(module.modules()):
-        if _eligible(m, nn.Conv2d):
+        if _eligible(m, nn.Conv2d, dtypes):
             _swap(m, PackedConv2d)
             count += 1
-        elif _eligible(m, nn.Linear):
+        elif _eligible(m, nn.Linear, dtypes):
             _swap(m, PackedLinear)
             count += 1
     if count:
