@@ -515,23 +515,27 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
         xd, cd, zd = x.to(dtype), c.to(dtype), z.to(dtype)
         plain = sd_core.load(path, device="cpu", dtype=dtype, optimize=False, vae_dtype=dtype)
         packed = copy.deepcopy(plain.unet)
-        perf.pack_for_cpu(packed)
-        ab(
-            f"{dtype_name} UNet {size}px: prepacked + fused epilogues",
-            lambda u=plain.unet, xd=xd, cd=cd: u(xd, t, cd),
-            lambda u=packed, xd=xd, cd=cd: u(xd, t, cd),
-            "plain",
-            "packed",
-        )
+        can_pack = perf.pack_for_cpu(packed) > 0  # no oneDNN bf16 on AVX2-only CPUs: the plain layers are used
+        layers = "packed" if can_pack else "plain"
+        if can_pack:
+            ab(
+                f"{dtype_name} UNet {size}px: prepacked + fused epilogues",
+                lambda u=plain.unet, xd=xd, cd=cd: u(xd, t, cd),
+                lambda u=packed, xd=xd, cd=cd: u(xd, t, cd),
+                "plain",
+                "packed",
+            )
+            x1 = xd[:1]  # one image under the two contexts of `cd` (uncond, cond)
+            ab(
+                f"{dtype_name} UNet {size}px packed: CFG halves share the text-free layers",
+                lambda u=packed, x1=x1, cd=cd: u(torch.cat([x1, x1]), t, cd),
+                lambda u=packed, x1=x1, cd=cd: u(x1, t[:1], cd),
+                "[x; x]",
+                "x once",
+            )
+        else:
+            log(f"[lever] {dtype_name}: oneDNN cannot pack {dtype_name} layers on this CPU; packing levers skipped")
         packed_unets[dtype_name] = packed
-        x1 = xd[:1]  # one image under the two contexts of `cd` (uncond, cond)
-        ab(
-            f"{dtype_name} UNet {size}px packed: CFG halves share the text-free layers",
-            lambda u=packed, x1=x1, cd=cd: u(torch.cat([x1, x1]), t, cd),
-            lambda u=packed, x1=x1, cd=cd: u(x1, t[:1], cd),
-            "[x; x]",
-            "x once",
-        )
         if dtype != torch.float32:
 
             def attention_in(dtype_, u=packed, xd=xd, cd=cd):
@@ -542,7 +546,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                     perf.set_attention_dtype(u, None)
 
             ab(
-                f"{dtype_name} UNet {size}px packed: attention in {dtype_name} vs float32",
+                f"{dtype_name} UNet {size}px {layers}: attention in {dtype_name} vs float32",
                 lambda: attention_in(None),
                 lambda: attention_in(torch.float32),
                 dtype_name,
@@ -558,28 +562,29 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             "NHWC",
         )
         del nhwc
-        packed_vae = copy.deepcopy(plain.vae)
-        perf.pack_for_cpu(packed_vae)
-        ab(
-            f"{dtype_name} VAE decode {size}px: prepacked + fused",
-            lambda v=plain.vae, zd=zd: v.decode(zd),
-            lambda v=packed_vae, zd=zd: v.decode(zd),
-            "plain",
-            "packed",
-        )
-        no_sub_pixel = copy.deepcopy(plain.vae)
-        perf.pack_for_cpu(no_sub_pixel)
-        for level in no_sub_pixel.decoder.up:
-            if hasattr(level, "upsample"):
-                perf.unpack_module(level.upsample.conv)  # a plain conv: upsample, then 3x3 conv
-        ab(
-            f"{dtype_name} VAE decode {size}px packed: sub-pixel upsampling",
-            lambda v=no_sub_pixel, zd=zd: v.decode(zd),
-            lambda v=packed_vae, zd=zd: v.decode(zd),
-            "plain",
-            "sub-px",
-        )
-        del packed_vae, no_sub_pixel
+        if can_pack:
+            packed_vae = copy.deepcopy(plain.vae)
+            perf.pack_for_cpu(packed_vae)
+            ab(
+                f"{dtype_name} VAE decode {size}px: prepacked + fused",
+                lambda v=plain.vae, zd=zd: v.decode(zd),
+                lambda v=packed_vae, zd=zd: v.decode(zd),
+                "plain",
+                "packed",
+            )
+            no_sub_pixel = copy.deepcopy(plain.vae)
+            perf.pack_for_cpu(no_sub_pixel)
+            for level in no_sub_pixel.decoder.up:
+                if hasattr(level, "upsample"):
+                    perf.unpack_module(level.upsample.conv)  # a plain conv: upsample, then 3x3 conv
+            ab(
+                f"{dtype_name} VAE decode {size}px packed: sub-pixel upsampling",
+                lambda v=no_sub_pixel, zd=zd: v.decode(zd),
+                lambda v=packed_vae, zd=zd: v.decode(zd),
+                "plain",
+                "sub-px",
+            )
+            del packed_vae, no_sub_pixel
         if dtype != torch.float32:
             vae32 = copy.deepcopy(plain.vae).float()
             perf.pack_for_cpu(vae32)
@@ -609,7 +614,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
         del plain
         gc.collect()
     ab(
-        f"UNet {size}px packed: float32 vs bfloat16",
+        f"UNet {size}px as sd_core runs it: float32 vs bfloat16",
         lambda: packed_unets["fp32"](x, t, c),
         lambda: packed_unets["bf16"](x.bfloat16(), t, c.bfloat16()),
         "fp32",
@@ -734,6 +739,10 @@ def print_report(
             f"  ratio sd_core / diffusers {r['sd_core_image_s'] / r['diffusers_image_s']:.2f}; mean |pixel difference| "
             f"between the two images {r['px_diff_defaults']:.2f}/255 (another seed: {r['px_diff_other_seed']:.2f}/255)"
         )
+    print_levers(levers, log)
+
+
+def print_levers(levers: list[tuple[str, float, float]], log) -> None:
     if levers:
         log("")
         for name, a, b in levers:
@@ -824,23 +833,24 @@ def main() -> None:
         gen_rows += run_cuda_extras(path, config, args.steps, flops, log)
 
     defaults_row = run_defaults(path, config, args.defaults_size, device, log) if args.defaults_size else None
-    levers = run_levers(path, 256, 3, log) if args.levers and device == "cpu" else []
-    print_report(info, gen_rows, load_rows, levers, peaks, args.steps, log, defaults_row)
-    log(f"load average at the end: {load_average()}")
+    results = {
+        "machine": info,
+        "generation": gen_rows,
+        "load": load_rows,
+        "levers": [],
+        "defaults": defaults_row,
+        "gemm_peak_gflops": peaks,
+    }
+    # the comparison is printed and saved before the levers run: a lever failing on some CPU loses nothing
+    print_report(info, gen_rows, load_rows, [], peaks, args.steps, log, defaults_row)
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "machine": info,
-                    "generation": gen_rows,
-                    "load": load_rows,
-                    "levers": levers,
-                    "defaults": defaults_row,
-                    "gemm_peak_gflops": peaks,
-                },
-                indent=1,
-            )
-        )
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.levers and device == "cpu":
+        results["levers"] = run_levers(path, 256, 3, log)
+        print_levers(results["levers"], log)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+    log(f"load average at the end: {load_average()}")
 
 
 def run_cuda_extras(path: Path, config: Path, steps: int, flops: dict, log) -> list[dict]:
