@@ -13,6 +13,8 @@ CPU, on by default (`sd_core.load(..., optimize=True)`, `optimize(pipe)`):
 - **Heap trims** before each VAE decoder level (`trim_heap_before`): lower peak RSS, a few milliseconds.
 - **Float32 attention** in bf16/fp16 models on CPUs where half precision is slow (`set_attention_dtype`, choice in
   `devices.pick_attention_dtype`): only q/k/v and the output are converted; faster there, same accuracy.
+- **Half-precision weights, float32 arithmetic** (`half_storage`) for bf16/fp16 models on CPUs without oneDNN
+  half-precision kernels (AVX2-only), where PyTorch's fallback kernels are ~40x slower than float32.
 Packed modules stay `nn.Conv2d`/`nn.Linear` instances: `state_dict()` gives plain tensors, `.to()` unpacks first,
 seamless tiling falls back to a plain convolution, and `unpack(module)` restores the original modules.
 
@@ -32,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import devices
+from . import devices, half_storage
 
 # --- prepacked oneDNN layers -----------------------------------------------------------------------------------------
 
@@ -41,7 +43,7 @@ def packing_available(dtype: torch.dtype = torch.float32) -> bool:
     """oneDNN (mkldnn) with the packed-weight ops that torch's own CPU compiler uses, able to run `dtype` on this CPU.
 
     oneDNN's bfloat16 kernels need AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; on an AVX2-only CPU (e.g. AMD Zen 3) its
-    weight reorder refuses bfloat16, so bfloat16 layers stay plain there (eager PyTorch's own bf16 kernels)."""
+    weight reorder refuses bfloat16, so bfloat16 layers are not packed there (`half_storage` computes them)."""
     mk = getattr(torch.ops, "mkldnn", None)
     try:
         ops = (
@@ -52,9 +54,7 @@ def packing_available(dtype: torch.dtype = torch.float32) -> bool:
             and hasattr(mk, "_linear_pointwise")
             and hasattr(mk, "_reorder_linear_weight")
         )
-        if not ops or dtype == torch.float32:
-            return bool(ops)
-        return dtype == torch.bfloat16 and bool(mk._is_mkldnn_bf16_supported())
+        return bool(ops) and dtype in (torch.float32, torch.bfloat16) and half_storage.half_kernels_available(dtype)
     except (AttributeError, RuntimeError):
         return False
 
@@ -426,8 +426,9 @@ def silu_(x: torch.Tensor) -> torch.Tensor:
 def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None = None) -> dict[str, int]:
     """The default levers for the pipeline's device: on the CPU, prepacked weights (`pack_for_cpu`) for the UNet, VAE
     and text encoder; on a GPU, channels_last UNet and VAE; everywhere, the attention compute dtype
-    `devices.pick_attention_dtype` picks (float32 in half-precision models on CPUs where that is slow). Returns what
-    was done, per model."""
+    `devices.pick_attention_dtype` picks (float32 in half-precision models on CPUs where that is slow); half-precision
+    layers computed in float32 on CPUs without half-precision kernels (`half_storage`). Returns what was done, per
+    model."""
     on_cpu = pipe.device.type == "cpu"
     pack = on_cpu if pack is None else pack
     channels_last = (not on_cpu) if channels_last is None else channels_last
@@ -442,6 +443,9 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
         elif channels_last and name != "text_encoder":
             model.to(memory_format=torch.channels_last)
             done[name] = 1
+        float32_layers = half_storage.upcast_half_layers(model)  # what oneDNN cannot pack on this CPU (bf16 on AVX2)
+        if float32_layers:
+            done[f"{name}_float32_layers"] = float32_layers
     if on_cpu:
         done["heap_trims"] = trim_heap_before(pipe.vae.decoder.up)
     return done
