@@ -486,7 +486,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import sd_core
-    from sd_core import perf
+    from sd_core import half_storage, perf
 
     results = []
 
@@ -515,8 +515,9 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
         xd, cd, zd = x.to(dtype), c.to(dtype), z.to(dtype)
         plain = sd_core.load(path, device="cpu", dtype=dtype, optimize=False, vae_dtype=dtype)
         packed = copy.deepcopy(plain.unet)
-        can_pack = perf.pack_for_cpu(packed) > 0  # no oneDNN bf16 on AVX2-only CPUs: the plain layers are used
-        layers = "packed" if can_pack else "plain"
+        can_pack = perf.pack_for_cpu(packed) > 0
+        # no oneDNN bf16 on AVX2-only CPUs: sd_core computes those layers in float32 from the bf16 weights there
+        layers = "packed" if can_pack else ("float32-computed" if half_storage.upcast_half_layers(packed) else "plain")
         if can_pack:
             ab(
                 f"{dtype_name} UNet {size}px: prepacked + fused epilogues",
