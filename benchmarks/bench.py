@@ -553,17 +553,17 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                 dtype_name,
                 "fp32",
             )
-        nhwc = copy.deepcopy(plain.unet).to(memory_format=torch.channels_last)
-        xcl = xd.contiguous(memory_format=torch.channels_last)
-        ab(
-            f"{dtype_name} UNet {size}px: channels_last alone",
-            lambda u=plain.unet, xd=xd, cd=cd: u(xd, t, cd),
-            lambda u=nhwc, xcl=xcl, cd=cd: u(xcl, t, cd),
-            "NCHW",
-            "NHWC",
-        )
-        del nhwc
-        if can_pack:
+        if can_pack:  # (plain layers of a dtype oneDNN cannot run: PyTorch's slow fallback, which sd_core avoids)
+            nhwc = copy.deepcopy(plain.unet).to(memory_format=torch.channels_last)
+            xcl = xd.contiguous(memory_format=torch.channels_last)
+            ab(
+                f"{dtype_name} UNet {size}px: channels_last alone",
+                lambda u=plain.unet, xd=xd, cd=cd: u(xd, t, cd),
+                lambda u=nhwc, xcl=xcl, cd=cd: u(xcl, t, cd),
+                "NCHW",
+                "NHWC",
+            )
+            del nhwc
             packed_vae = copy.deepcopy(plain.vae)
             perf.pack_for_cpu(packed_vae)
             ab(
@@ -591,6 +591,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             perf.pack_for_cpu(vae32)
             vae_half = copy.deepcopy(plain.vae)
             perf.pack_for_cpu(vae_half)
+            half_storage.upcast_half_layers(vae_half)  # where oneDNN could not pack them, as sd_core runs them
             ab(
                 f"{dtype_name} pipeline VAE decode {size}px: {dtype_name} vs float32 VAE",
                 lambda v=vae_half, zd=zd: v.decode(zd),
