@@ -443,7 +443,8 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
         elif channels_last and name != "text_encoder":
             model.to(memory_format=torch.channels_last)
             done[name] = 1
-        float32_layers = half_storage.upcast_half_layers(model)  # what oneDNN cannot pack on this CPU (bf16 on AVX2)
+        # what oneDNN cannot run on this CPU (bf16 on AVX2); not for GPU pipelines, whose idle models wait on the CPU
+        float32_layers = half_storage.upcast_half_layers(model) if on_cpu else 0
         if float32_layers:
             done[f"{name}_float32_layers"] = float32_layers
     if on_cpu:
