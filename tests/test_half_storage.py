@@ -16,7 +16,6 @@ from torch import nn
 import sd_core
 import tests.tiny_models as tm
 from sd_core import half_storage, perf, tiling
-from sd_core.models.unet import UNetModel
 
 torch.set_num_threads(1)
 HALF_TOL = dict(atol=3e-2, rtol=3e-2)
@@ -27,30 +26,14 @@ def no_half_kernels(monkeypatch):
     monkeypatch.setattr(half_storage, "half_kernels_available", lambda dtype: dtype not in half_storage.HALF)
 
 
-def random_unet() -> UNetModel:
-    unet = UNetModel(tm.unet_config("sd1")).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return unet
-
-
-def unet_inputs():
-    g = torch.Generator().manual_seed(1)
-    kw = tm.unet_kwargs("sd1")
-    x = torch.randn(2, kw["in_channels"], 16, 16, generator=g)
-    return x, torch.linspace(999.0, 37.5, 2), torch.randn(2, 7, kw["cross_attention_dim"], generator=g)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_upcast_unet_matches_the_half_and_float32_unets(no_half_kernels, dtype):
-    reference = random_unet()
+    reference = tm.random_unet("sd1")
     half = copy.deepcopy(reference).to(dtype)
     upcast = copy.deepcopy(half)
     assert half_storage.upcast_half_layers(upcast) > 0
     assert {p.dtype for p in upcast.parameters()} == {dtype}  # the weights stay half precision
-    x, t, context = unet_inputs()
+    x, t, context = tm.unet_call_inputs("sd1")
     with torch.inference_mode():
         expected = reference(x, t, context)
         plain = half(x.to(dtype), t, context.to(dtype))

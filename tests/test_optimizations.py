@@ -19,7 +19,7 @@ from sd_core import checkpoint, devices, perf, tiling
 from sd_core.denoiser import GuidedDenoiser
 from sd_core.models import attention
 from sd_core.models.text_encoder import CLIPTextEncoder
-from sd_core.models.unet import CrossAttention, UNetModel
+from sd_core.models.unet import CrossAttention
 from sd_core.models.vae import AutoencoderKL
 from sd_core.schedules import NoiseSchedule
 
@@ -35,23 +35,6 @@ PACKED_DTYPES = [
     ),
 ]
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
-
-
-def random_unet(variant: str) -> UNetModel:
-    unet = UNetModel(tm.unet_config(variant)).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in unet.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return unet
-
-
-def unet_inputs(variant: str, batch: int = 2, size: int = 16, same_t: bool = False):
-    g = torch.Generator().manual_seed(1)
-    kw = tm.unet_kwargs(variant)
-    x = torch.randn(batch, kw["in_channels"], size, size, generator=g)
-    t = torch.full((batch,), 500.0) if same_t else torch.linspace(999.0, 37.5, batch)
-    return x, t, torch.randn(batch, 7, kw["cross_attention_dim"], generator=g)
 
 
 def packed_copy(module: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -70,9 +53,9 @@ def packed_copy(module: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Mod
 def test_packed_unet_matches_plain(variant, same_t, dtype):
     """Packed convs/linears, residual adds in the epilogues, GEGLU halves, and (shared timestep) the embedding folded
     into the conv bias: the same UNet output as the plain modules."""
-    plain = random_unet(variant).to(dtype)
+    plain = tm.random_unet(variant).to(dtype)
     packed = packed_copy(plain, dtype)
-    x, t, context = unet_inputs(variant, same_t=same_t)
+    x, t, context = tm.unet_call_inputs(variant, same_t=same_t)
     with torch.inference_mode():
         expected = plain(x, t, context).float()
         got = packed(x, t, context).float()
@@ -85,9 +68,9 @@ def test_packed_unet_matches_plain(variant, same_t, dtype):
 @pytest.mark.parametrize("variant", tm.VARIANTS)
 def test_packed_unet_shares_the_text_free_layers_between_cfg_halves(variant, same_t):
     """x once under [uncond; cond] (the denoiser's CFG call) on packed layers = the plain UNet on [x; x]."""
-    plain = random_unet(variant)
+    plain = tm.random_unet(variant)
     packed = packed_copy(plain)
-    x, t, context = unet_inputs(variant, same_t=same_t)
+    x, t, context = tm.unet_call_inputs(variant, same_t=same_t)
     twice = torch.cat([context, context.flip(0) * 0.5])
     with torch.inference_mode():
         expected = plain(torch.cat([x, x]), torch.cat([t, t]), twice)
@@ -100,10 +83,10 @@ def test_bf16_layers_stay_plain_where_onednn_has_no_bf16(monkeypatch):
     """An AVX2-only CPU, where oneDNN refuses bf16 weights: a bf16 model keeps its plain layers and runs as before;
     float32 layers are still packed."""
     monkeypatch.setattr(perf, "packing_available", lambda dtype=torch.float32: dtype == torch.float32)
-    plain = random_unet("sd1").bfloat16()
+    plain = tm.random_unet("sd1").bfloat16()
     model = copy.deepcopy(plain)
     assert perf.pack_for_cpu(model) == 0 and not perf.is_packed(model)
-    x, t, context = (a.bfloat16() for a in unet_inputs("sd1"))
+    x, t, context = (a.bfloat16() for a in tm.unet_call_inputs("sd1"))
     with torch.inference_mode():
         torch.testing.assert_close(model(x, t, context), plain(x, t, context), rtol=0, atol=0)
     mixed = nn.Sequential(nn.Linear(4, 4).bfloat16(), nn.Linear(4, 4))
@@ -112,12 +95,12 @@ def test_bf16_layers_stay_plain_where_onednn_has_no_bf16(monkeypatch):
 
 @needs_onednn
 def test_packed_conv_repacks_when_the_input_shape_changes():
-    plain = random_unet("sd1")
+    plain = tm.random_unet("sd1")
     packed = packed_copy(plain)
     conv = packed.input_blocks[1][0].in_layers[2]
     with torch.inference_mode():
         for batch, size in [(2, 16), (1, 24), (4, 8), (2, 16)]:
-            x, t, context = unet_inputs("sd1", batch=batch, size=size, same_t=True)
+            x, t, context = tm.unet_call_inputs("sd1", batch=batch, size=size, same_t=True)
             torch.testing.assert_close(packed(x, t, context), plain(x, t, context), **TOL[torch.float32])
             assert conv._packed_for is not None and conv._packed_for[0] == batch
 
@@ -189,9 +172,9 @@ def test_packed_text_encoder_matches_plain(variant):
 
 @needs_onednn
 def test_packed_modules_stay_modules_state_dict_to_and_unpack():
-    plain = random_unet("sd1")
+    plain = tm.random_unet("sd1")
     packed = packed_copy(plain)
-    x, t, context = unet_inputs("sd1")
+    x, t, context = tm.unet_call_inputs("sd1")
     with torch.inference_mode():
         packed(x, t, context)  # packs every layer
     convs = [m for m in packed.modules() if isinstance(m, perf.PackedConv2d)]
@@ -218,9 +201,9 @@ def test_packed_modules_stay_modules_state_dict_to_and_unpack():
 
 @needs_onednn
 def test_packed_layers_fall_back_under_autograd():
-    plain = random_unet("sd1")
+    plain = tm.random_unet("sd1")
     packed = packed_copy(plain)
-    x, t, context = unet_inputs("sd1")
+    x, t, context = tm.unet_call_inputs("sd1")
     x.requires_grad_(True)
     out = packed(x, t, context)
     out.square().mean().backward()
@@ -230,9 +213,9 @@ def test_packed_layers_fall_back_under_autograd():
 
 @needs_onednn
 def test_seamless_tiling_works_on_packed_convs():
-    plain = random_unet("sd1")
+    plain = tm.random_unet("sd1")
     packed = packed_copy(plain)
-    x, t, context = unet_inputs("sd1")
+    x, t, context = tm.unet_call_inputs("sd1")
     with torch.inference_mode():
         packed(x, t, context)
         with tiling.seamless(plain, "x"), tiling.seamless(packed, "x"):
@@ -367,7 +350,7 @@ def test_attention_slicing_matches_whole_attention():
 
 
 def test_denoiser_builds_the_cfg_context_once():
-    unet = random_unet("sd1")
+    unet = tm.random_unet("sd1")
     cond, uncond = torch.randn(1, 7, 32), torch.randn(1, 7, 32)
     den = GuidedDenoiser(unet, NoiseSchedule(), "eps", cond, uncond, 7.5)
     first = den.context(2)
@@ -444,8 +427,8 @@ def test_attention_in_float32_rounds_once(slice_size, causal):
 
 @pytest.mark.parametrize("variant", tm.VARIANTS)
 def test_float32_attention_in_a_bf16_unet_matches_its_bf16_attention(variant):
-    unet = random_unet(variant)
-    x, t, context = unet_inputs(variant)
+    unet = tm.random_unet(variant)
+    x, t, context = tm.unet_call_inputs(variant)
     with torch.inference_mode():
         reference = unet(x, t, context)
         unet.bfloat16()
@@ -532,7 +515,7 @@ def test_gpu_levers_on_a_cuda_pipeline_are_channels_last_not_packing():
     """What `optimize` does for a CUDA pipeline (checked on CPU tensors: only the decision and the layout)."""
     from types import SimpleNamespace
 
-    unet = random_unet("sd1")
+    unet = tm.random_unet("sd1")
     vae = AutoencoderKL(tm.vae_config()).eval()
     text = CLIPTextEncoder(tm.text_config("sd1")).eval()
     pipe = SimpleNamespace(device=torch.device("cuda"), unet=unet, vae=vae, text_encoder=text)
@@ -548,11 +531,11 @@ def test_compiled_unet_matches_eager():
     pytest.importorskip("torch._inductor")
     from types import SimpleNamespace
 
-    unet = random_unet("sd1")
+    unet = tm.random_unet("sd1")
     reference = copy.deepcopy(unet)
     pipe = SimpleNamespace(device=torch.device("cpu"), unet=unet, vae=AutoencoderKL(tm.vae_config()).eval())
     perf.pack_for_cpu(pipe.unet)
     perf.compile_models(pipe, vae=False)
-    x, t, context = unet_inputs("sd1")
+    x, t, context = tm.unet_call_inputs("sd1")
     with torch.inference_mode():
         torch.testing.assert_close(pipe.unet(x, t, context), reference(x, t, context), **TOL[torch.float32])

@@ -13,6 +13,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from sd_core.models.unet import UNetModel
+
 VARIANTS = ["sd1", "sd2", "sd1-inpaint", "sd2-inpaint", "bk"]
 TEXT_WIDTH = {"sd1": 128, "sd2": 192}  # 2 and 3 heads of 64 channels
 TEXT_LAYERS = {"sd1": 3, "sd2": 4}
@@ -135,6 +137,25 @@ def unet_config(variant: str) -> dict:
         "context_dim": kw["cross_attention_dim"],
         "use_linear_in_transformer": sd2,
     }
+
+
+def random_unet(variant: str) -> UNetModel:
+    """sd_core's UNet of `variant` with random weights of order 0.05 (for optimised-vs-plain comparisons)."""
+    unet = UNetModel(unet_config(variant)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return unet
+
+
+def unet_call_inputs(variant: str, batch: int = 2, size: int = 16, same_t: bool = False):
+    """(x, t, context) for one call of `random_unet(variant)`; same_t: one timestep for the whole batch."""
+    g = torch.Generator().manual_seed(1)
+    kw = unet_kwargs(variant)
+    x = torch.randn(batch, kw["in_channels"], size, size, generator=g)
+    t = torch.full((batch,), 500.0) if same_t else torch.linspace(999.0, 37.5, batch)
+    return x, t, torch.randn(batch, 7, kw["cross_attention_dim"], generator=g)
 
 
 def vae_config() -> dict:
