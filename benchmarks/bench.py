@@ -622,6 +622,17 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
         "fp32",
         "bf16",
     )
+    # the 512px UNet's largest attention: does bf16 pay in SDPA's flash kernel? (it does not where its matrix products
+    # take a BLAS path without bf16 instructions, as MKL's on AMD processors; README, Zen 4)
+    q32 = torch.randn(2, 8, 4096, 40, generator=g)
+    q16 = q32.bfloat16()
+    ab(
+        "attention [2,8,4096,40]: SDPA flash float32 vs bfloat16",
+        lambda: F.scaled_dot_product_attention(q32, q32, q32),
+        lambda: F.scaled_dot_product_attention(q16, q16, q16),
+        "fp32",
+        "bf16",
+    )
     threads = torch.get_num_threads()
     if threads > 1:
         unet = packed_unets["fp32"]
