@@ -509,6 +509,11 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
     t = torch.tensor([500.0, 500.0])
     c = torch.randn(2, 77, 768, generator=g)
     z = torch.randn(1, 4, h, h, generator=g)
+
+    def sdpa(backend, q):
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, q, q)
+
     packed_unets = {}
     for dtype_name in ("fp32", "bf16"):
         dtype = DTYPES[dtype_name]
@@ -601,15 +606,10 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             )
             del vae32, vae_half
         q = torch.randn(2, 8, h * h, 40, generator=g).to(dtype)
-
-        def sdpa(backend, q=q):
-            with sdpa_kernel([backend]):
-                return F.scaled_dot_product_attention(q, q, q)
-
         ab(
             f"{dtype_name} attention [2,8,{h * h},40]: SDPA flash vs math",
-            lambda: sdpa(SDPBackend.FLASH_ATTENTION),
-            lambda: sdpa(SDPBackend.MATH),
+            lambda q=q: sdpa(SDPBackend.FLASH_ATTENTION, q),
+            lambda q=q: sdpa(SDPBackend.MATH, q),
             "flash",
             "math",
         )
@@ -628,8 +628,8 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
     q16 = q32.bfloat16()
     ab(
         "attention [2,8,4096,40]: SDPA flash float32 vs bfloat16",
-        lambda: F.scaled_dot_product_attention(q32, q32, q32),
-        lambda: F.scaled_dot_product_attention(q16, q16, q16),
+        lambda: sdpa(SDPBackend.FLASH_ATTENTION, q32),
+        lambda: sdpa(SDPBackend.FLASH_ATTENTION, q16),
         "fp32",
         "bf16",
     )
