@@ -252,7 +252,7 @@ class PackedLinear(_Packed, nn.Linear):
 
 class PackedGEGLUProj(PackedLinear):
     """GEGLU's projection (`value, gate = proj(x).chunk(2)`) as two packed halves: `geglu(x) = value * gelu(gate)`
-    with the gelu and the multiply fused into the two GEMMs. Once packed, `weight`/`bias` hold the value half and
+    with the multiply fused into the value GEMM. Once packed, `weight`/`bias` hold the value half and
     `gate_weight`/`gate_bias` the gate half; before, `weight`/`bias` are the whole projection."""
 
     def _split(self) -> bool:
@@ -297,7 +297,9 @@ class PackedGEGLUProj(PackedLinear):
     def geglu(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast(x):
             self._ready()
-            gate = _mk()._linear_pointwise(x, self.gate_weight, self.gate_bias, "gelu", [], "none")
+            # GELU in ATen, not as oneDNN's "gelu" post-op: the same exact-erf GELU (outputs identical on Zen 3), and
+            # there the post-op cost ~5 ms per GEMM against 0.3-1.2 ms for F.gelu (SD1.5 shapes: 3% of a UNet step)
+            gate = F.gelu(_mk()._linear_pointwise(x, self.gate_weight, self.gate_bias, "none", [], ""))
             return _mk()._linear_pointwise.binary(x, gate, self.weight, self.bias, "mul")
         value, gate = self.forward(x).chunk(2, dim=-1)
         return value * F.gelu(gate)
@@ -510,6 +512,7 @@ def compile_models(pipe: Any, *, mode: str | None = None, vae: bool = True, dyna
         inductor_config.freezing = True
         pipe.unet.to(memory_format=torch.channels_last)
     pipe.unet.forward = torch.compile(pipe.unet.forward, mode=mode, dynamic=dynamic)
+    pipe.unet._sd_core_compiled = True  # UNetModel.reusing_text_projections stays off
     if vae:
         pipe.vae.decode = torch.compile(pipe.vae.decode, mode=mode, dynamic=dynamic)
 
@@ -641,23 +644,33 @@ class LowVRAM:
 
 
 def unet_flops(
-    config: dict, batch: int, height: int, width: int, context_tokens: int = 77, contexts_per_row: int = 1
+    config: dict,
+    batch: int,
+    height: int,
+    width: int,
+    context_tokens: int = 77,
+    contexts_per_row: int = 1,
+    text_once: bool = False,
 ) -> int:
     """FLOPs of one UNet call on [batch, C, height/8, width/8] latents (convs, matmuls, attention), counted by
     torch's FLOP counter on the meta device (nothing is computed). A CFG step is one call with batch = 2 x images;
     `contexts_per_row=2` counts it as sd_core runs it (batch/2 latent rows under `batch` contexts, the layers before
-    the first cross-attention once per row)."""
+    the first cross-attention once per row); `text_once` counts a step after the first of a sampling run, whose text
+    K/V projections were computed at the first (`UNetModel.reusing_text_projections`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from .models.unet import UNetModel
 
-    with torch.device("meta"):
+    with torch.device("meta"), torch.no_grad():
         unet = UNetModel(config)
         x = torch.zeros(batch // contexts_per_row, unet.config["in_channels"], height // 8, width // 8)
         t = torch.zeros(batch // contexts_per_row)
         context = torch.zeros(batch, context_tokens, unet.config["context_dim"])
-        with FlopCounterMode(display=False) as counter:
-            unet(x, t, context)
+        with unet.reusing_text_projections() if text_once else contextlib.nullcontext():
+            if text_once:
+                unet(x, t, context)  # the run's first step
+            with FlopCounterMode(display=False) as counter:
+                unet(x, t, context)
     return int(counter.get_total_flops())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable
@@ -182,7 +183,8 @@ class StableDiffusion:
                     }
                 )
 
-        with torch.inference_mode():
+        reuse = getattr(self.unet, "reusing_text_projections", contextlib.nullcontext)
+        with torch.inference_mode(), reuse():
             x = choice.fn(denoiser, x.to(self.device), sigmas.to(self.device), callback=on_step, generator=generator)
             if denoiser.blend is not None:
                 x = denoiser.blend.apply(x, sigmas[-1].reshape(1).to(x.device).expand(x.shape[0]))

@@ -359,6 +359,48 @@ def test_denoiser_builds_the_cfg_context_once():
     torch.testing.assert_close(first[2:], cond.expand(2, -1, -1))
 
 
+def count_text_projections(unet: nn.Module) -> list[int]:
+    """A counter of the cross-attentions' `to_k` calls on a text context (self-attention's to_k sees image tokens)."""
+    calls = [0]
+    for block in unet.modules():
+        if hasattr(block, "attn2"):
+            block.attn2.to_k.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["plain", "packed"])
+def test_text_projections_are_computed_once_per_sampling_run(pack):
+    """Inside `reusing_text_projections` two steps with one context project the text once, and give exactly the
+    outputs of recomputing it; a new context tensor is projected anew; leaving the block drops the cache."""
+    unet = tm.random_unet("sd1")
+    if pack and perf.packing_available():
+        perf.pack_for_cpu(unet)
+    x, t, context = tm.unet_call_inputs("sd1")
+    other = context.flip(0)
+    with torch.inference_mode():
+        expected = [unet(x, t, context), unet(x * 0.5, t * 0.5, context), unet(x, t, other)]
+        calls = count_text_projections(unet)
+        layers = sum(1 for m in unet.modules() if hasattr(m, "attn2"))
+        with unet.reusing_text_projections():
+            got = [unet(x, t, context), unet(x * 0.5, t * 0.5, context)]
+            assert calls[0] == layers  # each cross-attention once
+            got.append(unet(x, t, other))
+            assert calls[0] == 2 * layers
+        unet(x, t, context)
+        assert calls[0] == 3 * layers
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)
+    assert all(m._text_kv is None for m in unet.modules() if isinstance(m, CrossAttention))
+
+
+def test_txt2img_projects_the_text_once(tiny_file):
+    pipe = sd_core.load(tiny_file, device="cpu")
+    calls = count_text_projections(pipe.unet)
+    pipe.txt2img("a cat", width=64, height=64, steps=3, seed=1)
+    layers = sum(1 for m in pipe.unet.modules() if hasattr(m, "attn2"))
+    assert calls[0] == layers
+
+
 INTEL_AVX512_BF16 = "vendor_id : GenuineIntel\nflags : avx512f avx512_bf16"
 INTEL_AMX = "vendor_id : GenuineIntel\nflags : avx512f avx512_bf16 amx_bf16 amx_tile"
 AMD_ZEN4 = "vendor_id : AuthenticAMD\nflags : avx2 avx512f avx512_bf16"
@@ -475,6 +517,9 @@ def test_unet_flops_of_sd15():
     assert 3.5 < perf.unet_flops(config, 2, 512, 512) / flops < 5.0
     shared = perf.unet_flops(config, 2, 256, 256, contexts_per_row=2)  # the text-free first layers once: ~1.7% less
     assert 0.97 * flops < shared < 0.99 * flops
+    steady = perf.unet_flops(config, 2, 256, 256, contexts_per_row=2, text_once=True)
+    text_kv = 2 * 2 * 77 * 768 * 2 * (2 * 320 + 2 * 640 + 2 * 1280 + 1280 + 3 * 1280 + 3 * 640 + 3 * 320)
+    assert shared - steady == text_kv  # to_k and to_v of [2, 77, 768] in each of the 16 cross-attentions
 
 
 # --- low-VRAM offload (logic tested on the CPU) ---------------------------------------------------------------------
