@@ -490,27 +490,16 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
 
     results = []
 
-    def ab(name: str, fa, fb, label_a: str, label_b: str):
+    def ab(name: str, fa, fb, label_a: str, label_b: str, self_timed: bool = False):
+        """Median seconds of fa and fb, alternated; `self_timed`: they time their measured part and return it."""
         with torch.inference_mode():
             fa(), fb()  # warm-up (packed convs pack for this shape)
             ta, tb = [], []
             for _ in range(reps):
                 for f, times in ((fa, ta), (fb, tb)):
                     t0 = time.perf_counter()
-                    f()
-                    times.append(time.perf_counter() - t0)
-        a, b = median(ta), median(tb)
-        results.append((name, a, b))
-        log(f"[lever] {name:<48} {label_a} {a:6.2f} s   {label_b} {b:6.2f} s   B/A {b / a:.2f}")
-
-    def ab_timed(name: str, fa, fb, label_a: str, label_b: str):
-        """Like `ab` for functions that time their own measured part (and return the seconds)."""
-        with torch.inference_mode():
-            fa(), fb()
-            ta, tb = [], []
-            for _ in range(reps):
-                ta.append(fa())
-                tb.append(fb())
+                    seconds = f()
+                    times.append(seconds if self_timed else time.perf_counter() - t0)
         a, b = median(ta), median(tb)
         results.append((name, a, b))
         log(f"[lever] {name:<48} {label_a} {a:6.2f} s   {label_b} {b:6.2f} s   B/A {b / a:.2f}")
@@ -565,12 +554,13 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                 u(x1, t[:1], cd)
                 return time.perf_counter() - t0
 
-            ab_timed(
+            ab(
                 f"{dtype_name} UNet {size}px packed: text K/V projected every step vs once",
                 recomputing,
                 reusing,
                 "each",
                 "once",
+                self_timed=True,
             )
         else:
             log(f"[lever] {dtype_name}: oneDNN cannot pack {dtype_name} layers on this CPU; packing levers skipped")

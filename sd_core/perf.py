@@ -666,7 +666,7 @@ def unet_flops(
         x = torch.zeros(batch // contexts_per_row, unet.config["in_channels"], height // 8, width // 8)
         t = torch.zeros(batch // contexts_per_row)
         context = torch.zeros(batch, context_tokens, unet.config["context_dim"])
-        with unet.reusing_text_projections() if text_once else contextlib.nullcontext():
+        with unet.reusing_text_projections():  # the first call inside projects the text, as any call outside
             if text_once:
                 unet(x, t, context)  # the run's first step
             with FlopCounterMode(display=False) as counter:

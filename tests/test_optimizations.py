@@ -359,13 +359,14 @@ def test_denoiser_builds_the_cfg_context_once():
     torch.testing.assert_close(first[2:], cond.expand(2, -1, -1))
 
 
-def count_text_projections(unet: nn.Module) -> list[int]:
-    """A counter of the cross-attentions' `to_k` calls on a text context (self-attention's to_k sees image tokens)."""
+def count_text_projections(unet: nn.Module) -> tuple[list[int], int]:
+    """A counter of the cross-attentions' `to_k` calls on a text context (self-attention's to_k sees image tokens),
+    and the number of cross-attentions."""
     calls = [0]
-    for block in unet.modules():
-        if hasattr(block, "attn2"):
-            block.attn2.to_k.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
+    blocks = [block for block in unet.modules() if hasattr(block, "attn2")]
+    for block in blocks:
+        block.attn2.to_k.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls, len(blocks)
 
 
 @pytest.mark.parametrize("pack", [False, True], ids=["plain", "packed"])
@@ -379,8 +380,7 @@ def test_text_projections_are_computed_once_per_sampling_run(pack):
     other = context.flip(0)
     with torch.inference_mode():
         expected = [unet(x, t, context), unet(x * 0.5, t * 0.5, context), unet(x, t, other)]
-        calls = count_text_projections(unet)
-        layers = sum(1 for m in unet.modules() if hasattr(m, "attn2"))
+        calls, layers = count_text_projections(unet)
         with unet.reusing_text_projections():
             got = [unet(x, t, context), unet(x * 0.5, t * 0.5, context)]
             assert calls[0] == layers  # each cross-attention once
@@ -395,9 +395,8 @@ def test_text_projections_are_computed_once_per_sampling_run(pack):
 
 def test_txt2img_projects_the_text_once(tiny_file):
     pipe = sd_core.load(tiny_file, device="cpu")
-    calls = count_text_projections(pipe.unet)
+    calls, layers = count_text_projections(pipe.unet)
     pipe.txt2img("a cat", width=64, height=64, steps=3, seed=1)
-    layers = sum(1 for m in pipe.unet.modules() if hasattr(m, "attn2"))
     assert calls[0] == layers
 
 
