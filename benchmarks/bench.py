@@ -592,8 +592,30 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                 "NHWC",
             )
             del nhwc
+            if dtype == torch.float32:  # Winograd is float32-only
+                onednn_unet = copy.deepcopy(packed)
+                perf.use_winograd(onednn_unet, False)
+                ab(
+                    f"{dtype_name} UNet {size}px packed: 3x3 convs oneDNN vs Winograd",
+                    lambda u=onednn_unet, xd=xd, cd=cd: u(xd, t, cd),
+                    lambda u=packed, xd=xd, cd=cd: u(xd, t, cd),
+                    "oneDNN",
+                    "Winograd",
+                )
+                del onednn_unet
             packed_vae = copy.deepcopy(plain.vae)
             perf.pack_for_cpu(packed_vae)
+            if dtype == torch.float32:
+                onednn_vae = copy.deepcopy(packed_vae)
+                perf.use_winograd(onednn_vae, False)
+                ab(
+                    f"{dtype_name} VAE decode {size}px packed: 3x3 convs oneDNN vs Winograd",
+                    lambda v=onednn_vae, zd=zd: v.decode(zd),
+                    lambda v=packed_vae, zd=zd: v.decode(zd),
+                    "oneDNN",
+                    "Winograd",
+                )
+                del onednn_vae
             ab(
                 f"{dtype_name} VAE decode {size}px: prepacked + fused",
                 lambda v=plain.vae, zd=zd: v.decode(zd),
