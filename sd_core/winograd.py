@@ -96,17 +96,20 @@ def conv3x3(
             f"got kernel {tuple(weight.shape)} for input {tuple(x.shape)}"
         )
     th, tw = h // 4, w // 4
-    # the 4x kernel in slices of output channels, each within the band budget (a 640x640 kernel is 59 MB in one piece)
+    # the 4x kernel in slices of output channels, each within the band budget (a 640x640 kernel is 59 MB in one piece);
+    # with one band each slice is built, used and dropped, with several they are built once and kept for all bands
     per_channel = 36 * ci * x.element_size()
     step = max(MIN_SLICE, -(-max(1, band_bytes // per_channel) // 16) * 16)  # narrower slices make slow GEMMs
-    kernels = [(c0, transformed_kernel(weight[c0 : c0 + step].float())) for c0 in range(0, co, step)]
+    # bands within the byte budget, but at least MIN_BAND_TILES tiles each: thinner bands make slow GEMMs
+    rows_per_band = max(-(-MIN_BAND_TILES // (n * tw)), band_bytes // (36 * n * tw * max(ci, co) * x.element_size()))
+    bands = range(0, th, rows_per_band)
+    slices = range(0, co, step)
+    kept = None if len(bands) == 1 else [transformed_kernel(weight[c0 : c0 + step].float()) for c0 in slices]
     pixels = x.permute(0, 2, 3, 1)  # NHWC view (free when x is channels_last)
     out = torch.empty((n, co, h, w), dtype=x.dtype, memory_format=torch.channels_last)
     out_pixels = out.permute(0, 2, 3, 1)
     res_pixels = None if residual is None else residual.permute(0, 2, 3, 1)
-    # bands within the byte budget, but at least MIN_TILES tiles each: thinner bands make slow GEMMs
-    rows_per_band = max(-(-MIN_BAND_TILES // (n * tw)), band_bytes // (36 * n * tw * max(ci, co) * x.element_size()))
-    for r0 in range(0, th, rows_per_band):
+    for r0 in bands:
         r1 = min(th, r0 + rows_per_band)
         # input rows 4*r0-1 .. 4*r1 (zero rows beyond the image), padded by one zero column each side
         top, bottom = 4 * r0 - 1, 4 * r1 + 1
@@ -117,7 +120,8 @@ def conv3x3(
         del band
         v = (_INPUT @ tiles.reshape(36, -1)).view(36, -1, ci)
         del tiles
-        for c0, kernel in kernels:
+        for i, c0 in enumerate(slices):
+            kernel = transformed_kernel(weight[c0 : c0 + step].float()) if kept is None else kept[i]
             c1 = c0 + kernel.shape[2]
             m = torch.bmm(v, kernel)
             y = (_OUTPUT @ m.view(36, -1)).view(4, 4, n, r1 - r0, tw, c1 - c0).permute(2, 3, 0, 4, 1, 5)
