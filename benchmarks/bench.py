@@ -8,9 +8,10 @@
 Generation: both engines are loaded in one process and run alternately (sd_core, diffusers, sd_core, ...) with
 identical settings: txt2img, Euler with the same sigmas (diffusers' EulerDiscreteScheduler given sd_core's sigma list,
 which makes the two samplers identical), CFG 7.5, same prompt and seed. Reported: medians of seconds per image and
-per UNet step (from the step callbacks), achieved GFLOP/s of the UNet (FLOPs counted by torch's FLOP counter), the
-working memory of a run (peak RSS above the RSS before it; Linux clear_refs), the ratio sd_core / diffusers, and the
-mean absolute pixel difference between the engines (and to the float32 image for other dtypes).
+per UNet step (from the step callbacks), achieved GFLOP/s of the UNet (FLOPs counted by torch's FLOP counter,
+convolutions as direct ones), the working memory of a run (peak RSS above the RSS before it; Linux clear_refs), the
+ratio sd_core / diffusers, and the mean absolute pixel difference between the engines (and to the float32 image for
+other dtypes).
 
 Load and memory: each engine in a fresh process (alternating), single-file load: `sd_core.load(path)` vs
 `StableDiffusionPipeline.from_single_file(path, config=<local config folder>)`: load time, peak RSS during the load
@@ -761,7 +762,8 @@ def print_report(
         "(UNet work per CFG step, diffusers / sd_core, which runs the layers before the first cross-attention once "
         "for both halves and projects the text to K/V once per image: "
         + ", ".join(f"{s}px b{b}: {g:.0f} / {o:.0f} GFLOP" for s, b, g, o in work if o)
-        + ")"
+        + "; 3x3 convolutions counted as direct ones: sd_core's float32 Winograd convolutions on the CPU do a quarter "
+        "of their multiply-adds, so its GFLOP/s there is an effective rate)"
     )
     if load_rows:
         log("")
