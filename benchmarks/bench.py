@@ -594,7 +594,8 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             )
             del nhwc
             if dtype == torch.float32:  # Winograd is float32-only
-                onednn_unet = copy.deepcopy(packed)
+                onednn_unet = copy.deepcopy(plain.unet)  # (a used packed model holds oneDNN tensors: no deepcopy)
+                perf.pack_for_cpu(onednn_unet)
                 perf.use_winograd(onednn_unet, False)
                 ab(
                     f"{dtype_name} UNet {size}px packed: 3x3 convs oneDNN vs Winograd",
@@ -607,7 +608,8 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             packed_vae = copy.deepcopy(plain.vae)
             perf.pack_for_cpu(packed_vae)
             if dtype == torch.float32:
-                onednn_vae = copy.deepcopy(packed_vae)
+                onednn_vae = copy.deepcopy(plain.vae)
+                perf.pack_for_cpu(onednn_vae)
                 perf.use_winograd(onednn_vae, False)
                 ab(
                     f"{dtype_name} VAE decode {size}px packed: 3x3 convs oneDNN vs Winograd",
