@@ -9,8 +9,9 @@ products here too (Kronecker products of the 1-D matrices), so every step runs i
 
 Memory: the transformed kernel is 4x the kernel (36 vs 9 taps) and is built per call, never kept (keeping them would
 cost 4x the weights of every layer that uses this); input and output tiles are worked through in bands of tile rows,
-each step's buffer at most `band_bytes`, small enough for the allocator to reuse (no page faults per call) and for
-the data to stay in cache between the transforms and the GEMMs. Only float32: in bf16/fp16 the transforms' growth
+each step's buffer about `band_bytes` (more where a band needs MIN_BAND_TILES tiles), allocated once per call and
+reused by every band, so the data stays in cache between the transforms and the GEMMs and the allocator is left with
+little freed heap. Only float32: in bf16/fp16 the transforms' growth
 (coefficients up to 8 and 1/24) costs too much precision.
 """
 
