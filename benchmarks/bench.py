@@ -593,32 +593,25 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                 "NHWC",
             )
             del nhwc
-            if dtype == torch.float32:  # Winograd is float32-only
-                onednn_unet = copy.deepcopy(plain.unet)  # (a used packed model holds oneDNN tensors: no deepcopy)
-                perf.pack_for_cpu(onednn_unet)
-                perf.use_winograd(onednn_unet, False)
-                ab(
-                    f"{dtype_name} UNet {size}px packed: 3x3 convs oneDNN vs Winograd",
-                    lambda u=onednn_unet, xd=xd, cd=cd: u(xd, t, cd),
-                    lambda u=packed, xd=xd, cd=cd: u(xd, t, cd),
-                    "oneDNN",
-                    "Winograd",
-                )
-                del onednn_unet
             packed_vae = copy.deepcopy(plain.vae)
             perf.pack_for_cpu(packed_vae)
-            if dtype == torch.float32:
-                onednn_vae = copy.deepcopy(plain.vae)
-                perf.pack_for_cpu(onednn_vae)
-                perf.use_winograd(onednn_vae, False)
-                ab(
-                    f"{dtype_name} VAE decode {size}px packed: 3x3 convs oneDNN vs Winograd",
-                    lambda v=onednn_vae, zd=zd: v.decode(zd),
-                    lambda v=packed_vae, zd=zd: v.decode(zd),
-                    "oneDNN",
-                    "Winograd",
-                )
-                del onednn_vae
+            if dtype == torch.float32:  # Winograd is float32-only
+                unet_call, vae_call = (lambda u, xd=xd, cd=cd: u(xd, t, cd)), (lambda v, zd=zd: v.decode(zd))
+                for what, plain_model, packed_model, call in (
+                    ("UNet", plain.unet, packed, unet_call),
+                    ("VAE decode", plain.vae, packed_vae, vae_call),
+                ):
+                    onednn = copy.deepcopy(plain_model)  # (a used packed model holds oneDNN tensors: no deepcopy)
+                    perf.pack_for_cpu(onednn)
+                    perf.use_winograd(onednn, False)
+                    ab(
+                        f"{dtype_name} {what} {size}px packed: 3x3 convs oneDNN vs Winograd",
+                        lambda m=onednn, call=call: call(m),
+                        lambda m=packed_model, call=call: call(m),
+                        "oneDNN",
+                        "Winograd",
+                    )
+                    del onednn
             ab(
                 f"{dtype_name} VAE decode {size}px: prepacked + fused",
                 lambda v=plain.vae, zd=zd: v.decode(zd),

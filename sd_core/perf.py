@@ -191,8 +191,8 @@ class PackedConv2d(_Packed, nn.Conv2d):
         """conv(x) + other, the add fused into the convolution."""
         if self.fast(x) and "_conv_forward" not in self.__dict__ and other.dtype == x.dtype:
             if other.shape[:2] == (x.shape[0], self.out_channels) and other.dim() == 4:
-                weight = self._winograd_weight(x)
-                if weight is not None and other.shape[2:] == x.shape[2:]:
+                weight = self._winograd_weight(x) if other.shape[2:] == x.shape[2:] else None
+                if weight is not None:
                     return winograd.conv3x3(x, weight, self.bias, other)
                 if self._packed_for != tuple(x.shape):
                     self.repack(x.shape)

@@ -11,8 +11,8 @@ Memory: the transformed kernel is 4x the kernel (36 vs 9 taps) and is built per 
 cost 4x the weights of every layer that uses this); input and output tiles are worked through in bands of tile rows,
 each step's buffer about `band_bytes` (more where a band needs MIN_BAND_TILES tiles), allocated once per call and
 reused by every band, so the data stays in cache between the transforms and the GEMMs and the allocator is left with
-little freed heap. Only float32: in bf16/fp16 the transforms' growth
-(coefficients up to 8 and 1/24) costs too much precision.
+little freed heap. Only float32: in bf16/fp16 the transforms' growth (coefficients up to 8 and 1/24) costs too much
+precision.
 """
 
 from __future__ import annotations
