@@ -15,7 +15,8 @@ other dtypes).
 
 Load and memory: each engine in a fresh process (alternating), single-file load: `sd_core.load(path)` vs
 `StableDiffusionPipeline.from_single_file(path, config=<local config folder>)`: load time, peak RSS during the load
-(vs the weights' size in the target dtype), and peak RSS while generating one image afterwards.
+(vs the weights' size in the target dtype), then one 256x256 image: peak RSS while generating, and load + that first
+image as the cold-start time (sd_core packs weights in its first call; the timed runs above are all warm).
 
 CPU: float32 and bfloat16 (`--dtypes`), plus each engine's default (sd_core picks its dtype, diffusers float32).
 CUDA (when available): float16 it/s, peak VRAM, and sd_core's low-VRAM mode.
@@ -413,7 +414,9 @@ def child(args) -> None:
     }
     if args.child_gen_size:
         reset_peak_rss()
+        t0 = time.perf_counter()
         engine.generate(args.child_gen_size, 1, args.child_gen_steps, lambda: None)
+        out["first_image_s"] = time.perf_counter() - t0  # what the first call does once: sd_core packs its weights
         out["peak_gen_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
@@ -457,12 +460,12 @@ def run_loads(path: Path, config: Path, dtypes: list[str], reps: int, gen_size: 
         results: dict[str, list[dict]] = {"sd_core": [], "diffusers": []}
         for rep in range(reps):
             for engine in ("sd_core", "diffusers") if rep % 2 == 0 else ("diffusers", "sd_core"):
-                r = run_child(engine, dtype, path, config, gen_size if rep == 0 else 0, gen_steps)
+                r = run_child(engine, dtype, path, config, gen_size, gen_steps)
                 results[engine].append(r)
                 log(
                     f"[load {dtype}] {engine:<9} {r['load_s']:6.1f} s, peak RSS {r['peak_load_mb']:7.0f} MiB "
                     f"(weights {r['weights_mb']:.0f} MiB, base {r['base_mb']:.0f})"
-                    + (f", generating {gen_size}px: peak {r['peak_gen_mb']:.0f} MiB" if "peak_gen_mb" in r else "")
+                    + f", first {gen_size}px image {r['first_image_s']:.1f} s, peak {r['peak_gen_mb']:.0f} MiB"
                 )
         row = {"dtype": dtype}
         for name, rs in results.items():
@@ -471,7 +474,8 @@ def run_loads(path: Path, config: Path, dtypes: list[str], reps: int, gen_size: 
             row[f"{name}_base_mb"] = min(r["base_mb"] for r in rs)
             row[f"{name}_weights_mb"] = rs[0]["weights_mb"]
             row[f"{name}_dtype"] = rs[0]["dtype"]
-            row[f"{name}_peak_gen_mb"] = rs[0].get("peak_gen_mb", float("nan"))
+            row[f"{name}_peak_gen_mb"] = max(r["peak_gen_mb"] for r in rs)
+            row[f"{name}_ready_s"] = median([r["load_s"] + r["first_image_s"] for r in rs])
         rows.append(row)
     return rows
 
@@ -612,6 +616,19 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                         "Winograd",
                     )
                     del onednn
+                linears = {}
+                for blas in (False, True):  # whatever this CPU's default (`perf.blas_linears_pay`), both ways
+                    linears[blas] = copy.deepcopy(plain.unet)
+                    perf.pack_for_cpu(linears[blas])
+                    perf.use_blas_linears(linears[blas], blas)
+                ab(
+                    f"{dtype_name} UNet {size}px packed: linears oneDNN vs BLAS",
+                    lambda m=linears[False], call=unet_call: call(m),
+                    lambda m=linears[True], call=unet_call: call(m),
+                    "oneDNN",
+                    "BLAS",
+                )
+                del linears
             ab(
                 f"{dtype_name} VAE decode {size}px: prepacked + fused",
                 lambda v=plain.vae, zd=zd: v.decode(zd),
@@ -765,6 +782,7 @@ def print_report(
         head = (
             f"{'load dtype':<12}{'load s':>16}{'ratio':>7}{'peak RSS load MiB':>20}{'ratio':>7}"
             f"{'peak/weights':>14}{'(-base)':>9}{'peak RSS gen MiB':>20}{'ratio':>7}"
+            f"{'load+1st image s':>20}{'ratio':>7}"
         )
         log(head)
         log("-" * len(head))
@@ -781,10 +799,14 @@ def print_report(
                 f"{ratio_w:7.2f}{ratio_wd:7.2f}{ratio_wb:9.2f}"
                 f"{r['sd_core_peak_gen_mb']:10.0f}{r['diffusers_peak_gen_mb']:10.0f}"
                 f"{fmt_ratio(r['sd_core_peak_gen_mb'], r['diffusers_peak_gen_mb']):>7}"
+                f"{r['sd_core_ready_s']:10.1f}{r['diffusers_ready_s']:10.1f}"
+                f"{fmt_ratio(r['sd_core_ready_s'], r['diffusers_ready_s']):>7}"
             )
         log(
             "peak/weights: peak RSS during the load / the weights' bytes in the load dtype (sd_core, diffusers); "
-            "(-base): sd_core's without the interpreter + torch + diffusers import baseline"
+            "(-base): sd_core's without the interpreter + torch + diffusers import baseline; load+1st image: the load "
+            "and the first 256x256 2-step image of the fresh process (cold start: sd_core packs its weights for oneDNN "
+            "during its first call, which the timed runs above never see)"
         )
     if defaults_row:
         r, d = defaults_row, defaults_row["defaults"]

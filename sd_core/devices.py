@@ -72,6 +72,11 @@ def cpu_has_amx_bf16() -> bool:
     return "amx_bf16" in _cpu_flags()
 
 
+def cpu_has_avx512() -> bool:
+    """True when the CPU has AVX-512 (foundation); Linux reads /proc/cpuinfo."""
+    return "avx512f" in _cpu_flags()
+
+
 def cpu_bf16_is_fast() -> bool:
     """True when bf16 matrix arithmetic beats float32 on this CPU: AMX, or AVX512-BF16 on AMD (Zen 4 and later)."""
     info = _cpu_flags()

@@ -244,21 +244,32 @@ def _phase_kernel(weight: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return torch.stack(cols, -1).to(weight.dtype)
 
 
+def blas_linears_pay(dtype: torch.dtype) -> bool:
+    """Whether float32 linears should run as plain BLAS GEMMs (MKL) instead of packed oneDNN ones on this CPU: where
+    measured, on AVX2-only CPUs (AMD Zen 3: MKL's GEMMs 6-14% faster than oneDNN's packed ones at every SD1.5 shape,
+    fused epilogues included; README, "Performance"). Also no weight to repack at the first call and no second buffer
+    for it: the weights stay the checkpoint's memory map. CPUs with AVX-512 keep oneDNN, where packing was measured."""
+    return dtype == torch.float32 and torch.backends.mkl.is_available() and not devices.cpu_has_avx512()
+
+
 class PackedLinear(_Packed, nn.Linear):
-    """A Linear whose weight lives in oneDNN's blocked layout; bias and residual add in the GEMM's epilogue."""
+    """A Linear whose weight lives in oneDNN's blocked layout; bias and residual add in the GEMM's epilogue. With
+    `blas` set (`blas_linears_pay`, `use_blas_linears`) the weight stays dense and the GEMM is BLAS's."""
+
+    blas: bool = False
 
     def _ready(self) -> None:
         if not self.weight.is_mkldnn:
             self._set_weight("weight", _pack_linear_weight(self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast(x):
+        if self.fast(x) and not self.blas:
             self._ready()
             return _mk()._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return F.linear(x, self.dense_weight(), self.bias)
 
     def forward_add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """linear(x) + other, the add fused into the GEMM."""
+        """linear(x) + other, the add fused into the GEMM (BLAS: added in place to the GEMM's fresh output)."""
         if (
             self.fast(x)
             and other.dtype == x.dtype
@@ -266,6 +277,8 @@ class PackedLinear(_Packed, nn.Linear):
             and other.shape[-1] == self.out_features
             and other.shape[:-1] == x.shape[:-1]
         ):
+            if self.blas:
+                return F.linear(x, self.weight, self.bias).add_(other)
             self._ready()
             return _mk()._linear_pointwise.binary(x, other, self.weight, self.bias, "add")
         return self.forward(x) + other
@@ -308,7 +321,7 @@ class PackedGEGLUProj(PackedLinear):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast(x):
+        if self.fast(x) and not self.blas:
             self._ready()
             value = _mk()._linear_pointwise(x, self.weight, self.bias, "none", [], "")
             gate = _mk()._linear_pointwise(x, self.gate_weight, self.gate_bias, "none", [], "")
@@ -316,6 +329,12 @@ class PackedGEGLUProj(PackedLinear):
         return F.linear(x, self.dense_weight(), self.dense_bias())
 
     def geglu(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast(x) and self.blas and not self._split():
+            # the two halves of the dense [2N, K] weight are contiguous views: nothing to split or copy
+            half = self.out_features // 2
+            value_bias, gate_bias = (None, None) if self.bias is None else (self.bias[:half], self.bias[half:])
+            gate = F.gelu(F.linear(x, self.weight[half:], gate_bias))
+            return F.linear(x, self.weight[:half], value_bias).mul_(gate)
         if self.fast(x):
             self._ready()
             # GELU in ATen, not as oneDNN's "gelu" post-op: the same exact-erf GELU (outputs identical on Zen 3), and
@@ -372,6 +391,9 @@ def pack_for_cpu(module: nn.Module) -> int:
         elif _eligible(m, nn.Linear, dtypes):
             _swap(m, PackedLinear)
             count += 1
+    for m in module.modules():
+        if isinstance(m, PackedLinear) and blas_linears_pay(m.weight.dtype):
+            m.blas = True
     if count:
         module._sd_core_packed = True
     return count
@@ -386,6 +408,19 @@ def use_winograd(module: nn.Module, enabled: bool = True) -> int:
     return len(convs)
 
 
+def use_blas_linears(module: nn.Module, enabled: bool = True) -> int:
+    """Run the packed linears in `module` as BLAS GEMMs on dense weights (`enabled`; packed ones are unpacked first) or
+    through oneDNN's packed kernels (packed at their next call). Returns the number of linears set."""
+    linears = [m for m in module.modules() if isinstance(m, PackedLinear)]
+    for m in linears:
+        if enabled and (m.weight.is_mkldnn or "gate_weight" in m._parameters):
+            kind = type(m)
+            unpack_module(m)
+            _swap(m, kind)
+        m.blas = enabled
+    return len(linears)
+
+
 def unpack_module(m: nn.Module) -> bool:
     """One packed layer back to a plain `nn.Conv2d`/`nn.Linear` with dense weights (no-op on other modules)."""
     plain = _PLAIN.get(type(m))
@@ -393,7 +428,8 @@ def unpack_module(m: nn.Module) -> bool:
         return False
     state = m.dense_state()
     requires_grad = m.__dict__.pop("_sd_core_requires_grad", False)
-    m.__dict__.pop("_packed_for", None)
+    for attribute in ("_packed_for", "blas", "winograd"):
+        m.__dict__.pop(attribute, None)
     for name in ("weight", "bias", "gate_weight", "gate_bias"):
         m._parameters.pop(name, None)
     m.__class__ = plain

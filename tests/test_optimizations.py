@@ -27,34 +27,40 @@ torch.set_num_threads(1)
 needs_onednn = pytest.mark.skipif(not perf.packing_available(), reason="oneDNN packed ops not available")
 # oneDNN's bf16 kernels need AVX-512 or AVX-NE-CONVERT: on AVX2-only CPUs the bf16 cases of the packed-layer tests
 # cannot run (what those CPUs do instead is tested: test_bf16_layers_stay_plain_where_onednn_has_no_bf16)
-PACKED_DTYPES = [
-    torch.float32,
-    pytest.param(
-        torch.bfloat16,
-        marks=pytest.mark.skipif(not perf.packing_available(torch.bfloat16), reason="no oneDNN bf16 on this CPU"),
-    ),
-]
+BF16_MARKS = pytest.mark.skipif(not perf.packing_available(torch.bfloat16), reason="no oneDNN bf16 on this CPU")
+PACKED_DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=BF16_MARKS)]
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 
 
-def packed_copy(module: nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
+def packed_copy(module: nn.Module, dtype: torch.dtype = torch.float32, blas: bool | None = None) -> nn.Module:
+    """`module` packed; `blas` given: its linears through BLAS (True) or oneDNN (False) whatever this CPU's default."""
     out = copy.deepcopy(module).to(dtype)
     assert perf.pack_for_cpu(out) > 0
+    if blas is not None:
+        perf.use_blas_linears(out, blas)
     return out
+
+
+# float32 linears run either way depending on the CPU (`perf.blas_linears_pay`): the parity tests cover both
+LINEARS = pytest.mark.parametrize("blas", [False, True], ids=["onednn-linears", "blas-linears"])
 
 
 # --- prepacked weights and fused epilogues ------------------------------------------------------------------------
 
 
 @needs_onednn
-@pytest.mark.parametrize("dtype", PACKED_DTYPES)
+@pytest.mark.parametrize(
+    ("dtype", "blas"),
+    [(torch.float32, False), (torch.float32, True), pytest.param(torch.bfloat16, False, marks=BF16_MARKS)],
+    ids=["float32-onednn-linears", "float32-blas-linears", "bfloat16"],
+)
 @pytest.mark.parametrize("same_t", [False, True], ids=["own-timesteps", "shared-timestep"])
 @pytest.mark.parametrize("variant", tm.VARIANTS)
-def test_packed_unet_matches_plain(variant, same_t, dtype):
-    """Packed convs/linears, residual adds in the epilogues, GEGLU halves, and (shared timestep) the embedding folded
-    into the conv bias: the same UNet output as the plain modules."""
+def test_packed_unet_matches_plain(variant, same_t, dtype, blas):
+    """Packed convs/linears (float32 linears both ways), residual adds in the epilogues, GEGLU halves, and (shared
+    timestep) the embedding folded into the conv bias: the same UNet output as the plain modules."""
     plain = tm.random_unet(variant).to(dtype)
-    packed = packed_copy(plain, dtype)
+    packed = packed_copy(plain, dtype, blas)
     x, t, context = tm.unet_call_inputs(variant, same_t=same_t)
     with torch.inference_mode():
         expected = plain(x, t, context).float()
@@ -91,6 +97,73 @@ def test_bf16_layers_stay_plain_where_onednn_has_no_bf16(monkeypatch):
         torch.testing.assert_close(model(x, t, context), plain(x, t, context), rtol=0, atol=0)
     mixed = nn.Sequential(nn.Linear(4, 4).bfloat16(), nn.Linear(4, 4))
     assert perf.pack_for_cpu(mixed) == 1 and [type(m) for m in mixed] == [nn.Linear, perf.PackedLinear]
+
+
+def _geglu_block(bias: bool) -> nn.Module:
+    from sd_core.models.unet import GEGLU
+
+    block = GEGLU(24, 40)
+    if not bias:
+        block.proj.bias = None
+    with torch.no_grad():
+        block.proj.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(5))
+    return block.eval()
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+def test_blas_linears_match_plain_and_keep_the_dense_weight(bias):
+    """BLAS mode: linear, linear + residual and GEGLU give the plain results and use the checkpoint's own weight
+    tensor (no packed copy, no split copies of the GEGLU halves)."""
+    g = torch.Generator().manual_seed(6)
+    linear = nn.Linear(24, 16, bias=bias).eval()
+    geglu = _geglu_block(bias)
+    x = torch.randn(2, 7, 24, generator=g)
+    other = torch.randn(2, 7, 16, generator=g)
+    with torch.inference_mode():
+        expected = (linear(x), other + linear(x), geglu(x))
+    fast_linear, fast_geglu = packed_copy(linear, blas=True), packed_copy(geglu, blas=True)
+    storage = (fast_linear.weight.data_ptr(), fast_geglu.proj.weight.data_ptr())
+    with torch.inference_mode():
+        got = (fast_linear(x), perf.linear_add(fast_linear, x, other), fast_geglu(x))
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+    assert (fast_linear.weight.data_ptr(), fast_geglu.proj.weight.data_ptr()) == storage
+    assert not fast_linear.weight.is_mkldnn and "gate_weight" not in fast_geglu.proj._parameters
+
+
+@needs_onednn
+def test_use_blas_linears_switches_packed_layers_both_ways():
+    """oneDNN-packed linears (and split GEGLU halves) go back to dense weights for BLAS, and pack again for oneDNN;
+    the outputs stay the plain ones throughout."""
+    geglu, linear = _geglu_block(True), nn.Linear(24, 16).eval()
+    model = nn.ModuleDict({"geglu": geglu, "linear": linear})
+    x = torch.randn(3, 24, generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        expected = geglu(x), linear(x)
+    fast = packed_copy(model, blas=False)
+    for blas, packed_after in ((False, True), (True, False), (False, True)):
+        assert perf.use_blas_linears(fast, blas) == 2
+        with torch.inference_mode():
+            got = fast["geglu"](x), fast["linear"](x)
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, **TOL[torch.float32])
+        assert fast["linear"].weight.is_mkldnn == packed_after
+        assert ("gate_weight" in fast["geglu"].proj._parameters) == packed_after
+    assert perf.unpack(fast) == 2 and not hasattr(fast["linear"], "blas")
+
+
+@needs_onednn
+@pytest.mark.parametrize("avx512", [False, True])
+def test_blas_linears_only_for_float32_on_cpus_without_avx512(avx512, monkeypatch):
+    monkeypatch.setattr(devices, "cpu_has_avx512", lambda: avx512)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
+    assert perf.blas_linears_pay(torch.float32) is not avx512
+    assert not perf.blas_linears_pay(torch.bfloat16)
+    model = packed_copy(nn.Sequential(nn.Linear(4, 4), _geglu_block(True)))
+    assert [m.blas for m in model.modules() if isinstance(m, perf.PackedLinear)] == [not avx512] * 2
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
+    assert not perf.blas_linears_pay(torch.float32)
 
 
 @needs_onednn
@@ -159,11 +232,12 @@ def test_sub_pixel_upsampling_falls_back_where_it_does_not_apply():
 
 
 @needs_onednn
+@LINEARS
 @pytest.mark.parametrize("variant", ["sd1", "sd2"])
-def test_packed_text_encoder_matches_plain(variant):
+def test_packed_text_encoder_matches_plain(variant, blas):
     plain = CLIPTextEncoder(tm.text_config(variant)).eval()
     plain.load_state_dict(tm.text_to_hf(tm.make_text_encoder(variant)))
-    packed = packed_copy(plain)
+    packed = packed_copy(plain, blas=blas)
     tokens = torch.randint(0, tm.VOCAB, (2, 77), generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         for skip in (0, 1):
