@@ -5,6 +5,9 @@ CPU, on by default (`sd_core.load(..., optimize=True)`, `optimize(pipe)`):
   instead of the plain one, so the weight reorder that eager PyTorch repeats on every call is done once; convolutions
   run channels_last. The packed weight *replaces* the plain one (no second copy). In float32 the kernels are the ones
   eager PyTorch calls, so results agree to float rounding (tests: `tests/test_optimizations.py`).
+- **BLAS linears** (`blas_linears_pay`, `use_blas_linears`): on CPUs without AVX-512 the float32 linears stay dense
+  and run as MKL GEMMs (residual add and GEGLU's multiply in place on the GEMM's output), faster there than oneDNN's
+  packed GEMMs, with nothing to pack at the first call.
 - **Fused epilogues** on packed layers: residual adds run inside the conv/linear that precedes them, the timestep
   embedding is folded into the ResBlock conv bias when the batch shares one timestep (txt2img with CFG does), GEGLU is
   two GEMMs with gelu and the multiply fused, SiLU after GroupNorm runs in place.
