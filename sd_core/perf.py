@@ -365,6 +365,8 @@ def _eligible(m: nn.Module, kind: type, dtypes: tuple[torch.dtype, ...]) -> bool
 def _swap(m: nn.Module, cls: type) -> None:
     m._sd_core_requires_grad = m.weight.requires_grad
     m.__class__ = cls
+    if issubclass(cls, PackedLinear):
+        m.blas = blas_linears_pay(m.weight.dtype)
     if isinstance(m, nn.Conv2d):
         m.padding, m.stride, m.dilation = list(m.padding), list(m.stride), list(m.dilation)
 
@@ -394,9 +396,6 @@ def pack_for_cpu(module: nn.Module) -> int:
         elif _eligible(m, nn.Linear, dtypes):
             _swap(m, PackedLinear)
             count += 1
-    for m in module.modules():
-        if isinstance(m, PackedLinear) and blas_linears_pay(m.weight.dtype):
-            m.blas = True
     if count:
         module._sd_core_packed = True
     return count

@@ -19,7 +19,7 @@ from sd_core import checkpoint, devices, perf, tiling
 from sd_core.denoiser import GuidedDenoiser
 from sd_core.models import attention
 from sd_core.models.text_encoder import CLIPTextEncoder
-from sd_core.models.unet import CrossAttention
+from sd_core.models.unet import GEGLU, CrossAttention
 from sd_core.models.vae import AutoencoderKL
 from sd_core.schedules import NoiseSchedule
 
@@ -100,8 +100,6 @@ def test_bf16_layers_stay_plain_where_onednn_has_no_bf16(monkeypatch):
 
 
 def _geglu_block(bias: bool) -> nn.Module:
-    from sd_core.models.unet import GEGLU
-
     block = GEGLU(24, 40)
     if not bias:
         block.proj.bias = None
