@@ -491,7 +491,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import sd_core
-    from sd_core import half_storage, perf
+    from sd_core import half_storage, heap, perf
 
     results = []
 
@@ -629,6 +629,19 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                     "BLAS",
                 )
                 del linears
+
+                def steps(keep, u=packed, call=unet_call):
+                    with keep():  # a sampling loop's worth of UNet calls, as `pipeline` runs them
+                        for _ in range(3):
+                            call(u)
+
+                ab(
+                    f"{dtype_name} UNet {size}px packed, 3 calls: heap as glibc keeps it vs kept while sampling",
+                    lambda: steps(contextlib.nullcontext),
+                    lambda: steps(heap.freed_memory_kept),
+                    "glibc",
+                    "kept",
+                )
             ab(
                 f"{dtype_name} VAE decode {size}px: prepacked + fused",
                 lambda v=plain.vae, zd=zd: v.decode(zd),
@@ -865,6 +878,15 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = args.dtypes.split(",") if args.dtypes else (["fp32", "bf16"] if device == "cpu" else ["fp16"])
+    from sd_core.half_storage import half_kernels_available
+
+    if device == "cpu" and "bf16" in dtypes and not half_kernels_available(torch.bfloat16):
+        # diffusers' bf16 here is PyTorch's generic fallback (a 3x3 conv 366x float32's time on Zen 3): hours per case
+        if args.dtypes:
+            log("warning: no oneDNN bf16 kernels on this CPU: diffusers' bf16 images will take hours (README)")
+        else:
+            dtypes.remove("bf16")
+            log("bf16 left out: no oneDNN bf16 kernels on this CPU (diffusers' bf16 would take hours; --dtypes bf16)")
     if args.cases:
         given = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]
         cases_for = dict.fromkeys(dtypes + ["default"], given)

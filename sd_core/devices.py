@@ -24,10 +24,7 @@ Defaults, and why:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
-import sys
 
 import torch
 
@@ -121,29 +118,3 @@ def half_is_slow(device: torch.device, dtype: torch.dtype) -> bool:
     if dtype == torch.bfloat16:
         return not cpu_bf16_is_fast()
     return dtype == torch.float16 and not cpu_has_amx_bf16()
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's `malloc_trim`, or None (other C libraries, other systems)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_free_heap() -> bool:
-    """Give the heap pages freed so far back to the OS; True where that is possible (Linux with glibc).
-
-    Why: glibc keeps freed memory mapped for reuse, so the UNet's step buffers, freed when sampling ends, still count
-    in RSS while the VAE decodes, and the decoder's buffers come on top of them. Trimming between the two lowered
-    peak RSS of an SD1.5 float32 256x256 run by about 140 MiB (`benchmarks/bench.py`, fresh process), for a few
-    milliseconds. Not process-wide settings (`MALLOC_MMAP_THRESHOLD_`, measured 5-8% slower): one call at a
-    natural pause."""
-    trim = _malloc_trim()
-    if trim is None:
-        return False
-    trim(0)
-    return True

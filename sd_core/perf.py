@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import devices, half_storage, winograd
+from . import devices, half_storage, heap, winograd
 
 # --- prepacked oneDNN layers -----------------------------------------------------------------------------------------
 
@@ -535,7 +535,7 @@ def set_attention_dtype(module: nn.Module, dtype: torch.dtype | None) -> int:
 
 
 def _trim_heap(_module: nn.Module, _args: Any) -> None:
-    devices.release_free_heap()
+    heap.release_free_heap()
 
 
 def trim_heap_before(modules: Iterable[nn.Module]) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import devices, images, samplers, tiling
+from . import heap, images, samplers, tiling
 from .denoiser import GuidedDenoiser, InpaintBlend
 from .model_config import ModelConfig
 from .pnginfo import format_parameters
@@ -105,7 +105,7 @@ class StableDiffusion:
         large or out of memory (`sd_core.tiling`). A float16 VAE that overflows to NaN is upcast to float32 once and
         retried (the black-image failure of half precision)."""
         if self.device.type == "cpu":
-            devices.release_free_heap()  # the sampler's freed buffers out of RSS before the decoder's come in
+            heap.release_free_heap()  # the sampler's freed buffers out of RSS before the decoder's come in
         z = latents / self.config.latent_scale
         for _attempt in range(2):
             vae_dtype = next(self.vae.parameters()).dtype
@@ -170,8 +170,13 @@ class StableDiffusion:
             blend=None if blend is None else blend.to(self.device),
         )
         total = len(sigmas) - 1
+        heap_kept = contextlib.ExitStack()
 
         def on_step(info: dict[str, Any]) -> None:
+            if info["i"] == 0 and self.device.type == "cpu":
+                # from the second step on, each step's buffers stay mapped for the next instead of being faulted in
+                # again (`heap`); not in the first, which packs the weights for this shape: its temporaries go back
+                heap_kept.enter_context(heap.freed_memory_kept())
             if callback is not None:
                 callback(
                     {
@@ -184,7 +189,7 @@ class StableDiffusion:
                 )
 
         reuse = getattr(self.unet, "reusing_text_projections", contextlib.nullcontext)
-        with torch.inference_mode(), reuse():
+        with torch.inference_mode(), reuse(), heap_kept:
             x = choice.fn(denoiser, x.to(self.device), sigmas.to(self.device), callback=on_step, generator=generator)
             if denoiser.blend is not None:
                 x = denoiser.blend.apply(x, sigmas[-1].reshape(1).to(x.device).expand(x.shape[0]))
