@@ -630,13 +630,15 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                 )
                 del linears
 
-                def steps(keep, u=packed, call=unet_call):
+                batch4 = (xd.repeat(4, 1, 1, 1), t.repeat(4), cd.repeat(4, 1, 1))  # batch 4: more to fault in
+
+                def steps(keep, u=packed, args=batch4):
                     with keep():  # a sampling loop's worth of UNet calls, as `pipeline` runs them
                         for _ in range(3):
-                            call(u)
+                            u(*args)
 
                 ab(
-                    f"{dtype_name} UNet {size}px packed, 3 calls: heap as glibc keeps it vs kept while sampling",
+                    f"{dtype_name} UNet {size}px b4 packed, 3 calls: heap as glibc keeps it vs kept while sampling",
                     lambda: steps(contextlib.nullcontext),
                     lambda: steps(heap.freed_memory_kept),
                     "glibc",

@@ -6,10 +6,11 @@ Two opposite needs, each at its own moment:
 - Inside the sampling loop every step frees and re-allocates the same activations. By default glibc serves each large
   block with a fresh mmap and unmaps it at free, so every step faults its buffers in again, page by page, zeroed by
   the kernel (SD1.5 float32 256x256 batch 4 on a 2-core Zen 3: about 200,000 page faults per UNet call).
-  `freed_memory_kept` keeps freed memory mapped for reuse while sampling: about 300 faults per call after the first,
-  the call 0.97x the time (`benchmarks/bench.py --levers`, "heap as glibc keeps it vs kept while sampling"). The
-  pipeline enters it after the first step, which packs the weights for the image size: kept, that step's temporaries
-  raised the peak RSS of a fresh process's first 256x256 image by 400 MiB.
+  `freed_memory_kept` keeps freed memory mapped for reuse while sampling: a few hundred faults per call once the
+  heap has grown, the call 0.97x the time (four alternations, every kept call faster); three calls from a trimmed
+  heap, the first of them still faulting, 0.99x (`benchmarks/bench.py --levers`). The pipeline enters it after the
+  first step, which packs the weights for the image size: kept, that step's temporaries raised the peak RSS of a
+  fresh process's first 256x256 image by 400 MiB.
 - Not for the VAE decode: kept, a 512x512 decode took 0.90x the time but its working memory, the peak of the whole
   generation, went from 680 to 1100 MiB.
 

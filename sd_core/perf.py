@@ -18,6 +18,8 @@ CPU, on by default (`sd_core.load(..., optimize=True)`, `optimize(pipe)`):
 - **Sub-pixel upsampling** in the VAE decoder (`upsample_conv`): nearest-2x then 3x3 conv computed as four 2x2 convs
   of the low-resolution input, 2.25x fewer multiply-adds and no 4x upsampled tensor (exact up to float rounding).
 - **Heap trims** before each VAE decoder level (`trim_heap_before`): lower peak RSS, a few milliseconds.
+- **Freed memory kept while sampling** (`heap.freed_memory_kept`, entered by the pipeline after the first step): each
+  step reuses the previous step's pages instead of faulting fresh ones in.
 - **Float32 attention** in bf16/fp16 models on CPUs where half precision is slow (`set_attention_dtype`, choice in
   `devices.pick_attention_dtype`): only q/k/v and the output are converted; faster there, same accuracy.
 - **Half-precision weights, float32 arithmetic** (`half_storage`) for bf16/fp16 models on CPUs without oneDNN
