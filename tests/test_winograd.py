@@ -69,7 +69,8 @@ def test_conv3x3_bands_and_kernel_slices_give_the_same_result(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_SLICE", 16)
     whole = winograd.conv3x3(x, conv.weight, conv.bias, res, band_bytes=1 << 30)
     banded = winograd.conv3x3(x, conv.weight, conv.bias, res, band_bytes=1)
-    assert torch.allclose(banded, whole, atol=1e-5, rtol=0)
+    # the same sums, rounded differently (GEMMs of other sizes): a few 1e-5 where a lost or doubled edge would be ~1
+    assert torch.allclose(banded, whole, atol=5e-5, rtol=0)
     assert relative_error(banded, reference(x, conv.weight, conv.bias, res)) < 3e-5
 
 
