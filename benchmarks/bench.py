@@ -447,10 +447,7 @@ def run_child(engine: str, dtype: str, path: Path, config: Path, gen_size: int, 
 
 def warm_page_cache(path: Path) -> None:
     """Read the checkpoint once so every timed load finds it in the page cache: otherwise whichever engine loads
-    first pays for the disk (seen: the same bf16 load took 4.0 s first in a run and 1.6-2.0 s after). And write back
-    every dirty page first: a checkpoint written just before (8 GB with its diffusers folder) was otherwise still being
-    written to disk during the timed loads (seen: sd_core's fp32 first image 11-16 s in that run, 8-9 s after)."""
-    os.sync()
+    first pays for the disk (seen: the same bf16 load took 4.0 s first in a run and 1.6-2.0 s after)."""
     with open(path, "rb") as f:
         while f.read(64 << 20):
             pass

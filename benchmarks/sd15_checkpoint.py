@@ -3,6 +3,7 @@ that lets diffusers' `from_single_file` load it offline. Shared by the benchmark
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +33,9 @@ def sd15_checkpoint(directory: Path = DEFAULT_DIR) -> tuple[Path, Path]:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / name / fname))
     write_safetensors(single.with_suffix(".tmp"), read_state_dict(folder))
     single.with_suffix(".tmp").rename(single)
+    # written back before any benchmark times a load: otherwise the kernel is still writing these 8 GB to disk during
+    # the first timed loads (seen: sd_core's fp32 load + first image 11-16 s in that run, 8-9 s with the disk idle)
+    os.sync()
     return single, config
 
 
