@@ -27,6 +27,10 @@ CPU, on by default (`sd_core.load(..., optimize=True)`, `optimize(pipe)`):
 Packed modules stay `nn.Conv2d`/`nn.Linear` instances: `state_dict()` gives plain tensors, `.to()` unpacks first,
 seamless tiling falls back to a plain convolution, and `unpack(module)` restores the original modules.
 
+GPU, on by default: channels_last UNet and VAE; on CUDA, each sampling run's UNet steps replayed as CUDA graphs
+(`sd_core.cuda_graphs`: the first step captures, the others replay; measured on an H200 at 512x512 fp16, 0.41x the
+eager step time at batch 1, 0.76-0.89x at batch 4; `pipe.cuda_graphs = False` to opt out).
+
 Opt-in: `compile_models` (torch.compile; CUDA graphs with mode="reduce-overhead" on GPU), `attention_slicing`,
 `LowVRAM` (text encoder and VAE off the GPU while idle, optionally the UNet block by block), `set_cpu_threads`.
 `unet_flops` counts the FLOPs of one UNet call (for achieved FLOP/s next to the hardware's peak).
@@ -499,8 +503,8 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
     """The default levers for the pipeline's device: on the CPU, prepacked weights (`pack_for_cpu`) for the UNet, VAE
     and text encoder; on a GPU, channels_last UNet and VAE; everywhere, the attention compute dtype
     `devices.pick_attention_dtype` picks (float32 in half-precision models on CPUs where that is slow); half-precision
-    layers computed in float32 on CPUs without half-precision kernels (`half_storage`). Returns what was done, per
-    model."""
+    layers computed in float32 on CPUs without half-precision kernels (`half_storage`); on CUDA, UNet steps replayed as
+    CUDA graphs (`pipe.cuda_graphs`). Returns what was done, per model."""
     on_cpu = pipe.device.type == "cpu"
     pack = on_cpu if pack is None else pack
     channels_last = (not on_cpu) if channels_last is None else channels_last
@@ -521,6 +525,9 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
             done[f"{name}_float32_layers"] = float32_layers
     if on_cpu:
         done["heap_trims"] = trim_heap_before(pipe.vae.decoder.up)
+    if pipe.device.type == "cuda":
+        pipe.cuda_graphs = True  # UNet steps replayed as CUDA graphs (`sd_core.cuda_graphs`)
+        done["cuda_graphs"] = 1
     return done
 
 

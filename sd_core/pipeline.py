@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import heap, images, samplers, tiling
+from . import cuda_graphs, heap, images, samplers, tiling
 from .denoiser import GuidedDenoiser, InpaintBlend
 from .model_config import ModelConfig
 from .pnginfo import format_parameters
@@ -63,6 +63,7 @@ class StableDiffusion:
         self.tokenizer = CLIPTokenizer()
         self.noise_schedule = NoiseSchedule()
         self.low_vram: Any = None  # sd_core.perf.LowVRAM when weights are offloaded between uses (GPU)
+        self.cuda_graphs = False  # UNet steps replayed as CUDA graphs (`sd_core.cuda_graphs`): `perf.optimize`, CUDA
         self.default_cfg_scale = default_cfg_scale  # the model file's own (`sd_core.cfg_scale`) when it names one
 
     def cfg_scale_or_default(self, cfg_scale: float | None) -> float:
@@ -159,8 +160,10 @@ class StableDiffusion:
         blend: InpaintBlend | None = None,
     ) -> torch.Tensor:
         """Run the sampler in k-diffusion space; return VP latents on the CPU."""
+        graphed = self.cuda_graphs and cuda_graphs.graphs_usable(self.device, self.low_vram)
+        unet = cuda_graphs.GraphedUNet(self.unet) if graphed else self.unet
         denoiser = GuidedDenoiser(
-            self.unet,
+            unet,
             self.noise_schedule,
             self.config.prediction,
             cond.to(self.device),
@@ -188,7 +191,11 @@ class StableDiffusion:
                     }
                 )
 
+        # text K/V memo: not under CUDA graphs, whose replays would keep K/V tensors the memo may drop (and replays
+        # launch those projections for free)
         reuse = getattr(self.unet, "reusing_text_projections", contextlib.nullcontext)
+        if graphed:
+            reuse = contextlib.nullcontext
         with torch.inference_mode(), reuse(), heap_kept:
             x = choice.fn(denoiser, x.to(self.device), sigmas.to(self.device), callback=on_step, generator=generator)
             if denoiser.blend is not None:

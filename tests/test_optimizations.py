@@ -618,7 +618,7 @@ def test_gpu_levers_on_a_cuda_pipeline_are_channels_last_not_packing():
     text = CLIPTextEncoder(tm.text_config("sd1")).eval()
     pipe = SimpleNamespace(device=torch.device("cuda"), unet=unet, vae=vae, text_encoder=text)
     done = perf.optimize(pipe)
-    assert done == {"unet": 1, "vae": 1}
+    assert done == {"unet": 1, "vae": 1, "cuda_graphs": 1} and pipe.cuda_graphs is True
     assert not perf.is_packed(unet) and not perf.is_packed(vae)
     assert unet.input_blocks[1][0].in_layers[2].weight.is_contiguous(memory_format=torch.channels_last)
 

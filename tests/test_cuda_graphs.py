@@ -1,0 +1,90 @@
+"""CUDA graph replay of UNet steps (`sd_core.cuda_graphs`): graphed vs eager outputs, and when graphs are used.
+
+The graph tests need a CUDA GPU (they run on the lent GPU machine: `benchmarks/gpu_check.sh`); the rules for when
+graphs apply, and the eager fallback, are tested everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import write_tiny_checkpoint
+
+import sd_core
+import tests.tiny_models as tm
+from sd_core import cuda_graphs, perf
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("graphs") / "tiny.safetensors")
+
+
+def test_graphs_only_on_cuda_and_not_with_sequential_offload():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert cuda_graphs.graphs_usable(cuda)
+    assert not cuda_graphs.graphs_usable(cpu)
+    assert cuda_graphs.graphs_usable(cuda, perf.LowVRAM(cuda))  # the UNet stays put: graphs still apply
+    assert not cuda_graphs.graphs_usable(cuda, perf.LowVRAM(cuda, sequential=True))
+
+
+def test_signatures_past_the_limit_run_eagerly():
+    unet = tm.random_unet("sd1")
+    graphed = cuda_graphs.GraphedUNet(unet, max_graphs=0)
+    x, t, context = tm.unet_call_inputs("sd1")
+    with torch.inference_mode():
+        assert torch.equal(graphed(x, t, context), unet(x, t, context))
+    assert graphed.eager_calls == 1 and not graphed.graphs
+
+
+def test_cpu_pipelines_do_not_use_graphs(tiny_file):
+    pipe = sd_core.load(tiny_file, device="cpu")
+    assert pipe.cuda_graphs is False
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_graph_replays_match_eager_calls(dtype):
+    """The first call runs eagerly (and captures), later calls replay with their own inputs copied in."""
+    unet = tm.random_unet("sd1").to("cuda", dtype)
+    graphed = cuda_graphs.GraphedUNet(unet)
+    x, t, context = (v.to("cuda") for v in tm.unet_call_inputs("sd1"))
+    calls = [(x, t, context), (x * 0.5, t * 0.5, context), (x.flip(0), t, context.flip(0))]
+    with torch.inference_mode():
+        expected = [unet(*c) for c in calls]
+        got = [graphed(*c) for c in calls]
+        repeat = graphed(*calls[1])
+    assert graphed.replays == 3 and graphed.eager_calls == 1 and len(graphed.graphs) == 1
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-3, "rtol": 2e-3}
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, **tol)
+    torch.testing.assert_close(repeat, expected[1], **tol)
+    assert got[1].data_ptr() != repeat.data_ptr()  # each answer is its own tensor, not the graph's output buffer
+
+
+@needs_cuda
+def test_a_new_shape_gets_its_own_graph_up_to_the_limit():
+    unet = tm.random_unet("sd1").to("cuda")
+    graphed = cuda_graphs.GraphedUNet(unet, max_graphs=1)
+    x, t, context = (v.to("cuda") for v in tm.unet_call_inputs("sd1"))
+    small = (x[:, :, :8, :8], t, context)
+    with torch.inference_mode():
+        graphed(x, t, context)
+        torch.testing.assert_close(graphed(*small), unet(*small), atol=1e-5, rtol=1e-5)
+        graphed(x, t, context)
+    assert len(graphed.graphs) == 1 and graphed.eager_calls == 2 and graphed.replays == 1
+
+
+@needs_cuda
+@pytest.mark.parametrize("low_vram", [False, True])
+def test_cuda_txt2img_with_graphs_matches_eager(tiny_file, low_vram):
+    pipe = sd_core.load(tiny_file, device="cuda", dtype=torch.float32, low_vram=low_vram)
+    assert pipe.cuda_graphs
+    kw = dict(width=64, height=64, steps=4, cfg_scale=7.5, seed=5, batch_size=2)
+    graphed = np.stack([np.asarray(i, np.float64) for i in pipe.txt2img("a red brick wall", **kw)])
+    pipe.cuda_graphs = False
+    eager = np.stack([np.asarray(i, np.float64) for i in pipe.txt2img("a red brick wall", **kw)])
+    assert eager.std() > 5
+    assert np.abs(graphed - eager).mean() < 0.05, np.abs(graphed - eager).mean()
