@@ -142,8 +142,9 @@ def load(
     float32 for a half-precision pipeline on a CPU where that is slow (`devices.pick_vae_dtype`). `prediction` ("eps" or
     "v") overrides the detection: a diffusers folder's scheduler config, else A1111's probe for SD2-family models.
     `optimize` applies the device's default speed levers (`sd_core.perf.optimize`: prepacked oneDNN weights on the
-    CPU, channels_last on GPUs); `optimize=False` gives the plain modules. `low_vram=True` keeps the text encoder and
-    VAE in CPU memory except while they run, `low_vram="sequential"` the UNet too, block by block (GPU only).
+    CPU, channels_last and CUDA graphs on GPUs); `optimize=False` gives the plain modules. `low_vram=True` keeps one
+    model (text encoder, UNet, VAE) on the GPU at a time, `low_vram="sequential"` the UNet block by block (GPU only;
+    `perf.LowVRAM`).
     """
     path = builtin_model() if path is None else Path(path)
     if not path.exists():
