@@ -19,7 +19,9 @@ Load and memory: each engine in a fresh process (alternating), single-file load:
 image as the cold-start time (sd_core packs weights in its first call; the timed runs above are all warm).
 
 CPU: float32 and bfloat16 (`--dtypes`), plus each engine's default (sd_core picks its dtype, diffusers float32).
-CUDA (when available): float16 it/s, peak VRAM, and sd_core's low-VRAM mode.
+CUDA (when available, `benchmarks/gpu_check.sh`): float16 it/s and seconds per image; peak VRAM of each engine alone in
+a fresh process (load, generation); sd_core's CUDA graphs on/off; its low-VRAM modes; defaults vs defaults at 512x512.
+A part that fails prints its traceback and the others still run (the exit status says which failed).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,8 +242,9 @@ def timed_run(engine, size: int, batch: int, steps: int, device: str) -> dict:
     reset_peak_rss()
     before = rss_mb()
     if device != "cpu":
-        torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        vram_before = torch.cuda.memory_allocated()
     t0 = time.perf_counter()
     images = engine.generate(size, batch, steps, on_step)
     if device != "cpu":
@@ -248,8 +252,8 @@ def timed_run(engine, size: int, batch: int, steps: int, device: str) -> dict:
     seconds = time.perf_counter() - t0
     step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else float("nan")
     out = {"seconds": seconds, "step": step, "work_mb": peak_rss_mb() - before, "images": images}
-    if device != "cpu":
-        out["vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if device != "cpu":  # both engines' weights stay allocated in this process: count what the run adds
+        out["work_vram_mb"] = (torch.cuda.max_memory_allocated() - vram_before) / 2**20
     return out
 
 
@@ -354,8 +358,8 @@ def run_generation(
             row[f"{name}_image_s"] = median([r["seconds"] for r in rs]) / batch
             row[f"{name}_step_s"] = median([r["step"] for r in rs])
             row[f"{name}_work_mb"] = median([r["work_mb"] for r in rs])
-            if device != "cpu":
-                row[f"{name}_vram_mb"] = max(r["vram_mb"] for r in rs)
+            if device != "cpu":  # the table's "work" column: VRAM a run adds to the weights (peak allocated)
+                row[f"{name}_work_mb"] = max(r["work_vram_mb"] for r in rs)
         row["unet_gflop_per_step"] = flops[(size, batch)] / 1e9
         row["sd_core_unet_gflop_per_step"] = flops[(size, batch, "sd_core")] / 1e9
         a, b = runs["sd_core"][-1]["images"], runs["diffusers"][-1]["images"]
@@ -389,10 +393,13 @@ def child(args) -> None:
     base = rss_mb()
     reset_peak_rss()
     t0 = time.perf_counter()
+    device = args.child_device
     if args.child_engine == "sd_core":
-        engine = SdCore(Path(args.child_path), dtype, "cpu")
+        engine = SdCore(Path(args.child_path), dtype, device)
     else:
-        engine = Diffusers(Path(args.child_path), Path(args.child_config), dtype, "cpu")
+        engine = Diffusers(Path(args.child_path), Path(args.child_config), dtype, device)
+    if device != "cpu":
+        torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
     peak_load = peak_rss_mb()
     weights_mb = (
@@ -412,16 +419,27 @@ def child(args) -> None:
         "weights_mb": weights_mb,
         "dtype": str(engine.dtype).removeprefix("torch."),
     }
+    if device != "cpu":
+        out["vram_load_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.child_gen_size:
         reset_peak_rss()
         t0 = time.perf_counter()
         engine.generate(args.child_gen_size, 1, args.child_gen_steps, lambda: None)
         out["first_image_s"] = time.perf_counter() - t0  # what the first call does once: sd_core packs its weights
         out["peak_gen_mb"] = peak_rss_mb()
+        if device != "cpu":  # one engine in this process: absolute peaks, weights included
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            engine.generate(args.child_gen_size, 1, args.child_gen_steps, lambda: None)
+            torch.cuda.synchronize()
+            out["vram_gen_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            out["vram_gen_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
     print(json.dumps(out))
 
 
-def run_child(engine: str, dtype: str, path: Path, config: Path, gen_size: int, gen_steps: int) -> dict:
+def run_child(
+    engine: str, dtype: str, path: Path, config: Path, gen_size: int, gen_steps: int, device: str = "cpu"
+) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -438,6 +456,8 @@ def run_child(engine: str, dtype: str, path: Path, config: Path, gen_size: int, 
         str(gen_size),
         "--child-gen-steps",
         str(gen_steps),
+        "--child-device",
+        device,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if done.returncode != 0:
@@ -453,19 +473,27 @@ def warm_page_cache(path: Path) -> None:
             pass
 
 
-def run_loads(path: Path, config: Path, dtypes: list[str], reps: int, gen_size: int, gen_steps: int, log) -> list[dict]:
+def run_loads(
+    path: Path, config: Path, dtypes: list[str], reps: int, gen_size: int, gen_steps: int, log, device: str = "cpu"
+) -> list[dict]:
     rows = []
     warm_page_cache(path)
     for dtype in dtypes:
         results: dict[str, list[dict]] = {"sd_core": [], "diffusers": []}
         for rep in range(reps):
             for engine in ("sd_core", "diffusers") if rep % 2 == 0 else ("diffusers", "sd_core"):
-                r = run_child(engine, dtype, path, config, gen_size, gen_steps)
+                r = run_child(engine, dtype, path, config, gen_size, gen_steps, device)
                 results[engine].append(r)
                 log(
                     f"[load {dtype}] {engine:<9} {r['load_s']:6.1f} s, peak RSS {r['peak_load_mb']:7.0f} MiB "
                     f"(weights {r['weights_mb']:.0f} MiB, base {r['base_mb']:.0f})"
                     + f", first {gen_size}px image {r['first_image_s']:.1f} s, peak {r['peak_gen_mb']:.0f} MiB"
+                    + (
+                        f"; VRAM peak load {r['vram_load_mb']:.0f} MiB, generating {r['vram_gen_mb']:.0f} MiB "
+                        f"(reserved {r['vram_gen_reserved_mb']:.0f})"
+                        if device != "cpu"
+                        else ""
+                    )
                 )
         row = {"dtype": dtype}
         for name, rs in results.items():
@@ -476,6 +504,9 @@ def run_loads(path: Path, config: Path, dtypes: list[str], reps: int, gen_size: 
             row[f"{name}_dtype"] = rs[0]["dtype"]
             row[f"{name}_peak_gen_mb"] = max(r["peak_gen_mb"] for r in rs)
             row[f"{name}_ready_s"] = median([r["load_s"] + r["first_image_s"] for r in rs])
+            for key in ("vram_load_mb", "vram_gen_mb", "vram_gen_reserved_mb"):
+                if key in rs[0]:
+                    row[f"{name}_{key}"] = max(r[key] for r in rs)
         rows.append(row)
     return rows
 
@@ -751,7 +782,7 @@ def print_report(
     log("")
     head = (
         f"{'dtype':<8}{'case':<11}{'s/image':>18}{'ratio':>7}{'s/UNet step':>20}{'ratio':>7}"
-        f"{'UNet GFLOP/s':>16}{'work RSS MiB':>16}{'ratio':>7}{'|px| eng':>9}{'|px| vs fp32':>14}"
+        f"{'UNet GFLOP/s':>16}{'work MiB':>16}{'ratio':>7}{'|px| eng':>9}{'|px| vs fp32':>14}"
     )
     log(head)
     log("-" * len(head))
@@ -770,6 +801,10 @@ def print_report(
             f"{sa:10.2f}{sb:10.2f}{fmt_ratio(sa, sb):>7}{gflops_a:8.0f}{gflops_b:8.0f}"
             f"{wa:8.0f}{wb:8.0f}{fmt_ratio(wa, wb):>7}{r['px_diff_engines']:9.2f}{vs32:>14}"
         )
+    log(
+        "(work MiB: peak RSS a run adds (CPU); on CUDA the peak VRAM a run allocates above the weights, both engines' "
+        "weights being loaded; low_vram rows: sd_core's absolute peak VRAM, weights included, loaded alone)"
+    )
     own_choices = (
         ("sd_core_vae_dtype", "VAE runs in {}", "pick_vae_dtype"),
         ("sd_core_attention_dtype", "UNet attention computes in {} (weights and activations stay {})",
@@ -823,6 +858,22 @@ def print_report(
             "and the first 256x256 2-step image of the fresh process (cold start: sd_core packs its weights for oneDNN "
             "during its first call, which the timed runs above never see)"
         )
+    vram_rows = [r for r in load_rows if "sd_core_vram_gen_mb" in r]
+    if vram_rows:
+        log("")
+        head = f"{'VRAM MiB':<12}" + "".join(f"{h:>16}{'ratio':>7}" for h in ("peak load", "peak gen", "reserved gen"))
+        log(head)
+        log("-" * len(head))
+        for r in vram_rows:
+            cells = ""
+            for key in ("vram_load_mb", "vram_gen_mb", "vram_gen_reserved_mb"):
+                a, b = r[f"sd_core_{key}"], r[f"diffusers_{key}"]
+                cells += f"{a:8.0f}{b:8.0f}{fmt_ratio(a, b):>7}"
+            log(f"{r['dtype']:<12}{cells}")
+        log(
+            "(one engine per fresh process, torch's peak allocated (and reserved) CUDA memory, weights included: "
+            "during the single-file load, and during a second image after a first one)"
+        )
     if defaults_row:
         r, d = defaults_row, defaults_row["defaults"]
         log(f"\nDefaults vs defaults, {r['size']}x{r['size']} batch 1 (each engine as it comes):")
@@ -868,6 +919,7 @@ def main() -> None:
         parser.add_argument(f"--child-{name}", help=argparse.SUPPRESS)
     parser.add_argument("--child-gen-size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child-gen-steps", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-device", default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -915,39 +967,76 @@ def main() -> None:
     from sd_core.perf import unet_flops
 
     unet_cfg = infer_config(read_shapes(path)).unet
+    text_once = device == "cpu"  # sd_core's text K/V memo; under CUDA graphs every replay projects the text
     flops = {(s, b): unet_flops(unet_cfg, 2 * b, s, s) for s, b in all_cases}  # diffusers' CFG call: [x; x]
     flops.update(
-        {(s, b, "sd_core"): unet_flops(unet_cfg, 2 * b, s, s, contexts_per_row=2, text_once=True) for s, b in all_cases}
+        {
+            (s, b, "sd_core"): unet_flops(unet_cfg, 2 * b, s, s, contexts_per_row=2, text_once=text_once)
+            for s, b in all_cases
+        }
     )
     peaks = {d: measured_peak_gflops(DTYPES[d], device) for d in ("fp32", "bf16" if device == "cpu" else "fp16")}
+
+    failed: list[str] = []
+
+    def section(name: str, fn, default):
+        """One part of the benchmark; a failure is printed and the other parts still run (a GPU lease is short)."""
+        try:
+            return fn()
+        except Exception:
+            log(f"\n[{name}] FAILED:\n{traceback.format_exc()}")
+            failed.append(name)
+            return default
 
     load_rows = []
     if not args.no_load and device == "cpu":
         load_dtypes = [d for d in dtypes if d in ("fp32", "bf16", "default")]
-        load_rows = run_loads(path, config, load_dtypes, args.load_reps, 256, 2, log)
+        load_rows = section("load", lambda: run_loads(path, config, load_dtypes, args.load_reps, 256, 2, log), [])
+    elif not args.no_load:  # CUDA: load time and peak VRAM of each engine alone, 512x512 at the timed steps
+        load_dtypes = [d for d in dtypes if d == "fp16"]
+        load_rows = section(
+            "load", lambda: run_loads(path, config, load_dtypes, args.load_reps, 512, args.steps, log, device), []
+        )
 
     gen_rows: list[dict] = []
     references: dict = {}
     order = sorted(dtypes, key=lambda d: d != "fp32")  # float32 first: its images are the quality reference
     for dtype in order:
-        gen_rows += run_generation(
-            path, config, None if dtype == "default" else dtype, cases_for[dtype], args.steps, device, flops,
-            references, log,
-        )  # fmt: skip
+        gen_rows += section(
+            f"generation {dtype}",
+            lambda dtype=dtype: run_generation(
+                path,
+                config,
+                None if dtype == "default" else dtype,
+                cases_for[dtype],
+                args.steps,
+                device,
+                flops,
+                references,
+                log,
+            ),  # fmt: skip
+            [],
+        )
+    cuda_levers: list[tuple[str, float, float]] = []
     if device == "cuda":
-        gen_rows += run_cuda_extras(path, config, args.steps, flops, log)
+        extra_rows, cuda_levers = section(
+            "cuda extras", lambda: run_cuda_extras(path, args.steps, flops, log), ([], [])
+        )
+        gen_rows += extra_rows
 
-    defaults_row = run_defaults(path, config, args.defaults_size, device, log) if args.defaults_size else None
+    defaults_row = None
+    if args.defaults_size:
+        defaults_row = section("defaults", lambda: run_defaults(path, config, args.defaults_size, device, log), None)
     results = {
         "machine": info,
         "generation": gen_rows,
         "load": load_rows,
-        "levers": [],
+        "levers": cuda_levers,
         "defaults": defaults_row,
         "gemm_peak_gflops": peaks,
     }
     # the comparison is printed and saved before the levers run: a lever failing on some CPU loses nothing
-    print_report(info, gen_rows, load_rows, [], peaks, args.steps, log, defaults_row)
+    print_report(info, gen_rows, load_rows, cuda_levers, peaks, args.steps, log, defaults_row)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if args.levers and device == "cpu":
@@ -956,18 +1045,45 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     log(f"load average at the end: {load_average()}")
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
 
 
-def run_cuda_extras(path: Path, config: Path, steps: int, flops: dict, log) -> list[dict]:
-    """GPU only: sd_core's low-VRAM modes at 512x512 fp16 (peak VRAM must stay under 3 GB)."""
-    rows = []
+def run_cuda_extras(path: Path, steps: int, flops: dict, log) -> tuple[list[dict], list[tuple[str, float, float]]]:
+    """GPU only: CUDA graphs on/off in sd_core (A/B, alternating), and the low-VRAM modes at 512x512 fp16 (peak VRAM
+    must stay under 3 GB), each loaded alone."""
+    rows, levers = [], []
+    gc.collect()
+    torch.cuda.empty_cache()
+    log(f"\n[cuda] allocated before the extras (engines above closed): {torch.cuda.memory_allocated() / 2**20:.0f} MiB")
+    engine = SdCore(path, torch.float16, "cuda")
+    for batch in (1, 4):
+        times: dict[bool, list[dict]] = {True: [], False: []}
+        for rep in range(3):
+            for graphs in (True, False) if rep % 2 == 0 else (False, True):
+                engine.pipe.cuda_graphs = graphs
+                if rep == 0:
+                    timed_run(engine, 512, batch, 2, "cuda")  # warm-up at this setting
+                times[graphs].append(timed_run(engine, 512, batch, steps, "cuda"))
+        for what in ("step", "seconds"):
+            eager, graphed = (median([r[what] for r in times[g]]) for g in (False, True))
+            levers.append((f"CUDA graphs, 512x512 b{batch} fp16, {'UNet step' if what == 'step' else 'image'}",
+                           eager, graphed))  # fmt: skip
+    engine.close()
+    del engine
     for mode in (True, "sequential"):
+        gc.collect()
+        torch.cuda.empty_cache()
+        left = torch.cuda.memory_allocated()  # whatever the engines above still hold is not this engine's
         engine = SdCore(path, torch.float16, "cuda", low_vram=mode)
         timed_run(engine, 512, 1, 2, "cuda")
+        torch.cuda.reset_peak_memory_stats()
         r = timed_run(engine, 512, 1, steps, "cuda")
+        peak = (torch.cuda.max_memory_allocated() - left) / 2**20
         log(
-            f"[cuda low_vram={mode}] 512x512: {r['seconds']:.2f} s, {1 / r['step']:.2f} it/s, "
-            f"peak VRAM {r['vram_mb']:.0f} MiB"
+            f"[cuda low_vram={mode}] 512x512 b1: {r['seconds']:.2f} s, {1 / r['step']:.2f} it/s, "
+            f"peak VRAM {peak:.0f} MiB allocated (weights included), "
+            f"{(torch.cuda.max_memory_reserved() - left) / 2**20:.0f} reserved"
         )
         rows.append(
             {
@@ -982,7 +1098,7 @@ def run_cuda_extras(path: Path, config: Path, steps: int, flops: dict, log) -> l
                 "diffusers_image_s": float("nan"),
                 "sd_core_step_s": r["step"],
                 "diffusers_step_s": float("nan"),
-                "sd_core_work_mb": r["vram_mb"],
+                "sd_core_work_mb": peak,
                 "diffusers_work_mb": float("nan"),
                 "unet_gflop_per_step": flops.get((512, 1), float("nan")) / 1e9,
                 "sd_core_unet_gflop_per_step": flops.get((512, 1, "sd_core"), float("nan")) / 1e9,
@@ -990,9 +1106,8 @@ def run_cuda_extras(path: Path, config: Path, steps: int, flops: dict, log) -> l
             }
         )
         engine.close()
-        gc.collect()
-        torch.cuda.empty_cache()
-    return rows
+        del engine
+    return rows, levers
 
 
 if __name__ == "__main__":
