@@ -761,6 +761,11 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
 # --- report ----------------------------------------------------------------------------------------------------------
 
 
+def fmt_s(seconds: float, width: int, digits: int = 1) -> str:
+    """Seconds with `digits` decimals, three below one second (GPU steps take milliseconds)."""
+    return f"{seconds:{width}.{3 if seconds < 1 else digits}f}"
+
+
 def fmt_ratio(a: float, b: float) -> str:
     return f"{a / b:5.2f}" if b and b == b and a == a else "  -  "
 
@@ -780,8 +785,9 @@ def print_report(
         "ratio = sd_core / diffusers (< 1: sd_core faster/leaner)"
     )
     log("")
+    width = max([8] + [len(r["dtype"]) + 1 for r in gen_rows])
     head = (
-        f"{'dtype':<8}{'case':<11}{'s/image':>18}{'ratio':>7}{'s/UNet step':>20}{'ratio':>7}"
+        f"{'dtype':<{width}}{'case':<11}{'s/image':>18}{'ratio':>7}{'s/UNet step':>20}{'ratio':>7}"
         f"{'UNet GFLOP/s':>16}{'work MiB':>16}{'ratio':>7}{'|px| eng':>9}{'|px| vs fp32':>14}"
     )
     log(head)
@@ -797,8 +803,8 @@ def print_report(
         sa, sb = r["sd_core_step_s"], r["diffusers_step_s"]
         wa, wb = r["sd_core_work_mb"], r["diffusers_work_mb"]
         log(
-            f"{dt:<8}{r['size']}x{r['size']} b{r['batch']:<3}{a:9.1f}{b:9.1f}{fmt_ratio(a, b):>7}"
-            f"{sa:10.2f}{sb:10.2f}{fmt_ratio(sa, sb):>7}{gflops_a:8.0f}{gflops_b:8.0f}"
+            f"{dt:<{width}}{r['size']}x{r['size']} b{r['batch']:<3}{fmt_s(a, 9)}{fmt_s(b, 9)}{fmt_ratio(a, b):>7}"
+            f"{fmt_s(sa, 10, 2)}{fmt_s(sb, 10, 2)}{fmt_ratio(sa, sb):>7}{gflops_a:8.0f}{gflops_b:8.0f}"
             f"{wa:8.0f}{wb:8.0f}{fmt_ratio(wa, wb):>7}{r['px_diff_engines']:9.2f}{vs32:>14}"
         )
     log(
@@ -855,8 +861,8 @@ def print_report(
         log(
             "peak/weights: peak RSS during the load / the weights' bytes in the load dtype (sd_core, diffusers); "
             "(-base): sd_core's without the interpreter + torch + diffusers import baseline; load+1st image: the load "
-            "and the first 256x256 2-step image of the fresh process (cold start: sd_core packs its weights for oneDNN "
-            "during its first call, which the timed runs above never see)"
+            "and the first 256x256 2-step image of the fresh process (CUDA: 512x512, the timed steps; cold start: on "
+            "the CPU sd_core packs its weights for oneDNN during its first call, which the timed runs above never see)"
         )
     vram_rows = [r for r in load_rows if "sd_core_vram_gen_mb" in r]
     if vram_rows:
