@@ -19,8 +19,10 @@ from torch import nn
 class GraphedUNet(nn.Module):
     """`unet(x, t, context)` with each input signature (shapes, dtypes) captured once and replayed after.
 
-    `max_graphs` bounds the memory: a further signature runs eagerly. Only for CUDA tensors, with no weight moved
-    between calls (not with `LowVRAM(sequential=True)`), and no state in the UNet that changes between steps."""
+    `max_graphs` bounds the memory: a further signature runs eagerly. Only for CUDA tensors, and no state in the UNet
+    that changes between steps. Weights moved between calls (a callback decoding with the VAE under `LowVRAM` sends
+    the UNet to the CPU and back) are noticed: the graphs are dropped and captured again. Weights changed in place
+    are simply used. Not with `LowVRAM(sequential=True)`, which moves blocks during the call."""
 
     def __init__(self, unet: nn.Module, max_graphs: int = 2):
         super().__init__()
@@ -30,9 +32,23 @@ class GraphedUNet(nn.Module):
         self.pool: Any = None  # one memory pool shared by this run's graphs
         self.eager_calls = 0
         self.replays = 0
+        self._weights: list[torch.Tensor] = []
+        self._pointers: list[int] = []
+
+    def remember_weights(self) -> None:
+        """Note where every weight lives now (the graphs read them from there)."""
+        self._weights = [*self.unet.parameters(), *self.unet.buffers()]
+        self._pointers = [w.data_ptr() for w in self._weights]
+
+    def weights_moved(self) -> bool:
+        """Whether a weight was moved or replaced since `remember_weights` (e.g. offloaded and brought back)."""
+        return [w.data_ptr() for w in self._weights] != self._pointers
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         inputs = [x, torch.as_tensor(t, device=x.device), context]
+        if self.graphs and self.weights_moved():
+            self.graphs.clear()  # their pool goes with them
+            self.pool = None
         key = tuple((tuple(v.shape), v.dtype, v.device) for v in inputs)
         entry = self.graphs.get(key)
         if entry is None:
@@ -63,6 +79,7 @@ class GraphedUNet(nn.Module):
         if self.pool is None:
             self.pool = graph.pool()
         self.graphs[key] = (graph, static_inputs, static_output)
+        self.remember_weights()
         return output
 
 

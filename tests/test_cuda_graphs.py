@@ -39,6 +39,19 @@ def test_signatures_past_the_limit_run_eagerly():
     assert graphed.eager_calls == 1 and not graphed.graphs
 
 
+def test_moved_weights_are_noticed():
+    """The graphs read the weights where they were at capture: a move (offload and back) must be seen, an in-place
+    change (same memory) must not."""
+    unet = tm.random_unet("sd1")
+    graphed = cuda_graphs.GraphedUNet(unet)
+    graphed.remember_weights()
+    with torch.no_grad():
+        next(unet.parameters()).mul_(2)
+    assert not graphed.weights_moved()
+    unet.to(torch.float64)  # new storage for every weight, as .to("cpu") / .to("cuda") give
+    assert graphed.weights_moved()
+
+
 def test_cpu_pipelines_do_not_use_graphs(tiny_file):
     pipe = sd_core.load(tiny_file, device="cpu")
     assert pipe.cuda_graphs is False
@@ -75,6 +88,20 @@ def test_a_new_shape_gets_its_own_graph_up_to_the_limit():
         torch.testing.assert_close(graphed(*small), unet(*small), atol=1e-5, rtol=1e-5)
         graphed(x, t, context)
     assert len(graphed.graphs) == 1 and graphed.eager_calls == 2 and graphed.replays == 1
+
+
+@needs_cuda
+def test_weights_moved_between_calls_are_captured_again():
+    unet = tm.random_unet("sd1").to("cuda")
+    graphed = cuda_graphs.GraphedUNet(unet)
+    x, t, context = (v.to("cuda") for v in tm.unet_call_inputs("sd1"))
+    with torch.inference_mode():
+        graphed(x, t, context)
+    unet.cpu().cuda()  # offloaded and brought back: the captured graph would read freed memory
+    with torch.inference_mode():
+        torch.testing.assert_close(graphed(x * 0.5, t, context), unet(x * 0.5, t, context), atol=1e-5, rtol=1e-5)
+        graphed(x, t, context)
+    assert graphed.eager_calls == 2 and graphed.replays == 1
 
 
 @needs_cuda
