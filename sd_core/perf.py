@@ -28,7 +28,7 @@ Packed modules stay `nn.Conv2d`/`nn.Linear` instances: `state_dict()` gives plai
 seamless tiling falls back to a plain convolution, and `unpack(module)` restores the original modules.
 
 GPU, on by default: channels_last UNet and VAE; on CUDA, each sampling run's UNet steps replayed as CUDA graphs
-(`sd_core.cuda_graphs`: the first step captures, the others replay; measured on an H200 at 512x512 fp16, 0.41x the
+(`sd_core.cuda_graphs`: the first step captures, the others replay; on an H200 at 512x512 fp16, 0.37-0.42x the
 eager step time at batch 1, 0.76-0.89x at batch 4; `pipe.cuda_graphs = False` to opt out).
 
 Opt-in: `compile_models` (torch.compile; CUDA graphs with mode="reduce-overhead" on GPU), `attention_slicing`,
