@@ -2,8 +2,8 @@
 
 On a fast GPU an SD1.5 UNet step is mostly the CPU launching ~1000 small kernels one by one (eager PyTorch, as
 diffusers runs it); a CUDA graph records those launches once and replays them with one call. A sampling run calls
-the UNet with the same shapes at every step, so the first call runs eagerly (it is also the warm-up that capture needs),
-the second is captured, and every later step replays. Each replay copies the new inputs into the captured ones and
+the UNet with the same shapes at every step, so the first call runs eagerly (the warm-up that capture needs) and is
+then captured, and every later step replays. Each replay copies the new inputs into the captured ones and
 returns a copy of the output. The graphs live only as long as the run's `GraphedUNet`, so no weights or
 memory are held between runs, and a model changed between runs (LoRA, seamless padding) is captured anew.
 """
