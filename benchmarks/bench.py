@@ -1083,8 +1083,7 @@ def run_cuda_extras(path: Path, steps: int, flops: dict, log) -> tuple[list[dict
         left = torch.cuda.memory_allocated()  # whatever the engines above still hold is not this engine's
         engine = SdCore(path, torch.float16, "cuda", low_vram=mode)
         timed_run(engine, 512, 1, 2, "cuda")
-        torch.cuda.reset_peak_memory_stats()
-        r = timed_run(engine, 512, 1, steps, "cuda")
+        r = timed_run(engine, 512, 1, steps, "cuda")  # resets the peak statistics itself
         peak = (torch.cuda.max_memory_allocated() - left) / 2**20
         log(
             f"[cuda low_vram={mode}] 512x512 b1: {r['seconds']:.2f} s, {1 / r['step']:.2f} it/s, "
