@@ -32,7 +32,7 @@ GPU, on by default: channels_last UNet and VAE; on CUDA, each sampling run's UNe
 eager step time at batch 1, 0.76-0.89x at batch 4; `pipe.cuda_graphs = False` to opt out).
 
 Opt-in: `compile_models` (torch.compile; CUDA graphs with mode="reduce-overhead" on GPU), `attention_slicing`,
-`LowVRAM` (text encoder and VAE off the GPU while idle, optionally the UNet block by block), `set_cpu_threads`.
+`LowVRAM` (one model on the GPU at a time, or the UNet block by block), `set_cpu_threads`.
 `unet_flops` counts the FLOPs of one UNet call (for achieved FLOP/s next to the hardware's peak).
 """
 
