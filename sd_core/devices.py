@@ -4,13 +4,14 @@ Defaults, and why:
 - CUDA first, then Apple MPS, then the CPU.
 - GPUs run in float16 (half the memory, tensor cores); the VAE falls back to float32 when float16 decodes to NaN
   (the pipeline checks), the known cause of black images.
-- On the CPU, bfloat16 where its matrix arithmetic is faster than float32's: processors with AMX tile units
-  (`amx_bf16`), and AMD processors with AVX512-BF16 (Zen 4 and later), whose bf16 dot products do twice the work of a
-  float32 FMA at the same rate (measured on a 2-core EPYC Zen 4: SD1.5 UNet call at 256x256 1.30 s in bf16 against
-  2.22 s in float32, VAE decode 1.47 s against 3.35 s). On Intel processors AVX512-BF16 without AMX is not enough:
-  the dot-product instruction runs on one port where float32 FMAs run on two (measured on a 2-core AVX512-BF16 Xeon
-  without AMX: an SD1.5 UNet step 1.2-1.5x *slower* in bf16 than in float32, diffusers and sd_core alike; see
-  `benchmarks/bench.py`). Everywhere else float32.
+- On the CPU, bfloat16 where its matrix arithmetic is faster than float32's: processors with AMX tile units (`amx_bf16`;
+  measured on a 2-core Xeon with AMX: an SD1.5 UNet step at 256x256 0.79 s in bf16 against 1.93 s in float32, at 512x512
+  3.12 s against 6.60 s, VAE decode 0.26x float32's time), and AMD processors with AVX512-BF16 (Zen 4 and later), whose
+  bf16 dot products do twice the work of a float32 FMA at the same rate (measured on a 2-core EPYC Zen 4: SD1.5 UNet
+  call at 256x256 1.30 s in bf16 against 2.22 s in float32, VAE decode 1.47 s against 3.35 s). On Intel processors
+  AVX512-BF16 without AMX is not enough: the dot-product instruction runs on one port where float32 FMAs run on two
+  (measured on a 2-core AVX512-BF16 Xeon without AMX: an SD1.5 UNet step 1.2-1.5x *slower* in bf16 than in float32,
+  diffusers and sd_core alike; see `benchmarks/bench.py`). Everywhere else float32.
 - The VAE of a half-precision pipeline on a CPU where half precision is slow stays float32 (`pick_vae_dtype`;
   A1111's --no-half-vae): there half-precision convolutions are slower than float32 ones, and the VAE is small (84M
   parameters), so a float32 VAE decodes faster and exactly, for about 170 MB more.
