@@ -354,11 +354,11 @@ REGION_CODE = (
 )
 
 
-def region_lines_run(fn) -> int:
-    """How many lines of the region code (`regions.py`, `generation.py`) `fn` executes, counted with sys.settrace: a
-    per-pixel loop in Python shows up as lines growing with the pixel count, with no clock involved. The PNG decoder
-    of the shared stdlib client is left out: it undoes PNG's row filters byte by byte by design (0.2 s for a 512x512
-    image on the development machine)."""
+def region_lines_run(fn):
+    """(lines of the region code (`regions.py`, `generation.py`) that `fn` executes, `fn`'s result): counted with
+    sys.settrace, a per-pixel loop in Python shows up as lines growing with the pixel count, with no clock involved.
+    The PNG decoder of the shared stdlib client is left out: it undoes PNG's row filters byte by byte by design (0.2 s
+    for a 512x512 image on the development machine)."""
     count = 0
 
     def tracer(frame, event, arg):
@@ -370,22 +370,21 @@ def region_lines_run(fn) -> int:
     previous = sys.gettrace()
     sys.settrace(tracer)
     try:
-        fn()
+        result = fn()
     finally:
         sys.settrace(previous)
-    return count
+    return count, result
 
 
 def prepare_and_composite(selection: int, resolution: int) -> int:
     """Region-code lines executed preparing a square selection's request and compositing a reply into it."""
     settings = Settings(grow=2, feather=4, margin=8, resolution=resolution)
     cap = capture_for(1024, 1024, Rect(300, 300, selection, selection), settings)
-    req = generation.build_request(cap, settings)
+    preparing, req = region_lines_run(lambda: generation.build_request(cap, settings))
     size = (req.plan.work_w, req.plan.work_h)
     reply = response_with([Image.frombytes("RGB", size, noise(size[0] * size[1] * 3, 5))], [1])
-    return region_lines_run(lambda: generation.build_request(cap, settings)) + region_lines_run(
-        lambda: generation.read_response(req, reply, settings)
-    )
+    compositing, _ = region_lines_run(lambda: generation.read_response(req, reply, settings))
+    return preparing + compositing
 
 
 def test_region_work_has_no_per_pixel_python_loops() -> None:
