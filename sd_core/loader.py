@@ -11,13 +11,14 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, perf
+from . import accel, checkpoint, limits
 from .devices import pick_device, pick_dtype, pick_vae_dtype
 from .model_config import ModelConfig, infer_config
 from .models.text_encoder import CLIPTextEncoder, normalize_hf_keys, openclip_to_hf
 from .models.unet import UNetModel
 from .models.vae import AutoencoderKL
-from .pipeline import CFG_SCALE_KEY, DEFAULT_CFG_SCALE, StableDiffusion
+from .pipeline import StableDiffusion
+from .settings import CFG_SCALE_KEY, DEFAULT_CFG_SCALE, RESOLUTION_KEY, ModelDefaults
 
 BUILTIN_MODEL = Path(__file__).parent / "data" / "default_model.safetensors"
 
@@ -101,21 +102,38 @@ def build_models(
     return unet, vae, text
 
 
-def default_cfg_scale(path: Path) -> float:
-    """The CFG scale a `.safetensors` file names in its metadata (`sd_core.cfg_scale`), else `DEFAULT_CFG_SCALE`.
-    A value that is not a finite positive number is an error naming the file: a typo must not go unnoticed."""
-    if path.is_dir() or path.suffix.lower() != ".safetensors":
-        return DEFAULT_CFG_SCALE
-    text = checkpoint.read_metadata(path).get(CFG_SCALE_KEY)
-    if text is None:
-        return DEFAULT_CFG_SCALE
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise checkpoint.CheckpointError(f"{path}: metadata {CFG_SCALE_KEY}={text!r} is not a positive number")
-    return value
+def model_defaults(path: Path, config: ModelConfig) -> ModelDefaults:
+    """A model's own defaults: what its `.safetensors` metadata names (`sd_core.cfg_scale`, `sd_core.resolution`),
+    else the family's: CFG 7.5, 512 px (768 for SD2 v-prediction models, trained at 768). A value that does not
+    parse is an error naming the file and key: a typo must not go unnoticed."""
+    native = 768 if config.family == "sd2" and config.prediction == "v" else 512
+    meta = {}
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        meta = checkpoint.read_metadata(path)
+    cfg_text = meta.get(CFG_SCALE_KEY)
+    cfg_scale = DEFAULT_CFG_SCALE
+    if cfg_text is not None:
+        try:
+            cfg_scale = float(cfg_text)
+        except ValueError:
+            cfg_scale = float("nan")
+        if not 0 < cfg_scale <= limits.MAX_CFG_SCALE:
+            raise checkpoint.CheckpointError(
+                f"{path}: metadata {CFG_SCALE_KEY}={cfg_text!r} is not a positive number up to {limits.MAX_CFG_SCALE:g}"
+            )
+    width = height = native
+    size_text = meta.get(RESOLUTION_KEY)
+    if size_text is not None:
+        try:
+            parts = [int(p) for p in size_text.lower().split("x")]
+            width, height = (parts[0], parts[0]) if len(parts) == 1 else parts
+            limits.check_side("width", width)
+            limits.check_side("height", height)
+        except ValueError as exc:
+            raise checkpoint.CheckpointError(
+                f"{path}: metadata {RESOLUTION_KEY}={size_text!r} is not a size like '512' or '768x512' ({exc})"
+            ) from None
+    return ModelDefaults(cfg_scale=cfg_scale, width=width, height=height)
 
 
 def builtin_model() -> Path:
@@ -135,16 +153,19 @@ def load(
     optimize: bool = True,
     low_vram: bool | str = False,
     vae_dtype: str | torch.dtype | None = None,
+    keep_freed_memory: bool = False,
 ) -> StableDiffusion:
     """Load a `.safetensors`/`.ckpt` single file or a diffusers folder; with no path, the built-in model.
 
     `device`/`dtype` default to the best available (see `sd_core.devices`); `vae_dtype` defaults to `dtype`, but
     float32 for a half-precision pipeline on a CPU where that is slow (`devices.pick_vae_dtype`). `prediction` ("eps" or
     "v") overrides the detection: a diffusers folder's scheduler config, else A1111's probe for SD2-family models.
-    `optimize` applies the device's default speed levers (`sd_core.perf.optimize`: prepacked oneDNN weights on the
+    `optimize` applies the device's default speed levers (`sd_core.accel.optimize`: prepacked oneDNN weights on the
     CPU, channels_last and CUDA graphs on GPUs); `optimize=False` gives the plain modules. `low_vram=True` keeps one
-    model (text encoder, UNet, VAE) on the GPU at a time, `low_vram="sequential"` the UNet block by block (GPU only;
-    `perf.LowVRAM`).
+    model (text encoder, UNet, VAE) on the GPU at a time, `low_vram="sequential"` the UNet block by block (on a GPU;
+    on the CPU the weights are in CPU memory already; `accel.LowVRAM`). `keep_freed_memory=True` keeps freed memory
+    mapped while sampling on the CPU (a few percent faster; it changes glibc's malloc settings for the whole process
+    during each run, so it is for processes that run one generation at a time: `accel.heap`).
     """
     path = builtin_model() if path is None else Path(path)
     if not path.exists():
@@ -166,11 +187,11 @@ def load(
     if prediction is None and config.family.startswith("sd2") and not config.inpainting:
         prediction = "v" if probe_v_prediction(unet, config.unet["context_dim"]) else "eps"
     config.prediction = prediction or "eps"
-    pipe = StableDiffusion(
-        unet, vae, text, config, device=dev, dtype=dt, name=path.stem, default_cfg_scale=default_cfg_scale(path)
-    )
+    defaults = model_defaults(path, config)
+    pipe = StableDiffusion(unet, vae, text, config, device=dev, dtype=dt, name=path.stem, defaults=defaults)
+    pipe.accel.keep_freed_memory = keep_freed_memory
     if optimize:
-        perf.optimize(pipe)
+        accel.optimize(pipe)
     if offload:
-        perf.LowVRAM(dev, sequential=low_vram == "sequential").attach(pipe)
+        accel.LowVRAM(dev, sequential=low_vram == "sequential").attach(pipe)
     return pipe

@@ -15,46 +15,56 @@ import torch.nn.functional as F
 from torch import nn
 
 _AXES = (None, "x", "y", "xy")
-_STATE = "_sd_core_seamless"  # attribute on a patched conv: (axes, previous instance-level _conv_forward or None)
-_ConvForward = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 _TORCH_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
 # --- seamless ---------------------------------------------------------------------------------------------------
 
 
-def _padded_conv(conv: nn.Conv2d, axes: str) -> _ConvForward:
-    """A replacement for `conv._conv_forward`: circular padding on `axes`, the conv's own mode on the other axis."""
-    left, right, top, bottom = conv._reversed_padding_repeated_twice
-    other = _TORCH_PAD_MODE[conv.padding_mode]
-    x_mode = "circular" if "x" in axes else other
-    y_mode = "circular" if "y" in axes else other
+class SeamlessConvForward:
+    """A replacement for one conv's `_conv_forward`: circular padding on `axes`, the conv's own mode on the other
+    axis, then the convolution with padding 0. It remembers the instance-level `_conv_forward` it replaced
+    (`previous`, None for the class's own), so that restoring is exact."""
 
-    def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def __init__(self, conv: nn.Conv2d, axes: str, previous: Callable | None) -> None:
+        self.conv, self.axes, self.previous = conv, axes, previous
+        other = _TORCH_PAD_MODE[conv.padding_mode]
+        self.x_mode = "circular" if "x" in axes else other
+        self.y_mode = "circular" if "y" in axes else other
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        conv = self.conv
+        left, right, top, bottom = conv._reversed_padding_repeated_twice
         if left or right:
-            x = F.pad(x, (left, right, 0, 0), mode=x_mode)
+            x = F.pad(x, (left, right, 0, 0), mode=self.x_mode)
         if top or bottom:
-            x = F.pad(x, (0, 0, top, bottom), mode=y_mode)
+            x = F.pad(x, (0, 0, top, bottom), mode=self.y_mode)
         return F.conv2d(x, weight, bias, conv.stride, 0, conv.dilation, conv.groups)
 
-    return conv_forward
+
+def _patch(conv: nn.Conv2d) -> SeamlessConvForward | None:
+    patch = conv.__dict__.get("_conv_forward")
+    return patch if isinstance(patch, SeamlessConvForward) else None
 
 
-def _restore(conv: nn.Conv2d) -> None:
-    state = conv.__dict__.pop(_STATE, None)
-    if state is None:
-        return
-    previous = state[1]
-    if previous is None:
-        conv.__dict__.pop("_conv_forward", None)
-    else:
-        conv._conv_forward = previous
+def _set_axes(conv: nn.Conv2d, axes: str | None) -> None:
+    """Give `conv` seamless padding on `axes` (None: its own padding again), replacing any seamless padding it had."""
+    patch = _patch(conv)
+    if patch is not None:
+        if patch.previous is None:
+            del conv.__dict__["_conv_forward"]
+        else:
+            conv._conv_forward = patch.previous
+    if axes is not None:
+        conv._conv_forward = SeamlessConvForward(conv, axes, conv.__dict__.get("_conv_forward"))
+
+
+def _is_padded_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and any(m._reversed_padding_repeated_twice)
 
 
 def _padded_convs(module: nn.Module) -> Iterator[nn.Conv2d]:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d) and any(m._reversed_padding_repeated_twice):
-            yield m
+    return (m for m in module.modules() if _is_padded_conv(m))
 
 
 def _hand_padders(module: nn.Module) -> Iterator[nn.Module]:
@@ -69,8 +79,7 @@ def set_seamless(module: nn.Module, axes: str | None) -> int:
     """Make every padded Conv2d in `module` wrap around along `axes` ("x", "y", "xy"); None restores the original.
 
     Conv2d's padding_mode is all-or-nothing, so for a single axis the conv's `_conv_forward` is replaced per instance
-    (pad circularly on the chosen axis, keep the conv's own padding on the other, then convolve with padding 0).
-    Weights and the state dict are untouched. Returns the number of convs changed.
+    (`SeamlessConvForward`). Weights and the state dict are untouched. Returns the number of convs changed.
     """
     if axes not in _AXES:
         raise ValueError(f"axes must be None, 'x', 'y' or 'xy', got {axes!r}")
@@ -78,22 +87,14 @@ def set_seamless(module: nn.Module, axes: str | None) -> int:
     for padder in _hand_padders(module):
         padder.seamless = axes
     for conv in _padded_convs(module):
-        _restore(conv)
-        if axes is not None:
-            previous = conv.__dict__.get("_conv_forward")
-            conv._conv_forward = _padded_conv(conv, axes)
-            conv.__dict__[_STATE] = (axes, previous)
+        _set_axes(conv, axes)
         count += 1
     return count
 
 
 def seamless_axes(module: nn.Module) -> dict[str, str | None]:
     """The seamless axes now set on each padded conv of `module`, by qualified name (None: not seamless)."""
-    return {
-        name: m.__dict__.get(_STATE, (None,))[0]
-        for name, m in module.named_modules()
-        if isinstance(m, nn.Conv2d) and any(m._reversed_padding_repeated_twice)
-    }
+    return {name: getattr(_patch(m), "axes", None) for name, m in module.named_modules() if _is_padded_conv(m)}
 
 
 @contextlib.contextmanager
@@ -108,11 +109,8 @@ def seamless(modules: nn.Module | Iterable[nn.Module], axes: str | None) -> Iter
     if axes is None:
         yield
         return
-    saved: list[tuple[nn.Conv2d, str | None]] = []
     padders = [(p, p.seamless) for mod in mods for p in _hand_padders(mod)]
-    for mod in mods:
-        for conv in _padded_convs(mod):
-            saved.append((conv, conv.__dict__.get(_STATE, (None,))[0]))
+    saved = [(conv, getattr(_patch(conv), "axes", None)) for mod in mods for conv in _padded_convs(mod)]
     try:
         for mod in mods:
             set_seamless(mod, axes)
@@ -121,11 +119,7 @@ def seamless(modules: nn.Module | Iterable[nn.Module], axes: str | None) -> Iter
         for padder, before in padders:
             padder.seamless = before
         for conv, before in saved:
-            _restore(conv)
-            if before is not None:
-                previous = conv.__dict__.get("_conv_forward")
-                conv._conv_forward = _padded_conv(conv, before)
-                conv.__dict__[_STATE] = (before, previous)
+            _set_axes(conv, before)
 
 
 # --- tiled VAE --------------------------------------------------------------------------------------------------

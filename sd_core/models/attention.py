@@ -9,20 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_SLICE: list[int | None] = [None]  # query rows per attention call (sd_core.perf.attention_slicing); None: all
-
-
-def set_slice_size(tokens: int | None) -> None:
-    """Attention slicing: split the queries into chunks of `tokens` rows (None: one call). Caps the score matrix
-    where SDPA runs its plain (math) kernel; flash and memory-efficient kernels never build it."""
-    if tokens is not None and (not isinstance(tokens, int) or tokens < 1):
-        raise ValueError(f"attention slice size must be a positive integer or None, got {tokens!r}")
-    _SLICE[0] = tokens
-
-
-def get_slice_size() -> int | None:
-    return _SLICE[0]
-
 
 def attention(
     q: torch.Tensor,
@@ -31,20 +17,23 @@ def attention(
     heads: int,
     causal: bool = False,
     dtype: torch.dtype | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Multi-head attention on [B, N, heads*dim] tensors; returns [B, N, heads*dim] in q's dtype.
 
     One fused SDPA call (flash / memory-efficient kernels where the device has them), default 1/sqrt(dim) scale.
     Measured on the CPU: the flash kernel torch picks by default is 4-5x faster than the math one at 1024-4096 tokens
     (`benchmarks/bench.py --levers`), so no backend is forced. `dtype`: compute in it (float32 for half-precision
-    models on CPUs where half precision is slow, `devices.pick_attention_dtype`), the result rounded back once."""
+    models on CPUs where half precision is slow, `devices.pick_attention_dtype`), the result rounded back once.
+    `chunk`: queries in chunks of this many rows (attention slicing), which caps the score matrix where SDPA runs its
+    plain (math) kernel; flash and memory-efficient kernels never build it."""
     out_dtype = q.dtype
     if dtype is not None and dtype != out_dtype:
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     b, n, inner = q.shape
     dim = inner // heads
     q, k, v = (t.reshape(b, -1, heads, dim).transpose(1, 2) for t in (q, k, v))
-    size = _SLICE[0]
+    size = chunk
     if size is None or n <= size or causal:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     else:

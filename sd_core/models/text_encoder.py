@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..perf import linear_add
 from .attention import attention
+from .layers import add_residual
 
 
 def text_config(config: dict) -> dict:
@@ -42,7 +42,7 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    attention_dtype: torch.dtype | None = None  # compute dtype of the attention core (perf.set_attention_dtype)
+    attention_dtype: torch.dtype | None = None  # compute the attention core in this dtype (None: the inputs')
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -53,8 +53,9 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        out = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads, True, self.attention_dtype)
-        return self.out_proj(out) if residual is None else linear_add(self.out_proj, out, residual)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        out = attention(q, k, v, self.heads, causal=True, dtype=self.attention_dtype)
+        return self.out_proj(out) if residual is None else add_residual(self.out_proj, out, residual)
 
 
 class MLP(nn.Module):
@@ -67,7 +68,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         h = self.fc1(x)
         h = h * torch.sigmoid(1.702 * h) if self.act == "quick_gelu" else F.gelu(h)
-        return self.fc2(h) if residual is None else linear_add(self.fc2, h, residual)
+        return self.fc2(h) if residual is None else add_residual(self.fc2, h, residual)
 
 
 class EncoderLayer(nn.Module):

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..perf import PackedGEGLUProj, conv_add, conv_emb, linear_add, silu_
 from .attention import attention, group_norm, timestep_embedding
+from .layers import add_channel_bias, add_residual, geglu, silu_
 
 
 def _per_level(value: int | list[int], levels: int, name: str) -> list[int]:
@@ -72,15 +72,16 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # = skip(x) + out_layers(in_layers(x) + emb_layers(emb)); written out so that packed layers fuse the adds
-        h = conv_emb(self.in_layers[2], silu_(self.in_layers[0](x)), self.emb_layers(emb))
+        h = add_channel_bias(self.in_layers[2], silu_(self.in_layers[0](x)), self.emb_layers(emb))
         h = self.out_layers[2](silu_(self.out_layers[0](h)))
-        return conv_add(self.out_layers[3], h, self.skip_connection(x))
+        return add_residual(self.out_layers[3], h, self.skip_connection(x))
 
 
 class CrossAttention(nn.Module):
     """Attention from image tokens to `context` (or to themselves when context is None)."""
 
-    attention_dtype: torch.dtype | None = None  # compute dtype of the attention core (perf.set_attention_dtype)
+    attention_dtype: torch.dtype | None = None  # compute the attention core in this dtype (None: the inputs')
+    attention_chunk: int | None = None  # query rows per attention call (None: all at once)
 
     def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None):
         super().__init__()
@@ -102,10 +103,10 @@ class CrossAttention(nn.Module):
             k, v = self.to_k(x), self.to_v(x)
         else:
             k, v = self._context_kv(context)
-        out = attention(self.to_q(x), k, v, self.heads, dtype=self.attention_dtype)
+        out = attention(self.to_q(x), k, v, self.heads, dtype=self.attention_dtype, chunk=self.attention_chunk)
         if residual is None:
             return self.to_out(out)
-        return linear_add(self.to_out[0], self.to_out[1](out), residual)
+        return add_residual(self.to_out[0], self.to_out[1](out), residual)
 
     def _context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of the text context; reused while the same context tensor comes back, when enabled."""
@@ -121,19 +122,12 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     """Gated GELU: one projection to twice the width, the second half gates the first."""
 
-    _sd_core_geglu = True  # sd_core.perf packs `proj` as two halves with gelu and the multiply fused
-
     def __init__(self, dim: int, inner: int):
         super().__init__()
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.proj, PackedGEGLUProj):
-            return self.proj.geglu(x)
-        h, gate = self.proj(x).chunk(2, dim=-1)
-        if torch.is_grad_enabled():
-            return h * F.gelu(gate)
-        return F.gelu(gate).mul_(h)
+        return geglu(self.proj, x)
 
 
 class FeedForward(nn.Module):
@@ -143,7 +137,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         h = self.net[1](self.net[0](x))
-        return self.net[2](h) if residual is None else linear_add(self.net[2], h, residual)
+        return self.net[2](h) if residual is None else add_residual(self.net[2], h, residual)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -193,10 +187,10 @@ class SpatialTransformer(nn.Module):
         x = tile_batch(x, t.shape[0])
         b = x.shape[0]
         if not self.use_linear:
-            return conv_add(self.proj_out, t.transpose(1, 2).reshape(b, -1, h, w), x)
+            return add_residual(self.proj_out, t.transpose(1, 2).reshape(b, -1, h, w), x)
         x_tokens = x.flatten(2).transpose(1, 2)  # a view; contiguous when x is channels_last
         if x_tokens.is_contiguous():
-            return linear_add(self.proj_out, t, x_tokens).transpose(1, 2).reshape(b, -1, h, w)
+            return add_residual(self.proj_out, t, x_tokens).transpose(1, 2).reshape(b, -1, h, w)
         return x + self.proj_out(t).transpose(1, 2).reshape(b, -1, h, w)
 
 
@@ -256,7 +250,14 @@ class UNetModel(nn.Module):
 
     A context with k times x's rows means "each x row under k contexts" (classifier-free guidance: k = 2, context
     [uncond, cond]), the same as passing x repeated k times ([x, x]), but everything before the text first enters (the
-    input conv, the first ResBlock, the first self-attention) runs once per x row instead of k times."""
+    input conv, the first ResBlock, the first self-attention) runs once per x row instead of k times.
+
+    `share_timestep_embedding`: when the whole batch has one timestep (CFG halves, any batch of one sampling run),
+    compute its embedding once and broadcast it. The same maths, but a one-row matrix product rounds differently
+    from a many-row one: off by default, so that the plain model does the reference's operations one for one.
+    `sd_core.accel` turns it on with the packed CPU layers, which fold that one row into the ResBlock convs' bias."""
+
+    share_timestep_embedding: bool = False
 
     def __init__(self, config: dict):
         super().__init__()
@@ -320,10 +321,8 @@ class UNetModel(nn.Module):
         reuses them while the same context tensor comes back: a sampling run passes one context at every step, and
         those projections do not depend on the step (SD1.5: 2% of a UNet step at 256x256, recomputed every step by
         diffusers). Same operations on the same inputs, so the same results; the cache lives only inside the block,
-        and a context modified in place inside it would go unnoticed (sampling never does that). Off under
-        torch.compile (`perf.compile_models`), whose graphs would only guard on it."""
-        compiled = getattr(self, "_sd_core_compiled", False)
-        layers = [] if compiled else [m for m in self.modules() if isinstance(m, CrossAttention)]
+        and a context modified in place inside it would go unnoticed (sampling never does that)."""
+        layers = [m for m in self.modules() if isinstance(m, CrossAttention)]
         for m in layers:
             m._text_kv = ()
         try:
@@ -337,8 +336,8 @@ class UNetModel(nn.Module):
         t = torch.as_tensor(timesteps, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        if getattr(self, "_sd_core_packed", False) and t.shape[0] > 1 and bool((t == t[0]).all()):
-            t = t[:1]  # one shared timestep (CFG halves, a batch): one embedding row, folded into the conv biases
+        if self.share_timestep_embedding and t.shape[0] > 1 and bool((t == t[0]).all()):
+            t = t[:1]  # one shared timestep (CFG halves, a batch): one embedding row for all
         emb = self.time_embed(timestep_embedding(t, self.config["model_channels"]).to(dtype))
         context = context.to(dtype)
         h = x.to(dtype)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..perf import conv_add, silu_, upsample_conv
 from .attention import attention, group_norm
+from .layers import add_residual, silu_, upsample_conv
 
 
 def vae_config(config: dict) -> dict:
@@ -50,14 +50,15 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(silu_(self.norm1(x)))
         h = self.dropout(silu_(self.norm2(h)))  # rebinding h frees conv1's output before conv2 runs (peak memory)
-        return conv_add(self.conv2, h, self.nin_shortcut(x))
+        return add_residual(self.conv2, h, self.nin_shortcut(x))
 
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over all pixels. q/k/v/proj_out are 1x1 convs; files that store them as Linear
     weights [C, C] (diffusers-converted VAEs) are accepted: the load hook adds the two unit dimensions (a view)."""
 
-    attention_dtype: torch.dtype | None = None  # compute dtype of the attention core (perf.set_attention_dtype)
+    attention_dtype: torch.dtype | None = None  # compute the attention core in this dtype (None: the inputs')
+    attention_chunk: int | None = None  # query rows per attention call (None: all at once)
 
     def __init__(self, channels: int):
         super().__init__()
@@ -78,8 +79,9 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         t = self.norm(x)
         q, k, v = (conv(t).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))
-        out = attention(q, k, v, heads=1, dtype=self.attention_dtype).transpose(1, 2).reshape(b, c, h, w)
-        return conv_add(self.proj_out, out, x)
+        out = attention(q, k, v, heads=1, dtype=self.attention_dtype, chunk=self.attention_chunk)
+        out = out.transpose(1, 2).reshape(b, c, h, w)
+        return add_residual(self.proj_out, out, x)
 
 
 class Downsample(nn.Module):

@@ -9,12 +9,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from ..progress import Callback, StepInfo
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Callback = Callable[[dict[str, Any]], None]
 NoiseSampler = Callable[[float, float], torch.Tensor]
 
 
@@ -38,9 +38,10 @@ def report(
     sigma_next: float,
     denoised: torch.Tensor,
 ) -> None:
-    """One progress call per step (design.md "Callback"). A callback stops the run by raising; we let it through."""
+    """One progress call per step (`sd_core.progress.StepInfo`, step `i + 1`). A callback stops the run by raising;
+    we let it through."""
     if callback is not None:
-        callback({"i": i, "total": total, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        callback(StepInfo(i + 1, total, x, denoised, sigma, sigma_next))
 
 
 def to_d(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -1,0 +1,94 @@
+"""The one table of generation limits, read by every boundary: the Python API (`sd_core.settings`), the CLI, the
+server's request schema and the plugins' fields. Standard library only, so any of them can import it.
+
+Each `check_*` raises ValueError naming the setting, with the allowed range in words.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+MIN_SIDE = 64
+MAX_SIDE = 8192
+SIDE_MULTIPLE = 8  # the VAE maps each 8x8 pixel block to one latent
+MAX_STEPS = 1000  # the model's training timesteps
+MAX_BATCH = 64
+RANDOM_SEED = -1  # seed -1 (or None) picks a random one
+MAX_SEED = 2**53 - 1  # exact in every JSON client (JavaScript numbers included), so a seed survives the server
+RANDOM_SEED_RANGE = 2**32  # random seeds are drawn below this (A1111's range)
+MIN_CLIP_SKIP, MAX_CLIP_SKIP = 1, 12
+MAX_PROMPT_CHARS = 20_000
+MAX_CFG_SCALE = 100.0  # in magnitude
+MAX_MASK_BLUR = 256
+FILLS = ("fill", "original", "latent_noise", "latent_nothing")  # A1111 `inpainting_fill` 0..3, in that order
+PREFILLS = ("edge_noise", "mirror", "edge")  # how the new area of an outpaint canvas starts (`images.extend_canvas`)
+TILING_AXES = ("x", "y", "xy")
+
+
+def is_int(value: Any) -> bool:
+    """An integer (numpy's too) that is not a bool: True is an int to Python, never a step count to a user."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_int(name: str, value: Any, low: int, high: int) -> int:
+    if not is_int(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def check_number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
+    below = value <= low if low_open else value < low
+    if not is_number(value) or below or value > high:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def check_side(name: str, value: Any) -> int:
+    """A width or height: an integer multiple of 8 from 64 to 8192."""
+    check_int(name, value, MIN_SIDE, MAX_SIDE)
+    if value % SIDE_MULTIPLE:
+        nearest = max(MIN_SIDE, int(value / SIDE_MULTIPLE + 0.5) * SIDE_MULTIPLE)
+        raise ValueError(f"{name} must be a multiple of {SIDE_MULTIPLE}, got {value} (nearest: {nearest})")
+    return int(value)
+
+
+def check_seed(value: Any) -> int | None:
+    """None for a random seed (None or -1), else the seed, an integer from 0 to `MAX_SEED`."""
+    if value is None or (is_int(value) and value == RANDOM_SEED):
+        return None
+    if not is_int(value) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed must be -1 (random) or an integer from 0 to {MAX_SEED} (2**53-1), got {value!r}")
+    return int(value)
+
+
+def check_prompt(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{name} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def tiling_axes(value: Any) -> str | None:
+    """A tiling setting -> "x", "y", "xy" or None: True means both axes (A1111's checkbox), False/None/"" none."""
+    if value is None or value is False or value == "":
+        return None
+    if value is True:
+        return "xy"
+    if isinstance(value, str) and value.lower() in ("x", "y", "xy", "yx"):
+        return "xy" if value.lower() == "yx" else value.lower()
+    raise ValueError(f"tiling must be true/false or one of 'x', 'y', 'xy', got {value!r}")
