@@ -211,8 +211,9 @@ def sample_ddpm(
 ) -> torch.Tensor:
     """DDPM's ancestral sampler (Ho et al. 2020): sample the posterior q(x_prev | x, x0) with its mean and its
     "fixed small" variance. In sigma space that is DDIM with eta = 1 (also for strided timesteps)."""
-    noise = noise_sampler or gaussian_noise(x, generator)
-    return _walk(denoiser, x, sigmas, callback, _euler_move, _ancestral(1.0), noise)
+    return sample_ddim(
+        denoiser, x, sigmas, callback=callback, generator=generator, eta=1.0, noise_sampler=noise_sampler
+    )
 
 
 def sample_lcm(
