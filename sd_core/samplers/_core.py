@@ -16,6 +16,8 @@ from ..progress import Callback, StepInfo
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseSampler = Callable[[float, float], torch.Tensor]
+# (denoiser, x, denoised, sigma, sigma_next) -> x at sigma_next
+Step = Callable[[Denoiser, torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 
 
 def prepare(x: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
@@ -42,6 +44,21 @@ def report(
     we let it through."""
     if callback is not None:
         callback(StepInfo(i + 1, total, x, denoised, sigma, sigma_next))
+
+
+def walk(
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None, step: Step
+) -> torch.Tensor:
+    """The loop of every sampler that keeps no history between steps: estimate x0 at each sigma, report it, and let
+    `step` take x to the next sigma."""
+    x, sig = prepare(x, sigmas)
+    n = len(sig) - 1
+    for i in range(n):
+        sigma, sigma_next = sig[i], sig[i + 1]
+        denoised = denoise(denoiser, x, sigma)
+        report(callback, i, n, x, sigma, sigma_next, denoised)
+        x = step(denoiser, x, denoised, sigma, sigma_next)
+    return x
 
 
 def to_d(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ from ._core import (
     prepare,
     report,
     toward,
+    walk,
 )
 
 
@@ -129,17 +130,14 @@ def sample_dpmpp_sde(
     sub-step's estimate only). The sub-step noise and the step noise overlap, so they come from one Brownian path:
     `BrownianNoise` on `generator` by default. k-diffusion/A1111 draw from torchsde's Brownian tree, so images are
     not bit-identical to theirs; pass `noise_sampler` to use another source."""
-    x, sig = prepare(x, sigmas)
     noise = noise_sampler or BrownianNoise(x, generator)
-    n = len(sig) - 1
     fac = 1 / (2 * r)
-    for i in range(n):
-        sigma, sigma_next = sig[i], sig[i + 1]
-        denoised = denoise(denoiser, x, sigma)
-        report(callback, i, n, x, sigma, sigma_next, denoised)
+
+    def step(
+        denoiser: Denoiser, x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float
+    ) -> torch.Tensor:
         if sigma_next == 0:
-            x = denoised
-            continue
+            return denoised
         sigma_mid = sigma * (sigma_next / sigma) ** r
         down, up = ancestral_split(sigma, sigma_mid, eta)
         x_mid = toward(x, denoised, down / sigma)
@@ -150,4 +148,6 @@ def sample_dpmpp_sde(
         x = toward(x, (1 - fac) * denoised + fac * denoised_mid, down / sigma)
         if up > 0:
             x = x + noise(sigma, sigma_next) * (s_noise * up)
-    return x
+        return x
+
+    return walk(denoiser, x, sigmas, callback, step)

@@ -10,20 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schedules import SCHEDULE_LABELS, SCHEDULES, NoiseSchedule, get_sigmas, schedule_name
-from .dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_sde
-from .multistep import sample_lms, sample_plms
-from .singlestep import (
-    sample_ddim,
-    sample_ddpm,
-    sample_dpm_2,
-    sample_dpm_2_ancestral,
-    sample_dpmpp_2s_ancestral,
-    sample_euler,
-    sample_euler_ancestral,
-    sample_heun,
-    sample_lcm,
-)
-from .unipc import sample_uni_pc
+from . import dpmpp, multistep, singlestep, unipc
 
 
 @dataclass(frozen=True)
@@ -60,22 +47,22 @@ class SamplerChoice:
 
 # name: (A1111 label, function, default schedule, vp_start, final sigma of the discrete schedule)
 _SPECS: dict[str, tuple[str, Callable[..., torch.Tensor], str, bool, str]] = {
-    "euler": ("Euler", sample_euler, "normal", False, "zero"),
-    "euler_ancestral": ("Euler a", sample_euler_ancestral, "normal", False, "zero"),
-    "heun": ("Heun", sample_heun, "normal", False, "zero"),
-    "lms": ("LMS", sample_lms, "normal", False, "zero"),
-    "dpm_2": ("DPM2", sample_dpm_2, "normal", False, "zero"),
-    "dpm_2_ancestral": ("DPM2 a", sample_dpm_2_ancestral, "normal", False, "zero"),
-    "dpmpp_2s_ancestral": ("DPM++ 2S a", sample_dpmpp_2s_ancestral, "normal", False, "zero"),
-    "dpmpp_2m": ("DPM++ 2M", sample_dpmpp_2m, "normal", False, "zero"),
-    "dpmpp_sde": ("DPM++ SDE", sample_dpmpp_sde, "normal", False, "zero"),
-    "dpmpp_2m_sde": ("DPM++ 2M SDE", sample_dpmpp_2m_sde, "normal", False, "zero"),
-    "dpmpp_2m_sde_heun": ("DPM++ 2M SDE Heun", sample_dpmpp_2m_sde_heun, "normal", False, "zero"),
-    "ddim": ("DDIM", sample_ddim, "discrete", True, "sigma_min"),
-    "plms": ("PLMS", sample_plms, "discrete", True, "sigma_min"),
-    "uni_pc": ("UniPC", sample_uni_pc, "normal", True, "zero"),
-    "lcm": ("LCM", sample_lcm, "lcm", True, "zero"),
-    "ddpm": ("DDPM", sample_ddpm, "discrete", True, "zero"),
+    "euler": ("Euler", singlestep.sample_euler, "normal", False, "zero"),
+    "euler_ancestral": ("Euler a", singlestep.sample_euler_ancestral, "normal", False, "zero"),
+    "heun": ("Heun", singlestep.sample_heun, "normal", False, "zero"),
+    "lms": ("LMS", multistep.sample_lms, "normal", False, "zero"),
+    "dpm_2": ("DPM2", singlestep.sample_dpm_2, "normal", False, "zero"),
+    "dpm_2_ancestral": ("DPM2 a", singlestep.sample_dpm_2_ancestral, "normal", False, "zero"),
+    "dpmpp_2s_ancestral": ("DPM++ 2S a", singlestep.sample_dpmpp_2s_ancestral, "normal", False, "zero"),
+    "dpmpp_2m": ("DPM++ 2M", dpmpp.sample_dpmpp_2m, "normal", False, "zero"),
+    "dpmpp_sde": ("DPM++ SDE", dpmpp.sample_dpmpp_sde, "normal", False, "zero"),
+    "dpmpp_2m_sde": ("DPM++ 2M SDE", dpmpp.sample_dpmpp_2m_sde, "normal", False, "zero"),
+    "dpmpp_2m_sde_heun": ("DPM++ 2M SDE Heun", dpmpp.sample_dpmpp_2m_sde_heun, "normal", False, "zero"),
+    "ddim": ("DDIM", singlestep.sample_ddim, "discrete", True, "sigma_min"),
+    "plms": ("PLMS", multistep.sample_plms, "discrete", True, "sigma_min"),
+    "uni_pc": ("UniPC", unipc.sample_uni_pc, "normal", True, "zero"),
+    "lcm": ("LCM", singlestep.sample_lcm, "lcm", True, "zero"),
+    "ddpm": ("DDPM", singlestep.sample_ddpm, "discrete", True, "zero"),
 }
 
 SAMPLERS: list[str] = list(_SPECS)

@@ -1,9 +1,9 @@
-"""Single-step samplers: each step uses only the current x (no history).
+"""Single-step samplers: each step uses only the current x (no history), so all of them run on `_core.walk`.
 
-Most of them are one loop, `_walk`: estimate x0, report, split the step into a deterministic part down to sigma_down
-and fresh noise of size sigma_up (`ancestral_split`), and move with a `Move`. The moves differ in how many model calls
-a step spends: Euler (1), DPM2 (2, derivative at the log-midpoint), DPM++ 2S (2, exponential integrator at the
-log-midpoint). Without noise (sigma_up = 0) the ancestral samplers are their ODE counterparts, and:
+Heun takes its own step; the others go through `_walk`, which splits the step into a deterministic part down to
+sigma_down and fresh noise of size sigma_up (`ancestral_split`), and moves with a `Move`. The moves differ in how many
+model calls a step spends: Euler (1), DPM2 (2, derivative at the log-midpoint), DPM++ 2S (2, exponential integrator at
+the log-midpoint). Without noise (sigma_up = 0) the ancestral samplers are their ODE counterparts, and:
 
 - DDIM (eta) is Euler-ancestral on DDIM's discrete sigmas: in k-diffusion space DDIM's sigma_t of the noise term is
   exactly the ancestral sigma_up with the same eta.
@@ -25,10 +25,9 @@ from ._core import (
     ancestral_split,
     denoise,
     gaussian_noise,
-    prepare,
-    report,
     to_d,
     toward,
+    walk,
 )
 
 # (denoiser, x, denoised, sigma, sigma_to) -> x at sigma_to (> 0)
@@ -56,6 +55,18 @@ def _dpmpp_2s_move(
     return toward(x, denoise(denoiser, x_mid, mid), to / sigma)
 
 
+def _heun_step(
+    denoiser: Denoiser, x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float
+) -> torch.Tensor:
+    """Euler, then the mean of the derivatives at both ends; the step to sigma = 0 stays Euler (no model call at 0)."""
+    d = to_d(x, denoised, sigma)
+    x_euler = x + d * (sigma_next - sigma)
+    if sigma_next == 0:
+        return x_euler
+    d_next = to_d(x_euler, denoise(denoiser, x_euler, sigma_next), sigma_next)
+    return x + (d + d_next) * (0.5 * (sigma_next - sigma))
+
+
 def _ode(sigma: float, sigma_next: float) -> tuple[float, float]:
     return sigma_next, 0.0
 
@@ -70,18 +81,19 @@ def _walk(
     noise: NoiseSampler | None = None,
     s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """The shared step loop; a step to sigma_down = 0 returns the x0 estimate whatever the move."""
-    x, sig = prepare(x, sigmas)
-    n = len(sig) - 1
-    for i in range(n):
-        sigma, sigma_next = sig[i], sig[i + 1]
-        denoised = denoise(denoiser, x, sigma)
-        report(callback, i, n, x, sigma, sigma_next, denoised)
+    """`walk` with each step split in two: `move` to sigma_down, then sigma_up of fresh noise. A step to
+    sigma_down = 0 returns the x0 estimate whatever the move."""
+
+    def step(
+        denoiser: Denoiser, x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float
+    ) -> torch.Tensor:
         down, up = split(sigma, sigma_next)
         x = denoised if down == 0 else move(denoiser, x, denoised, sigma, down)
         if up > 0:
             x = x + noise(sigma, sigma_next) * (s_noise * up)
-    return x
+        return x
+
+    return walk(denoiser, x, sigmas, callback, step)
 
 
 def _ancestral(eta: float) -> Split:
@@ -125,20 +137,7 @@ def sample_heun(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1); the step to sigma = 0 is a plain Euler step."""
-    x, sig = prepare(x, sigmas)
-    n = len(sig) - 1
-    for i in range(n):
-        sigma, sigma_next = sig[i], sig[i + 1]
-        denoised = denoise(denoiser, x, sigma)
-        report(callback, i, n, x, sigma, sigma_next, denoised)
-        d = to_d(x, denoised, sigma)
-        x_euler = x + d * (sigma_next - sigma)
-        if sigma_next == 0:
-            x = x_euler
-            continue
-        d_next = to_d(x_euler, denoise(denoiser, x_euler, sigma_next), sigma_next)
-        x = x + (d + d_next) * (0.5 * (sigma_next - sigma))
-    return x
+    return walk(denoiser, x, sigmas, callback, _heun_step)
 
 
 def sample_dpm_2(
@@ -212,8 +211,9 @@ def sample_ddpm(
 ) -> torch.Tensor:
     """DDPM's ancestral sampler (Ho et al. 2020): sample the posterior q(x_prev | x, x0) with its mean and its
     "fixed small" variance. In sigma space that is DDIM with eta = 1 (also for strided timesteps)."""
-    noise = noise_sampler or gaussian_noise(x, generator)
-    return _walk(denoiser, x, sigmas, callback, _euler_move, _ancestral(1.0), noise)
+    return sample_ddim(
+        denoiser, x, sigmas, callback=callback, generator=generator, eta=1.0, noise_sampler=noise_sampler
+    )
 
 
 def sample_lcm(
