@@ -748,7 +748,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
         "bf16",
     )
     # the 512px UNet's largest attention: does bf16 pay in SDPA's flash kernel? (it does not where its matrix products
-    # take a BLAS path without bf16 instructions, as MKL's on AMD processors; README, Zen 4)
+    # take a BLAS path without bf16 instructions, as MKL's on AMD processors; docs/performance.md, Zen 4)
     q32 = torch.randn(2, 8, 4096, 40, generator=g)
     q16 = q32.bfloat16()
     ab(

@@ -235,7 +235,7 @@ def _phase_kernel(weight: torch.Tensor, a: int, b: int) -> torch.Tensor:
 def blas_linears_pay(dtype: torch.dtype) -> bool:
     """Whether float32 linears should run as plain BLAS GEMMs (MKL) instead of packed oneDNN ones on this CPU: where
     measured, on AVX2-only CPUs (AMD Zen 3: MKL's GEMMs 6-14% faster than oneDNN's packed ones at every SD1.5 shape,
-    fused epilogues included; README, "Performance"). Also no weight to repack at the first call and no second buffer
+    fused epilogues included; docs/performance.md). Also no weight to repack at the first call and no second buffer
     for it: the weights stay the checkpoint's memory map. CPUs with AVX-512 keep oneDNN, where packing was measured."""
     return dtype == torch.float32 and torch.backends.mkl.is_available() and not devices.cpu_has_avx512()
 
