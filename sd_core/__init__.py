@@ -4,7 +4,13 @@
     pipe = sd_core.load("model.safetensors")
     image = pipe.txt2img("a red brick wall", seed=1)[0]
 
-Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship) import
+    settings = sd_core.GenerationSettings(prompt="a red brick wall", steps=20, sampler="DPM++ 2M Karras")
+    images = pipe.generate(settings)
+
+The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
+`ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`, `samplers`,
+`schedules`, `pnginfo`, `preview`.
+Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
 
@@ -14,14 +20,43 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["load", "StableDiffusion", "Cancelled", "samplers", "__version__"]
+__all__ = [
+    "Cancelled",
+    "GenerationSettings",
+    "InpaintOptions",
+    "ModelDefaults",
+    "StableDiffusion",
+    "StepInfo",
+    "ModelInfo",
+    "__version__",
+    "builtin_model",
+    "inspect_model",
+    "limits",
+    "load",
+    "pnginfo",
+    "preview",
+    "samplers",
+    "schedules",
+]
 
-_LAZY = {"load": "loader", "StableDiffusion": "pipeline", "Cancelled": "errors"}
+_LAZY = {
+    "load": "loader",
+    "builtin_model": "loader",
+    "inspect_model": "loader",
+    "ModelInfo": "loader",
+    "StableDiffusion": "pipeline",
+    "Cancelled": "errors",
+    "GenerationSettings": "settings",
+    "InpaintOptions": "settings",
+    "ModelDefaults": "settings",
+    "StepInfo": "progress",
+}
+_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview")
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name == "samplers":
-        return importlib.import_module(".samplers", __name__)
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'sd_core' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """The one table of generation limits, read by every boundary: the Python API (`sd_core.settings`), the CLI, the
 server's request schema and the plugins' fields. Standard library only, so any of them can import it.
 
-Each `check_*` raises ValueError naming the setting, with the allowed range in words.
+Each `check_*` raises `SettingError` (a ValueError) naming the setting, with the allowed range in words; boundaries
+map `setting` to their own field names (the server's request fields, the CLI's options).
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ PREFILLS = ("edge_noise", "mirror", "edge")  # how the new area of an outpaint c
 TILING_AXES = ("x", "y", "xy")
 
 
+class SettingError(ValueError):
+    """A setting that cannot be used: `setting` is its name (as in `GenerationSettings`), the message says why."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 def is_int(value: Any) -> bool:
     """An integer (numpy's too) that is not a bool: True is an int to Python, never a step count to a user."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -39,7 +48,7 @@ def is_number(value: Any) -> bool:
 
 def check_int(name: str, value: Any, low: int, high: int) -> int:
     if not is_int(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        raise SettingError(name, f"{name} must be an integer from {low} to {high}, got {value!r}")
     return int(value)
 
 
@@ -47,7 +56,7 @@ def check_number(name: str, value: Any, low: float, high: float, *, low_open: bo
     below = value <= low if low_open else value < low
     if not is_number(value) or below or value > high:
         bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
+        raise SettingError(name, f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
     return float(value)
 
 
@@ -56,7 +65,7 @@ def check_side(name: str, value: Any) -> int:
     check_int(name, value, MIN_SIDE, MAX_SIDE)
     if value % SIDE_MULTIPLE:
         nearest = max(MIN_SIDE, int(value / SIDE_MULTIPLE + 0.5) * SIDE_MULTIPLE)
-        raise ValueError(f"{name} must be a multiple of {SIDE_MULTIPLE}, got {value} (nearest: {nearest})")
+        raise SettingError(name, f"{name} must be a multiple of {SIDE_MULTIPLE}, got {value} (nearest: {nearest})")
     return int(value)
 
 
@@ -65,21 +74,21 @@ def check_seed(value: Any) -> int | None:
     if value is None or (is_int(value) and value == RANDOM_SEED):
         return None
     if not is_int(value) or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"seed must be -1 (random) or an integer from 0 to {MAX_SEED} (2**53-1), got {value!r}")
+        raise SettingError("seed", f"seed must be -1 (random) or an integer from 0 to {MAX_SEED}, got {value!r}")
     return int(value)
 
 
 def check_prompt(name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+        raise SettingError(name, f"{name} must be a string, got {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
-        raise ValueError(f"{name} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
+        raise SettingError(name, f"{name} is {len(value)} characters long; the limit is {MAX_PROMPT_CHARS}")
     return value
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        raise SettingError(name, f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -91,4 +100,4 @@ def tiling_axes(value: Any) -> str | None:
         return "xy"
     if isinstance(value, str) and value.lower() in ("x", "y", "xy", "yx"):
         return "xy" if value.lower() == "yx" else value.lower()
-    raise ValueError(f"tiling must be true/false or one of 'x', 'y', 'xy', got {value!r}")
+    raise SettingError("tiling", f"tiling must be true/false or one of 'x', 'y', 'xy', got {value!r}")

@@ -6,7 +6,9 @@ so the weights exist once in memory (memory-mapped when the file's dtype is the 
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -195,3 +197,34 @@ def load(
     if offload:
         accel.LowVRAM(dev, sequential=low_vram == "sequential").attach(pipe)
     return pipe
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a checkpoint holds, read from its header alone (no weights): `sd-core info`."""
+
+    path: Path
+    family: str
+    inpainting: bool
+    keys: int
+    dtypes: dict[str, int]  # dtype name -> number of tensors
+    groups: dict[str, tuple[int, int]]  # top-level key prefix -> (keys, parameters)
+    defaults: ModelDefaults  # SD2 models count as eps-prediction here; v-prediction is probed at load
+
+
+def inspect_model(path: str | os.PathLike) -> ModelInfo:
+    """Family, sizes, dtypes and the model's own defaults of a checkpoint file or diffusers folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    shapes = checkpoint.read_shapes(path)
+    config = infer_config(shapes)
+    dtypes: dict[str, int] = {}
+    for dtype in checkpoint.read_dtypes(path).values():
+        dtypes[dtype] = dtypes.get(dtype, 0) + 1
+    groups: dict[str, tuple[int, int]] = {}
+    for key, shape in shapes.items():
+        group = key.split(".")[0]
+        count, params = groups.get(group, (0, 0))
+        groups[group] = (count + 1, params + math.prod(shape))
+    return ModelInfo(path, config.family, config.inpainting, len(shapes), dtypes, groups, model_defaults(path, config))

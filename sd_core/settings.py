@@ -7,7 +7,7 @@ model's own default" and are filled in by `resolve` once the model and the input
 - `cfg_scale`: the model's default (`ModelDefaults.cfg_scale`: 7.5, or what the model file names).
 - `width`/`height`: txt2img and only-masked inpainting work at the model's native size (512 for SD1, 768 for SD2
   v-prediction, or what the model file names); img2img and whole-picture inpainting at the input image's own size
-  rounded to a multiple of 8.
+  rounded to a multiple of 8 (and kept within 64-8192).
 - `strength`: 0.75 for img2img, 1.0 for inpainting.
 - `seed`: a random one.
 
@@ -63,7 +63,7 @@ class InpaintOptions:
         limits.check_choice("fill", self.fill, limits.FILLS)
         for name in ("only_masked", "color_match"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise limits.SettingError(name, f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class GenerationSettings:
                 limits.check_side(name, getattr(self, name))
         limits.check_int("steps", self.steps, 1, limits.MAX_STEPS)
         if not isinstance(self.sampler, str):
-            raise ValueError(f"sampler must be a name, got {self.sampler!r}")
+            raise limits.SettingError("sampler", f"sampler must be a name, got {self.sampler!r}")
         choice = samplers.resolve(self.sampler, self.schedule)
         if self.cfg_scale is not None:
             limits.check_number("cfg_scale", self.cfg_scale, -limits.MAX_CFG_SCALE, limits.MAX_CFG_SCALE)
@@ -103,7 +103,7 @@ class GenerationSettings:
         if self.strength is not None:
             limits.check_number("strength", self.strength, 0.0, 1.0, low_open=True)
         if self.inpaint is not None and not isinstance(self.inpaint, InpaintOptions):
-            raise ValueError(f"inpaint must be an InpaintOptions, got {type(self.inpaint).__name__}")
+            raise limits.SettingError("inpaint", f"inpaint must be InpaintOptions, got {type(self.inpaint).__name__}")
         set_field = object.__setattr__  # frozen: normalised values are set once, here
         set_field(self, "choice", choice)
         set_field(self, "sampler", choice.name)
@@ -119,9 +119,9 @@ class GenerationSettings:
         is an error naming it (strength without an input image, inpaint options without a mask)."""
         limits.check_choice("mode", mode, MODES)
         if mode == "txt2img" and self.strength is not None:
-            raise ValueError("strength applies to img2img and inpainting only (txt2img has no input image)")
+            raise limits.SettingError("strength", "strength applies to img2img and inpainting (txt2img has no image)")
         if mode != "inpaint" and self.inpaint is not None:
-            raise ValueError(f"inpaint options apply to inpainting only, not to {mode} (no mask was given)")
+            raise limits.SettingError("inpaint", f"inpaint options apply to inpainting, not to {mode} (no mask given)")
         if mode != "txt2img" and image_size is None:
             raise ValueError(f"{mode} needs an input image")
         inpaint = (self.inpaint or InpaintOptions()) if mode == "inpaint" else None
@@ -130,8 +130,8 @@ class GenerationSettings:
             width, height = self.width or defaults.width, self.height or defaults.height
         else:
             assert image_size is not None
-            width = self.width or round_to_multiple(image_size[0])
-            height = self.height or round_to_multiple(image_size[1])
+            width = self.width or _image_side(image_size[0])
+            height = self.height or _image_side(image_size[1])
         return replace(
             self,
             width=limits.check_side("width", width),
@@ -153,3 +153,8 @@ class GenerationSettings:
             raise TypeError(f"unknown generation setting(s): {', '.join(unknown)}")
         inpaint = {k: kwargs.pop(k) for k in list(kwargs) if k in inpaint_names}
         return cls(prompt=prompt, inpaint=InpaintOptions(**inpaint) if inpaint else None, **kwargs)
+
+
+def _image_side(pixels: int) -> int:
+    """An input image's side as a generation size: the nearest multiple of 8, kept within the size limits."""
+    return min(max(round_to_multiple(pixels), limits.MIN_SIDE), limits.MAX_SIDE)

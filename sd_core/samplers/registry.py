@@ -9,8 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..limits import SettingError
 from ..schedules import SCHEDULE_LABELS, SCHEDULES, NoiseSchedule, get_sigmas, schedule_name
 from . import dpmpp, multistep, singlestep, unipc
+
+AUTOMATIC = ("", "automatic", "auto", "default")
+"""Schedule names that mean "the sampler's own default"."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,10 @@ def _split(key: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def _unknown(name: str) -> ValueError:
+def _unknown(name: str) -> SettingError:
     labels = ", ".join(spec[0] for spec in _SPECS.values())
-    return ValueError(
+    return SettingError(
+        "sampler",
         f"unknown sampler {name!r}; valid samplers: {labels} (or {', '.join(SAMPLERS)}), optionally followed by a "
         f"schedule: {', '.join(SCHEDULES)}"
     )
@@ -109,20 +114,24 @@ def _unknown(name: str) -> ValueError:
 def resolve(name: str, schedule: str | None = None) -> SamplerChoice:
     """Resolve a sampler name, case-insensitively: "Euler a", "euler_a", "DPM++ 2M Karras", "dpmpp_2m_karras"...
 
-    A schedule in the name ("... Karras") applies unless `schedule` is given; "Automatic" (or None) means the
-    sampler's default: `normal` for the k-diffusion samplers, DDIM's discrete timesteps for DDIM/PLMS/DDPM, `lcm`
-    for LCM. Unknown names raise ValueError listing the valid ones.
+    A schedule in the name ("... Karras") applies unless `schedule` is given; "Automatic" (or None, "auto",
+    "default") means the sampler's default: `normal` for the k-diffusion samplers, DDIM's discrete timesteps for
+    DDIM/PLMS/DDPM, `lcm` for LCM. Unknown names raise `limits.SettingError` (a ValueError) naming "sampler" or
+    "schedule" and listing the valid ones.
     """
     sampler, rest = _split(_normalize(name))
     if sampler is None:
         raise _unknown(name)
     label, fn, default, vp_start, final = _SPECS[sampler]
     chosen = default
-    if rest and rest != "automatic":
+    if rest and rest not in AUTOMATIC:
         try:
             chosen = schedule_name(rest)
         except ValueError:
             raise _unknown(name) from None
-    if schedule is not None and _normalize(schedule) not in ("", "automatic"):
-        chosen = schedule_name(schedule)
+    if schedule is not None and _normalize(schedule) not in AUTOMATIC:
+        try:
+            chosen = schedule_name(schedule)
+        except ValueError as exc:
+            raise SettingError("schedule", str(exc)) from None
     return SamplerChoice(name=sampler, label=label, fn=fn, schedule=chosen, vp_start=vp_start, final=final)

@@ -21,7 +21,8 @@ from typing import Any
 from fastapi import FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
 
-from .. import __version__
+from sd_core import __version__, limits
+
 from . import catalog, generate
 from .codec import decode_image
 from .engine import Loader, ModelManager, Options, default_loader
@@ -72,7 +73,7 @@ class ServerState:
 
 
 def _cancelled_type() -> type[BaseException]:
-    from sd_core.errors import Cancelled
+    from sd_core import Cancelled
 
     return Cancelled
 
@@ -269,8 +270,10 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
         ignored."""
         clip_skip = body.get(Options.CLIP_SKIP)
         if clip_skip is not None:
-            if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= 12:
-                raise invalid(Options.CLIP_SKIP, f"{Options.CLIP_SKIP}: must be an integer from 1 to 12")
+            try:
+                limits.check_int(Options.CLIP_SKIP, clip_skip, limits.MIN_CLIP_SKIP, limits.MAX_CLIP_SKIP)
+            except limits.SettingError as exc:
+                raise invalid(Options.CLIP_SKIP, str(exc)) from None
         name = body.get("sd_model_checkpoint")
         entry = None
         if name is not None:

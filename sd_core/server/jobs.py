@@ -64,16 +64,14 @@ class JobContext:
     def begin_batch(self, job_no: int, job_count: int) -> None:
         self._queue._update(job_no=job_no, job_count=job_count, step=0, total=0, latents=None)
 
-    def step_callback(self, cancelled: type[BaseException]) -> Callable[[dict[str, Any]], None]:
-        """An engine callback that records progress and raises `cancelled` once interrupted."""
+    def step_callback(self, cancelled: type[BaseException]) -> Callable[[Any], None]:
+        """An engine callback (it gets a `sd_core.StepInfo`) that records progress and raises `cancelled` once
+        interrupted."""
 
-        def on_step(info: dict[str, Any]) -> None:
-            latents = info.get("denoised")  # the current guess of the final image: a cleaner preview than x
-            if latents is None:
-                latents = info.get("latents")
-            if latents is not None:
-                latents = latents[:1].detach().clone()  # on its device: no sync; /progress moves it when asked
-            self._queue._update(step=int(info["step"]), total=int(info["total"]), latents=latents)
+        def on_step(info: Any) -> None:
+            # the model's current guess of the final image: a cleaner preview than the noisy latents
+            latents = info.denoised[:1].detach().clone()  # on its device: no sync; /progress moves it when asked
+            self._queue._update(step=info.step, total=info.total, latents=latents)
             if self.interrupted.is_set():
                 raise cancelled("interrupted")
 

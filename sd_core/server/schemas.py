@@ -12,10 +12,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_SEED = 2**53 - 1  # exact in every JSON client (JavaScript numbers included)
-MAX_PROMPT = 20_000
-MIN_SIDE, MAX_SIDE = 64, 8192  # the engine's limits (sd_core.images.check_size)
-MAX_IMAGE_CHARS = 512 * 1024 * 1024  # base64 text of one image; the body cap is the real limit
+from sd_core.limits import (
+    MAX_BATCH,
+    MAX_CFG_SCALE,
+    MAX_CLIP_SKIP,
+    MAX_MASK_BLUR,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_SIDE,
+    RANDOM_SEED,
+    SIDE_MULTIPLE,
+)
+
+MAX_N_ITER = 1000
 
 
 class ApiModel(BaseModel):
@@ -25,23 +36,37 @@ class ApiModel(BaseModel):
 class GenerationRequest(ApiModel):
     """Fields shared by txt2img and img2img."""
 
-    prompt: str = Field("", max_length=MAX_PROMPT)
-    negative_prompt: str = Field("", max_length=MAX_PROMPT)
-    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; the seeds used are in `info`")
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    seed: int = Field(
+        RANDOM_SEED, ge=RANDOM_SEED, le=MAX_SEED, description="-1 picks a random seed; the seeds used are in `info`"
+    )
     sampler_name: str | None = Field(None, max_length=200, description="A1111 label ('Euler a') or sd_core name")
     sampler_index: str | None = Field(None, max_length=200, description="deprecated alias of sampler_name")
     scheduler: str | None = Field(None, max_length=200, description="'automatic' (default), 'karras', ...")
-    batch_size: int = Field(1, ge=1, le=64)
-    n_iter: int = Field(1, ge=1, le=1000, description="batches run one after another")
-    steps: int = Field(50, ge=1, le=1000)
-    cfg_scale: float = Field(7.0, ge=-100, le=100, allow_inf_nan=False)
-    width: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
-    height: int = Field(512, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
+    n_iter: int = Field(1, ge=1, le=MAX_N_ITER, description="batches run one after another")
+    steps: int = Field(50, ge=1, le=MAX_STEPS)
+    cfg_scale: float | None = Field(
+        None,
+        ge=-MAX_CFG_SCALE,
+        le=MAX_CFG_SCALE,
+        allow_inf_nan=False,
+        description="left out: the model's own default (7.5, or what the model file names; in `info`)",
+    )
+    width: int | None = Field(
+        None,
+        ge=MIN_SIDE,
+        le=MAX_SIDE,
+        multiple_of=SIDE_MULTIPLE,
+        description="left out: the model's native size (txt2img, only-masked inpainting) or the init image's",
+    )
+    height: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE, description="as width")
     tiling: bool | Literal["x", "y", "xy"] = Field(
         False, description="seamless output: true (both axes, as A1111) or 'x', 'y', 'xy' for chosen axes"
     )
     override_settings: dict[str, Any] | None = Field(
-        None, description="supported: sd_model_checkpoint, CLIP_stop_at_last_layers"
+        None, description=f"supported: sd_model_checkpoint, CLIP_stop_at_last_layers (1 to {MAX_CLIP_SKIP})"
     )
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
@@ -84,7 +109,7 @@ class Img2ImgRequest(GenerationRequest):
     denoising_strength: float = Field(0.75, gt=0, le=1, allow_inf_nan=False)
     resize_mode: int = Field(0, description="ignored: the init image is resized to width x height")
     mask: str | None = Field(None, description="base64 image; white = repaint")
-    mask_blur: int = Field(4, ge=0, le=256)
+    mask_blur: int = Field(4, ge=0, le=MAX_MASK_BLUR)
     inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
     inpaint_full_res: bool = Field(True, description="inpaint only the masked area at full resolution")
     inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_SIDE)

@@ -100,7 +100,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """Checked settings: a usable model source, a token from the environment, no open port without a token."""
     token = args.token or os.environ.get(TOKEN_ENV) or None
     if args.model is None and args.models_dir is None:
-        from sd_core.loader import builtin_model
+        from sd_core import builtin_model
 
         args.model = builtin_model()  # the small texture model shipped with the package
     if args.models_dir is not None and not args.models_dir.is_dir():

@@ -209,7 +209,7 @@ def report(pipe: Any, n: int = 50) -> dict[str, Any]:
     samples = held_out_samples(n)
     cfg7 = adherence(pipe, samples, 7.0)
     cfg1 = adherence(pipe, samples, 1.0)
-    own = pipe.default_cfg_scale  # the model's own scale (3 for the built-in one)
+    own = pipe.defaults.cfg_scale  # the model's own scale (3 for the built-in one)
     trained = adherence(pipe, trained_samples(n), own)
     # each image once: the adherence figures and the wrap ratios (first 10) read the same images
     plain = [generate(pipe, s.prompt, s.seed, cfg_scale=own) for s in samples]

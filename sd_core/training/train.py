@@ -37,9 +37,9 @@ from ..model_config import infer_config
 from ..models.text_encoder import CLIPTextEncoder
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
-from ..pipeline import CFG_SCALE_KEY
 from ..prompt import tokenize_prompt
 from ..schedules import NoiseSchedule
+from ..settings import CFG_SCALE_KEY, RESOLUTION_KEY
 from ..tokenizer import CLIPTokenizer
 from .data import (
     CAPTION_VARIANTS,
@@ -695,6 +695,7 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
     meta = {
         "sd_core.training": json.dumps(asdict(cfg)),
         "sd_core.steps": f"vae={cfg.vae_steps},unet={cfg.unet_steps},decoder={cfg.decoder_steps}",
+        RESOLUTION_KEY: str(cfg.size),  # the size it was trained at: its native size (`sd_core.loader.model_defaults`)
     }
     if cfg.default_cfg_scale > 0:
         meta[CFG_SCALE_KEY] = f"{cfg.default_cfg_scale:g}"
