@@ -223,24 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     from sd_core.server.settings import add_arguments as add_serve_arguments
-
-    srv = sub.add_parser(
-        "serve",
-        help="serve the AUTOMATIC1111 API (/sdapi/v1) on 127.0.0.1 (needs sd-core[server])",
-        formatter_class=HelpFormatter,
-    )
-    add_serve_arguments(srv)
-    srv.set_defaults(func=cmd_serve)
-
     from sd_core.training.train import add_arguments as add_train_arguments
 
-    trn = sub.add_parser(
-        "train",
-        help="train the built-in texture model, or fine-tune a checkpoint on a folder",
-        formatter_class=HelpFormatter,
+    commands = (
+        ("serve", "serve the AUTOMATIC1111 API (/sdapi/v1) on 127.0.0.1 (needs sd-core[server])", add_serve_arguments),
+        ("train", "train the built-in texture model, or fine-tune a checkpoint on a folder", add_train_arguments),
     )
-    add_train_arguments(trn)
-    trn.set_defaults(func=cmd_train)
+    for name, help_text, add_arguments in commands:
+        command = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
+        add_arguments(command)
+        command.set_defaults(func=cmd_serve if name == "serve" else cmd_train)
     return parser
 
 

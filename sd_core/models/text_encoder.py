@@ -8,6 +8,7 @@ keys with `cond_stage_model.transformer.` stripped. SD2 files store OpenCLIP nam
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -138,57 +139,73 @@ _RESBLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$")
 _HF_LAYER = re.compile(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
+def _rename_layers(
+    sd: dict[str, torch.Tensor],
+    top: dict[str, str],
+    pattern: re.Pattern[str],
+    prefix: str,
+    names: dict[str, str],
+    fused: Any,
+    what: str,
+) -> dict[str, torch.Tensor]:
+    """Rename a text encoder's keys between the two layouts: whole keys through `top`, per-layer keys (`pattern`
+    gives layer, name, weight/bias) through `names` under `prefix` (with `{}` for the layer); the fused attention
+    projection goes to `fused(out, prefix, name, kind, value)`, which returns False for a name it does not know."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key in top:
+            out[top[key]] = value
+            continue
+        m = pattern.match(key)
+        if m is None:
+            raise ValueError(f"{what}: unexpected text encoder key {key!r}")
+        layer, name, kind = m.groups()
+        layer_prefix = prefix.format(layer)
+        if name in names:
+            out[f"{layer_prefix}{names[name]}.{kind}"] = value
+        elif not fused(out, layer_prefix, name, kind, value):
+            raise ValueError(f"{what}: unexpected text encoder key {key!r}")
+    return out
+
+
 def openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """SD2 OpenCLIP text keys (`cond_stage_model.model.` stripped) -> HF CLIP names. The fused `attn.in_proj_*` is
     split into q/k/v row views (no copy); `text_projection`, `logit_scale` (unused by SD) are dropped."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key in _OPENCLIP_DROPPED:
-            continue
-        if key in _OPENCLIP_TOP:
-            out[_OPENCLIP_TOP[key]] = value
-            continue
-        m = _RESBLOCK.match(key.replace(".in_proj_weight", ".in_proj.weight").replace(".in_proj_bias", ".in_proj.bias"))
-        if m is None:
-            raise ValueError(f"openclip_to_hf: unexpected OpenCLIP text key {key!r}")
-        layer, name, kind = m.groups()
-        prefix = f"text_model.encoder.layers.{layer}."
-        if name == "attn.in_proj":
-            q, k, v = value.chunk(3, dim=0)
-            for part, tensor in zip("qkv", (q, k, v), strict=True):
-                out[f"{prefix}self_attn.{part}_proj.{kind}"] = tensor
-        elif name in _OPENCLIP_LAYER:
-            out[f"{prefix}{_OPENCLIP_LAYER[name]}.{kind}"] = value
-        else:
-            raise ValueError(f"openclip_to_hf: unexpected OpenCLIP text key {key!r}")
-    return out
+
+    def split_qkv(out: dict, prefix: str, name: str, kind: str, value: torch.Tensor) -> bool:
+        if name != "attn.in_proj":
+            return False
+        for part, tensor in zip("qkv", value.chunk(3, dim=0), strict=True):
+            out[f"{prefix}self_attn.{part}_proj.{kind}"] = tensor
+        return True
+
+    kept = {
+        key.replace(".in_proj_weight", ".in_proj.weight").replace(".in_proj_bias", ".in_proj.bias"): value
+        for key, value in sd.items()
+        if key not in _OPENCLIP_DROPPED
+    }
+    return _rename_layers(
+        kept, _OPENCLIP_TOP, _RESBLOCK, "text_model.encoder.layers.{}.", _OPENCLIP_LAYER, split_qkv, "openclip_to_hf"
+    )
 
 
 def hf_to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF CLIP names -> SD2 OpenCLIP keys (inverse of `openclip_to_hf`; q/k/v are concatenated, which copies).
     `text_projection` and `logit_scale` cannot be recovered and are not produced."""
     sd = normalize_hf_keys(sd)
+
+    def join_qkv(out: dict, prefix: str, name: str, kind: str, value: torch.Tensor) -> bool:
+        if name not in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            return False
+        if name == "self_attn.q_proj":
+            hf_prefix = prefix.replace("transformer.resblocks.", "text_model.encoder.layers.")
+            parts = [sd[f"{hf_prefix}self_attn.{p}_proj.{kind}"] for p in "qkv"]
+            out[f"{prefix}attn.in_proj_{kind}"] = torch.cat(parts, dim=0)
+        return True
+
     top = {hf: oc for oc, hf in _OPENCLIP_TOP.items()}
-    layer_names = {hf: oc for oc, hf in _OPENCLIP_LAYER.items()}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key in top:
-            out[top[key]] = value
-            continue
-        m = _HF_LAYER.match(key)
-        if m is None:
-            raise ValueError(f"hf_to_openclip: unexpected CLIP text key {key!r}")
-        layer, name, kind = m.groups()
-        prefix = f"transformer.resblocks.{layer}."
-        if name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
-            if name == "self_attn.q_proj":
-                parts = [sd[f"text_model.encoder.layers.{layer}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
-                out[f"{prefix}attn.in_proj_{kind}"] = torch.cat(parts, dim=0)
-        elif name in layer_names:
-            out[f"{prefix}{layer_names[name]}.{kind}"] = value
-        else:
-            raise ValueError(f"hf_to_openclip: unexpected CLIP text key {key!r}")
-    return out
+    names = {hf: oc for oc, hf in _OPENCLIP_LAYER.items()}
+    return _rename_layers(sd, top, _HF_LAYER, "transformer.resblocks.{}.", names, join_qkv, "hf_to_openclip")
 
 
 def normalize_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

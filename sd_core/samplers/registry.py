@@ -107,7 +107,7 @@ def _unknown(name: str) -> SettingError:
     return SettingError(
         "sampler",
         f"unknown sampler {name!r}; valid samplers: {labels} (or {', '.join(SAMPLERS)}), optionally followed by a "
-        f"schedule: {', '.join(SCHEDULES)}"
+        f"schedule: {', '.join(SCHEDULES)}",
     )
 
 

@@ -56,15 +56,8 @@ def error_body(
     return body
 
 
-def error_response(
-    status: int,
-    detail: str,
-    field: str | None = None,
-    kind: str | None = None,
-    errors: list[dict[str, Any]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(status, detail, field, kind, errors), status_code=status, headers=headers)
+def error_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field_of(loc: tuple[Any, ...] | list[Any]) -> str | None:
@@ -95,30 +88,32 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.detail, exc.field, exc.kind)
+        return error_response(exc.status, error_body(exc.status, exc.detail, exc.field, exc.kind))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _jsonable(list(exc.errors()))
         if not errors:
-            return error_response(422, "invalid request")
+            return error_response(422, error_body(422, "invalid request"))
         first = errors[0]
         field = _field_of(first["loc"])
         if first["type"] == "json_invalid":
-            return error_response(422, f"the body is not valid JSON: {first['msg']}", None, errors=errors)
+            return error_response(422, error_body(422, f"the body is not valid JSON: {first['msg']}", errors=errors))
         if first["type"] == "model_attributes_type" or field is None:
-            return error_response(422, f"the body must be a JSON object: {first['msg']}", None, errors=errors)
+            return error_response(
+                422, error_body(422, f"the body must be a JSON object: {first['msg']}", errors=errors)
+            )
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return error_response(422, f"{field}: {first['msg']}{more}", field, errors=errors)
+        return error_response(422, error_body(422, f"{field}: {first['msg']}{more}", field, errors=errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 400 and detail == "There was an error parsing the body":
             detail = "the body could not be read: it must be UTF-8 encoded JSON"
-        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        return error_response(exc.status_code, error_body(exc.status_code, detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+        return error_response(500, error_body(500, f"internal error: {type(exc).__name__}: {exc}"))
