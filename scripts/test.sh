@@ -27,8 +27,9 @@ np_site=$(.venv-np126/bin/python -c 'import sysconfig; print(sysconfig.get_path(
 echo "import site; list(map(site.addsitedir, $main_sites))" > "$np_site/sd-core-main-env.pth"
 .venv-np126/bin/python -m pip install -q "numpy==1.26.4"
 .venv-np126/bin/python -c 'import numpy, sys; sys.exit(numpy.__version__ != "1.26.4")'
-.venv-np126/bin/python -m pytest -q -p no:cacheprovider tests/test_images.py tests/test_tiling.py tests/test_loader.py \
-    tests/test_txt2img_parity.py tests/test_image_modes.py tests/test_pnginfo.py -k "not every_sampler"
+.venv-np126/bin/python -m pytest -q -p no:cacheprovider tests/engine/test_images.py tests/engine/test_tiling.py \
+    tests/engine/test_loader.py tests/engine/test_txt2img_parity.py tests/engine/test_image_modes.py \
+    tests/engine/test_pnginfo.py -k "not every_sampler"
 
 # The whole suite last, so its summary is the run's closing line.
 $PY -m pytest "$@"

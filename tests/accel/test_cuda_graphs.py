@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tiny_models as tm
 import torch
 from model_fixtures import write_tiny_checkpoint
 
 import sd_core
-import tests.tiny_models as tm
 from sd_core import cuda_graphs, perf
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -19,7 +19,7 @@ from server_utils import open_b64, start_server, tiny_checkpoint
 
 from sd_core.client import SDClient, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # blender_addon/ is not an installed package
 
 from blender_addon.engine import Request  # noqa: E402
@@ -28,7 +28,7 @@ from blender_addon.server_engine import LocalServerEngine, ServerEngine  # noqa:
 from blender_addon.task import State, Task  # noqa: E402
 
 BLENDERS = {"5.0": REPO / ".venv-bpy50", "4.2": REPO / ".venv-bpy42"}
-RUNNER = REPO / "tests" / "blender_runner" / "bpy_addon_checks.py"
+RUNNER = REPO / "tests" / "plugins" / "blender_runner" / "bpy_addon_checks.py"
 BUILDER = REPO / "scripts" / "build_blender_addon.py"
 
 
@@ -84,8 +84,8 @@ def addon_zip(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("version", list(BLENDERS))
 def test_addon_in_blender(version, server, builtin_server, model, addon_zip, tmp_path):
-    """Every check in tests/blender_runner/bpy_addon_checks.py, in Blender `version`, must pass; then the seamless
-    textures it made with the built-in model must have the asked colours and pattern, and wrap."""
+    """Every check in tests/plugins/blender_runner/bpy_addon_checks.py, in Blender `version`, must pass; then the
+    seamless textures it made with the built-in model must have the asked colours and pattern, and wrap."""
     out = tmp_path / "textures"
     out.mkdir()
     env = dict(

@@ -1,12 +1,12 @@
 """The Krita plugin inside real Krita (Debian's 5.1.5), through a real server with a tiny model.
 
-- `test_plugin_api_in_kritarunner`: tests/krita_runner/inside_krita.py under `kritarunner` (offscreen): inpaint a
-  feathered selection, colour spaces, errors (no selection, outside the canvas, closed document, unreachable or
-  stopped server), cancel. The plugin's Controller starts and stops the server itself.
+- `test_plugin_api_in_kritarunner`: tests/plugins/krita_runner/inside_krita.py under `kritarunner` (offscreen):
+  inpaint a feathered selection, colour spaces, errors (no selection, outside the canvas, closed document,
+  unreachable or stopped server), cancel. The plugin's Controller starts and stops the server itself.
 - `test_zip_imports_with_kritas_importer`: the zip from scripts/build_krita_plugin.py through Krita's own
   "Import Python Plugin from File" code.
 - `test_whole_application_smoke`: Krita under Xvfb with a throwaway profile, the plugin installed from that zip,
-  the docker driven like a user (tests/krita_runner/smoke_driver), File > Quit.
+  the docker driven like a user (tests/plugins/krita_runner/smoke_driver), File > Quit.
 
 Krita must be installed: `bash scripts/install_krita.sh` (the test command runs it). Nothing here is skipped.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUILTIN_MODEL = REPO / "sd_core" / "data" / "default_model.safetensors"
-RUNNER = REPO / "tests" / "krita_runner"
+RUNNER = REPO / "tests" / "plugins" / "krita_runner"
 KRITA_TIMEOUT = 900  # seconds for one Krita process, cold start and server start included
 QUIT_HUNG_EXIT = 17  # smoke driver: Krita did not exit after File > Quit
 
