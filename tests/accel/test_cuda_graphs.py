@@ -14,7 +14,7 @@ from model_fixtures import write_tiny_checkpoint
 import sd_core
 from sd_core import cuda_graphs, perf
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+needs_cuda = pytest.mark.cuda  # skipped where torch sees no CUDA device (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
