@@ -221,7 +221,7 @@ class Diffusers:
             **kwargs,
         )
         pipe.set_progress_bar_config(disable=True)
-        # EulerDiscreteScheduler with sd_core's sigma list = the same sampler (tests/test_txt2img_parity.py)
+        # EulerDiscreteScheduler with sd_core's sigma list = the same sampler (tests/engine/test_txt2img_parity.py)
         pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(
             pipe.scheduler.config, timestep_spacing="linspace"
         )

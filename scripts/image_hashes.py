@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "helpers"))
 
 
 def _checkpoints(tmp: Path) -> dict[str, Path | None]:
@@ -51,7 +51,13 @@ def _test_mask(size: int = 64) -> Image.Image:
 
 # (name, model, load options, mode, arguments)
 CASES: list[tuple[str, str, dict, str, dict]] = [
-    ("builtin txt2img euler", "builtin", {}, "txt2img", dict(prompt="red and white stripes", steps=6, seed=1, width=128, height=128)),
+    (
+        "builtin txt2img euler",
+        "builtin",
+        {},
+        "txt2img",
+        dict(prompt="red and white stripes", steps=6, seed=1, width=128, height=128),
+    ),
     (
         "builtin txt2img tiling xy, cfg 3",
         "builtin",
@@ -71,8 +77,16 @@ CASES: list[tuple[str, str, dict, str, dict]] = [
         "sd1",
         {},
         "txt2img",
-        dict(prompt="a (cat:1.2)", negative_prompt="dog", width=64, height=64, steps=5, seed=7, sampler="Euler a",
-             batch_size=2),
+        dict(
+            prompt="a (cat:1.2)",
+            negative_prompt="dog",
+            width=64,
+            height=64,
+            steps=5,
+            seed=7,
+            sampler="Euler a",
+            batch_size=2,
+        ),
     ),
     (
         "sd1 txt2img DPM++ 2M Karras levers off",
@@ -114,8 +128,9 @@ CASES: list[tuple[str, str, dict, str, dict]] = [
         "sd1",
         {},
         "inpaint",
-        dict(prompt="a window", steps=5, seed=13, only_masked=True, padding=8, fill="latent_noise", width=64,
-             height=64),
+        dict(
+            prompt="a window", steps=5, seed=13, only_masked=True, padding=8, fill="latent_noise", width=64, height=64
+        ),
     ),
     (
         "sd1 inpaint whole fill color match",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the real-Krita plugin tests need (tests/test_krita_real.py): Debian's Krita with Python scripting,
+# Installs what the real-Krita plugin tests need (tests/plugins/test_krita_real.py): Debian's Krita with Python scripting,
 # PyQt5 for Krita's embedded Python, and Xvfb/xauth for the whole-application test. Idempotent: does nothing when
 # everything is already there, so the test command can call it on every run.
 set -euo pipefail

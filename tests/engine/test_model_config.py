@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 
 import pytest
+import tiny_models as tm
 import torch
 from diffusers import AutoencoderKL as DiffusersVAE
 from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-import tests.tiny_models as tm
 from sd_core.model_config import SD2_TEXT, SD2_UNET, SD15_TEXT, SD15_UNET, SD_VAE, infer_config
 from sd_core.models.text_encoder import CLIPTextEncoder, normalize_hf_keys, openclip_to_hf
 from sd_core.models.unet import UNetModel

@@ -1,6 +1,6 @@
 """Tests that run inside real Krita (kritarunner, offscreen), through a real `sd_core.server` with a tiny model.
 
-Started by tests/test_krita_real.py via run_pytest.py; not collected by the outer pytest (no `test_` file name).
+Started by tests/plugins/test_krita_real.py via run_pytest.py; not collected by the outer pytest (no `test_` file name).
 The server is started and stopped by the plugin's own Controller (its LocalServer path), with the interpreter
 and model given in SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL; SD_KRITA_TEST_BUILTIN_MODEL is the built-in
 texture model, for the check where the drawn structure matters.

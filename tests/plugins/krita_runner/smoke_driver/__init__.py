@@ -1,4 +1,4 @@
-"""Test helper plugin for the whole-application smoke test (tests/test_krita_real.py), never shipped.
+"""Test helper plugin for the whole-application smoke test (tests/plugins/test_krita_real.py), never shipped.
 
 Once Krita's main window exists it drives the SD Inpaint docker like a user: start the server, paint, select,
 press "Inpaint selection", check the new layer, undo it, stop the server. It writes a JSON report to

@@ -7,13 +7,13 @@ import copy
 
 import numpy as np
 import pytest
+import tiny_models as tm
 import torch
 import torch.nn.functional as F
 from model_fixtures import write_tiny_checkpoint
 from torch import nn
 
 import sd_core
-import tests.tiny_models as tm
 from sd_core import checkpoint, devices, perf, tiling
 from sd_core.denoiser import GuidedDenoiser
 from sd_core.models import attention

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import real_hosts
 from PIL import Image
 from server_utils import open_b64, start_server, tiny_checkpoint
 
 from sd_core.client import SDClient, free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # blender_addon/ is not an installed package
 
 from blender_addon.engine import Request  # noqa: E402
@@ -27,16 +28,15 @@ from blender_addon.inprocess import InProcessEngine  # noqa: E402
 from blender_addon.server_engine import LocalServerEngine, ServerEngine  # noqa: E402
 from blender_addon.task import State, Task  # noqa: E402
 
-BLENDERS = {"5.0": REPO / ".venv-bpy50", "4.2": REPO / ".venv-bpy42"}
-RUNNER = REPO / "tests" / "blender_runner" / "bpy_addon_checks.py"
+BLENDERS = real_hosts.BLENDER_VENVS  # the bpy venvs made by scripts/install_bpy.sh
+RUNNER = REPO / "tests" / "plugins" / "blender_runner" / "bpy_addon_checks.py"
 BUILDER = REPO / "scripts" / "build_blender_addon.py"
+
+pytestmark = pytest.mark.server  # every test here drives a real server process or the add-on's engines
 
 
 def blender_python(version: str) -> Path:
-    python = BLENDERS[version] / "bin" / "python"
-    if not python.exists():
-        pytest.fail(f"{python} is missing: run `bash scripts/install_bpy.sh` (the test command does)", pytrace=False)
-    return python
+    return real_hosts.blender_python(version)  # the `host` marker of the tests that use it has checked it is there
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +82,11 @@ def addon_zip(tmp_path_factory) -> Path:
 # --- inside real Blender ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.host("blender")
 @pytest.mark.parametrize("version", list(BLENDERS))
 def test_addon_in_blender(version, server, builtin_server, model, addon_zip, tmp_path):
-    """Every check in tests/blender_runner/bpy_addon_checks.py, in Blender `version`, must pass; then the seamless
-    textures it made with the built-in model must have the asked colours and pattern, and wrap."""
+    """Every check in tests/plugins/blender_runner/bpy_addon_checks.py, in Blender `version`, must pass; then the
+    seamless textures it made with the built-in model must have the asked colours and pattern, and wrap."""
     out = tmp_path / "textures"
     out.mkdir()
     env = dict(

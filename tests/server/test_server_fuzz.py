@@ -15,6 +15,7 @@ from server_utils import SIZE, start_server, tiny_checkpoint
 from sd_core.client import SDClient
 
 pytest.importorskip("schemathesis")
+pytestmark = pytest.mark.server
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 TOKEN = "fuzz-token"

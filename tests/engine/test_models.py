@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import pytest
+import tiny_models as tm
 import torch
 from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
@@ -12,7 +13,6 @@ from diffusers.loaders.single_file_utils import (
     convert_open_clip_checkpoint,
 )
 
-import tests.tiny_models as tm
 from sd_core.models.text_encoder import CLIPTextEncoder, hf_to_openclip, normalize_hf_keys, openclip_to_hf
 from sd_core.models.unet import UNetModel
 from sd_core.models.vae import AutoencoderKL

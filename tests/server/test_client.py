@@ -32,6 +32,8 @@ from sd_core.client import (
     png_text,
 )
 
+pytestmark = pytest.mark.server
+
 TOKEN = "client-test-token"
 BASE = {"width": SIZE, "height": SIZE, "steps": 2, "prompt": "a lighthouse"}
 

@@ -17,7 +17,10 @@ from sd_core.client import SDClient
 from sd_core.loader import BUILTIN_MODEL
 from sd_core.training import data, evaluate
 
-pytestmark = pytest.mark.skipif(not BUILTIN_MODEL.is_file(), reason="built-in model not installed")
+pytestmark = [
+    pytest.mark.server,
+    pytest.mark.skipif(not BUILTIN_MODEL.is_file(), reason="built-in model not installed"),
+]
 
 SETTINGS = {"width": 64, "height": 64, "steps": 20, "sampler_name": "Euler", "cfg_scale": 3.0}
 PROMPTS = [  # trained colour/pattern pairs, one per detectable pattern

@@ -1,6 +1,6 @@
-"""Checks that run inside real Blender (the `bpy` wheel), driven by tests/test_blender.py:
+"""Checks that run inside real Blender (the `bpy` wheel), driven by tests/plugins/test_blender.py:
 
-    .venv-bpy50/bin/python -m pytest --noconftest -p no:cacheprovider tests/blender_runner/bpy_addon_checks.py
+    .venv-bpy50/bin/python -m pytest --noconftest -p no:cacheprovider tests/plugins/blender_runner/bpy_addon_checks.py
 
 The add-on is installed from its built extension zip with Blender's own installer, into a throw-away user folder.
 Environment: SDCORE_TEST_URL (a running sd-core server with a tiny model), SDCORE_TEST_ZIP (the extension),

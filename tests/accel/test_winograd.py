@@ -6,11 +6,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+import tiny_models as tm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import tests.tiny_models as tm
 from sd_core import perf, winograd
 from sd_core.models.vae import AutoencoderKL
 

@@ -8,13 +8,13 @@ import copy
 
 import numpy as np
 import pytest
+import tiny_models as tm
 import torch
 import torch.nn.functional as F
 from model_fixtures import write_tiny_checkpoint
 from torch import nn
 
 import sd_core
-import tests.tiny_models as tm
 from sd_core import half_storage, perf, tiling
 
 torch.set_num_threads(1)

@@ -21,6 +21,8 @@ from server_utils import SIZE, jobs_seen, models_dir, open_b64, png_b64, sample_
 from sd_core.client import ClientError, SDClient
 from sd_core.pnginfo import parse_parameters
 
+pytestmark = pytest.mark.server
+
 BASE = {"width": SIZE, "height": SIZE, "steps": 3, "cfg_scale": 5.0, "sampler_name": "Euler"}
 MAX_BODY_MB = 1
 

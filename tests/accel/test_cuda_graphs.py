@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tiny_models as tm
 import torch
 from model_fixtures import write_tiny_checkpoint
 
 import sd_core
-import tests.tiny_models as tm
 from sd_core import cuda_graphs, perf
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+needs_cuda = pytest.mark.cuda  # skipped where torch sees no CUDA device (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "krita_plugin"))
 
 from sd_krita import generation, regions  # noqa: E402

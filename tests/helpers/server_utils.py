@@ -20,7 +20,7 @@ from PIL import Image
 
 from sd_core.client import LocalServer, SDClient
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 64  # the engine's smallest size: 8x8 latents, a few ms per step with the tiny model
 
 
