@@ -8,6 +8,7 @@ the new one fails to load, the old one is loaded again.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -98,6 +99,17 @@ class ModelManager:
         self.hashes.compute(entry.path)
         return pipe
 
+    def defaults(self) -> Any:
+        """The current model's own defaults (`sd_core.ModelDefaults`: CFG scale, native size): the loaded pipeline's,
+        else read from the file's header (an SD2 v-prediction model counts as 512 px until it is loaded)."""
+        entry = self.current
+        loaded = self._loaded
+        if loaded is not None and loaded[0] == entry:
+            return loaded[1].defaults
+        import sd_core
+
+        return sd_core.inspect_model(entry.path).defaults
+
     def short_hash(self, entry: ModelEntry) -> str | None:
         sha = self.hashes.get(entry.path)
         return sha[:10] if sha else None
@@ -119,6 +131,8 @@ class Options:
             "sd_checkpoint_hash": sha,
             self.CLIP_SKIP: self.clip_skip,
             "samples_format": "png",
+            # not an A1111 option: what a request that leaves cfg_scale, width or height out gets from this model
+            "sd_core_model_defaults": dataclasses.asdict(models.defaults()),
             "sd_vae": "Automatic",
             "live_previews_enable": True,
             "show_progress_type": "Approx cheap",

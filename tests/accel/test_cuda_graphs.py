@@ -1,4 +1,4 @@
-"""CUDA graph replay of UNet steps (`sd_core.cuda_graphs`): graphed vs eager outputs, and when graphs are used.
+"""CUDA graph replay of UNet steps (`sd_core.accel.cuda_graphs`): graphed vs eager outputs, and when graphs are used.
 
 The graph tests need a CUDA GPU (they run on the lent GPU machine: `benchmarks/gpu_check.sh`); the rules for when
 graphs apply, and the eager fallback, are tested everywhere."""
@@ -12,7 +12,8 @@ import torch
 from model_fixtures import write_tiny_checkpoint
 
 import sd_core
-from sd_core import cuda_graphs, perf
+from sd_core import accel
+from sd_core.accel import cuda_graphs
 
 needs_cuda = pytest.mark.cuda  # skipped where torch sees no CUDA device (tests/conftest.py)
 
@@ -26,8 +27,8 @@ def test_graphs_only_on_cuda_and_not_with_sequential_offload():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert cuda_graphs.graphs_usable(cuda)
     assert not cuda_graphs.graphs_usable(cpu)
-    assert cuda_graphs.graphs_usable(cuda, perf.LowVRAM(cuda))  # the UNet stays put: graphs still apply
-    assert not cuda_graphs.graphs_usable(cuda, perf.LowVRAM(cuda, sequential=True))
+    assert cuda_graphs.graphs_usable(cuda, accel.LowVRAM(cuda))  # the UNet stays put: graphs still apply
+    assert not cuda_graphs.graphs_usable(cuda, accel.LowVRAM(cuda, sequential=True))
 
 
 def test_signatures_past_the_limit_run_eagerly():
@@ -54,7 +55,7 @@ def test_moved_weights_are_noticed():
 
 def test_cpu_pipelines_do_not_use_graphs(tiny_file):
     pipe = sd_core.load(tiny_file, device="cpu")
-    assert pipe.cuda_graphs is False
+    assert pipe.accel.cuda_graphs is False
 
 
 @needs_cuda
@@ -108,10 +109,10 @@ def test_weights_moved_between_calls_are_captured_again():
 @pytest.mark.parametrize("low_vram", [False, True])
 def test_cuda_txt2img_with_graphs_matches_eager(tiny_file, low_vram):
     pipe = sd_core.load(tiny_file, device="cuda", dtype=torch.float32, low_vram=low_vram)
-    assert pipe.cuda_graphs
+    assert pipe.accel.cuda_graphs
     kw = dict(width=64, height=64, steps=4, cfg_scale=7.5, seed=5, batch_size=2)
     graphed = np.stack([np.asarray(i, np.float64) for i in pipe.txt2img("a red brick wall", **kw)])
-    pipe.cuda_graphs = False
+    pipe.accel.cuda_graphs = False
     eager = np.stack([np.asarray(i, np.float64) for i in pipe.txt2img("a red brick wall", **kw)])
     assert eager.std() > 5
     assert np.abs(graphed - eager).mean() < 0.05, np.abs(graphed - eager).mean()

@@ -1,4 +1,4 @@
-"""Half-precision weights computed in float32 (`sd_core.half_storage`), the bf16/fp16 path of CPUs without oneDNN
+"""Half-precision weights computed in float32 (`sd_core.accel.half_storage`), the bf16/fp16 path of CPUs without oneDNN
 half-precision kernels (AVX2-only). Simulated everywhere by reporting those kernels missing; outputs against the plain
 half-precision layers and the float32 ones. No timings here: `benchmarks/bench.py`."""
 
@@ -15,7 +15,8 @@ from model_fixtures import write_tiny_checkpoint
 from torch import nn
 
 import sd_core
-from sd_core import half_storage, perf, tiling
+from sd_core import tiling
+from sd_core.accel import half_storage, packing
 
 torch.set_num_threads(1)
 HALF_TOL = dict(atol=3e-2, rtol=3e-2)
@@ -92,7 +93,7 @@ def test_bf16_pipeline_without_half_kernels_upcasts_and_matches_plain(tmp_path, 
     path = write_tiny_checkpoint(tmp_path / "tiny.safetensors")
     pipe = sd_core.load(path, device="cpu", dtype="bf16")
     assert half_storage.is_upcast(pipe.unet) and half_storage.is_upcast(pipe.text_encoder)
-    assert not perf.is_packed(pipe.unet)  # oneDNN "cannot" pack bf16 here
+    assert not packing.is_packed(pipe.unet)  # oneDNN "cannot" pack bf16 here
     assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}
     plain = sd_core.load(path, device="cpu", dtype="bf16", optimize=False)
     assert not half_storage.is_upcast(plain.unet)

@@ -11,7 +11,7 @@ import torch
 from model_fixtures import write_tiny_checkpoint
 
 import sd_core
-from sd_core import heap
+from sd_core.accel import heap
 
 glibc_only = pytest.mark.skipif(heap._glibc() is None, reason="malloc_trim/mallopt are glibc's (Linux)")
 BLOCK = 64 << 20  # above glibc's largest mmap threshold (32 MiB): by default such a block is unmapped at free
@@ -69,8 +69,11 @@ def test_users_own_malloc_settings_win(monkeypatch):
         assert rss_dropped_by_freeing_a_block() > BLOCK * 0.9
 
 
-def test_cpu_sampling_keeps_freed_memory_after_the_first_step(tiny_file, monkeypatch):
-    pipe = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
+@pytest.mark.parametrize("asked", [True, False])
+def test_cpu_sampling_keeps_freed_memory_after_the_first_step_when_asked(tiny_file, monkeypatch, asked):
+    """Opt-in (`keep_freed_memory=True`): glibc's settings are the whole process's, so a library call that did not
+    ask for it never changes them."""
+    pipe = sd_core.load(tiny_file, device="cpu", dtype=torch.float32, keep_freed_memory=asked)
     inside = []
     unet_calls = []
     real = heap.freed_memory_kept
@@ -86,6 +89,9 @@ def test_cpu_sampling_keeps_freed_memory_after_the_first_step(tiny_file, monkeyp
     hook = pipe.unet.register_forward_pre_hook(lambda _m, _a: unet_calls.append(inside[-1] if inside else None))
     pipe.txt2img("a red brick wall", width=64, height=64, steps=3, seed=1)
     hook.remove()
+    if not asked:
+        assert unet_calls == [None, None, None] and inside == []
+        return
     # the first step outside (it packs the weights: their temporaries go back), then every step inside; left before
     # the decode
     assert unet_calls == [None, True, True] and inside == [True, False]

@@ -1,4 +1,4 @@
-"""Each speed/memory lever of `sd_core.perf` against the plain modules: same outputs within float tolerance, and the
+"""Each speed/memory lever of `sd_core.accel` against the plain modules: same outputs within float tolerance, and the
 bookkeeping (unpacking, state dicts, offload moves, released pages) right. No timings here: `benchmarks/bench.py`."""
 
 from __future__ import annotations
@@ -14,19 +14,20 @@ from model_fixtures import write_tiny_checkpoint
 from torch import nn
 
 import sd_core
-from sd_core import checkpoint, devices, perf, tiling
+from sd_core import accel, checkpoint, devices, tiling
+from sd_core.accel import flops, packing
 from sd_core.denoiser import GuidedDenoiser
-from sd_core.models import attention
+from sd_core.models import attention, layers
 from sd_core.models.text_encoder import CLIPTextEncoder
 from sd_core.models.unet import GEGLU, CrossAttention
 from sd_core.models.vae import AutoencoderKL
 from sd_core.schedules import NoiseSchedule
 
 torch.set_num_threads(1)
-needs_onednn = pytest.mark.skipif(not perf.packing_available(), reason="oneDNN packed ops not available")
+needs_onednn = pytest.mark.skipif(not packing.packing_available(), reason="oneDNN packed ops not available")
 # oneDNN's bf16 kernels need AVX-512 or AVX-NE-CONVERT: on AVX2-only CPUs the bf16 cases of the packed-layer tests
 # cannot run (what those CPUs do instead is tested: test_bf16_layers_stay_plain_where_onednn_has_no_bf16)
-BF16_MARKS = pytest.mark.skipif(not perf.packing_available(torch.bfloat16), reason="no oneDNN bf16 on this CPU")
+BF16_MARKS = pytest.mark.skipif(not packing.packing_available(torch.bfloat16), reason="no oneDNN bf16 on this CPU")
 PACKED_DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=BF16_MARKS)]
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 
@@ -34,13 +35,13 @@ TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=3e-2
 def packed_copy(module: nn.Module, dtype: torch.dtype = torch.float32, blas: bool | None = None) -> nn.Module:
     """`module` packed; `blas` given: its linears through BLAS (True) or oneDNN (False) whatever this CPU's default."""
     out = copy.deepcopy(module).to(dtype)
-    assert perf.pack_for_cpu(out) > 0
+    assert packing.pack_for_cpu(out) > 0
     if blas is not None:
-        perf.use_blas_linears(out, blas)
+        packing.use_blas_linears(out, blas)
     return out
 
 
-# float32 linears run either way depending on the CPU (`perf.blas_linears_pay`): the parity tests cover both
+# float32 linears run either way depending on the CPU (`packing.blas_linears_pay`): the parity tests cover both
 LINEARS = pytest.mark.parametrize("blas", [False, True], ids=["onednn-linears", "blas-linears"])
 
 
@@ -87,15 +88,15 @@ def test_packed_unet_shares_the_text_free_layers_between_cfg_halves(variant, sam
 def test_bf16_layers_stay_plain_where_onednn_has_no_bf16(monkeypatch):
     """An AVX2-only CPU, where oneDNN refuses bf16 weights: a bf16 model keeps its plain layers and runs as before;
     float32 layers are still packed."""
-    monkeypatch.setattr(perf, "packing_available", lambda dtype=torch.float32: dtype == torch.float32)
+    monkeypatch.setattr(packing, "packing_available", lambda dtype=torch.float32: dtype == torch.float32)
     plain = tm.random_unet("sd1").bfloat16()
     model = copy.deepcopy(plain)
-    assert perf.pack_for_cpu(model) == 0 and not perf.is_packed(model)
+    assert packing.pack_for_cpu(model) == 0 and not packing.is_packed(model)
     x, t, context = (a.bfloat16() for a in tm.unet_call_inputs("sd1"))
     with torch.inference_mode():
         torch.testing.assert_close(model(x, t, context), plain(x, t, context), rtol=0, atol=0)
     mixed = nn.Sequential(nn.Linear(4, 4).bfloat16(), nn.Linear(4, 4))
-    assert perf.pack_for_cpu(mixed) == 1 and [type(m) for m in mixed] == [nn.Linear, perf.PackedLinear]
+    assert packing.pack_for_cpu(mixed) == 1 and [type(m) for m in mixed] == [nn.Linear, packing.PackedLinear]
 
 
 def _geglu_block(bias: bool) -> nn.Module:
@@ -122,7 +123,7 @@ def test_blas_linears_match_plain_and_keep_the_dense_weight(bias):
     fast_linear, fast_geglu = packed_copy(linear, blas=True), packed_copy(geglu, blas=True)
     storage = (fast_linear.weight.data_ptr(), fast_geglu.proj.weight.data_ptr())
     with torch.inference_mode():
-        got = (fast_linear(x), perf.linear_add(fast_linear, x, other), fast_geglu(x))
+        got = (fast_linear(x), layers.add_residual(fast_linear, x, other), fast_geglu(x))
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
     assert (fast_linear.weight.data_ptr(), fast_geglu.proj.weight.data_ptr()) == storage
@@ -140,14 +141,14 @@ def test_use_blas_linears_switches_packed_layers_both_ways():
         expected = geglu(x), linear(x)
     fast = packed_copy(model, blas=False)
     for blas, packed_after in ((False, True), (True, False), (False, True)):
-        assert perf.use_blas_linears(fast, blas) == 2
+        assert packing.use_blas_linears(fast, blas) == 2
         with torch.inference_mode():
             got = fast["geglu"](x), fast["linear"](x)
         for a, b in zip(got, expected, strict=True):
             torch.testing.assert_close(a, b, **TOL[torch.float32])
         assert fast["linear"].weight.is_mkldnn == packed_after
         assert ("gate_weight" in fast["geglu"].proj._parameters) == packed_after
-    assert perf.unpack(fast) == 2 and not hasattr(fast["linear"], "blas")
+    assert packing.unpack(fast) == 2 and not hasattr(fast["linear"], "blas")
 
 
 @needs_onednn
@@ -155,12 +156,12 @@ def test_use_blas_linears_switches_packed_layers_both_ways():
 def test_blas_linears_only_for_float32_on_cpus_without_avx512(avx512, monkeypatch):
     monkeypatch.setattr(devices, "cpu_has_avx512", lambda: avx512)
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: True)
-    assert perf.blas_linears_pay(torch.float32) is not avx512
-    assert not perf.blas_linears_pay(torch.bfloat16)
+    assert packing.blas_linears_pay(torch.float32) is not avx512
+    assert not packing.blas_linears_pay(torch.bfloat16)
     model = packed_copy(nn.Sequential(nn.Linear(4, 4), _geglu_block(True)))
-    assert [m.blas for m in model.modules() if isinstance(m, perf.PackedLinear)] == [not avx512] * 2
+    assert [m.blas for m in model.modules() if isinstance(m, packing.PackedLinear)] == [not avx512] * 2
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: False)
-    assert not perf.blas_linears_pay(torch.float32)
+    assert not packing.blas_linears_pay(torch.float32)
 
 
 @needs_onednn
@@ -208,7 +209,7 @@ def test_sub_pixel_upsampling_conv_matches_upsample_then_conv(size, axes, dtype,
     packed = packed_copy(conv, dtype)
     with torch.inference_mode(), tiling.seamless(packed, axes), monkeypatch.context() as m:
         m.setattr(F, "interpolate", lambda *a, **k: pytest.fail("upsampled: the plain fallback ran"))
-        got = perf.upsample_conv(packed, x)
+        got = layers.upsample_conv(packed, x)
     assert got.shape == expected.shape == (2, 5, 2 * size[0], 2 * size[1])
     torch.testing.assert_close(got.float(), expected.float(), **TOL[dtype])
 
@@ -218,12 +219,12 @@ def test_sub_pixel_upsampling_falls_back_where_it_does_not_apply():
     """Under autograd (training) and for convs that are not 3x3/padding 1 the plain upsample-then-conv runs."""
     conv = packed_copy(nn.Conv2d(3, 4, 3, padding=1))
     x = torch.randn(1, 3, 4, 4, requires_grad=True)
-    out = perf.upsample_conv(conv, x)
+    out = layers.upsample_conv(conv, x)
     out.sum().backward()
     assert x.grad is not None and out.shape == (1, 4, 8, 8)
     wide = packed_copy(nn.Conv2d(3, 4, 5, padding=2))
     with torch.inference_mode():
-        got = perf.upsample_conv(wide, x.detach())
+        got = layers.upsample_conv(wide, x.detach())
         expected = F.conv2d(F.interpolate(x.detach(), scale_factor=2.0), wide.dense_weight(), wide.bias, padding=2)
     torch.testing.assert_close(got, expected, **TOL[torch.float32])
 
@@ -248,7 +249,7 @@ def test_packed_modules_stay_modules_state_dict_to_and_unpack():
     x, t, context = tm.unet_call_inputs("sd1")
     with torch.inference_mode():
         packed(x, t, context)  # packs every layer
-    convs = [m for m in packed.modules() if isinstance(m, perf.PackedConv2d)]
+    convs = [m for m in packed.modules() if isinstance(m, packing.PackedConv2d)]
     assert convs and all(isinstance(m, nn.Conv2d) for m in convs) and convs[0].weight.is_mkldnn
     # the state dict is the plain one, dense tensors, same keys and values
     expected, got = plain.state_dict(), packed.state_dict()
@@ -261,9 +262,9 @@ def test_packed_modules_stay_modules_state_dict_to_and_unpack():
     with torch.inference_mode():
         other(x, t, context)
     other.to(torch.float64)
-    assert not perf.is_packed(other) and next(other.parameters()).dtype == torch.float64
+    assert not packing.is_packed(other) and next(other.parameters()).dtype == torch.float64
     # unpack gives plain modules with the original weights
-    assert perf.unpack(packed) > 0 and not perf.is_packed(packed)
+    assert packing.unpack(packed) > 0 and not packing.is_packed(packed)
     assert all(type(m) in (nn.Conv2d, nn.Linear) for m in packed.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     with torch.inference_mode():
         torch.testing.assert_close(packed(x, t, context), plain(x, t, context), atol=0, rtol=0)
@@ -303,8 +304,8 @@ def tiny_file(tmp_path_factory):
 def test_load_optimizes_by_default_and_images_match_plain(tiny_file):
     fast = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
     plain = sd_core.load(tiny_file, device="cpu", dtype=torch.float32, optimize=False)
-    assert perf.is_packed(fast.unet) and perf.is_packed(fast.vae) and perf.is_packed(fast.text_encoder)
-    assert not perf.is_packed(plain.unet)
+    assert packing.is_packed(fast.unet) and packing.is_packed(fast.vae) and packing.is_packed(fast.text_encoder)
+    assert not packing.is_packed(plain.unet)
     kw = dict(width=64, height=64, steps=4, cfg_scale=7.5, seed=5, batch_size=2)
     a = np.stack([np.asarray(i, np.float64) for i in fast.txt2img("a red brick wall", **kw)])
     b = np.stack([np.asarray(i, np.float64) for i in plain.txt2img("a red brick wall", **kw)])
@@ -347,7 +348,11 @@ def test_plain_pipelines_add_no_heap_trims(tiny_file):
     assert not any(m._forward_pre_hooks for m in plain.vae.decoder.up)
     fast = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
     assert [len(m._forward_pre_hooks) for m in fast.vae.decoder.up] == [1] * len(fast.vae.decoder.up)
-    assert perf.trim_heap_before(fast.vae.decoder.up) == 0  # never twice
+    assert accel.optimize(fast).get("heap_trims", 0) == 0  # never twice
+    assert [len(m._forward_pre_hooks) for m in fast.vae.decoder.up] == [1] * len(fast.vae.decoder.up)
+    for handle in fast.accel.heap_hooks:  # the pipeline keeps the handles: each hook can be taken off again
+        handle.remove()
+    assert not any(m._forward_pre_hooks for m in fast.vae.decoder.up)
 
 
 @needs_onednn
@@ -363,7 +368,7 @@ def test_packing_never_releases_pages_another_tensor_still_sees(tmp_path):
         mapped.weight.mul_(2.0)  # written: these pages now differ from the file
     other_view = sd["weight"]  # still shares the storage
     expected = other_view.clone()
-    perf.pack_for_cpu(mapped)
+    packing.pack_for_cpu(mapped)
     x = torch.randn(1, 64, 8, 8)
     with torch.inference_mode():
         out = mapped(x)
@@ -394,13 +399,23 @@ def test_attention_slicing_matches_whole_attention():
     g = torch.Generator().manual_seed(4)
     q, k, v = (torch.randn(2, 50, 64, generator=g) for _ in range(3))
     whole = attention.attention(q, k, v, heads=4)
-    with perf.attention_sliced(16):
-        assert attention.get_slice_size() == 16
-        sliced = attention.attention(q, k, v, heads=4)
-    assert attention.get_slice_size() is None
+    sliced = attention.attention(q, k, v, heads=4, chunk=16)
     torch.testing.assert_close(sliced, whole, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_slicing_is_set_per_model_not_per_process():
+    unet, other = tm.random_unet("sd1"), tm.random_unet("sd1")
+    layers_set = accel.set_attention_slicing(unet, 16)
+    chunks = {m.attention_chunk for m in unet.modules() if isinstance(m, CrossAttention)}
+    assert layers_set > 0 and chunks == {16}
+    assert {m.attention_chunk for m in other.modules() if isinstance(m, CrossAttention)} == {None}
+    x, t, context = tm.unet_call_inputs("sd1")  # random_unet is seeded: both have the same weights
+    with torch.inference_mode():
+        torch.testing.assert_close(unet(x, t, context), other(x, t, context), atol=1e-6, rtol=1e-5)
+    accel.set_attention_slicing(unet, None)
+    assert {m.attention_chunk for m in unet.modules() if isinstance(m, CrossAttention)} == {None}
     with pytest.raises(ValueError):
-        attention.set_slice_size(0)
+        accel.set_attention_slicing(unet, 0)
 
 
 def test_denoiser_builds_the_cfg_context_once():
@@ -428,8 +443,8 @@ def test_text_projections_are_computed_once_per_sampling_run(pack):
     """Inside `reusing_text_projections` two steps with one context project the text once, and give exactly the
     outputs of recomputing it; a new context tensor is projected anew; leaving the block drops the cache."""
     unet = tm.random_unet("sd1")
-    if pack and perf.packing_available():
-        perf.pack_for_cpu(unet)
+    if pack and packing.packing_available():
+        packing.pack_for_cpu(unet)
     x, t, context = tm.unet_call_inputs("sd1")
     other = context.flip(0)
     with torch.inference_mode():
@@ -508,13 +523,10 @@ def test_attention_in_float32_rounds_once(slice_size, causal):
     """bf16 q/k/v with dtype=float32: the float32 attention of the same values, rounded to bf16 once."""
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 12, 16, generator=g).bfloat16() for _ in range(3))
-    attention.set_slice_size(slice_size)
-    try:
-        got = attention.attention(q, k, v, heads=2, causal=causal, dtype=torch.float32)
-        expected = attention.attention(q.float(), k.float(), v.float(), heads=2, causal=causal).bfloat16()
-        own = attention.attention(q, k, v, heads=2, causal=causal)
-    finally:
-        attention.set_slice_size(None)
+    got = attention.attention(q, k, v, heads=2, causal=causal, dtype=torch.float32, chunk=slice_size)
+    expected = attention.attention(q.float(), k.float(), v.float(), heads=2, causal=causal, chunk=slice_size)
+    expected = expected.bfloat16()
+    own = attention.attention(q, k, v, heads=2, causal=causal, chunk=slice_size)
     assert got.dtype == own.dtype == torch.bfloat16
     assert torch.equal(got, expected)
     torch.testing.assert_close(got.float(), own.float(), **TOL[torch.bfloat16])
@@ -529,7 +541,7 @@ def test_float32_attention_in_a_bf16_unet_matches_its_bf16_attention(variant):
         unet.bfloat16()
         plain = unet(x.bfloat16(), t, context.bfloat16()).float()
         layers = sum(isinstance(m, CrossAttention) for m in unet.modules())
-        assert perf.set_attention_dtype(unet, torch.float32) == layers > 0
+        assert accel.set_attention_dtype(unet, torch.float32) == layers > 0
         upcast = unet(x.bfloat16(), t, context.bfloat16()).float()
     assert not torch.equal(upcast, plain)  # the attention really ran in another dtype
     torch.testing.assert_close(upcast, plain, **TOL[torch.bfloat16])
@@ -565,12 +577,12 @@ def test_unet_flops_of_sd15():
         in_channels=4, out_channels=4, model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=2,
         transformer_depth=[1, 1, 1, 0], context_dim=768, num_heads=8,
     )  # fmt: skip
-    flops = perf.unet_flops(config, 2, 256, 256)
-    assert 3.0e11 < flops < 4.5e11  # ~360 GFLOP for a CFG step at 256x256
-    assert 3.5 < perf.unet_flops(config, 2, 512, 512) / flops < 5.0
-    shared = perf.unet_flops(config, 2, 256, 256, contexts_per_row=2)  # the text-free first layers once: ~1.7% less
-    assert 0.97 * flops < shared < 0.99 * flops
-    steady = perf.unet_flops(config, 2, 256, 256, contexts_per_row=2, text_once=True)
+    plain = flops.unet_flops(config, 2, 256, 256)
+    assert 3.0e11 < plain < 4.5e11  # ~360 GFLOP for a CFG step at 256x256
+    assert 3.5 < flops.unet_flops(config, 2, 512, 512) / plain < 5.0
+    shared = flops.unet_flops(config, 2, 256, 256, contexts_per_row=2)  # the text-free first layers once: ~1.7% less
+    assert 0.97 * plain < shared < 0.99 * plain
+    steady = flops.unet_flops(config, 2, 256, 256, contexts_per_row=2, text_once=True)
     text_kv = 2 * 2 * 77 * 768 * 2 * (2 * 320 + 2 * 640 + 2 * 1280 + 1280 + 3 * 1280 + 3 * 640 + 3 * 320)
     assert shared - steady == text_kv  # to_k and to_v of [2, 77, 768] in each of the 16 cross-attentions
 
@@ -583,8 +595,8 @@ def test_low_vram_moves_each_model_only_while_it_runs(tiny_file, sequential):
     """Compute device "cpu", offload device "cpu:0": the same memory, but the moves can be told apart."""
     pipe = sd_core.load(tiny_file, device="cpu", dtype=torch.float32)
     reference = np.asarray(pipe.txt2img("a cat", width=64, height=64, steps=2, seed=3)[0], np.float64)
-    offload = perf.LowVRAM("cpu", "cpu:0", sequential=sequential).attach(pipe)
-    assert pipe.low_vram is offload and not perf.is_packed(pipe.unet)
+    offload = accel.LowVRAM("cpu", "cpu:0", sequential=sequential).attach(pipe)
+    assert pipe.accel.low_vram is offload and not packing.is_packed(pipe.unet)
     start = len(offload.moves)
     seen: list[list[str]] = []
     watch = [m for name, m in offload.units(pipe) if name.startswith("unet.")] or [pipe.unet]
@@ -607,7 +619,7 @@ def test_low_vram_moves_each_model_only_while_it_runs(tiny_file, sequential):
         assert all(r == ["unet"] for r in seen)
         assert moves[2:-2] == [("unet", "cpu"), ("unet", "cpu:0")]  # in for the sampling, out before the VAE
     offload.detach()
-    assert pipe.low_vram is None and "decode" not in pipe.vae.__dict__
+    assert pipe.accel.low_vram is None and "decode" not in pipe.vae.__dict__ and "encode" not in pipe.vae.__dict__
 
 
 def test_gpu_levers_on_a_cuda_pipeline_are_channels_last_not_packing():
@@ -617,10 +629,11 @@ def test_gpu_levers_on_a_cuda_pipeline_are_channels_last_not_packing():
     unet = tm.random_unet("sd1")
     vae = AutoencoderKL(tm.vae_config()).eval()
     text = CLIPTextEncoder(tm.text_config("sd1")).eval()
-    pipe = SimpleNamespace(device=torch.device("cuda"), unet=unet, vae=vae, text_encoder=text)
-    done = perf.optimize(pipe)
-    assert done == {"unet": 1, "vae": 1, "cuda_graphs": 1} and pipe.cuda_graphs is True
-    assert not perf.is_packed(unet) and not perf.is_packed(vae)
+    cuda = torch.device("cuda")
+    pipe = SimpleNamespace(device=cuda, unet=unet, vae=vae, text_encoder=text, accel=accel.Accelerator(cuda))
+    done = accel.optimize(pipe)
+    assert done == {"unet": 1, "vae": 1, "cuda_graphs": 1} and pipe.accel.cuda_graphs is True
+    assert not packing.is_packed(unet) and not packing.is_packed(vae)
     assert unet.input_blocks[1][0].in_layers[2].weight.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -632,9 +645,13 @@ def test_compiled_unet_matches_eager():
 
     unet = tm.random_unet("sd1")
     reference = copy.deepcopy(unet)
-    pipe = SimpleNamespace(device=torch.device("cpu"), unet=unet, vae=AutoencoderKL(tm.vae_config()).eval())
-    perf.pack_for_cpu(pipe.unet)
-    perf.compile_models(pipe, vae=False)
+    cpu = torch.device("cpu")
+    vae = AutoencoderKL(tm.vae_config()).eval()
+    pipe = SimpleNamespace(device=cpu, unet=unet, vae=vae, accel=accel.Accelerator(cpu))
+    packing.pack_for_cpu(pipe.unet)
+    accel.compile_models(pipe, vae=False)
+    assert pipe.accel.compiled_unet is not None and pipe.accel.compiled_decode is None
     x, t, context = tm.unet_call_inputs("sd1")
     with torch.inference_mode():
-        torch.testing.assert_close(pipe.unet(x, t, context), reference(x, t, context), **TOL[torch.float32])
+        got = pipe.accel.compiled_unet(x, t, context)
+        torch.testing.assert_close(got, reference(x, t, context), **TOL[torch.float32])

@@ -1,4 +1,4 @@
-"""Winograd F(4x4,3x3) convolutions (`sd_core.winograd`) against float64 direct convolution, and where packed convs use
+"""Winograd F(4x4,3x3) convolutions (`sd_core.accel.winograd`) against float64 direct convolution, and where packed convs use
 them. No timings here: `benchmarks/bench.py --levers` A/Bs them."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sd_core import perf, winograd
+from sd_core.accel import packing, winograd
+from sd_core.models import layers
 from sd_core.models.vae import AutoencoderKL
 
 torch.set_num_threads(1)
-needs_onednn = pytest.mark.skipif(not perf.packing_available(), reason="oneDNN packed ops not available")
+needs_onednn = pytest.mark.skipif(not packing.packing_available(), reason="oneDNN packed ops not available")
 
 
 def reference(x, weight, bias=None, residual=None):
@@ -99,7 +100,7 @@ def packed_pair(ci: int = 128, co: int = 128) -> tuple[nn.Conv2d, nn.Conv2d]:
     plain = random_conv(ci, co)
     packed = random_conv(ci, co)
     holder = nn.Sequential(packed)
-    perf.pack_for_cpu(holder)
+    packing.pack_for_cpu(holder)
     return plain, holder[0]
 
 
@@ -112,9 +113,9 @@ def test_packed_conv_runs_winograd_where_it_applies_and_matches_plain(monkeypatc
     x, res, emb = torch.randn(1, 128, 32, 32), torch.randn(1, 128, 32, 32), torch.randn(1, 128)
     with torch.no_grad():
         assert relative_error(packed(x), reference(x, plain.weight, plain.bias)) < 3e-5
-        assert relative_error(perf.conv_add(packed, x, res), reference(x, plain.weight, plain.bias, res)) < 3e-5
+        assert relative_error(layers.add_residual(packed, x, res), reference(x, plain.weight, plain.bias, res)) < 3e-5
         with_emb = reference(x, plain.weight, plain.bias) + emb.double()[:, :, None, None]
-        assert relative_error(perf.conv_emb(packed, x, emb), with_emb) < 3e-5
+        assert relative_error(layers.add_channel_bias(packed, x, emb), with_emb) < 3e-5
     assert len(calls) == 3
     assert not packed.weight.is_mkldnn  # kept plain: the Winograd kernel is built from it
     assert torch.equal(packed.state_dict()["weight"], plain.weight)
@@ -140,7 +141,7 @@ def test_use_winograd_false_keeps_convs_on_onednn(monkeypatch):
     plain, packed = packed_pair()
     monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: pytest.fail("Winograd used while turned off"))
     holder = nn.Sequential(packed)
-    assert perf.use_winograd(holder, False) == 1
+    assert packing.use_winograd(holder, False) == 1
     x = torch.randn(1, 128, 32, 32)
     with torch.no_grad():
         assert torch.allclose(packed(x), plain(x), atol=2e-5, rtol=1e-4)
@@ -156,7 +157,7 @@ def test_packed_vae_decoder_with_winograd_matches_plain(monkeypatch):
     for p in plain.parameters():
         p.data.normal_(0, 0.02)
     packed = copy.deepcopy(plain)
-    perf.pack_for_cpu(packed)
+    packing.pack_for_cpu(packed)
     calls = []
     real = winograd.conv3x3
     monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -126,7 +126,7 @@ def test_pixels_outside_blurred_mask_are_unchanged(request, model, only_masked, 
     out = np.asarray(
         pipe.inpaint(photo, square_mask, "a cat", steps=3, seed=1, only_masked=only_masked, padding=8, **kw)[0]
     )
-    blurred = sd_core.images.blur_mask(sd_core.images.to_mask_array(square_mask), 4)
+    blurred = sd_core.masks.blur_mask(sd_core.images.to_mask_array(square_mask), 4)
     original = np.asarray(photo)
     outside = blurred == 0
     assert outside.sum() > 1000
@@ -153,7 +153,7 @@ def test_soft_mask_blends(sd1, photo):
 
 def test_color_match_keeps_outside_and_runs(sd1, photo, square_mask):
     out = np.asarray(sd1.inpaint(photo, square_mask, "a cat", steps=2, seed=3, color_match=True)[0])
-    blurred = sd_core.images.blur_mask(sd_core.images.to_mask_array(square_mask), 4)
+    blurred = sd_core.masks.blur_mask(sd_core.images.to_mask_array(square_mask), 4)
     assert np.array_equal(out[blurred == 0], np.asarray(photo)[blurred == 0])
 
 
@@ -209,23 +209,12 @@ def _rolled_pair(pipe, axes: str | None, shift: int):
     """The same generation from noise, and from the same noise rolled by `shift` latents along x."""
     g = torch.Generator().manual_seed(9)
     noise = torch.randn(1, 4, 8, 16, generator=g)
-    cond, uncond = pipe.encode_prompt("stripes")
-    choice = sd_core.samplers.resolve("euler")
+    text = pipe.encode_prompt("stripes")
+    settings = sd_core.GenerationSettings(prompt="stripes", steps=4, cfg_scale=7.5, tiling=axes)
     out = []
     for n in (noise, torch.roll(noise, shift, dims=-1)):
-        with pipe._seamless(axes):
-            lat = pipe._denoise(
-                choice=choice,
-                steps=4,
-                strength=1.0,
-                noise=n,
-                init=None,
-                cond=cond,
-                uncond=uncond,
-                cfg_scale=7.5,
-                generator=torch.Generator().manual_seed(0),
-                callback=None,
-            )
+        with sd_core.tiling.seamless([pipe.unet, pipe.vae], axes):
+            lat = pipe.denoise(settings, n, text, torch.Generator().manual_seed(0))
             out.append(np.asarray(pipe.decode_latents(lat, seamless=axes)[0]).astype(float))
     return out
 
@@ -259,7 +248,7 @@ def test_wrap_edge_difference_like_interior(sd1):
 @pytest.mark.parametrize("sampler", sd_core.samplers.SAMPLERS)
 def test_every_sampler_in_every_mode(sd1, sd1_inpaint, photo, square_mask, sampler):
     steps = []
-    kw = {"steps": 4, "seed": 12, "sampler": sampler, "batch_size": 2, "callback": lambda i: steps.append(i["step"])}
+    kw = {"steps": 4, "seed": 12, "sampler": sampler, "batch_size": 2, "callback": lambda i: steps.append(i.step)}
     results = [
         sd1.txt2img("a cat", width=64, height=64, **kw),
         sd1.img2img(photo, "a cat", strength=0.5, **kw),

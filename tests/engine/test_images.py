@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sd_core import images
+from sd_core import color, images, masks
 
 
 def rng_image(h: int = 16, w: int = 24, seed: int = 0) -> np.ndarray:
@@ -130,7 +130,7 @@ def test_alpha_to_mask_without_alpha_raises():
 
 def test_size_mismatch_names_both_sizes():
     with pytest.raises(ValueError) as err:
-        images.composite(rng_image(16, 24), rng_image(16, 24), np.zeros((8, 24), np.float32))
+        masks.composite(rng_image(16, 24), rng_image(16, 24), np.zeros((8, 24), np.float32))
     assert "24x16" in str(err.value) and "24x8" in str(err.value)
 
 
@@ -198,7 +198,7 @@ def test_round_to_multiple_modes():
 def test_blur_mask_softens_edges_and_stays_zero_far_away():
     m = np.zeros((64, 64), np.float32)
     m[24:40, 24:40] = 1
-    out = images.blur_mask(m, 4)
+    out = masks.blur_mask(m, 4)
     assert 0.3 < out[32, 24] < 0.7  # at the edge: about half
     assert out[32, 32] > 0.9  # 8 px = 2 sigma from each edge: (Phi(2) - Phi(-2)) ** 2 = 0.91
     assert out[32, 24 - 13] == 0.0 and out[0, 0] == 0.0  # beyond 3 sigma
@@ -208,19 +208,19 @@ def test_blur_mask_softens_edges_and_stays_zero_far_away():
 def test_blur_mask_keeps_a_mask_at_the_border_on():
     m = np.zeros((32, 32), np.float32)
     m[:, :8] = 1
-    row = images.blur_mask(m, 4)[16]
+    row = masks.blur_mask(m, 4)[16]
     assert row[0] == row.max() and row[0] > 0.95  # zero padding would put the peak inside the band
 
 
 def test_blur_mask_radius_zero_is_identity():
     m = np.random.default_rng(0).random((8, 8)).astype(np.float32)
-    np.testing.assert_array_equal(images.blur_mask(m, 0), m)
+    np.testing.assert_array_equal(masks.blur_mask(m, 0), m)
 
 
 def test_grow_mask_dilates_by_the_given_pixels():
     m = np.zeros((41, 41), np.float32)
     m[20, 20] = 1
-    out = images.grow_mask(m, 6)
+    out = masks.grow_mask(m, 6)
     rows = np.flatnonzero(out[:, 20])
     assert rows[0] == 14 and rows[-1] == 26
     assert out[14, 14] == 0.0  # octagon, not a square
@@ -230,14 +230,14 @@ def test_grow_mask_dilates_by_the_given_pixels():
 def test_grow_mask_negative_erodes():
     m = np.zeros((32, 32), np.float32)
     m[8:24, 8:24] = 1
-    out = images.grow_mask(m, -3)
+    out = masks.grow_mask(m, -3)
     assert out[11:21, 11:21].min() == 1.0 and out[10, 16] == 0.0 and out.sum() == 100
 
 
 def test_grow_mask_keeps_soft_values():
     m = np.zeros((9, 9), np.float32)
     m[4, 4] = 0.5
-    out = images.grow_mask(m, 1)
+    out = masks.grow_mask(m, 1)
     assert out.max() == 0.5 and (out == 0.5).sum() == 9
 
 
@@ -247,7 +247,7 @@ def test_grow_mask_keeps_soft_values():
 def test_mask_bbox_centred_square_box_with_padding():
     m = np.zeros((256, 256), np.float32)
     m[100:110, 120:140] = 1
-    x0, y0, x1, y1 = images.mask_bbox(m, 8, 512, 512)
+    x0, y0, x1, y1 = masks.mask_bbox(m, 8, 512, 512)
     assert (x1 - x0) == (y1 - y0) and (x1 - x0) % 8 == 0
     assert x0 <= 112 and x1 >= 148 and y0 <= 92 and y1 >= 118
     assert (x1 - x0) == 40  # 36 wide after padding -> 40
@@ -256,7 +256,7 @@ def test_mask_bbox_centred_square_box_with_padding():
 def test_mask_bbox_at_canvas_edge_stays_inside_image():
     m = np.zeros((100, 200), np.float32)
     m[90:100, 195:200] = 1
-    x0, y0, x1, y1 = images.mask_bbox(m, 16, 512, 512)
+    x0, y0, x1, y1 = masks.mask_bbox(m, 16, 512, 512)
     assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 100
     assert x1 == 200 and y1 == 100
     assert (x1 - x0) % 8 == 0 and (y1 - y0) % 8 == 0
@@ -266,7 +266,7 @@ def test_mask_bbox_at_canvas_edge_stays_inside_image():
 def test_mask_bbox_matches_the_working_aspect_ratio():
     m = np.zeros((300, 300), np.float32)
     m[140:160, 145:155] = 1
-    x0, y0, x1, y1 = images.mask_bbox(m, 4, 768, 512)
+    x0, y0, x1, y1 = masks.mask_bbox(m, 4, 768, 512)
     assert (x1 - x0) * 512 == (y1 - y0) * 768
     assert (x1 - x0) % 8 == 0 and (y1 - y0) % 8 == 0
 
@@ -274,13 +274,13 @@ def test_mask_bbox_matches_the_working_aspect_ratio():
 def test_mask_bbox_too_big_for_aspect_takes_whole_side():
     m = np.zeros((64, 200), np.float32)
     m[10:50, 20:180] = 1
-    x0, y0, x1, y1 = images.mask_bbox(m, 32, 512, 512)
+    x0, y0, x1, y1 = masks.mask_bbox(m, 32, 512, 512)
     assert (x0, x1, y0, y1) == (0, 200, 0, 64)
 
 
 def test_mask_bbox_empty_mask_raises():
     with pytest.raises(ValueError, match="mask is empty"):
-        images.mask_bbox(np.zeros((64, 64), np.float32), 8, 512, 512)
+        masks.mask_bbox(np.zeros((64, 64), np.float32), 8, 512, 512)
 
 
 # --- latent masks -----------------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_latent_mask_area_averages_8x8_blocks():
     m = np.zeros((16, 24), np.float32)
     m[0:8, 0:8] = 1
     m[8:16, 8:12] = 1
-    out = images.latent_mask(m, 2, 3)
+    out = masks.latent_mask(m, 2, 3)
     assert out.shape == (1, 1, 2, 3) and out.dtype == torch.float32
     torch.testing.assert_close(out[0, 0], torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]]))
 
@@ -298,7 +298,7 @@ def test_latent_mask_area_averages_8x8_blocks():
 def test_latent_mask_nearest_and_bilinear_shapes_and_range():
     m = np.random.default_rng(0).random((32, 48)).astype(np.float32)
     for mode in ("nearest", "bilinear"):
-        out = images.latent_mask(m, 4, 6, mode=mode)
+        out = masks.latent_mask(m, 4, 6, mode=mode)
         assert out.shape == (1, 1, 4, 6) and 0.0 <= out.min() and out.max() <= 1.0
 
 
@@ -317,7 +317,7 @@ def test_diffusers_inpaint_condition_matches_diffusers_processors():
     expected_masked = init * (condition < 0.5)
     expected_mask = F.interpolate(condition, size=(h // 8, w // 8))
 
-    mask_lat, masked = images.diffusers_inpaint_condition(pil_image, pil_mask)
+    mask_lat, masked = masks.diffusers_inpaint_condition(pil_image, pil_mask)
     assert torch.equal(masked, expected_masked)
     assert torch.equal(mask_lat, expected_mask)
 
@@ -329,8 +329,8 @@ def test_composite_keeps_original_bytes_where_mask_is_zero():
     orig, gen = rng_image(seed=1), rng_image(seed=2)
     square = np.zeros((16, 24), np.float32)
     square[4:8, 12:16] = 1
-    m = images.blur_mask(square, 1.5)
-    out = images.composite(orig, gen, m)
+    m = masks.blur_mask(square, 1.5)
+    out = masks.composite(orig, gen, m)
     zero = m == 0
     assert zero.sum() > 150 and ((m > 0) & (m < 1)).sum() > 50
     np.testing.assert_array_equal(out[zero], orig[zero])
@@ -339,20 +339,20 @@ def test_composite_keeps_original_bytes_where_mask_is_zero():
 def test_composite_takes_generated_bytes_where_mask_is_one():
     orig, gen = rng_image(seed=1), rng_image(seed=2)
     m = np.ones((16, 24), np.float32)
-    np.testing.assert_array_equal(images.composite(orig, gen, m), gen)
+    np.testing.assert_array_equal(masks.composite(orig, gen, m), gen)
 
 
 def test_composite_soft_mask_blends_with_rounding():
     orig = np.full((1, 3, 3), 100, np.uint8)
     gen = np.full((1, 3, 3), 201, np.uint8)
     m = np.array([[0.25, 0.5, 0.9]], np.float32)
-    out = images.composite(orig, gen, m)
+    out = masks.composite(orig, gen, m)
     np.testing.assert_array_equal(out[0, :, 0], [125, 150, 191])  # 125.25, 150.5 (half to even), 190.9
 
 
 def test_lab_round_trip():
     arr = rng_image(32, 32)
-    np.testing.assert_array_equal(np.round(images.lab_to_rgb(images.rgb_to_lab(arr))).astype(np.uint8), arr)
+    np.testing.assert_array_equal(np.round(color.lab_to_rgb(color.rgb_to_lab(arr))).astype(np.uint8), arr)
 
 
 def test_color_match_moves_region_mean_toward_surroundings():
@@ -362,7 +362,7 @@ def test_color_match_moves_region_mean_toward_surroundings():
     m = np.zeros((48, 48), np.float32)
     m[16:32, 16:32] = 1
     gen[16:32, 16:32] = np.clip(rng.normal([90, 140, 180], 25, size=(16, 16, 3)), 0, 255).astype(np.uint8)
-    out = images.color_match(gen, orig, m)
+    out = color.color_match(gen, orig, m)
     inside = m > 0
     target = orig[~inside].mean(0)
     before = np.abs(gen[inside].mean(0) - target).sum()
@@ -373,8 +373,8 @@ def test_color_match_moves_region_mean_toward_surroundings():
 def test_color_match_leaves_unmasked_pixels_alone():
     orig, gen = rng_image(32, 32, 1), rng_image(32, 32, 2)
     m = np.zeros((32, 32), np.float32)
-    m[8:20, 8:20] = images.blur_mask(np.ones((12, 12), np.float32), 2)
-    out = images.color_match(gen, orig, m)
+    m[8:20, 8:20] = masks.blur_mask(np.ones((12, 12), np.float32), 2)
+    out = color.color_match(gen, orig, m)
     np.testing.assert_array_equal(out[m == 0], gen[m == 0])
 
 
@@ -383,19 +383,19 @@ def test_color_match_leaves_unmasked_pixels_alone():
 
 def test_extend_canvas_rounds_margins_up_to_multiples_of_8():
     img = rng_image(20, 30)
-    canvas, mask = images.extend_canvas(img, left=10, top=0, right=0, bottom=5)
+    canvas, mask = masks.extend_canvas(img, left=10, top=0, right=0, bottom=5)
     assert canvas.shape == (32, 40, 3) and mask.shape == (32, 40)
     np.testing.assert_array_equal(canvas[0:20, 10:40], img)  # 30 + 10 = 40 already; 20 + 5 -> 32 at the bottom
 
 
 def test_extend_canvas_extra_goes_to_the_requested_side():
-    canvas, _ = images.extend_canvas(rng_image(16, 30), left=5)
+    canvas, _ = masks.extend_canvas(rng_image(16, 30), left=5)
     assert canvas.shape == (16, 40, 3)
     np.testing.assert_array_equal(canvas[:, 10:], rng_image(16, 30))
 
 
 def test_extend_canvas_mask_covers_new_area_and_overlap():
-    canvas, mask = images.extend_canvas(rng_image(16, 16), right=16, overlap=4)
+    canvas, mask = masks.extend_canvas(rng_image(16, 16), right=16, overlap=4)
     assert mask.dtype == np.float32
     assert mask[:, 16:].min() == 1.0
     assert mask[:, 12:16].min() == 1.0
@@ -405,7 +405,7 @@ def test_extend_canvas_mask_covers_new_area_and_overlap():
 @pytest.mark.parametrize("fill", ["edge_noise", "mirror"])
 def test_extend_canvas_prefill_is_not_flat(fill):
     img = rng_image(32, 32)
-    canvas, _ = images.extend_canvas(img, right=64, fill=fill)
+    canvas, _ = masks.extend_canvas(img, right=64, fill=fill)
     new = canvas[:, 48:].astype(np.float32)
     assert new.std(axis=(0, 1)).min() > 5.0
     np.testing.assert_array_equal(canvas[:, :32], img)
@@ -413,4 +413,4 @@ def test_extend_canvas_prefill_is_not_flat(fill):
 
 def test_extend_canvas_rejects_negative_margins():
     with pytest.raises(ValueError, match="left"):
-        images.extend_canvas(rng_image(), left=-8)
+        masks.extend_canvas(rng_image(), left=-8)

@@ -12,6 +12,7 @@ import torch
 
 from sd_core import samplers
 from sd_core.errors import Cancelled
+from sd_core.progress import StepInfo
 from sd_core.samplers import BrownianNoise, ancestral_split, lms_coefficients, resolve
 from sd_core.schedules import NoiseSchedule, karras
 
@@ -165,11 +166,12 @@ def test_euler_error_is_first_order():
 def test_callback_is_called_once_per_step_in_order(name):
     calls = []
     _, sigmas = run(name, gaussian_denoiser(1.0), 6, callback=calls.append)
-    assert [c["i"] for c in calls] == list(range(len(sigmas) - 1))
-    assert all(c["total"] == len(sigmas) - 1 for c in calls)
-    assert [c["sigma"] for c in calls] == sigmas[:-1].tolist()
-    assert [c["sigma_next"] for c in calls] == sigmas[1:].tolist()
-    assert all(c["x"].shape == c["denoised"].shape == (1, 64) for c in calls)
+    assert all(isinstance(c, StepInfo) for c in calls)  # the one payload, from the sampler to the plugin
+    assert [c.step for c in calls] == list(range(1, len(sigmas)))
+    assert all(c.total == len(sigmas) - 1 for c in calls)
+    assert [c.sigma for c in calls] == sigmas[:-1].tolist()
+    assert [c.sigma_next for c in calls] == sigmas[1:].tolist()
+    assert all(c.latents.shape == c.denoised.shape == (1, 64) for c in calls)
 
 
 @pytest.mark.parametrize("name", samplers.SAMPLERS)
@@ -181,7 +183,7 @@ def test_cancelled_from_the_callback_stops_the_run(name):
         return x * 0.5
 
     def callback(info):
-        if info["i"] == 2:
+        if info.step == 3:
             raise Cancelled
 
     with pytest.raises(Cancelled):
