@@ -149,13 +149,13 @@ def measured_peak_gflops(dtype: torch.dtype, device: str = "cpu") -> float:
             torch.cuda.synchronize()
 
     rates = [2 * n**3 / _best_seconds(gemm) / 1e9]
-    from sd_core import perf
+    from sd_core.accel import packing
 
-    if device == "cpu" and perf.packing_available(dtype):
+    if device == "cpu" and packing.packing_available(dtype):
         linear = torch.nn.Sequential(torch.nn.Linear(n, n, bias=False).to(dtype))
         conv = torch.nn.Sequential(torch.nn.Conv2d(640, 640, 3, padding=1).to(dtype))
-        perf.pack_for_cpu(linear), perf.pack_for_cpu(conv)
-        perf.use_winograd(conv, False)  # oneDNN's direct convolution: every multiply-add done
+        packing.pack_for_cpu(linear), packing.pack_for_cpu(conv)
+        packing.use_winograd(conv, False)  # oneDNN's direct convolution: every multiply-add done
         x = torch.randn(8, 640, 16, 16).to(dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             rates.append(2 * n**3 / _best_seconds(lambda: linear(a)) / 1e9)
@@ -181,7 +181,8 @@ class SdCore:
     def __init__(self, path: Path, dtype: torch.dtype | None, device: str, **options):
         import sd_core
 
-        self.pipe = sd_core.load(path, device=device, dtype=dtype, **options)
+        # freed memory kept between sampling steps, as the CLI runs (`sd_core.accel.heap`; opt-in in the library)
+        self.pipe = sd_core.load(path, device=device, dtype=dtype, **{"keep_freed_memory": True, **options})
         self.dtype = self.pipe.dtype
         self.vae_dtype = next(self.pipe.vae.parameters()).dtype
         upcast = {m.attention_dtype for m in self.pipe.unet.modules() if hasattr(m, "attention_dtype")}
@@ -294,11 +295,11 @@ def run_defaults(path: Path, config: Path, size: int, device: str, log) -> dict:
         str(path), config=str(config), local_files_only=True, safety_checker=None, requires_safety_checker=False
     ).to(device)
     theirs.set_progress_bar_config(disable=True)
-    ours_args = inspect.signature(ours.txt2img).parameters
+    ours_settings = sd_core.GenerationSettings()
     theirs_args = inspect.signature(theirs.__call__).parameters
     defaults = {
-        "sd_core": {"dtype": str(ours.dtype).removeprefix("torch."), "sampler": ours_args["sampler"].default,
-                    "steps": ours_args["steps"].default, "cfg": ours.cfg_scale_or_default(None)},
+        "sd_core": {"dtype": str(ours.dtype).removeprefix("torch."), "sampler": ours_settings.sampler,
+                    "steps": ours_settings.steps, "cfg": ours.defaults.cfg_scale},
         "diffusers": {"dtype": str(theirs.unet.dtype).removeprefix("torch."),
                       "sampler": type(theirs.scheduler).__name__, "steps": theirs_args["num_inference_steps"].default,
                       "cfg": theirs_args["guidance_scale"].default},
@@ -543,7 +544,8 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     import sd_core
-    from sd_core import half_storage, heap, perf
+    from sd_core import accel
+    from sd_core.accel import half_storage, heap, packing
 
     results = []
 
@@ -578,7 +580,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
         xd, cd, zd = x.to(dtype), c.to(dtype), z.to(dtype)
         plain = sd_core.load(path, device="cpu", dtype=dtype, optimize=False, vae_dtype=dtype)
         packed = copy.deepcopy(plain.unet)
-        can_pack = perf.pack_for_cpu(packed) > 0
+        can_pack = packing.pack_for_cpu(packed) > 0
         # no oneDNN bf16 on AVX2-only CPUs: sd_core computes those layers in float32 from the bf16 weights there
         layers = "packed" if can_pack else ("float32-computed" if half_storage.upcast_half_layers(packed) else "plain")
         if can_pack:
@@ -625,11 +627,11 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
         if dtype != torch.float32:
 
             def attention_in(dtype_, u=packed, xd=xd, cd=cd):
-                perf.set_attention_dtype(u, dtype_)
+                accel.set_attention_dtype(u, dtype_)
                 try:
                     return u(xd, t, cd)
                 finally:
-                    perf.set_attention_dtype(u, None)
+                    accel.set_attention_dtype(u, None)
 
             ab(
                 f"{dtype_name} UNet {size}px {layers}: attention in {dtype_name} vs float32",
@@ -650,7 +652,7 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             )
             del nhwc
             packed_vae = copy.deepcopy(plain.vae)
-            perf.pack_for_cpu(packed_vae)
+            packing.pack_for_cpu(packed_vae)
             if dtype == torch.float32:  # Winograd is float32-only
                 unet_call, vae_call = (lambda u, xd=xd, cd=cd: u(xd, t, cd)), (lambda v, zd=zd: v.decode(zd))
                 for what, plain_model, packed_model, call in (
@@ -658,8 +660,8 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                     ("VAE decode", plain.vae, packed_vae, vae_call),
                 ):
                     onednn = copy.deepcopy(plain_model)  # (a used packed model holds oneDNN tensors: no deepcopy)
-                    perf.pack_for_cpu(onednn)
-                    perf.use_winograd(onednn, False)
+                    packing.pack_for_cpu(onednn)
+                    packing.use_winograd(onednn, False)
                     ab(
                         f"{dtype_name} {what} {size}px packed: 3x3 convs oneDNN vs Winograd",
                         lambda m=onednn, call=call: call(m),
@@ -669,10 +671,10 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                     )
                     del onednn
                 linears = {}
-                for blas in (False, True):  # whatever this CPU's default (`perf.blas_linears_pay`), both ways
+                for blas in (False, True):  # whatever this CPU's default (`packing.blas_linears_pay`), both ways
                     linears[blas] = copy.deepcopy(plain.unet)
-                    perf.pack_for_cpu(linears[blas])
-                    perf.use_blas_linears(linears[blas], blas)
+                    packing.pack_for_cpu(linears[blas])
+                    packing.use_blas_linears(linears[blas], blas)
                 ab(
                     f"{dtype_name} UNet {size}px packed: linears oneDNN vs BLAS",
                     lambda m=linears[False], call=unet_call: call(m),
@@ -704,10 +706,10 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
                 "packed",
             )
             no_sub_pixel = copy.deepcopy(plain.vae)
-            perf.pack_for_cpu(no_sub_pixel)
+            packing.pack_for_cpu(no_sub_pixel)
             for level in no_sub_pixel.decoder.up:
                 if hasattr(level, "upsample"):
-                    perf.unpack_module(level.upsample.conv)  # a plain conv: upsample, then 3x3 conv
+                    packing.unpack_module(level.upsample.conv)  # a plain conv: upsample, then 3x3 conv
             ab(
                 f"{dtype_name} VAE decode {size}px packed: sub-pixel upsampling",
                 lambda v=no_sub_pixel, zd=zd: v.decode(zd),
@@ -718,9 +720,9 @@ def run_levers(path: Path, size: int, reps: int, log) -> list[tuple[str, float, 
             del packed_vae, no_sub_pixel
         if dtype != torch.float32:
             vae32 = copy.deepcopy(plain.vae).float()
-            perf.pack_for_cpu(vae32)
+            packing.pack_for_cpu(vae32)
             vae_half = copy.deepcopy(plain.vae)
-            perf.pack_for_cpu(vae_half)
+            packing.pack_for_cpu(vae_half)
             half_storage.upcast_half_layers(vae_half)  # where oneDNN could not pack them, as sd_core runs them
             ab(
                 f"{dtype_name} pipeline VAE decode {size}px: {dtype_name} vs float32 VAE",
@@ -962,7 +964,7 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtypes = args.dtypes.split(",") if args.dtypes else (["fp32", "bf16"] if device == "cpu" else ["fp16"])
-    from sd_core.half_storage import half_kernels_available
+    from sd_core.accel.half_storage import half_kernels_available
 
     if device == "cpu" and "bf16" in dtypes and not half_kernels_available(torch.bfloat16):
         # diffusers' bf16 here is PyTorch's generic fallback (a 3x3 conv 366x float32's time on Zen 3): hours per case
@@ -992,9 +994,9 @@ def main() -> None:
         f"load average {load_average()}"
     )
 
+    from sd_core.accel.flops import unet_flops
     from sd_core.checkpoint import read_shapes
     from sd_core.model_config import infer_config
-    from sd_core.perf import unet_flops
 
     unet_cfg = infer_config(read_shapes(path)).unet
     text_once = device == "cpu"  # sd_core's text K/V memo; under CUDA graphs every replay projects the text
@@ -1091,7 +1093,7 @@ def run_cuda_extras(path: Path, steps: int, flops: dict, log) -> tuple[list[dict
         times: dict[bool, list[dict]] = {True: [], False: []}
         for rep in range(3):
             for graphs in (True, False) if rep % 2 == 0 else (False, True):
-                engine.pipe.cuda_graphs = graphs
+                engine.pipe.accel.cuda_graphs = graphs
                 if rep == 0:
                     timed_run(engine, 512, batch, 2, "cuda")  # warm-up at this setting
                 times[graphs].append(timed_run(engine, 512, batch, steps, "cuda"))

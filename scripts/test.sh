@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README "Tests"): installs everything the tests need, pinned for a CPU machine, then
-# runs the linter, the engine's tests under numpy 1.26 (what bpy needs), then the whole test suite.
+# runs the linters (ruff, import-linter), the engine's tests under numpy 1.26 (what bpy needs), then the whole test suite.
 # CI (.ci/run) calls exactly this. Extra arguments go to the main pytest run (e.g. -m "not slow").
 #
 # Needs: Python 3.11 (the bpy wheels need it; PYTHON=... picks the interpreter), apt-get (with sudo unless root) for
@@ -28,9 +28,11 @@ echo "== [3/6] installing the real hosts: Krita (Debian, Xvfb) and the bpy venvs
 bash scripts/install_krita.sh
 bash scripts/install_bpy.sh
 
-echo "== [4/6] lint: ruff check, ruff format --check =="
+echo "== [4/6] lint: ruff check, ruff format --check, the import contracts (import-linter) =="
 $PY -m ruff check .
 $PY -m ruff format --check .
+# the layering contracts in pyproject.toml [tool.importlinter]; run through $PY, so a venv's import-linter is used
+$PY -c 'import sys; from importlinter.cli import lint_imports_command; sys.argv[0] = "lint-imports"; lint_imports_command()' --no-cache
 echo "== [5/6] engine tests under numpy 1.26 (bpy's numpy) =="
 # The engine must also work with numpy 1.26 (bpy's numpy): a venv over the same packages with numpy 1.26. $PY's
 # site-packages join through a .pth file, after the venv's own (so its numpy wins); --system-site-packages would
