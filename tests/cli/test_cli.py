@@ -10,6 +10,7 @@ import pytest
 from model_fixtures import write_tiny_checkpoint
 from PIL import Image
 
+import sd_core
 from sd_core.pnginfo import parse_parameters
 
 
@@ -76,3 +77,67 @@ def test_bad_size_is_a_clear_error(model, tmp_path):
 def test_missing_model_is_a_clear_error(tmp_path):
     out = sd_core_cli("txt2img", "--model", str(tmp_path / "none.safetensors"), "--prompt", "x")
     assert out.returncode == 2 and "none.safetensors" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_settings_left_out_take_the_models_own_defaults(tmp_path):
+    """No --model: the built-in model, at its own native size (64 px) and CFG scale (3), as the Python API does."""
+    out = sd_core_cli(
+        "txt2img", "--prompt", "red and white stripes", "--steps", "2", "--seed", "3", "--outdir", str(tmp_path)
+    )
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "00000-3.png") as img:
+        params = parse_parameters(img.info["parameters"])
+        assert img.size == (64, 64)
+    assert params["CFG scale"] == "3.0" and params["Size"] == "64x64"
+
+
+def test_img2img_inpaint_and_outpaint_commands(model, tmp_path):
+    image, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (200, 60, 40)).save(image)
+    box = Image.new("L", (64, 64), 0)
+    box.paste(255, (16, 16, 48, 48))
+    box.save(mask)
+    common = ("--model", str(model), "--prompt", "a wall", "--steps", "2", "--seed", "5", "--dtype", "fp32")
+    runs = [
+        ("img2img", "--image", str(image), "--strength", "0.5", "--tiling", "x"),
+        ("inpaint", "--image", str(image), "--mask", str(mask), "--fill", "latent_noise", "--mask-blur", "2"),
+        ("outpaint", "--image", str(image), "--right", "32", "--prefill", "mirror"),
+    ]
+    for n, (command, *args) in enumerate(runs):
+        out = sd_core_cli(command, *common, *args, "--outdir", str(tmp_path / command))
+        assert out.returncode == 0, out.stderr
+        with Image.open(tmp_path / command / "00000-5.png") as img:
+            params = parse_parameters(img.info["parameters"])
+            size = img.size
+        assert size == ((96, 64) if command == "outpaint" else (64, 64)), (n, size)
+        if command == "img2img":
+            assert params["Denoising strength"] == "0.5" and params["Tiling"] == "x"
+        if command == "inpaint":
+            assert params["Masked content"] == "latent_noise" and params["Mask blur"] == "2.0"
+
+
+def test_help_shows_every_default(model):
+    out = sd_core_cli("inpaint", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for shown in (
+        "(default: 20)",
+        "(default: Euler)",
+        "(default: the model's own)",
+        "(default: 1)",
+        "(default: original)",
+        "(default: 32)",
+        "(default: outputs)",
+    ):
+        assert shown in text, shown
+    for name in sd_core.schedules.SCHEDULES:  # the schedules listed from the engine's own table
+        assert name in text
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(("--steps", "0"), "--steps:"), (("--sampler", "Eulr"), "--sampler:"), (("--clip-skip", "13"), "--clip-skip:")],
+)
+def test_a_bad_setting_names_its_option(model, tmp_path, args, named):
+    out = sd_core_cli("txt2img", "--model", str(model), "--prompt", "x", *args, "--outdir", str(tmp_path))
+    assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr

@@ -59,6 +59,19 @@ def test_serves_the_built_in_model_by_default(client):
     assert any(BUILTIN_MODEL.stem in t for t in titles), titles
 
 
+def test_a_request_that_leaves_cfg_and_size_out_gets_the_models_own(client):
+    """The one CFG rule: a client that sends no cfg_scale (or size) gets the model's own, as the Python API and the
+    CLI do, and the server says which values those are."""
+    defaults = client.options()["sd_core_model_defaults"]
+    assert defaults == {"cfg_scale": 3.0, "width": 64, "height": 64}
+    result = client.txt2img({"prompt": "red and white vertical stripes", "steps": 2, "seed": 8})
+    info = json.loads(result["info"])
+    assert info["cfg_scale"] == 3.0 and (info["width"], info["height"]) == (64, 64)
+    assert "CFG scale: 3.0" in info["infotexts"][0] and open_b64(result["images"][0]).size == (64, 64)
+    chosen = json.loads(client.txt2img({"prompt": "x", "steps": 1, "seed": 8, "cfg_scale": 5, "width": 72})["info"])
+    assert chosen["cfg_scale"] == 5 and (chosen["width"], chosen["height"]) == (72, 64)
+
+
 def test_seamless_textures_have_the_asked_structure_and_match_the_engine(client, engine):
     """Each image is exactly the engine's; most have the asked colours and pattern (trained pairs: 0.84 of 50 at
     this scale, see the model card), and together they wrap like the generator's own textures."""
