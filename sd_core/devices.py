@@ -20,7 +20,7 @@ Defaults, and why:
   and the output are converted (a few MB), and the SD1.5 UNet step at 512x512 in bf16 takes 0.92x the time. Where
   bf16 is fast (the Zen 4 above) float32 attention gains nothing (0.99x), so it stays bf16.
 - Where the CPU has no half-precision kernels at all (AVX2 only, e.g. AMD Zen 3), a bf16/fp16 model's convolutions
-  and linears compute in float32 from their half-precision weights (`half_storage`, applied by `perf.optimize`).
+  and linears compute in float32 from their half-precision weights (`accel.half_storage`, applied by `accel.optimize`).
 """
 
 from __future__ import annotations
