@@ -2,8 +2,9 @@
 
 `denoiser(x, sigma) -> x0` works in k-diffusion space (`x = x0 + sigma * eps`, sigma a [B] tensor); `sigmas` is a
 decreasing 1-D tensor (see `sd_core.schedules`); the result is x at `sigmas[-1]`. Samplers know nothing of models.
-`callback(info)` is called once per step with `{"i", "total", "x", "sigma", "sigma_next", "denoised"}` (sigmas as
-floats); raising `sd_core.errors.Cancelled` in it stops the run. Stochastic samplers draw their noise on the CPU
+`callback(info)` is called once per step with a `sd_core.progress.StepInfo` (step from 1, total, latents, denoised,
+sigma and sigma_next as floats): the one payload every callback in sd_core gets. Raising `sd_core.errors.Cancelled`
+in it stops the run. Stochastic samplers draw their noise on the CPU
 from `generator`. `resolve(name, schedule)` maps user-facing names to a `SamplerChoice`.
 """
 
