@@ -151,7 +151,7 @@ def test_exported_model_loads_and_generates(finished):
     assert set(checkpoint.read_dtypes(path).values()) == {"float16"}
     meta = checkpoint.read_metadata(path)
     assert json.loads(meta["sd_core.training"])["seed"] == 7
-    assert "sd_core.cfg_scale" not in meta and pipe.default_cfg_scale == 7.5
+    assert "sd_core.cfg_scale" not in meta and pipe.defaults.cfg_scale == 7.5
     img = pipe.txt2img("red and white checkerboard", width=64, height=64, steps=2, seed=1)[0]
     assert img.size == (64, 64) and np.asarray(img).std() > 0
 
@@ -179,7 +179,7 @@ def test_fine_tune_on_a_folder(tmp_path, finished):
     assert all(torch.equal(before[k], after[k]) for k in vae_keys + text_keys)
     assert any(not torch.equal(before[k], after[k]) for k in unet_keys)
     tuned = sd_core.load(path, device="cpu", dtype="fp32")
-    assert tuned.config.family == "sd1" and tuned.default_cfg_scale == 2.5  # --default-cfg-scale went into the file
+    assert tuned.config.family == "sd1" and tuned.defaults.cfg_scale == 2.5  # --default-cfg-scale went into the file
 
 
 def test_decoder_fine_tune_changes_only_the_decoder_and_resumes(tmp_path, finished):
