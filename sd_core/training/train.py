@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import checkpoint
+from .. import checkpoint, limits
 from ..loader import build_models
 from ..model_config import infer_config
 from ..models.text_encoder import CLIPTextEncoder
@@ -141,7 +141,9 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
     meta = {
         "sd_core.training": json.dumps(asdict(cfg)),
         "sd_core.steps": f"vae={cfg.vae_steps},unet={cfg.unet_steps},decoder={cfg.decoder_steps}",
-        RESOLUTION_KEY: str(cfg.size),  # the size it was trained at: its native size (`sd_core.loader.model_defaults`)
+        # The size it was trained at: its native size (`sd_core.loader.model_defaults`), but never below the smallest
+        # size the engine draws, which the loader refuses (a 32 px CI-scale model would not load).
+        RESOLUTION_KEY: str(max(cfg.size, limits.MIN_SIDE)),
     }
     if cfg.default_cfg_scale > 0:
         meta[CFG_SCALE_KEY] = f"{cfg.default_cfg_scale:g}"
