@@ -316,6 +316,10 @@ class FolderDataset:
         self.rng.bit_generator.state = state["rng"]
 
 
-def iterate(dataset: TextureDataset | FolderDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+ImageData = TextureDataset | FolderDataset
+"""What the training stages read: batches of images in [-1, 1] with captions, and a resumable `state`."""
+
+
+def iterate(dataset: ImageData, batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
     while True:
         yield dataset.batch(batch_size)

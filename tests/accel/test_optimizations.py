@@ -378,9 +378,11 @@ def test_packing_never_releases_pages_another_tensor_still_sees(tmp_path):
 
 
 def test_bf16_load_of_an_fp32_file_releases_the_file_pages(tmp_path, monkeypatch):
+    from sd_core import safetensors_io  # where `.safetensors` files are memory-mapped and their pages released
+
     calls = []
-    real = checkpoint._dontneed
-    monkeypatch.setattr(checkpoint, "_dontneed", lambda *a: calls.append(a[2]) or real(*a))
+    real = safetensors_io._dontneed
+    monkeypatch.setattr(safetensors_io, "_dontneed", lambda *a: calls.append(a[2]) or real(*a))
     big = torch.randn(100_000)
     path = tmp_path / "f32.safetensors"
     checkpoint.write_safetensors(path, {"big": big})

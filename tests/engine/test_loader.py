@@ -182,7 +182,7 @@ def test_model_file_can_name_its_default_cfg_scale(sd1_file, tmp_path, pipe):
     """A model that works best at another scale says so in its metadata; calls that leave cfg_scale out use it,
     explicit values still win. Files that name none get 7.5."""
     own = sd_core.load(with_metadata(sd1_file, tmp_path / "m.safetensors", {"sd_core.cfg_scale": "3"}), dtype="fp32")
-    assert own.default_cfg_scale == 3.0 and pipe.default_cfg_scale == 7.5
+    assert own.defaults.cfg_scale == 3.0 and pipe.defaults.cfg_scale == 7.5
     args = dict(width=64, height=64, steps=2, seed=4)
     implicit = own.txt2img("a cat", **args)[0]
     assert "CFG scale: 3.0," in implicit.info["parameters"]
@@ -227,11 +227,11 @@ def test_seed_reproducible_and_batch_shape(pipe):
 
 def test_callback_progress_and_cancel(pipe):
     seen = []
-    pipe.txt2img("a cat", width=64, height=64, steps=3, seed=1, callback=lambda info: seen.append(info["step"]))
+    pipe.txt2img("a cat", width=64, height=64, steps=3, seed=1, callback=lambda info: seen.append(info.step))
     assert seen == [1, 2, 3]
 
     def stop(info):
-        if info["step"] == 2:
+        if info.step == 2:
             raise sd_core.Cancelled()
 
     with pytest.raises(sd_core.Cancelled):

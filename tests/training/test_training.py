@@ -15,14 +15,15 @@ from PIL import Image
 import sd_core
 from sd_core import checkpoint
 from sd_core.schedules import NoiseSchedule
-from sd_core.training import train
+from sd_core.training import autoencoder, config, diffusion, train
 from sd_core.training.data import FolderDataset, TextureDataset
+from sd_core.training.stage import draw_seamless_axes
 
 torch.set_num_threads(1)
 
 
-def tiny_config(out, **changes) -> train.TrainConfig:
-    base = train.TrainConfig(
+def tiny_config(out, **changes) -> config.TrainConfig:
+    base = config.TrainConfig(
         out=str(out),
         seed=7,
         preset="tiny",
@@ -59,7 +60,7 @@ def test_vae_reconstruction_improves():
     before = rec()
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3)
     for _ in range(60):  # on the fixed batch: a few dozen steps cannot learn the whole texture world
-        loss, _ = train.vae_loss(vae, fixed, 1e-4)
+        loss, _ = autoencoder.vae_loss(vae, fixed, 1e-4)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -72,19 +73,21 @@ def test_unet_loss_decreases():
     g = torch.Generator().manual_seed(0)
     # a learnable toy target: two caption classes with different constant latents
     latents = torch.cat([torch.full((8, 4, 4, 4), 1.0), torch.full((8, 4, 4, 4), -1.0)])
-    tokens = train.CaptionTokens()(["red"] * 8 + ["blue"] * 8)
+    tokens = diffusion.CaptionTokens()(["red"] * 8 + ["blue"] * 8)
     t = torch.randint(0, 1000, (16,), generator=g)
     noise = torch.randn(latents.shape, generator=g)
 
     def fixed_loss() -> float:
         with torch.no_grad():
-            return float(train.diffusion_loss(unet, text, schedule, latents, tokens, t, noise))
+            return float(diffusion.diffusion_loss(unet, text, schedule, latents, tokens, t, noise))
 
     before = fixed_loss()
     opt = torch.optim.AdamW(list(unet.parameters()) + list(text.parameters()), lr=2e-3)
     for _ in range(40):
         tt = torch.randint(0, 1000, (16,), generator=g)
-        loss = train.diffusion_loss(unet, text, schedule, latents, tokens, tt, torch.randn(latents.shape, generator=g))
+        loss = diffusion.diffusion_loss(
+            unet, text, schedule, latents, tokens, tt, torch.randn(latents.shape, generator=g)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -97,11 +100,11 @@ def test_fold_latent_scale_keeps_the_images_and_scales_latents():
     with torch.no_grad():
         mean, logvar = vae.encode(x)
         out = vae.decode(mean)
-        train.fold_latent_scale(vae, raw_std=float(mean.std()))
+        autoencoder.fold_latent_scale(vae, raw_std=float(mean.std()))
         mean2, logvar2 = vae.encode(x)
         out2 = vae.decode(mean2)
     torch.testing.assert_close(out2, out, atol=1e-4, rtol=1e-4)
-    assert abs(float((mean2 * train.LATENT_SCALE).std()) - 1.0) < 1e-3
+    assert abs(float((mean2 * autoencoder.LATENT_SCALE).std()) - 1.0) < 1e-3
     k = float(mean2.std() / mean.std())
     torch.testing.assert_close(logvar2, logvar + 2 * np.log(k), atol=1e-4, rtol=1e-4)
 
@@ -144,11 +147,12 @@ def test_exported_model_loads_and_generates(finished):
     assert [s for s, _, _ in seen] == ["vae"] * 6 + ["unet"] * 6
     pipe = sd_core.load(path, device="cpu", dtype="fp32")
     assert pipe.config.family == "sd1" and pipe.config.pad_token == 49407
-    assert pipe.config.unet == {**pipe.config.unet, **train.PRESETS["tiny"]["unet"]}
+    assert pipe.config.unet == {**pipe.config.unet, **config.PRESETS["tiny"]["unet"]}
     assert set(checkpoint.read_dtypes(path).values()) == {"float16"}
     meta = checkpoint.read_metadata(path)
     assert json.loads(meta["sd_core.training"])["seed"] == 7
-    assert "sd_core.cfg_scale" not in meta and pipe.default_cfg_scale == 7.5
+    assert "sd_core.cfg_scale" not in meta and pipe.defaults.cfg_scale == 7.5
+    assert meta["sd_core.resolution"] == "64" and (pipe.defaults.width, pipe.defaults.height) == (64, 64)  # not 32
     img = pipe.txt2img("red and white checkerboard", width=64, height=64, steps=2, seed=1)[0]
     assert img.size == (64, 64) and np.asarray(img).std() > 0
 
@@ -176,7 +180,7 @@ def test_fine_tune_on_a_folder(tmp_path, finished):
     assert all(torch.equal(before[k], after[k]) for k in vae_keys + text_keys)
     assert any(not torch.equal(before[k], after[k]) for k in unet_keys)
     tuned = sd_core.load(path, device="cpu", dtype="fp32")
-    assert tuned.config.family == "sd1" and tuned.default_cfg_scale == 2.5  # --default-cfg-scale went into the file
+    assert tuned.config.family == "sd1" and tuned.defaults.cfg_scale == 2.5  # --default-cfg-scale went into the file
 
 
 def test_decoder_fine_tune_changes_only_the_decoder_and_resumes(tmp_path, finished):
@@ -256,10 +260,10 @@ def test_pattern_weights_option():
 def test_seamless_share_of_batches():
     gen = torch.Generator().manual_seed(0)
     state = gen.get_state()
-    assert train.draw_seamless_axes(0.0, gen) is None and torch.equal(gen.get_state(), state)  # no draw: runs unchanged
-    draws = [train.draw_seamless_axes(0.25, gen) for _ in range(400)]
+    assert draw_seamless_axes(0.0, gen) is None and torch.equal(gen.get_state(), state)  # no draw: runs unchanged
+    draws = [draw_seamless_axes(0.25, gen) for _ in range(400)]
     assert set(draws) == {None, "xy"} and abs(draws.count("xy") / 400 - 0.25) < 0.06
-    assert train.draw_seamless_axes(1.0, gen) == "xy"
+    assert draw_seamless_axes(1.0, gen) == "xy"
 
 
 def test_seamless_training_runs_the_networks_with_circular_padding(tmp_path, finished, monkeypatch):
