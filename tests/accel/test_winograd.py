@@ -1,5 +1,5 @@
-"""Winograd F(4x4,3x3) convolutions (`sd_core.accel.winograd`) against float64 direct convolution, and where packed convs use
-them. No timings here: `benchmarks/bench.py --levers` A/Bs them."""
+"""Winograd F(4x4,3x3) convolutions (`sd_core.accel.winograd`) against float64 direct convolution, and where packed
+convs use them. No timings here: `benchmarks/bench.py --levers` A/Bs them."""
 
 from __future__ import annotations
 
