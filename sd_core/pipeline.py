@@ -20,7 +20,7 @@ from .model_config import ModelConfig
 from .progress import Callback
 from .prompt import encode_with_weights, tokenize_prompt
 from .schedules import NoiseSchedule
-from .settings import GenerationSettings, InpaintOptions, ModelDefaults
+from .settings import GenerationSettings, ModelDefaults
 from .tokenizer import CLIPTokenizer
 
 
@@ -96,9 +96,7 @@ class StableDiffusion:
         """Repaint where `mask` is white (soft grey values blend); everything outside the blurred mask keeps the
         input's exact pixels. The `InpaintOptions` (mask_blur, only_masked, padding, fill, color_match) may be given
         as keyword arguments with the other settings; see `sd_core.inpainting` for the steps."""
-        option_names = set(InpaintOptions.__dataclass_fields__)
-        options = InpaintOptions(**{k: settings.pop(k) for k in list(settings) if k in option_names})
-        chosen = GenerationSettings(prompt=prompt, strength=strength, inpaint=options, **settings)
+        chosen = GenerationSettings.from_kwargs(prompt, strength=strength, **settings)
         return self.generate(chosen, image, mask, callback=callback)
 
     def outpaint(
