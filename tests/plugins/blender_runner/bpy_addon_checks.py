@@ -233,6 +233,7 @@ def start_texture_run(addon, steps: int):
 def test_tick_flow_progress_preview_result(addon_env):
     before = image_names()
     run = start_texture_run(addon_env, steps=40)
+    run.task.poll_interval = 0.05  # 40 steps take about 0.1 s here: the UI's 0.2 s polls would see one preview
     states, fractions, previews = [], [], []
     while not run.step():
         states.append(run.task.state.value)
