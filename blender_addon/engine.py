@@ -21,7 +21,9 @@ except ImportError:  # running from the source tree, next to sd_core
     from sd_core import client  # type: ignore[no-redef]
 
 KINDS = ("txt2img", "img2img", "inpaint")
-TILING = ("", "x", "y", "xy")
+# How both engines inpaint, in the A1111 request's terms: the add-on pastes the unmasked pixels back itself, exactly,
+# so the engine only fills the hole: no mask blur, the whole picture, the hole prefilled from its surroundings (fill 0).
+INPAINT = {"mask_blur": 0, "inpaint_full_res": False, "inpainting_fill": 0}
 
 
 class UserError(Exception):
@@ -34,17 +36,21 @@ class Cancelled(Exception):
 
 @dataclass
 class Request:
-    """What to generate, independent of the engine. Pixels are uint8 arrays with rows top-down (PNG order)."""
+    """What to generate, independent of the engine. Pixels are uint8 arrays with rows top-down (PNG order).
+
+    None means "the engine's rule": `cfg_scale` the model's own CFG scale, `width`/`height` the model's native size
+    (txt2img) or the source image's size rounded to a multiple of 8 (img2img, inpaint). The values themselves are
+    checked by the engine (sd_core's limits, in-process or in the server), whose message reaches the user."""
 
     kind: str = "txt2img"
     prompt: str = ""
     negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
+    width: int | None = None
+    height: int | None = None
     steps: int = 20
     sampler: str = "Euler a"
-    cfg_scale: float = 7.0
-    seed: int = -1
+    cfg_scale: float | None = None
+    seed: int = -1  # -1: random
     batch_size: int = 1
     tiling: str = ""  # "", "x", "y" or "xy": seamless on those axes
     strength: float = 0.75  # img2img/inpaint denoising strength
@@ -52,13 +58,9 @@ class Request:
     mask: np.ndarray | None = None  # HxW, 255 = repaint (inpaint)
 
     def check(self) -> None:
-        """Settings no engine could run, refused before anything starts."""
+        """What the add-on itself must get right before anything starts: a known kind with the pixels it needs."""
         if self.kind not in KINDS:
             raise UserError(f"Unknown generation kind {self.kind!r}")
-        if self.tiling not in TILING:
-            raise UserError(f"Seamless axes must be one of {TILING}, got {self.tiling!r}")
-        if self.width < 64 or self.height < 64 or self.width % 8 or self.height % 8:
-            raise UserError(f"Size {self.width}x{self.height}: width and height must be multiples of 8, at least 64")
         if self.kind != "txt2img" and (self.image is None or self.image.size == 0):
             raise UserError("img2img needs a source image with pixels")
         if self.kind == "inpaint" and self.mask is None:
@@ -143,6 +145,9 @@ def quietly(fn: Callable[[], Any]) -> None:
 class Engine(ABC):
     """What the UI needs from any engine."""
 
+    model_cfg_scale: float | None = None
+    """The model's own CFG scale, once the engine has seen its model (shown beside the panel's "Model's CFG")."""
+
     @abstractmethod
     def start(self, request: Request) -> Job:
         """Begin generating; returns at once."""
@@ -180,7 +185,7 @@ def explain(exc: BaseException, engine: Engine | None = None) -> str:
             return f"The server refused the token ({exc}). Set the server's token in the add-on preferences"
         return f"The server refused the request: {exc}. Check the settings in the panel"
     if isinstance(exc, MemoryError):
-        return f"Out of memory in {where}: lower the size or the batch, or press Release and try again"
+        return f"Out of memory ({where}): lower the size or the batch, or press Release and try again"
     if isinstance(exc, (ValueError, FileNotFoundError)):
         return f"The request was refused ({where}): {exc}"
-    return f"Generation failed in {where}: {type(exc).__name__}: {exc}"
+    return f"Generation failed ({where}): {type(exc).__name__}: {exc}"

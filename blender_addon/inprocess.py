@@ -6,6 +6,7 @@ callback raises `sd_core.Cancelled`.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import io
@@ -15,12 +16,41 @@ from typing import Any
 
 import numpy as np
 
-from .engine import Cancelled, Engine, Job, Progress, Request, Result, UserError, explain
+from .engine import INPAINT, Cancelled, Engine, Job, Progress, Request, Result, UserError, explain
 
 
 def sd_core_importable() -> bool:
     """Whether Blender's Python could run the engine itself (sd_core and torch both importable)."""
     return all(importlib.util.find_spec(name) is not None for name in ("sd_core", "torch"))
+
+
+def generation_settings(request: Request) -> Any:
+    """The request as the engine's one settings object: the request's fields that are settings go as they are (their
+    names are the engine's), and sd_core checks them (its limits) and fills in what is None (the model's CFG scale
+    and size) or -1 (a random seed), as it does for the server."""
+    import sd_core
+
+    names = {f.name for f in dataclasses.fields(request)} & set(sd_core.GenerationSettings.__dataclass_fields__)
+    values = {name: getattr(request, name) for name in names}
+    if request.kind == "txt2img":
+        values["strength"] = None  # a strength without a source image is an error to the engine
+    if request.kind == "inpaint":
+        fill = sd_core.limits.FILLS[INPAINT["inpainting_fill"]]  # A1111's fill codes, in the engine's order
+        only_masked = INPAINT["inpaint_full_res"]
+        values["inpaint"] = sd_core.InpaintOptions(mask_blur=INPAINT["mask_blur"], only_masked=only_masked, fill=fill)
+    return sd_core.GenerationSettings(**values)
+
+
+def pil_images(request: Request) -> tuple[Any, Any]:
+    """The source image and mask as PIL images (None where the kind has none)."""
+    from PIL import Image
+
+    image = mask = None
+    if request.image is not None and request.kind != "txt2img":
+        image = Image.fromarray(np.ascontiguousarray(request.image), "RGB")
+    if request.mask is not None and request.kind == "inpaint":
+        mask = Image.fromarray(np.ascontiguousarray(request.mask), "L")
+    return image, mask
 
 
 def _png_bytes(image: Any) -> bytes:
@@ -57,8 +87,6 @@ class InProcessEngine(Engine):
         return Job(lambda cancel: self._generate(request, cancel), on_cancel=self.interrupt)
 
     def _generate(self, request: Request, cancel: threading.Event) -> Result:
-        from PIL import Image
-
         import sd_core
 
         with self._lock:
@@ -67,36 +95,18 @@ class InProcessEngine(Engine):
             try:
                 if cancel.is_set():
                     raise Cancelled("cancelled before it started")
+                settings = generation_settings(request)
                 if self._pipe is None:
                     self._pipe = sd_core.load(self.model)
+                self.model_cfg_scale = self._pipe.defaults.cfg_scale
 
-                def on_step(info: dict[str, Any]) -> None:
-                    self._state.update(step=info["step"], total=info["total"], latents=info["latents"][:1].cpu())
+                def on_step(info: sd_core.StepInfo) -> None:
+                    self._state.update(step=info.step, total=info.total, latents=info.latents[:1].cpu())
                     if cancel.is_set():
                         raise sd_core.Cancelled("cancelled")
 
-                common: dict[str, Any] = dict(
-                    negative_prompt=request.negative_prompt,
-                    width=request.width,
-                    height=request.height,
-                    steps=request.steps,
-                    sampler=request.sampler,
-                    cfg_scale=request.cfg_scale,
-                    seed=None if request.seed < 0 else request.seed,
-                    batch_size=request.batch_size,
-                    callback=on_step,
-                )
-                if request.tiling:
-                    common["tiling"] = request.tiling
-                if request.kind == "txt2img":
-                    images = self._pipe.txt2img(request.prompt, **common)
-                else:
-                    init = Image.fromarray(np.ascontiguousarray(request.image), "RGB")
-                    if request.kind == "img2img":
-                        images = self._pipe.img2img(init, request.prompt, strength=request.strength, **common)
-                    else:
-                        mask = Image.fromarray(np.ascontiguousarray(request.mask), "L")
-                        images = self._pipe.inpaint(init, mask, request.prompt, strength=request.strength, **common)
+                image, mask = pil_images(request)
+                images = self._pipe.generate(settings, image, mask, callback=on_step)
             except sd_core.Cancelled as exc:
                 raise Cancelled("cancelled") from exc
             except (ValueError, TypeError, FileNotFoundError, MemoryError) as exc:

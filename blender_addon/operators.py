@@ -90,10 +90,9 @@ def _source_image(context: Any, name: str) -> Any:
 
 
 def _img2img_request(settings: Any, rgba: np.ndarray, kind: str = "img2img") -> Request:
-    """A request on uint8 top-down pixels, at their size rounded to a multiple of 8 (at least 64)."""
-    height, width = rgba.shape[:2]
+    """A request on uint8 top-down pixels, at the size the engine makes of theirs (rounded to a multiple of 8)."""
     request = props.make_request(settings, kind, image=np.ascontiguousarray(rgba[:, :, :3]))
-    request.width, request.height = (max(64, round(side / 8) * 8) for side in (width, height))
+    request.width = request.height = None  # the panel's size is for new textures; a restyle keeps the source's
     return request
 
 
@@ -253,33 +252,38 @@ class SDCORE_OT_restyle_render(_Generation, bpy.types.Operator):
         return _restyle(context, render_scene(context.scene), "Restyle render")
 
 
-class SDCORE_OT_img2img_image(_Generation, bpy.types.Operator):
+class _ImageGeneration(_Generation):
+    """Works on an image: the one named by `image`, else the Image Editor's; subclasses implement
+    `prepare_image(settings, source)`."""
+
+    image: StringProperty(name="Image", default="", description="Image to use; empty: the Image Editor's image")
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        return self.prepare_image(props.settings(context), _source_image(context, self.image))
+
+    def prepare_image(self, settings: Any, source: Any) -> tuple[Request, str, Finish]:
+        raise NotImplementedError
+
+
+class SDCORE_OT_img2img_image(_ImageGeneration, bpy.types.Operator):
     """Restyle the image open in the Image Editor with img2img, into a new image"""
 
     bl_idname = "sdcore.img2img_image"
     bl_label = "Restyle Image"
 
-    image: StringProperty(name="Image", default="", description="Image to use; empty: the Image Editor's image")
-
-    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
-        settings = props.settings(context)
-        source = _source_image(context, self.image)
+    def prepare_image(self, settings: Any, source: Any) -> tuple[Request, str, Finish]:
         request = _img2img_request(settings, pixels.to_srgb8(source))
         name = _name_from(source.name, "image", prefix="Restyled ")
         return request, "Restyle image", _new_images_finish(name, settings.pack, tuple(source.size))
 
 
-class SDCORE_OT_inpaint_image(_Generation, bpy.types.Operator):
+class SDCORE_OT_inpaint_image(_ImageGeneration, bpy.types.Operator):
     """Fill the transparent area of the Image Editor's image; opaque pixels stay exactly as they are"""
 
     bl_idname = "sdcore.inpaint_image"
     bl_label = "Inpaint Transparent Area"
 
-    image: StringProperty(name="Image", default="", description="Image to use; empty: the Image Editor's image")
-
-    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
-        settings = props.settings(context)
-        source = _source_image(context, self.image)
+    def prepare_image(self, settings: Any, source: Any) -> tuple[Request, str, Finish]:
         stored = pixels.read_rgba(source)
         alpha = stored[:, :, 3]
         if float(alpha.min()) >= 1.0:

@@ -37,6 +37,8 @@ SEAMLESS = [
     ("Y", "Y", "Tiles top to bottom"),
     ("XY", "Both", "Tiles in both directions"),
 ]
+# The settings a request takes as they are (the same names in the panel, the `Request` and the engine).
+AS_IS = ("prompt", "negative_prompt", "width", "height", "steps", "sampler", "batch_size", "strength")
 HISTORY_SIZE = 20
 # The settings a history entry keeps and a recall restores (names shared by both property groups).
 RECALLED = (
@@ -47,6 +49,7 @@ RECALLED = (
     "steps",
     "sampler",
     "cfg_scale",
+    "model_cfg",
     "seed",
     "random_seed",
     "seamless",
@@ -55,33 +58,35 @@ RECALLED = (
 )
 
 
+def _side(name: str) -> IntProperty:
+    return IntProperty(
+        name=name,
+        default=512,
+        min=64,
+        max=2048,
+        step=64,
+        subtype="PIXEL",
+        description=f"Image {name.lower()} (a multiple of 8)",
+    )
+
+
 def _common() -> dict[str, Any]:
     """Property definitions shared by the settings and the history entries."""
     return {
         "prompt": StringProperty(name="Prompt", description="What to generate", default=""),
         "negative_prompt": StringProperty(name="Negative", description="What to avoid", default=""),
-        "width": IntProperty(
-            name="Width",
-            default=512,
-            min=64,
-            max=2048,
-            step=64,
-            subtype="PIXEL",
-            description="Image width (a multiple of 8)",
-        ),
-        "height": IntProperty(
-            name="Height",
-            default=512,
-            min=64,
-            max=2048,
-            step=64,
-            subtype="PIXEL",
-            description="Image height (a multiple of 8)",
-        ),
+        "width": _side("Width"),
+        "height": _side("Height"),
         "steps": IntProperty(name="Steps", default=20, min=1, max=150, description="Sampling steps"),
         "sampler": EnumProperty(name="Sampler", items=[(s, s, "") for s in SAMPLERS], default="Euler a"),
         "cfg_scale": FloatProperty(
             name="CFG", default=7.0, min=0.0, max=30.0, description="How closely to follow the prompt"
+        ),
+        "model_cfg": BoolProperty(
+            name="Model's CFG",
+            default=True,
+            description="Use the model's own CFG scale (sd-core's built-in model: 3, most SD models: 7.5); "
+            "off: the CFG value beside it",
         ),
         "seed": IntProperty(name="Seed", default=0, min=0, description="Seed used when 'Random' is off"),
         "random_seed": BoolProperty(name="Random", default=True, description="A new random seed each time"),
@@ -133,23 +138,12 @@ def make_request(s: Any, kind: str, **extra: Any) -> Request:
     seed = random.randrange(2**31 - 1) if s.random_seed else int(s.seed)
     return Request(
         kind=kind,
-        prompt=s.prompt,
-        negative_prompt=s.negative_prompt,
-        width=_multiple_of_8(s.width),
-        height=_multiple_of_8(s.height),
-        steps=s.steps,
-        sampler=s.sampler,
-        cfg_scale=s.cfg_scale,
+        **{name: getattr(s, name) for name in AS_IS},
+        cfg_scale=None if s.model_cfg else s.cfg_scale,  # None: the model's own
         seed=seed,
-        batch_size=s.batch_size,
         tiling="" if s.seamless == "NONE" else s.seamless.lower(),
-        strength=s.strength,
         **extra,
     )
-
-
-def _multiple_of_8(value: int) -> int:
-    return max(64, int(value) // 8 * 8)
 
 
 def remember(s: Any, request: Request) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import Cancelled, Engine, Job, Progress, Request, Result, UserError, client, explain, quietly
+from .engine import INPAINT, Cancelled, Engine, Job, Progress, Request, Result, UserError, client, explain, quietly
 
 SERVER_START_TIMEOUT = 300.0  # loading a large checkpoint from a slow disk takes minutes
 GENERATION_TIMEOUT = 3600.0
@@ -37,14 +37,14 @@ def a1111_payload(request: Request) -> tuple[str, dict[str, Any]]:
     payload: dict[str, Any] = {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt,
-        "width": request.width,
-        "height": request.height,
         "steps": request.steps,
         "sampler_name": request.sampler,
-        "cfg_scale": request.cfg_scale,
         "seed": request.seed,
         "batch_size": request.batch_size,
     }
+    for name in ("width", "height", "cfg_scale"):  # left out: the server's rule (the model's own, the image's size)
+        if getattr(request, name) is not None:
+            payload[name] = getattr(request, name)
     if request.tiling:
         payload["tiling"] = True if request.tiling == "xy" else request.tiling
     if request.kind == "txt2img":
@@ -54,8 +54,7 @@ def a1111_payload(request: Request) -> tuple[str, dict[str, Any]]:
     payload["denoising_strength"] = request.strength
     if request.kind == "inpaint":
         assert request.mask is not None
-        # The add-on pastes the unmasked pixels back itself, exactly; the server only has to fill the hole.
-        payload.update(mask=_png_b64(request.mask), mask_blur=0, inpaint_full_res=False, inpainting_fill=0)
+        payload.update(mask=_png_b64(request.mask), **INPAINT)
     return "img2img", payload
 
 
@@ -114,9 +113,15 @@ class ServerEngine(Engine):
                 response = getattr(self._client, endpoint)(payload)
             except Exception as exc:
                 raise UserError(explain(exc, self)) from exc
+            quietly(self._read_model_defaults)
             return decode_result(response)
 
         return Job(call, on_cancel=self.interrupt)
+
+    def _read_model_defaults(self) -> None:
+        """The model's own CFG scale, for the panel: sd-core's options name it (other servers do not)."""
+        defaults = self._client.options().get("sd_core_model_defaults") or {}
+        self.model_cfg_scale = defaults.get("cfg_scale")
 
     def progress(self) -> Progress:
         return decode_progress(self._client.progress())

@@ -43,6 +43,21 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
+def _value_or_auto(layout: Any, s: Any, value: str, auto: str, **toggle: Any) -> None:
+    """A value greyed out while the toggle beside it (`auto`: random seed, the model's CFG) is on."""
+    row = layout.row(align=True)
+    sub = row.row(align=True)
+    sub.enabled = not getattr(s, auto)
+    sub.prop(s, value)
+    row.prop(s, auto, toggle=True, **toggle)
+
+
+def _model_cfg_text() -> str:
+    """The toggle's label, with the model's own value once the engine has seen the model."""
+    cfg = SESSION.engine.model_cfg_scale if SESSION.engine is not None else None
+    return "Model's CFG" if cfg is None else f"Model's CFG ({cfg:g})"
+
+
 def draw_settings(layout: Any, s: Any) -> None:
     col = layout.column(align=True)
     col.prop(s, "prompt", text="")
@@ -52,13 +67,9 @@ def draw_settings(layout: Any, s: Any) -> None:
     row.prop(s, "width")
     row.prop(s, "height")
     col.prop(s, "steps")
-    col.prop(s, "cfg_scale")
+    _value_or_auto(col, s, "cfg_scale", "model_cfg", text=_model_cfg_text())
     layout.prop(s, "sampler")
-    row = layout.row(align=True)
-    sub = row.row(align=True)
-    sub.enabled = not s.random_seed
-    sub.prop(s, "seed")
-    row.prop(s, "random_seed", toggle=True, icon="FILE_REFRESH")
+    _value_or_auto(layout, s, "seed", "random_seed", icon="FILE_REFRESH")
     row = layout.row(align=True)
     row.label(text="Seamless")
     row.prop(s, "seamless", expand=True)

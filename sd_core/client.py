@@ -16,7 +16,6 @@ Errors: `ClientError` when the server answers with an error (its message, status
 from __future__ import annotations
 
 import base64
-import binascii
 import collections
 import http.client
 import json
@@ -91,10 +90,8 @@ class SDClient:
         timeout: float = 30.0,
         generation_timeout: float | None = 3600.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.token = token
-        self.timeout = timeout
-        self.generation_timeout = generation_timeout
+        self.base_url, self.token = base_url.rstrip("/"), token
+        self.timeout, self.generation_timeout = timeout, generation_timeout
 
     # --- transport ----------------------------------------------------------------------------------------------
 
@@ -187,8 +184,7 @@ class Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self._event = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(call, payload), daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, args=(call, payload), daemon=True).start()
 
     def _run(self, call: Callable[[Any], Any], payload: Any) -> None:
         try:
@@ -254,14 +250,13 @@ class LocalServer:
 
     def command(self) -> list[str]:
         cmd = [self.python, "-m", self.module, "--host", self.host, "--port", str(self.port)]
-        if self.model is not None:
-            cmd += ["--model", os.fspath(self.model)]
-        if self.models_dir is not None:
-            cmd += ["--models-dir", os.fspath(self.models_dir)]
+        for option, path in (("--model", self.model), ("--models-dir", self.models_dir)):
+            if path is not None:
+                cmd += [option, os.fspath(path)]
         return cmd + self.extra_args
 
     def start(self) -> LocalServer:
-        if self.process is not None and self.process.poll() is None:
+        if self.running():
             return self
         env = dict(os.environ if self.env is None else self.env)
         if self.token:
@@ -345,7 +340,7 @@ def b64_to_bytes(text: str) -> bytes:
         text = text.partition(",")[2]
     try:
         return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:  # binascii.Error is one
         raise ValueError(f"not valid base64: {exc}") from None
 
 
@@ -363,8 +358,7 @@ def encode_png_rgba(
     stride = width * 4
     if len(rgba) != stride * height:
         raise ValueError(f"expected {stride * height} bytes for {width}x{height} RGBA, got {len(rgba)}")
-    view = memoryview(rgba)
-    raw = b"".join(b"\x00" + view[y * stride : (y + 1) * stride].tobytes() for y in range(height))
+    raw = b"".join(b"\x00" + rgba[y * stride : (y + 1) * stride] for y in range(height))
     out = [_PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))]
     for key, value in (text or {}).items():
         out.append(_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1", "replace")))
@@ -377,8 +371,7 @@ def _chunks(data: bytes) -> Iterable[tuple[bytes, bytes]]:
         raise ValueError("not a PNG file")
     pos = len(_PNG_SIGNATURE)
     while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
         body = data[pos + 8 : pos + 8 + length]
         if len(body) != length:
             raise ValueError("truncated PNG")
@@ -398,82 +391,59 @@ def png_text(data: bytes) -> dict[str, str]:
         elif kind == b"zTXt":
             key, _, rest = body.partition(b"\x00")
             out[key.decode("latin-1")] = zlib.decompress(rest[1:]).decode("latin-1")
-        elif kind == b"iTXt":
+        elif kind == b"iTXt":  # key, compression flag, method, language, translated key, text
             key, _, rest = body.partition(b"\x00")
-            compressed, rest = rest[0], rest[2:]
-            _lang, _, rest = rest.partition(b"\x00")
-            _translated, _, value = rest.partition(b"\x00")
-            out[key.decode("latin-1")] = (zlib.decompress(value) if compressed else value).decode("utf-8")
+            value = rest[2:].partition(b"\x00")[2].partition(b"\x00")[2]
+            out[key.decode("latin-1")] = (zlib.decompress(value) if rest[0] else value).decode("utf-8")
     return out
 
 
-def _paeth(a: int, b: int, c: int) -> int:
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    return b if pb <= pc else c
+# Which channel of each colour type's pixels feeds R, G, B (and A): grey, RGB, grey+alpha, RGBA.
+_RGBA_SOURCES = {0: (0, 0, 0), 2: (0, 1, 2), 4: (0, 0, 0, 1), 6: (0, 1, 2, 3)}
 
 
 def decode_png(data: bytes) -> tuple[int, int, bytes]:
     """(width, height, RGBA bytes) of an 8-bit non-interlaced PNG (grey, grey+alpha, RGB, RGBA or palette):
     what the server sends. Pure Python, so meant for previews and modest sizes."""
-    header = None
-    palette, alpha_table, idat = b"", b"", []
+    chunks: dict[bytes, list[bytes]] = {}
     for kind, body in _chunks(data):
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"PLTE":
-            palette = body
-        elif kind == b"tRNS":
-            alpha_table = body
-        elif kind == b"IDAT":
-            idat.append(body)
-    if header is None:
+        chunks.setdefault(kind, []).append(body)
+    if b"IHDR" not in chunks:
         raise ValueError("PNG without IHDR")
-    width, height, depth, color, _, _, interlace = header
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][-1])
+    palette, alpha_table = (chunks.get(kind, [b""])[-1] for kind in (b"PLTE", b"tRNS"))
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(color)
     if depth != 8 or channels is None or interlace:
         raise ValueError(f"unsupported PNG (bit depth {depth}, colour type {color}, interlace {interlace})")
-    raw = zlib.decompress(b"".join(idat))
+    raw = zlib.decompress(b"".join(chunks.get(b"IDAT", [])))
     stride = width * channels
     if len(raw) < (stride + 1) * height:
         raise ValueError("truncated PNG image data")
-    rows: list[bytearray] = []
-    prev = bytearray(stride)
+    pixels, prev = bytearray(), bytearray(channels + stride)  # rows start with `channels` zeros: the filters' edge
     for y in range(height):
         start = y * (stride + 1)
-        ftype, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
-        for i in range(stride):
-            left = line[i - channels] if i >= channels else 0
-            up = prev[i]
+        ftype, line = raw[start], bytearray(channels) + raw[start + 1 : start + 1 + stride]
+        for i in range(channels, channels + stride):
+            left, up, upleft = line[i - channels], prev[i], prev[i - channels]
             if ftype == 1:
                 line[i] = (line[i] + left) & 0xFF
             elif ftype == 2:
                 line[i] = (line[i] + up) & 0xFF
             elif ftype == 3:
                 line[i] = (line[i] + ((left + up) >> 1)) & 0xFF
-            elif ftype == 4:
-                upleft = prev[i - channels] if i >= channels else 0
-                line[i] = (line[i] + _paeth(left, up, upleft)) & 0xFF
+            elif ftype == 4:  # Paeth: the neighbour nearest to left + up - upleft
+                p = left + up - upleft
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - upleft)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else upleft)) & 0xFF
             elif ftype != 0:
                 raise ValueError(f"bad PNG filter type {ftype}")
-        rows.append(line)
+        pixels += line[channels:]
         prev = line
-    out = bytearray()
-    for line in rows:
-        if channels == 4:
-            out += line
-        elif channels == 3:
-            for i in range(0, stride, 3):
-                out += line[i : i + 3] + b"\xff"
-        elif channels == 2:
-            for i in range(0, stride, 2):
-                out += bytes((line[i], line[i], line[i], line[i + 1]))
-        elif color == 0:
-            for v in line:
-                out += bytes((v, v, v, 255))
-        else:
-            for v in line:
-                out += palette[3 * v : 3 * v + 3] + bytes((alpha_table[v] if v < len(alpha_table) else 255,))
+    if color == 3:  # palette indices -> the palette's RGB and the tRNS alpha (opaque where it has none)
+        alpha = alpha_table + b"\xff" * (256 - len(alpha_table))
+        table = [palette[3 * v : 3 * v + 3] + alpha[v : v + 1] for v in range(256)]
+        return width, height, b"".join(table[v] for v in pixels)
+    out = bytearray(b"\xff" * (width * height * 4))  # opaque unless the PNG has alpha
+    for target, source in enumerate(_RGBA_SOURCES[color]):
+        out[target::4] = pixels[source::channels]
     return width, height, bytes(out)

@@ -25,6 +25,15 @@ def background(fn: Callable[[], Any]) -> Job:
     return Job(lambda _payload: fn(), None)
 
 
+def read_model_defaults(client: SDClient) -> dict[str, Any]:
+    """The current model's own CFG scale and size from sd-core's options; {} where a server does not say."""
+    try:
+        defaults = client.options().get("sd_core_model_defaults")
+    except (ClientError, AttributeError):
+        return {}
+    return defaults if isinstance(defaults, dict) else {}
+
+
 class Run:
     """One generation: capture -> prepare (thread) -> HTTP (thread) -> results (thread) -> layers (Krita)."""
 
@@ -41,6 +50,7 @@ class Controller(qt.QObject):
 
     server_status = qt.pyqtSignal(str)  # one line for the status label
     samplers_ready = qt.pyqtSignal(list)  # sampler names offered by the server
+    model_defaults = qt.pyqtSignal(dict)  # the model's own settings, as sd-core names them ({} from other servers)
     message = qt.pyqtSignal(str)  # information or an error, for the user
     progress = qt.pyqtSignal(float)  # 0..1
     busy = qt.pyqtSignal(bool)
@@ -96,7 +106,8 @@ class Controller(qt.QObject):
         self.server_status.emit("Server stopped.")
 
     def check_server(self) -> None:
-        self._watch_server("check", lambda: self.client.samplers())
+        client = self.client
+        self._watch_server("check", lambda: (client.samplers(), read_model_defaults(client)))
 
     def _watch_server(self, kind: str, fn: Callable[[], Any]) -> None:
         self._server_job, self._server_job_kind = background(fn), kind
@@ -106,6 +117,7 @@ class Controller(qt.QObject):
         if job.error is not None:
             text = job.error.message if isinstance(job.error, ClientError) else str(job.error)
             self.server_status.emit(f"Server not available: {text}")
+            self.model_defaults.emit({})  # no model to name a CFG scale
             if self._server_job_kind == "start" and self.server is not None:
                 self.server.stop()
                 self.server = None
@@ -113,8 +125,10 @@ class Controller(qt.QObject):
         if self._server_job_kind == "start":
             self.check_server()
             return
-        names = [s.get("name", "") for s in job.result or [] if isinstance(s, dict)]
+        samplers, defaults = job.result
+        names = [s.get("name", "") for s in samplers or [] if isinstance(s, dict)]
         self.samplers_ready.emit([n for n in names if n])
+        self.model_defaults.emit(defaults)
         owner = " (started by Krita)" if self.server is not None and self.server.running() else ""
         self.server_status.emit(f"Server ready at {self.client.base_url}{owner}.")
 

@@ -18,6 +18,8 @@ from .settings import Settings
 DOCKER_ID = "sd_krita_docker"
 TITLE = "SD Inpaint"
 SOURCES = [("Visible canvas", "visible"), ("Active layer", "layer")]
+MODEL_CFG_TEXT = "model default"
+MODEL_CFG_GUESS = 7.5  # what the CFG spin shows until the server names the model's own value
 
 
 def _spin(lo: int, hi: int, value: int, step: int = 1, suffix: str = "") -> qt.QSpinBox:
@@ -103,7 +105,14 @@ class SDDocker(DockWidget):
         self.sampler_combo = qt.QComboBox()
         self.sampler_combo.setEditable(True)
         self.sampler_combo.addItem(s.sampler)
-        self.cfg_spin = _dspin(1.0, 30.0, s.cfg_scale, 0.5, 1)
+        self.cfg_spin = _dspin(1.0, 30.0, MODEL_CFG_GUESS if s.cfg_scale is None else s.cfg_scale, 0.5, 1)
+        self.cfg_spin.setEnabled(s.cfg_scale is not None)
+        self.cfg_model_check = qt.QCheckBox(MODEL_CFG_TEXT)
+        self.cfg_model_check.setChecked(s.cfg_scale is None)
+        self.cfg_model_check.setToolTip(
+            "Use the model's own CFG scale (sd-core's built-in model: 3, most Stable Diffusion models: 7.5).\n"
+            "Untick to choose one."
+        )
         self.seed_spin = _spin(-1, 2**31 - 1, s.seed)
         self.seed_spin.setSpecialValueText("random")
         self.candidates_spin = _spin(1, 8, s.candidates)
@@ -121,7 +130,7 @@ class SDDocker(DockWidget):
             ("Strength", self.strength_spin),
             ("Steps", self.steps_spin),
             ("Sampler", self.sampler_combo),
-            ("CFG", self.cfg_spin),
+            ("CFG", self._row(self.cfg_spin, self.cfg_model_check, layout=qt.QVBoxLayout)),  # fits the docked width
             ("Seed", self.seed_spin),
             ("Candidates", self.candidates_spin),
             ("Grow", self.grow_spin),
@@ -138,11 +147,11 @@ class SDDocker(DockWidget):
         self.generate_button = qt.QPushButton("Generate")
         self.cancel_button = qt.QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        layout.addWidget(self._row(self.inpaint_button, self.generate_button, self.cancel_button))
+        layout.addWidget(self._row(self.inpaint_button, self.generate_button))
         self.progress_bar = qt.QProgressBar()
         self.progress_bar.setRange(0, 100)
         self.progress_bar.setValue(0)
-        layout.addWidget(self.progress_bar)
+        layout.addWidget(self._row(self.progress_bar, self.cancel_button))  # two rows: the docked width holds them
         self.message_label = qt.QLabel("")
         self.message_label.setWordWrap(True)
         qt.rich_text_off(self.message_label)
@@ -155,9 +164,9 @@ class SDDocker(DockWidget):
         self.setWidget(scroll)
 
     @staticmethod
-    def _row(*widgets: qt.QWidget) -> qt.QWidget:
+    def _row(*widgets: qt.QWidget, layout: Any = qt.QHBoxLayout) -> qt.QWidget:
         box = qt.QWidget()
-        row = qt.QHBoxLayout(box)
+        row = layout(box)
         row.setContentsMargins(0, 0, 0, 0)
         for w in widgets:
             row.addWidget(w)
@@ -169,7 +178,8 @@ class SDDocker(DockWidget):
         """Object names, so scripts and tests can find the controls with findChild."""
         for name in (
             "status_label", "url_edit", "python_edit", "model_edit", "start_button", "stop_button", "prompt_edit",
-            "negative_edit", "inpaint_button", "generate_button", "cancel_button", "progress_bar", "message_label",
+            "negative_edit", "cfg_spin", "cfg_model_check", "inpaint_button", "generate_button", "cancel_button",
+            "progress_bar", "message_label",
         ):  # fmt: skip
             getattr(self, name).setObjectName(f"sd_krita_{name}")
 
@@ -180,6 +190,7 @@ class SDDocker(DockWidget):
         c.progress.connect(lambda v: self.progress_bar.setValue(int(round(v * 100))))
         c.busy.connect(self._set_busy)
         c.samplers_ready.connect(self._set_samplers)
+        c.model_defaults.connect(self._set_model_defaults)
         self.connect_button.clicked.connect(self._connect_url)
         self.start_button.clicked.connect(self._start_server)
         self.stop_button.clicked.connect(c.stop_server)
@@ -197,7 +208,6 @@ class SDDocker(DockWidget):
             (self.port_spin, "port"),
             (self.strength_spin, "strength"),
             (self.steps_spin, "steps"),
-            (self.cfg_spin, "cfg_scale"),
             (self.seed_spin, "seed"),
             (self.candidates_spin, "candidates"),
             (self.grow_spin, "grow"),
@@ -212,10 +222,28 @@ class SDDocker(DockWidget):
             lambda index: self._store("source", self.source_combo.itemData(index))
         )
         self.colour_check.toggled.connect(lambda on: self._store("colour_match", bool(on)))
+        self.cfg_spin.valueChanged.connect(lambda value: self._store_cfg())
+        self.cfg_model_check.toggled.connect(lambda on: self._store_cfg())
 
     def _store(self, name: str, value: Any) -> None:
         setattr(self.settings, name, value)
         self.save_settings()
+
+    def _store_cfg(self) -> None:
+        """Ticked: no CFG scale (the model's own); unticked: the spin's value."""
+        model_cfg = self.cfg_model_check.isChecked()
+        self.cfg_spin.setEnabled(not model_cfg)
+        self._store("cfg_scale", None if model_cfg else self.cfg_spin.value())
+
+    def _set_model_defaults(self, defaults: dict[str, Any]) -> None:
+        """Show the model's own CFG scale beside the tick; the spin starts from it when the tick is taken off."""
+        cfg = defaults.get("cfg_scale")
+        if not isinstance(cfg, (int, float)) or isinstance(cfg, bool):
+            self.cfg_model_check.setText(MODEL_CFG_TEXT)
+            return
+        self.cfg_model_check.setText(f"{MODEL_CFG_TEXT} ({cfg:g})")
+        if self.cfg_model_check.isChecked():
+            self.cfg_spin.setValue(float(cfg))  # stored only once the tick is off
 
     def _connect_url(self) -> None:
         self._store("server_url", self.url_edit.text().strip())

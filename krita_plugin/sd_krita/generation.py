@@ -55,17 +55,21 @@ def png_of(planes: list[bytes], width: int, height: int) -> str:
 
 
 def common_payload(settings: Settings, plan: Plan) -> dict[str, Any]:
-    return {
+    """The settings every request carries. The server checks them (sd-core's limits) and says what is wrong; a
+    CFG scale left as None is left out, so the server uses the model's own."""
+    payload: dict[str, Any] = {
         "prompt": settings.prompt,
         "negative_prompt": settings.negative_prompt,
         "seed": settings.seed,
         "steps": settings.steps,
         "sampler_name": settings.sampler,
-        "cfg_scale": settings.cfg_scale,
         "width": plan.work_w,
         "height": plan.work_h,
         "batch_size": max(1, settings.candidates),
     }
+    if settings.cfg_scale is not None:
+        payload["cfg_scale"] = settings.cfg_scale
+    return payload
 
 
 def build_request(capture: Capture, settings: Settings, strength: float | None = None) -> Request:

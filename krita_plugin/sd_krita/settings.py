@@ -10,6 +10,15 @@ from dataclasses import dataclass, fields
 SOURCES = ("visible", "layer")  # what the model sees: the visible canvas or the active layer only
 
 
+PARSERS = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "float | None": float,
+    "bool": lambda text: text.strip().lower() in ("1", "true", "yes", "on"),
+}  # by the field's annotation (a string: `from __future__ import annotations`)
+
+
 @dataclass
 class Settings:
     server_url: str = "http://127.0.0.1:7860"
@@ -21,7 +30,7 @@ class Settings:
     strength: float = 0.75
     steps: int = 20
     sampler: str = "Euler a"
-    cfg_scale: float = 7.0
+    cfg_scale: float | None = None  # None: the model's own (sent as nothing; the server fills it in)
     seed: int = -1  # -1: the server picks one
     candidates: int = 1
     grow: int = 8  # pixels the selection grows before feathering
@@ -32,29 +41,23 @@ class Settings:
     colour_match: bool = True
 
     def to_strings(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        """Every field as a string; None (the model's own value) as an empty one."""
+        return {f.name: "" if getattr(self, f.name) is None else str(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_strings(cls, values: dict[str, str]) -> Settings:
-        """Unknown keys are ignored and unreadable values fall back to the default, so old settings never break."""
+        """Unknown keys are ignored and unreadable values fall back to the default, so old settings never break; an
+        empty value is the default too (for `cfg_scale`: the model's own)."""
         settings = cls()
         for f in fields(cls):
             text = values.get(f.name)
             if text is None or text == "":
                 continue
-            default = getattr(settings, f.name)
+            parse = PARSERS[str(f.type)]
             try:
-                if isinstance(default, bool):
-                    value: object = text.strip().lower() in ("1", "true", "yes", "on")
-                elif isinstance(default, int):
-                    value = int(text)
-                elif isinstance(default, float):
-                    value = float(text)
-                else:
-                    value = text
+                setattr(settings, f.name, parse(text))
             except ValueError:
                 continue
-            setattr(settings, f.name, value)
         if settings.source not in SOURCES:
             settings.source = "visible"
         return settings

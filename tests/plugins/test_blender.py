@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import real_hosts
 from PIL import Image
-from server_utils import open_b64, start_server, tiny_checkpoint
+from server_utils import SERVER_THREADS, open_b64, start_server, tiny_checkpoint
 
 from sd_core.client import SDClient, free_port
 
@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # blender_addon/ is not an installed package
 
 from blender_addon.engine import Request  # noqa: E402
-from blender_addon.inprocess import InProcessEngine  # noqa: E402
-from blender_addon.server_engine import LocalServerEngine, ServerEngine  # noqa: E402
+from blender_addon.inprocess import InProcessEngine, generation_settings  # noqa: E402
+from blender_addon.server_engine import LocalServerEngine, ServerEngine, a1111_payload  # noqa: E402
 from blender_addon.task import State, Task  # noqa: E402
 
 BLENDERS = real_hosts.BLENDER_VENVS  # the bpy venvs made by scripts/install_bpy.sh
@@ -173,6 +173,8 @@ def test_task_steps_through_progress_and_preview_to_the_servers_image(server):
     assert fractions == sorted(fractions) and any(0 < f < 1 for f in fractions)
     assert max(p for _, _, p in seen[:-1]) >= 2, "the preview did not update during the run"
     assert task.result is not None and len(task.result.images) == 1 and task.result.seeds == [5]
+    assert "CFG scale: 7.5" in task.result.infotexts[0]  # no CFG asked for: the model's own (tiny models: 7.5)
+    assert task.engine.model_cfg_scale == 7.5  # for the panel, from the server's sd_core_model_defaults
     reference = SDClient(server.url).txt2img(
         {"prompt": "a red brick wall", "width": 64, "height": 64, "steps": 40, "sampler_name": "Euler", "seed": 5}
     )
@@ -245,4 +247,67 @@ def test_in_process_engine_ticks_cancels_and_generates(model):
     assert task.state is State.DONE, task.error
     assert any(s is State.RUNNING for s, _, _ in seen) and task.preview is not None
     assert png_array(task.result.images[0]).shape == (64, 64, 3)
+    assert "CFG scale: 7.5" in task.result.infotexts[0] and engine.model_cfg_scale == 7.5  # the model's own
     engine.release()
+
+
+# --- one rule for settings: the engine's ------------------------------------------------------------------------------
+
+
+def test_a_default_request_leaves_cfg_and_size_to_the_engine():
+    endpoint, payload = a1111_payload(Request(prompt="x"))
+    assert endpoint == "txt2img" and not {"cfg_scale", "width", "height"} & set(payload), payload
+    assert payload["seed"] == -1  # random, by the engine's rule
+    _, chosen = a1111_payload(Request(prompt="x", cfg_scale=5.0, width=64, height=96))
+    assert (chosen["cfg_scale"], chosen["width"], chosen["height"]) == (5.0, 64, 96)
+    settings = generation_settings(Request(prompt="x"))
+    assert (settings.cfg_scale, settings.width, settings.height, settings.seed) == (None, None, None, None)
+    assert generation_settings(Request(prompt="x", seed=7, cfg_scale=5.0)).cfg_scale == 5.0
+
+
+@pytest.fixture
+def server_threads():
+    """The in-process engine at the server's torch thread count, so that both sum in the same order."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(SERVER_THREADS)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_in_process_and_server_make_the_same_images(server, model, server_threads):
+    """The same request through both engines: the same settings reach sd_core (the model's CFG, the source image's
+    size, the inpaint options), so the same pixels come back."""
+    rng = np.random.default_rng(3)
+    source = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)  # the engine works at 72x88, its sizes' rule
+    mask = np.zeros((70, 90), dtype=np.uint8)
+    mask[10:30, 20:50] = 255
+    requests = [
+        small_request(),
+        small_request(kind="img2img", image=source, width=None, height=None, strength=0.6),
+        small_request(kind="inpaint", image=source, mask=mask, width=None, height=None, strength=0.9),
+    ]
+    local = InProcessEngine(str(model))
+    try:
+        for request in requests:
+            results = []
+            for engine in (ServerEngine(server.url), local):
+                task = Task(engine, request, poll_interval=0.05).start()
+                assert task.wait(120) is State.DONE, task.error
+                results.append(task.result)
+            (remote_png,), (local_png,) = (r.images for r in results)
+            assert np.array_equal(png_array(remote_png), png_array(local_png)), request.kind
+            assert results[0].infotexts == results[1].infotexts and "CFG scale: 7.5" in results[0].infotexts[0]
+    finally:
+        local.release()
+
+
+@pytest.mark.parametrize("make_engine", [ServerEngine, InProcessEngine], ids=["server", "in-process"])
+def test_a_bad_size_is_the_engines_clear_message(make_engine, server, model):
+    """The add-on does not restate the size rules: the engine's limits refuse, and the message says what to fix."""
+    engine = make_engine(server.url) if make_engine is ServerEngine else make_engine(str(model))
+    task = Task(engine, small_request(width=100)).start()
+    assert task.wait(60) is State.FAILED
+    assert "width" in task.error and "multiple of 8" in task.error, task.error
+    assert task.error.startswith(("The server refused the request", "The request was refused")), task.error

@@ -302,6 +302,17 @@ def test_inpaint_request_payload() -> None:
     assert all(m == 255 for m, b in zip(mask.tobytes(), band, strict=True) if b)  # which the server repaints
 
 
+def test_default_settings_send_no_cfg_scale() -> None:
+    """No CFG unless the user chose one: the server then uses the model's own (the built-in model's 3)."""
+    plan = regions.plan_canvas(100, 60, target=64)
+    default = generation.build_request(generation.Capture(plan, None, None), Settings(resolution=64)).payload
+    assert "cfg_scale" not in default
+    chosen = generation.build_request(generation.Capture(plan, None, None), Settings(resolution=64, cfg_scale=6.0))
+    assert chosen.payload["cfg_scale"] == 6.0
+    inpaint = capture_for(150, 100, Rect(60, 40, 30, 20), Settings(resolution=64))
+    assert "cfg_scale" not in generation.build_request(inpaint, Settings(resolution=64)).payload
+
+
 def test_generate_without_selection_is_txt2img_over_the_canvas() -> None:
     settings = Settings(prompt="a sky", resolution=64)
     plan = regions.plan_canvas(100, 60, target=64)
@@ -403,6 +414,11 @@ def test_region_work_has_no_per_pixel_python_loops() -> None:
 def test_settings_round_trip_and_bad_values() -> None:
     s = Settings(prompt="x", strength=0.3, steps=7, colour_match=False, source="layer")
     assert Settings.from_strings(s.to_strings()) == s
+    chosen = Settings(cfg_scale=6.5, seed=12)
+    assert Settings.from_strings(chosen.to_strings()) == chosen
+    assert Settings().cfg_scale is None and Settings().to_strings()["cfg_scale"] == ""  # the model's own
+    assert Settings.from_strings({"cfg_scale": ""}).cfg_scale is None
+    assert Settings.from_strings({"cfg_scale": "lots"}).cfg_scale is None
     broken = Settings.from_strings({"steps": "many", "source": "elsewhere", "unknown": "1"})
     assert broken.steps == Settings().steps and broken.source == "visible"
 

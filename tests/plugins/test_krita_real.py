@@ -179,17 +179,19 @@ def test_whole_application_smoke(tmp_path: Path, plugin_zip: Path, tiny_model: P
         report = home / "report.json"
         env = krita_env(
             home, SD_KRITA_SMOKE_REPORT=str(report), SD_KRITA_SMOKE_PYTHON=sys.executable,
-            SD_KRITA_SMOKE_TIMEOUT=str(KRITA_TIMEOUT - 60),
+            SD_KRITA_SMOKE_TIMEOUT=str(KRITA_TIMEOUT - 60), SD_KRITA_SMOKE_SHOTS=str(home / "shots"),
         )  # fmt: skip
         cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"]
         code, out = run_krita(cmd, env)
         assert report.is_file(), f"the driver wrote no report (exit {code}):\n{tail(out)}"
         result = json.loads(report.read_text(encoding="utf-8"))
         assert result.get("completed"), f"{json.dumps(result, indent=1)}\n{tail(out)}"
-        for check in ("docker_found", "settings_loaded", "new_layer_on_top", "originals_unchanged",
+        for check in ("docker_found", "docker_visible", "settings_loaded", "cfg_model_default", "cfg_in_view",
+                      "cfg_untick", "cfg_tick_again", "new_layer_on_top", "originals_unchanged",
                       "transparent_outside", "opaque_inside", "undo_removed_layer",
                       "originals_unchanged_after_undo", "server_stopped"):  # fmt: skip
             assert result.get(check) is True, f"{check}: {json.dumps(result, indent=1)}"
+        assert all(Path(shot).stat().st_size > 0 for shot in result["shots"]), result  # the docker, the window
         attempts.append(code)
         if code != QUIT_HUNG_EXIT:
             break

@@ -20,6 +20,7 @@ import re
 import socket
 import tempfile
 import time
+import types
 from pathlib import Path
 
 if "BLENDER_USER_RESOURCES" not in os.environ:  # keep the user's own Blender folders out of it
@@ -110,17 +111,18 @@ def server_image(addon, endpoint: str, payload: dict) -> np.ndarray:
 
 
 def base_payload(s) -> dict:
-    return {
+    """What a client would ask the server for with the panel's settings: no CFG scale while 'Model's CFG' is on."""
+    payload = {
         "prompt": s.prompt,
         "negative_prompt": "",
         "width": 64,
         "height": 64,
         "steps": s.steps,
         "sampler_name": s.sampler,
-        "cfg_scale": s.cfg_scale,
         "seed": s.seed,
         "batch_size": 1,
     }
+    return payload if s.model_cfg else dict(payload, cfg_scale=s.cfg_scale)
 
 
 # --- pixels and colour ------------------------------------------------------------------------------------------------
@@ -169,6 +171,8 @@ def test_generate_texture_matches_server_and_textures_a_cube(addon_env):
     expected = server_image(addon_env, "txt2img", base_payload(s))
     assert np.array_equal(got, expected), "differs from the server's image for the same seed"
     assert image["sd_seed"] == 123
+    assert s.model_cfg and addon_env.runs.SESSION.run.task.request.cfg_scale is None  # the default: none sent
+    assert "CFG scale: 7.5" in image["sd_parameters"]  # so the model's own (tiny test models: 7.5)
 
     material = cube.active_material
     assert material is not None
@@ -200,6 +204,32 @@ def test_history_recall_restores_settings_and_seed(addon_env):
     s.prompt, s.steps = "something else", 9
     assert bpy.ops.sdcore.history_recall(index=0) == {"FINISHED"}
     assert (s.prompt, s.steps, s.seed, s.random_seed) == (PROMPT, 4, used, False)
+    assert s.model_cfg
+
+    s.model_cfg, s.cfg_scale = False, 5.0  # a chosen CFG is recalled as chosen
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    s.model_cfg, s.cfg_scale = True, 7.0
+    assert bpy.ops.sdcore.history_recall(index=0) == {"FINISHED"}
+    assert (s.model_cfg, s.cfg_scale) == (False, 5.0)
+
+
+def test_a_chosen_cfg_reaches_the_engine(addon_env):
+    s = bpy.context.scene.sd_core
+    s.model_cfg, s.cfg_scale, s.apply_material = False, 5.0, False
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    image = bpy.data.images[PROMPT]
+    assert "CFG scale: 5.0" in image["sd_parameters"]
+    assert np.array_equal(blender_pixels(image), server_image(addon_env, "txt2img", base_payload(s)))
+
+
+def test_a_bad_size_from_a_script_is_the_engines_clear_report(addon_env):
+    """The add-on does not restate the size rules: the server's limits refuse, and the report says what to fix."""
+    s = bpy.context.scene.sd_core
+    s.width = 100
+    before = image_names()
+    with pytest.raises(RuntimeError, match=r"The server refused the request: width: .*multiple of 8"):
+        bpy.ops.sdcore.generate_texture()
+    assert image_names() == before and "multiple of 8" in addon_env.runs.SESSION.last_error
 
 
 def test_unpacked_textures_need_a_saved_file(addon_env, tmp_path):
@@ -233,6 +263,7 @@ def start_texture_run(addon, steps: int):
 def test_tick_flow_progress_preview_result(addon_env):
     before = image_names()
     run = start_texture_run(addon_env, steps=40)
+    run.task.poll_interval = 0.05  # 40 steps take about 0.1 s here: the UI's 0.2 s polls would see one preview
     states, fractions, previews = [], [], []
     while not run.step():
         states.append(run.task.state.value)
@@ -423,7 +454,9 @@ def test_restyle_render_and_restyle_image_keep_the_source_size(addon_env):
     assert bpy.ops.sdcore.img2img_image(image="odd") == {"FINISHED"}
     assert image_names() - before == {"Restyled odd"}
     assert tuple(bpy.data.images["Restyled odd"].size) == (70, 50)
-    assert addon_env.runs.SESSION.run.task.request.width == 72
+    task = addon_env.runs.SESSION.run.task
+    assert task.request.width is None  # the engine's rule: the source's size to the nearest multiple of 8, >= 64
+    assert decode_png(task.result.images[0]).shape[:2] == (64, 72)
 
 
 def test_seamless_both_axes_reaches_the_engine(addon_env):
@@ -440,7 +473,7 @@ def test_seamless_textures_from_the_built_in_model(addon_env):
     the server's images; saved (rows top-down, RGB) with their prompts for the outer test to measure."""
     bpy.context.preferences.addons[ADDON].preferences.url = BUILTIN_URL
     s = bpy.context.scene.sd_core
-    s.steps, s.cfg_scale, s.seamless, s.apply_material = 20, 3.0, "XY", False
+    s.steps, s.seamless, s.apply_material = 20, "XY", False  # and the model's own CFG: 3 for this one
     server = addon_env.sd_client.SDClient(BUILTIN_URL, timeout=60)
     made = []
     for i, prompt in enumerate(BUILTIN_PROMPTS * 2):
@@ -451,9 +484,11 @@ def test_seamless_textures_from_the_built_in_model(addon_env):
         got = blender_pixels(bpy.data.images[name])
         expected = server.txt2img(dict(base_payload(s), tiling=True))["images"][0]
         assert np.array_equal(got, decode_png(addon_env.sd_client.b64_to_bytes(expected))), prompt
+        assert "CFG scale: 3.0" in bpy.data.images[name]["sd_parameters"]
         np.save(OUT / f"texture{i}.npy", got[:, :, :3])
         made.append({"file": f"texture{i}.npy", "prompt": prompt})
     (OUT / "textures.json").write_text(json.dumps(made))
+    assert addon_env.ui._model_cfg_text() == "Model's CFG (3)"  # what the panel shows beside the toggle
 
 
 def test_connection_check_reports_the_engine(addon_env):
@@ -461,6 +496,50 @@ def test_connection_check_reports_the_engine(addon_env):
     bpy.context.preferences.addons[ADDON].preferences.url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(RuntimeError, match="Cannot reach"):
         bpy.ops.sdcore.test_connection()
+
+
+class RecordingLayout:
+    """Stands in for a panel's UILayout (panels do not draw in background mode): records each property and
+    operator with whether it would be enabled, as Blender greys out a row whose `enabled` is off."""
+
+    def __init__(self, log: list, parent=None) -> None:
+        self.log, self.parent, self.enabled, self.alert = log, parent, True, False
+
+    def active(self) -> bool:
+        return self.enabled and (self.parent is None or self.parent.active())
+
+    def row(self, **_kwargs):
+        return RecordingLayout(self.log, self)
+
+    column = box = row
+
+    def prop(self, _data, name, **kwargs) -> None:
+        self.log.append((name, self.active(), kwargs))
+
+    def operator(self, idname, **kwargs):
+        self.log.append((idname, self.active(), kwargs))
+        return types.SimpleNamespace()
+
+    def label(self, **_kwargs) -> None:
+        pass
+
+    progress = template_icon = label
+
+
+def test_panel_greys_out_cfg_while_the_models_own_is_used(addon_env):
+    s = bpy.context.scene.sd_core
+    context = types.SimpleNamespace(scene=bpy.context.scene, space_data=types.SimpleNamespace(type="IMAGE_EDITOR"))
+    drawn = {}
+    for model_cfg in (True, False):
+        s.model_cfg = s.random_seed = model_cfg
+        log: list = []
+        panel = types.SimpleNamespace(layout=RecordingLayout(log))
+        addon_env.ui.SDCORE_PT_image_editor.draw(panel, context)
+        drawn[model_cfg] = {name: (enabled, kwargs) for name, enabled, kwargs in log}
+    assert drawn[True]["cfg_scale"][0] is False and drawn[False]["cfg_scale"][0] is True
+    assert drawn[True]["model_cfg"] == (True, {"toggle": True, "text": addon_env.ui._model_cfg_text()})
+    assert addon_env.ui._model_cfg_text().startswith("Model's CFG")  # "(3)" once the engine knows the model's value
+    assert drawn[True]["seed"][0] is False and drawn[False]["seed"][0] is True  # as 'Random' does for the seed
 
 
 def test_every_icon_the_ui_names_exists_in_this_blender(addon_env):

@@ -8,6 +8,7 @@ texture model, for the check where the drawn structure matters.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -49,7 +50,9 @@ class Recorder:
         self.messages: list[str] = []
         self.results: list[Any] = []
         self.progress: list[float] = []
+        self.model_defaults: list[dict] = []
         controller.server_status.connect(self.statuses.append)
+        controller.model_defaults.connect(self.model_defaults.append)
         controller.message.connect(self.messages.append)
         controller.finished.connect(self.results.append)
         controller.progress.connect(self.progress.append)
@@ -74,6 +77,7 @@ def ctl() -> Iterator[tuple[Controller, Recorder]]:
     pump(lambda: any("ready" in s or "not available" in s for s in rec.statuses), 300, "the server to start")
     server = controller.server
     assert server is not None and "ready" in rec.statuses[-1], (rec.statuses, rec.messages)
+    assert rec.model_defaults and rec.model_defaults[-1]["cfg_scale"] == 7.5  # the tiny model's own
     yield controller, rec
     controller.stop_server()
     assert not server.running()
@@ -249,13 +253,34 @@ def test_inpaint_feathered_selection(ctl: tuple[Controller, Recorder]) -> None:
     controller.settings.candidates = 1
 
 
+def submissions(controller: Controller) -> list[tuple[dict, Any]]:
+    """(payload, job) of every request the controller sends from now on."""
+    sent: list[tuple[dict, Any]] = []
+    client, submit = controller.client, controller.client.submit
+
+    def recording(kind: str, payload: dict) -> Any:
+        sent.append((dict(payload), submit(kind, payload)))
+        return sent[-1][1]
+
+    client.submit = recording
+    return sent
+
+
+def infotext(job: Any) -> str:
+    return json.loads(job.result["info"])["infotexts"][0]
+
+
 def test_generate_without_selection_covers_the_canvas(ctl: tuple[Controller, Recorder]) -> None:
     controller, rec = ctl
+    assert controller.settings.cfg_scale is None  # the default: the model's own
+    sent = submissions(controller)
     doc = new_document()
     add_painted_layer(doc)
     before = snapshot(doc)
     added = run(controller, rec, lambda: controller.generate(doc))
     assert added is not None and len(added) == 1, rec.messages
+    ((payload, job),) = sent
+    assert "cfg_scale" not in payload and "CFG scale: 7.5" in infotext(job)  # tiny test models: 7.5
     layer = stack(doc)[-1]
     assert layer.name() == added[0]
     assert set(bytes(layer.pixelData(0, 0, W, H))[3::4]) == {255}
@@ -322,7 +347,7 @@ def test_inpaint_with_the_built_in_model_continues_the_pattern() -> None:
     assert PYTHON and BUILTIN_MODEL, "SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_BUILTIN_MODEL must be set"
     settings = Settings(
         python=PYTHON, model=BUILTIN_MODEL, port=0, prompt="black and yellow checkerboard", seed=5, steps=20,
-        sampler="Euler", cfg_scale=3.0, strength=1.0, candidates=1, grow=0, feather=0, margin=16, resolution=64,
+        sampler="Euler", strength=1.0, candidates=1, grow=0, feather=0, margin=16, resolution=64,
         colour_match=False,
     )  # fmt: skip
     controller = Controller(Krita.instance(), settings)
@@ -330,6 +355,8 @@ def test_inpaint_with_the_built_in_model_continues_the_pattern() -> None:
     controller.start_server()
     try:
         pump(lambda: any("ready" in s or "not available" in s for s in rec.statuses), 300, "the server to start")
+        assert rec.model_defaults[-1]["cfg_scale"] == 3.0  # no CFG in the settings: the built-in model's own
+        sent = submissions(controller)
         doc = new_document()
         node = doc.createNode("Checkerboard", "paintlayer")
         yellow, black = (0, 220, 250, 255), (10, 10, 10, 255)  # B, G, R, A
@@ -353,6 +380,7 @@ def test_inpaint_with_the_built_in_model_continues_the_pattern() -> None:
         assert new != old, "the square was not repainted"
         r = correlation(new, old)
         assert r >= 0.5, f"the repainted square does not continue the checkerboard (correlation {r:.2f})"
+        assert "cfg_scale" not in sent[0][0] and "CFG scale: 3.0" in infotext(sent[0][1])
         close(doc)
     finally:
         controller.stop_server()

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from krita import Extension, Krita, Selection
-from PyQt5.QtCore import QTimer
-from PyQt5.QtWidgets import QLabel, QLineEdit, QPlainTextEdit, QPushButton
+from PyQt5.QtCore import QPoint, QTimer
+from PyQt5.QtWidgets import QCheckBox, QDoubleSpinBox, QLabel, QLineEdit, QPlainTextEdit, QPushButton
 
 REPORT = os.environ.get("SD_KRITA_SMOKE_REPORT", "")
+SHOTS = os.environ.get("SD_KRITA_SMOKE_SHOTS", "")  # a folder for screenshots of the docker and the window
 QUIT_HUNG_EXIT = 17  # Krita did not exit after File > Quit (a known intermittent Krita hang)
 SCENARIO_HUNG_EXIT = 18
 W, H = 128, 96
@@ -75,9 +76,42 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     report["server_status"] = status.text()
     assert "ready" in status.text(), status.text()
 
+    # CFG: the model's own by default (nothing sent), the spin greyed out; unticking hands the spin's value over
+    from sd_krita import plugin  # the plugin's shared controller and settings
+
+    settings = plugin.controller().settings
+    cfg_check, cfg_spin = widget(QCheckBox, "cfg_model_check"), widget(QDoubleSpinBox, "cfg_spin")
+    yield Wait(lambda: "(" in cfg_check.text(), 30, "the model's own CFG beside the tick")
+    report["cfg_text"] = cfg_check.text()
+    report["cfg_model_default"] = (
+        cfg_check.isVisible() and cfg_check.isChecked() and not cfg_spin.isEnabled()
+        and settings.cfg_scale is None and cfg_check.text() == "model default (7.5)"
+    )  # fmt: skip
+
     doc = app.createDocument(W, H, "smoke", "RGBA", "U8", "", 72.0)
     app.activeWindow().addView(doc)
     yield Wait(lambda: app.activeDocument() == doc, 30, "the new document to be active")
+    report["docker_visible"] = docker.isVisible()
+    if SHOTS:  # the default docked layout: the window, the docker, the docker scrolled to CFG, all its contents
+        os.makedirs(SHOTS, exist_ok=True)
+        names = ("window.png", "docker.png", "docker_at_cfg.png", "docker_contents.png")
+        report["shots"] = [os.path.join(SHOTS, name) for name in names]
+        app.activeWindow().qwindow().grab().save(report["shots"][0])
+        docker.grab().save(report["shots"][1])
+        scroll = docker.widget()
+        scroll.ensureWidgetVisible(cfg_check)
+        scroll.horizontalScrollBar().setValue(0)  # scrolled down to CFG as a user would, not sideways
+        yield Wait(lambda: True, 1, "the docker to repaint")
+        viewport = scroll.viewport()
+        left = cfg_spin.mapTo(viewport, QPoint(0, 0)).x()
+        right = cfg_check.mapTo(viewport, QPoint(cfg_check.sizeHint().width(), 0)).x()
+        report["cfg_in_view"] = 0 <= left and right <= viewport.width()  # no sideways scrolling to read it
+        docker.grab().save(report["shots"][2])
+        scroll.widget().grab().save(report["shots"][3])
+    cfg_check.click()
+    report["cfg_untick"] = cfg_spin.isEnabled() and settings.cfg_scale == 7.5  # the spin started at the model's
+    cfg_check.click()
+    report["cfg_tick_again"] = not cfg_spin.isEnabled() and settings.cfg_scale is None
     paint = doc.createNode("Paint", "paintlayer")
     paint.setPixelData(bytes(v for y in range(H) for x in range(W) for v in (x * 2, y * 2, 90, 255)), 0, 0, W, H)
     doc.rootNode().addChildNode(paint, None)
@@ -87,8 +121,6 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     selection.setPixelData(mask, 0, 0, W, H)
     doc.setSelection(selection)
     before = layers(doc)
-
-    from sd_krita import plugin  # the plugin's shared controller, to hear when the run ends
 
     results: list[Any] = []
     plugin.controller().finished.connect(results.append)
