@@ -3,7 +3,7 @@
 blobs).
 
 Deliberately simple and independent of the model: they are validated on the training generator
-(`tests/test_detectors.py`), then used to score the model's samples (`sd_core.training.evaluate`).
+(`tests/training/test_detectors.py`), then used to score the model's samples (`sd_core.training.evaluate`).
 """
 
 from __future__ import annotations
