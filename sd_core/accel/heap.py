@@ -8,14 +8,17 @@ Two opposite needs, each at its own moment:
   the kernel (SD1.5 float32 256x256 batch 4 on a 2-core Zen 3: about 200,000 page faults per UNet call).
   `freed_memory_kept` keeps freed memory mapped for reuse while sampling: a few hundred faults per call once the
   heap has grown, the call 0.97x the time (four alternations, every kept call faster); three calls from a trimmed
-  heap, the first of them still faulting, 0.99x (`benchmarks/bench.py --levers`). The pipeline enters it after the
-  first step, which packs the weights for the image size: kept, that step's temporaries raised the peak RSS of a
-  fresh process's first 256x256 image by 400 MiB.
+  heap, the first of them still faulting, 0.99x (`benchmarks/bench.py --levers`). Opt-in, because glibc's settings
+  are the whole process's (`sd_core.load(..., keep_freed_memory=True)`; the CLI asks for it, the server does not):
+  the sampling context enters it after the first step, which packs the weights for the image size: kept, that
+  step's temporaries raised the peak RSS of a fresh process's first 256x256 image by 400 MiB.
 - Not for the VAE decode: kept, a 512x512 decode took 0.90x the time but its working memory, the peak of the whole
   generation, went from 680 to 1100 MiB.
 
 Both are no-ops off glibc, and `freed_memory_kept` also where the user tunes malloc themselves (MALLOC_* environment
-variables or GLIBC_TUNABLES): their settings win.
+variables or GLIBC_TUNABLES): their settings win. glibc cannot report its settings, and any mallopt call freezes its
+dynamic mmap threshold, so leaving the block sets glibc's own default values back rather than whatever was there
+before (docs/design.md, "Global state").
 """
 
 from __future__ import annotations
