@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -18,6 +18,8 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NoiseSampler = Callable[[float, float], torch.Tensor]
 # (denoiser, x, denoised, sigma, sigma_next) -> x at sigma_next
 Step = Callable[[Denoiser, torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+# one CPU generator for the whole batch, or one per image (image k of the batch draws from generator k)
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def prepare(x: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
@@ -81,12 +83,25 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[
     return math.sqrt(sigma_next**2 - up**2), up
 
 
-def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x, drawn on the CPU (reproducible on every device), moved to x's device."""
-    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
+def randn(shape: Sequence[int], generator: Generators) -> torch.Tensor:
+    """Standard normal float32 noise of `shape` = [B, ...] drawn on the CPU. With a list of B generators, image k of
+    the batch is drawn from generator k alone (diffusers' `randn_tensor` with a list of generators), so each image's
+    draws are those of a batch of one with its own generator."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}: one generator per image")
+    one = (1, *shape[1:])
+    return torch.cat([torch.randn(one, generator=g, dtype=torch.float32) for g in generator])
 
 
-def gaussian_noise(x: torch.Tensor, generator: torch.Generator | None) -> NoiseSampler:
+def randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal noise shaped like x, drawn on the CPU (reproducible on every device), moved to x's device;
+    one generator per image when `generator` is a list (`randn`)."""
+    return randn(x.shape, generator).to(x.device)
+
+
+def gaussian_noise(x: torch.Tensor, generator: Generators) -> NoiseSampler:
     """Fresh independent noise for every call, in call order (what diffusers' ancestral schedulers draw)."""
     return lambda sigma, sigma_next: randn_like(x, generator)
 
@@ -98,10 +113,11 @@ class BrownianNoise:
     intervals are independent and over overlapping ones correlated, which is what the SDE solvers' sub-steps assume.
     A point beyond the known ones is a fresh Gaussian increment, a point between two known ones comes from the
     Brownian bridge. For decreasing, non-overlapping queries the result is exactly the generator's normals in order.
-    Same distribution as k-diffusion's torchsde Brownian tree, not the same numbers.
+    Same distribution as k-diffusion's torchsde Brownian tree, not the same numbers. With one generator per image,
+    each image's path is the one a batch of one draws from its own generator.
     """
 
-    def __init__(self, x: torch.Tensor, generator: torch.Generator | None) -> None:
+    def __init__(self, x: torch.Tensor, generator: Generators) -> None:
         self.like, self.generator = x, generator
         self.points: list[float] = []
         self.values: list[torch.Tensor] = []

@@ -224,6 +224,28 @@ def test_stochastic_samplers_differ_with_another_seed(name):
     assert (a - b).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_a_generator_per_image_draws_each_image_s_noise_as_alone(name):
+    """With a list of generators, image k of the batch gets the noise a batch of one gets from generator k."""
+    choice = resolve(name)
+    sigmas = choice.sigmas(8, NS)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)) * choice.initial_noise_scale(sigmas)
+    gens = [torch.Generator().manual_seed(10 + k) for k in range(3)]
+    batch = choice.fn(gaussian_denoiser(1.0), x, sigmas, generator=gens)
+    for k in range(3):
+        alone = choice.fn(gaussian_denoiser(1.0), x[k : k + 1], sigmas, generator=torch.Generator().manual_seed(10 + k))
+        assert torch.allclose(batch[k : k + 1], alone, atol=1e-6)
+
+
+def test_one_generator_per_image_or_one_for_the_batch():
+    one = samplers._core.randn((2, 3), torch.Generator().manual_seed(1))
+    assert torch.equal(one, torch.randn(2, 3, generator=torch.Generator().manual_seed(1)))
+    per_image = samplers._core.randn((2, 3), [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    assert torch.equal(per_image[1], torch.randn(3, generator=torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match="one generator per image"):
+        samplers._core.randn((3, 3), [torch.Generator()])
+
+
 def test_ddim_with_eta_is_stochastic_and_without_is_not():
     choice = resolve("ddim")
     sigmas = choice.sigmas(8, NS)
