@@ -74,7 +74,8 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cfg-scale", type=float, default=None, help=f"how closely to follow the prompt (default: {MODEL_DEFAULT})"
     )
-    g.add_argument("--seed", type=int, default=-1, help=f"0 to {limits.MAX_SEED}; -1 picks a random one")
+    seed_help = f"0 to {limits.MAX_SEED}; -1 picks a random one; image k of a batch gets seed + k"
+    g.add_argument("--seed", type=int, default=-1, help=seed_help)
     g.add_argument(
         "--batch-size", "--n-samples", type=int, default=1, help=f"images in one batch, 1 to {limits.MAX_BATCH}"
     )

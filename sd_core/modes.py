@@ -1,8 +1,9 @@
 """txt2img, img2img and inpainting composed from the pipeline's steps (`StableDiffusion.generate` calls `generate`).
 
-Random draws follow diffusers' order, from one CPU generator seeded with the image seed: the image posterior (when
-an input image is encoded), the start noise, then (inpainting) the latent fill's noise and the masked image's
-posterior for 9-channel models. A batch shares the generator: image k of a batch is reproduced by rerunning it.
+Seeds follow A1111: image k of a batch has the seed `seed + k` and draws everything random from its own CPU generator
+seeded with it (diffusers' list of generators), in diffusers' order: the image posterior (when an input image is
+encoded), the start noise, then (inpainting) the latent fill's noise and the masked image's posterior for 9-channel
+models, then the sampler's noise. So each image of a batch is made again alone from the seed in its infotext.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from PIL import Image
 from . import images, inpainting, masks, tiling
 from .pnginfo import format_parameters
 from .progress import Callback
+from .samplers._core import randn
 from .settings import GenerationSettings
 
 
@@ -31,15 +33,15 @@ def generate(
     size = None if arr is None else (arr.shape[1], arr.shape[0])
     s = settings.resolve(mode, pipe.defaults, size)
     region = None if mode != "inpaint" else inpainting.prepare_region(arr, mask, s)
-    generator = torch.Generator("cpu").manual_seed(s.seed)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(s)]
     text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip)
     with tiling.seamless([pipe.unet, pipe.vae], s.tiling):
         if region is not None:
-            latents = _inpaint(pipe, s, region, text, generator, callback)
+            latents = _inpaint(pipe, s, region, text, generators, callback)
         elif arr is not None:
-            latents = _img2img(pipe, s, images.resize_rgb(arr, s.width, s.height), text, generator, callback)
+            latents = _img2img(pipe, s, images.resize_rgb(arr, s.width, s.height), text, generators, callback)
         else:
-            latents = _txt2img(pipe, s, text, generator, callback)
+            latents = _txt2img(pipe, s, text, generators, callback)
         imgs = pipe.decode_latents(latents, seamless=s.tiling)
     if region is not None:
         assert s.inpaint is not None
@@ -49,25 +51,33 @@ def generate(
     return _with_parameters(imgs, s, mode, pipe.name, out_size)
 
 
-def _txt2img(pipe: Any, s: GenerationSettings, text: tuple, generator: torch.Generator, callback: Any) -> torch.Tensor:
-    noise = torch.randn((s.batch_size, 4, s.height // 8, s.width // 8), generator=generator)
+def image_seeds(s: GenerationSettings) -> list[int]:
+    """The seed of each image of a batch (A1111): `seed + k` for image k."""
+    assert s.seed is not None, "settings must be resolved"
+    return [s.seed + k for k in range(s.batch_size)]
+
+
+def _txt2img(
+    pipe: Any, s: GenerationSettings, text: tuple, generators: list[torch.Generator], callback: Any
+) -> torch.Tensor:
+    noise = randn((s.batch_size, 4, s.height // 8, s.width // 8), generators)
     extra = None
     if pipe.config.inpainting:  # everything masked, the masked image all zeros (diffusers too)
         h, w = s.height // 8, s.width // 8
         masked = pipe.encode_pixels(torch.zeros(1, 3, s.height, s.width), None, s.batch_size)
         extra = torch.cat([torch.ones(s.batch_size, 1, h, w), masked], dim=1)
-    return pipe.denoise(s, noise, text, generator, callback, extra=extra)
+    return pipe.denoise(s, noise, text, generators, callback, extra=extra)
 
 
 def _img2img(
-    pipe: Any, s: GenerationSettings, arr: np.ndarray, text: tuple, generator: torch.Generator, callback: Any
+    pipe: Any, s: GenerationSettings, arr: np.ndarray, text: tuple, generators: list[torch.Generator], callback: Any
 ) -> torch.Tensor:
-    init = pipe.encode_pixels(images.image_to_tensor(arr), generator, s.batch_size)
-    noise = torch.randn(init.shape, generator=generator)
+    init = pipe.encode_pixels(images.image_to_tensor(arr), generators, s.batch_size)
+    noise = randn(init.shape, generators)
     extra = None
     if pipe.config.inpainting:  # nothing masked, the whole image as the masked-image input
         extra = torch.cat([torch.zeros(init.shape[0], 1, *init.shape[-2:]), init], dim=1)
-    return pipe.denoise(s, noise, text, generator, callback, init=init, extra=extra)
+    return pipe.denoise(s, noise, text, generators, callback, init=init, extra=extra)
 
 
 def _inpaint(
@@ -75,7 +85,7 @@ def _inpaint(
     s: GenerationSettings,
     region: inpainting.Region,
     text: tuple,
-    generator: torch.Generator,
+    generators: list[torch.Generator],
     callback: Any,
 ) -> torch.Tensor:
     """Latents for the working region."""
@@ -83,18 +93,19 @@ def _inpaint(
     work_img, work_mask = region.work_image, region.work_mask
     h, w = work_img.shape[0] // 8, work_img.shape[1] // 8
     needs_init = not pipe.config.inpainting or s.strength < 1.0
-    init = pipe.encode_pixels(images.image_to_tensor(work_img), generator, s.batch_size) if needs_init else None
-    noise = torch.randn((s.batch_size, 4, h, w), generator=generator)
-    if init is not None:
-        init = inpainting.fill_latents(init, work_mask, s.inpaint.fill, generator)
+    init = pipe.encode_pixels(images.image_to_tensor(work_img), generators, s.batch_size) if needs_init else None
+    noise = randn((s.batch_size, 4, h, w), generators)
+    if init is not None:  # image k's fill noise from its own generator
+        rows = zip(init.split(1), generators, strict=True)
+        init = torch.cat([inpainting.fill_latents(one, work_mask, s.inpaint.fill, g) for one, g in rows])
     extra = blend_mask = None
     if pipe.config.inpainting:
         mask_latent, masked_image = masks.diffusers_inpaint_condition(work_img, work_mask)
-        masked_latents = pipe.encode_pixels(masked_image, generator, s.batch_size)
+        masked_latents = pipe.encode_pixels(masked_image, generators, s.batch_size)
         extra = torch.cat([mask_latent.expand(s.batch_size, -1, -1, -1), masked_latents], dim=1)
     else:
         blend_mask = masks.latent_mask(work_mask, h, w)
-    return pipe.denoise(s, noise, text, generator, callback, init=init, extra=extra, blend_mask=blend_mask)
+    return pipe.denoise(s, noise, text, generators, callback, init=init, extra=extra, blend_mask=blend_mask)
 
 
 def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[int, int]) -> dict[str, Any]:
@@ -131,10 +142,10 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
 def _with_parameters(
     imgs: list[Image.Image], s: GenerationSettings, mode: str, model: str, size: tuple[int, int]
 ) -> list[Image.Image]:
-    """Attach the A1111 parameters text (and the seed) to each image's `info`."""
+    """Attach the A1111 parameters text and each image's own seed to each image's `info`."""
     fields = infotext_fields(s, mode, model, size)
-    for pos, img in enumerate(imgs):
+    for pos, (img, seed) in enumerate(zip(imgs, image_seeds(s), strict=True)):
         extra = {"Batch size": len(imgs), "Batch pos": pos} if len(imgs) > 1 else {}
-        img.info["parameters"] = format_parameters(s.prompt, s.negative_prompt, {**fields, **extra})
-        img.info["seed"] = s.seed
+        img.info["parameters"] = format_parameters(s.prompt, s.negative_prompt, {**fields, "Seed": seed, **extra})
+        img.info["seed"] = seed
     return imgs

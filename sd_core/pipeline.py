@@ -19,6 +19,7 @@ from .denoiser import GuidedDenoiser, InpaintBlend
 from .model_config import ModelConfig
 from .progress import Callback
 from .prompt import encode_with_weights, tokenize_prompt
+from .samplers._core import Generators, randn
 from .schedules import NoiseSchedule
 from .settings import GenerationSettings, ModelDefaults
 from .tokenizer import CLIPTokenizer
@@ -175,9 +176,10 @@ class StableDiffusion:
         return images.tensor_to_images(pixels)  # on the CPU already: each image moved as it was decoded
 
     @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor, generator: torch.Generator | None, batch: int = 1) -> torch.Tensor:
-        """[-1,1] pixels [1,3,H,W] -> scaled VP latents [batch,4,h,w]. Samples the posterior with `generator`
-        (diffusers' order of draws), or takes its mean when `generator` is None or the image needs tiled encoding."""
+    def encode_pixels(self, pixels: torch.Tensor, generator: Generators, batch: int = 1) -> torch.Tensor:
+        """[-1,1] pixels [1,3,H,W] -> scaled VP latents [batch,4,h,w]. Samples the posterior with `generator` (one
+        per image, or one for the batch; diffusers' order of draws), or takes its mean when `generator` is None or the
+        image needs tiled encoding."""
         vae_dtype = next(self.vae.parameters()).dtype
         x = pixels.to(self.device, vae_dtype)
         if tiling.should_tile(x.shape[-2], x.shape[-1], vae_dtype, self.device):
@@ -187,7 +189,7 @@ class StableDiffusion:
         mean, logvar = mean.float().cpu().expand(batch, -1, -1, -1), logvar.float().cpu()
         if generator is not None:
             std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-            mean = mean + std * torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+            mean = mean + std * randn(mean.shape, generator)
         return mean * self.config.latent_scale
 
     def denoise(
@@ -195,7 +197,7 @@ class StableDiffusion:
         settings: GenerationSettings,
         noise: torch.Tensor,
         text: tuple[torch.Tensor, torch.Tensor],
-        generator: torch.Generator,
+        generator: Generators,
         callback: Callback | None = None,
         *,
         init: torch.Tensor | None = None,
@@ -208,7 +210,8 @@ class StableDiffusion:
         diffusers: of the `steps` sigmas, the last `int(steps * strength)` steps run, starting from
         `init + noise * sigma_start`. `extra` are channels the UNet gets beside the latents (the 9-channel inpainting
         input); `blend_mask` (latent size, 1 = repaint) keeps `init` outside the mask at every step (blended latent
-        diffusion for ordinary models).
+        diffusion for ordinary models). A stochastic sampler draws its noise from `generator`: one per image (image k
+        of the batch from generator k) or one for the whole batch.
         """
         choice, steps = settings.choice, settings.steps
         strength = 1.0 if settings.strength is None else settings.strength

@@ -9,7 +9,7 @@ model's own default" and are filled in by `resolve` once the model and the input
   v-prediction, or what the model file names); img2img and whole-picture inpainting at the input image's own size
   rounded to a multiple of 8 (and kept within 64-8192).
 - `strength`: 0.75 for img2img, 1.0 for inpainting.
-- `seed`: a random one.
+- `seed`: a random one. Image k of a batch has the seed `seed + k` (A1111), so the last must be a valid seed too.
 
 Limits come from `sd_core.limits`; the sampler name is resolved here, once (`samplers.resolve`), so `sampler` and
 `schedule` hold canonical names afterwards ("DPM++ 2M Karras" -> "dpmpp_2m", "karras").
@@ -109,6 +109,9 @@ class GenerationSettings:
         set_field(self, "sampler", choice.name)
         set_field(self, "schedule", choice.schedule)
         set_field(self, "seed", limits.check_seed(self.seed))
+        if self.seed is not None and self.seed + self.batch_size - 1 > limits.MAX_SEED:
+            last = f"seed + batch_size - 1 must be at most {limits.MAX_SEED}"
+            raise limits.SettingError("seed", f"image k of a batch has the seed seed + k: {last}")
         set_field(self, "tiling", limits.tiling_axes(self.tiling))
 
     def resolve(

@@ -51,14 +51,14 @@ def test_txt2img_writes_pngs_with_parameters(model, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     files = sorted(tmp_path.glob("*.png"))
-    assert [f.name for f in files] == ["00000-42.png", "00001-42.png"]
+    assert [f.name for f in files] == ["00000-42.png", "00001-43.png"]  # image k of a batch has the seed seed + k
     assert "2/2" in out.stderr  # the progress bar's last line
     with Image.open(files[1]) as img:
         params = parse_parameters(img.info["parameters"])
         assert img.size == (64, 64)
     assert params["prompt"] == "a red wall" and params["negative_prompt"] == "blurry"
     assert params["Sampler"] == "DPM++ 2M" and params["Schedule type"] == "Karras"
-    assert params["Seed"] == "42" and params["Size"] == "64x64" and params["Batch pos"] == "1"
+    assert params["Seed"] == "43" and params["Size"] == "64x64" and params["Batch pos"] == "1"
 
 
 def test_info_reports_family_and_counts(model):

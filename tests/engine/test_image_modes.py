@@ -11,7 +11,7 @@ from PIL import Image
 
 import sd_core
 
-SIZE, SEED = 64, 77
+SIZE, SEED, BATCH = 64, 77, 2
 
 
 def reference(inpainting: bool = False):
@@ -67,10 +67,16 @@ def assert_same_image(ours: np.ndarray, ref: np.ndarray) -> None:
     assert diff < 1.0, f"mean abs pixel difference {diff:.3f} >= 1/255"
 
 
+def generators() -> list[torch.Generator]:
+    """diffusers' list of generators for a batch: image k's seeded `SEED + k`, as our image k's seed."""
+    return [torch.Generator("cpu").manual_seed(SEED + k) for k in range(BATCH)]
+
+
 # --- parity -----------------------------------------------------------------------------------------------------
 
 
 def test_img2img_matches_diffusers(sd1, photo):
+    """A batch of two: each image's posterior sample and start noise from its own generator."""
     ref = reference()
     expected = ref(
         "a red brick wall",
@@ -79,9 +85,10 @@ def test_img2img_matches_diffusers(sd1, photo):
         num_inference_steps=10,
         guidance_scale=7.5,
         negative_prompt="blurry",
-        generator=torch.Generator("cpu").manual_seed(SEED),
+        num_images_per_prompt=BATCH,
+        generator=generators(),
         output_type="np",
-    ).images[0]
+    ).images
     ours = sd1.img2img(
         photo,
         "a red brick wall",
@@ -91,28 +98,37 @@ def test_img2img_matches_diffusers(sd1, photo):
         cfg_scale=7.5,
         negative_prompt="blurry",
         seed=SEED,
-    )[0]
-    assert_same_image(as_array(ours), (expected * 255).round())
+        batch_size=BATCH,
+    )
+    for img, exp in zip(ours, expected, strict=True):
+        assert_same_image(as_array(img), (exp * 255).round())
+    assert np.abs(as_array(ours[0]) - as_array(ours[1])).mean() > 1.0
 
 
-def test_inpaint_9_channel_matches_diffusers(sd1_inpaint, photo, square_mask):
-    """diffusers returns the raw decode; ours pastes the original back outside the mask, so diffusers' output is
-    composited with the same (unblurred) mask before comparing."""
+@pytest.mark.parametrize("strength", [1.0, 0.7])
+def test_inpaint_9_channel_matches_diffusers(sd1_inpaint, photo, square_mask, strength):
+    """A batch of two, each image with its own generator: its posterior sample (below strength 1), start noise and
+    masked-image posterior. diffusers samples the posteriors of a single input image from the first generator only
+    and repeats them, so it gets the image and mask once per image (and the prompt once per image), which gives
+    each image its own draws. diffusers returns the raw decode; ours pastes the original back outside the mask, so
+    diffusers' output is composited with the same (unblurred) mask before comparing."""
     ref = reference(inpainting=True)
     expected = ref(
-        "a cat",
-        image=photo,
-        mask_image=square_mask,
+        ["a cat"] * BATCH,
+        image=[photo] * BATCH,
+        mask_image=[square_mask] * BATCH,
+        strength=strength,
         num_inference_steps=10,
         guidance_scale=7.5,
-        generator=torch.Generator("cpu").manual_seed(SEED),
+        generator=generators(),
         output_type="np",
-    ).images[0]
-    expected = (expected * 255).round()
+    ).images
     m = (np.asarray(square_mask) / 255.0)[:, :, None]
-    expected = np.asarray(photo) * (1 - m) + expected * m
-    ours = sd1_inpaint.inpaint(photo, square_mask, "a cat", mask_blur=0, steps=10, sampler="ddim", seed=SEED)[0]
-    assert_same_image(as_array(ours), expected)
+    kw = {"mask_blur": 0, "steps": 10, "sampler": "ddim", "seed": SEED, "batch_size": BATCH, "strength": strength}
+    ours = sd1_inpaint.inpaint(photo, square_mask, "a cat", **kw)
+    for img, exp in zip(ours, expected, strict=True):
+        assert_same_image(as_array(img), np.asarray(photo) * (1 - m) + (exp * 255).round() * m)
+    assert np.abs(as_array(ours[0]) - as_array(ours[1])).mean() > 1.0
 
 
 # --- inpainting guarantees -----------------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ and compared in pixels (mean absolute difference under 1/255).
 
 diffusers runs its usual loop (`scale_model_input`, the eps "UNet", `step`) on a [1, 4, 8, 8] latent; our sampler
 gets the same model as a k-diffusion denoiser (`x / sqrt(sigma**2 + 1)` at t = sigma_to_t(sigma)), the same sigmas
-and the same initial noise, and for the stochastic ones the same noise draws. The final latents must agree to float
-rounding: max |ours - diffusers| below 2e-5 of max |diffusers| (different samplers differ by far more, see
-`test_parity_check_is_discriminating`).
+and the same initial noise, and for the stochastic ones the same noise draws: those run a batch of two [2, 4, 8, 8]
+with a list of generators, image k's seeded `seed + k` (diffusers draws each image's noise from its own generator,
+as our samplers do with a list). The final latents must agree to float rounding: max |ours - diffusers| below 2e-5
+of max |diffusers| (different samplers differ by far more, see `test_parity_check_is_discriminating`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class TinyGuidedUNet:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
-        out = self.unet(torch.cat([x, x]).float(), torch.cat([t, t]), encoder_hidden_states=self.context).sample
+        context = self.context.repeat_interleave(x.shape[0], dim=0)  # [uncond] * B + [cond] * B
+        t = t.expand(x.shape[0])
+        out = self.unet(torch.cat([x, x]).float(), torch.cat([t, t]), encoder_hidden_states=context).sample
         uncond, cond = out.chunk(2)
         return uncond + 7.5 * (cond - uncond)
 
@@ -114,18 +117,27 @@ def make_denoiser(model, prediction: str = "eps", t_of=None):
     return denoiser
 
 
-def initial_noise(seed: int = 0) -> torch.Tensor:
-    return torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+BATCH = 2  # of the runs with a seed
+
+
+def initial_noise(seed: int = 0, batch: int = 1) -> torch.Tensor:
+    return torch.randn((batch, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+
+
+def generators(seed: int) -> list[torch.Generator]:
+    """One generator per image of a batch, image k's seeded `seed + k`."""
+    return [torch.Generator().manual_seed(seed + k) for k in range(BATCH)]
 
 
 def run_diffusers(scheduler, steps=None, *, seed=None, set_kwargs=None, step_kwargs=None, model=None):
-    """diffusers' denoising loop; `seed` seeds the generator handed to `step` (for schedulers that draw noise)."""
+    """diffusers' denoising loop; with `seed`, a batch of two whose `step` gets a generator per image (for the
+    schedulers that draw noise)."""
     model = model or current_model()
     scheduler.set_timesteps(steps, **(set_kwargs or {}))
-    x = initial_noise() * scheduler.init_noise_sigma
+    x = initial_noise(batch=1 if seed is None else BATCH) * scheduler.init_noise_sigma
     kwargs = dict(step_kwargs or {})
     if seed is not None:
-        kwargs["generator"] = torch.Generator().manual_seed(seed)
+        kwargs["generator"] = generators(seed)
     for t in scheduler.timesteps:
         out = model(scheduler.scale_model_input(x, t), t)
         x = scheduler.step(out, t, x, **kwargs).prev_sample
@@ -133,11 +145,12 @@ def run_diffusers(scheduler, steps=None, *, seed=None, set_kwargs=None, step_kwa
 
 
 def run_ours(fn, sigmas, *, vp_start=False, seed=None, prediction="eps", t_of=None, **options):
-    """Our sampler from the same initial noise; returns the VP latent (x / sqrt(1 + sigma_last**2))."""
+    """Our sampler from the same initial noise (a batch of two with a generator per image when `seed` is given);
+    returns the VP latent (x / sqrt(1 + sigma_last**2))."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32)
     s0 = float(sigmas[0])
-    x = initial_noise() * (math.sqrt(1 + s0 * s0) if vp_start else s0)
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    x = initial_noise(batch=1 if seed is None else BATCH) * (math.sqrt(1 + s0 * s0) if vp_start else s0)
+    generator = None if seed is None else generators(seed)
     denoiser = make_denoiser(current_model(), prediction, t_of)
     x = fn(denoiser, x, sigmas, generator=generator, **options)
     return x / math.sqrt(1 + float(sigmas[-1]) ** 2)

@@ -1,4 +1,5 @@
-"""txt2img gives diffusers' image for the same model, prompt, negative prompt, guidance, seed and size."""
+"""txt2img gives diffusers' images for the same model, prompt, negative prompt, guidance, seed and size: a batch of
+two, image k drawn from its own generator seeded `seed + k` (diffusers' list of generators, A1111's batch seeds)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from model_fixtures import _cached_folder, write_tiny_checkpoint
 import sd_core
 
 PROMPT, NEGATIVE = "a red brick wall, highly detailed", "blurry, (low quality:1.0)"
-SIZE, STEPS, CFG, SEED = 64, 8, 7.5, 1234
+SIZE, STEPS, CFG, SEED, BATCH = 64, 8, 7.5, 1234, 2
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def from_folder():
     return sd_core.load(_cached_folder(0, False, False), device="cpu", dtype=torch.float32)
 
 
-def diffusers_image(pipe, **kw) -> np.ndarray:
+def diffusers_images(pipe, **kw) -> list[np.ndarray]:
     out = pipe(
         PROMPT,
         negative_prompt="blurry, low quality",
@@ -41,16 +42,17 @@ def diffusers_image(pipe, **kw) -> np.ndarray:
         width=SIZE,
         num_inference_steps=STEPS,
         guidance_scale=CFG,
-        generator=torch.Generator("cpu").manual_seed(SEED),
+        num_images_per_prompt=BATCH,
+        generator=[torch.Generator("cpu").manual_seed(SEED + k) for k in range(BATCH)],
         output_type="np",
         **kw,
     )
-    return (out.images[0] * 255).round().astype(np.float64)
+    return [(img * 255).round().astype(np.float64) for img in out.images]
 
 
-def ours(pipe, sampler: str) -> np.ndarray:
+def ours(pipe, sampler: str) -> list[np.ndarray]:
     # "(low quality:1.0)" is A1111 syntax for weight 1: the same conditioning as diffusers' plain text.
-    img = pipe.txt2img(
+    imgs = pipe.txt2img(
         PROMPT,
         negative_prompt=NEGATIVE,
         width=SIZE,
@@ -59,14 +61,19 @@ def ours(pipe, sampler: str) -> np.ndarray:
         sampler=sampler,
         cfg_scale=CFG,
         seed=SEED,
-    )[0]
-    return np.asarray(img, dtype=np.float64)
+        batch_size=BATCH,
+    )
+    assert [img.info["seed"] for img in imgs] == [SEED + k for k in range(BATCH)]
+    return [np.asarray(img, dtype=np.float64) for img in imgs]
 
 
-def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
-    assert a.shape == b.shape
-    assert b.std() > 5, "reference image is flat: the comparison would prove nothing"
-    assert np.abs(a - b).mean() < 1.0, f"mean abs pixel difference {np.abs(a - b).mean():.3f} >= 1/255"
+def assert_same_images(ours: list[np.ndarray], ref: list[np.ndarray]) -> None:
+    assert len(ours) == len(ref) == BATCH
+    for a, b in zip(ours, ref, strict=True):
+        assert a.shape == b.shape
+        assert b.std() > 5, "reference image is flat: the comparison would prove nothing"
+        assert np.abs(a - b).mean() < 1.0, f"mean abs pixel difference {np.abs(a - b).mean():.3f} >= 1/255"
+    assert np.abs(ref[0] - ref[1]).mean() > 1.0, "the batch's images must differ (each has its own seed)"
 
 
 @pytest.mark.parametrize("source", ["single_file", "from_folder"])
@@ -74,7 +81,7 @@ def test_ddim_matches_diffusers(request, reference, source):
     from diffusers import DDIMScheduler
 
     reference.scheduler = DDIMScheduler.from_config(reference.scheduler.config)
-    assert_same_image(ours(request.getfixturevalue(source), "ddim"), diffusers_image(reference))
+    assert_same_images(ours(request.getfixturevalue(source), "ddim"), diffusers_images(reference))
 
 
 @pytest.mark.parametrize("source", ["single_file", "from_folder"])
@@ -85,10 +92,10 @@ def test_euler_matches_diffusers_given_same_sigmas(request, reference, source):
     sigmas = sd_core.samplers.resolve("euler").sigmas(STEPS, pipe.noise_schedule)
     reference.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config, timestep_spacing="linspace")
     assert float(sigmas[-1]) == 0.0
-    expected = diffusers_image(reference, sigmas=sigmas[:-1].tolist())
-    assert_same_image(ours(pipe, "euler"), expected)
+    expected = diffusers_images(reference, sigmas=sigmas[:-1].tolist())
+    assert_same_images(ours(pipe, "euler"), expected)
 
 
 def test_different_samplers_give_different_images(single_file):
     """The parity threshold is meaningful: two samplers on the same model differ by far more than it."""
-    assert np.abs(ours(single_file, "ddim") - ours(single_file, "euler")).mean() > 1.0
+    assert np.abs(ours(single_file, "ddim")[0] - ours(single_file, "euler")[0]).mean() > 1.0
