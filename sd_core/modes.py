@@ -4,6 +4,9 @@ Seeds follow A1111: image k of a batch has the seed `seed + k` and draws everyth
 seeded with it (diffusers' list of generators), in diffusers' order: the image posterior (when an input image is
 encoded), the start noise, then (inpainting) the latent fill's noise and the masked image's posterior for 9-channel
 models, then the sampler's noise. So each image of a batch is made again alone from the seed in its infotext.
+
+A callback raising `sd_core.Interrupted` ends sampling early; the run finishes from the latest estimate as usual
+(decode, paste back, parameters), and each image gets `info["interrupted"] = True`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from PIL import Image
 
 from . import images, inpainting, masks, tiling
 from .pnginfo import format_parameters
-from .progress import Callback
+from .progress import Callback, LastStep
 from .samplers._core import randn
 from .settings import GenerationSettings
 
@@ -34,21 +37,22 @@ def generate(
     s = settings.resolve(mode, pipe.defaults, size)
     region = None if mode != "inpaint" else inpainting.prepare_region(arr, mask, s)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(s)]
+    steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
     text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip)
     with tiling.seamless([pipe.unet, pipe.vae], s.tiling):
         if region is not None:
-            latents = _inpaint(pipe, s, region, text, generators, callback)
+            latents = _inpaint(pipe, s, region, text, generators, steps)
         elif arr is not None:
-            latents = _img2img(pipe, s, images.resize_rgb(arr, s.width, s.height), text, generators, callback)
+            latents = _img2img(pipe, s, images.resize_rgb(arr, s.width, s.height), text, generators, steps)
         else:
-            latents = _txt2img(pipe, s, text, generators, callback)
+            latents = _txt2img(pipe, s, text, generators, steps)
         imgs = pipe.decode_latents(latents, seamless=s.tiling)
     if region is not None:
         assert s.inpaint is not None
         pasted = inpainting.paste_back([np.asarray(img) for img in imgs], region, s.inpaint)
         imgs = [Image.fromarray(img) for img in pasted]
     out_size = (s.width, s.height) if size is None or mode == "img2img" else size
-    return _with_parameters(imgs, s, mode, pipe.name, out_size)
+    return _with_parameters(imgs, s, mode, pipe.name, out_size, interrupted=steps.interrupted)
 
 
 def image_seeds(s: GenerationSettings) -> list[int]:
@@ -140,12 +144,15 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
 
 
 def _with_parameters(
-    imgs: list[Image.Image], s: GenerationSettings, mode: str, model: str, size: tuple[int, int]
+    imgs: list[Image.Image], s: GenerationSettings, mode: str, model: str, size: tuple[int, int], *, interrupted: bool
 ) -> list[Image.Image]:
-    """Attach the A1111 parameters text and each image's own seed to each image's `info`."""
+    """Attach the A1111 parameters text and each image's own seed to each image's `info` (and `interrupted`: True
+    when sampling was interrupted)."""
     fields = infotext_fields(s, mode, model, size)
     for pos, (img, seed) in enumerate(zip(imgs, image_seeds(s), strict=True)):
         extra = {"Batch size": len(imgs), "Batch pos": pos} if len(imgs) > 1 else {}
         img.info["parameters"] = format_parameters(s.prompt, s.negative_prompt, {**fields, "Seed": seed, **extra})
         img.info["seed"] = seed
+        if interrupted:
+            img.info["interrupted"] = True
     return imgs

@@ -16,8 +16,9 @@ from PIL import Image
 from . import images, limits, masks, modes, tiling
 from .accel import Accelerator
 from .denoiser import GuidedDenoiser, InpaintBlend
+from .errors import Interrupted
 from .model_config import ModelConfig
-from .progress import Callback
+from .progress import Callback, LastStep
 from .prompt import encode_with_weights, tokenize_prompt
 from .samplers._core import Generators, randn
 from .schedules import NoiseSchedule
@@ -67,7 +68,9 @@ class StableDiffusion:
     ) -> list[Image.Image]:
         """Images for `settings`: from text alone, restyling `image` (img2img), or repainting where `mask` is white
         (inpainting). Each image's `info["seed"]` and `info["parameters"]` (A1111 text) record what made it. A
-        callback gets a `StepInfo` per step and cancels the run by raising `sd_core.Cancelled`."""
+        callback gets a `StepInfo` per step and cancels the run by raising `sd_core.Cancelled`, or stops sampling and
+        keeps the images made from the current estimate by raising `sd_core.Interrupted` (they then carry
+        `info["interrupted"] = True`)."""
         return modes.generate(self, settings, image, mask, callback)
 
     def txt2img(self, prompt: str, *, callback: Callback | None = None, **settings: Any) -> list[Image.Image]:
@@ -212,6 +215,9 @@ class StableDiffusion:
         input); `blend_mask` (latent size, 1 = repaint) keeps `init` outside the mask at every step (blended latent
         diffusion for ordinary models). A stochastic sampler draws its noise from `generator`: one per image (image k
         of the batch from generator k) or one for the whole batch.
+
+        A callback that raises `sd_core.Interrupted` ends sampling at its step: the result is then that step's clean
+        estimate (`StepInfo.denoised`, kept outside `blend_mask`'s area as at the end of a run), not an exception.
         """
         choice, steps = settings.choice, settings.steps
         strength = 1.0 if settings.strength is None else settings.strength
@@ -228,6 +234,7 @@ class StableDiffusion:
         else:
             x = init + noise * sigmas[0]
         cond, uncond = text
+        steps_seen, end = LastStep(callback), sigmas[-1:]
         with self.accel.sampling(self.unet) as sampling:
             denoiser = GuidedDenoiser(
                 sampling.unet,
@@ -240,13 +247,19 @@ class StableDiffusion:
                 blend=None if blend_mask is None else InpaintBlend(blend_mask, init, noise).to(self.device),
             )
             with torch.inference_mode():
-                x = choice.fn(
-                    denoiser,
-                    x.to(self.device),
-                    sigmas.to(self.device),
-                    callback=sampling.callback(callback),
-                    generator=generator,
-                )
+                try:
+                    x = choice.fn(
+                        denoiser,
+                        x.to(self.device),
+                        sigmas.to(self.device),
+                        callback=sampling.callback(steps_seen),
+                        generator=generator,
+                    )
+                except Interrupted:
+                    if steps_seen.info is None:
+                        raise
+                    # the latest clean estimate: where a last Euler step from this step to sigma 0 lands
+                    x, end = steps_seen.info.denoised, torch.zeros_like(end)
                 if denoiser.blend is not None:
-                    x = denoiser.blend.apply(x, sigmas[-1].reshape(1).to(x.device).expand(x.shape[0]))
-        return (x / math.sqrt(1.0 + float(sigmas[-1]) ** 2)).float().cpu()
+                    x = denoiser.blend.apply(x, end.to(x.device).expand(x.shape[0]))
+        return (x / math.sqrt(1.0 + float(end) ** 2)).float().cpu()

@@ -1,6 +1,8 @@
 """The one progress payload, from the sampler to the plugin: every callback in sd_core gets a `StepInfo`.
 
-A callback stops a run by raising `sd_core.Cancelled`; nothing catches it on the way, so it reaches the caller.
+A callback stops a run by raising `sd_core.Cancelled`; nothing catches it on the way, so it reaches the caller. It
+stops sampling but keeps the image by raising `sd_core.Interrupted`: the pipeline finishes from the last step's
+`denoised` (`LastStep` keeps it).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .errors import Interrupted
 
 
 @dataclass(frozen=True)
@@ -29,3 +33,23 @@ class StepInfo:
 
 
 Callback = Callable[[StepInfo], None]
+
+
+class LastStep:
+    """A callback that passes each `StepInfo` on to `callback` (if any), keeping the last one (`info`) and whether
+    `callback` raised `Interrupted` (`interrupted`). The pipeline finishes an interrupted run from `info.denoised`."""
+
+    def __init__(self, callback: Callback | None) -> None:
+        self.callback = callback
+        self.info: StepInfo | None = None
+        self.interrupted = False
+
+    def __call__(self, info: StepInfo) -> None:
+        self.info = info
+        if self.callback is None:
+            return
+        try:
+            self.callback(info)
+        except Interrupted:
+            self.interrupted = True
+            raise
