@@ -26,7 +26,7 @@ def first_order(x: torch.Tensor, s: float, t: float, eps: torch.Tensor) -> torch
     return x - (_sigma(t) * math.expm1(t - s)) * eps
 
 
-def _inner(eps_at: Eps, x: torch.Tensor, s: float, t: float, eps: torch.Tensor, r1: float) -> torch.Tensor:
+def inner_eps(eps_at: Eps, x: torch.Tensor, s: float, t: float, eps: torch.Tensor, r1: float) -> torch.Tensor:
     """The noise estimate at s + r1 * h, reached by a first-order step."""
     return eps_at(first_order(x, s, s + r1 * (t - s), eps), s + r1 * (t - s))
 
@@ -140,9 +140,9 @@ def fast(
         if order == 1:
             x = first_order(x, s, t_to, eps)
         elif order == 2:
-            x = second_order(x, s, t_to, eps, _inner(eps_at, x, s, t_to, eps, 0.5), 0.5)
+            x = second_order(x, s, t_to, eps, inner_eps(eps_at, x, s, t_to, eps, 0.5), 0.5)
         else:
-            x = third_order(eps_at, x, s, t_to, eps, _inner(eps_at, x, s, t_to, eps, 1 / 3))
+            x = third_order(eps_at, x, s, t_to, eps, inner_eps(eps_at, x, s, t_to, eps, 1 / 3))
         if up > 0:
             x = x + noise(_sigma(s), _sigma(t)) * (up * s_noise)
     return x
@@ -190,7 +190,7 @@ def adaptive(
         if eps is None:
             eps = eps_at(x, s)
             progress.reached(*eps_at.last)
-        eps_1 = _inner(eps_at, x, s, t_to, eps, 1 / 3)
+        eps_1 = inner_eps(eps_at, x, s, t_to, eps, 1 / 3)
         x_low = second_order(x, s, t_to, eps, eps_1, 1 / 3)
         x_high = third_order(eps_at, x, s, t_to, eps, eps_1)
         delta = (rtol * torch.maximum(x_low.abs(), x_prev.abs())).clamp(min=atol)

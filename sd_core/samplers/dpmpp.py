@@ -172,7 +172,12 @@ def sample_dpmpp_3m_sde(
     h_eta = (1 + eta) * h, x <- exp(-h_eta) * x + (1 - exp(-h_eta)) * D, corrected with the divided differences of the
     last three estimates (two: a second-order correction; the first step has none), then
     sigma_next * sqrt(1 - exp(-2 * eta * h)) * s_noise of Brownian noise. The step to sigma = 0 returns the estimate.
-    eta = 0 is DPM-Solver++(3M), diffusers' third-order multistep."""
+    eta = 0 is DPM-Solver++(3M), diffusers' third-order multistep.
+
+    Kept as k-diffusion (so A1111) has it, which is also the dpm-solver multistep formula diffusers uses: its second
+    difference d2 is h**2 D''/2 while its coefficient phi_3 is the one for h**2 D'', so a step is exact for x0
+    estimates linear in log sigma but gives half the quadratic term (the tests measure it), and the scheme is of
+    second order, not third."""
     noise = noise_sampler or BrownianNoise(x, generator)
     x, sig = prepare(x, sigmas)
     n = len(sig) - 1
@@ -247,6 +252,8 @@ def sample_dpm_adaptive(
     control from sigmas[0] to the last nonzero sigma, as many model calls as the tolerances need (three per try).
     The step count is ignored: only the schedule's first and last nonzero sigma matter, and they do not depend on it.
     eta as in `sample_dpm_fast`; the x0 estimate at the end as there.
+
+    The error is measured over the whole batch, as in k-diffusion, so the images of a batch share their steps.
 
     Progress (`dpm_solver.Progress`): `total` is still the schedule's step count, a progress scale in noise level:
     step i + 1 is reported when the solver first reaches sigmas[i], so a run reports steps 1..n in order whatever

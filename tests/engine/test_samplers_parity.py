@@ -382,6 +382,7 @@ def diffusers_dpm_solver_step(order: int, x_vp: torch.Tensor, sigmas: list[float
     return stage.float()
 
 
+@pytest.mark.filterwarnings("ignore:.*dpmsolver.*:FutureWarning")  # diffusers' notice on the noise-prediction form
 @pytest.mark.parametrize(("order", "r1"), [(1, 0.0), (2, 0.5), (2, 1 / 3), (3, 1 / 3)])
 def test_dpm_solver_steps_match_diffusers_singlestep_updates(order, r1):
     """The steps DPM fast and DPM adaptive are made of, one at a time, from sigma 3 to 1.5."""
@@ -395,13 +396,14 @@ def test_dpm_solver_steps_match_diffusers_singlestep_updates(order, r1):
     if order == 1:
         ours = dpm_solver.first_order(x, s, t, eps)
     elif order == 2:
-        ours = dpm_solver.second_order(x, s, t, eps, dpm_solver._inner(eps_at, x, s, t, eps, r1), r1)
+        ours = dpm_solver.second_order(x, s, t, eps, dpm_solver.inner_eps(eps_at, x, s, t, eps, r1), r1)
     else:
-        ours = dpm_solver.third_order(eps_at, x, s, t, eps, dpm_solver._inner(eps_at, x, s, t, eps, r1))
+        ours = dpm_solver.third_order(eps_at, x, s, t, eps, dpm_solver.inner_eps(eps_at, x, s, t, eps, r1))
     ref = diffusers_dpm_solver_step(order, x.double() / math.hypot(1, sigma), [sigma, sigma_next], r1)
     check(ours / math.hypot(1, sigma_next), ref)
 
 
+@pytest.mark.filterwarnings("ignore:.*dpmsolver.*:FutureWarning")
 @pytest.mark.parametrize("steps", [4, 9, 10])
 def test_dpm_fast_without_noise_matches_diffusers_singlestep_updates(steps):
     """DPM fast (eta = 0) on the default schedule: `fast_orders(steps)` diffusers singlestep groups on equal steps in
