@@ -253,7 +253,8 @@ def sample_dpm_adaptive(
     The step count is ignored: only the schedule's first and last nonzero sigma matter, and they do not depend on it.
     eta as in `sample_dpm_fast`; the x0 estimate at the end as there.
 
-    The error is measured over the whole batch, as in k-diffusion, so the images of a batch share their steps.
+    The error is measured over the whole batch, as in k-diffusion (so A1111): the images of a batch share their
+    steps, and unlike the other samplers an image of a batch is not remade alone from its own noise.
 
     Progress (`dpm_solver.Progress`): `total` is still the schedule's step count, a progress scale in noise level:
     step i + 1 is reported when the solver first reaches sigmas[i], so a run reports steps 1..n in order whatever

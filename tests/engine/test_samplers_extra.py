@@ -192,6 +192,25 @@ def test_dpm_adaptive_error_follows_its_tolerance():
     assert errors[0] < 0.05 and errors[1] < errors[0] / 10 and calls[1] > calls[0]
 
 
+def test_dpm_adaptive_noise_follows_the_generator():
+    choice = samplers.resolve("dpm_adaptive")
+    sigmas = choice.sigmas(8, NS)
+    x = torch.randn(1, 64, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
+    a, b, c = (choice.fn(gaussian(1.0), x, sigmas, generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2))
+    assert torch.equal(a, b) and (a - c).abs().max().item() > 1e-3
+
+
+def test_dpm_adaptive_step_control_spans_the_batch():
+    """As in k-diffusion (and so A1111), one error norm over the whole batch sets the steps: an image's result
+    depends on the images beside it, so a batch image is not remade alone from its seed with this sampler."""
+    sigmas = samplers.resolve("dpm_adaptive").sigmas(8, NS)
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(0)) * float(sigmas[0])
+    x[1] *= 3
+    batch = samplers.sample_dpm_adaptive(gaussian(1.0), x, sigmas, eta=0.0)
+    alone = samplers.sample_dpm_adaptive(gaussian(1.0), x[:1], sigmas, eta=0.0)
+    assert not torch.allclose(batch[:1], alone, atol=1e-6)
+
+
 def test_dpm_adaptive_reports_the_schedule_steps_as_it_passes_them():
     infos = []
     sigmas = samplers.resolve("dpm_adaptive").sigmas(12, NS)

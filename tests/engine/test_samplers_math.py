@@ -18,7 +18,8 @@ from sd_core.schedules import NoiseSchedule, karras
 
 NS = NoiseSchedule()
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-              "dpmpp_2m_sde_heun", "ddpm", "lcm", "dpm_fast", "dpm_adaptive", "dpmpp_3m_sde"]  # fmt: skip
+              "dpmpp_2m_sde_heun", "ddpm", "lcm", "dpm_fast", "dpmpp_3m_sde"]  # fmt: skip
+# (dpm_adaptive is stochastic too, but its step control spans the batch: its noise tests are in test_samplers_extra)
 
 
 def expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
