@@ -61,43 +61,60 @@ class GuidedDenoiser:
         self.extra, self.blend = extra, blend
         self.guided = self.cfg_scale != 1.0
         self.dtype = next(unet.parameters()).dtype
-        self._contexts: dict[int, torch.Tensor] = {}
+        self._contexts: dict[tuple[int, bool], torch.Tensor] = {}
 
-    def context(self, batch: int) -> torch.Tensor:
-        """The UNet's text context for `batch` images, in the model dtype: `[uncond, cond]` batched for CFG. Built
-        once per run, not at every step."""
-        if batch not in self._contexts:
+    def context(self, batch: int, pair: bool | None = None) -> torch.Tensor:
+        """The UNet's text context for `batch` images, in the model dtype: `[uncond, cond]` batched for CFG (`pair`,
+        by default when guided). Built once per run, not at every step."""
+        pair = self.guided if pair is None else pair
+        if (batch, pair) not in self._contexts:
             cond = self.cond.expand(batch, -1, -1)
-            if self.guided:
+            if pair:
                 cond = torch.cat([self.uncond.expand(batch, -1, -1), cond])
-            self._contexts[batch] = cond.to(self.dtype)
-        return self._contexts[batch]
+            self._contexts[batch, pair] = cond.to(self.dtype)
+        return self._contexts[batch, pair]
+
+    def _unet(self, x_in: torch.Tensor, t: torch.Tensor, batch: int, pair: bool) -> torch.Tensor:
+        if self.extra is not None:
+            x_in = torch.cat([x_in, self.extra.to(x_in)], dim=1)
+        # x once, the context twice: the UNet runs its text-free first layers once for both halves
+        return self.unet(x_in.to(self.dtype), t, self.context(batch, pair)).float()
 
     def model_output(self, x_in: torch.Tensor, t: torch.Tensor, batch: int) -> torch.Tensor:
         """The UNet's raw prediction with guidance applied (one call for both halves)."""
-        if self.extra is not None:
-            x_in = torch.cat([x_in, self.extra.to(x_in)], dim=1)
-        context = self.context(batch)
+        out = self._unet(x_in, t, batch, self.guided)
         if not self.guided:
-            return self.unet(x_in.to(self.dtype), t, context).float()
-        # x once, the context twice: the UNet runs its text-free first layers once for both halves
-        out = self.unet(x_in.to(self.dtype), t, context).float()
+            return out
         out_uncond, out_cond = out.chunk(2)
         return out_uncond + self.cfg_scale * (out_cond - out_uncond)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(batch)
+    def _prepare(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x with the inpainting blend applied, sigma as [B, 1, 1, 1], the timesteps); the UNet sees `x * c_in`."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
         if self.blend is not None:
             x = self.blend.apply(x, sigma)
-        s = sigma.reshape(-1, 1, 1, 1)
-        c_in = 1 / (s**2 + 1).sqrt()
-        t = self.schedule.sigma_to_t(sigma.cpu()).to(x.device)
-        out = self.model_output(x * c_in, t, batch)
+        return x, sigma.reshape(-1, 1, 1, 1), self.schedule.sigma_to_t(sigma.cpu()).to(x.device)
+
+    def _x0(self, x: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         if self.prediction == "eps":
             x0 = x - s * out
         else:
             x0 = x / (s**2 + 1) - out * s / (s**2 + 1).sqrt()
-        if self.blend is not None:
-            x0 = self.blend.restore(x0)
-        return x0
+        return x0 if self.blend is None else self.blend.restore(x0)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        x, s, t = self._prepare(x, sigma)
+        c_in = 1 / (s**2 + 1).sqrt()
+        return self._x0(x, s, self.model_output(x * c_in, t, x.shape[0]))
+
+    def with_uncond(
+        self, x: torch.Tensor, sigma: torch.Tensor, cfg_factor: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(guided x0, unconditional x0) from one UNet call, the guidance scale multiplied by `cfg_factor`: the
+        optional call CFG++ samplers make (`sd_core.samplers._core.denoise_with_uncond`). Both halves run even at
+        scale 1, where `__call__` skips the unconditional one."""
+        x, s, t = self._prepare(x, sigma)
+        c_in = 1 / (s**2 + 1).sqrt()
+        out_uncond, out_cond = self._unet(x * c_in, t, x.shape[0], True).chunk(2)
+        guided = out_uncond + (self.cfg_scale * cfg_factor) * (out_cond - out_uncond)
+        return self._x0(x, s, guided), self._x0(x, s, out_uncond)

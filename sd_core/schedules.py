@@ -18,12 +18,21 @@ Schedules by name (`get_sigmas`):
 - `discrete`: the training sigmas at the integer timesteps that a timestep spacing picks (DDIM, PLMS, DDPM):
   `leading` (`arange(S) * (1000 // S) + 1`, CompVis and SD1.5's default), `trailing` (starts at 999), `linspace`.
 - `lcm`: the timesteps of diffusers' LCMScheduler (skipping over a 50-step "original" schedule).
+- `polyexponential`: k-diffusion's, rho 1 (A1111's default): log sigma spaced as `ramp ** rho`, then 0.
+- `align_your_steps`: the published 10-step tables of NVIDIA's Align Your Steps (SD1.5 or SDXL), resampled in log
+  sigma to `steps` as A1111 does, then 0.
+- `kl_optimal`: evenly spaced in atan(sigma), ComfyUI's form (ends in 0).
+- `beta`: quantiles of a Beta(0.6, 0.6) distribution mapped linearly onto the sigma range, then 0 (A1111's and
+  diffusers' form).
+
+Where A1111 and ComfyUI define a schedule differently, the function's docstring says which one this is and why.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 MAX_STEPS = 1000
@@ -184,6 +193,117 @@ def lcm(steps: int, ns: NoiseSchedule, original_steps: int = 50) -> torch.Tensor
     return _append_zero(ns.sigmas[lcm_timesteps(steps, ns.num_timesteps, original_steps)])
 
 
+def polyexponential(steps: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
+    """k-diffusion's polyexponential: log sigma = log sigma_min + ramp**rho * log(sigma_max / sigma_min), ramp from 1
+    to 0. rho = 1 (A1111's setting) is `exponential`; a larger rho spends more steps at low noise."""
+    ramp = torch.linspace(1, 0, steps, dtype=torch.float64) ** rho
+    return _append_zero((ramp * math.log(sigma_max / sigma_min) + math.log(sigma_min)).exp())
+
+
+# Align Your Steps (Sabour et al. 2024): NVIDIA's optimized 10-step sigmas, highest first.
+AYS_TABLES = {
+    "sd15": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029),
+    "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029),
+}
+MODEL_FAMILIES = tuple(AYS_TABLES)
+
+
+def align_your_steps(steps: int, family: str = "sd15") -> torch.Tensor:
+    """The Align Your Steps table of a model family (`AYS_TABLES`), resampled to `steps` sigmas by linear
+    interpolation of log sigma over evenly spaced positions, then 0.
+
+    A1111's resampling: all `steps` sigmas span the table (the last is its 0.029), then 0. ComfyUI's node instead
+    resamples to `steps + 1` and replaces the last with 0, so its last model call comes at a higher sigma than the
+    table's end; we follow A1111, whose API this engine speaks, and whose last step is the table's. At 11 steps this is
+    the table itself. One step gives [sigma_max, 0] (A1111 would take the table's lowest sigma).
+    """
+    if family not in AYS_TABLES:
+        raise ValueError(f"model family must be one of {', '.join(MODEL_FAMILIES)}, not {family!r}")
+    table = torch.tensor(AYS_TABLES[family], dtype=torch.float64)
+    if steps == 1:
+        return _append_zero(table[:1])
+    src = torch.linspace(0, 1, len(table), dtype=torch.float64).numpy()
+    dst = torch.linspace(0, 1, steps, dtype=torch.float64).numpy()
+    log_sigmas = np.interp(dst, src, table.flip(0).log().numpy())
+    return _append_zero(torch.from_numpy(log_sigmas).exp().flip(0))
+
+
+def kl_optimal(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """The KL-optimal schedule (Sabour et al. 2024): evenly spaced in atan(sigma) from sigma_max to sigma_min, then 0.
+
+    ComfyUI's form. A1111 takes `steps + 1` points and no final 0, so its last step ends at sigma_min with that much
+    noise left in the image; we end in 0 like every other schedule here (the final step returns the x0 estimate).
+    """
+    frac = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1, dtype=torch.float64)
+    return _append_zero(torch.tan((1 - frac) * math.atan(sigma_max) + frac * math.atan(sigma_min)))
+
+
+def beta(steps: int, sigma_min: float, sigma_max: float, a: float = 0.6, b: float = 0.6) -> torch.Tensor:
+    """Beta schedule ("Beta Sampling is All You Need", Lee et al. 2024): sigma_min + q * (sigma_max - sigma_min) at the
+    quantiles q = ppf(1 - i / (steps - 1)) of Beta(a, b), then 0.
+
+    A1111's form, which diffusers' `use_beta_sigmas` shares (the tests hold us to it). ComfyUI applies the quantiles
+    to training timesteps instead (`round(q * 999)`, repeats dropped); we follow A1111, whose API this engine speaks.
+    The Beta quantile is `beta_ppf`, so scipy is not needed.
+    """
+    ps = [1 - i / (steps - 1) for i in range(steps)] if steps > 1 else [1.0]
+    qs = torch.tensor([beta_ppf(p, a, b) for p in ps], dtype=torch.float64)
+    return _append_zero(sigma_min + qs * (sigma_max - sigma_min))
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), from its continued fraction (DLMF 8.17.22) evaluated by the
+    modified Lentz method, on the side of the symmetry I_x(a, b) = 1 - I_(1-x)(b, a) where it converges fast."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - betainc(b, a, 1.0 - x)
+    tiny = 1e-300
+    f, c, d = 1.0, 1.0, 0.0  # the value of 1 + d1 / (1 + d2 / (1 + ...)), and Lentz's two ratios
+    for j in range(1, 1000):
+        m = j // 2
+        if j % 2:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        else:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(c * d - 1.0) < 1e-16:
+            break
+    return math.exp(a * math.log(x) + b * math.log1p(-x) - _log_beta(a, b)) / (a * f)
+
+
+def beta_ppf(p: float, a: float, b: float) -> float:
+    """The quantile of Beta(a, b): the x in [0, 1] with I_x(a, b) = p. Newton's method on `betainc`, kept inside a
+    shrinking bracket (a bisection step whenever Newton would leave it), to float64 precision. Above p = 1/2 it
+    solves the mirrored problem (1 - x for 1 - p, a and b swapped), where small tail probabilities keep their digits."""
+    if p <= 0.0 or p >= 1.0:
+        return 0.0 if p <= 0.0 else 1.0
+    if p > 0.5:
+        return 1.0 - beta_ppf(1.0 - p, b, a)
+    lo, hi, x = 0.0, 1.0, 0.5
+    log_b = _log_beta(a, b)
+    for _ in range(200):
+        err = betainc(a, b, x) - p
+        if err == 0.0:
+            return x
+        lo, hi = (x, hi) if err < 0 else (lo, x)
+        density = math.exp((a - 1) * math.log(x) + (b - 1) * math.log1p(-x) - log_b)
+        step = x - err / density
+        nxt = step if lo < step < hi else 0.5 * (lo + hi)
+        if abs(nxt - x) <= 1e-15 * x or hi - lo <= 1e-300:
+            return nxt
+        x = nxt
+    return x
+
+
 def _finish(sigmas: torch.Tensor, ns: NoiseSchedule, final: str) -> torch.Tensor:
     if final == "zero":
         return _append_zero(sigmas)
@@ -192,7 +312,8 @@ def _finish(sigmas: torch.Tensor, ns: NoiseSchedule, final: str) -> torch.Tensor
     raise ValueError(f"final must be one of {', '.join(FINALS)}, not {final!r}")
 
 
-SCHEDULES = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "discrete", "lcm")
+SCHEDULES = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "discrete", "lcm",
+             "polyexponential", "align_your_steps", "kl_optimal", "beta")  # fmt: skip
 
 # Display names (A1111 "Schedule type", ComfyUI) -> schedule names. A1111's "Uniform" is k-diffusion's get_sigmas.
 SCHEDULE_LABELS = {
@@ -204,6 +325,10 @@ SCHEDULE_LABELS = {
     "ddim_uniform": "DDIM",
     "discrete": "Discrete",
     "lcm": "LCM",
+    "polyexponential": "Polyexponential",
+    "align_your_steps": "Align Your Steps",
+    "kl_optimal": "KL Optimal",
+    "beta": "Beta",
 }
 _ALIASES = {
     **{name: name for name in SCHEDULES},
@@ -211,7 +336,14 @@ _ALIASES = {
     "uniform": "normal",
     "sgm uniform": "sgm_uniform",
     "ddim uniform": "ddim_uniform",
+    "kl optimal": "kl_optimal",
+    "ays": "align_your_steps",
 }
+
+
+# The schedules defined by the model's sigma range alone.
+_BY_RANGE = {"karras": karras, "exponential": exponential, "polyexponential": polyexponential,
+             "kl_optimal": kl_optimal, "beta": beta}  # fmt: skip
 
 
 def schedule_name(name: str) -> str:
@@ -229,20 +361,27 @@ def get_sigmas(
     *,
     spacing: str = "leading",
     final: str = "zero",
+    family: str = "sd15",
+    discard_penultimate: bool = False,
 ) -> torch.Tensor:
     """The sigmas (float32, 1-D, `steps + 1` values; more for `ddim_uniform`, see above) for a named schedule.
 
-    `spacing` and `final` only apply to the `discrete` schedule.
+    `spacing` and `final` only apply to the `discrete` schedule, `family` (a key of `AYS_TABLES`: "sd15", or "sdxl"
+    for SDXL models) only to `align_your_steps`. `discard_penultimate` computes `steps + 1` steps and drops the
+    next-to-last sigma (A1111's flag for DPM2 and DPM++ 3M SDE: the step count stays, the last step is longer).
     """
     check_steps(steps)
+    if discard_penultimate:
+        if steps == MAX_STEPS:
+            raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS - 1} for this sampler, got {steps}")
+        sigmas = get_sigmas(schedule, steps + 1, noise_schedule, spacing=spacing, final=final, family=family)
+        return torch.cat([sigmas[:-2], sigmas[-1:]])
     name = schedule_name(schedule)
     ns = noise_schedule
     if name == "normal":
         return normal(steps, ns)
-    if name == "karras":
-        return karras(steps, ns.sigma_min, ns.sigma_max)
-    if name == "exponential":
-        return exponential(steps, ns.sigma_min, ns.sigma_max)
+    if name in _BY_RANGE:
+        return _BY_RANGE[name](steps, ns.sigma_min, ns.sigma_max)
     if name == "sgm_uniform":
         return sgm_uniform(steps, ns)
     if name == "simple":
@@ -251,4 +390,6 @@ def get_sigmas(
         return ddim_uniform(steps, ns)
     if name == "discrete":
         return discrete(steps, ns, spacing, final)
+    if name == "align_your_steps":
+        return align_your_steps(steps, family)
     return lcm(steps, ns)

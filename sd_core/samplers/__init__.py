@@ -6,15 +6,28 @@ decreasing 1-D tensor (see `sd_core.schedules`); the result is x at `sigmas[-1]`
 sigma and sigma_next as floats): the one payload every callback in sd_core gets. Raising `sd_core.errors.Cancelled`
 in it stops the run. Stochastic samplers draw their noise on the CPU
 from `generator`. `resolve(name, schedule)` maps user-facing names to a `SamplerChoice`.
+
+DPM fast and DPM adaptive walk their own time points and report on the schedule's steps (`dpm_solver.Progress`);
+Restart reports its own Heun steps. CFG++ samplers also need the unconditional estimate: a guided denoiser offers it
+through an optional call, `_core.denoise_with_uncond`.
 """
 
 from ..schedules import SCHEDULES
 from ._core import BrownianNoise, ancestral_split
-from .dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_2m_sde_heun, sample_dpmpp_sde
+from .dpmpp import (
+    sample_dpm_adaptive,
+    sample_dpm_fast,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_dpmpp_2m_sde_heun,
+    sample_dpmpp_3m_sde,
+    sample_dpmpp_sde,
+)
 from .multistep import lms_coefficients, sample_lms, sample_plms
 from .registry import SAMPLERS, SamplerChoice, resolve
 from .singlestep import (
     sample_ddim,
+    sample_ddim_cfg_pp,
     sample_ddpm,
     sample_dpm_2,
     sample_dpm_2_ancestral,
@@ -23,6 +36,7 @@ from .singlestep import (
     sample_euler_ancestral,
     sample_heun,
     sample_lcm,
+    sample_restart,
 )
 from .unipc import sample_uni_pc
 
@@ -35,13 +49,17 @@ __all__ = [
     "lms_coefficients",
     "resolve",
     "sample_ddim",
+    "sample_ddim_cfg_pp",
     "sample_ddpm",
+    "sample_dpm_adaptive",
+    "sample_dpm_fast",
     "sample_dpm_2",
     "sample_dpm_2_ancestral",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2m_sde_heun",
     "sample_dpmpp_2s_ancestral",
+    "sample_dpmpp_3m_sde",
     "sample_dpmpp_sde",
     "sample_euler",
     "sample_euler_ancestral",
@@ -49,5 +67,6 @@ __all__ = [
     "sample_lcm",
     "sample_lms",
     "sample_plms",
+    "sample_restart",
     "sample_uni_pc",
 ]

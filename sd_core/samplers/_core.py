@@ -27,10 +27,32 @@ def prepare(x: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, list[f
     return x.to(torch.float32), [float(s) for s in torch.as_tensor(sigmas).reshape(-1).tolist()]
 
 
+def _sigma_batch(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    return torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
+
+
 def denoise(denoiser: Denoiser, x: torch.Tensor, sigma: float) -> torch.Tensor:
     """The denoiser's x0 estimate at one noise level, given as a [B] tensor on x's device."""
-    s = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
-    return denoiser(x, s).to(torch.float32)
+    return denoiser(x, _sigma_batch(x, sigma)).to(torch.float32)
+
+
+def denoise_with_uncond(
+    denoiser: Denoiser, x: torch.Tensor, sigma: float, cfg_factor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The guided x0 estimate with the guidance scale multiplied by `cfg_factor`, and the unconditional x0 estimate
+    of the same model call: what CFG++ samplers need.
+
+    A denoiser that runs classifier-free guidance offers this as an optional method, `denoiser.with_uncond(x,
+    sigma, cfg_factor) -> (x0_guided, x0_uncond)` (`sd_core.denoiser.GuidedDenoiser` has it). A denoiser without it
+    is taken as unguided: its one estimate is both (a CFG++ sampler then is its plain counterpart).
+    """
+    s = _sigma_batch(x, sigma)
+    with_uncond = getattr(denoiser, "with_uncond", None)
+    if with_uncond is None:
+        x0 = denoiser(x, s).to(torch.float32)
+        return x0, x0
+    x0, x0_uncond = with_uncond(x, s, cfg_factor)
+    return x0.to(torch.float32), x0_uncond.to(torch.float32)
 
 
 def report(

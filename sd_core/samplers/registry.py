@@ -13,6 +13,10 @@ from ..limits import SettingError
 from ..schedules import SCHEDULE_LABELS, SCHEDULES, NoiseSchedule, get_sigmas, schedule_name
 from . import dpmpp, multistep, singlestep, unipc
 
+# Samplers whose schedule A1111 computes for steps + 1 and then drops the next-to-last sigma (its
+# `discard_next_to_last_sigma`; A1111 also sets it for DPM2 and DPM2 a, which keep sd_core's plain schedules here).
+DISCARD_PENULTIMATE = frozenset({"dpmpp_3m_sde"})
+
 AUTOMATIC = ("", "automatic", "auto", "default")
 """Schedule names that mean "the sampler's own default"."""
 
@@ -22,7 +26,8 @@ class SamplerChoice:
     """A resolved sampler: `name` (snake), `label` (A1111 sampler name), `fn`, `schedule` (schedule name).
 
     `vp_start` marks the timestep-form samplers (DDIM, PLMS, DDPM, UniPC, LCM) whose reference implementations start
-    from unit-variance VP noise; `spacing`/`final` configure the `discrete` schedule.
+    from unit-variance VP noise; `spacing`/`final` configure the `discrete` schedule; `discard_penultimate` is
+    A1111's "discard next to last sigma" (`DISCARD_PENULTIMATE`).
     """
 
     name: str
@@ -32,15 +37,20 @@ class SamplerChoice:
     vp_start: bool = False
     spacing: str = "leading"
     final: str = "zero"
+    discard_penultimate: bool = False
 
     @property
     def schedule_label(self) -> str:
         """A1111 "Schedule type" text: "Automatic" for the sampler's own default, else the schedule's label."""
         return "Automatic" if self.schedule == _SPECS[self.name][2] else SCHEDULE_LABELS[self.schedule]
 
-    def sigmas(self, steps: int, noise_schedule: NoiseSchedule) -> torch.Tensor:
-        """The sigmas for `steps` steps (1..1000) of this sampler on this model's noise schedule."""
-        return get_sigmas(self.schedule, steps, noise_schedule, spacing=self.spacing, final=self.final)
+    def sigmas(self, steps: int, noise_schedule: NoiseSchedule, family: str = "sd15") -> torch.Tensor:
+        """The sigmas for `steps` steps (1..1000) of this sampler on this model's noise schedule; `family` picks the
+        Align Your Steps table ("sd15", "sdxl": `schedules.AYS_TABLES`)."""
+        return get_sigmas(
+            self.schedule, steps, noise_schedule, spacing=self.spacing, final=self.final, family=family,
+            discard_penultimate=self.discard_penultimate,
+        )  # fmt: skip
 
     def initial_noise_scale(self, sigmas: torch.Tensor) -> float:
         """txt2img starts from `noise * scale`: sigma_max for k-diffusion samplers, sqrt(1 + sigma_max**2) (unit
@@ -67,6 +77,12 @@ _SPECS: dict[str, tuple[str, Callable[..., torch.Tensor], str, bool, str]] = {
     "uni_pc": ("UniPC", unipc.sample_uni_pc, "normal", True, "zero"),
     "lcm": ("LCM", singlestep.sample_lcm, "lcm", True, "zero"),
     "ddpm": ("DDPM", singlestep.sample_ddpm, "discrete", True, "zero"),
+    # A1111's further samplers, with A1111 v1.10's default schedules ("Automatic" = normal for k-diffusion ones)
+    "dpm_fast": ("DPM fast", dpmpp.sample_dpm_fast, "normal", False, "zero"),
+    "dpm_adaptive": ("DPM adaptive", dpmpp.sample_dpm_adaptive, "normal", False, "zero"),
+    "dpmpp_3m_sde": ("DPM++ 3M SDE", dpmpp.sample_dpmpp_3m_sde, "exponential", False, "zero"),
+    "restart": ("Restart", singlestep.sample_restart, "karras", False, "zero"),
+    "ddim_cfg_pp": ("DDIM CFG++", singlestep.sample_ddim_cfg_pp, "discrete", True, "sigma_min"),
 }
 
 SAMPLERS: list[str] = list(_SPECS)
@@ -85,6 +101,10 @@ _ALIASES: dict[str, str] = {
     "k_dpmpp_2m": "dpmpp_2m",
     "k_dpmpp_sde": "dpmpp_sde",
     "k_dpmpp_2m_sde": "dpmpp_2m_sde",
+    "k_dpmpp_3m_sde": "dpmpp_3m_sde",
+    "k_dpm_fast": "dpm_fast",
+    "k_dpm_ad": "dpm_adaptive",
+    "ddim_cfgpp": "ddim_cfg_pp",
     "unipc": "uni_pc",
 }
 
@@ -116,7 +136,8 @@ def resolve(name: str, schedule: str | None = None) -> SamplerChoice:
 
     A schedule in the name ("... Karras") applies unless `schedule` is given; "Automatic" (or None, "auto",
     "default") means the sampler's default: `normal` for the k-diffusion samplers, DDIM's discrete timesteps for
-    DDIM/PLMS/DDPM, `lcm` for LCM. Unknown names raise `limits.SettingError` (a ValueError) naming "sampler" or
+    DDIM/PLMS/DDPM/DDIM CFG++, `lcm` for LCM; for the samplers added from A1111's list, A1111's defaults (DPM++ 3M
+    SDE `exponential`, Restart `karras`). Unknown names raise `limits.SettingError` (a ValueError) naming "sampler" or
     "schedule" and listing the valid ones.
     """
     sampler, rest = _split(_normalize(name))
@@ -134,4 +155,7 @@ def resolve(name: str, schedule: str | None = None) -> SamplerChoice:
             chosen = schedule_name(schedule)
         except ValueError as exc:
             raise SettingError("schedule", str(exc)) from None
-    return SamplerChoice(name=sampler, label=label, fn=fn, schedule=chosen, vp_start=vp_start, final=final)
+    return SamplerChoice(
+        name=sampler, label=label, fn=fn, schedule=chosen, vp_start=vp_start, final=final,
+        discard_penultimate=sampler in DISCARD_PENULTIMATE,
+    )  # fmt: skip

@@ -9,6 +9,8 @@ the log-midpoint). Without noise (sigma_up = 0) the ancestral samplers are their
   exactly the ancestral sigma_up with the same eta.
 - DDPM (the ancestral sampler of Ho et al.: posterior mean and variance) is DDIM with eta = 1.
 - LCM estimates x0 and re-noises it to the next level with fresh noise (sigma_down = 0, sigma_up = sigma_next).
+- DDIM CFG++ is DDIM whose direction term uses the unconditional noise estimate.
+- Restart (A1111's) is Heun with jumps back up to a higher noise level, re-noised.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from collections.abc import Callable
 
 import torch
 
+from ..schedules import karras
 from ._core import (
     Callback,
     Denoiser,
     NoiseSampler,
     ancestral_split,
     denoise,
+    denoise_with_uncond,
     gaussian_noise,
+    prepare,
+    report,
     to_d,
     toward,
     walk,
@@ -228,3 +234,94 @@ def sample_lcm(
     """Latent Consistency Model sampling: take the x0 estimate, re-noise it to the next level with fresh noise."""
     noise = noise_sampler or gaussian_noise(x, generator)
     return _walk(denoiser, x, sigmas, callback, _euler_move, lambda sigma, sigma_next: (0.0, sigma_next), noise)
+
+
+A1111_CFG_PP_FACTOR = 1 / 12.5
+"""A1111's DDIM CFG++ multiplies the CFG scale by this: scales 0 to 12.5 become CFG++'s guidance 0 to 1."""
+
+
+def sample_ddim_cfg_pp(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    cfg_factor: float = A1111_CFG_PP_FACTOR,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """DDIM with CFG++ (Chung et al. 2024), as A1111's "DDIM CFG++": at each step the x0 estimate is the guided one
+    with the guidance scale multiplied by `cfg_factor` (A1111: 1/12.5, so CFG 7 guides with 0.56), and the step keeps
+    the *unconditional* noise estimate for the direction to the next level:
+    `x_next = x0_guided + sigma_down * (x - x0_uncond) / sigma`, plus `sigma_up` of fresh noise when eta > 0 (as DDIM).
+
+    The unconditional estimate comes from the denoiser's optional `with_uncond` call (`_core.denoise_with_uncond`);
+    an unguided denoiser makes this plain DDIM. The progress payload's `denoised` is the guided estimate."""
+    noise = noise_sampler or gaussian_noise(x, generator)
+    x, sig = prepare(x, sigmas)
+    n = len(sig) - 1
+    for i in range(n):
+        sigma, sigma_next = sig[i], sig[i + 1]
+        denoised, uncond = denoise_with_uncond(denoiser, x, sigma, cfg_factor)
+        report(callback, i, n, x, sigma, sigma_next, denoised)
+        down, up = ancestral_split(sigma, sigma_next, eta)
+        x = denoised + (down / sigma) * (x - uncond)
+        if up > 0:
+            x = x + noise(sigma, sigma_next) * up
+    return x
+
+
+def _nearest(sigmas: list[float], target: float) -> int:
+    return min(range(len(sigmas)), key=lambda i: abs(sigmas[i] - target))
+
+
+def restart_segments(sigmas: list[float]) -> list[tuple[float, float]]:
+    """The (sigma, sigma_next) steps of A1111's Restart sampler for a schedule of n = len(sigmas) - 1 steps.
+
+    Under 20 steps: the schedule's own steps. From 20 on the schedule is replaced: restart over r = 9 steps once
+    (from 36 steps: r = n // 4, twice), main schedule Karras with n - r * times steps between sigmas[-2] and
+    sigmas[0]. After the main step that ends at the sigma nearest 0.1, jump back up to the main sigma nearest 2 and
+    come down again over r Karras steps (between those two sigmas), `times` times. The total stays n steps.
+    """
+    n = len(sigmas) - 1
+    if n < 20:
+        return list(zip(sigmas[:-1], sigmas[1:], strict=True))
+    length, times = (n // 4, 2) if n >= 36 else (9, 1)
+    main = karras(n - length * times, sigmas[-2], sigmas[0]).tolist()
+    low, high = _nearest(main, 0.1), _nearest(main, 2.0)
+    steps = []
+    for i in range(len(main) - 1):
+        steps.append((main[i], main[i + 1]))
+        if i + 1 == low and high < low:
+            again = karras(length + 1, main[low], main[high]).tolist()[:-1]
+            steps += list(zip(again[:-1], again[1:], strict=True)) * times
+    return steps
+
+
+def sample_restart(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    callback: Callback | None = None,
+    generator: torch.Generator | None = None,
+    s_noise: float = 1.0,
+    noise_sampler: NoiseSampler | None = None,
+) -> torch.Tensor:
+    """A1111's "Restart" (Xu et al. 2023, "Restart Sampling for Improving Generative Processes"): Heun steps (Euler
+    into 0) over `restart_segments`; where a step starts above where the last one ended, fresh noise of
+    sqrt(sigma**2 - sigma_last**2) * s_noise first takes x up to it. Under 20 steps this is `sample_heun`. Progress
+    is one report per Heun step (`total` = n), with that step's own sigmas."""
+    noise = noise_sampler or gaussian_noise(x, generator)
+    x, sig = prepare(x, sigmas)
+    steps = restart_segments(sig)
+    last = steps[0][0] if steps else 0.0
+    for i, (sigma, sigma_next) in enumerate(steps):
+        if sigma > last:
+            x = x + noise(last, sigma) * (s_noise * math.sqrt(sigma**2 - last**2))
+        denoised = denoise(denoiser, x, sigma)
+        report(callback, i, len(steps), x, sigma, sigma_next, denoised)
+        x = _heun_step(denoiser, x, denoised, sigma, sigma_next)
+        last = sigma_next
+    return x

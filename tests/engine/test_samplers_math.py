@@ -18,7 +18,8 @@ from sd_core.schedules import NoiseSchedule, karras
 
 NS = NoiseSchedule()
 STOCHASTIC = ["euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde",
-              "dpmpp_2m_sde_heun", "ddpm", "lcm"]  # fmt: skip
+              "dpmpp_2m_sde_heun", "ddpm", "lcm", "dpm_fast", "dpmpp_3m_sde"]  # fmt: skip
+# (dpm_adaptive is stochastic too, but its step control spans the batch: its noise tests are in test_samplers_extra)
 
 
 def expand(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -52,6 +53,7 @@ def run(name: str, denoiser, steps: int, *, noise_scale=None, size=64, seed=0, s
 BIASED_AT_50 = {
     "euler": 0.03,
     "ddim": 0.03,
+    "ddim_cfg_pp": 0.03,  # DDIM itself on an unguided denoiser
     "euler_ancestral": 0.06,
     "ddpm": 0.06,
     "dpmpp_2m_sde": 0.07,
@@ -144,6 +146,8 @@ CALLS = 48
         ("uni_pc", CALLS, {"order": 3}),
         ("lms", CALLS, {}),
         ("plms", CALLS - 1, {}),
+        ("dpmpp_3m_sde", CALLS, {"eta": 0.0}),
+        ("dpm_fast", CALLS, {"eta": 0.0}),  # CALLS model calls over CALLS + 1 sigmas not ending in 0
     ],
 )
 def test_higher_order_samplers_beat_euler_at_equal_model_calls(name, steps, options):
@@ -188,6 +192,9 @@ def test_cancelled_from_the_callback_stops_the_run(name):
 
     with pytest.raises(Cancelled):
         run(name, denoiser, 10, callback=callback)
+    if name == "dpm_adaptive":  # its model calls per schedule step are its own: none after the callback raised
+        assert model_calls[-1].item() <= resolve(name).sigmas(10, NS)[2].item()
+        return
     assert len(model_calls) <= 6  # at most 2 calls per step for steps 0 and 1, plus step 2's first
 
 
@@ -316,6 +323,7 @@ def test_sampler_list_is_complete():
     assert samplers.SAMPLERS == [
         "euler", "euler_ancestral", "heun", "lms", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m",
         "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "ddim", "plms", "uni_pc", "lcm", "ddpm",
+        "dpm_fast", "dpm_adaptive", "dpmpp_3m_sde", "restart", "ddim_cfg_pp",
     ]  # fmt: skip
 
 
@@ -333,6 +341,13 @@ def test_sampler_list_is_complete():
         ("UniPC", "uni_pc", "UniPC"),
         ("lcm", "lcm", "LCM"),
         ("DDPM", "ddpm", "DDPM"),
+        ("DPM fast", "dpm_fast", "DPM fast"),
+        ("dpm adaptive", "dpm_adaptive", "DPM adaptive"),
+        ("k_dpm_ad", "dpm_adaptive", "DPM adaptive"),
+        ("DPM++ 3M SDE", "dpmpp_3m_sde", "DPM++ 3M SDE"),
+        ("restart", "restart", "Restart"),
+        ("DDIM CFG++", "ddim_cfg_pp", "DDIM CFG++"),
+        ("ddim_cfgpp", "ddim_cfg_pp", "DDIM CFG++"),
     ],
 )
 def test_names_resolve_case_insensitively(text, name, label):
@@ -349,6 +364,11 @@ def test_names_resolve_case_insensitively(text, name, label):
         ("DPM++ SDE SGM Uniform", "dpmpp_sde", "sgm_uniform"),
         ("dpmpp_2m_karras", "dpmpp_2m", "karras"),
         ("DDIM Automatic", "ddim", "discrete"),
+        ("DDIM CFG++ Automatic", "ddim_cfg_pp", "discrete"),
+        ("DPM++ 3M SDE Karras", "dpmpp_3m_sde", "karras"),
+        ("Restart Align Your Steps", "restart", "align_your_steps"),
+        ("DPM fast KL Optimal", "dpm_fast", "kl_optimal"),
+        ("dpm_adaptive_beta", "dpm_adaptive", "beta"),
     ],
 )
 def test_combined_names_carry_the_schedule(text, name, schedule):
@@ -363,13 +383,26 @@ def test_schedule_argument_overrides_the_name():
 
 
 def test_default_schedules():
-    assert {resolve(n).schedule for n in samplers.SAMPLERS if n not in ("ddim", "plms", "ddpm", "lcm")} == {"normal"}
-    assert [resolve(n).schedule for n in ("ddim", "plms", "ddpm", "lcm")] == ["discrete"] * 3 + ["lcm"]
+    """sd_core's own defaults for the first samplers, A1111 v1.10's for those added from its list."""
+    own = ("ddim", "plms", "ddpm", "lcm", "ddim_cfg_pp", "dpmpp_3m_sde", "restart")
+    assert {resolve(n).schedule for n in samplers.SAMPLERS if n not in own} == {"normal"}
+    assert [resolve(n).schedule for n in own] == ["discrete"] * 3 + ["lcm", "discrete", "exponential", "karras"]
+
+
+def test_dpmpp_3m_sde_discards_the_next_to_last_sigma():
+    """A1111's flag: steps + 1 sigmas of the schedule without the next-to-last, so still `steps` steps."""
+    for schedule in ("exponential", "karras"):
+        full = resolve("euler", schedule).sigmas(11, NS)
+        assert resolve("dpmpp_3m_sde", schedule).sigmas(10, NS).tolist() == [*full[:-2].tolist(), 0.0]
+    assert [resolve(n).discard_penultimate for n in samplers.SAMPLERS].count(True) == 1
+    with pytest.raises(ValueError, match="1 to 999"):
+        resolve("dpmpp_3m_sde").sigmas(1000, NS)
 
 
 def test_ddim_and_plms_end_at_sigma_min_ddpm_at_zero():
     assert resolve("ddim").sigmas(10, NS)[-1] == NS.sigmas[0]
     assert resolve("plms").sigmas(10, NS)[-1] == NS.sigmas[0]
+    assert resolve("ddim_cfg_pp").sigmas(10, NS).tolist() == resolve("ddim").sigmas(10, NS).tolist()
     assert resolve("ddpm").sigmas(10, NS)[-1] == 0
 
 
@@ -391,7 +424,7 @@ def test_unknown_schedule_argument_is_rejected():
 def test_initial_noise_scale_is_sigma_max_or_unit_vp_variance():
     sigmas = torch.tensor([4.0, 1.0, 0.0])
     assert resolve("euler").initial_noise_scale(sigmas) == 4.0
-    for name in ("ddim", "plms", "ddpm", "uni_pc", "lcm"):
+    for name in ("ddim", "plms", "ddpm", "uni_pc", "lcm", "ddim_cfg_pp"):
         assert resolve(name).initial_noise_scale(sigmas) == pytest.approx(math.sqrt(17.0))
 
 

@@ -358,3 +358,131 @@ def test_parity_check_is_discriminating():
     sched = diffusers.DPMSolverMultistepScheduler(**SD15)
     ref = run_diffusers(sched, 12)
     assert rel_diff(run_ours(samplers.sample_euler, sched.sigmas, vp_start=True), ref) > 100 * TOL
+
+
+# --- samplers added from A1111's list -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [16, 25])
+def test_dpmpp_3m_sde_without_noise_matches_third_order_dpm_solver_multistep(steps):
+    """With eta = 0, DPM++ 3M SDE is DPM-Solver++(3M): diffusers' order 3 multistep, which warms up with orders 1
+    and 2 (the second-order step in its "heun" form, as k-diffusion's) and, from 15 steps on, keeps order 3 to the
+    step before the last (the last, to 0, returns the estimate)."""
+    sched = diffusers.DPMSolverMultistepScheduler(**SD15, solver_order=3, solver_type="heun")
+    ref = run_diffusers(sched, steps)
+    check(run_ours(samplers.sample_dpmpp_3m_sde, sched.sigmas, vp_start=True, eta=0.0), ref)
+
+
+def diffusers_dpm_solver_step(order: int, x_vp: torch.Tensor, sigmas: list[float], r1: float) -> torch.Tensor:
+    """One DPM-Solver step of `order` from sigmas[0] to sigmas[1] with diffusers' singlestep updates (noise-prediction
+    "dpmsolver"): the inner points are steps of diffusers' own lower orders, each into its place in a singlestep
+    group. DPM-Solver-3 (r1 = 1/3, r2 = 2/3) reaches its second inner point with the "heun" second-order update and
+    ends with the "midpoint" third-order one; DPM-Solver-2 is the "midpoint" second-order update."""
+    sched = diffusers.DPMSolverSinglestepScheduler(
+        **SD15, algorithm_type="dpmsolver", solver_order=3, final_sigmas_type="sigma_min"
+    )
+    s, t = -math.log(sigmas[0]), -math.log(sigmas[1])
+    inner = {1: [], 2: [r1], 3: [1 / 3, 2 / 3]}[order]
+    sched.sigmas = torch.tensor([math.exp(-(s + r * (t - s))) for r in [0.0, *inner, 1.0]], dtype=torch.float64)
+    updates = [sched.dpm_solver_first_order_update, sched.singlestep_dpm_solver_second_order_update,
+               sched.singlestep_dpm_solver_third_order_update]  # fmt: skip
+    model, outputs, stage = current_model(), [], x_vp
+    for k in range(order):
+        outputs.append(model(stage, NS.sigma_to_t(sched.sigmas[k : k + 1].float())).double())
+        sched._step_index = k
+        sched.register_to_config(solver_type="heun" if order == 3 and k == 1 else "midpoint")
+        stage = updates[k](outputs if k else outputs[0], sample=x_vp)
+    return stage.float()
+
+
+@pytest.mark.filterwarnings("ignore:.*dpmsolver.*:FutureWarning")  # diffusers' notice on the noise-prediction form
+@pytest.mark.parametrize(("order", "r1"), [(1, 0.0), (2, 0.5), (2, 1 / 3), (3, 1 / 3)])
+def test_dpm_solver_steps_match_diffusers_singlestep_updates(order, r1):
+    """The steps DPM fast and DPM adaptive are made of, one at a time, from sigma 3 to 1.5."""
+    from sd_core.samplers import dpm_solver
+
+    sigma, sigma_next = 3.0, 1.5
+    x = initial_noise() * sigma
+    eps_at = dpm_solver.Estimator(make_denoiser(current_model()))
+    s, t = -math.log(sigma), -math.log(sigma_next)
+    eps = eps_at(x, s)
+    if order == 1:
+        ours = dpm_solver.first_order(x, s, t, eps)
+    elif order == 2:
+        ours = dpm_solver.second_order(x, s, t, eps, dpm_solver.inner_eps(eps_at, x, s, t, eps, r1), r1)
+    else:
+        ours = dpm_solver.third_order(eps_at, x, s, t, eps, dpm_solver.inner_eps(eps_at, x, s, t, eps, r1))
+    ref = diffusers_dpm_solver_step(order, x.double() / math.hypot(1, sigma), [sigma, sigma_next], r1)
+    check(ours / math.hypot(1, sigma_next), ref)
+
+
+@pytest.mark.filterwarnings("ignore:.*dpmsolver.*:FutureWarning")
+@pytest.mark.parametrize("steps", [4, 9, 10])
+def test_dpm_fast_without_noise_matches_diffusers_singlestep_updates(steps):
+    """DPM fast (eta = 0) on the default schedule: `fast_orders(steps)` diffusers singlestep groups on equal steps in
+    log sigma from sigma_max to sigma_min, then the x0 estimate there."""
+    from sd_core.samplers.dpm_solver import fast_orders
+
+    sigmas = samplers.resolve("dpm_fast").sigmas(steps, NS)
+    s_max, s_min = float(sigmas[0]), float(sigmas[-2])
+    orders = fast_orders(steps)
+    grid = torch.linspace(math.log(s_max), math.log(s_min), len(orders) + 1, dtype=torch.float64).exp().tolist()
+    x = initial_noise().double() * s_max / math.hypot(1, s_max)
+    for order, sigma, sigma_next in zip(orders, grid[:-1], grid[1:], strict=True):
+        x = diffusers_dpm_solver_step(order, x, [sigma, sigma_next], 0.5).double()
+    ref = x * math.hypot(1, s_min) - s_min * current_model()(x.float(), NS.sigma_to_t(torch.tensor([s_min])))
+    check(run_ours(samplers.sample_dpm_fast, sigmas, eta=0.0), ref.float())
+
+
+def guidance_heads(model):
+    """(uncond, cond) eps of a model: the tiny UNet's two prompt halves, or two different analytic stand-ins."""
+    if isinstance(model, TinyGuidedUNet):
+
+        @torch.no_grad()
+        def heads(x, t):
+            t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
+            out = model.unet(torch.cat([x, x]).float(), torch.cat([t, t]), encoder_hidden_states=model.context)
+            return out.sample.chunk(2)
+
+        return heads
+    uncond = FakeUNet(seed=99)
+    return lambda x, t: (uncond(x, t), model(x, t))
+
+
+class CfgPairDenoiser:
+    """A k-diffusion denoiser with CFG over two eps heads that offers the optional `with_uncond` call."""
+
+    def __init__(self, heads, scale: float) -> None:
+        self.heads, self.scale = heads, scale
+
+    def with_uncond(self, x, sigma, cfg_factor=1.0):
+        s = sigma.reshape(-1, 1, 1, 1)
+        uncond, cond = self.heads(x / (s**2 + 1).sqrt(), NS.sigma_to_t(sigma))
+        guided = uncond + self.scale * cfg_factor * (cond - uncond)
+        return x - s * guided, x - s * uncond
+
+    def __call__(self, x, sigma):
+        return self.with_uncond(x, sigma)[0]
+
+
+@pytest.mark.parametrize(("steps", "eta"), [(10, 0.0), (25, 0.0), (10, 0.6)])
+def test_ddim_cfg_pp_matches_ddim_scheduler_on_the_renoised_guided_estimate(steps, eta):
+    """CFG++'s step is DDIM's step with the unconditional eps as the direction and the guided x0 as the estimate:
+    diffusers' DDIMScheduler.step given the unconditional eps and the sample `x + sqrt(1 - a_t) * (eps_uncond -
+    eps_guided)` (whose x0 under eps_uncond is the guided x0) computes exactly that. Guidance 7.5 * (1 / 12.5)."""
+    heads = guidance_heads(current_model())
+    sched = diffusers.DDIMScheduler(**SD15_VP, clip_sample=False)
+    sched.set_timesteps(steps)
+    x = initial_noise()
+    generator = torch.Generator().manual_seed(8)
+    for t in sched.timesteps:
+        uncond, cond = heads(x, t)
+        guided = uncond + 7.5 / 12.5 * (cond - uncond)
+        shifted = x + (1 - sched.alphas_cumprod[t]).sqrt() * (uncond - guided)
+        x = sched.step(uncond, t, shifted, eta=eta, generator=generator).prev_sample
+    sigmas = samplers.resolve("ddim_cfg_pp").sigmas(steps, NS)
+    ours = samplers.sample_ddim_cfg_pp(
+        CfgPairDenoiser(heads, 7.5), initial_noise() * math.hypot(1, float(sigmas[0])), sigmas,
+        generator=torch.Generator().manual_seed(8), eta=eta,
+    )  # fmt: skip
+    check(ours / math.hypot(1, float(sigmas[-1])), x)

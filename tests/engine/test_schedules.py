@@ -178,3 +178,94 @@ def test_unknown_schedule_lists_the_valid_ones():
 )
 def test_display_labels_resolve_to_schedule_names(label, name):
     assert schedules.schedule_name(label) == name
+
+
+# --- the schedules A1111 and ComfyUI add ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 2, 8, 25])
+def test_polyexponential_with_rho_1_is_exponential(steps):
+    assert close(get_sigmas("polyexponential", steps, NS), get_sigmas("exponential", steps, NS), rtol=2e-6)
+
+
+def test_polyexponential_spaces_log_sigma_as_a_power_of_the_ramp():
+    lo, hi = 0.03, 14.0
+    ramp = np.linspace(1, 0, 5) ** 2.0
+    expected = np.exp(np.log(lo) + ramp * (np.log(hi) - np.log(lo)))
+    assert close(schedules.polyexponential(5, lo, hi, rho=2.0), [*expected, 0.0], rtol=1e-6)
+
+
+def a1111_ays(table: list[float], steps: int) -> list[float]:
+    """A1111's resampling, from its description: reverse, interpolate log sigma from 11 evenly spaced positions to
+    `steps`, exp, reverse, then 0."""
+    ys = np.interp(np.linspace(0, 1, steps), np.linspace(0, 1, len(table)), np.log(table[::-1]))
+    return [*np.exp(ys)[::-1], 0.0]
+
+
+def test_align_your_steps_tables_are_nvidias():
+    """diffusers ships the same 10 step sigmas (it ends the list in 0 where the table has its 0.029)."""
+    ays = diffusers.schedulers.AysSchedules
+    assert list(schedules.AYS_TABLES["sd15"][:10]) == ays["StableDiffusionSigmas"][:10]
+    assert list(schedules.AYS_TABLES["sdxl"][:10]) == ays["StableDiffusionXLSigmas"][:10]
+    assert schedules.AYS_TABLES["sd15"][-1] == schedules.AYS_TABLES["sdxl"][-1] == 0.029
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("steps", [2, 4, 10, 11, 12, 30, 1000])
+def test_align_your_steps_resamples_as_a1111(family, steps):
+    table = list(schedules.AYS_TABLES[family])
+    sigmas = get_sigmas("align_your_steps", steps, NS, family=family)
+    assert close(sigmas, a1111_ays(table, steps), rtol=1e-6)
+    if steps == 11:
+        assert close(sigmas, [*table, 0.0], rtol=1e-7)
+
+
+def test_align_your_steps_picks_its_table_by_family():
+    assert get_sigmas("align_your_steps", 11, NS)[1] == pytest.approx(6.475)
+    assert get_sigmas("align_your_steps", 11, NS, family="sdxl")[1] == pytest.approx(6.315)
+    assert get_sigmas("align_your_steps", 1, NS).tolist() == [pytest.approx(14.615), 0.0]
+    with pytest.raises(ValueError, match="sd15, sdxl"):
+        get_sigmas("align_your_steps", 10, NS, family="sd3")
+
+
+@pytest.mark.parametrize("steps", [2, 3, 10, 40])
+def test_kl_optimal_is_comfyuis_even_spacing_in_atan_sigma(steps):
+    """ComfyUI's definition: tan((1 - i / (n - 1)) atan(sigma_max) + i / (n - 1) atan(sigma_min)), i < n, then 0."""
+    i = np.arange(steps) / (steps - 1)
+    expected = np.tan((1 - i) * np.arctan(NS.sigma_max) + i * np.arctan(NS.sigma_min))
+    sigmas = get_sigmas("kl_optimal", steps, NS)
+    assert close(sigmas, [*expected, 0.0], rtol=2e-6)
+    gaps = np.diff(np.arctan(sigmas[:-1].double().numpy()))
+    assert np.allclose(gaps, np.arctan(expected[1]) - np.arctan(expected[0]))
+
+
+@pytest.mark.parametrize("steps", [2, 3, 10, 30])
+def test_beta_matches_diffusers_beta_sigmas(steps):
+    """A1111's and diffusers' Beta(0.6, 0.6) schedule over the model's sigma range."""
+    pytest.importorskip("scipy")
+    sched = diffusers.EulerDiscreteScheduler(**SD15, use_beta_sigmas=True)
+    sched.set_timesteps(steps)
+    assert close(get_sigmas("beta", steps, NS), sched.sigmas, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*ibeta.*:RuntimeWarning")  # scipy's own root finder, on an extreme tail
+@pytest.mark.parametrize(("a", "b"), [(0.6, 0.6), (0.5, 2.0), (2.0, 5.0), (1.0, 1.0), (3.0, 0.7), (0.1, 0.1), (20, 20)])
+def test_beta_quantile_and_incomplete_beta_match_scipy(a, b):
+    """Our own regularized incomplete beta and its inverse (sd_core does not import scipy), to float64 precision."""
+    stats = pytest.importorskip("scipy.stats")
+    special = pytest.importorskip("scipy.special")
+    ps = np.concatenate([np.linspace(0, 1, 401), [1e-12, 1e-6, 1 - 1e-6, 1 - 1e-12]])
+    ours = np.array([schedules.beta_ppf(p, a, b) for p in ps])
+    assert np.allclose(ours, stats.beta.ppf(ps, a, b), rtol=1e-9, atol=1e-13)
+    xs = np.linspace(0, 1, 401)
+    assert np.allclose([schedules.betainc(a, b, x) for x in xs], special.betainc(a, b, xs), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("label", "name"),
+    [("Polyexponential", "polyexponential"), ("Align Your Steps", "align_your_steps"), ("AYS", "align_your_steps"),
+     ("KL Optimal", "kl_optimal"), ("kl_optimal", "kl_optimal"), ("Beta", "beta"), ("beta", "beta")],
+)  # fmt: skip
+def test_a1111_and_comfyui_names_of_the_added_schedules(label, name):
+    assert schedules.schedule_name(label) == name
+    assert schedules.SCHEDULE_LABELS[name] in ("Polyexponential", "Align Your Steps", "KL Optimal", "Beta")
