@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._core import Callback, Denoiser, denoise, prepare, report, to_d
+from ._core import Callback, Denoiser, Generators, denoise, prepare, report, to_d
 
 # Adams-Bashforth weights, newest derivative first, for 1 to 4 known derivatives.
 _ADAMS_BASHFORTH = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
@@ -38,7 +38,7 @@ def sample_lms(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     order: int = 4,
 ) -> torch.Tensor:
     """Linear multistep (k-diffusion/A1111 "LMS", diffusers' LMSDiscreteScheduler), order 4 once 4 derivatives are
@@ -62,7 +62,7 @@ def sample_plms(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """PLMS (Liu et al. 2022, "pseudo linear multistep"), as CompVis and diffusers' PNDMScheduler with
     skip_prk_steps run it: the first step is a Heun step (two model calls), later steps use Adams-Bashforth on the

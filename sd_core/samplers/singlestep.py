@@ -24,6 +24,7 @@ from ..schedules import karras
 from ._core import (
     Callback,
     Denoiser,
+    Generators,
     NoiseSampler,
     ancestral_split,
     denoise,
@@ -112,7 +113,7 @@ def sample_euler(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn)."""
     return _walk(denoiser, x, sigmas, callback, _euler_move)
@@ -124,7 +125,7 @@ def sample_euler_ancestral(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
     noise_sampler: NoiseSampler | None = None,
@@ -140,7 +141,7 @@ def sample_heun(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 1); the step to sigma = 0 is a plain Euler step."""
     return walk(denoiser, x, sigmas, callback, _heun_step)
@@ -152,7 +153,7 @@ def sample_dpm_2(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> torch.Tensor:
     """DPM2 (k-diffusion): a midpoint method with the midpoint taken in log sigma; Euler for the step to 0."""
     return _walk(denoiser, x, sigmas, callback, _dpm2_move)
@@ -164,7 +165,7 @@ def sample_dpm_2_ancestral(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
     noise_sampler: NoiseSampler | None = None,
@@ -180,7 +181,7 @@ def sample_dpmpp_2s_ancestral(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 1.0,
     s_noise: float = 1.0,
     noise_sampler: NoiseSampler | None = None,
@@ -196,7 +197,7 @@ def sample_ddim(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 0.0,
     noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
@@ -212,7 +213,7 @@ def sample_ddpm(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """DDPM's ancestral sampler (Ho et al. 2020): sample the posterior q(x_prev | x, x0) with its mean and its
@@ -228,7 +229,7 @@ def sample_lcm(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """Latent Consistency Model sampling: take the x0 estimate, re-noise it to the next level with fresh noise."""
@@ -246,7 +247,7 @@ def sample_ddim_cfg_pp(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 0.0,
     cfg_factor: float = A1111_CFG_PP_FACTOR,
     noise_sampler: NoiseSampler | None = None,
@@ -305,7 +306,7 @@ def sample_restart(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     s_noise: float = 1.0,
     noise_sampler: NoiseSampler | None = None,
 ) -> torch.Tensor:

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ._core import Callback, Denoiser, denoise, prepare, report, toward
+from ._core import Callback, Denoiser, Generators, denoise, prepare, report, toward
 
 
 def _lam(sigma: float) -> float:
@@ -89,7 +89,7 @@ def sample_uni_pc(
     sigmas: torch.Tensor,
     *,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     order: int = 2,
     variant: str = "bh2",
 ) -> torch.Tensor:
