@@ -297,7 +297,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
             except ModelNameError as exc:
                 raise invalid(CHECKPOINT, f"{CHECKPOINT}: {exc}") from None
         sd.options.apply(updates)
-        if entry is not None:
+        if entry is not None and entry != sd.models.current:  # the current one again: nothing to do, as in A1111
 
             def switch(ctx: Any) -> None:
                 ctx.set_phase(f"loading {entry.name}")

@@ -2,7 +2,8 @@
 
 - Init images: transparent parts flattened onto the `img2img_background_color` setting; then, for img2img and
   whole-picture inpainting, fitted to width x height by `resize_mode` (`resize.py`). Width and height default to
-  the first init image's size rounded to a multiple of 8 (this server's rule, as for the engine's own img2img).
+  the first init image's size rounded to a multiple of 8 (this server's rule, as for the engine's own img2img); an
+  inpainting request that gives neither keeps the image's own size, as the engine's inpainting does.
 - Several init images: one per image of the batch, as A1111 (batch_size becomes their number; more images than
   batch_size is refused, where A1111 fails with a RuntimeError).
 - The mask: an RGBA mask with transparency is its alpha (hard at 128 with `mask_round`), else its luminance;
@@ -70,8 +71,11 @@ def prepare_images(req: Img2ImgRequest, p: Prepared, max_pixels: int) -> Images:
     mask = _mask(req, max_pixels)
     mode = req.resize_mode or 0
     only_masked = mask is not None and bool(req.inpaint_full_res)
-    if only_masked:
-        width, height = p.width, p.height  # the working size of the masked area
+    own_size = mask is not None and p.width is None and p.height is None
+    if only_masked or own_size:
+        # only masked: width x height is the working size of the masked area; no size at all: the engine inpaints
+        # at the image's size rounded to a multiple of 8 and puts the result back at the image's own size
+        width, height = p.width, p.height
         size = images[0].size
         images = [img if img.size == size else fit(mode, img, *size, upscaler) for img in images]
         if mask.size != size:
