@@ -229,6 +229,17 @@ def test_masks_empty_or_of_another_size(client):
     assert open_b64(small["images"][0]).convert("RGB").crop(right).tobytes() == init.crop(right).tobytes()
 
 
+def test_inpainting_without_a_size_keeps_the_image_size(client):
+    init = sample_image(70, 66)
+    mask = Image.new("L", init.size, 0)
+    mask.paste(255, (0, 0, 30, 66))
+    request = {**BASE, "width": None, "height": None, "init_images": [png_b64(init)], "mask": png_b64(mask)}
+    out = open_b64(client.img2img({**request, "inpaint_full_res": False, "mask_blur": 0})["images"][0])
+    assert out.size == (70, 66) and out.crop((40, 0, 70, 66)).tobytes() == init.crop((40, 0, 70, 66)).tobytes()
+    sized = open_b64(client.img2img({**request, "width": 64, "height": 64, "inpaint_full_res": False})["images"][0])
+    assert sized.size == (64, 64)  # A1111: whole-picture inpainting makes width x height
+
+
 def test_several_init_images_make_the_batch(client):
     images = [sample_image(), sample_image().transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     request = {**BASE, "init_images": [png_b64(i) for i in images], "batch_size": 2, "denoising_strength": 0.5}
