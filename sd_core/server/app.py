@@ -1,7 +1,8 @@
 """The FastAPI app: A1111's `/sdapi/v1` endpoints over one engine pipeline and one FIFO worker.
 
-Handlers never touch the device: generation and model loading are jobs for the worker (`jobs.py`), awaited without
-blocking the event loop; everything else (progress, interrupt, listings, png-info) answers at once, busy or not.
+Handlers never touch the device: generation, extras and model loading are jobs for the worker (`jobs.py`), awaited
+without blocking the event loop; everything else (progress, interrupt, skip, options, listings, png-info) answers at
+once, busy or not. The discovery listings are in `listings.py`, the extras routes in `extras.py`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from typing import Any
 from fastapi import FastAPI, Query
 from fastapi.concurrency import run_in_threadpool
 
-from sd_core import __version__, limits
+from sd_core import __version__
 
-from . import catalog, generate
+from . import catalog, extras, generate, listings
 from .codec import decode_image
-from .engine import Loader, ModelManager, Options, default_loader
+from .engine import Loader, ModelManager, default_loader
 from .errors import ApiError, install_handlers, invalid, log
 from .guard import Guard
 from .jobs import Job, JobQueue, Progress, ShuttingDown
 from .models import ModelDirectory, ModelNameError
+from .options import CHECKPOINT, OptionStore, check_value
 from .schemas import (
     ErrorResponse,
     GenerationResponse,
@@ -45,6 +47,7 @@ from .schemas import (
     Txt2ImgRequest,
 )
 from .settings import ServerSettings, is_loopback
+from .styles import StyleFile
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -57,7 +60,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (500, "engine failure"),
     ]
 }
-GENERATION_ERRORS = {**ERRORS, 503: {"model": ErrorResponse, "description": "out of device memory"}}
+GENERATION_ERRORS = {
+    **ERRORS,
+    404: {"model": ErrorResponse, "description": "Sampler not found (A1111's status for an unknown sampler)"},
+    503: {"model": ErrorResponse, "description": "out of device memory"},
+}
 
 
 @dataclass
@@ -68,14 +75,10 @@ class ServerState:
     jobs: JobQueue
     directory: ModelDirectory
     models: ModelManager
-    options: Options
-    cancelled: type[BaseException]
-
-
-def _cancelled_type() -> type[BaseException]:
-    from sd_core import Cancelled
-
-    return Cancelled
+    options: OptionStore
+    styles: StyleFile
+    cancelled: type[BaseException]  # sd_core.Cancelled: what the step callback raises when the server stops
+    interrupted: type[BaseException]  # sd_core.Interrupted: ... on interrupt and skip
 
 
 def build_state(settings: ServerSettings, loader: Loader | None = None) -> ServerState:
@@ -92,7 +95,11 @@ def build_state(settings: ServerSettings, loader: Loader | None = None) -> Serve
     if initial is None:
         raise ValueError(f"no checkpoints (.safetensors, .ckpt, diffusers folders) in {directory.root}")
     models = ModelManager(directory, loader or default_loader(settings.device, settings.dtype), initial)
-    return ServerState(settings, JobQueue(), directory, models, Options(), _cancelled_type())
+    from sd_core import Cancelled, Interrupted
+
+    return ServerState(
+        settings, JobQueue(), directory, models, OptionStore(), StyleFile(settings.styles), Cancelled, Interrupted
+    )
 
 
 class PreviewCache:
@@ -200,10 +207,16 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
             raise ApiError(503, str(exc)) from None
 
     async def generate_images(req: Txt2ImgRequest | Img2ImgRequest, kind: str) -> dict[str, Any]:
-        plan = await run_in_threadpool(generate.plan, req, kind, settings, sd.directory, sd.options)
-        job = submit(plan.kind, partial(generate.run, plan, models=sd.models, cancelled=sd.cancelled))
-        outcome = await wait_for(job)
+        store = sd.options.snapshot()
+        plan = await run_in_threadpool(generate.plan, req, kind, settings, sd.directory, store, sd.styles)
+        run = partial(generate.run, plan, models=sd.models, cancelled=sd.cancelled, interrupted=sd.interrupted)
+        outcome = await wait_for(submit(plan.kind, run))
+        if plan.request.override_settings_restore_afterwards is False:  # A1111 keeps the overridden settings
+            sd.options.apply(_storable(plan.request.override_settings or {}))
         return await run_in_threadpool(generate.respond, plan, outcome)
+
+    async def run_job(kind: str, fn: Any) -> Any:
+        return await wait_for(submit(kind, fn))
 
     @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse, responses=GENERATION_ERRORS)
     async def txt2img(req: Txt2ImgRequest) -> dict[str, Any]:
@@ -219,14 +232,19 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
     def progress(skip_current_image: bool = Query(False)) -> dict[str, Any]:
         """The running job's progress and a cheap preview of its latest step."""
         snap = sd.jobs.snapshot()
-        preview = None if skip_current_image else previews.get(snap)
-        return _progress_response(snap, preview)
+        show = not skip_current_image and sd.options.get("live_previews_enable")
+        return _progress_response(snap, previews.get(snap) if show else None)
 
     @app.post("/sdapi/v1/interrupt", responses=ERRORS)
     def interrupt() -> dict[str, Any]:
         """Stop the running job at its next step (finished batches still come back); queued jobs still run."""
         sd.jobs.interrupt()
         return {}
+
+    @app.post("/sdapi/v1/skip", responses=ERRORS)
+    def skip() -> None:
+        """Finish the current batch early (from its current estimate) and go on with the next one (A1111's skip)."""
+        sd.jobs.skip()
 
     @app.get("/sdapi/v1/sd-models", response_model=list[SDModelItem], responses=ERRORS)
     def sd_models() -> list[dict[str, Any]]:
@@ -261,29 +279,25 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
 
     @app.get("/sdapi/v1/options", response_model=dict[str, Any], responses=ERRORS)
     def get_options() -> dict[str, Any]:
-        return sd.options.as_dict(sd.models)
+        """Every A1111 setting (see `options.py` for the ones this server acts on)."""
+        entry = sd.models.current
+        return sd.options.as_dict(sd.directory.title(entry), sd.directory.hashes.get(entry.path), sd.models.defaults())
 
     @app.post("/sdapi/v1/options", responses=ERRORS)
     async def set_options(body: dict[str, Any]) -> None:
-        """`sd_model_checkpoint` switches the model (a queued job: it waits for the generation ahead of it and
-        answers once the model is loaded); `CLIP_stop_at_last_layers` sets the default clip skip. Others are
-        ignored."""
-        clip_skip = body.get(Options.CLIP_SKIP)
-        if clip_skip is not None:
-            try:
-                limits.check_int(Options.CLIP_SKIP, clip_skip, limits.MIN_CLIP_SKIP, limits.MAX_CLIP_SKIP)
-            except limits.SettingError as exc:
-                raise invalid(Options.CLIP_SKIP, str(exc)) from None
-        name = body.get("sd_model_checkpoint")
+        """Write A1111 settings; they read back. `sd_model_checkpoint` switches the model (a queued job: it waits for
+        the generation ahead of it and answers once the model is loaded). A key A1111 does not define is a 422 and
+        nothing is written."""
+        updates = sd.options.check(body)
+        name = updates.pop(CHECKPOINT, None)
         entry = None
         if name is not None:
             try:
                 entry = await run_in_threadpool(sd.directory.resolve, name)
             except ModelNameError as exc:
-                raise invalid("sd_model_checkpoint", f"sd_model_checkpoint: {exc}") from None
-        if clip_skip is not None:
-            sd.options.clip_skip = clip_skip
-        if entry is not None:
+                raise invalid(CHECKPOINT, f"{CHECKPOINT}: {exc}") from None
+        sd.options.apply(updates)
+        if entry is not None and entry != sd.models.current:  # the current one again: nothing to do, as in A1111
 
             def switch(ctx: Any) -> None:
                 ctx.set_phase(f"loading {entry.name}")
@@ -294,7 +308,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
                 await wait_for(submit("load", switch))
             except ApiError as exc:
                 if exc.status == 422:  # the file is there but not a checkpoint the engine can load
-                    exc.field = "sd_model_checkpoint"
+                    exc.field = CHECKPOINT
                 raise
         return None
 
@@ -307,11 +321,6 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
     async def reload_checkpoint() -> None:
         """Load the selected model now rather than at the next generation."""
         await wait_for(submit("reload", lambda ctx: sd.models.pipeline()))
-
-    @app.get("/sdapi/v1/scripts", responses=ERRORS)
-    def scripts() -> dict[str, list[str]]:
-        """No scripts or extensions; A1111 clients probe this."""
-        return {"txt2img": [], "img2img": []}
 
     @app.post("/sdapi/v1/png-info", response_model=PNGInfoResponse, responses=ERRORS)
     def png_info(req: PNGInfoRequest) -> dict[str, Any]:
@@ -347,4 +356,20 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
             "history": sd.jobs.recent(),
         }
 
+    app.include_router(listings.create_router(sd, ERRORS))
+    app.include_router(extras.create_router(sd, GENERATION_ERRORS, run_job))
     return app
+
+
+def _storable(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The override settings a request leaves in place (override_settings_restore_afterwards false): the A1111 keys
+    whose values the store can hold; the model is switched by the run itself."""
+    out = {}
+    for key, value in overrides.items():
+        try:
+            check_value(key, value)
+        except ApiError:
+            continue
+        if key != CHECKPOINT:
+            out[key] = value
+    return out

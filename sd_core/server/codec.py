@@ -47,16 +47,18 @@ def decode_image(text: object, field: str, max_pixels: int) -> Image.Image:
     return img
 
 
-def png_bytes(img: Image.Image, parameters: str | None = None) -> bytes:
-    """PNG with the A1111 `parameters` text chunk (what png-info and other tools read back)."""
+def png_bytes(img: Image.Image, parameters: str | None = None, text: dict[str, str] | None = None) -> bytes:
+    """PNG with the A1111 `parameters` text chunk (what png-info and other tools read back) and any other `text`."""
+    chunks = {**({"parameters": parameters} if parameters else {}), **(text or {})}
     info = None
-    if parameters:
+    if chunks:
         info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", parameters)
+        for key, value in chunks.items():
+            info.add_text(key, value)
     buf = io.BytesIO()
     img.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
 
 
-def png_b64(img: Image.Image, parameters: str | None = None) -> str:
-    return base64.b64encode(png_bytes(img, parameters)).decode("ascii")
+def png_b64(img: Image.Image, parameters: str | None = None, text: dict[str, str] | None = None) -> str:
+    return base64.b64encode(png_bytes(img, parameters, text)).decode("ascii")

@@ -8,7 +8,6 @@ the new one fails to load, the old one is loaded again.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import threading
@@ -113,27 +112,3 @@ class ModelManager:
     def short_hash(self, entry: ModelEntry) -> str | None:
         sha = self.hashes.get(entry.path)
         return sha[:10] if sha else None
-
-
-class Options:
-    """The A1111 options this server understands; others are accepted and ignored."""
-
-    CLIP_SKIP = "CLIP_stop_at_last_layers"
-
-    def __init__(self) -> None:
-        self.clip_skip = 1  # one int, replaced whole: no lock needed
-
-    def as_dict(self, models: ModelManager) -> dict[str, Any]:
-        entry = models.current
-        sha = models.hashes.get(entry.path)
-        return {
-            "sd_model_checkpoint": models.directory.title(entry),
-            "sd_checkpoint_hash": sha,
-            self.CLIP_SKIP: self.clip_skip,
-            "samples_format": "png",
-            # not an A1111 option: what a request that leaves cfg_scale, width or height out gets from this model
-            "sd_core_model_defaults": dataclasses.asdict(models.defaults()),
-            "sd_vae": "Automatic",
-            "live_previews_enable": True,
-            "show_progress_type": "Approx cheap",
-        }

@@ -5,31 +5,41 @@ is queued: a bad request never waits in line), `run` calls the engine (worker th
 the A1111 `info` JSON (request thread again).
 
 Seeds follow A1111: `seed` -1 picks a random one; batch `n` of `n_iter` uses `seed + n * batch_size`. The engine draws
-a whole batch from one seed, so every image of a batch reports that batch's seed.
+a whole batch from one seed, so every image of a batch reports that batch's seed. With several init images, each is
+its own engine call with seed + its index.
 
-Interrupting stops the sampler at its next step. The batches finished before it come back as usual; the batch being
-sampled is dropped (no half-denoised images); later batches are skipped; `info.interrupted` is true. Status 200.
+Interrupt and skip (A1111's): the step callback raises `sd_core.Interrupted`; the engine then finishes the batch being
+sampled from its latest clean estimate. Interrupt stops there (later batches are not run); skip goes on with the next
+batch. An engine that lets `Interrupted` through instead loses that batch; the others come back either way, with
+`info.interrupted` true after an interrupt. Status 200.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from sd_core import GenerationSettings, InpaintOptions, ModelDefaults, limits
+from sd_core import GenerationSettings, InpaintOptions, limits
+from sd_core.pnginfo import format_parameters, parse_parameters
 
-from .codec import decode_image, png_b64
-from .engine import ModelManager, Options
+from . import refusals
+from .codec import png_b64
+from .engine import ModelManager
 from .errors import ApiError, invalid
+from .img2img import Images, copies, prepare_images
 from .jobs import JobContext
 from .models import ModelDirectory, ModelEntry, ModelNameError
+from .options import CHECKPOINT, CLIP_SKIP
+from .prepare import Prepared, prepare
 from .schemas import GenerationRequest, Img2ImgRequest
 from .settings import ServerSettings
+from .styles import StyleFile
 
 # `GenerationSettings` names -> the request fields they come from, so an engine error names what the client sent
 REQUEST_FIELDS = {
@@ -39,29 +49,32 @@ REQUEST_FIELDS = {
     "padding": "inpaint_full_res_padding",
     "fill": "inpainting_fill",
     "only_masked": "inpaint_full_res",
-    "clip_skip": f"override_settings.{Options.CLIP_SKIP}",
+    "clip_skip": f"override_settings.{CLIP_SKIP}",
 }
 
 
 def setting_error(exc: limits.SettingError, sampler_field: str = "sampler_name") -> ApiError:
-    """A 422 naming the request field behind an engine setting."""
+    """An error naming the request field behind an engine setting; an unknown sampler is A1111's 404."""
+    if exc.setting == "sampler":
+        return ApiError(404, f"Sampler not found: {exc}", sampler_field)
     name = REQUEST_FIELDS.get(exc.setting, exc.setting)
-    name = sampler_field if exc.setting == "sampler" else name
     return invalid(name, f"{name}: {exc}")
 
 
 @dataclass
 class Plan:
-    """A checked request, ready for the worker: the engine settings (seed drawn), the decoded images."""
+    """A checked request, ready for the worker: the engine settings (seed drawn), the prepared images."""
 
     kind: str  # "txt2img", "img2img" or "inpaint"
     request: GenerationRequest
+    prepared: Prepared
     settings: GenerationSettings
     max_pixels: int  # --max-pixels, checked again once the model's native size is known
+    batch_size: int
+    ignored_fields: list[str]
     model: ModelEntry | None = None  # override_settings.sd_model_checkpoint
-    restore_model: bool = True
-    image: Image.Image | None = None
-    mask: Image.Image | None = None
+    images: Images | None = None
+    strength: float | None = None  # as requested (the engine may get a slightly higher one, see `_engine_strength`)
 
 
 @dataclass
@@ -78,30 +91,15 @@ class Outcome:
     started: float = 0.0
 
 
-def _overrides(req: GenerationRequest, directory: ModelDirectory, options: Options) -> tuple[ModelEntry | None, Any]:
-    overrides = req.override_settings or {}
-    model = None
-    if "sd_model_checkpoint" in overrides:
-        try:
-            model = directory.resolve(overrides["sd_model_checkpoint"])
-        except ModelNameError as exc:
-            raise invalid("override_settings.sd_model_checkpoint", str(exc)) from None
-    return model, overrides.get(Options.CLIP_SKIP, options.clip_skip)
-
-
 def _server_caps(req: GenerationRequest, settings: ServerSettings) -> None:
     """This server's own caps (`sd-core serve --max-...`), tighter than the engine's limits."""
-    if req.steps > settings.max_steps:
-        raise invalid(
-            "steps", f"steps: {req.steps} is more than this server allows ({settings.max_steps}, --max-steps)"
-        )
-    if req.batch_size > settings.max_batch:
-        raise invalid(
-            "batch_size",
-            f"batch_size: {req.batch_size} is more than this server allows ({settings.max_batch}, --max-batch)",
-        )
-    if req.n_iter > settings.max_n_iter:
-        raise invalid("n_iter", f"n_iter: {req.n_iter} is more than this server allows ({settings.max_n_iter})")
+    for name, value, cap, option in (
+        ("steps", req.steps, settings.max_steps, "--max-steps"),
+        ("batch_size", req.batch_size, settings.max_batch, "--max-batch"),
+        ("n_iter", req.n_iter, settings.max_n_iter, "--max-n-iter"),
+    ):
+        if value is not None and value > cap:
+            raise invalid(name, f"{name}: {value} is more than this server allows ({cap}, {option})")
 
 
 def _check_pixels(width: int | None, height: int | None, batch: int, max_pixels: int) -> None:
@@ -118,62 +116,95 @@ def _check_pixels(width: int | None, height: int | None, batch: int, max_pixels:
         )
 
 
+def _model(req: GenerationRequest, directory: ModelDirectory) -> ModelEntry | None:
+    overrides = req.override_settings or {}
+    if overrides.get(CHECKPOINT) is None:
+        return None
+    try:
+        return directory.resolve(overrides[CHECKPOINT])
+    except ModelNameError as exc:
+        raise invalid(f"override_settings.{CHECKPOINT}", str(exc)) from None
+
+
+def _engine_strength(strength: float, steps: int) -> float:
+    """The strength to give the engine: A1111 runs at least one step (at the lowest noise) however low the strength,
+    where the engine refuses a strength that leaves no step; so a strength below 1/steps becomes the lowest that
+    runs one step, which is that same step."""
+    if strength <= 0 or int(steps * strength) >= 1:
+        return strength
+    lifted = 1.0 / steps
+    while int(steps * lifted) < 1:
+        lifted = math.nextafter(lifted, 2.0)
+    return min(lifted, 1.0)
+
+
 def plan(
-    req: GenerationRequest, kind: str, settings: ServerSettings, directory: ModelDirectory, options: Options
+    req: GenerationRequest,
+    kind: str,
+    settings: ServerSettings,
+    directory: ModelDirectory,
+    store: dict[str, Any],
+    styles: StyleFile,
 ) -> Plan:
-    """Everything that can be checked without the device; raises ApiError (422) naming the field."""
+    """Everything that can be checked without the device; raises ApiError (4xx) naming the field."""
     _server_caps(req, settings)
-    model, clip_skip = _overrides(req, directory, options)
-    image = mask = None
-    inpaint = strength = None
-    given = req.model_fields_set
-    width = req.width if "width" in given else None  # left out: the model's native size, or the init image's
-    height = req.height if "height" in given else None
-    if isinstance(req, Img2ImgRequest):
-        image = decode_image(req.init_images[0], "init_images[0]", settings.max_input_pixels)
-        strength = req.denoising_strength
-        if req.mask is not None:
-            mask = decode_image(req.mask, "mask", settings.max_input_pixels)
-            if req.inpainting_mask_invert:
-                mask = ImageOps.invert(mask.convert("L"))
+    p = prepare(req, store, styles)
+    req = p.request
+    model = _model(req, directory)
+    images = prepare_images(req, p, settings.max_input_pixels) if isinstance(req, Img2ImgRequest) else None
+    inpaint, strength = None, None
+    batch_size = req.batch_size or 1
+    if images is not None:
+        assert isinstance(req, Img2ImgRequest)
+        strength = req.denoising_strength if req.denoising_strength is not None else 0.75
+        batch_size = len(images.images) if len(images.images) > 1 else batch_size
+        if images.mask is not None:
             kind = "inpaint"
             inpaint = InpaintOptions(
-                mask_blur=req.mask_blur,
-                only_masked=req.inpaint_full_res,
-                padding=req.inpaint_full_res_padding,
-                fill=limits.FILLS[req.inpainting_fill],
+                mask_blur=req.mask_blur if req.mask_blur is not None else (req.mask_blur_x or 0),
+                only_masked=bool(req.inpaint_full_res),
+                padding=req.inpaint_full_res_padding or 0,
+                fill=limits.FILLS[req.inpainting_fill or 0],
             )
     sampler_field = "sampler_index" if req.sampler_index and not req.sampler_name else "sampler_name"
+    width, height = (images.width, images.height) if images is not None else (p.width, p.height)
+    tiling = req.tiling if req.tiling is not None else p.settings["tiling"]
     try:
         chosen = GenerationSettings(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt,
+            prompt=p.prompt,
+            negative_prompt=p.negative_prompt,
             width=width,
             height=height,
-            steps=req.steps,
+            steps=req.steps or 50,
             sampler=req.sampler_name or req.sampler_index or "Euler",
             schedule=req.scheduler,
             cfg_scale=req.cfg_scale,  # None (left out): the model's own default
-            seed=req.seed if req.seed != limits.RANDOM_SEED else random.randrange(limits.RANDOM_SEED_RANGE),
-            batch_size=req.batch_size,
-            clip_skip=clip_skip,
-            tiling=req.tiling,
-            strength=strength,
+            seed=req.seed if req.seed not in (None, limits.RANDOM_SEED) else random.randrange(limits.RANDOM_SEED_RANGE),
+            batch_size=1 if images is not None and len(images.images) > 1 else batch_size,
+            clip_skip=p.settings[CLIP_SKIP],
+            tiling=tiling,
+            strength=None if strength is None or images.unchanged else _engine_strength(strength, req.steps or 50),
             inpaint=inpaint,
         )
     except limits.SettingError as exc:
         raise setting_error(exc, sampler_field) from None
-    if image is not None and not (inpaint is not None and inpaint.only_masked):
-        resolved = chosen.resolve(kind, ModelDefaults(), image.size)  # the init image's size where left out
-        width, height = resolved.width, resolved.height
-    _check_pixels(width, height, req.batch_size, settings.max_pixels)
-    return Plan(kind, req, chosen, settings.max_pixels, model, req.override_settings_restore_afterwards, image, mask)
+    context = refusals.Context("txt2img" if images is None else "img2img", chosen.sampler, (width, height), p.settings)
+    ignored = refusals.check(req, context)
+    _check_pixels(width, height, batch_size, settings.max_pixels)
+    return Plan(kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength)
 
 
-def run(p: Plan, ctx: JobContext, models: ModelManager, cancelled: type[BaseException]) -> Outcome:
-    """Worker side: load the model if needed, run each batch, stop early when interrupted."""
+def run(
+    p: Plan,
+    ctx: JobContext,
+    models: ModelManager,
+    cancelled: type[BaseException],
+    interrupted: type[BaseException],
+) -> Outcome:
+    """Worker side: load the model if needed, run each batch, stop early when interrupted, go on when skipped."""
     req = p.request
-    ctx.set_phase("loading model" if p.model else p.kind, job_count=req.n_iter)
+    n_iter = req.n_iter or 1
+    ctx.set_phase("loading model" if p.model else p.kind, job_count=n_iter)
     pipe = models.pipeline(p.model)
     entry = p.model or models.current
     out = Outcome(
@@ -182,30 +213,75 @@ def run(p: Plan, ctx: JobContext, models: ModelManager, cancelled: type[BaseExce
         job_id=ctx.job.id,
         started=time.time(),
     )
-    if p.model is not None and not p.restore_model:
+    if p.model is not None and not req.override_settings_restore_afterwards:
         models.select(p.model)
-    size = None if p.image is None else p.image.size
+    images = p.images
+    size = None if images is None else images.images[0].size
     try:
         out.settings = p.settings.resolve(p.kind, pipe.defaults, size)
     except limits.SettingError as exc:
         raise setting_error(exc) from None
-    _check_pixels(out.settings.width, out.settings.height, req.batch_size, p.max_pixels)
-    callback = ctx.step_callback(cancelled)
-    for n in range(req.n_iter):
-        if ctx.interrupted.is_set():
+    _check_pixels(out.settings.width, out.settings.height, p.batch_size, p.max_pixels)
+    callback = ctx.step_callback(cancelled, interrupted)
+    calls = [(None, None)] if images is None else [(img, images.mask) for img in images.images]
+    for n in range(n_iter):
+        if ctx.interrupted.is_set() or ctx.cancelled.is_set():
             out.interrupted = True
             break
-        ctx.begin_batch(n, req.n_iter)
-        ctx.set_phase(f"{p.kind}: batch {n + 1} of {req.n_iter}")
-        batch = replace(out.settings, seed=out.settings.seed + n * req.batch_size)
-        try:
-            imgs = pipe.generate(batch, p.image, p.mask, callback=callback)
-        except cancelled:
-            out.interrupted = True
-            break
-        out.images.extend(imgs)
-        out.seeds.extend(int(img.info["seed"]) for img in imgs)
+        ctx.begin_batch(n, n_iter)
+        ctx.set_phase(f"{p.kind}: batch {n + 1} of {n_iter}")
+        first_seed = out.settings.seed + n * p.batch_size
+        if images is not None and images.unchanged:
+            out.images.extend(_unchanged(p, images, out.settings, first_seed, pipe.name))
+            out.seeds.extend(first_seed + (i if len(images.images) > 1 else 0) for i in range(p.batch_size))
+            continue
+        for i, (image, mask) in enumerate(calls):
+            batch = replace(out.settings, seed=first_seed + i)
+            try:
+                imgs = pipe.generate(batch, image, mask, callback=callback)
+            except interrupted:  # an engine that does not finish the batch early: this batch is lost
+                imgs = []
+            except cancelled:
+                out.interrupted = True
+                return out
+            out.images.extend(imgs)
+            out.seeds.extend(int(img.info["seed"]) for img in imgs)
+    out.interrupted = out.interrupted or ctx.interrupted.is_set()
     return out
+
+
+def _unchanged(p: Plan, images: Images, s: GenerationSettings, seed: int, model: str) -> list[Image.Image]:
+    """The init images as prepared, each with the parameters text of the run that was asked for."""
+    out = copies(images, p.batch_size)
+    for pos, img in enumerate(out):
+        image_seed = seed + (pos if len(images.images) > 1 else 0)
+        fields = {
+            "Steps": s.steps,
+            "Sampler": s.choice.label,
+            "Schedule type": s.choice.schedule_label,
+            "CFG scale": s.cfg_scale,
+            "Seed": image_seed,
+            "Size": f"{img.width}x{img.height}",
+            "Model": model,
+            "Denoising strength": p.strength,
+        }
+        img.info["parameters"] = format_parameters(s.prompt, s.negative_prompt, fields)
+        img.info["seed"] = image_seed
+    return out
+
+
+def _infotext(p: Plan, img: Image.Image) -> str:
+    """The image's A1111 parameters text, with the prompt A1111 shows (styled, extra-network tags kept) and the
+    denoising strength that was asked for."""
+    text = str(img.info.get("parameters", ""))
+    if not text or (p.prepared.shown_prompt == p.prepared.prompt and p.strength == p.settings.strength):
+        return text
+    parsed = parse_parameters(text)
+    parsed.pop("prompt")
+    negative = parsed.pop("negative_prompt")
+    if "Denoising strength" in parsed and p.strength is not None:
+        parsed["Denoising strength"] = p.strength
+    return format_parameters(p.prepared.shown_prompt, negative, parsed)
 
 
 def echo(req: GenerationRequest) -> dict[str, Any]:
@@ -221,14 +297,18 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
     """A1111's response: base64 PNGs with their parameters chunk, the echoed request, and the `info` JSON."""
     req = p.request
     s = out.settings or p.settings
-    infotexts = [str(img.info.get("parameters", "")) for img in out.images]
-    images = [png_b64(img, text) for img, text in zip(out.images, infotexts, strict=True)] if req.send_images else []
+    infotexts = [_infotext(p, img) for img in out.images]
+    pnginfo = bool(p.prepared.settings["enable_pnginfo"])
+    images = []
+    if req.send_images is not False:
+        images = [png_b64(img, text if pnginfo else None) for img, text in zip(out.images, infotexts, strict=True)]
     first = out.images[0] if out.images else None
+    shown, negative = p.prepared.shown_prompt, p.prepared.negative_prompt
     info = {
-        "prompt": req.prompt,
-        "all_prompts": [req.prompt] * len(out.images),
-        "negative_prompt": req.negative_prompt,
-        "all_negative_prompts": [req.negative_prompt] * len(out.images),
+        "prompt": shown,
+        "all_prompts": [shown] * len(out.images),
+        "negative_prompt": negative,
+        "all_negative_prompts": [negative] * len(out.images),
         "seed": out.seeds[0] if out.seeds else s.seed,
         "all_seeds": out.seeds,
         "subseed": -1,
@@ -239,8 +319,8 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
         "sampler_name": s.choice.label,
         "scheduler": s.choice.schedule_label,
         "cfg_scale": s.cfg_scale,
-        "steps": req.steps,
-        "batch_size": req.batch_size,
+        "steps": s.steps,
+        "batch_size": p.batch_size,
         "n_iter": req.n_iter,
         "restore_faces": False,
         "face_restoration_model": None,
@@ -248,15 +328,18 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
         "sd_model_hash": out.model_hash,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": getattr(req, "denoising_strength", None),
+        "denoising_strength": p.strength if p.strength is not None else getattr(req, "denoising_strength", None),
         "extra_generation_params": {},
         "index_of_first_image": 0,
         "infotexts": infotexts,
-        "styles": [],
+        "styles": list(req.styles or []),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(out.started)),
         "clip_skip": s.clip_skip,
         "is_using_inpainting_conditioning": p.kind == "inpaint",
         "interrupted": out.interrupted,
         "job_id": out.job_id,
+        **p.prepared.ignored,
     }
+    if p.ignored_fields:
+        info["ignored_fields"] = p.ignored_fields
     return {"images": images, "parameters": echo(req), "info": json.dumps(info)}

@@ -2,8 +2,9 @@
 
 The device runs one generation at a time (two would fight for memory and run no faster), so requests queue FIFO.
 Request handlers wait on a `concurrent.futures.Future` (awaited with `asyncio.wrap_future`), which keeps the event
-loop free: `/progress` and `/interrupt` answer while a job runs. Interrupting sets a flag that the engine's step
-callback turns into `sd_core.Cancelled`, so the sampler stops at the next step.
+loop free: `/progress`, `/interrupt` and `/skip` answer while a job runs. Interrupting or skipping sets a flag that the
+engine's step callback turns into `sd_core.Interrupted` (the engine finishes the batch from its current estimate);
+shutting down turns it into `sd_core.Cancelled` (nothing more is made).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import ApiError
 
 log = logging.getLogger("sd_core.server")
 HISTORY = 200
@@ -56,24 +59,30 @@ class JobContext:
 
     def __init__(self, queue_: JobQueue, job: Job) -> None:
         self._queue, self.job = queue_, job
-        self.interrupted = threading.Event()
+        self.interrupted = threading.Event()  # stop after the batch being sampled
+        self.skipped = threading.Event()  # finish the batch being sampled early, then go on
+        self.cancelled = threading.Event()  # the server is stopping: abandon the job
 
     def set_phase(self, text: str, *, job_count: int | None = None, job_no: int | None = None) -> None:
         self._queue._update(textinfo=text, job_count=job_count, job_no=job_no)
 
     def begin_batch(self, job_no: int, job_count: int) -> None:
-        self._queue._update(job_no=job_no, job_count=job_count, step=0, total=0, latents=None)
+        """A new batch starts: a skip asked for during the previous one has been spent (A1111 clears it here too)."""
+        self.skipped.clear()
+        self._queue._update(job_no=job_no, job_count=job_count, step=0, total=0, latents=None, skipped=False)
 
-    def step_callback(self, cancelled: type[BaseException]) -> Callable[[Any], None]:
-        """An engine callback (it gets a `sd_core.StepInfo`) that records progress and raises `cancelled` once
-        interrupted."""
+    def step_callback(self, cancelled: type[BaseException], interrupted: type[BaseException]) -> Callable[[Any], None]:
+        """An engine callback (it gets a `sd_core.StepInfo`) that records progress, raises `interrupted` once
+        interrupted or skipped and `cancelled` once the server stops."""
 
         def on_step(info: Any) -> None:
             # the model's current guess of the final image: a cleaner preview than the noisy latents
             latents = info.denoised[:1].detach().clone()  # on its device: no sync; /progress moves it when asked
             self._queue._update(step=info.step, total=info.total, latents=latents)
-            if self.interrupted.is_set():
-                raise cancelled("interrupted")
+            if self.cancelled.is_set():
+                raise cancelled("the server is stopping")
+            if self.interrupted.is_set() or self.skipped.is_set():
+                raise interrupted("skipped" if not self.interrupted.is_set() else "interrupted")
 
         return on_step
 
@@ -92,6 +101,7 @@ class Progress:
     latents_version: int = 0
     started: float = 0.0
     interrupted: bool = False
+    skipped: bool = False
     pending: int = 0
 
 
@@ -126,11 +136,20 @@ class JobQueue:
 
     def interrupt(self) -> bool:
         """Stop the running job at its next step; queued jobs still run. False when nothing was running."""
+        return self._signal("interrupted")
+
+    def skip(self) -> bool:
+        """Finish the running job's current batch at its next step and go on with the next one (A1111's skip).
+        False when nothing was running."""
+        return self._signal("skipped")
+
+    def _signal(self, name: str) -> bool:
+        """Set the running job's flag `name` (an Event of its context) and show it in the progress."""
         with self._lock:
             if self._current is None:
                 return False
-            self._current[1].interrupted.set()
-            self._progress.interrupted = True
+            getattr(self._current[1], name).set()
+            setattr(self._progress, name, True)
             return True
 
     def snapshot(self) -> Progress:
@@ -147,6 +166,7 @@ class JobQueue:
                 p.latents_version,
                 p.started,
                 p.interrupted,
+                p.skipped,
                 self._pending,
             )
 
@@ -164,7 +184,8 @@ class JobQueue:
         """Interrupt the running job, fail the queued ones, stop the worker."""
         with self._lock:
             self._closed = True
-        self.interrupt()
+            if self._current is not None:
+                self._current[1].cancelled.set()
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -186,6 +207,7 @@ class JobQueue:
         step: int | None = None,
         total: int | None = None,
         latents: Any = ...,
+        skipped: bool | None = None,
     ) -> None:
         with self._lock:
             p = self._progress
@@ -202,6 +224,8 @@ class JobQueue:
             if latents is not ...:
                 p.latents = latents
                 p.latents_version += 1
+            if skipped is not None:
+                p.skipped = skipped
 
     def _work(self) -> None:
         while True:
@@ -229,7 +253,9 @@ class JobQueue:
             result = job.run(ctx)
         except BaseException as exc:  # the worker must survive anything a job does
             error = exc
-            if not isinstance(exc, (ValueError, LookupError, ShuttingDown)):
+            if not isinstance(
+                exc, (ValueError, LookupError, ShuttingDown, ApiError)
+            ):  # a bad request or model file: no traceback
                 log.exception("job %d (%s) failed", job.id, job.kind)
         job.finished = time.monotonic()
         if error is not None:

@@ -34,6 +34,7 @@ class ServerSettings:
     max_input_pixels: int = 4096 * 4096  # decoded init images and masks
     device: str | None = None
     dtype: str | None = None
+    styles: Path | None = None  # an A1111 styles.csv
 
     @property
     def max_body_bytes(self) -> int:
@@ -92,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=_positive_int, default=d.max_steps)
     parser.add_argument("--max-batch", type=_positive_int, default=d.max_batch, help="largest batch_size")
     parser.add_argument("--max-n-iter", type=_positive_int, default=d.max_n_iter, help="largest n_iter")
+    parser.add_argument(
+        "--styles", type=Path, help="an A1111 styles.csv (name,prompt,negative_prompt) for `styles` in requests"
+    )
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: best for the device)")
 
@@ -107,6 +111,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError(f"--models-dir {args.models_dir} is not a folder")
     if args.model is not None and not args.model.exists():
         raise FileNotFoundError(f"model not found: {args.model}")
+    if args.styles is not None and not args.styles.is_file():
+        raise FileNotFoundError(f"--styles file not found: {args.styles}")
     if not is_loopback(args.host) and not token:
         raise ValueError(f"refusing to serve on {args.host} without --token: anyone on the network could use it")
     if not 0 <= args.port <= 65535:
@@ -124,4 +130,5 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_n_iter=args.max_n_iter,
         device=args.device,
         dtype=args.dtype,
+        styles=args.styles,
     )
