@@ -4,14 +4,13 @@ Split in three so the device does only device work: `plan` checks and decodes a 
 is queued: a bad request never waits in line), `run` calls the engine (worker thread), `respond` encodes the PNGs and
 the A1111 `info` JSON (request thread again).
 
-Seeds follow A1111: `seed` -1 picks a random one; batch `n` of `n_iter` uses `seed + n * batch_size`. The engine draws
-a whole batch from one seed, so every image of a batch reports that batch's seed. With several init images, each is
-its own engine call with seed + its index.
+Seeds follow A1111: `seed` -1 picks a random one; batch `n` of `n_iter` starts at `seed + n * batch_size`, and the
+engine gives image k of a batch the seed + k (each image can be made again alone from the seed in its infotext). With
+several init images, each is its own engine call with seed + its index.
 
 Interrupt and skip (A1111's): the step callback raises `sd_core.Interrupted`; the engine then finishes the batch being
-sampled from its latest clean estimate. Interrupt stops there (later batches are not run); skip goes on with the next
-batch. An engine that lets `Interrupted` through instead loses that batch; the others come back either way, with
-`info.interrupted` true after an interrupt. Status 200.
+sampled from its latest clean estimate (those images carry `info["interrupted"]`). Interrupt stops there (later
+batches are not run); skip goes on with the next batch. `info.interrupted` is true after an interrupt. Status 200.
 """
 
 from __future__ import annotations

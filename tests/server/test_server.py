@@ -69,7 +69,7 @@ def test_txt2img_batches_seeds_and_parameters(client):
     result = txt2img(client, seed=1234, batch_size=2, n_iter=2, negative_prompt="blurry")
     info = info_of(result)
     assert len(result["images"]) == 4
-    assert info["all_seeds"] == [1234, 1234, 1236, 1236]  # A1111: batch n starts at seed + n * batch_size
+    assert info["all_seeds"] == [1234, 1235, 1236, 1237]  # A1111: image k of batch n has seed + n * batch_size + k
     assert info["seed"] == 1234 and info["prompt"] == "a red brick wall" and info["negative_prompt"] == "blurry"
     assert info["sampler_name"] == "Euler" and info["steps"] == 3 and info["width"] == SIZE
     assert result["parameters"]["seed"] == 1234 and result["parameters"]["n_iter"] == 2

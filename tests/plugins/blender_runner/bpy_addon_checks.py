@@ -222,14 +222,15 @@ def test_a_chosen_cfg_reaches_the_engine(addon_env):
     assert np.array_equal(blender_pixels(image), server_image(addon_env, "txt2img", base_payload(s)))
 
 
-def test_a_bad_size_from_a_script_is_the_engines_clear_report(addon_env):
-    """The add-on does not restate the size rules: the server's limits refuse, and the report says what to fix."""
+def test_a_setting_beyond_the_engines_limits_from_a_script_is_the_engines_clear_report(addon_env):
+    """The add-on does not restate the engine's limits: the server refuses (here a prompt over the one limits table's
+    length), and the report names the field."""
     s = bpy.context.scene.sd_core
-    s.width = 100
+    s.prompt = "x" * 20_001
     before = image_names()
-    with pytest.raises(RuntimeError, match=r"The server refused the request: width: .*multiple of 8"):
+    with pytest.raises(RuntimeError, match=r"The server refused the request: prompt: .*20000"):
         bpy.ops.sdcore.generate_texture()
-    assert image_names() == before and "multiple of 8" in addon_env.runs.SESSION.last_error
+    assert image_names() == before and "prompt" in addon_env.runs.SESSION.last_error
 
 
 def test_unpacked_textures_need_a_saved_file(addon_env, tmp_path):
