@@ -21,6 +21,6 @@ def scheduler_items() -> list[dict[str, Any]]:
     for name in schedules.SCHEDULES:
         label = schedules.SCHEDULE_LABELS.get(name, name)
         aliases = ["uniform"] if name == "normal" else None
-        rho = 7.0 if name == "karras" else -1
+        rho = {"karras": 7.0, "polyexponential": 1.0}.get(name, -1)  # A1111's default_rho
         items.append({"name": name, "label": label, "aliases": aliases, "default_rho": rho, "need_inner_model": False})
     return items
