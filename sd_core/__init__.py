@@ -9,7 +9,7 @@
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
 `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`, `samplers`,
-`schedules`, `pnginfo`, `preview`.
+`schedules`, `pnginfo`, `preview`, `upscalers`.
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -38,6 +38,7 @@ __all__ = [
     "preview",
     "samplers",
     "schedules",
+    "upscalers",
 ]
 
 _LAZY = {
@@ -53,7 +54,7 @@ _LAZY = {
     "ModelDefaults": "settings",
     "StepInfo": "progress",
 }
-_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview")
+_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers")
 
 
 def __getattr__(name: str) -> Any:
