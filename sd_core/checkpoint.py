@@ -48,6 +48,7 @@ __all__ = [
 
 _TORCH_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 _EMA_PREFIX = "model_ema."
+_WRAPPERS = ("state_dict", "params_ema", "params")
 
 
 # --- pickles (.ckpt / .pt / .pth / .bin) -------------------------------------------------------------------------
@@ -69,8 +70,10 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
         ) from e
     except Exception as e:  # torch.load raises many kinds of errors on damaged files
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    # the wrappers tensors come in: Lightning's `state_dict`, BasicSR's `params_ema` (preferred) or `params`
+    wrapper = next((k for k in _WRAPPERS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+    if wrapper is not None:
+        obj = obj[wrapper]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of tensors")
     return {
