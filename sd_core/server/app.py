@@ -24,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from sd_core import __version__
 
-from . import catalog, extras, generate, listings
+from . import catalog, extras, generate, listings, upscalers
 from .codec import decode_image
 from .engine import Loader, ModelManager, default_loader
 from .errors import ApiError, install_handlers, invalid, log
@@ -98,7 +98,14 @@ def build_state(settings: ServerSettings, loader: Loader | None = None) -> Serve
     from sd_core import Cancelled, Interrupted
 
     return ServerState(
-        settings, JobQueue(), directory, models, OptionStore(), StyleFile(settings.styles), Cancelled, Interrupted
+        settings,
+        JobQueue(),
+        directory,
+        models,
+        OptionStore(lambda: upscalers.available(settings)),
+        StyleFile(settings.styles),
+        Cancelled,
+        Interrupted,
     )
 
 
@@ -212,7 +219,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
         run = partial(generate.run, plan, models=sd.models, cancelled=sd.cancelled, interrupted=sd.interrupted)
         outcome = await wait_for(submit(plan.kind, run))
         if plan.request.override_settings_restore_afterwards is False:  # A1111 keeps the overridden settings
-            sd.options.apply(_storable(plan.request.override_settings or {}))
+            sd.options.apply(_storable(plan.request.override_settings or {}, upscalers.available(settings)))
         return await run_in_threadpool(generate.respond, plan, outcome)
 
     async def run_job(kind: str, fn: Any) -> Any:
@@ -288,7 +295,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
         """Write A1111 settings; they read back. `sd_model_checkpoint` switches the model (a queued job: it waits for
         the generation ahead of it and answers once the model is loaded). A key A1111 does not define is a 422 and
         nothing is written."""
-        updates = sd.options.check(body)
+        updates = await run_in_threadpool(sd.options.check, body)  # may read the upscaler folders
         name = updates.pop(CHECKPOINT, None)
         entry = None
         if name is not None:
@@ -361,13 +368,13 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
     return app
 
 
-def _storable(overrides: dict[str, Any]) -> dict[str, Any]:
+def _storable(overrides: dict[str, Any], choices: upscalers.Upscalers) -> dict[str, Any]:
     """The override settings a request leaves in place (override_settings_restore_afterwards false): the A1111 keys
     whose values the store can hold; the model is switched by the run itself."""
     out = {}
     for key, value in overrides.items():
         try:
-            check_value(key, value)
+            check_value(key, value, choices=choices)
         except ApiError:
             continue
         if key != CHECKPOINT:

@@ -4,8 +4,10 @@ As A1111's upscale postprocessing: `upscaler_1` "None" leaves the image as it is
 `upscaling_resize` (resize_mode 0) or by the factor that covers `upscaling_resize_w` x `upscaling_resize_h`
 (resize_mode 1, centred and cropped to that size with `upscaling_crop`), to the factor's size floored to a multiple
 of 8 (`upscalers.Upscaler.upscale`); `upscaler_2` upscales the original the same way and is blended in by
-`extras_upscaler_2_visibility`. Upscalers are looked up in `upscalers.py` (pixel ones now, model ones later). Face
-restoration (`gfpgan_visibility`, `codeformer_visibility` above 0) is refused: no face restoration model ships.
+`extras_upscaler_2_visibility`. Upscalers are looked up in `upscalers.py`: the pixel ones and the ESRGAN-family
+models of `--upscaler-dir` (read once per request; a model is loaded once per request, run on the server's device in
+tiles). Face restoration (`gfpgan_visibility`, `codeformer_visibility` above 0) is refused: no face restoration model
+ships.
 The result keeps the input's PNG text (its `parameters`) and adds A1111's `postprocessing` text; `html_info` is that
 text as A1111's HTML. The work is a job in the FIFO queue, like a generation.
 """
@@ -17,6 +19,7 @@ import json
 from typing import Any, Literal
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from pydantic import Field, model_validator
 
@@ -77,20 +80,23 @@ def _quote(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 
-def check(req: ExtrasRequest) -> None:
-    """422 for what cannot be done: face restoration, unknown upscalers (as A1111, an unknown upscaler_2 only counts
-    when upscaler_1 upscales)."""
+def check(req: ExtrasRequest, choices: upscalers.Upscalers = upscalers.BUILTIN) -> None:
+    """422 for what cannot be done: face restoration, upscalers not among `choices` (as A1111, an unknown upscaler_2
+    only counts when upscaler_1 upscales)."""
     for name in ("gfpgan_visibility", "codeformer_visibility"):
         if getattr(req, name):
             raise invalid(name, f"{name}: face restoration is not available: no face restoration model ships")
     if req.upscaler_1 != upscalers.NONE:
-        upscalers.get(req.upscaler_1 or upscalers.NONE, "upscaler_1")
+        upscalers.get(req.upscaler_1 or upscalers.NONE, "upscaler_1", choices)
         if req.upscaler_2 != upscalers.NONE:
-            upscalers.get(req.upscaler_2 or upscalers.NONE, "upscaler_2")
+            upscalers.get(req.upscaler_2 or upscalers.NONE, "upscaler_2", choices)
 
 
-def upscale(img: Image.Image, req: ExtrasRequest, max_pixels: int) -> tuple[Image.Image, dict[str, Any]]:
-    """One image through the upscale step; the A1111 postprocessing info of what was done."""
+def upscale(
+    img: Image.Image, req: ExtrasRequest, max_pixels: int, choices: upscalers.Upscalers = upscalers.BUILTIN
+) -> tuple[Image.Image, dict[str, Any]]:
+    """One image through the upscale step (upscalers from `choices`, checked by `check`); the A1111 postprocessing
+    info of what was done."""
     img = img.convert("RGB")
     info: dict[str, Any] = {}
     if req.upscaler_1 == upscalers.NONE:
@@ -112,20 +118,22 @@ def upscale(img: Image.Image, req: ExtrasRequest, max_pixels: int) -> tuple[Imag
         )
     crop = req.resize_mode == 1 and req.upscaling_crop is not False
 
-    def one(name: str) -> Image.Image:
-        result = upscalers.REGISTRY[name].upscale(img, by)
+    def one(name: str, field: str) -> Image.Image:
+        result = upscalers.get(name, field, choices).upscale(img, by)
         if crop:
             canvas = Image.new("RGB", (w, h))
             canvas.paste(result, (w // 2 - result.width // 2, h // 2 - result.height // 2))
             result = canvas
         return result
 
-    result = one(req.upscaler_1 or upscalers.NONE)
+    result = one(req.upscaler_1 or upscalers.NONE, "upscaler_1")
     if crop:
         info["Postprocess crop to"] = f"{w}x{h}"
     info["Postprocess upscaler"] = req.upscaler_1
     if req.upscaler_2 != upscalers.NONE and req.extras_upscaler_2_visibility:
-        result = Image.blend(result, one(req.upscaler_2 or upscalers.NONE), req.extras_upscaler_2_visibility)
+        result = Image.blend(
+            result, one(req.upscaler_2 or upscalers.NONE, "upscaler_2"), req.extras_upscaler_2_visibility
+        )
         info["Postprocess upscaler 2"] = req.upscaler_2
     return result, info
 
@@ -148,11 +156,11 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]], wait: Any) -
     """The two extras routes; `wait(kind, fn)` runs `fn` as a queued job and awaits it."""
     r = APIRouter()
 
-    def process(images: list[Image.Image], req: ExtrasRequest) -> tuple[list[str], str]:
+    def process(images: list[Image.Image], req: ExtrasRequest, choices: upscalers.Upscalers) -> tuple[list[str], str]:
         pnginfo = bool(sd.options.get("enable_pnginfo"))
         out, text = [], ""
         for img in images:
-            result, info = upscale(img, req, sd.settings.max_input_pixels)
+            result, info = upscale(img, req, sd.settings.max_input_pixels, choices)
             encoded, text = encode(img, result, info, pnginfo)
             out.append(encoded)
         return out, as_html(text)
@@ -160,18 +168,20 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]], wait: Any) -
     @r.post("/sdapi/v1/extra-single-image", response_model=ExtrasSingleImageResponse, responses=errors)
     async def extra_single_image(req: ExtrasSingleImageRequest) -> dict[str, Any]:
         """Upscale one image (A1111's Extras tab)."""
-        check(req)
+        choices = upscalers.available(sd.settings)
+        await run_in_threadpool(check, req, choices)  # may read the upscaler folders
         img = decode_image(req.image, "image", sd.settings.max_input_pixels)
-        images, html_info = await wait("extras", lambda ctx: process([img], req))
+        images, html_info = await wait("extras", lambda ctx: process([img], req, choices))
         return {"html_info": html_info, "image": images[0]}
 
     @r.post("/sdapi/v1/extra-batch-images", response_model=ExtrasBatchImagesResponse, responses=errors)
     async def extra_batch_images(req: ExtrasBatchImagesRequest) -> dict[str, Any]:
         """Upscale several images the same way."""
-        check(req)
+        choices = upscalers.available(sd.settings)
+        await run_in_threadpool(check, req, choices)
         limit = sd.settings.max_input_pixels
         imgs = [decode_image(f.data, f"imageList[{i}].data", limit) for i, f in enumerate(req.imageList)]
-        images, html_info = await wait("extras", lambda ctx: process(imgs, req))
+        images, html_info = await wait("extras", lambda ctx: process(imgs, req, choices))
         return {"html_info": html_info, "images": images}
 
     return r

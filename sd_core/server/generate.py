@@ -27,7 +27,7 @@ from PIL import Image
 from sd_core import GenerationSettings, InpaintOptions, limits
 from sd_core.pnginfo import format_parameters, parse_parameters
 
-from . import refusals
+from . import refusals, upscalers
 from .codec import png_b64
 from .engine import ModelManager
 from .errors import ApiError, invalid
@@ -147,7 +147,7 @@ def plan(
 ) -> Plan:
     """Everything that can be checked without the device; raises ApiError (4xx) naming the field."""
     _server_caps(req, settings)
-    p = prepare(req, store, styles)
+    p = prepare(req, store, styles, upscalers.available(settings))
     req = p.request
     model = _model(req, directory)
     images = prepare_images(req, p, settings.max_input_pixels) if isinstance(req, Img2ImgRequest) else None

@@ -28,6 +28,7 @@ from .errors import invalid
 from .prepare import Prepared
 from .resize import fit, flatten, to_mask
 from .schemas import Img2ImgRequest
+from .upscalers import get
 
 
 @dataclass
@@ -59,7 +60,8 @@ def _mask(req: Img2ImgRequest, max_pixels: int) -> Image.Image | None:
 def prepare_images(req: Img2ImgRequest, p: Prepared, max_pixels: int) -> Images:
     """Decode and fit the init images and the mask; 422 naming the field for anything unusable."""
     background = p.settings["img2img_background_color"]
-    upscaler = p.settings["upscaler_for_img2img"]
+    name = p.settings["upscaler_for_img2img"]
+    upscaler = get(name, "upscaler_for_img2img", p.upscaler_choices) if name is not None else None
     decoded = [decode_image(text, f"init_images[{i}]", max_pixels) for i, text in enumerate(req.init_images)]
     images = [flatten(img, background) for img in decoded]
     if len(images) > 1 and len(images) > (req.batch_size or 1):

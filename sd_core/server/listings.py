@@ -1,8 +1,10 @@
 """The discovery endpoints A1111 clients call, in A1111's response shapes.
 
 Where the concept does not exist here the list is empty: no separate VAEs, hypernetworks, LoRAs or embeddings are
-loaded, no face restoration or Real-ESRGAN model ships, no latent upscale mode exists until hires fix lands, and no
-extension is installed. The refresh endpoints are accepted and do nothing (there is nothing to rescan).
+loaded, no face restoration model ships, no latent upscale mode exists until hires fix lands, and no extension is
+installed. The refresh endpoints are accepted and do nothing (there is nothing to rescan). The upscalers are the pixel
+ones and the ESRGAN-family files of `--upscaler-dir`, read afresh at each listing; `/realesrgan-models` lists those
+in the Real-ESRGAN (BasicSR) key layout.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def cmd_flags(sd: Any) -> dict[str, Any]:
         "styles_file": None if s.styles is None else str(s.styles),
         "api_auth": None,  # a token is never shown
         "max_batch_count": s.max_n_iter,
+        "esrgan_models_path": str(s.upscaler_dirs[0]) if s.upscaler_dirs else None,
+        "realesrgan_models_path": str(s.upscaler_dirs[0]) if s.upscaler_dirs else None,
     }
 
 
@@ -139,7 +143,6 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]]) -> APIRouter
     empty("/sdapi/v1/sd-vae", SDVaeItem)
     empty("/sdapi/v1/hypernetworks", PathItem)
     empty("/sdapi/v1/face-restorers", FaceRestorerItem)
-    empty("/sdapi/v1/realesrgan-models", RealesrganItem)
     empty("/sdapi/v1/loras", PathItem)
     empty("/sdapi/v1/script-info", NameItem)
     empty("/sdapi/v1/extensions", NameItem)
@@ -150,8 +153,14 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]]) -> APIRouter
 
     @r.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem], responses=errors)
     def get_upscalers() -> list[dict[str, Any]]:
-        """The upscalers extras and init-image resizing can use."""
-        return upscalers.items()
+        """The upscalers extras and init-image resizing can use: the pixel ones, then the models of the upscaler
+        folders (files that are not ESRGAN-family models are left out, with a warning in the server's log)."""
+        return upscalers.items(upscalers.available(sd.settings))
+
+    @r.get("/sdapi/v1/realesrgan-models", response_model=list[RealesrganItem], responses=errors)
+    def get_realesrgan_models() -> list[dict[str, Any]]:
+        """The model upscalers in the Real-ESRGAN (BasicSR) key layout."""
+        return upscalers.realesrgan_items(upscalers.available(sd.settings))
 
     @r.get("/sdapi/v1/prompt-styles", response_model=list[PromptStyleItem], responses=errors)
     def get_prompt_styles() -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ GET returns them all; POST writes them and they read back, as in A1111. What thi
 | `enable_pnginfo` | whether generated PNGs carry the `parameters` text |
 | `live_previews_enable` | whether `/progress` sends `current_image` |
 | `img2img_background_color` | the colour transparent parts of init images are flattened onto |
-| `upscaler_for_img2img` | the upscaler that enlarges init images and masks (resize modes 0-2) |
+| `upscaler_for_img2img` | the upscaler (pixel, or a model of `--upscaler-dir`) enlarging init images (modes 0-2) |
 
 Every other key is stored and read back but changes nothing here (this server never writes files, has no UI, ...).
 `sd_core_model_defaults` (not an A1111 key) reports what a request that leaves `cfg_scale`, `width` or `height` out
@@ -57,11 +57,6 @@ def _check_colour(value: Any) -> None:
         raise limits.SettingError("img2img_background_color", f"not a colour: {value!r}") from None
 
 
-def _check_upscaler(value: Any) -> None:
-    if value is not None:
-        upscalers.get(value, "upscaler_for_img2img")
-
-
 # key -> check of a value the server will act on (raises limits.SettingError or ApiError)
 HONOURED: dict[str, Callable[[Any], None] | None] = {
     CHECKPOINT: None,  # resolved against the models folder by the caller
@@ -71,7 +66,7 @@ HONOURED: dict[str, Callable[[Any], None] | None] = {
     "enable_pnginfo": None,
     "live_previews_enable": None,
     "img2img_background_color": _check_colour,
-    "upscaler_for_img2img": _check_upscaler,
+    "upscaler_for_img2img": None,  # checked against the server's upscalers (`check_value`)
 }
 
 
@@ -91,8 +86,11 @@ def _same_kind(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def check_value(key: str, value: Any, field: str | None = None) -> None:
-    """Raise a 422 naming `field` (default: the key) unless `value` can be stored under `key`."""
+def check_value(
+    key: str, value: Any, field: str | None = None, choices: upscalers.Upscalers = upscalers.BUILTIN
+) -> None:
+    """Raise a 422 naming `field` (default: the key) unless `value` can be stored under `key`; an upscaler name
+    must be one of `choices` (the server's upscalers; default: the pixel ones)."""
     field = field or key
     if key in READ_ONLY or key in RESTRICTED:
         return
@@ -106,6 +104,8 @@ def check_value(key: str, value: Any, field: str | None = None) -> None:
     if not _same_kind(default, value) and key != CHECKPOINT:
         kind = "a string" if default is None else f"of the type of its default ({type(default).__name__})"
         raise invalid(field, f"{field}: must be {kind}, got {value!r}")
+    if key == "upscaler_for_img2img":
+        upscalers.get(value, field, choices)
     check = HONOURED.get(key)
     if check is not None:
         try:
@@ -117,9 +117,11 @@ def check_value(key: str, value: Any, field: str | None = None) -> None:
 
 
 class OptionStore:
-    """The current settings; thread-safe. The selected model lives in the model manager, not here."""
+    """The current settings; thread-safe. The selected model lives in the model manager, not here. `choices()`
+    gives the upscalers a written `upscaler_for_img2img` must name (default: the pixel ones)."""
 
-    def __init__(self) -> None:
+    def __init__(self, choices: Callable[[], upscalers.Upscalers] | None = None) -> None:
+        self._choices = choices
         self._lock = threading.Lock()
         self._values: dict[str, Any] = dict(DEFAULTS)
 
@@ -133,8 +135,9 @@ class OptionStore:
 
     def check(self, updates: Mapping[str, Any]) -> dict[str, Any]:
         """The updates this store will apply (checked, read-only and restricted keys dropped); 422 on any bad one."""
+        choices = self._choices() if self._choices is not None else upscalers.BUILTIN
         for key, value in updates.items():
-            check_value(key, value)
+            check_value(key, value, choices=choices)
         return {k: v for k, v in updates.items() if k not in READ_ONLY and k not in RESTRICTED}
 
     def apply(self, updates: Mapping[str, Any]) -> None:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sd_core import limits
 from sd_core.pnginfo import parse_parameters
 
-from . import options
+from . import options, upscalers
 from .a1111_options import DEFAULTS
 from .errors import invalid
 from .schemas import GenerationRequest, Txt2ImgRequest
@@ -92,6 +92,7 @@ class Prepared:
     settings: dict[str, Any]  # the settings in effect: the store's, with this request's honoured overrides
     overrides: dict[str, Any]  # the honoured overrides (stored afterwards unless restore_afterwards)
     ignored: dict[str, list[str]] = field(default_factory=dict)
+    upscaler_choices: upscalers.Upscalers = upscalers.BUILTIN  # the upscalers this request may name (the server's)
 
 
 def _cast(text: str, kind: type) -> Any:
@@ -152,20 +153,29 @@ def floor_side(name: str, value: int | None) -> int | None:
     return floored
 
 
-def split_overrides(req: GenerationRequest, store: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The honoured overrides (checked: 422 naming `override_settings.KEY`), and the keys that change nothing here."""
+def split_overrides(
+    req: GenerationRequest, store: dict[str, Any], choices: upscalers.Upscalers = upscalers.BUILTIN
+) -> tuple[dict[str, Any], list[str]]:
+    """The honoured overrides (checked: 422 naming `override_settings.KEY`; upscalers among `choices`), and the keys
+    that change nothing here."""
     honoured, ignored = {}, []
     for key, value in (req.override_settings or {}).items():
         if key in options.PER_REQUEST:
-            options.check_value(key, value, f"override_settings.{key}")
+            options.check_value(key, value, f"override_settings.{key}", choices)
             honoured[key] = DEFAULTS[key] if value is None else value
         elif key != options.CHECKPOINT and store.get(key, object()) != value:
             ignored.append(key)
     return honoured, ignored
 
 
-def prepare(req: GenerationRequest, store: dict[str, Any], styles: StyleFile) -> Prepared:
-    """Everything about a request that needs no image and no model (raises ApiError naming the field)."""
+def prepare(
+    req: GenerationRequest,
+    store: dict[str, Any],
+    styles: StyleFile,
+    choices: upscalers.Upscalers = upscalers.BUILTIN,
+) -> Prepared:
+    """Everything about a request that needs no image and no model (raises ApiError naming the field); upscaler
+    names are looked up in `choices` (the server's upscalers)."""
     req = apply_infotext(req)
     prompt, negative, missing = styles.apply(list(req.styles or []), req.prompt or "", req.negative_prompt or "")
     shown = prompt
@@ -181,8 +191,10 @@ def prepare(req: GenerationRequest, store: dict[str, Any], styles: StyleFile) ->
     given = req.model_fields_set
     width = floor_side("width", req.width) if "width" in given else None
     height = floor_side("height", req.height) if "height" in given else None
-    honoured, ignored_keys = split_overrides(req, store)
-    prepared = Prepared(req, prompt, negative, shown, width, height, {**store, **honoured}, honoured)
+    honoured, ignored_keys = split_overrides(req, store, choices)
+    prepared = Prepared(
+        req, prompt, negative, shown, width, height, {**store, **honoured}, honoured, upscaler_choices=choices
+    )
     for key, names in (
         ("ignored_override_settings", ignored_keys),
         ("ignored_styles", missing),

@@ -18,8 +18,11 @@ from PIL import Image
 from . import upscalers
 
 
-def fit(mode: int, img: Image.Image, width: int, height: int, upscaler: str | None = None) -> Image.Image:
-    """`img` brought to width x height by A1111 resize mode 0, 1 or 2; a mask (mode L) stays a mask."""
+def fit(
+    mode: int, img: Image.Image, width: int, height: int, upscaler: upscalers.Upscaler | str | None = None
+) -> Image.Image:
+    """`img` brought to width x height by A1111 resize mode 0, 1 or 2 (enlarged through `upscaler`: a pixel
+    upscaler's name, or a model upscaler); a mask (mode L) stays a mask."""
     if mode == 0:
         return upscalers.resize(img, width, height, upscaler)
     wide = width / height > img.width / img.height  # the target is wider than the image

@@ -35,6 +35,7 @@ class ServerSettings:
     device: str | None = None
     dtype: str | None = None
     styles: Path | None = None  # an A1111 styles.csv
+    upscaler_dirs: tuple[Path, ...] = ()  # folders of ESRGAN-family upscaler models (A1111's models/ESRGAN)
 
     @property
     def max_body_bytes(self) -> int:
@@ -96,6 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--styles", type=Path, help="an A1111 styles.csv (name,prompt,negative_prompt) for `styles` in requests"
     )
+    parser.add_argument(
+        "--upscaler-dir",
+        type=Path,
+        action="append",
+        help="a folder of ESRGAN-family upscaler models (.pth, .pt, .safetensors; A1111's models/ESRGAN), each "
+        "listed by its file name; repeatable (default: none, only the Lanczos and Nearest upscalers)",
+    )
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: best for the device)")
 
@@ -113,6 +121,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise FileNotFoundError(f"model not found: {args.model}")
     if args.styles is not None and not args.styles.is_file():
         raise FileNotFoundError(f"--styles file not found: {args.styles}")
+    for folder in args.upscaler_dir or ():
+        if not folder.is_dir():
+            raise ValueError(f"--upscaler-dir {folder} is not a folder")
     if not is_loopback(args.host) and not token:
         raise ValueError(f"refusing to serve on {args.host} without --token: anyone on the network could use it")
     if not 0 <= args.port <= 65535:
@@ -131,4 +142,5 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         device=args.device,
         dtype=args.dtype,
         styles=args.styles,
+        upscaler_dirs=tuple(args.upscaler_dir or ()),
     )
