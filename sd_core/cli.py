@@ -1,4 +1,4 @@
-"""The `sd-core` command: txt2img, img2img, inpaint, outpaint, info, serve, train.
+"""The `sd-core` command: txt2img, img2img, inpaint, outpaint, upscale, info, serve, train.
 
 The generation commands take every `GenerationSettings` field as an option and build the settings once; options left
 out take the model's own defaults (CFG scale, native size) or the engine's, as in the Python API.
@@ -166,6 +166,54 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """One image through an upscaler (a pixel one, a model of --upscaler-dir, or a model file's path), by --scale or
+    to --width x --height (scaled to cover, centre-cropped); the PNG keeps the input's text chunks (its A1111
+    `parameters`) and gets A1111's `postprocessing` text."""
+    from PIL import PngImagePlugin
+
+    from sd_core import upscalers
+
+    for option, value in (("--scale", args.scale), ("--width", args.width), ("--height", args.height)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{option} must be positive, got {value}")
+    if args.tile < 0 or args.tile_overlap < 0:
+        raise ValueError("--tile and --tile-overlap cannot be negative")
+    original = _open_image(args.image, "--image")
+    image = original.convert("RGB")
+    tiling = {"tile": args.tile, "overlap": args.tile_overlap}
+    if Path(args.upscaler).suffix.lower() in upscalers.MODEL_SUFFIXES and Path(args.upscaler).is_file():
+        upscaler = upscalers.model_upscaler(args.upscaler, args.device, **tiling)
+    else:
+        available = upscalers.Upscalers(args.upscaler_dir or (), args.device, **tiling)
+        upscaler = available.find(args.upscaler, "upscaler")
+    if args.width is None and args.height is None:
+        info = f"Postprocess upscale by: {args.scale:g}"
+        result = upscaler.upscale(image, args.scale)
+    else:
+        ratio = image.width / image.height
+        width = args.width or max(1, round(args.height * ratio))
+        height = args.height or max(1, round(args.width / ratio))
+        info = f"Postprocess upscale to: {width}x{height}"
+        by = max(width / image.width, height / image.height)  # cover the size, then crop the overflow
+        cover = (max(width, round(image.width * by)), max(height, round(image.height * by)))
+        result = upscalers.resize(image, *cover, upscaler)
+        left, top = (cover[0] - width) // 2, (cover[1] - height) // 2
+        result = result.crop((left, top, left + width, top + height))
+    text = PngImagePlugin.PngInfo()
+    for key, value in original.info.items():
+        if isinstance(key, str) and isinstance(value, str) and key != "postprocessing":
+            text.add_text(key, value)
+    text.add_text("postprocessing", f"{info}, Postprocess upscaler: {upscaler.name}")
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in upscaler.name)
+    path = outdir / f"{next_index(outdir):05d}-{safe}.png"
+    result.save(path, pnginfo=text)
+    print(path)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     info = sd_core.inspect_model(args.path)
     dtypes = ", ".join(f"{d} ({n})" for d, n in sorted(info.dtypes.items(), key=lambda kv: -kv[1]))
@@ -201,6 +249,32 @@ def _generation_parser(sub: Any, name: str, help_text: str) -> argparse.Argument
     return parser
 
 
+def _upscale_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "upscale", help="enlarge an image (Lanczos, Nearest or an ESRGAN model)", formatter_class=HelpFormatter
+    )
+    parser.add_argument("--image", required=True, help="the input image (PNG, JPEG, ...)")
+    parser.add_argument(
+        "--upscaler",
+        default="Lanczos",
+        help="Lanczos, Nearest, the file name (without suffix) of a model in --upscaler-dir, or a model file's path",
+    )
+    parser.add_argument("--scale", type=float, default=2.0, help="the factor (the size is floored to a multiple of 8)")
+    parser.add_argument("--width", type=int, default=None, help="with or instead of --height: upscale to this size")
+    parser.add_argument("--height", type=int, default=None, help="with or instead of --width: upscale to this size")
+    parser.add_argument(
+        "--upscaler-dir",
+        type=Path,
+        action="append",
+        help="a folder of ESRGAN-family models (.pth, .pt, .safetensors; A1111's models/ESRGAN); repeatable",
+    )
+    parser.add_argument("--device", default="cpu", help="where a model runs (cpu, cuda, mps)")
+    parser.add_argument("--tile", type=int, default=192, help="a model runs in tiles this many pixels wide (0: whole)")
+    parser.add_argument("--tile-overlap", type=int, default=8, help="pixels of context around each tile")
+    parser.add_argument("--outdir", default="outputs", help="folder for the PNG (it keeps the input's parameters)")
+    parser.set_defaults(func=cmd_upscale)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sd-core", description="Local Stable Diffusion engine.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -218,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     outpaint.add_argument("--prefill", choices=limits.PREFILLS, default="edge_noise", help="how the new area starts")
     _add_strength(outpaint, None)
     _add_inpaint_options(outpaint)
+
+    _upscale_parser(sub)
 
     info = sub.add_parser("info", help="describe a checkpoint: family, defaults, sizes, dtypes, key counts")
     info.add_argument("path")
