@@ -8,14 +8,17 @@ import torch.nn.functional as F
 
 from ..limits import SettingError
 
-# A1111 name -> (torch interpolation mode, antialias)
+# A1111 name -> (torch interpolation mode, antialias): "Latent" is bilinear; a suffix names another mode
 LATENT_MODES: dict[str, tuple[str, bool]] = {
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
+    f"Latent ({suffix})" if suffix else "Latent": (mode, antialias)
+    for suffix, mode, antialias in (
+        ("", "bilinear", False),
+        ("antialiased", "bilinear", True),
+        ("bicubic", "bicubic", False),
+        ("bicubic antialiased", "bicubic", True),
+        ("nearest", "nearest", False),
+        ("nearest-exact", "nearest-exact", False),
+    )
 }
 
 
