@@ -84,15 +84,17 @@ class GenerationSettings:
     tiling: str | None = None
     strength: float | None = None
     inpaint: InpaintOptions | None = None
-    # A1111's sampler options, variation seeds and img2img input options (`_check_a1111_options`)
+    # A1111's options (`_check_a1111_options`). The sampler's: None (eta, s_tmax) or the default leaves it as it is.
     eta: float | None = None
+    s_tmax: float | None = None
     s_churn: float = 0.0
     s_tmin: float = 0.0
-    s_tmax: float | None = None
     s_noise: float = 1.0
+    # variation seed (`sd_core.noise`): the start noise moved toward the subseed's by subseed_strength
     subseed: int | None = None
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    # the input image: fitted by resize_mode (`limits.RESIZE_MODES`), its start noise scaled
     resize_mode: str = "resize"
     initial_noise_multiplier: float = 1.0
     choice: samplers.SamplerChoice = field(init=False, repr=False, compare=False)

@@ -118,6 +118,12 @@ def test_infotext_fills_what_the_request_leaves_out():
         Txt2ImgRequest.model_validate({"infotext": text + ", Denoising strength: 0.5, Hires upscale: 2"})
     )
     assert hires.enable_hr is True
+    extras = ", Variation seed: 9, Variation seed strength: 0.25, Seed resize from: 32x48, Eta: 0.5, Sigma churn: 1"
+    varied = apply_infotext(Txt2ImgRequest.model_validate({"infotext": text + extras}))
+    assert (varied.subseed, varied.subseed_strength, varied.seed_resize_from_w, varied.seed_resize_from_h) == (
+        9, 0.25, 32, 48,
+    )  # fmt: skip
+    assert varied.override_settings["eta_ancestral"] == 0.5 and varied.override_settings["s_churn"] == 1.0
     for bad in ("x\nSteps: many, Sampler: Euler, Seed: 1", "x\nSteps: 5000, Sampler: Euler, Seed: 1"):
         with pytest.raises(ApiError) as caught:
             apply_infotext(Img2ImgRequest.model_validate({"infotext": bad, "init_images": ["x"]}))
