@@ -9,7 +9,7 @@
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
 `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`, `samplers`,
-`schedules`, `pnginfo`, `preview`, `upscalers`.
+`schedules`, `pnginfo`, `preview`, `upscalers`, `resize`.
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -36,6 +36,7 @@ __all__ = [
     "load",
     "pnginfo",
     "preview",
+    "resize",
     "samplers",
     "schedules",
     "upscalers",
@@ -54,7 +55,7 @@ _LAZY = {
     "ModelDefaults": "settings",
     "StepInfo": "progress",
 }
-_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers")
+_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers", "resize")
 
 
 def __getattr__(name: str) -> Any:

@@ -85,6 +85,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tiling", choices=limits.TILING_AXES, default=None, help="seamless on these axes (default: not seamless)"
     )
+    _add_a1111_options(parser)
     out = parser.add_argument_group("model and output")
     out.add_argument(
         "--model", help="checkpoint (.safetensors/.ckpt) or diffusers folder (default: the built-in model)"
@@ -93,6 +94,47 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the best for the device)")
     out.add_argument("--low-vram", choices=("off", "on", "sequential"), default="off", help="GPU weight offloading")
     out.add_argument("--outdir", default="outputs", help="folder for the PNGs (each carries its A1111 parameters)")
+
+
+def _size(text: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT -> (width, height)."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 512x512, got {text!r}")
+    return int(width), int(height)
+
+
+def _add_a1111_options(parser: argparse.ArgumentParser) -> None:
+    """A1111's sampler options and variation seeds (`GenerationSettings`)."""
+    from sd_core import samplers
+
+    g = parser.add_argument_group("sampler options and variation seeds (A1111's)")
+    takes = {name: ", ".join(samplers.samplers_taking(name)) for name in samplers.SAMPLER_OPTIONS}
+    g.add_argument("--eta", type=float, default=None, help=f"noise of {takes['eta']} (default: the sampler's own)")
+    churn = "churn (Karras et al.) of " + takes["s_churn"]
+    g.add_argument("--s-churn", type=float, default=0.0, help=f"stochastic {churn}; 0 is off")
+    g.add_argument("--s-tmin", type=float, default=0.0, help="churn only at sigmas of at least this")
+    g.add_argument("--s-tmax", type=float, default=None, help="churn only at sigmas of at most this (default: all)")
+    g.add_argument("--s-noise", type=float, default=1.0, help=f"scale of the fresh noise of {takes['s_noise']}")
+    g.add_argument("--subseed", type=int, default=-1, help="variation seed; -1 picks a random one")
+    g.add_argument(
+        "--subseed-strength", type=float, default=0.0, help="how far toward the variation seed's noise, 0 to 1"
+    )
+    g.add_argument(
+        "--seed-resize-from", type=_size, default=None, metavar="WxH", help="draw the seed's noise at this size"
+    )
+
+
+def _add_image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resize-mode",
+        choices=limits.RESIZE_MODES,
+        default="resize",
+        help="fitting the image to --width/--height: stretch, cover and crop, or fit and fill (A1111's modes)",
+    )
+    parser.add_argument(
+        "--initial-noise-multiplier", type=float, default=1.0, help="scale of the start noise (A1111's)"
+    )
 
 
 def _add_strength(parser: argparse.ArgumentParser, default: float | None) -> None:
@@ -282,9 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_parser(sub, "txt2img", "generate images from a prompt")
     img2img = _generation_parser(sub, "img2img", "restyle an image")
     _add_strength(img2img, 0.75)
+    _add_image_options(img2img)
     inpaint = _generation_parser(sub, "inpaint", "repaint where a mask is white")
     inpaint.add_argument("--mask", required=True, help="white = repaint, black = keep (the image's size)")
     _add_strength(inpaint, 1.0)
+    _add_image_options(inpaint)
     _add_inpaint_options(inpaint)
     outpaint = _generation_parser(sub, "outpaint", "extend the canvas and fill the new area")
     for side in ("left", "top", "right", "bottom"):

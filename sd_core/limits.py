@@ -26,6 +26,13 @@ MAX_MASK_BLUR = 256
 FILLS = ("fill", "original", "latent_noise", "latent_nothing")  # A1111 `inpainting_fill` 0..3, in that order
 PREFILLS = ("edge_noise", "mirror", "edge")  # how the new area of an outpaint canvas starts (`images.extend_canvas`)
 TILING_AXES = ("x", "y", "xy")
+# Sampler options (k-diffusion's names) and A1111's seed and img2img extras
+MAX_ETA = 100.0
+MAX_S_CHURN = 1000.0
+MAX_S_SIGMA = 1e6  # s_tmin, s_tmax
+MAX_S_NOISE = 100.0
+MAX_NOISE_MULTIPLIER = 100.0
+RESIZE_MODES = ("resize", "crop", "fill")  # A1111 `resize_mode` 0..2, in that order
 
 
 class SettingError(ValueError):
@@ -53,8 +60,7 @@ def check_int(name: str, value: Any, low: int, high: int) -> int:
 
 
 def check_number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
-    below = value <= low if low_open else value < low
-    if not is_number(value) or below or value > high:
+    if not is_number(value) or (value <= low if low_open else value < low) or value > high:
         bracket = "(" if low_open else "["
         raise SettingError(name, f"{name} must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
     return float(value)
@@ -69,13 +75,29 @@ def check_side(name: str, value: Any) -> int:
     return int(value)
 
 
-def check_seed(value: Any) -> int | None:
+def check_seed(value: Any, name: str = "seed") -> int | None:
     """None for a random seed (None or -1), else the seed, an integer from 0 to `MAX_SEED`."""
     if value is None or (is_int(value) and value == RANDOM_SEED):
         return None
     if not is_int(value) or not 0 <= value <= MAX_SEED:
-        raise SettingError("seed", f"seed must be -1 (random) or an integer from 0 to {MAX_SEED}, got {value!r}")
+        raise SettingError(name, f"{name} must be -1 (random) or an integer from 0 to {MAX_SEED}, got {value!r}")
     return int(value)
+
+
+def check_seed_size(name: str, value: Any) -> tuple[int, int] | None:
+    """A size to draw a seed's noise at (A1111's "seed resize from"): None, or (width, height), each an integer
+    multiple of 8 from 8 to `MAX_SIDE` (one latent cell is 8 pixels)."""
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise SettingError(name, f"{name} must be (width, height) or None, got {value!r}")
+    for side in value:
+        if not is_int(side) or not SIDE_MULTIPLE <= side <= MAX_SIDE or side % SIDE_MULTIPLE:
+            raise SettingError(
+                name, f"{name}: each side must be a multiple of {SIDE_MULTIPLE} from {SIDE_MULTIPLE} to {MAX_SIDE}, "
+                f"got {value!r}"
+            )  # fmt: skip
+    return int(value[0]), int(value[1])
 
 
 def check_prompt(name: str, value: Any) -> str:

@@ -3,7 +3,12 @@
 Seeds follow A1111: image k of a batch has the seed `seed + k` and draws everything random from its own CPU generator
 seeded with it (diffusers' list of generators), in diffusers' order: the image posterior (when an input image is
 encoded), the start noise, then (inpainting) the latent fill's noise and the masked image's posterior for 9-channel
-models, then the sampler's noise. So each image of a batch is made again alone from the seed in its infotext.
+models, then the sampler's noise. So each image of a batch is made again alone from the seed in its infotext. The start
+noise takes A1111's variation seed and seed resize (`sd_core.noise`).
+
+The input image is brought to the generation size by `resize_mode` (`sd_core.resize`): for img2img always; for
+whole-picture inpainting "crop" and "fill" make the fitted picture (and mask) the input, where "resize" keeps
+inpainting's own way (the region worked at the generation size, put back at the input's size).
 
 A callback raising `sd_core.Interrupted` ends sampling early; the run finishes from the latest estimate as usual
 (decode, paste back, parameters), and each image gets `info["interrupted"] = True`.
@@ -17,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import images, inpainting, masks, tiling
+from . import images, inpainting, masks, resize, tiling
+from .noise import image_seeds, image_subseeds, start_noise
 from .pnginfo import format_parameters
 from .progress import Callback, LastStep
-from .samplers._core import randn
 from .settings import GenerationSettings
 
 
@@ -35,6 +40,10 @@ def generate(
     arr = None if image is None else images.to_rgb_array(image)
     size = None if arr is None else (arr.shape[1], arr.shape[0])
     s = settings.resolve(mode, pipe.defaults, size)
+    if mode == "inpaint" and s.resize_mode != "resize":  # the fitted picture and mask become the input
+        assert arr is not None
+        arr, mask = _fit(arr, s), _fit(images.to_mask_array(mask), s)
+        size = (s.width, s.height)
     region = None if mode != "inpaint" else inpainting.prepare_region(arr, mask, s)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(s)]
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
@@ -43,7 +52,7 @@ def generate(
         if region is not None:
             latents = _inpaint(pipe, s, region, text, generators, steps)
         elif arr is not None:
-            latents = _img2img(pipe, s, images.resize_rgb(arr, s.width, s.height), text, generators, steps)
+            latents = _img2img(pipe, s, _fit(arr, s), text, generators, steps)
         else:
             latents = _txt2img(pipe, s, text, generators, steps)
         imgs = pipe.decode_latents(latents, seamless=s.tiling)
@@ -55,16 +64,19 @@ def generate(
     return _with_parameters(imgs, s, mode, pipe.name, out_size, interrupted=steps.interrupted)
 
 
-def image_seeds(s: GenerationSettings) -> list[int]:
-    """The seed of each image of a batch (A1111): `seed + k` for image k."""
-    assert s.seed is not None, "settings must be resolved"
-    return [s.seed + k for k in range(s.batch_size)]
+def _fit(arr: np.ndarray, s: GenerationSettings) -> np.ndarray:
+    """An input picture (uint8 HxWx3) or mask (float32 HxW) brought to the generation size by `s.resize_mode`."""
+    assert s.width is not None and s.height is not None
+    if s.resize_mode == "resize" and arr.ndim == 3:
+        return images.resize_rgb(arr, s.width, s.height)
+    fitted = resize.fit(Image.fromarray(arr), s.width, s.height, s.resize_mode)  # a float32 mask: mode "F"
+    return np.asarray(fitted).clip(0, 1) if arr.ndim == 2 else np.asarray(fitted)
 
 
 def _txt2img(
     pipe: Any, s: GenerationSettings, text: tuple, generators: list[torch.Generator], callback: Any
 ) -> torch.Tensor:
-    noise = randn((s.batch_size, 4, s.height // 8, s.width // 8), generators)
+    noise = start_noise((s.batch_size, 4, s.height // 8, s.width // 8), s, generators)
     extra = None
     if pipe.config.inpainting:  # everything masked, the masked image all zeros (diffusers too)
         h, w = s.height // 8, s.width // 8
@@ -77,7 +89,7 @@ def _img2img(
     pipe: Any, s: GenerationSettings, arr: np.ndarray, text: tuple, generators: list[torch.Generator], callback: Any
 ) -> torch.Tensor:
     init = pipe.encode_pixels(images.image_to_tensor(arr), generators, s.batch_size)
-    noise = randn(init.shape, generators)
+    noise = start_noise(tuple(init.shape), s, generators)
     extra = None
     if pipe.config.inpainting:  # nothing masked, the whole image as the masked-image input
         extra = torch.cat([torch.zeros(init.shape[0], 1, *init.shape[-2:]), init], dim=1)
@@ -98,7 +110,7 @@ def _inpaint(
     h, w = work_img.shape[0] // 8, work_img.shape[1] // 8
     needs_init = not pipe.config.inpainting or s.strength < 1.0
     init = pipe.encode_pixels(images.image_to_tensor(work_img), generators, s.batch_size) if needs_init else None
-    noise = randn((s.batch_size, 4, h, w), generators)
+    noise = start_noise((s.batch_size, 4, h, w), s, generators)
     if init is not None:  # image k's fill noise from its own generator
         rows = zip(init.split(1), generators, strict=True)
         init = torch.cat([inpainting.fill_latents(one, work_mask, s.inpaint.fill, g) for one, g in rows])
@@ -123,6 +135,10 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
         "Size": f"{size[0]}x{size[1]}",
         "Model": model,
     }
+    if s.subseed_strength:
+        fields.update({"Variation seed": s.subseed, "Variation seed strength": s.subseed_strength})
+    if s.seed_resize_from is not None:
+        fields["Seed resize from"] = "{}x{}".format(*s.seed_resize_from)
     if mode != "txt2img":
         fields["Denoising strength"] = s.strength
     if mode == "inpaint":
@@ -140,6 +156,15 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
         fields["Clip skip"] = s.clip_skip
     if s.tiling:
         fields["Tiling"] = s.tiling
+    if s.initial_noise_multiplier != 1.0:
+        fields["Noise multiplier"] = s.initial_noise_multiplier
+    options = s.sampler_options()
+    eta_default = s.choice.options.get("eta")
+    if options.get("eta", eta_default) != eta_default:  # A1111: "Eta DDIM" where the default is DDIM's 0
+        fields["Eta DDIM" if eta_default == 0 else "Eta"] = options["eta"]
+    for name, label in (("s_churn", "churn"), ("s_tmin", "tmin"), ("s_tmax", "tmax"), ("s_noise", "noise")):
+        if name in options:
+            fields[f"Sigma {label}"] = options[name]
     return fields
 
 
@@ -149,8 +174,11 @@ def _with_parameters(
     """Attach the A1111 parameters text and each image's own seed to each image's `info` (and `interrupted`: True
     when sampling was interrupted)."""
     fields = infotext_fields(s, mode, model, size)
+    subseeds = image_subseeds(s)
     for pos, (img, seed) in enumerate(zip(imgs, image_seeds(s), strict=True)):
         extra = {"Batch size": len(imgs), "Batch pos": pos} if len(imgs) > 1 else {}
+        if subseeds is not None:
+            extra["Variation seed"] = img.info["subseed"] = subseeds[pos]
         img.info["parameters"] = format_parameters(s.prompt, s.negative_prompt, {**fields, "Seed": seed, **extra})
         img.info["seed"] = seed
         if interrupted:

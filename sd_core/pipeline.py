@@ -75,16 +75,18 @@ class StableDiffusion:
 
     def txt2img(self, prompt: str, *, callback: Callback | None = None, **settings: Any) -> list[Image.Image]:
         """Images from text. Keyword arguments are `GenerationSettings` fields (negative_prompt, width, height, steps,
-        sampler, schedule, cfg_scale, seed, batch_size, clip_skip, tiling); left out, they take the model's or the
-        engine's defaults."""
+        sampler, schedule, cfg_scale, seed, batch_size, clip_skip, tiling; A1111's sampler options eta, s_churn,
+        s_tmin, s_tmax, s_noise and variation seeds subseed, subseed_strength, seed_resize_from); left out, they
+        take the model's or the engine's defaults."""
         return self.generate(GenerationSettings(prompt=prompt, **settings), callback=callback)
 
     def img2img(
         self, image: Any, prompt: str, *, strength: float = 0.75, callback: Callback | None = None, **settings: Any
     ) -> list[Image.Image]:
         """Restyle an image (PIL or numpy; RGBA alpha is ignored), resized to `width`x`height` if given, else to its
-        own size rounded to a multiple of 8. Strength as diffusers: 0 keeps the image, 1 ignores it;
-        `int(steps * strength)` steps run."""
+        own size rounded to a multiple of 8 (`resize_mode`: "resize" stretches, "crop" covers and crops, "fill" fits
+        and fills, as A1111). Strength as diffusers: 0 keeps the image, 1 ignores it; `int(steps * strength)` steps
+        run; `initial_noise_multiplier` scales the start noise (A1111's)."""
         return self.generate(GenerationSettings(prompt=prompt, strength=strength, **settings), image, callback=callback)
 
     def inpaint(
@@ -254,6 +256,7 @@ class StableDiffusion:
                         sigmas.to(self.device),
                         callback=sampling.callback(steps_seen),
                         generator=generator,
+                        **settings.sampler_options(),
                     )
                 except Interrupted:
                     if steps_seen.info is None:

@@ -84,6 +84,19 @@ class GenerationSettings:
     tiling: str | None = None
     strength: float | None = None
     inpaint: InpaintOptions | None = None
+    # A1111's options (`_check_a1111_options`). The sampler's: None (eta, s_tmax) or the default leaves it as it is.
+    eta: float | None = None
+    s_tmax: float | None = None
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_noise: float = 1.0
+    # variation seed (`sd_core.noise`): the start noise moved toward the subseed's by subseed_strength
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
+    # the input image: fitted by resize_mode (`limits.RESIZE_MODES`), its start noise scaled
+    resize_mode: str = "resize"
+    initial_noise_multiplier: float = 1.0
     choice: samplers.SamplerChoice = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -109,10 +122,20 @@ class GenerationSettings:
         set_field(self, "sampler", choice.name)
         set_field(self, "schedule", choice.schedule)
         set_field(self, "seed", limits.check_seed(self.seed))
-        if self.seed is not None and self.seed + self.batch_size - 1 > limits.MAX_SEED:
-            last = f"seed + batch_size - 1 must be at most {limits.MAX_SEED}"
-            raise limits.SettingError("seed", f"image k of a batch has the seed seed + k: {last}")
+        _check_a1111_options(self)
+        set_field(self, "subseed", limits.check_seed(self.subseed, "subseed"))
+        set_field(self, "seed_resize_from", limits.check_seed_size("seed_resize_from", self.seed_resize_from))
+        counted = "subseed" if self.subseed_strength else "seed"  # the one that counts up along a batch (A1111)
+        if getattr(self, counted) is not None and getattr(self, counted) + self.batch_size - 1 > limits.MAX_SEED:
+            last = f"{counted} + batch_size - 1 must be at most {limits.MAX_SEED}"
+            raise limits.SettingError(counted, f"image k of a batch has the {counted} {counted} + k: {last}")
         set_field(self, "tiling", limits.tiling_axes(self.tiling))
+
+    def sampler_options(self) -> dict[str, float]:
+        """The sampler options set to other than "the sampler's own" (keyword arguments of the sampler function)."""
+        values = {"eta": self.eta, "s_churn": self.s_churn, "s_tmin": self.s_tmin, "s_tmax": self.s_tmax}
+        values["s_noise"] = self.s_noise
+        return {k: v for k, v in values.items() if v is not None and v != _UNSET_OPTIONS.get(k)}
 
     def resolve(
         self, mode: str, defaults: ModelDefaults, image_size: tuple[int, int] | None = None
@@ -125,6 +148,7 @@ class GenerationSettings:
             raise limits.SettingError("strength", "strength applies to img2img and inpainting (txt2img has no image)")
         if mode != "inpaint" and self.inpaint is not None:
             raise limits.SettingError("inpaint", f"inpaint options apply to inpainting, not to {mode} (no mask given)")
+        _check_image_options(self, mode)
         if mode != "txt2img" and image_size is None:
             raise ValueError(f"{mode} needs an input image")
         inpaint = (self.inpaint or InpaintOptions()) if mode == "inpaint" else None
@@ -143,6 +167,7 @@ class GenerationSettings:
             seed=random.randrange(limits.RANDOM_SEED_RANGE) if self.seed is None else self.seed,
             strength=DEFAULT_STRENGTH.get(mode) if self.strength is None else self.strength,
             inpaint=inpaint,
+            subseed=random.randrange(limits.RANDOM_SEED_RANGE) if self.subseed is None else self.subseed,
         )
 
     @classmethod
@@ -156,6 +181,45 @@ class GenerationSettings:
             raise TypeError(f"unknown generation setting(s): {', '.join(unknown)}")
         inpaint = {k: kwargs.pop(k) for k in list(kwargs) if k in inpaint_names}
         return cls(prompt=prompt, inpaint=InpaintOptions(**inpaint) if inpaint else None, **kwargs)
+
+
+_UNSET_OPTIONS = {"s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0}  # eta and s_tmax: None
+
+
+def _check_a1111_options(s: GenerationSettings) -> None:
+    """The sampler options (each only for a sampler that takes it: `SamplerChoice.options`), the variation seed's
+    strength, resize mode and noise multiplier."""
+    if s.eta is not None:
+        limits.check_number("eta", s.eta, 0.0, limits.MAX_ETA)
+    limits.check_number("s_churn", s.s_churn, 0.0, limits.MAX_S_CHURN)
+    limits.check_number("s_tmin", s.s_tmin, 0.0, limits.MAX_S_SIGMA)
+    if s.s_tmax is not None:
+        limits.check_number("s_tmax", s.s_tmax, 0.0, limits.MAX_S_SIGMA)
+    limits.check_number("s_noise", s.s_noise, 0.0, limits.MAX_S_NOISE)
+    takes = s.choice.options
+    for name in s.sampler_options():
+        if name not in takes:
+            which = ", ".join(samplers.samplers_taking(name))
+            raise limits.SettingError(name, f"the {s.choice.label} sampler takes no {name} (samplers that do: {which})")
+    limits.check_number("subseed_strength", s.subseed_strength, 0.0, 1.0)
+    limits.check_choice("resize_mode", s.resize_mode, limits.RESIZE_MODES)
+    limits.check_number("initial_noise_multiplier", s.initial_noise_multiplier, 0.0, limits.MAX_NOISE_MULTIPLIER)
+
+
+def _check_image_options(s: GenerationSettings, mode: str) -> None:
+    """The input image's options apply where there is one: resize_mode to img2img and whole-picture inpainting
+    (only-masked inpainting works on the mask's box), the noise multiplier to img2img and inpainting."""
+    only_masked = mode == "inpaint" and s.inpaint is not None and s.inpaint.only_masked
+    if s.resize_mode != "resize" and (mode == "txt2img" or only_masked):
+        where = "txt2img has no image" if mode == "txt2img" else "only-masked inpainting works on the mask's box"
+        raise limits.SettingError(
+            "resize_mode", f"resize_mode applies to img2img and whole-picture inpainting ({where})"
+        )
+    if s.initial_noise_multiplier != 1.0 and mode == "txt2img":
+        raise limits.SettingError(
+            "initial_noise_multiplier",
+            "initial_noise_multiplier applies to img2img and inpainting (txt2img has no image)",
+        )
 
 
 def _image_side(pixels: int) -> int:

@@ -24,7 +24,7 @@ from .dpmpp import (
     sample_dpmpp_sde,
 )
 from .multistep import lms_coefficients, sample_lms, sample_plms
-from .registry import SAMPLERS, SamplerChoice, resolve
+from .registry import SAMPLER_OPTIONS, SAMPLERS, SamplerChoice, resolve, samplers_taking
 from .singlestep import (
     sample_ddim,
     sample_ddim_cfg_pp,
@@ -41,6 +41,7 @@ from .singlestep import (
 from .unipc import sample_uni_pc
 
 __all__ = [
+    "SAMPLER_OPTIONS",
     "SAMPLERS",
     "SCHEDULES",
     "BrownianNoise",
@@ -69,4 +70,5 @@ __all__ = [
     "sample_plms",
     "sample_restart",
     "sample_uni_pc",
+    "samplers_taking",
 ]

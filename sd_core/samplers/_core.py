@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -70,15 +71,49 @@ def report(
         callback(StepInfo(i + 1, total, x, denoised, sigma, sigma_next))
 
 
+@dataclass(frozen=True)
+class Churn:
+    """Stochastic churn (Karras et al. 2022, Algorithm 2), as k-diffusion's Euler, Heun and DPM2 take it: before each
+    step from sigma whose sigma lies in [tmin, tmax], x is taken up to sigma_hat = sigma * (1 + gamma) with fresh
+    noise of size s_noise * sqrt(sigma_hat**2 - sigma**2), gamma = min(churn / n, sqrt(2) - 1) for a run of n steps;
+    the step then starts from sigma_hat. With churn > 0 one normal draw is made per step, inside the window or not
+    (k-diffusion's order, so A1111's); churn 0 draws nothing and changes nothing."""
+
+    churn: float = 0.0
+    tmin: float = 0.0
+    tmax: float = math.inf
+    noise: float = 1.0
+    generator: Generators = None
+
+    def apply(self, x: torch.Tensor, sigma: float, steps: int) -> tuple[torch.Tensor, float]:
+        """(x, sigma) raised to sigma_hat for one step of a run of `steps` steps."""
+        if self.churn <= 0:
+            return x, sigma
+        eps = randn_like(x, self.generator)
+        gamma = min(self.churn / steps, math.sqrt(2.0) - 1.0) if self.tmin <= sigma <= self.tmax else 0.0
+        if gamma <= 0:
+            return x, sigma
+        sigma_hat = sigma * (1.0 + gamma)
+        return x + eps * (self.noise * math.sqrt(sigma_hat**2 - sigma**2)), sigma_hat
+
+
 def walk(
-    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None, step: Step
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    callback: Callback | None,
+    step: Step,
+    churn: Churn | None = None,
 ) -> torch.Tensor:
     """The loop of every sampler that keeps no history between steps: estimate x0 at each sigma, report it, and let
-    `step` take x to the next sigma."""
+    `step` take x to the next sigma. With `churn`, each step first raises x to its sigma_hat (`Churn`) and starts
+    from there (the report then names sigma_hat, the level of the latents it carries)."""
     x, sig = prepare(x, sigmas)
     n = len(sig) - 1
     for i in range(n):
         sigma, sigma_next = sig[i], sig[i + 1]
+        if churn is not None:
+            x, sigma = churn.apply(x, sigma, n)
         denoised = denoise(denoiser, x, sigma)
         report(callback, i, n, x, sigma, sigma_next, denoised)
         x = step(denoiser, x, denoised, sigma, sigma_next)

@@ -3,9 +3,12 @@ optional schedule, resolved to a function plus the sigmas it should walk."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import torch
 
@@ -19,6 +22,9 @@ DISCARD_PENULTIMATE = frozenset({"dpmpp_3m_sde"})
 
 AUTOMATIC = ("", "automatic", "auto", "default")
 """Schedule names that mean "the sampler's own default"."""
+
+SAMPLER_OPTIONS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise")
+"""The k-diffusion options a sampler function may take as keyword arguments (`SamplerChoice.options`)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,12 @@ class SamplerChoice:
             self.schedule, steps, noise_schedule, spacing=self.spacing, final=self.final, family=family,
             discard_penultimate=self.discard_penultimate,
         )  # fmt: skip
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The `SAMPLER_OPTIONS` this sampler's function takes, with its own defaults (eta: 1 for the ancestral and
+        SDE samplers, 0 for DDIM; s_churn 0, s_tmin 0, s_tmax infinity, s_noise 1)."""
+        return _options(self.fn)
 
     def initial_noise_scale(self, sigmas: torch.Tensor) -> float:
         """txt2img starts from `noise * scale`: sigma_max for k-diffusion samplers, sqrt(1 + sigma_max**2) (unit
@@ -107,6 +119,17 @@ _ALIASES: dict[str, str] = {
     "ddim_cfgpp": "ddim_cfg_pp",
     "unipc": "uni_pc",
 }
+
+
+@cache
+def _options(fn: Callable[..., torch.Tensor]) -> dict[str, Any]:
+    params = inspect.signature(fn).parameters
+    return {name: params[name].default for name in SAMPLER_OPTIONS if name in params}
+
+
+def samplers_taking(option: str) -> list[str]:
+    """The A1111 labels of the samplers whose function takes `option` (one of `SAMPLER_OPTIONS`)."""
+    return [label for label, fn, *_ in _SPECS.values() if option in _options(fn)]
 
 
 def _normalize(text: str) -> str:

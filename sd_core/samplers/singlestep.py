@@ -23,6 +23,7 @@ import torch
 from ..schedules import karras
 from ._core import (
     Callback,
+    Churn,
     Denoiser,
     Generators,
     NoiseSampler,
@@ -87,9 +88,10 @@ def _walk(
     split: Split = _ode,
     noise: NoiseSampler | None = None,
     s_noise: float = 1.0,
+    churn: Churn | None = None,
 ) -> torch.Tensor:
     """`walk` with each step split in two: `move` to sigma_down, then sigma_up of fresh noise. A step to
-    sigma_down = 0 returns the x0 estimate whatever the move."""
+    sigma_down = 0 returns the x0 estimate whatever the move. `churn`: see `_core.Churn`."""
 
     def step(
         denoiser: Denoiser, x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float
@@ -100,7 +102,7 @@ def _walk(
             x = x + noise(sigma, sigma_next) * (s_noise * up)
         return x
 
-    return walk(denoiser, x, sigmas, callback, step)
+    return walk(denoiser, x, sigmas, callback, step, churn)
 
 
 def _ancestral(eta: float) -> Split:
@@ -114,9 +116,16 @@ def sample_euler(
     *,
     callback: Callback | None = None,
     generator: Generators = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 1 without churn)."""
-    return _walk(denoiser, x, sigmas, callback, _euler_move)
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 with Euler steps): with
+    `s_churn` > 0, each step whose sigma lies in [s_tmin, s_tmax] starts from a level raised with fresh noise
+    (`_core.Churn`; `s_noise` scales that noise)."""
+    churn = Churn(s_churn, s_tmin, s_tmax, s_noise, generator)
+    return _walk(denoiser, x, sigmas, callback, _euler_move, churn=churn)
 
 
 def sample_euler_ancestral(
@@ -142,9 +151,14 @@ def sample_heun(
     *,
     callback: Callback | None = None,
     generator: Generators = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """Heun's second-order method (Karras et al. 2022, Algorithm 1); the step to sigma = 0 is a plain Euler step."""
-    return walk(denoiser, x, sigmas, callback, _heun_step)
+    """Heun's second-order method (Karras et al. 2022, Algorithm 2); the step to sigma = 0 is a plain Euler step.
+    Churn as in `sample_euler`."""
+    return walk(denoiser, x, sigmas, callback, _heun_step, Churn(s_churn, s_tmin, s_tmax, s_noise, generator))
 
 
 def sample_dpm_2(
@@ -154,9 +168,15 @@ def sample_dpm_2(
     *,
     callback: Callback | None = None,
     generator: Generators = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = math.inf,
+    s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """DPM2 (k-diffusion): a midpoint method with the midpoint taken in log sigma; Euler for the step to 0."""
-    return _walk(denoiser, x, sigmas, callback, _dpm2_move)
+    """DPM2 (k-diffusion): a midpoint method with the midpoint taken in log sigma; Euler for the step to 0. Churn as
+    in `sample_euler` (the midpoint is then taken between sigma_hat and the next sigma)."""
+    churn = Churn(s_churn, s_tmin, s_tmax, s_noise, generator)
+    return _walk(denoiser, x, sigmas, callback, _dpm2_move, churn=churn)
 
 
 def sample_dpm_2_ancestral(

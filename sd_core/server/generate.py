@@ -6,7 +6,9 @@ the A1111 `info` JSON (request thread again).
 
 Seeds follow A1111: `seed` -1 picks a random one; batch `n` of `n_iter` starts at `seed + n * batch_size`, and the
 engine gives image k of a batch the seed + k (each image can be made again alone from the seed in its infotext). With
-several init images, each is its own engine call with seed + its index.
+several init images, each is its own engine call with seed + its index. With a variation (`subseed_strength` > 0)
+every image keeps `seed` and the subseed counts up instead (A1111's rule); `seed_resize_from_w/h` (both > 0) are
+floored to multiples of 8 and passed on. The sampler options follow A1111 v1.10 (`sampler_options`).
 
 Interrupt and skip (A1111's): the step callback raises `sd_core.Interrupted`; the engine then finishes the batch being
 sampled from its latest clean estimate (those images carry `info["interrupted"]`). Interrupt stops there (later
@@ -24,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core import GenerationSettings, InpaintOptions, limits
+from sd_core import GenerationSettings, InpaintOptions, limits, samplers
 from sd_core.pnginfo import format_parameters, parse_parameters
 
 from . import refusals, upscalers
@@ -49,7 +51,10 @@ REQUEST_FIELDS = {
     "fill": "inpainting_fill",
     "only_masked": "inpaint_full_res",
     "clip_skip": f"override_settings.{CLIP_SKIP}",
+    "seed_resize_from": "seed_resize_from_w",
 }
+# A1111's default of each s_* option, the value that leaves a sampler as it is (s_tmax 0 also means infinity)
+S_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
 
 
 def setting_error(exc: limits.SettingError, sampler_field: str = "sampler_name") -> ApiError:
@@ -125,6 +130,44 @@ def _model(req: GenerationRequest, directory: ModelDirectory) -> ModelEntry | No
         raise invalid(f"override_settings.{CHECKPOINT}", str(exc)) from None
 
 
+def sampler_options(req: GenerationRequest, sampler: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The engine's sampler options for `sampler` (canonical name) as A1111 v1.10 sets them, for the samplers A1111
+    hands each to (`refusals.TAKES`; any other ignores it): eta from the request, else the `eta_ancestral` setting
+    (`eta_ddim` for the samplers whose own eta is 0, DDIM's); each s_* option from the setting where that is not
+    the sampler's default, else from the request. Values equal to the sampler's own are left out."""
+    out: dict[str, Any] = {}
+    if sampler in refusals.TAKES_ETA:
+        own = samplers.resolve(sampler).options["eta"]
+        eta = req.eta if req.eta is not None else settings["eta_ddim" if own == 0 else "eta_ancestral"]
+        if eta != own:
+            out["eta"] = eta
+    for name, default in S_DEFAULTS.items():
+        if sampler not in refusals.TAKES[name]:
+            continue
+        stored, asked = settings[name], getattr(req, name)
+        if name == "s_tmax":
+            stored, asked = stored or math.inf, None if asked is None else asked or math.inf
+        value = stored if stored != default or asked is None else asked
+        if value != default:
+            out[name] = value
+    return out
+
+
+def _seed_extras(req: GenerationRequest, settings: dict[str, Any], img2img: bool) -> dict[str, Any]:
+    """Variation seed, seed resize (A1111's sizes floored to multiples of 8) and img2img's noise multiplier."""
+    subseed = req.subseed if req.subseed not in (None, limits.RANDOM_SEED) else None
+    extras: dict[str, Any] = {
+        "subseed": random.randrange(limits.RANDOM_SEED_RANGE) if subseed is None else subseed,
+        "subseed_strength": req.subseed_strength or 0.0,
+    }
+    if (req.seed_resize_from_w or 0) > 0 and (req.seed_resize_from_h or 0) > 0:
+        extras["seed_resize_from"] = (req.seed_resize_from_w // 8 * 8, req.seed_resize_from_h // 8 * 8)
+    if img2img:
+        multiplier = getattr(req, "initial_noise_multiplier", None)
+        extras["initial_noise_multiplier"] = settings["initial_noise_multiplier"] if multiplier is None else multiplier
+    return extras
+
+
 def _engine_strength(strength: float, steps: int) -> float:
     """The strength to give the engine: A1111 runs at least one step (at the lowest noise) however low the strength,
     where the engine refuses a strength that leaves no step; so a strength below 1/steps becomes the lowest that
@@ -184,7 +227,9 @@ def plan(
             tiling=tiling,
             strength=None if strength is None or images.unchanged else _engine_strength(strength, req.steps or 50),
             inpaint=inpaint,
+            **_seed_extras(req, p.settings, images is not None),
         )
+        chosen = replace(chosen, **sampler_options(req, chosen.sampler, p.settings))
     except limits.SettingError as exc:
         raise setting_error(exc, sampler_field) from None
     context = refusals.Context("txt2img" if images is None else "img2img", chosen.sampler, (width, height), p.settings)
@@ -229,13 +274,13 @@ def run(
             break
         ctx.begin_batch(n, n_iter)
         ctx.set_phase(f"{p.kind}: batch {n + 1} of {n_iter}")
-        first_seed = out.settings.seed + n * p.batch_size
         if images is not None and images.unchanged:
-            out.images.extend(_unchanged(p, images, out.settings, first_seed, pipe.name))
-            out.seeds.extend(first_seed + (i if len(images.images) > 1 else 0) for i in range(p.batch_size))
+            unchanged = _unchanged(p, images, _batch(out.settings, n * p.batch_size), pipe.name)
+            out.images.extend(unchanged)
+            out.seeds.extend(int(img.info["seed"]) for img in unchanged)
             continue
         for i, (image, mask) in enumerate(calls):
-            batch = replace(out.settings, seed=first_seed + i)
+            batch = _batch(out.settings, n * p.batch_size + i)
             try:
                 imgs = pipe.generate(batch, image, mask, callback=callback)
             except interrupted:  # an engine that does not finish the batch early: this batch is lost
@@ -249,11 +294,21 @@ def run(
     return out
 
 
-def _unchanged(p: Plan, images: Images, s: GenerationSettings, seed: int, model: str) -> list[Image.Image]:
+def _batch(s: GenerationSettings, first: int) -> GenerationSettings:
+    """The settings of the engine call whose first image is image `first` of the request: its seed counted up, or
+    with a variation its subseed (A1111: all images keep the seed)."""
+    if s.subseed_strength and s.subseed is not None:
+        return replace(s, subseed=s.subseed + first)
+    assert s.seed is not None
+    return replace(s, seed=s.seed + first)
+
+
+def _unchanged(p: Plan, images: Images, s: GenerationSettings, model: str) -> list[Image.Image]:
     """The init images as prepared, each with the parameters text of the run that was asked for."""
     out = copies(images, p.batch_size)
+    assert s.seed is not None
     for pos, img in enumerate(out):
-        image_seed = seed + (pos if len(images.images) > 1 else 0)
+        image_seed = s.seed + (pos if len(images.images) > 1 and not s.subseed_strength else 0)
         fields = {
             "Steps": s.steps,
             "Sampler": s.choice.label,
@@ -310,9 +365,9 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
         "all_negative_prompts": [negative] * len(out.images),
         "seed": out.seeds[0] if out.seeds else s.seed,
         "all_seeds": out.seeds,
-        "subseed": -1,
-        "all_subseeds": [-1] * len(out.images),
-        "subseed_strength": 0,
+        "subseed": -1 if s.subseed is None else s.subseed,
+        "all_subseeds": [-1 if s.subseed is None else s.subseed + k for k in range(len(out.images))],
+        "subseed_strength": s.subseed_strength,
         "width": first.width if first else s.width,
         "height": first.height if first else s.height,
         "sampler_name": s.choice.label,
@@ -325,8 +380,8 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
         "face_restoration_model": None,
         "sd_model_name": out.model_title,
         "sd_model_hash": out.model_hash,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": req.seed_resize_from_w if req.seed_resize_from_w is not None else -1,
+        "seed_resize_from_h": req.seed_resize_from_h if req.seed_resize_from_h is not None else -1,
         "denoising_strength": p.strength if p.strength is not None else getattr(req, "denoising_strength", None),
         "extra_generation_params": {},
         "index_of_first_image": 0,

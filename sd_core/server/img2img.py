@@ -1,9 +1,11 @@
 """An img2img request's images, prepared as A1111 prepares them, before the request is queued.
 
 - Init images: transparent parts flattened onto the `img2img_background_color` setting; then, for img2img and
-  whole-picture inpainting, fitted to width x height by `resize_mode` (`resize.py`). Width and height default to
-  the first init image's size rounded to a multiple of 8 (this server's rule, as for the engine's own img2img); an
-  inpainting request that gives neither keeps the image's own size, as the engine's inpainting does.
+  whole-picture inpainting, fitted to width x height by `resize_mode` 0-2 with the engine's `sd_core.resize.fit`
+  (the `upscaler_for_img2img` setting enlarging), so the engine gets them at the size it works at. Width and
+  height default to the first init image's size rounded to a multiple of 8 (this server's rule, as for the
+  engine's own img2img); an inpainting request that gives neither keeps the image's own size, as the engine's
+  inpainting does.
 - Several init images: one per image of the batch, as A1111 (batch_size becomes their number; more images than
   batch_size is refused, where A1111 fails with a RuntimeError).
 - The mask: an RGBA mask with transparency is its alpha (hard at 128 with `mask_round`), else its luminance;
@@ -21,14 +23,20 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core import limits
+from sd_core import limits, resize
 
 from .codec import decode_image
 from .errors import invalid
 from .prepare import Prepared
-from .resize import fit, flatten, to_mask
+from .resize import flatten, to_mask
 from .schemas import Img2ImgRequest
-from .upscalers import get
+from .upscalers import Upscaler, get
+
+PIXEL_MODES = {0: "resize", 1: "crop", 2: "fill"}  # A1111 resize_mode -> `limits.RESIZE_MODES`; 3 is refused
+
+
+def fit(mode: int, img: Image.Image, width: int, height: int, upscaler: Upscaler | str | None = None) -> Image.Image:
+    return resize.fit(img, width, height, PIXEL_MODES.get(mode, "resize"), upscaler)
 
 
 @dataclass

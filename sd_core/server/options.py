@@ -13,6 +13,9 @@ GET returns them all; POST writes them and they read back, as in A1111. What thi
 | `live_previews_enable` | whether `/progress` sends `current_image` |
 | `img2img_background_color` | the colour transparent parts of init images are flattened onto |
 | `upscaler_for_img2img` | the upscaler (pixel, or a model of `--upscaler-dir`) enlarging init images (modes 0-2) |
+| `eta_ancestral`, `eta_ddim` | eta of requests that leave `eta` out (k-diffusion samplers; DDIM and DDIM CFG++) |
+| `s_churn`, `s_tmin`, `s_tmax`, `s_noise` | A1111's: one not at the sampler's default replaces the request's |
+| `initial_noise_multiplier` | img2img's noise multiplier for requests that leave it out |
 
 Every other key is stored and read back but changes nothing here (this server never writes files, has no UI, ...).
 `sd_core_model_defaults` (not an A1111 key) reports what a request that leaves `cfg_scale`, `width` or `height` out
@@ -57,6 +60,10 @@ def _check_colour(value: Any) -> None:
         raise limits.SettingError("img2img_background_color", f"not a colour: {value!r}") from None
 
 
+def _check_number(name: str, high: float) -> Callable[[Any], None]:
+    return lambda value: limits.check_number(name, value, 0.0, high)
+
+
 # key -> check of a value the server will act on (raises limits.SettingError or ApiError)
 HONOURED: dict[str, Callable[[Any], None] | None] = {
     CHECKPOINT: None,  # resolved against the models folder by the caller
@@ -67,6 +74,13 @@ HONOURED: dict[str, Callable[[Any], None] | None] = {
     "live_previews_enable": None,
     "img2img_background_color": _check_colour,
     "upscaler_for_img2img": None,  # checked against the server's upscalers (`check_value`)
+    "eta_ancestral": _check_number("eta_ancestral", limits.MAX_ETA),
+    "eta_ddim": _check_number("eta_ddim", limits.MAX_ETA),
+    "s_churn": _check_number("s_churn", limits.MAX_S_CHURN),
+    "s_tmin": _check_number("s_tmin", limits.MAX_S_SIGMA),
+    "s_tmax": _check_number("s_tmax", limits.MAX_S_SIGMA),
+    "s_noise": _check_number("s_noise", limits.MAX_S_NOISE),
+    "initial_noise_multiplier": _check_number("initial_noise_multiplier", limits.MAX_NOISE_MULTIPLIER),
 }
 
 

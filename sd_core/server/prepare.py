@@ -77,6 +77,7 @@ INFOTEXT_SETTINGS = {
     "Skip Early CFG": "skip_early_cond",
 }
 HIRES_LABELS = ("Hires upscale", "Hires upscaler", "Hires resize")
+SEED_RESIZE = ("seed_resize_from_w", "seed_resize_from_h")
 
 
 @dataclass
@@ -115,9 +116,10 @@ def apply_infotext(req: GenerationRequest) -> GenerationRequest:
         for label, (name, kind) in INFOTEXT_FIELDS.items():
             if label in params and name not in given and name in type(req).model_fields:
                 update[name] = _cast(params[label], kind)
-        size = re.fullmatch(r"(\d+)x(\d+)", str(params.get("Size", "")))
-        if size and "width" not in given and "height" not in given:
-            update["width"], update["height"] = int(size[1]), int(size[2])
+        for label, names in (("Size", ("width", "height")), ("Seed resize from", SEED_RESIZE)):
+            size = re.fullmatch(r"(\d+)x(\d+)", str(params.get(label, "")))
+            if size and not given & set(names) and names[0] in type(req).model_fields:
+                update[names[0]], update[names[1]] = int(size[1]), int(size[2])
         if "Tiling" in params and "tiling" not in given:
             tiling = params["Tiling"]
             update["tiling"] = tiling if tiling in ("x", "y", "xy") else tiling != "False"

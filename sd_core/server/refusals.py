@@ -7,8 +7,9 @@ with a sampler that takes none, ...) is accepted and listed in `info["ignored_fi
 can see it had no effect here either. Scripts: none is implemented yet, so any `script_name` is A1111's 422
 "Script '<name>' not found" and any `alwayson_scripts` entry A1111's 422 naming it.
 
-"Default" is the value in effect when the field is left out (for `eta` and the `s_*` fields: the value the engine's
-sampler uses), so clients that always send every field (webuiapi) keep working.
+"Default" is the value in effect when the field is left out, so clients that always send every field (webuiapi) keep
+working. The sampler options `eta` and `s_churn`/`s_tmin`/`s_tmax`/`s_noise` go to the samplers A1111 hands them to
+(`TAKES`; `generate.sampler_options`) and are listed as ignored with any other sampler.
 """
 
 from __future__ import annotations
@@ -17,24 +18,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sd_core import samplers
+
 from .errors import ApiError, invalid
 
-# A1111's samplers that take eta (their default: opts.eta_ancestral = 1, DDIM's opts.eta_ddim = 0), s_churn/s_tmin/
-# s_tmax (default 0, 0, 0 = infinity) and s_noise (default 1); samplers absent from a set ignore that field in A1111.
-ETA_DEFAULTS = {
-    "euler_ancestral": 1.0,
-    "dpm_2_ancestral": 1.0,
-    "dpmpp_2s_ancestral": 1.0,
-    "dpmpp_sde": 1.0,
-    "dpmpp_2m_sde": 1.0,
-    "dpmpp_2m_sde_heun": 1.0,
-    "ddim": 0.0,
-}
-NO_ETA = {"euler", "heun", "lms", "dpm_2", "dpmpp_2m", "plms", "uni_pc", "lcm"}
+# The samplers A1111 hands each option (v1.10: eta to every sampler function with an eta parameter, the same set as
+# the engine's; s_churn/s_tmin/s_tmax to Euler, Heun and DPM2; s_noise to those and the ancestral and SDE samplers of
+# its `sampler_extra_params`, not to Euler a, DPM adaptive or Restart). Any other sampler ignores the option there.
+TAKES_ETA = {name for name in samplers.SAMPLERS if "eta" in samplers.resolve(name).options}
 CHURN = {"euler", "heun", "dpm_2"}
-S_NOISE = CHURN | {"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde"}
-S_NOISE |= {"dpmpp_2m_sde_heun"}
-KNOWN = NO_ETA | set(ETA_DEFAULTS)  # a sampler added later is refused any non-default value until classified here
+S_NOISE = CHURN | {"dpm_fast", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m_sde"}
+S_NOISE |= {"dpmpp_2m_sde_heun", "dpmpp_3m_sde"}
+TAKES = {"eta": TAKES_ETA, "s_churn": CHURN, "s_tmin": CHURN, "s_tmax": CHURN, "s_noise": S_NOISE}
 NO_CHECKPOINT = (None, "", "None", "none")
 
 # Scripts this server implements, by lower-case title (A1111 matches titles case-insensitively).
@@ -64,18 +59,17 @@ def _set(value: Any, *defaults: Any) -> bool:
     return value is not None and value not in defaults
 
 
-def _takes(c: Context, group: set[str]) -> bool:
-    """Whether the request's sampler uses a parameter (a sampler not classified yet counts as using it)."""
-    return c.sampler in group or c.sampler not in KNOWN
+def _seed_resize(r: Any) -> bool:
+    """A1111 resizes the seed's noise when both sizes are above 0."""
+    return (r.seed_resize_from_w or 0) > 0 and (r.seed_resize_from_h or 0) > 0
 
 
-def _eta_differs(r: Any, c: Context) -> bool:
-    return r.eta is not None and (c.sampler not in ETA_DEFAULTS or r.eta != ETA_DEFAULTS[c.sampler])
-
-
-def _seed_resize(r: Any, c: Context) -> bool:
-    w, h = r.seed_resize_from_w or 0, r.seed_resize_from_h or 0
-    return w > 0 and h > 0 and (w, h) != c.size
+def _option_ignored(name: str, default: Any) -> Rule:
+    return Rule(
+        name,
+        lambda r, c: _set(getattr(r, name), default) and c.sampler not in TAKES[name],
+        f"this sampler takes no {name} in A1111",
+    )
 
 
 def _hires(field: str, default: Any) -> Rule:
@@ -132,26 +126,12 @@ REFUSED: tuple[Rule, ...] = (
     Rule("enable_hr", lambda r, c: bool(getattr(r, "enable_hr", False)), "hires fix is not implemented yet"),
     Rule("firstphase_width", lambda r, c: _set(getattr(r, "firstphase_width", 0), 0), "hires fix's first pass size"),
     Rule("firstphase_height", lambda r, c: _set(getattr(r, "firstphase_height", 0), 0), "hires fix's first pass"),
-    Rule("subseed_strength", lambda r, c: _set(r.subseed_strength, 0), f"variation seeds are {LATER}"),
-    Rule("seed_resize_from_w", _seed_resize, f"resizing the seed's noise is {LATER}"),
-    Rule(
-        "eta", lambda r, c: c.sampler not in NO_ETA and _eta_differs(r, c), f"eta other than the sampler's is {LATER}"
-    ),
-    Rule("s_churn", lambda r, c: _takes(c, CHURN) and _set(r.s_churn, 0), f"sigma churn is {LATER}"),
-    Rule("s_tmin", lambda r, c: _takes(c, CHURN) and _set(r.s_tmin, 0), f"sigma tmin is {LATER}"),
-    Rule("s_tmax", lambda r, c: _takes(c, CHURN) and _set(r.s_tmax, 0), f"sigma tmax is {LATER}"),
-    Rule("s_noise", lambda r, c: _takes(c, S_NOISE) and _set(r.s_noise, 1), f"sigma noise other than 1 is {LATER}"),
     Rule("s_min_uncond", lambda r, c: _set(r.s_min_uncond, 0), f"negative guidance minimum sigma is {LATER}"),
     Rule("restore_faces", _restore_faces, "face restoration is not available: no face restoration model ships"),
     Rule("refiner_checkpoint", lambda r, c: r.refiner_checkpoint not in NO_CHECKPOINT, f"a refiner is {LATER}"),
     Rule("resize_mode", lambda r, c: getattr(r, "resize_mode", 0) == 3, f"3 (latent upscale) is {LATER}"),
     Rule("mask_blur_x", _blur_xy("mask_blur_x"), f"different horizontal and vertical mask blur is {LATER}"),
     Rule("mask_blur_y", _blur_xy("mask_blur_y"), f"different horizontal and vertical mask blur is {LATER}"),
-    Rule(
-        "initial_noise_multiplier",
-        lambda r, c: _set(getattr(r, "initial_noise_multiplier", None), 1),
-        f"a noise multiplier is {LATER}",
-    ),
     Rule(
         "latent_mask",
         lambda r, c: _inpainting(r, c) and r.latent_mask is not None,
@@ -162,14 +142,12 @@ REFUSED: tuple[Rule, ...] = (
 IGNORED: tuple[Rule, ...] = (
     Rule("subseed", lambda r, c: _set(r.subseed, -1) and not r.subseed_strength, "used only with subseed_strength"),
     *(
-        Rule(name, lambda r, c, name=name: _set(getattr(r, name), -1, 0) and not _seed_resize(r, c), "needs both")
+        Rule(name, lambda r, c, name=name: _set(getattr(r, name), -1, 0) and not _seed_resize(r), "needs both")
         for name in ("seed_resize_from_w", "seed_resize_from_h")
     ),
-    Rule("eta", lambda r, c: r.eta is not None and c.sampler in NO_ETA, "this sampler takes no eta"),
-    Rule("s_churn", lambda r, c: _set(r.s_churn, 0) and not _takes(c, CHURN), "this sampler takes no s_churn"),
-    Rule("s_tmin", lambda r, c: _set(r.s_tmin, 0) and not _takes(c, CHURN), "this sampler takes no s_tmin"),
-    Rule("s_tmax", lambda r, c: _set(r.s_tmax, 0) and not _takes(c, CHURN), "this sampler takes no s_tmax"),
-    Rule("s_noise", lambda r, c: _set(r.s_noise, 1) and not _takes(c, S_NOISE), "this sampler takes no s_noise"),
+    Rule("eta", lambda r, c: r.eta is not None and c.sampler not in TAKES_ETA, "this sampler takes no eta"),
+    *(_option_ignored(name, default) for name, default in (("s_churn", 0), ("s_tmin", 0), ("s_tmax", 0))),
+    _option_ignored("s_noise", 1),
     Rule(
         "override_settings_restore_afterwards",
         lambda r, c: r.override_settings_restore_afterwards is False and not r.override_settings,

@@ -116,6 +116,29 @@ def test_img2img_inpaint_and_outpaint_commands(model, tmp_path):
             assert params["Masked content"] == "latent_noise" and params["Mask blur"] == "2.0"
 
 
+def test_a1111_options(model, tmp_path):
+    common = ("--model", str(model), "--prompt", "a wall", "--steps", "2", "--seed", "5", "--dtype", "fp32")
+    varied = ("--sampler", "Euler a", "--eta", "0.5", "--subseed", "3", "--subseed-strength", "0.5")
+    image = tmp_path / "wide.png"
+    Image.new("RGB", (96, 64), (200, 60, 40)).save(image)
+    runs = {
+        "txt2img": (*varied, "--seed-resize-from", "32x32", "--width", "64", "--height", "64"),
+        "img2img": ("--image", str(image), "--resize-mode", "crop", "--width", "64", "--height", "64")
+        + ("--initial-noise-multiplier", "0.9", "--sampler", "Euler", "--s-churn", "1", "--s-noise", "1.01"),
+    }
+    expected = {
+        "txt2img": {"Eta": "0.5", "Variation seed": "3", "Variation seed strength": "0.5", "Seed resize from": "32x32"},
+        "img2img": {"Noise multiplier": "0.9", "Sigma churn": "1.0", "Sigma noise": "1.01"},
+    }
+    for command, args in runs.items():
+        out = sd_core_cli(command, *common, *args, "--outdir", str(tmp_path / command))
+        assert out.returncode == 0, out.stderr
+        with Image.open(tmp_path / command / "00000-5.png") as img:
+            params = parse_parameters(img.info["parameters"])
+            assert img.size == (64, 64)
+        assert {k: params.get(k) for k in expected[command]} == expected[command]
+
+
 def test_help_shows_every_default(model):
     out = sd_core_cli("inpaint", "--help")
     assert out.returncode == 0
@@ -136,7 +159,8 @@ def test_help_shows_every_default(model):
 
 @pytest.mark.parametrize(
     ("args", "named"),
-    [(("--steps", "0"), "--steps:"), (("--sampler", "Eulr"), "--sampler:"), (("--clip-skip", "13"), "--clip-skip:")],
+    [(("--steps", "0"), "--steps:"), (("--sampler", "Eulr"), "--sampler:"), (("--clip-skip", "13"), "--clip-skip:")]
+    + [(("--eta", "0.5"), "--eta:"), (("--seed-resize-from", "60x64"), "--seed-resize-from:")],
 )
 def test_a_bad_setting_names_its_option(model, tmp_path, args, named):
     out = sd_core_cli("txt2img", "--model", str(model), "--prompt", "x", *args, "--outdir", str(tmp_path))

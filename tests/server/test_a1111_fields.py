@@ -63,6 +63,7 @@ TAG = {"prompt": "a red brick wall <lora:bricks:0.8>"}
 NO_SAMPLER = {"sampler_name": None}
 INPAINT = {"mask": MASK, "inpaint_full_res": False, "mask_blur": 0, "inpainting_fill": 1}
 ONLY_MASKED = {"mask": MASK, "inpaint_full_res": True, "mask_blur": 0}
+CHURN = {"s_churn": 1.0}  # Euler's s_tmin, s_tmax and s_noise shape its churn
 
 # field: (value, expectation, what the baseline and the variant both carry, why it is ignored where it is)
 CASES: dict[str, tuple] = {
@@ -71,7 +72,7 @@ CASES: dict[str, tuple] = {
     "styles": (["bricky"], CHANGES, {}),
     "seed": (6, CHANGES, {}),
     "subseed": (77, IGNORED, {}, "A1111 uses it only with a subseed_strength"),
-    "subseed_strength": (0.5, REFUSED, {}),
+    "subseed_strength": (0.5, CHANGES, {}),
     "seed_resize_from_h": (32, IGNORED, {}, "A1111 resizes the seed only when both sizes are above 0"),
     "seed_resize_from_w": (32, IGNORED, {}, "A1111 resizes the seed only when both sizes are above 0"),
     "sampler_name": ("Euler a", CHANGES, {}),
@@ -88,10 +89,10 @@ CASES: dict[str, tuple] = {
     "do_not_save_grid": (True, IGNORED, {}, "as do_not_save_samples"),
     "eta": (0.5, IGNORED, {}, "Euler takes no eta (A1111 passes eta only to samplers that take it)"),
     "s_min_uncond": (0.5, REFUSED, {}),
-    "s_churn": (1.0, REFUSED, {}),
-    "s_tmax": (5.0, REFUSED, {}),
-    "s_tmin": (0.5, REFUSED, {}),
-    "s_noise": (0.9, REFUSED, {}),
+    "s_churn": (1.0, CHANGES, {}),
+    "s_tmax": (1.0, CHANGES, CHURN),
+    "s_tmin": (0.5, CHANGES, CHURN),
+    "s_noise": (0.9, CHANGES, CHURN),
     "override_settings": ({"CLIP_stop_at_last_layers": 2}, CHANGES, {}),
     "override_settings_restore_afterwards": (False, IGNORED, {}, "no override_settings to keep"),
     "refiner_checkpoint": ("model.safetensors", REFUSED, {}),
@@ -143,7 +144,7 @@ IMG2IMG_CASES: dict[str, tuple] = {
     "inpaint_full_res": (True, CHANGES, INPAINT),
     "inpaint_full_res_padding": (16, CHANGES, ONLY_MASKED),
     "inpainting_mask_invert": (1, CHANGES, INPAINT),
-    "initial_noise_multiplier": (0.5, REFUSED, {}),
+    "initial_noise_multiplier": (0.5, CHANGES, {}),
     "latent_mask": (MASK, REFUSED, INPAINT),
     "include_init_images": (True, CHANGES, {}),
 }
@@ -234,21 +235,22 @@ def img2img_baselines() -> dict:
     return {}
 
 
-def test_a1111_own_test_request_and_its_refusal(client):
-    """A1111's own API test request (test/test_txt2img.py) sends eta 0 with Euler a: the engine runs Euler a with
-    eta 1 only, so that eta is refused by name rather than dropped; with eta left at its default it runs."""
+def test_a1111_own_test_request(client):
+    """A1111's own API test request (test/test_txt2img.py) sends eta 0 with Euler a: honoured, which makes Euler a
+    deterministic, Euler itself (A1111 would say "Eta: 0" in the infotext too)."""
     request = {
         "batch_size": 1, "cfg_scale": 7, "denoising_strength": 0, "enable_hr": False, "eta": 0,
         "firstphase_height": 0, "firstphase_width": 0, "height": 64, "n_iter": 1, "negative_prompt": "",
         "prompt": "example prompt", "restore_faces": False, "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0,
-        "sampler_index": "Euler a", "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3,
+        "sampler_index": "Euler a", "seed": 3, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 3,
         "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": False, "width": 64,
     }  # fmt: skip
-    with pytest.raises(ClientError) as caught:
-        client.txt2img(request)
-    assert caught.value.field == "eta"
-    assert len(client.txt2img({**request, "eta": None})["images"]) == 1
-    assert len(client.txt2img({**request, "eta": 1.0, "sampler_index": "Euler"})["images"]) == 1
+    ancestral = client.txt2img(request)
+    assert "Eta: 0" in json.loads(ancestral["info"])["infotexts"][0]
+    assert outcome(ancestral) == outcome(client.txt2img({**request, "sampler_index": "Euler"}))
+    assert outcome(ancestral) != outcome(client.txt2img({**request, "eta": None}))
+    euler = client.txt2img({**request, "eta": 1.0, "sampler_index": "Euler"})
+    assert "eta" in json.loads(euler["info"])["ignored_fields"]
 
 
 @pytest.mark.parametrize(
@@ -266,9 +268,36 @@ def test_mask_blur_sets_both_directions(client, img2img_baselines):
     check_field(client, "img2img", I2I_BASE, "mask_blur_x", case, img2img_baselines)
 
 
-def test_seed_resize_with_both_sizes_is_refused(client):
-    with pytest.raises(ClientError) as caught:
-        client.txt2img({**BASE, "seed_resize_from_w": 32, "seed_resize_from_h": 32})
-    assert caught.value.field == "seed_resize_from_w"
-    same = client.txt2img({**BASE, "seed_resize_from_w": SIZE, "seed_resize_from_h": SIZE})  # the size itself: no-op
+def test_seed_resize_with_both_sizes(client):
+    resized = client.txt2img({**BASE, "seed_resize_from_w": 32, "seed_resize_from_h": 32})
+    info = json.loads(resized["info"])
+    assert "Seed resize from: 32x32" in info["infotexts"][0]
+    assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (32, 32)
+    assert outcome(resized) != outcome(client.txt2img(BASE))
+    same = client.txt2img({**BASE, "seed_resize_from_w": SIZE, "seed_resize_from_h": SIZE})  # the size itself
     assert outcome(same) == outcome(client.txt2img(BASE))
+    with pytest.raises(ClientError) as caught:  # under one latent cell
+        client.txt2img({**BASE, "seed_resize_from_w": 4, "seed_resize_from_h": 32})
+    assert caught.value.field == "seed_resize_from_w"
+
+
+def test_variation_seeds_keep_the_seed_and_count_the_subseed(client):
+    request = {**BASE, "seed": 5, "subseed": 40, "subseed_strength": 0.3, "batch_size": 2, "n_iter": 2}
+    info = json.loads(client.txt2img(request)["info"])
+    assert info["all_seeds"] == [5, 5, 5, 5] and info["all_subseeds"] == [40, 41, 42, 43]
+    assert info["subseed_strength"] == 0.3
+    assert [text.split("Variation seed: ")[1].split(",")[0] for text in info["infotexts"]] == ["40", "41", "42", "43"]
+    alone = client.txt2img({**BASE, "seed": 5, "subseed": 42, "subseed_strength": 0.3})
+    assert outcome(alone)[0][0] == outcome(client.txt2img(request))[0][2]
+
+
+def test_sampler_options_from_the_settings_as_a1111(client):
+    """A1111 takes eta from `eta_ancestral` when the request leaves it out, and a churn setting other than 0 over the
+    request's; an infotext's "Eta" sets that setting."""
+    base = {**BASE, "sampler_name": "Euler a"}
+    eta0 = outcome(client.txt2img({**base, "eta": 0}))
+    assert outcome(client.txt2img({**base, "override_settings": {"eta_ancestral": 0.0}})) == eta0
+    text = "a red brick wall\nSteps: 3, Sampler: Euler a, CFG scale: 5, Seed: 5, Size: 64x64, Eta: 0"
+    assert outcome(client.txt2img({**base, "prompt": None, "infotext": text})) == eta0
+    churned = outcome(client.txt2img({**BASE, "s_churn": 1.0}))
+    assert outcome(client.txt2img({**BASE, "s_churn": 0.5, "override_settings": {"s_churn": 1.0}})) == churned

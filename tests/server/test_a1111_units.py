@@ -8,11 +8,13 @@ from PIL import Image
 from server_utils import sample_image
 from test_a1111_fields import IMG2IMG, TXT2IMG
 
+from sd_core import samplers
 from sd_core.server import listings, options, refusals, upscalers
 from sd_core.server.errors import ApiError
 from sd_core.server.generate import _engine_strength
+from sd_core.server.img2img import fit
 from sd_core.server.prepare import apply_infotext, floor_side
-from sd_core.server.resize import fit, flatten, to_mask
+from sd_core.server.resize import flatten, to_mask
 from sd_core.server.schemas import Img2ImgRequest, Txt2ImgRequest
 from sd_core.server.styles import StyleFile, merge, read_styles
 
@@ -116,6 +118,12 @@ def test_infotext_fills_what_the_request_leaves_out():
         Txt2ImgRequest.model_validate({"infotext": text + ", Denoising strength: 0.5, Hires upscale: 2"})
     )
     assert hires.enable_hr is True
+    extras = ", Variation seed: 9, Variation seed strength: 0.25, Seed resize from: 32x48, Eta: 0.5, Sigma churn: 1"
+    varied = apply_infotext(Txt2ImgRequest.model_validate({"infotext": text + extras}))
+    assert (varied.subseed, varied.subseed_strength, varied.seed_resize_from_w, varied.seed_resize_from_h) == (
+        9, 0.25, 32, 48,
+    )  # fmt: skip
+    assert varied.override_settings["eta_ancestral"] == 0.5 and varied.override_settings["s_churn"] == 1.0
     for bad in ("x\nSteps: many, Sampler: Euler, Seed: 1", "x\nSteps: 5000, Sampler: Euler, Seed: 1"):
         with pytest.raises(ApiError) as caught:
             apply_infotext(Img2ImgRequest.model_validate({"infotext": bad, "init_images": ["x"]}))
@@ -143,7 +151,8 @@ def test_the_refusal_table_names_a1111_fields():
     fields = set(TXT2IMG) | set(IMG2IMG)
     for rule in (*refusals.REFUSED, *refusals.IGNORED):
         assert rule.field in fields, rule.field
-    assert refusals.KNOWN >= refusals.CHURN and refusals.KNOWN >= refusals.S_NOISE
+    for option, names in refusals.TAKES.items():  # the server only hands the engine options its samplers take
+        assert all(option in samplers.resolve(name).options for name in names), option
 
 
 def test_cuda_memory_in_a1111s_shape():
