@@ -26,6 +26,8 @@ MAX_MASK_BLUR = 256
 FILLS = ("fill", "original", "latent_noise", "latent_nothing")  # A1111 `inpainting_fill` 0..3, in that order
 PREFILLS = ("edge_noise", "mirror", "edge")  # how the new area of an outpaint canvas starts (`images.extend_canvas`)
 TILING_AXES = ("x", "y", "xy")
+RESIZE_MODES = ("resize", "latent")  # how img2img fits its input: A1111 `resize_mode` 0 and 3 ("latent upscale")
+MAX_HIRES_SCALE = 16.0  # hires fix's upscale factor (`settings.HiresOptions.scale`)
 
 
 class SettingError(ValueError):

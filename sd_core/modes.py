@@ -5,6 +5,10 @@ seeded with it (diffusers' list of generators), in diffusers' order: the image p
 encoded), the start noise, then (inpainting) the latent fill's noise and the masked image's posterior for 9-channel
 models, then the sampler's noise. So each image of a batch is made again alone from the seed in its infotext.
 
+img2img starts from latents in one way (`img2img_latents`: the start noise, then `pipe.denoise`), whether they come
+from its input image (resized, or with resize_mode "latent" encoded at its own size and the latents resized: A1111's
+"latent upscale") or from hires fix's upscale of a txt2img first pass (`sd_core.hires`, with its own seeds rule).
+
 A callback raising `sd_core.Interrupted` ends sampling early; the run finishes from the latest estimate as usual
 (decode, paste back, parameters), and each image gets `info["interrupted"] = True`.
 """
@@ -17,11 +21,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import images, inpainting, masks, tiling
+from . import hires, images, inpainting, masks, tiling
 from .pnginfo import format_parameters
-from .progress import Callback, LastStep
+from .progress import Callback, LastStep, in_phase
 from .samplers._core import randn
-from .settings import GenerationSettings
+from .settings import GenerationSettings, image_side
+from .upscalers import latent
 
 
 def generate(
@@ -35,17 +40,22 @@ def generate(
     arr = None if image is None else images.to_rgb_array(image)
     size = None if arr is None else (arr.shape[1], arr.shape[0])
     s = settings.resolve(mode, pipe.defaults, size)
+    second = None if s.hires is None else hires.second_pass(s)  # its errors before any work
     region = None if mode != "inpaint" else inpainting.prepare_region(arr, mask, s)
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(s)]
+    generators = _generators(s)
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
     text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip)
     with tiling.seamless([pipe.unet, pipe.vae], s.tiling):
         if region is not None:
             latents = _inpaint(pipe, s, region, text, generators, steps)
         elif arr is not None:
-            latents = _img2img(pipe, s, images.resize_rgb(arr, s.width, s.height), text, generators, steps)
-        else:
+            latents = _img2img(pipe, s, arr, text, generators, steps)
+        elif second is None:
             latents = _txt2img(pipe, s, text, generators, steps)
+        else:
+            latents = _txt2img(pipe, s, text, generators, in_phase(steps, 1, 2))
+            if not steps.interrupted:  # interrupted in the first pass: its images, as A1111
+                latents = _hires(pipe, s, second, latents, text, in_phase(steps, 2, 2))
         imgs = pipe.decode_latents(latents, seamless=s.tiling)
     if region is not None:
         assert s.inpaint is not None
@@ -59,6 +69,11 @@ def image_seeds(s: GenerationSettings) -> list[int]:
     """The seed of each image of a batch (A1111): `seed + k` for image k."""
     assert s.seed is not None, "settings must be resolved"
     return [s.seed + k for k in range(s.batch_size)]
+
+
+def _generators(s: GenerationSettings) -> list[torch.Generator]:
+    """Image k's CPU generator, seeded with its seed."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(s)]
 
 
 def _txt2img(
@@ -76,12 +91,39 @@ def _txt2img(
 def _img2img(
     pipe: Any, s: GenerationSettings, arr: np.ndarray, text: tuple, generators: list[torch.Generator], callback: Any
 ) -> torch.Tensor:
-    init = pipe.encode_pixels(images.image_to_tensor(arr), generators, s.batch_size)
+    """The input image fitted to the size by `s.resize_mode`, encoded (image k's posterior from generator k)."""
+    if s.resize_mode == "latent":  # A1111's "latent upscale": encoded at its own size, the latents resized
+        own = images.resize_rgb(arr, image_side(arr.shape[1]), image_side(arr.shape[0]))
+        init = pipe.encode_pixels(images.image_to_tensor(own), generators, s.batch_size)
+        init = latent.upscale_latents(init, s.height // 8, s.width // 8, "Latent")
+    else:
+        pixels = images.image_to_tensor(images.resize_rgb(arr, s.width, s.height))
+        init = pipe.encode_pixels(pixels, generators, s.batch_size)
+    return img2img_latents(pipe, s, init, text, generators, callback)
+
+
+def img2img_latents(
+    pipe: Any, s: GenerationSettings, init: torch.Tensor, text: tuple, generators: list[torch.Generator], callback: Any
+) -> torch.Tensor:
+    """img2img from VP latents `init` [B, 4, h, w] at the settings' size: image k's start noise from generator k,
+    then `pipe.denoise` (9-channel models: nothing masked, the latents as the masked-image input)."""
     noise = randn(init.shape, generators)
     extra = None
-    if pipe.config.inpainting:  # nothing masked, the whole image as the masked-image input
+    if pipe.config.inpainting:
         extra = torch.cat([torch.zeros(init.shape[0], 1, *init.shape[-2:]), init], dim=1)
     return pipe.denoise(s, noise, text, generators, callback, init=init, extra=extra)
+
+
+def _hires(
+    pipe: Any, s: GenerationSettings, second: GenerationSettings, latents: torch.Tensor, text: tuple, callback: Any
+) -> torch.Tensor:
+    """Hires fix's upscale and second pass (`sd_core.hires`): fresh generators from the same seeds, the prompts
+    encoded again where they changed."""
+    generators = _generators(second)
+    init = hires.upscale(pipe, s, latents, generators)
+    if (second.prompt, second.negative_prompt) != (s.prompt, s.negative_prompt):
+        text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip)
+    return img2img_latents(pipe, second, init, text, generators, callback)
 
 
 def _inpaint(
@@ -125,6 +167,8 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
     }
     if mode != "txt2img":
         fields["Denoising strength"] = s.strength
+    elif s.hires is not None:
+        fields["Denoising strength"] = s.hires.strength
     if mode == "inpaint":
         assert s.inpaint is not None
         fields.update(
@@ -140,6 +184,8 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
         fields["Clip skip"] = s.clip_skip
     if s.tiling:
         fields["Tiling"] = s.tiling
+    if s.hires is not None:
+        fields.update(hires.infotext_fields(s))
     return fields
 
 
