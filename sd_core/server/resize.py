@@ -5,8 +5,8 @@
 - 0 "Just resize": stretched to width x height.
 - 1 "Crop and resize": scaled to cover width x height, centred, the overflow cropped.
 - 2 "Resize and fill": scaled to fit inside, centred, the gaps filled by stretching the edge rows or columns.
-- 3 "Just resize (latent upscale)": refused for now (`refusals.py`): it resizes the encoded latents, which needs
-  the engine.
+- 3 "Just resize (latent upscale)": done by the engine (`resize_mode="latent"`: the image encoded at its own size,
+  the latents resized); with a mask it is refused for now (`refusals.py`).
 
 Enlarging goes through the `upscaler_for_img2img` setting's upscaler when one is chosen (`upscalers.resize`).
 """
