@@ -127,7 +127,17 @@ def _add_hires_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hires-scale", type=float, help=f"upscale factor (default: {defaults.scale:g})")
     g.add_argument("--hires-width", type=int, help="target width (default: from the scale, or from --hires-height)")
     g.add_argument("--hires-height", type=int, help="target height (both given: upscaled to cover, centre-cropped)")
-    g.add_argument("--hires-upscaler", help=f"one of: {names} (default: {defaults.upscaler})")
+    g.add_argument(
+        "--hires-upscaler",
+        help=f"one of: {names}, a model in --upscaler-dir (its file name without suffix) or a model file's path "
+        f"(default: {defaults.upscaler})",
+    )
+    g.add_argument(
+        "--upscaler-dir",
+        type=Path,
+        action="append",
+        help="a folder of ESRGAN-family models (.pth, .pt, .safetensors; A1111's models/ESRGAN); repeatable",
+    )
     g.add_argument("--hires-steps", type=int, help="second-pass steps (default: --steps)")
     g.add_argument("--hires-strength", type=float, help=f"second-pass strength (default: {defaults.strength:g})")
     g.add_argument("--hires-prompt", help="second-pass prompt (default: --prompt)")
@@ -136,13 +146,27 @@ def _add_hires_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hires-schedule", help="second-pass schedule (default: --schedule, or the sampler's own)")
 
 
-def _hires(args: argparse.Namespace) -> sd_core.HiresOptions | None:
-    """The `--hires-*` options given, as `HiresOptions` (None: no hires fix)."""
+def _upscaler(name: str, dirs: Any, device: str | None, setting: str, **tiling: int) -> Any:
+    """An upscaler by NAME|PATH: a model file's path, else a pixel upscaler or a model in the folders `dirs`."""
+    from sd_core import upscalers
+
+    if Path(name).suffix.lower() in upscalers.MODEL_SUFFIXES and Path(name).is_file():
+        return upscalers.model_upscaler(name, device, **tiling)
+    return upscalers.Upscalers(dirs or (), device, **tiling).find(name, setting)
+
+
+def _hires(args: argparse.Namespace, device: str | None) -> sd_core.HiresOptions | None:
+    """The `--hires-*` options given, as `HiresOptions` (None: no hires fix); a model upscaler runs on `device`."""
+    from sd_core.upscalers import REGISTRY, latent
+
     given = {}
     for name in sd_core.HiresOptions.__dataclass_fields__:
         value = getattr(args, f"hires_{name}", None)
         if value is not None:
             given[name] = value
+    upscaler = given.get("upscaler")
+    if upscaler is not None and not latent.is_latent(upscaler) and upscaler not in REGISTRY:  # a model's name or path
+        given["upscaler"] = _upscaler(upscaler, args.upscaler_dir, device, "hires_upscaler")
     return sd_core.HiresOptions(**given) if given or getattr(args, "hires", False) else None
 
 
@@ -188,11 +212,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     low_vram = {"off": False, "on": True, "sequential": "sequential"}[args.low_vram]
     image = _open_image(args.image, "--image") if args.command != "txt2img" else None
     mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
+    hires = _hires(args, args.device) if args.command == "txt2img" else None  # a bad option: before loading
     # a one-shot process owns its heap: freed memory may stay mapped between sampling steps (`sd_core.accel.heap`)
     pipe = sd_core.load(args.model, device=args.device, dtype=args.dtype, low_vram=low_vram, keep_freed_memory=True)
     settings = dict(_settings(args), callback=ProgressBar(args.command))
     if args.command == "txt2img":
-        imgs = pipe.txt2img(args.prompt, hires=_hires(args), **settings)
+        if hires is not None and not isinstance(hires.upscaler, str):  # a model upscaler: on the model's device
+            hires = _hires(args, str(pipe.device))
+        imgs = pipe.txt2img(args.prompt, hires=hires, **settings)
     elif args.command == "img2img":
         imgs = pipe.img2img(image, args.prompt, **settings)
     elif args.command == "inpaint":
@@ -227,11 +254,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     original = _open_image(args.image, "--image")
     image = original.convert("RGB")
     tiling = {"tile": args.tile, "overlap": args.tile_overlap}
-    if Path(args.upscaler).suffix.lower() in upscalers.MODEL_SUFFIXES and Path(args.upscaler).is_file():
-        upscaler = upscalers.model_upscaler(args.upscaler, args.device, **tiling)
-    else:
-        available = upscalers.Upscalers(args.upscaler_dir or (), args.device, **tiling)
-        upscaler = available.find(args.upscaler, "upscaler")
+    upscaler = _upscaler(args.upscaler, args.upscaler_dir, args.device, "upscaler", **tiling)
     if args.width is None and args.height is None:
         info = f"Postprocess upscale by: {args.scale:g}"
         result = upscaler.upscale(image, args.scale)

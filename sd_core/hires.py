@@ -2,19 +2,20 @@
 
 1. First pass: txt2img at the settings' own size (A1111's `firstphase_width/height` are that size).
 2. Upscale to `HiresOptions.upscale_size`. A latent mode ("Latent", "Latent (bicubic)", ...) resizes the first
-   pass's latents (`upscalers.latent.upscale_latents`). A pixel upscaler decodes them to the images txt2img would
-   return, resizes each with `upscalers.resize` (the upscaler while enlarging, then Lanczos to the exact size; sizes
-   floored to multiples of 8, where A1111's VAE floors the odd pixels) and encodes it again, drawing its posterior
-   from the image's second-pass generator as img2img does. With both hires sides given, the latents' centre is then
-   cut to the target (A1111's truncation of the covering upscale).
+   pass's latents (`upscalers.latent.upscale_latents`). A pixel or model (ESRGAN-family) upscaler decodes them to the
+   images txt2img would return, resizes each with `upscalers.resize` (the upscaler while enlarging, then Lanczos to
+   the exact size; sizes floored to multiples of 8, where A1111's VAE floors the odd pixels) and encodes it again,
+   drawing its posterior from the image's second-pass generator as img2img does. With both hires sides given, the
+   latents' centre is then cut to the target (A1111's truncation of the covering upscale).
 3. Second pass: img2img from those latents (`modes.img2img_latents`, the path img2img itself takes) with
    `second_pass(s)`: the same settings at the target size, with the hires steps, strength, prompts, sampler and
    schedule, and `fixed_steps` (A1111's step rule for this pass: exactly the hires steps, the last of a schedule of
    `int(steps / min(strength, 0.999))`); fresh generators seeded seed + k, so image k draws new noise from its own
    seed again (A1111). The prompts are encoded again when they differ from the first pass's.
 
-So, with a pixel upscaler, a hires image is exactly `pipe.generate(second_pass(s), upscaled_first_pass_image)`: img2img
-of its upscaled first pass with those settings; with a latent mode, img2img from the upscaled first-pass latents.
+So, with a pixel or model upscaler, a hires image is exactly
+`pipe.generate(second_pass(s), upscaled_first_pass_image)`: img2img of its upscaled first pass with those settings;
+with a latent mode, img2img from the upscaled first-pass latents.
 
 Progress: each pass is a sampling phase (`StepInfo.phase` 1 and 2 of `phases` 2), counting its own steps. An
 `Interrupted` during the first pass returns the first pass's images (at the first pass's size; A1111 skips the second
@@ -68,8 +69,8 @@ def upscale(pipe: Any, s: GenerationSettings, latents: torch.Tensor, generators:
     assert h is not None and s.width is not None and s.height is not None
     up_w, up_h = h.upscale_size(s.width, s.height)
     width, height = h.target_size(s.width, s.height)
-    if latent.is_latent(h.upscaler):
-        z = latent.upscale_latents(latents, up_h // 8, up_w // 8, h.upscaler)
+    if h.latent_mode is not None:
+        z = latent.upscale_latents(latents, up_h // 8, up_w // 8, h.latent_mode)
     else:
         size = (up_w // 8 * 8, up_h // 8 * 8)
         pictures = [upscalers.resize(img, *size, h.upscaler) for img in pipe.decode_latents(latents, seamless=s.tiling)]
@@ -108,5 +109,5 @@ def infotext_fields(s: GenerationSettings) -> dict[str, Any]:
         "Hires upscale": h.scale if by_scale else None,
         "Hires resize": None if by_scale else f"{h.width or 0}x{h.height or 0}",
         "Hires steps": h.steps,
-        "Hires upscaler": h.upscaler,
+        "Hires upscaler": h.upscaler_name,
     }

@@ -79,8 +79,9 @@ class HiresOptions:
     `scale`: the upscale factor when neither `width` nor `height` is given (A1111's hr_scale). `width`/`height`: the
     target size (A1111's hr_resize_x/y; 0 or None: from the other side keeping the aspect ratio, or from `scale`;
     both: upscaled to cover them, then centre-cropped). `upscaler`: a latent mode (`upscalers.latent.LATENT_MODES`:
-    "Latent", "Latent (bicubic)", ...) or a pixel upscaler (`upscalers.find`: "None" is a plain Lanczos resize,
-    "Lanczos", "Nearest", model upscalers). `steps`: the second pass's steps (0 or None: the first pass's);
+    "Latent", "Latent (bicubic)", ...), a pixel upscaler's name ("None" is a plain Lanczos resize, "Lanczos",
+    "Nearest"), or an `upscalers.Upscaler` (a model upscaler: `upscalers.Upscalers(folders).find(name)`,
+    `upscalers.model_upscaler(path)`). `steps`: the second pass's steps (0 or None: the first pass's);
     `strength`: its denoising strength. `prompt`, `negative_prompt`, `sampler`, `schedule`: the second pass's (None:
     the first pass's; a second-pass sampler without a schedule keeps the first pass's schedule unless that one was
     its sampler's default, A1111's inheritance)."""
@@ -88,7 +89,7 @@ class HiresOptions:
     scale: float = 2.0
     width: int | None = None
     height: int | None = None
-    upscaler: str = "Latent"
+    upscaler: str | upscalers.Upscaler = "Latent"
     steps: int | None = None
     strength: float = 0.75
     prompt: str | None = None
@@ -104,10 +105,11 @@ class HiresOptions:
             if value is not None and not (limits.is_int(value) and value == 0):
                 limits.check_side(f"hires_{name}", value)
             set_field(self, name, int(value) if value else None)
-        if not isinstance(self.upscaler, str):
-            raise limits.SettingError("hires_upscaler", f"hires_upscaler must be a name, got {self.upscaler!r}")
-        if not latent.is_latent(self.upscaler):
+        if isinstance(self.upscaler, str) and not latent.is_latent(self.upscaler):
             upscalers.find(self.upscaler, "hires_upscaler")
+        elif not isinstance(self.upscaler, (str, upscalers.Upscaler)):
+            why = f"a name or an upscalers.Upscaler, got {self.upscaler!r}"
+            raise limits.SettingError("hires_upscaler", f"hires_upscaler must be {why}")
         if self.steps is not None:
             set_field(self, "steps", limits.check_int("hires_steps", self.steps, 0, limits.MAX_STEPS) or None)
         limits.check_number("hires_strength", self.strength, 0.0, 1.0, low_open=True)
@@ -122,6 +124,15 @@ class HiresOptions:
                 samplers.resolve(self.sampler or "euler", self.schedule)
             except limits.SettingError as exc:
                 raise limits.SettingError(f"hires_{exc.setting}", f"hires_{exc.setting}: {exc}") from None
+
+    @property
+    def latent_mode(self) -> str | None:
+        """The latent upscale mode, or None for a pixel or model upscaler."""
+        return self.upscaler if isinstance(self.upscaler, str) and latent.is_latent(self.upscaler) else None
+
+    @property
+    def upscaler_name(self) -> str:
+        return self.upscaler if isinstance(self.upscaler, str) else self.upscaler.name
 
     def upscale_size(self, width: int, height: int) -> tuple[int, int]:
         """A1111's size a `width` x `height` first pass is upscaled to (its hr_upscale_to_x/y): scaled by `scale`

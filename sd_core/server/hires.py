@@ -5,8 +5,8 @@
   or without `enable_hr`; one left at 0 keeps that side of width/height (where A1111 would fail on a zero side).
   Floored to multiples of 8 as widths are.
 - `hr_scale`, or `hr_resize_x` / `hr_resize_y` (0: not given; floored to multiples of 8): the target size.
-- `hr_upscaler`: a latent mode (`/sdapi/v1/latent-upscale-modes`) or an upscaler of `/sdapi/v1/upscalers`; null is
-  "Latent" (A1111's `latent_upscale_default_mode`).
+- `hr_upscaler`: a latent mode (`/sdapi/v1/latent-upscale-modes`) or an upscaler of `/sdapi/v1/upscalers` (the pixel
+  ones and the ESRGAN-family models of `--upscaler-dir`); null is "Latent" (A1111's `latent_upscale_default_mode`).
 - `hr_second_pass_steps` (0: the first pass's steps), `denoising_strength`: the second pass's.
 - `hr_prompt` / `hr_negative_prompt` (empty: the prompt's), with the request's styles applied and extra-network tags
   taken out, as for the prompt; `hr_sampler_name` / `hr_scheduler` (null, empty or A1111's "Use same sampler" /
@@ -21,7 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from sd_core import HiresOptions
+from sd_core.upscalers.latent import is_latent
 
+from . import upscalers
 from .prepare import EXTRA_NETWORK, Prepared, floor_side
 from .schemas import Txt2ImgRequest
 from .styles import StyleFile
@@ -51,11 +53,12 @@ def options(req: Any, p: Prepared, styles: StyleFile) -> HiresOptions | None:
         prompt, negative, _ = styles.apply(list(req.styles or []), *texts)
         if not req.disable_extra_networks:
             prompt = EXTRA_NETWORK.sub("", prompt)
+    name = req.hr_upscaler or "Latent"
     return HiresOptions(
         scale=2.0 if req.hr_scale is None else req.hr_scale,
         width=floor_side("hr_resize_x", req.hr_resize_x) if req.hr_resize_x else None,
         height=floor_side("hr_resize_y", req.hr_resize_y) if req.hr_resize_y else None,
-        upscaler=req.hr_upscaler or "Latent",
+        upscaler=name if is_latent(name) else upscalers.get(name, "hr_upscaler", p.upscaler_choices),
         steps=req.hr_second_pass_steps or None,
         strength=0.75 if req.denoising_strength is None else req.denoising_strength,
         prompt=prompt,

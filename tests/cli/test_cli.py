@@ -160,6 +160,22 @@ def test_txt2img_hires_options(model, tmp_path):
     assert params["Hires prompt"] == "a brick wall"
 
 
+@pytest.mark.parametrize("by", ["folder", "path"])
+def test_txt2img_hires_with_a_model_upscaler(model, tmp_path, by):
+    from esrgan_files import rrdb_weights, write_model
+
+    esrgan = write_model(tmp_path / "ESRGAN" / "2x_tiny.safetensors", rrdb_weights(2))
+    choice = ("--hires-upscaler", "2x_tiny", "--upscaler-dir", str(esrgan.parent))
+    out = sd_core_cli(
+        "txt2img", "--model", str(model), "--prompt", "a wall", "--steps", "1", "--seed", "4", "--width", "64",
+        "--height", "64", "--dtype", "fp32", "--outdir", str(tmp_path / "out"), "--hires-steps", "1",
+        *(choice if by == "folder" else ("--hires-upscaler", str(esrgan))),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "out" / "00000-4.png") as img:
+        assert img.size == (128, 128) and "Hires upscaler: 2x_tiny" in img.info["parameters"]
+
+
 def test_img2img_latent_resize_and_fixed_steps(model, tmp_path):
     image = tmp_path / "in.png"
     Image.new("RGB", (100, 60), (200, 60, 40)).save(image)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from esrgan_files import rrdb_weights, write_model
 
 import sd_core
 from sd_core import hires, images, modes, upscalers
@@ -52,9 +53,17 @@ SECOND_PASS_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("upscaler", ["Lanczos", "Nearest", "None"])
+@pytest.fixture(scope="module")
+def esrgan(tmp_path_factory) -> upscalers.Upscaler:
+    """A tiny random-weight 2x ESRGAN-family model file, as a model upscaler."""
+    path = write_model(tmp_path_factory.mktemp("ESRGAN") / "2x_tiny.safetensors", rrdb_weights(2))
+    return upscalers.model_upscaler(path)
+
+
+@pytest.mark.parametrize("upscaler", ["Lanczos", "Nearest", "None", "model"])
 @pytest.mark.parametrize("own", SECOND_PASS_OPTIONS)
-def test_hires_with_a_pixel_upscaler_is_img2img_of_the_upscaled_first_pass(sd1, upscaler, own):
+def test_hires_with_a_pixel_upscaler_is_img2img_of_the_upscaled_first_pass(sd1, esrgan, upscaler, own):
+    upscaler = esrgan if upscaler == "model" else upscaler
     options = HiresOptions(scale=2, upscaler=upscaler, steps=2, strength=0.6, **SECOND_PASS_OPTIONS[own])
     [image] = sd1.txt2img("a cat", hires=options, **BASE)
     [first] = sd1.txt2img("a cat", **BASE)
@@ -75,6 +84,7 @@ def test_hires_with_a_pixel_upscaler_is_img2img_of_the_upscaled_first_pass(sd1, 
     [expected] = sd1.generate(GenerationSettings(**second), upscaled)
     assert image.size == (128, 128)
     assert np.array_equal(np.asarray(image), np.asarray(expected))
+    assert parse_parameters(image.info["parameters"])["Hires upscaler"] == options.upscaler_name
     s = resolved(options)
     assert hires.second_pass(s) == GenerationSettings(**second, cfg_scale=s.cfg_scale).resolve(
         "img2img", sd1.defaults, (128, 128)
@@ -179,6 +189,7 @@ def test_a_target_outside_the_size_limits_names_the_hires_setting():
         ("width", 100),
         ("height", 32),
         ("upscaler", "No such upscaler"),
+        ("upscaler", "2x_tiny"),  # a model's name: its upscalers.Upscaler (from the caller's folders) is needed
         ("upscaler", 4),
         ("steps", -1),
         ("strength", 0.0),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from esrgan_files import rrdb_weights, write_model
 from server_utils import (
     SERVER_THREADS,
     SIZE,
@@ -38,8 +39,16 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(model):
-    server = start_server(model, extra_args=("--max-pixels", str(9 * SIZE * SIZE)))
+def esrgan(tmp_path_factory) -> Path:
+    """A folder with a tiny random-weight 2x ESRGAN-family model, 2x_tiny."""
+    folder = tmp_path_factory.mktemp("ESRGAN")
+    write_model(folder / "2x_tiny.safetensors", rrdb_weights(2))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client(model, esrgan):
+    server = start_server(model, extra_args=("--max-pixels", str(9 * SIZE * SIZE), "--upscaler-dir", str(esrgan)))
     yield SDClient(server.url, timeout=120)
     server.stop()
 
@@ -79,6 +88,16 @@ def test_a_hires_request_is_the_engine_s_hires_fix(client, engine):
     assert params["Hires upscale"] == "2.0" and params["Hires steps"] == "3" and params["Hires upscaler"] == "Lanczos"
     assert params["Hires prompt"] == "a wall"
     assert info["infotexts"][0] == expected.info["parameters"].replace("Model: model", f"Model: {params['Model']}")
+
+
+def test_hr_upscaler_names_a_model_of_the_upscaler_folders(client, engine, esrgan):
+    result = client.txt2img({**HIRES, "hr_upscaler": "2x_tiny"})
+    options = sd_core.HiresOptions(upscaler=sd_core.upscalers.Upscalers([esrgan]).find("2x_tiny"), steps=3)
+    [expected] = engine.txt2img(
+        "a red brick wall", width=SIZE, height=SIZE, steps=3, seed=5, cfg_scale=5.0, sampler="Euler", hires=options
+    )
+    assert np.array_equal(np.asarray(images(result)[0]), np.asarray(expected))
+    assert "Hires upscaler: 2x_tiny" in info_of(result)["infotexts"][0]
 
 
 @pytest.mark.parametrize(
