@@ -8,8 +8,8 @@
     images = pipe.generate(settings)
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
-`ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`, `samplers`,
-`schedules`, `pnginfo`, `preview`, `upscalers`, `resize`.
+`HiresOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`,
+`samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`, `resize`.
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cancelled",
     "GenerationSettings",
+    "HiresOptions",
     "InpaintOptions",
     "Interrupted",
     "ModelDefaults",
@@ -52,6 +53,7 @@ _LAZY = {
     "Interrupted": "errors",
     "GenerationSettings": "settings",
     "InpaintOptions": "settings",
+    "HiresOptions": "settings",
     "ModelDefaults": "settings",
     "StepInfo": "progress",
 }

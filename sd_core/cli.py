@@ -1,7 +1,9 @@
 """The `sd-core` command: txt2img, img2img, inpaint, outpaint, upscale, info, serve, train.
 
 The generation commands take every `GenerationSettings` field as an option and build the settings once; options left
-out take the model's own defaults (CFG scale, native size) or the engine's, as in the Python API.
+out take the model's own defaults (CFG scale, native size) or the engine's, as in the Python API. txt2img's hires fix
+options are `--hires-*` (`HiresOptions` fields: `--hires-scale` is `HiresOptions.scale`); any of them, or `--hires`,
+turns it on.
 """
 
 from __future__ import annotations
@@ -19,17 +21,22 @@ MODEL_DEFAULT = "the model's own"
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr; no dependency, quiet when stderr is not a terminal except at the end."""
+    """A one-line progress bar on stderr (a line per sampling phase: hires fix's two passes); no dependency, quiet
+    when stderr is not a terminal except at the end of each."""
 
     def __init__(self, label: str, stream: Any = None) -> None:
         self.label, self.stream, self.start = label, stream or sys.stderr, time.monotonic()
+        self.phase = 1
 
     def __call__(self, info: sd_core.StepInfo) -> None:
         step, total = info.step, info.total
+        if info.phase != self.phase:
+            self.phase, self.start = info.phase, time.monotonic()
+        label = self.label if info.phases == 1 else f"{self.label} pass {info.phase}/{info.phases}"
         elapsed = time.monotonic() - self.start
         rate = elapsed / step if step else 0.0
         filled = int(30 * step / max(total, 1))
-        line = f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {step}/{total} {rate:.2f}s/it"
+        line = f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {step}/{total} {rate:.2f}s/it"
         if self.stream.isatty() or step == total:
             self.stream.write(line + ("\n" if step == total else ""))
             self.stream.flush()
@@ -130,7 +137,8 @@ def _add_image_options(parser: argparse.ArgumentParser) -> None:
         "--resize-mode",
         choices=limits.RESIZE_MODES,
         default="resize",
-        help="fitting the image to --width/--height: stretch, cover and crop, or fit and fill (A1111's modes)",
+        help="fitting the image to --width/--height: stretch, cover and crop, fit and fill (A1111's modes 0-2), or "
+        "(latent, img2img only) encode it at its own size and resize the latents (A1111's latent upscale)",
     )
     parser.add_argument(
         "--initial-noise-multiplier", type=float, default=1.0, help="scale of the start noise (A1111's)"
@@ -142,6 +150,67 @@ def _add_strength(parser: argparse.ArgumentParser, default: float | None) -> Non
     parser.add_argument(
         "--strength", type=float, default=default, help=f"how much to change, in (0, 1] (default: {shown})"
     )
+    parser.add_argument(
+        "--fixed-steps",
+        action="store_true",
+        help="run exactly --steps steps, the last of a longer schedule (A1111's img2img_fix_steps; default: "
+        "int(steps * strength) of --steps)",
+    )
+
+
+def _add_hires_options(parser: argparse.ArgumentParser) -> None:
+    from sd_core.upscalers import REGISTRY, latent
+
+    defaults = sd_core.HiresOptions()
+    names = ", ".join([*latent.LATENT_MODES, *REGISTRY])
+    g = parser.add_argument_group(
+        "hires fix: a second, img2img pass at a larger size (with --hires or any --hires-* option)"
+    )
+    g.add_argument("--hires", action="store_true", help="hires fix with the defaults of the options below")
+    g.add_argument("--hires-scale", type=float, help=f"upscale factor (default: {defaults.scale:g})")
+    g.add_argument("--hires-width", type=int, help="target width (default: from the scale, or from --hires-height)")
+    g.add_argument("--hires-height", type=int, help="target height (both given: upscaled to cover, centre-cropped)")
+    g.add_argument(
+        "--hires-upscaler",
+        help=f"one of: {names}, a model in --upscaler-dir (its file name without suffix) or a model file's path "
+        f"(default: {defaults.upscaler})",
+    )
+    g.add_argument(
+        "--upscaler-dir",
+        type=Path,
+        action="append",
+        help="a folder of ESRGAN-family models (.pth, .pt, .safetensors; A1111's models/ESRGAN); repeatable",
+    )
+    g.add_argument("--hires-steps", type=int, help="second-pass steps (default: --steps)")
+    g.add_argument("--hires-strength", type=float, help=f"second-pass strength (default: {defaults.strength:g})")
+    g.add_argument("--hires-prompt", help="second-pass prompt (default: --prompt)")
+    g.add_argument("--hires-negative-prompt", help="second-pass negative prompt (default: --negative-prompt)")
+    g.add_argument("--hires-sampler", help="second-pass sampler (default: --sampler)")
+    g.add_argument("--hires-schedule", help="second-pass schedule (default: --schedule, or the sampler's own)")
+
+
+def _upscaler(name: str, dirs: Any, device: str | None, setting: str, **tiling: int) -> Any:
+    """An upscaler by NAME|PATH: a model file's path, else a pixel upscaler or a model in the folders `dirs`."""
+    from sd_core import upscalers
+
+    if Path(name).suffix.lower() in upscalers.MODEL_SUFFIXES and Path(name).is_file():
+        return upscalers.model_upscaler(name, device, **tiling)
+    return upscalers.Upscalers(dirs or (), device, **tiling).find(name, setting)
+
+
+def _hires(args: argparse.Namespace, device: str | None) -> sd_core.HiresOptions | None:
+    """The `--hires-*` options given, as `HiresOptions` (None: no hires fix); a model upscaler runs on `device`."""
+    from sd_core.upscalers import REGISTRY, latent
+
+    given = {}
+    for name in sd_core.HiresOptions.__dataclass_fields__:
+        value = getattr(args, f"hires_{name}", None)
+        if value is not None:
+            given[name] = value
+    upscaler = given.get("upscaler")
+    if upscaler is not None and not latent.is_latent(upscaler) and upscaler not in REGISTRY:  # a model's name or path
+        given["upscaler"] = _upscaler(upscaler, args.upscaler_dir, device, "hires_upscaler")
+    return sd_core.HiresOptions(**given) if given or getattr(args, "hires", False) else None
 
 
 def _add_inpaint_options(parser: argparse.ArgumentParser) -> None:
@@ -163,7 +232,8 @@ def _add_inpaint_options(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options that are settings: each option's name is its setting's (`--cfg-scale` -> cfg_scale)."""
     names = set(sd_core.GenerationSettings.__dataclass_fields__) | set(sd_core.InpaintOptions.__dataclass_fields__)
-    return {name: getattr(args, name) for name in names - {"prompt", "choice", "inpaint"} if hasattr(args, name)}
+    skipped = {"prompt", "choice", "inpaint", "hires"}  # hires: built from the --hires-* options (`_hires`)
+    return {name: getattr(args, name) for name in names - skipped if hasattr(args, name)}
 
 
 def _open_image(path: str, what: str) -> Any:
@@ -185,11 +255,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     low_vram = {"off": False, "on": True, "sequential": "sequential"}[args.low_vram]
     image = _open_image(args.image, "--image") if args.command != "txt2img" else None
     mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
+    hires = _hires(args, args.device) if args.command == "txt2img" else None  # a bad option: before loading
     # a one-shot process owns its heap: freed memory may stay mapped between sampling steps (`sd_core.accel.heap`)
     pipe = sd_core.load(args.model, device=args.device, dtype=args.dtype, low_vram=low_vram, keep_freed_memory=True)
     settings = dict(_settings(args), callback=ProgressBar(args.command))
     if args.command == "txt2img":
-        imgs = pipe.txt2img(args.prompt, **settings)
+        if hires is not None and not isinstance(hires.upscaler, str):  # a model upscaler: on the model's device
+            hires = _hires(args, str(pipe.device))
+        imgs = pipe.txt2img(args.prompt, hires=hires, **settings)
     elif args.command == "img2img":
         imgs = pipe.img2img(image, args.prompt, **settings)
     elif args.command == "inpaint":
@@ -224,11 +297,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     original = _open_image(args.image, "--image")
     image = original.convert("RGB")
     tiling = {"tile": args.tile, "overlap": args.tile_overlap}
-    if Path(args.upscaler).suffix.lower() in upscalers.MODEL_SUFFIXES and Path(args.upscaler).is_file():
-        upscaler = upscalers.model_upscaler(args.upscaler, args.device, **tiling)
-    else:
-        available = upscalers.Upscalers(args.upscaler_dir or (), args.device, **tiling)
-        upscaler = available.find(args.upscaler, "upscaler")
+    upscaler = _upscaler(args.upscaler, args.upscaler_dir, args.device, "upscaler", **tiling)
     if args.width is None and args.height is None:
         info = f"Postprocess upscale by: {args.scale:g}"
         result = upscaler.upscale(image, args.scale)
@@ -321,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sd-core", description="Local Stable Diffusion engine.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _generation_parser(sub, "txt2img", "generate images from a prompt")
+    txt2img = _generation_parser(sub, "txt2img", "generate images from a prompt")
+    _add_hires_options(txt2img)
     img2img = _generation_parser(sub, "img2img", "restyle an image")
     _add_strength(img2img, 0.75)
     _add_image_options(img2img)

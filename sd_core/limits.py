@@ -32,7 +32,9 @@ MAX_S_CHURN = 1000.0
 MAX_S_SIGMA = 1e6  # s_tmin, s_tmax
 MAX_S_NOISE = 100.0
 MAX_NOISE_MULTIPLIER = 100.0
-RESIZE_MODES = ("resize", "crop", "fill")  # A1111 `resize_mode` 0..2, in that order
+# how img2img fits its input to the size: A1111 `resize_mode` 0..3, in that order ("latent": A1111's latent upscale)
+RESIZE_MODES = ("resize", "crop", "fill", "latent")
+MAX_HIRES_SCALE = 16.0  # hires fix's upscale factor (`settings.HiresOptions.scale`)
 
 
 class SettingError(ValueError):

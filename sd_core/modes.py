@@ -10,6 +10,10 @@ The input image is brought to the generation size by `resize_mode` (`sd_core.res
 whole-picture inpainting "crop" and "fill" make the fitted picture (and mask) the input, where "resize" keeps
 inpainting's own way (the region worked at the generation size, put back at the input's size).
 
+img2img starts from latents in one way (`img2img_latents`: the start noise, then `pipe.denoise`), whether they come
+from its input image (resized, or with resize_mode "latent" encoded at its own size and the latents resized: A1111's
+"latent upscale") or from hires fix's upscale of a txt2img first pass (`sd_core.hires`, with its own seeds rule).
+
 A callback raising `sd_core.Interrupted` ends sampling early; the run finishes from the latest estimate as usual
 (decode, paste back, parameters), and each image gets `info["interrupted"] = True`.
 """
@@ -22,11 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import images, inpainting, masks, resize, tiling
+from . import hires, images, inpainting, masks, resize, tiling
 from .noise import image_seeds, image_subseeds, start_noise
 from .pnginfo import format_parameters
-from .progress import Callback, LastStep
-from .settings import GenerationSettings
+from .progress import Callback, LastStep, in_phase
+from .settings import GenerationSettings, image_side
+from .upscalers import latent
 
 
 def generate(
@@ -44,17 +49,22 @@ def generate(
         assert arr is not None
         arr, mask = _fit(arr, s), _fit(images.to_mask_array(mask), s)
         size = (s.width, s.height)
+    second = None if s.hires is None else hires.second_pass(s)  # its errors before any work
     region = None if mode != "inpaint" else inpainting.prepare_region(arr, mask, s)
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(s)]
+    generators = _generators(s)
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
     text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip)
     with tiling.seamless([pipe.unet, pipe.vae], s.tiling):
         if region is not None:
             latents = _inpaint(pipe, s, region, text, generators, steps)
         elif arr is not None:
-            latents = _img2img(pipe, s, _fit(arr, s), text, generators, steps)
-        else:
+            latents = _img2img(pipe, s, arr, text, generators, steps)
+        elif second is None:
             latents = _txt2img(pipe, s, text, generators, steps)
+        else:
+            latents = _txt2img(pipe, s, text, generators, in_phase(steps, 1, 2))
+            if not steps.interrupted:  # interrupted in the first pass: its images, as A1111
+                latents = _hires(pipe, s, second, latents, text, in_phase(steps, 2, 2))
         imgs = pipe.decode_latents(latents, seamless=s.tiling)
     if region is not None:
         assert s.inpaint is not None
@@ -73,6 +83,11 @@ def _fit(arr: np.ndarray, s: GenerationSettings) -> np.ndarray:
     return np.asarray(fitted).clip(0, 1) if arr.ndim == 2 else np.asarray(fitted)
 
 
+def _generators(s: GenerationSettings) -> list[torch.Generator]:
+    """Image k's CPU generator, seeded with its seed."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(s)]
+
+
 def _txt2img(
     pipe: Any, s: GenerationSettings, text: tuple, generators: list[torch.Generator], callback: Any
 ) -> torch.Tensor:
@@ -88,12 +103,39 @@ def _txt2img(
 def _img2img(
     pipe: Any, s: GenerationSettings, arr: np.ndarray, text: tuple, generators: list[torch.Generator], callback: Any
 ) -> torch.Tensor:
-    init = pipe.encode_pixels(images.image_to_tensor(arr), generators, s.batch_size)
+    """The input image fitted to the size by `s.resize_mode`, encoded (image k's posterior from generator k)."""
+    if s.resize_mode == "latent":  # A1111's "latent upscale": encoded at its own size, the latents resized
+        own = images.resize_rgb(arr, image_side(arr.shape[1]), image_side(arr.shape[0]))
+        init = pipe.encode_pixels(images.image_to_tensor(own), generators, s.batch_size)
+        init = latent.upscale_latents(init, s.height // 8, s.width // 8, "Latent")
+    else:
+        init = pipe.encode_pixels(images.image_to_tensor(_fit(arr, s)), generators, s.batch_size)
+    return img2img_latents(pipe, s, init, text, generators, callback)
+
+
+def img2img_latents(
+    pipe: Any, s: GenerationSettings, init: torch.Tensor, text: tuple, generators: list[torch.Generator], callback: Any
+) -> torch.Tensor:
+    """img2img from VP latents `init` [B, 4, h, w] at the settings' size: image k's start noise from generator k (with
+    the variation seed, seed resize and noise multiplier: `noise.start_noise`), then `pipe.denoise` (9-channel
+    models: nothing masked, the latents as the masked-image input)."""
     noise = start_noise(tuple(init.shape), s, generators)
     extra = None
-    if pipe.config.inpainting:  # nothing masked, the whole image as the masked-image input
+    if pipe.config.inpainting:
         extra = torch.cat([torch.zeros(init.shape[0], 1, *init.shape[-2:]), init], dim=1)
     return pipe.denoise(s, noise, text, generators, callback, init=init, extra=extra)
+
+
+def _hires(
+    pipe: Any, s: GenerationSettings, second: GenerationSettings, latents: torch.Tensor, text: tuple, callback: Any
+) -> torch.Tensor:
+    """Hires fix's upscale and second pass (`sd_core.hires`): fresh generators from the same seeds, the prompts
+    encoded again where they changed."""
+    generators = _generators(second)
+    init = hires.upscale(pipe, s, latents, generators)
+    if (second.prompt, second.negative_prompt) != (s.prompt, s.negative_prompt):
+        text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip)
+    return img2img_latents(pipe, second, init, text, generators, callback)
 
 
 def _inpaint(
@@ -141,6 +183,8 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
         fields["Seed resize from"] = "{}x{}".format(*s.seed_resize_from)
     if mode != "txt2img":
         fields["Denoising strength"] = s.strength
+    elif s.hires is not None:
+        fields["Denoising strength"] = s.hires.strength
     if mode == "inpaint":
         assert s.inpaint is not None
         fields.update(
@@ -165,6 +209,8 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
     for name, label in (("s_churn", "churn"), ("s_tmin", "tmin"), ("s_tmax", "tmax"), ("s_noise", "noise")):
         if name in options:
             fields[f"Sigma {label}"] = options[name]
+    if s.hires is not None:
+        fields.update(hires.infotext_fields(s))
     return fields
 
 

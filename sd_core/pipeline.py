@@ -211,9 +211,10 @@ class StableDiffusion:
     ) -> torch.Tensor:
         """Sample latents for resolved `settings` with `text` = (cond, uncond); returns VP latents on the CPU.
 
-        From pure noise (no `init`, or strength 1) or from `init` noised to the strength's level. Strength follows
-        diffusers: of the `steps` sigmas, the last `int(steps * strength)` steps run, starting from
-        `init + noise * sigma_start`. `extra` are channels the UNet gets beside the latents (the 9-channel inpainting
+        From pure noise (no `init`, or strength 1) or from `init` noised to the strength's level: the last steps of
+        a sigma schedule run (`GenerationSettings.denoising_steps`: diffusers' rule, the last `int(steps * strength)`
+        of `steps`, or with `fixed_steps` A1111's), starting from `init + noise * sigma_start` (with `fixed_steps`
+        at strength 1 too, as A1111). `extra` are channels the UNet gets beside the latents (the 9-channel inpainting
         input); `blend_mask` (latent size, 1 = repaint) keeps `init` outside the mask at every step (blended latent
         diffusion for ordinary models). A stochastic sampler draws its noise from `generator`: one per image (image k
         of the batch from generator k) or one for the whole batch.
@@ -223,15 +224,14 @@ class StableDiffusion:
         """
         choice, steps = settings.choice, settings.steps
         strength = 1.0 if settings.strength is None else settings.strength
-        sigmas = choice.sigmas(steps, self.noise_schedule)
-        run = min(int(steps * strength), steps)
+        schedule, run = settings.denoising_steps()
         if run < 1:
             raise ValueError(
                 f"strength {strength} with {steps} steps leaves no step to run: "
                 "raise strength or steps (strength * steps must be at least 1)"
             )
-        sigmas = sigmas[steps - run :]
-        if init is None or strength >= 1.0:
+        sigmas = choice.sigmas(schedule, self.noise_schedule)[schedule - run :]
+        if init is None or (strength >= 1.0 and not settings.fixed_steps):
             x = noise * choice.initial_noise_scale(sigmas)
         else:
             x = init + noise * sigmas[0]

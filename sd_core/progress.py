@@ -8,7 +8,7 @@ stops sampling but keeps the image by raising `sd_core.Interrupted`: the pipelin
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,7 +22,11 @@ class StepInfo:
     `step` counts from 1 to `total` (the steps that run: for img2img `int(steps * strength)`). `latents` is the
     sample entering this step and `denoised` the model's clean estimate at it, both [B, 4, h, w] float32 in the
     sampler's space (`x = x0 + sigma * noise`; `sd_core.preview` turns either into a small RGB picture). `sigma` is
-    this step's noise level, `sigma_next` the level the step goes to."""
+    this step's noise level, `sigma_next` the level the step goes to.
+
+    `phase` of `phases`: which sampling run of the generation this step belongs to. One run (1 of 1) except with
+    hires fix: its first pass is phase 1 of 2 and its second (img2img) pass phase 2 of 2, each counting its own steps
+    from 1 to its own `total` (A1111 counts the two passes as two jobs too)."""
 
     step: int
     total: int
@@ -30,9 +34,20 @@ class StepInfo:
     denoised: torch.Tensor
     sigma: float
     sigma_next: float
+    phase: int = 1
+    phases: int = 1
 
 
 Callback = Callable[[StepInfo], None]
+
+
+def in_phase(callback: Callback, phase: int, phases: int) -> Callback:
+    """A callback that passes each `StepInfo` on to `callback` marked as belonging to `phase` of `phases`."""
+
+    def report(info: StepInfo) -> None:
+        callback(replace(info, phase=phase, phases=phases))
+
+    return report
 
 
 class LastStep:

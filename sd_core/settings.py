@@ -11,6 +11,10 @@ model's own default" and are filled in by `resolve` once the model and the input
 - `strength`: 0.75 for img2img, 1.0 for inpainting.
 - `seed`: a random one. Image k of a batch has the seed `seed + k` (A1111), so the last must be a valid seed too.
 
+`hires` (txt2img only, `HiresOptions`) adds A1111's hires fix: a second, img2img pass at a larger size
+(`sd_core.hires`). `fixed_steps` picks the img2img step rule (`denoising_steps`), `resize_mode` how img2img fits its
+input image to the size ("resize": a Lanczos resize of the pixels; "latent": A1111's "latent upscale").
+
 Limits come from `sd_core.limits`; the sampler name is resolved here, once (`samplers.resolve`), so `sampler` and
 `schedule` hold canonical names afterwards ("DPM++ 2M Karras" -> "dpmpp_2m", "karras").
 """
@@ -21,8 +25,9 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import limits, samplers
+from . import limits, samplers, upscalers
 from .images import round_to_multiple
+from .upscalers import latent
 
 MODES = ("txt2img", "img2img", "inpaint")
 DEFAULT_CFG_SCALE = 7.5
@@ -67,6 +72,102 @@ class InpaintOptions:
 
 
 @dataclass(frozen=True)
+class HiresOptions:
+    """A1111's hires fix: the txt2img image is made at the settings' size, upscaled, and sampled again as img2img at
+    the larger size (`sd_core.hires`). Errors name the setting with a `hires_` prefix (`hires_scale`, ...).
+
+    `scale`: the upscale factor when neither `width` nor `height` is given (A1111's hr_scale). `width`/`height`: the
+    target size (A1111's hr_resize_x/y; 0 or None: from the other side keeping the aspect ratio, or from `scale`;
+    both: upscaled to cover them, then centre-cropped). `upscaler`: a latent mode (`upscalers.latent.LATENT_MODES`:
+    "Latent", "Latent (bicubic)", ...), a pixel upscaler's name ("None" is a plain Lanczos resize, "Lanczos",
+    "Nearest"), or an `upscalers.Upscaler` (a model upscaler: `upscalers.Upscalers(folders).find(name)`,
+    `upscalers.model_upscaler(path)`). `steps`: the second pass's steps (0 or None: the first pass's);
+    `strength`: its denoising strength. `prompt`, `negative_prompt`, `sampler`, `schedule`: the second pass's (None:
+    the first pass's; a second-pass sampler without a schedule keeps the first pass's schedule unless that one was
+    its sampler's default, A1111's inheritance)."""
+
+    scale: float = 2.0
+    width: int | None = None
+    height: int | None = None
+    upscaler: str | upscalers.Upscaler = "Latent"
+    steps: int | None = None
+    strength: float = 0.75
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    sampler: str | None = None
+    schedule: str | None = None
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__  # frozen: 0 ("not given", as in A1111) is normalised to None once, here
+        limits.check_number("hires_scale", self.scale, 0.0, limits.MAX_HIRES_SCALE, low_open=True)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and not (limits.is_int(value) and value == 0):
+                limits.check_side(f"hires_{name}", value)
+            set_field(self, name, int(value) if value else None)
+        if isinstance(self.upscaler, str) and not latent.is_latent(self.upscaler):
+            upscalers.find(self.upscaler, "hires_upscaler")
+        elif not isinstance(self.upscaler, (str, upscalers.Upscaler)):
+            why = f"a name or an upscalers.Upscaler, got {self.upscaler!r}"
+            raise limits.SettingError("hires_upscaler", f"hires_upscaler must be {why}")
+        if self.steps is not None:
+            set_field(self, "steps", limits.check_int("hires_steps", self.steps, 0, limits.MAX_STEPS) or None)
+        limits.check_number("hires_strength", self.strength, 0.0, 1.0, low_open=True)
+        for name in ("prompt", "negative_prompt"):
+            if getattr(self, name) is not None:
+                limits.check_prompt(f"hires_{name}", getattr(self, name))
+        for name in ("sampler", "schedule"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise limits.SettingError(f"hires_{name}", f"hires_{name} must be a name, got {getattr(self, name)!r}")
+        if self.sampler is not None or self.schedule is not None:
+            try:  # a schedule alone is checked with any sampler: it applies to the first pass's
+                samplers.resolve(self.sampler or "euler", self.schedule)
+            except limits.SettingError as exc:
+                raise limits.SettingError(f"hires_{exc.setting}", f"hires_{exc.setting}: {exc}") from None
+
+    @property
+    def latent_mode(self) -> str | None:
+        """The latent upscale mode, or None for a pixel or model upscaler."""
+        return self.upscaler if isinstance(self.upscaler, str) and latent.is_latent(self.upscaler) else None
+
+    @property
+    def upscaler_name(self) -> str:
+        return self.upscaler if isinstance(self.upscaler, str) else self.upscaler.name
+
+    def upscale_size(self, width: int, height: int) -> tuple[int, int]:
+        """A1111's size a `width` x `height` first pass is upscaled to (its hr_upscale_to_x/y): scaled by `scale`
+        (truncated to integers); one side given: that side, the other keeping the aspect ratio (floored); both: the
+        smallest size of the same aspect ratio that covers them."""
+        w, h = self.width, self.height
+        if w is None and h is None:
+            return int(width * self.scale), int(height * self.scale)
+        if h is None or (w is not None and width / height < w / h):
+            return w, w * height // width
+        assert h is not None
+        return h * width // height, h
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size of a hires image whose first pass is `width` x `height`: `upscale_size` floored to a multiple of
+        8 (A1111's latents are 1/8 of it), or `width` x `height` when both are given (the centre of the upscaled
+        image). A `SettingError` naming the hires size (or scale) when a side leaves 64 to 8192."""
+        up_w, up_h = self.upscale_size(width, height)
+        both = self.width is not None and self.height is not None
+        size = (self.width, self.height) if both else (up_w // 8 * 8, up_h // 8 * 8)
+        for side, value, up in (("width", size[0], up_w), ("height", size[1], up_h)):
+            if limits.MIN_SIDE <= value <= limits.MAX_SIDE and up <= limits.MAX_SIDE:
+                continue
+            given = [name for name in ("width", "height") if getattr(self, name) is not None]
+            name = f"hires_{side if side in given else given[0]}" if given else "hires_scale"
+            raise limits.SettingError(
+                name,
+                f"{name}: hires fix of a {width}x{height} first pass upscales to {up_w}x{up_h} for a {size[0]}x"
+                f"{size[1]} image; sides must be from {limits.MIN_SIDE} to {limits.MAX_SIDE}",
+            )
+        assert size[0] is not None and size[1] is not None
+        return size[0], size[1]
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """One generation's settings, checked when made; `resolve` fills in the model's defaults."""
 
@@ -97,6 +198,9 @@ class GenerationSettings:
     # the input image: fitted by resize_mode (`limits.RESIZE_MODES`), its start noise scaled
     resize_mode: str = "resize"
     initial_noise_multiplier: float = 1.0
+    # hires fix and the img2img step rule (`_check_hires_options`)
+    hires: HiresOptions | None = None
+    fixed_steps: bool = False
     choice: samplers.SamplerChoice = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +234,19 @@ class GenerationSettings:
             last = f"{counted} + batch_size - 1 must be at most {limits.MAX_SEED}"
             raise limits.SettingError(counted, f"image k of a batch has the {counted} {counted} + k: {last}")
         set_field(self, "tiling", limits.tiling_axes(self.tiling))
+        _check_hires_options(self)
+
+    def denoising_steps(self) -> tuple[int, int]:
+        """(the length of the sigma schedule, the steps that run: its last ones) for these settings.
+
+        txt2img (no strength) runs all `steps`. img2img and inpainting follow diffusers' rule: the last
+        `int(steps * strength)` of `steps`. With `fixed_steps`, A1111's `img2img_fix_steps` rule (the one its hires
+        fix always uses): exactly `steps`, the last of a schedule of `int(steps / min(strength, 0.999))`."""
+        if self.strength is None:
+            return self.steps, self.steps
+        if self.fixed_steps:
+            return int(self.steps / min(self.strength, 0.999)), self.steps
+        return self.steps, min(int(self.steps * self.strength), self.steps)
 
     def sampler_options(self) -> dict[str, float]:
         """The sampler options set to other than "the sampler's own" (keyword arguments of the sampler function)."""
@@ -149,6 +266,7 @@ class GenerationSettings:
         if mode != "inpaint" and self.inpaint is not None:
             raise limits.SettingError("inpaint", f"inpaint options apply to inpainting, not to {mode} (no mask given)")
         _check_image_options(self, mode)
+        _check_hires_mode(self, mode)
         if mode != "txt2img" and image_size is None:
             raise ValueError(f"{mode} needs an input image")
         inpaint = (self.inpaint or InpaintOptions()) if mode == "inpaint" else None
@@ -157,8 +275,8 @@ class GenerationSettings:
             width, height = self.width or defaults.width, self.height or defaults.height
         else:
             assert image_size is not None
-            width = self.width or _image_side(image_size[0])
-            height = self.height or _image_side(image_size[1])
+            width = self.width or image_side(image_size[0])
+            height = self.height or image_side(image_size[1])
         return replace(
             self,
             width=limits.check_side("width", width),
@@ -222,6 +340,31 @@ def _check_image_options(s: GenerationSettings, mode: str) -> None:
         )
 
 
-def _image_side(pixels: int) -> int:
+def _check_hires_options(s: GenerationSettings) -> None:
+    if s.hires is not None and not isinstance(s.hires, HiresOptions):
+        raise limits.SettingError("hires", f"hires must be HiresOptions, got {type(s.hires).__name__}")
+    if not isinstance(s.fixed_steps, bool):
+        raise limits.SettingError("fixed_steps", f"fixed_steps must be true or false, got {s.fixed_steps!r}")
+    schedule, _ = s.denoising_steps()
+    if schedule > limits.MAX_STEPS:
+        raise limits.SettingError(
+            "strength",
+            f"with fixed_steps, {s.steps} steps at strength {s.strength:g} are the last of a {schedule}-step schedule; "
+            f"at most {limits.MAX_STEPS}: raise the strength or lower the steps",
+        )
+
+
+def _check_hires_mode(s: GenerationSettings, mode: str) -> None:
+    """The options that apply to one mode only: hires to txt2img, fixed_steps to img2img and inpainting (the modes
+    with a strength), resize_mode "latent" to img2img."""
+    if s.hires is not None and mode != "txt2img":
+        raise limits.SettingError("hires", f"hires fix applies to txt2img, not to {mode}")
+    if s.fixed_steps and mode == "txt2img":
+        raise limits.SettingError("fixed_steps", "fixed_steps applies to img2img and inpainting (txt2img: no strength)")
+    if s.resize_mode == "latent" and mode != "img2img":
+        raise limits.SettingError("resize_mode", f'resize_mode "latent" applies to img2img, not to {mode}')
+
+
+def image_side(pixels: int) -> int:
     """An input image's side as a generation size: the nearest multiple of 8, kept within the size limits."""
     return min(max(round_to_multiple(pixels), limits.MIN_SIDE), limits.MAX_SIDE)

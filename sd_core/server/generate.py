@@ -11,8 +11,12 @@ every image keeps `seed` and the subseed counts up instead (A1111's rule); `seed
 floored to multiples of 8 and passed on. The sampler options follow A1111 v1.10 (`sampler_options`).
 
 Interrupt and skip (A1111's): the step callback raises `sd_core.Interrupted`; the engine then finishes the batch being
-sampled from its latest clean estimate (those images carry `info["interrupted"]`). Interrupt stops there (later
-batches are not run); skip goes on with the next batch. `info.interrupted` is true after an interrupt. Status 200.
+sampled from its latest clean estimate (those images carry `info["interrupted"]`; during hires fix's first pass, the
+first pass's images). Interrupt stops there (later batches are not run); skip goes on with the next batch.
+`info.interrupted` is true after an interrupt. Status 200.
+
+Hires fix (`hires.py`): each batch is two jobs in the progress, as in A1111; `info.width/height` are the first pass's
+size, the images the hires size.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core import GenerationSettings, InpaintOptions, limits, samplers
+from sd_core import GenerationSettings, HiresOptions, InpaintOptions, limits, samplers
 from sd_core.pnginfo import format_parameters, parse_parameters
 
-from . import refusals, upscalers
+from . import hires, refusals, upscalers
 from .codec import png_b64
 from .engine import ModelManager
 from .errors import ApiError, invalid
@@ -52,6 +56,16 @@ REQUEST_FIELDS = {
     "only_masked": "inpaint_full_res",
     "clip_skip": f"override_settings.{CLIP_SKIP}",
     "seed_resize_from": "seed_resize_from_w",
+    "hires_scale": "hr_scale",
+    "hires_width": "hr_resize_x",
+    "hires_height": "hr_resize_y",
+    "hires_upscaler": "hr_upscaler",
+    "hires_steps": "hr_second_pass_steps",
+    "hires_strength": "denoising_strength",
+    "hires_prompt": "hr_prompt",
+    "hires_negative_prompt": "hr_negative_prompt",
+    "hires_sampler": "hr_sampler_name",
+    "hires_schedule": "hr_scheduler",
 }
 # A1111's default of each s_* option, the value that leaves a sampler as it is (s_tmax 0 also means infinity)
 S_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
@@ -99,6 +113,7 @@ def _server_caps(req: GenerationRequest, settings: ServerSettings) -> None:
     """This server's own caps (`sd-core serve --max-...`), tighter than the engine's limits."""
     for name, value, cap, option in (
         ("steps", req.steps, settings.max_steps, "--max-steps"),
+        ("hr_second_pass_steps", getattr(req, "hr_second_pass_steps", None), settings.max_steps, "--max-steps"),
         ("batch_size", req.batch_size, settings.max_batch, "--max-batch"),
         ("n_iter", req.n_iter, settings.max_n_iter, "--max-n-iter"),
     ):
@@ -106,13 +121,23 @@ def _server_caps(req: GenerationRequest, settings: ServerSettings) -> None:
             raise invalid(name, f"{name}: {value} is more than this server allows ({cap}, {option})")
 
 
-def _check_pixels(width: int | None, height: int | None, batch: int, max_pixels: int) -> None:
-    """width * height * batch_size within --max-pixels (a size left to the model is checked once it is known)."""
+def _check_pixels(
+    width: int | None, height: int | None, batch: int, max_pixels: int, hires: HiresOptions | None = None
+) -> None:
+    """width * height * batch_size within --max-pixels (a size left to the model is checked once it is known); with
+    hires fix, its target size (and that it is a size the engine makes); a 422 naming the field to lower."""
     if width is None or height is None:
         return
+    size_field = "width"
+    if hires is not None:
+        size_field = "hr_scale" if hires.width is None and hires.height is None else "hr_resize_x"
+        try:
+            width, height = hires.target_size(width, height)
+        except limits.SettingError as exc:
+            raise setting_error(exc) from None
     pixels = width * height * batch
     if pixels > max_pixels:
-        field_name = "batch_size" if width * height <= max_pixels else "width"
+        field_name = "batch_size" if width * height <= max_pixels else size_field
         raise invalid(
             field_name,
             f"{field_name}: width*height*batch_size = {width}*{height}*{batch} = {pixels} pixels is more than this "
@@ -209,9 +234,12 @@ def plan(
                 fill=limits.FILLS[req.inpainting_fill or 0],
             )
     sampler_field = "sampler_index" if req.sampler_index and not req.sampler_name else "sampler_name"
-    width, height = (images.width, images.height) if images is not None else (p.width, p.height)
+    width, height = hires.first_pass_size(req, p.width, p.height)
+    if images is not None:
+        width, height = images.width, images.height
     tiling = req.tiling if req.tiling is not None else p.settings["tiling"]
     try:
+        hires_options = hires.options(req, p, styles)
         chosen = GenerationSettings(
             prompt=p.prompt,
             negative_prompt=p.negative_prompt,
@@ -228,13 +256,15 @@ def plan(
             strength=None if strength is None or images.unchanged else _engine_strength(strength, req.steps or 50),
             inpaint=inpaint,
             **_seed_extras(req, p.settings, images is not None),
+            hires=hires_options,
+            resize_mode="latent" if images is not None and images.latent else "resize",
         )
         chosen = replace(chosen, **sampler_options(req, chosen.sampler, p.settings))
     except limits.SettingError as exc:
         raise setting_error(exc, sampler_field) from None
     context = refusals.Context("txt2img" if images is None else "img2img", chosen.sampler, (width, height), p.settings)
     ignored = refusals.check(req, context)
-    _check_pixels(width, height, batch_size, settings.max_pixels)
+    _check_pixels(width, height, batch_size, settings.max_pixels, chosen.hires)
     return Plan(kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength)
 
 
@@ -265,14 +295,15 @@ def run(
         out.settings = p.settings.resolve(p.kind, pipe.defaults, size)
     except limits.SettingError as exc:
         raise setting_error(exc) from None
-    _check_pixels(out.settings.width, out.settings.height, p.batch_size, p.max_pixels)
+    _check_pixels(out.settings.width, out.settings.height, p.batch_size, p.max_pixels, out.settings.hires)
     callback = ctx.step_callback(cancelled, interrupted)
     calls = [(None, None)] if images is None else [(img, images.mask) for img in images.images]
+    passes = 1 if out.settings.hires is None else 2  # hires fix: two jobs a batch in the progress (A1111)
     for n in range(n_iter):
         if ctx.interrupted.is_set() or ctx.cancelled.is_set():
             out.interrupted = True
             break
-        ctx.begin_batch(n, n_iter)
+        ctx.begin_batch(n * passes, n_iter * passes)
         ctx.set_phase(f"{p.kind}: batch {n + 1} of {n_iter}")
         if images is not None and images.unchanged:
             unchanged = _unchanged(p, images, _batch(out.settings, n * p.batch_size), pipe.name)
@@ -288,6 +319,8 @@ def run(
             except cancelled:
                 out.interrupted = True
                 return out
+            except limits.SettingError as exc:  # found by the engine before it starts (the hires second pass's)
+                raise setting_error(exc) from None
             out.images.extend(imgs)
             out.seeds.extend(int(img.info["seed"]) for img in imgs)
     out.interrupted = out.interrupted or ctx.interrupted.is_set()
@@ -368,8 +401,8 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
         "subseed": -1 if s.subseed is None else s.subseed,
         "all_subseeds": [-1 if s.subseed is None else s.subseed + k for k in range(len(out.images))],
         "subseed_strength": s.subseed_strength,
-        "width": first.width if first else s.width,
-        "height": first.height if first else s.height,
+        "width": first.width if first and s.hires is None else s.width,  # hires: A1111's first-pass size
+        "height": first.height if first and s.hires is None else s.height,
         "sampler_name": s.choice.label,
         "scheduler": s.choice.schedule_label,
         "cfg_scale": s.cfg_scale,

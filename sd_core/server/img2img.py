@@ -2,7 +2,8 @@
 
 - Init images: transparent parts flattened onto the `img2img_background_color` setting; then, for img2img and
   whole-picture inpainting, fitted to width x height by `resize_mode` 0-2 with the engine's `sd_core.resize.fit`
-  (the `upscaler_for_img2img` setting enlarging), so the engine gets them at the size it works at. Width and
+  (the `upscaler_for_img2img` setting enlarging), so the engine gets them at the size it works at; resize mode 3
+  (latent upscale, img2img only) leaves them at their own size for the engine (`resize_mode="latent"`). Width and
   height default to the first init image's size rounded to a multiple of 8 (this server's rule, as for the
   engine's own img2img); an inpainting request that gives neither keeps the image's own size, as the engine's
   inpainting does.
@@ -48,6 +49,7 @@ class Images:
     width: int | None  # the size the engine works at (None: its own rule, only-masked inpainting's native size)
     height: int | None
     unchanged: bool = False  # nothing to repaint: the images come back as they are
+    latent: bool = False  # resize mode 3: the engine encodes each at its own size and resizes the latents
 
 
 def image_side(pixels: int) -> int:
@@ -87,18 +89,22 @@ def prepare_images(req: Img2ImgRequest, p: Prepared, max_pixels: int) -> Images:
         # at the image's size rounded to a multiple of 8 and puts the result back at the image's own size
         width, height = p.width, p.height
         size = images[0].size
-        images = [img if img.size == size else fit(mode, img, *size, upscaler) for img in images]
+        images = [img if img.size == size else fit(mode % 3, img, *size, upscaler) for img in images]
         if mask.size != size:
-            mask = fit(mode, mask, *size)
+            mask = fit(mode % 3, mask, *size)
     else:
         width = p.width or image_side(images[0].width)
         height = p.height or image_side(images[0].height)
-        images = [fit(mode, img, width, height, upscaler) for img in images]
+        if mode != 3 or mask is not None:  # (3 with a mask is refused)
+            images = [fit(mode % 3, img, width, height, upscaler) for img in images]
         if mask is not None:
-            mask = fit(mode, mask, width, height)
+            mask = fit(mode % 3, mask, width, height)
     empty = mask is not None and mask.getextrema()[1] == 0
     unchanged = empty or req.denoising_strength == 0
-    return Images(images, mask, width, height, unchanged)
+    latent = mode == 3 and mask is None
+    if latent and unchanged:  # returned as they are: at the size asked for
+        images = [fit(0, img, width, height, upscaler) for img in images]
+    return Images(images, mask, width, height, unchanged, latent)
 
 
 def copies(images: Images, batch_size: int) -> list[Image.Image]:

@@ -62,6 +62,7 @@ class JobContext:
         self.interrupted = threading.Event()  # stop after the batch being sampled
         self.skipped = threading.Event()  # finish the batch being sampled early, then go on
         self.cancelled = threading.Event()  # the server is stopping: abandon the job
+        self._job_no = 0  # the batch's first job number (a hires batch is two jobs: one per sampling phase)
 
     def set_phase(self, text: str, *, job_count: int | None = None, job_no: int | None = None) -> None:
         self._queue._update(textinfo=text, job_count=job_count, job_no=job_no)
@@ -69,16 +70,19 @@ class JobContext:
     def begin_batch(self, job_no: int, job_count: int) -> None:
         """A new batch starts: a skip asked for during the previous one has been spent (A1111 clears it here too)."""
         self.skipped.clear()
+        self._job_no = job_no
         self._queue._update(job_no=job_no, job_count=job_count, step=0, total=0, latents=None, skipped=False)
 
     def step_callback(self, cancelled: type[BaseException], interrupted: type[BaseException]) -> Callable[[Any], None]:
-        """An engine callback (it gets a `sd_core.StepInfo`) that records progress, raises `interrupted` once
-        interrupted or skipped and `cancelled` once the server stops."""
+        """An engine callback (it gets a `sd_core.StepInfo`) that records progress (a later sampling phase of the
+        batch as its next job), raises `interrupted` once interrupted or skipped and `cancelled` once the server
+        stops."""
 
         def on_step(info: Any) -> None:
             # the model's current guess of the final image: a cleaner preview than the noisy latents
             latents = info.denoised[:1].detach().clone()  # on its device: no sync; /progress moves it when asked
-            self._queue._update(step=info.step, total=info.total, latents=latents)
+            job_no = self._job_no + info.phase - 1
+            self._queue._update(step=info.step, total=info.total, latents=latents, job_no=job_no)
             if self.cancelled.is_set():
                 raise cancelled("the server is stopping")
             if self.interrupted.is_set() or self.skipped.is_set():

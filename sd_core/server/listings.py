@@ -1,10 +1,10 @@
 """The discovery endpoints A1111 clients call, in A1111's response shapes.
 
 Where the concept does not exist here the list is empty: no separate VAEs, hypernetworks, LoRAs or embeddings are
-loaded, no face restoration model ships, no latent upscale mode exists until hires fix lands, and no extension is
-installed. The refresh endpoints are accepted and do nothing (there is nothing to rescan). The upscalers are the pixel
-ones and the ESRGAN-family files of `--upscaler-dir`, read afresh at each listing; `/realesrgan-models` lists those
-in the Real-ESRGAN (BasicSR) key layout.
+loaded, no face restoration model ships, and no extension is installed. The refresh endpoints are accepted and do
+nothing (there is nothing to rescan). The upscalers are the pixel ones and the ESRGAN-family files of
+`--upscaler-dir`, read afresh at each listing; `/realesrgan-models` lists those in the Real-ESRGAN (BasicSR) key
+layout. The latent upscale modes are the engine's (`sd_core.upscalers.latent`: hires fix's "Latent" upscalers).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import ConfigDict, Field
+
+from sd_core.upscalers.latent import LATENT_MODES
 
 from . import refusals, upscalers
 from .a1111_flags import FLAG_DEFAULTS
@@ -139,7 +141,12 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]]) -> APIRouter
 
     for path in ("/sdapi/v1/refresh-vae", "/sdapi/v1/refresh-embeddings", "/sdapi/v1/refresh-loras"):
         r.add_api_route(path, lambda: None, methods=["POST"], responses=errors)
-    empty("/sdapi/v1/latent-upscale-modes", NameItem)
+
+    @r.get("/sdapi/v1/latent-upscale-modes", response_model=list[NameItem], responses=errors)
+    def get_latent_upscale_modes() -> list[dict[str, str]]:
+        """The latent modes `hr_upscaler` can name (A1111's list)."""
+        return [{"name": name} for name in LATENT_MODES]
+
     empty("/sdapi/v1/sd-vae", SDVaeItem)
     empty("/sdapi/v1/hypernetworks", PathItem)
     empty("/sdapi/v1/face-restorers", FaceRestorerItem)

@@ -44,6 +44,13 @@ INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
     "Variation seed": ("subseed", int),
     "Variation seed strength": ("subseed_strength", float),
     "Mask blur": ("mask_blur", int),
+    "Hires upscale": ("hr_scale", float),
+    "Hires upscaler": ("hr_upscaler", str),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires sampler": ("hr_sampler_name", str),
+    "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str),
 }
 # infotext label -> the A1111 setting it overrides
 INFOTEXT_SETTINGS = {
@@ -120,6 +127,9 @@ def apply_infotext(req: GenerationRequest) -> GenerationRequest:
             size = re.fullmatch(r"(\d+)x(\d+)", str(params.get(label, "")))
             if size and not given & set(names) and names[0] in type(req).model_fields:
                 update[names[0]], update[names[1]] = int(size[1]), int(size[2])
+        resize = re.fullmatch(r"(\d+)x(\d+)", str(params.get("Hires resize", "")))
+        if resize and isinstance(req, Txt2ImgRequest) and not {"hr_resize_x", "hr_resize_y"} & given:
+            update["hr_resize_x"], update["hr_resize_y"] = int(resize[1]), int(resize[2])
         if "Tiling" in params and "tiling" not in given:
             tiling = params["Tiling"]
             update["tiling"] = tiling if tiling in ("x", "y", "xy") else tiling != "False"

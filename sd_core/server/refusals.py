@@ -76,6 +76,10 @@ def _hires(field: str, default: Any) -> Rule:
     return Rule(field, lambda r, c: not r.enable_hr and _set(getattr(r, field), default), "used only with enable_hr")
 
 
+def _hires_checkpoint(r: Any, c: Context) -> bool:
+    return bool(getattr(r, "enable_hr", False)) and r.hr_checkpoint_name not in (*NO_CHECKPOINT, "Use same checkpoint")
+
+
 def _restore_faces(r: Any, c: Context) -> bool:
     return bool(r.restore_faces) or (r.restore_faces is None and bool(c.options.get("face_restoration")))
 
@@ -123,13 +127,15 @@ def _blur_overridden(name: str) -> Rule:
 
 LATER = "not supported yet by this server's engine"
 REFUSED: tuple[Rule, ...] = (
-    Rule("enable_hr", lambda r, c: bool(getattr(r, "enable_hr", False)), "hires fix is not implemented yet"),
-    Rule("firstphase_width", lambda r, c: _set(getattr(r, "firstphase_width", 0), 0), "hires fix's first pass size"),
-    Rule("firstphase_height", lambda r, c: _set(getattr(r, "firstphase_height", 0), 0), "hires fix's first pass"),
+    Rule("hr_checkpoint_name", _hires_checkpoint, f"a second-pass checkpoint is {LATER}"),
     Rule("s_min_uncond", lambda r, c: _set(r.s_min_uncond, 0), f"negative guidance minimum sigma is {LATER}"),
     Rule("restore_faces", _restore_faces, "face restoration is not available: no face restoration model ships"),
     Rule("refiner_checkpoint", lambda r, c: r.refiner_checkpoint not in NO_CHECKPOINT, f"a refiner is {LATER}"),
-    Rule("resize_mode", lambda r, c: getattr(r, "resize_mode", 0) == 3, f"3 (latent upscale) is {LATER}"),
+    Rule(
+        "resize_mode",
+        lambda r, c: _inpainting(r, c) and r.resize_mode == 3,
+        f"3 (latent upscale) with a mask is {LATER}",
+    ),
     Rule("mask_blur_x", _blur_xy("mask_blur_x"), f"different horizontal and vertical mask blur is {LATER}"),
     Rule("mask_blur_y", _blur_xy("mask_blur_y"), f"different horizontal and vertical mask blur is {LATER}"),
     Rule(
@@ -162,7 +168,11 @@ IGNORED: tuple[Rule, ...] = (
     Rule("do_not_save_grid", lambda r, c: bool(r.do_not_save_grid), "A1111 sets it from save_images"),
     Rule("save_images", lambda r, c: bool(r.save_images), "this server never writes images to disk"),
     Rule("force_task_id", lambda r, c: r.force_task_id is not None, "names A1111's internal task only"),
-    Rule("denoising_strength", lambda r, c: c.kind == "txt2img" and _set(r.denoising_strength, 0.75), "hires only"),
+    Rule(
+        "denoising_strength",
+        lambda r, c: c.kind == "txt2img" and not r.enable_hr and _set(r.denoising_strength, 0.75),
+        "txt2img uses it only for hires fix",
+    ),
     *(_without_mask(name) for name in INPAINT_ONLY),
     *(_blur_overridden(name) for name in ("mask_blur_x", "mask_blur_y")),
     *(

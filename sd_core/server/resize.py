@@ -1,6 +1,7 @@
 """Init images and masks as A1111 prepares them before img2img: transparency flattened, masks made from alpha or
 luminance. Fitting them to the size (`resize_mode` 0-2) is the engine's `sd_core.resize.fit` (`img2img.fit`);
-resize mode 3 ("Just resize (latent upscale)") resizes the encoded latents and is refused for now (`refusals.py`).
+resize mode 3 ("Just resize (latent upscale)") is the engine's `resize_mode="latent"` (the image encoded at its own
+size, the latents resized), refused with a mask (`refusals.py`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sd_core.limits import (
     MAX_BATCH,
     MAX_CFG_SCALE,
+    MAX_HIRES_SCALE,
     MAX_MASK_BLUR,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -132,14 +133,14 @@ class GenerationRequest(ApiModel):
 class Txt2ImgRequest(GenerationRequest):
     """POST /sdapi/v1/txt2img."""
 
-    enable_hr: bool | None = False
-    firstphase_width: int | None = Field(0, ge=0, le=MAX_SIDE)
-    firstphase_height: int | None = Field(0, ge=0, le=MAX_SIDE)
-    hr_scale: Real = _number(2.0, ge=0, le=16)
-    hr_upscaler: str | None = Field(None, max_length=MAX_NAME)
-    hr_second_pass_steps: int | None = Field(0, ge=0, le=MAX_STEPS)
-    hr_resize_x: int | None = Field(0, ge=0, le=MAX_SIDE)
-    hr_resize_y: int | None = Field(0, ge=0, le=MAX_SIDE)
+    enable_hr: bool | None = Field(False, description="hires fix: a second, img2img pass at a larger size")
+    firstphase_width: int | None = Field(0, ge=0, le=MAX_SIDE, description="not 0: the first pass's width")
+    firstphase_height: int | None = Field(0, ge=0, le=MAX_SIDE, description="not 0: the first pass's height")
+    hr_scale: Real = _number(2.0, ge=0, le=MAX_HIRES_SCALE)
+    hr_upscaler: str | None = Field(None, max_length=MAX_NAME, description="latent mode or upscaler; null: Latent")
+    hr_second_pass_steps: int | None = Field(0, ge=0, le=MAX_STEPS, description="0: as many as steps")
+    hr_resize_x: int | None = Field(0, ge=0, le=MAX_SIDE, description="not 0: the target width (hr_scale unused)")
+    hr_resize_y: int | None = Field(0, ge=0, le=MAX_SIDE, description="not 0: the target height")
     hr_checkpoint_name: str | None = Field(None, max_length=MAX_NAME)
     hr_sampler_name: str | None = Field(None, max_length=MAX_NAME)
     hr_scheduler: str | None = Field(None, max_length=MAX_NAME)
@@ -157,7 +158,9 @@ class Img2ImgRequest(GenerationRequest):
         max_length=MAX_BATCH,
         description="base64 images (data: URLs accepted); several: one per image of the batch, as A1111",
     )
-    resize_mode: int | None = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill")
+    resize_mode: int | None = Field(
+        0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale)"
+    )
     denoising_strength: Real = _number(0.75, ge=0, le=1, description="0 returns the init image")
     image_cfg_scale: Real = _number(None, ge=-MAX_CFG_SCALE, le=MAX_CFG_SCALE)
     mask: str | None = Field(None, description="base64 image; white (or opaque, for a transparent PNG) = repaint")

@@ -165,3 +165,59 @@ def test_help_shows_every_default(model):
 def test_a_bad_setting_names_its_option(model, tmp_path, args, named):
     out = sd_core_cli("txt2img", "--model", str(model), "--prompt", "x", *args, "--outdir", str(tmp_path))
     assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr
+
+
+def test_txt2img_hires_options(model, tmp_path):
+    """The --hires-* options are HiresOptions: the image has the hires size and A1111's hires parameters."""
+    out = sd_core_cli(
+        "txt2img", "--model", str(model), "--prompt", "a wall", "--steps", "2", "--seed", "4", "--width", "64",
+        "--height", "64", "--dtype", "fp32", "--outdir", str(tmp_path), "--hires-width", "96", "--hires-steps", "1",
+        "--hires-upscaler", "Nearest", "--hires-strength", "0.5", "--hires-prompt", "a brick wall",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "txt2img pass 1/2" in out.stderr and "txt2img pass 2/2" in out.stderr  # the progress bar, per pass
+    with Image.open(tmp_path / "00000-4.png") as img:
+        params = parse_parameters(img.info["parameters"])
+        assert img.size == (96, 96)
+    assert params["Size"] == "64x64" and params["Denoising strength"] == "0.5" and params["Hires resize"] == "96x0"
+    assert params["Hires steps"] == "1" and params["Hires upscaler"] == "Nearest"
+    assert params["Hires prompt"] == "a brick wall"
+
+
+@pytest.mark.parametrize("by", ["folder", "path"])
+def test_txt2img_hires_with_a_model_upscaler(model, tmp_path, by):
+    from esrgan_files import rrdb_weights, write_model
+
+    esrgan = write_model(tmp_path / "ESRGAN" / "2x_tiny.safetensors", rrdb_weights(2))
+    choice = ("--hires-upscaler", "2x_tiny", "--upscaler-dir", str(esrgan.parent))
+    out = sd_core_cli(
+        "txt2img", "--model", str(model), "--prompt", "a wall", "--steps", "1", "--seed", "4", "--width", "64",
+        "--height", "64", "--dtype", "fp32", "--outdir", str(tmp_path / "out"), "--hires-steps", "1",
+        *(choice if by == "folder" else ("--hires-upscaler", str(esrgan))),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "out" / "00000-4.png") as img:
+        assert img.size == (128, 128) and "Hires upscaler: 2x_tiny" in img.info["parameters"]
+
+
+def test_img2img_latent_resize_and_fixed_steps(model, tmp_path):
+    image = tmp_path / "in.png"
+    Image.new("RGB", (100, 60), (200, 60, 40)).save(image)
+    out = sd_core_cli(
+        "img2img", "--model", str(model), "--prompt", "a wall", "--image", str(image), "--steps", "2", "--seed", "5",
+        "--strength", "0.5", "--fixed-steps", "--resize-mode", "latent", "--width", "64", "--height", "64",
+        "--dtype", "fp32", "--outdir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "2/2" in out.stderr  # fixed steps: exactly --steps ran (int(2 * 0.5) = 1 otherwise)
+    with Image.open(tmp_path / "out" / "00000-5.png") as img:
+        assert img.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(("--hires-width", "100"), "--hires-width:"), (("--hires-upscaler", "Bilinear"), "--hires-upscaler:")],
+)
+def test_a_bad_hires_option_names_its_option(model, tmp_path, args, named):
+    out = sd_core_cli("txt2img", "--model", str(model), "--prompt", "x", *args, "--outdir", str(tmp_path))
+    assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr

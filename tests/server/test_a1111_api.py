@@ -71,7 +71,8 @@ def test_webuiapi_helpers_for_every_listing_endpoint(webui, server):
     upscalers = webui.get_upscalers()
     assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
     assert set(upscalers[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
-    assert webui.get_latent_upscale_modes() == []  # hires fix (their only use) is not implemented yet
+    modes = [m["name"] for m in webui.get_latent_upscale_modes()]  # hires fix's latent upscalers, A1111's list
+    assert modes[:3] == ["Latent", "Latent (antialiased)", "Latent (bicubic)"] and len(modes) == 6
     assert [s["name"] for s in webui.get_prompt_styles()] == ["wrapped", "appended"]
     for empty in (webui.get_sd_vae, webui.get_loras, webui.get_hypernetworks, webui.get_face_restorers):
         assert empty() == []

@@ -111,9 +111,9 @@ CASES: dict[str, tuple] = {
 }
 TXT2IMG_CASES: dict[str, tuple] = {
     "denoising_strength": (0.3, IGNORED, {}, "txt2img uses it only for hires fix"),
-    "enable_hr": (True, REFUSED, {}),
-    "firstphase_width": (32, REFUSED, {}),
-    "firstphase_height": (32, REFUSED, {}),
+    "enable_hr": (True, CHANGES, {}),
+    "firstphase_width": (72, CHANGES, {}),
+    "firstphase_height": (72, CHANGES, {}),
     **{
         name: (value, IGNORED, {}, "A1111 uses the hires settings only with enable_hr")
         for name, value in (
@@ -132,7 +132,7 @@ TXT2IMG_CASES: dict[str, tuple] = {
 }
 IMG2IMG_CASES: dict[str, tuple] = {
     "init_images": ([OTHER], CHANGES, {}),
-    "resize_mode": (1, CHANGES, {"init_images": [WIDE]}),
+    "resize_mode": (3, CHANGES, {"init_images": [WIDE]}),
     "denoising_strength": (0.4, CHANGES, {}),
     "image_cfg_scale": (1.5, IGNORED, {}, "A1111 uses it only with instruct-pix2pix models"),
     "mask": (MASK, CHANGES, {}),
