@@ -76,7 +76,7 @@ def _txt2img(
 def _img2img(
     pipe: Any, s: GenerationSettings, arr: np.ndarray, text: tuple, generators: list[torch.Generator], callback: Any
 ) -> torch.Tensor:
-    init = pipe.encode_pixels(images.image_to_tensor(arr), generators, s.batch_size)
+    init = pipe.encode_pixels(images.image_to_tensor(arr), generators, s.batch_size, seamless=s.tiling)
     noise = randn(init.shape, generators)
     extra = None
     if pipe.config.inpainting:  # nothing masked, the whole image as the masked-image input
@@ -97,7 +97,8 @@ def _inpaint(
     work_img, work_mask = region.work_image, region.work_mask
     h, w = work_img.shape[0] // 8, work_img.shape[1] // 8
     needs_init = not pipe.config.inpainting or s.strength < 1.0
-    init = pipe.encode_pixels(images.image_to_tensor(work_img), generators, s.batch_size) if needs_init else None
+    pixels = images.image_to_tensor(work_img)
+    init = pipe.encode_pixels(pixels, generators, s.batch_size, seamless=s.tiling) if needs_init else None
     noise = randn((s.batch_size, 4, h, w), generators)
     if init is not None:  # image k's fill noise from its own generator
         rows = zip(init.split(1), generators, strict=True)
@@ -105,7 +106,7 @@ def _inpaint(
     extra = blend_mask = None
     if pipe.config.inpainting:
         mask_latent, masked_image = masks.diffusers_inpaint_condition(work_img, work_mask)
-        masked_latents = pipe.encode_pixels(masked_image, generators, s.batch_size)
+        masked_latents = pipe.encode_pixels(masked_image, generators, s.batch_size, seamless=s.tiling)
         extra = torch.cat([mask_latent.expand(s.batch_size, -1, -1, -1), masked_latents], dim=1)
     else:
         blend_mask = masks.latent_mask(work_mask, h, w)

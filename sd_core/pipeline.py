@@ -179,14 +179,16 @@ class StableDiffusion:
         return images.tensor_to_images(pixels)  # on the CPU already: each image moved as it was decoded
 
     @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor, generator: Generators, batch: int = 1) -> torch.Tensor:
+    def encode_pixels(
+        self, pixels: torch.Tensor, generator: Generators, batch: int = 1, *, seamless: str | None = None
+    ) -> torch.Tensor:
         """[-1,1] pixels [1,3,H,W] -> scaled VP latents [batch,4,h,w]. Samples the posterior with `generator` (one
         per image, or one for the batch; diffusers' order of draws), or takes its mean when `generator` is None or the
-        image needs tiled encoding."""
+        image needs tiled encoding (`seamless`: the image wraps on those axes, so the tiles do, `sd_core.tiling`)."""
         vae_dtype = next(self.vae.parameters()).dtype
         x = pixels.to(self.device, vae_dtype)
         if tiling.should_tile(x.shape[-2], x.shape[-1], vae_dtype, self.device):
-            mean = tiling.tiled_encode(lambda t: self.vae.encode(t)[0], x).float().cpu()
+            mean = tiling.tiled_encode(lambda t: self.vae.encode(t)[0], x, seamless=seamless).float().cpu()
             return mean.expand(batch, -1, -1, -1) * self.config.latent_scale
         mean, logvar = self.vae.encode(x)
         mean, logvar = mean.float().cpu().expand(batch, -1, -1, -1), logvar.float().cpu()
