@@ -8,8 +8,8 @@
     images = pipe.generate(settings)
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
-`ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`, `samplers`,
-`schedules`, `pnginfo`, `preview`, `upscalers`.
+`TileOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`,
+`samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`.
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -28,6 +28,7 @@ __all__ = [
     "ModelDefaults",
     "StableDiffusion",
     "StepInfo",
+    "TileOptions",
     "ModelInfo",
     "__version__",
     "builtin_model",
@@ -52,6 +53,7 @@ _LAZY = {
     "GenerationSettings": "settings",
     "InpaintOptions": "settings",
     "ModelDefaults": "settings",
+    "TileOptions": "settings",
     "StepInfo": "progress",
 }
 _MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers")

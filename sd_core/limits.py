@@ -26,6 +26,7 @@ MAX_MASK_BLUR = 256
 FILLS = ("fill", "original", "latent_noise", "latent_nothing")  # A1111 `inpainting_fill` 0..3, in that order
 PREFILLS = ("edge_noise", "mirror", "edge")  # how the new area of an outpaint canvas starts (`images.extend_canvas`)
 TILING_AXES = ("x", "y", "xy")
+MAX_TILE_BATCH = 1024  # tiles per UNet call in tiled denoising (`settings.TileOptions.batch`)
 
 
 class SettingError(ValueError):

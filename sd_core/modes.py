@@ -141,6 +141,9 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
         fields["Clip skip"] = s.clip_skip
     if s.tiling:
         fields["Tiling"] = s.tiling
+    if s.tile is not None and s.tile.applies(s.width, s.height):
+        fields["Tile size"] = f"{s.tile.width}x{s.tile.height}"
+        fields["Tile overlap"] = s.tile.overlap
     return fields
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import images, limits, masks, modes, tiling
+from . import images, limits, masks, modes, tiled_denoising, tiling
 from .accel import Accelerator
 from .denoiser import GuidedDenoiser, InpaintBlend
 from .errors import Interrupted
@@ -215,8 +215,10 @@ class StableDiffusion:
         diffusers: of the `steps` sigmas, the last `int(steps * strength)` steps run, starting from
         `init + noise * sigma_start`. `extra` are channels the UNet gets beside the latents (the 9-channel inpainting
         input); `blend_mask` (latent size, 1 = repaint) keeps `init` outside the mask at every step (blended latent
-        diffusion for ordinary models). A stochastic sampler draws its noise from `generator`: one per image (image k
-        of the batch from generator k) or one for the whole batch.
+        diffusion for ordinary models). With `settings.tile` the UNet sees overlapping tiles of the latents at every
+        step, their estimates blended (`sd_core.tiled_denoising`; seamless axes wrap around the whole canvas). A
+        stochastic sampler draws its noise from `generator`: one per image (image k of the batch from generator k) or
+        one for the whole batch.
 
         A callback that raises `sd_core.Interrupted` ends sampling at its step: the result is then that step's clean
         estimate (`StepInfo.denoised`, kept outside `blend_mask`'s area as at the end of a run), not an exception.
@@ -248,6 +250,9 @@ class StableDiffusion:
                 extra=None if extra is None else extra.to(self.device),
                 blend=None if blend_mask is None else InpaintBlend(blend_mask, init, noise).to(self.device),
             )
+            if settings.tile is not None:
+                tile = settings.tile.resolve(self.defaults)
+                denoiser = tiled_denoising.wrap(denoiser, tile, x.shape, settings.tiling, self.unet, self.device)
             with torch.inference_mode():
                 try:
                     x = choice.fn(
