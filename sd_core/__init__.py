@@ -9,7 +9,7 @@
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
 `TileOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`,
-`samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`.
+`samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`, `sd_upscale`.
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -39,6 +39,7 @@ __all__ = [
     "preview",
     "samplers",
     "schedules",
+    "sd_upscale",
     "upscalers",
 ]
 
@@ -56,7 +57,7 @@ _LAZY = {
     "TileOptions": "settings",
     "StepInfo": "progress",
 }
-_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers")
+_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers", "sd_upscale")
 
 
 def __getattr__(name: str) -> Any:
