@@ -85,6 +85,17 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tiling", choices=limits.TILING_AXES, default=None, help="seamless on these axes (default: not seamless)"
     )
+    t = parser.add_argument_group(
+        "tiled denoising (large images: the UNet on overlapping tiles, sd_core.tiled_denoising)"
+    )
+    t.add_argument(
+        "--tile",
+        default=None,
+        help="tile size in pixels, N or WxH, or 'native' (the model's own size); an image the tile covers is not "
+        "tiled (default: no tiling)",
+    )
+    t.add_argument("--tile-overlap", type=int, default=None, help="pixels tiles share (default: a quarter of the tile)")
+    t.add_argument("--tile-batch", type=int, default=None, help="tiles per UNet call (default: as memory allows)")
     out = parser.add_argument_group("model and output")
     out.add_argument(
         "--model", help="checkpoint (.safetensors/.ckpt) or diffusers folder (default: the built-in model)"
@@ -119,9 +130,25 @@ def _add_inpaint_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The parsed options that are settings: each option's name is its setting's (`--cfg-scale` -> cfg_scale)."""
+    """The parsed options that are settings: each option's name is its setting's (`--cfg-scale` -> cfg_scale); the
+    `--tile*` options make the `tile` setting."""
     names = set(sd_core.GenerationSettings.__dataclass_fields__) | set(sd_core.InpaintOptions.__dataclass_fields__)
-    return {name: getattr(args, name) for name in names - {"prompt", "choice", "inpaint"} if hasattr(args, name)}
+    chosen = {name: getattr(args, name) for name in names - {"prompt", "choice", "inpaint"} if hasattr(args, name)}
+    chosen["tile"] = _tile(args.tile, args.tile_overlap, args.tile_batch)
+    return chosen
+
+
+def _tile(size: str | None, overlap: int | None, batch: int | None) -> sd_core.TileOptions | None:
+    """`--tile` N, WxH or "native", with `--tile-overlap` and `--tile-batch` (either one alone: native tiles)."""
+    if size is None and overlap is None and batch is None:
+        return None
+    width = height = None
+    if size is not None and size != "native":
+        parts = size.lower().split("x")
+        if len(parts) > 2 or not all(part.strip().isdigit() for part in parts):
+            raise limits.SettingError("tile", f"tile must be N, WxH or native (pixels), got {size!r}")
+        width, height = int(parts[0]), int(parts[-1])
+    return sd_core.TileOptions(width=width, height=height, overlap=overlap, batch=batch)
 
 
 def _open_image(path: str, what: str) -> Any:
@@ -142,6 +169,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     low_vram = {"off": False, "on": True, "sequential": "sequential"}[args.low_vram]
     image = _open_image(args.image, "--image") if args.command != "txt2img" else None
+    if getattr(args, "upscale", None) is not None:  # A1111's "SD upscale": enlarge, then img2img (in tiles)
+        image = sd_core.sd_upscale.upscale(image.convert("RGB"), args.upscale, args.upscaler, args.tiling)
     mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
     # a one-shot process owns its heap: freed memory may stay mapped between sampling steps (`sd_core.accel.heap`)
     pipe = sd_core.load(args.model, device=args.device, dtype=args.dtype, low_vram=low_vram, keep_freed_memory=True)
@@ -208,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     _generation_parser(sub, "txt2img", "generate images from a prompt")
     img2img = _generation_parser(sub, "img2img", "restyle an image")
     _add_strength(img2img, 0.75)
+    img2img.add_argument(
+        "--upscale",
+        type=float,
+        default=None,
+        help="enlarge the image by this factor first (A1111's 'SD upscale' with --tile 512 --strength 0.3; "
+        "default: no enlargement)",
+    )
+    img2img.add_argument("--upscaler", default="Lanczos", help="how --upscale enlarges: Lanczos, Nearest or a model's")
     inpaint = _generation_parser(sub, "inpaint", "repaint where a mask is white")
     inpaint.add_argument("--mask", required=True, help="white = repaint, black = keep (the image's size)")
     _add_strength(inpaint, 1.0)

@@ -116,6 +116,20 @@ def test_img2img_inpaint_and_outpaint_commands(model, tmp_path):
             assert params["Masked content"] == "latent_noise" and params["Mask blur"] == "2.0"
 
 
+def test_img2img_sd_upscale_in_tiles(model, tmp_path):
+    """A1111's "SD upscale" from the command line: --upscale enlarges the image, --tile denoises it in tiles."""
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), (200, 60, 40)).save(image)
+    args = ("--model", str(model), "--prompt", "a wall", "--steps", "2", "--seed", "5", "--dtype", "fp32")
+    tiles = ("--upscale", "2", "--upscaler", "Nearest", "--tile", "64", "--tile-overlap", "32", "--tiling", "xy")
+    out = sd_core_cli("img2img", *args, "--image", str(image), *tiles, "--outdir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "00000-5.png") as img:
+        params = parse_parameters(img.info["parameters"])
+        assert img.size == (128, 96)
+    assert params["Tile size"] == "64x64" and params["Tile overlap"] == "32" and params["Size"] == "128x96"
+
+
 def test_help_shows_every_default(model):
     out = sd_core_cli("inpaint", "--help")
     assert out.returncode == 0
@@ -136,7 +150,15 @@ def test_help_shows_every_default(model):
 
 @pytest.mark.parametrize(
     ("args", "named"),
-    [(("--steps", "0"), "--steps:"), (("--sampler", "Eulr"), "--sampler:"), (("--clip-skip", "13"), "--clip-skip:")],
+    [
+        (("--steps", "0"), "--steps:"),
+        (("--sampler", "Eulr"), "--sampler:"),
+        (("--clip-skip", "13"), "--clip-skip:"),
+        (("--tile", "big"), "--tile:"),
+        (("--tile", "60"), "--tile:"),
+        (("--tile", "64", "--tile-overlap", "64"), "--tile-overlap:"),
+        (("--tile-batch", "0"), "--tile-batch:"),
+    ],
 )
 def test_a_bad_setting_names_its_option(model, tmp_path, args, named):
     out = sd_core_cli("txt2img", "--model", str(model), "--prompt", "x", *args, "--outdir", str(tmp_path))
