@@ -8,8 +8,8 @@
     images = pipe.generate(settings)
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
-`HiresOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the modules `limits`,
-`samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`, `resize`.
+`HiresOptions`, `TileOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the
+modules `limits`, `samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`, `resize`, `sd_upscale`.
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -29,6 +29,7 @@ __all__ = [
     "ModelDefaults",
     "StableDiffusion",
     "StepInfo",
+    "TileOptions",
     "ModelInfo",
     "__version__",
     "builtin_model",
@@ -40,6 +41,7 @@ __all__ = [
     "resize",
     "samplers",
     "schedules",
+    "sd_upscale",
     "upscalers",
 ]
 
@@ -55,9 +57,10 @@ _LAZY = {
     "InpaintOptions": "settings",
     "HiresOptions": "settings",
     "ModelDefaults": "settings",
+    "TileOptions": "settings",
     "StepInfo": "progress",
 }
-_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers", "resize")
+_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers", "resize", "sd_upscale")
 
 
 def __getattr__(name: str) -> Any:

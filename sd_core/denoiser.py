@@ -7,6 +7,7 @@ the 9-channel inpainting input live here too, so samplers stay ignorant of model
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -68,11 +69,18 @@ class GuidedDenoiser:
         by default when guided). Built once per run, not at every step."""
         pair = self.guided if pair is None else pair
         if (batch, pair) not in self._contexts:
-            cond = self.cond.expand(batch, -1, -1)
+            cond, uncond = (_rows(c, batch) for c in (self.cond, self.uncond))
             if pair:
-                cond = torch.cat([self.uncond.expand(batch, -1, -1), cond])
+                cond = torch.cat([uncond, cond])
             self._contexts[batch, pair] = cond.to(self.dtype)
         return self._contexts[batch, pair]
+
+    def for_tiles(self, extra: torch.Tensor | None) -> GuidedDenoiser:
+        """This denoiser for a stack of tiles of the canvas (`sd_core.tiled_denoising`): the same model, text and
+        guidance; `extra` cropped to the tiles; no blend (the tiled denoiser applies it to the whole canvas)."""
+        tiles = copy.copy(self)
+        tiles.extra, tiles.blend = extra, None
+        return tiles
 
     def _unet(self, x_in: torch.Tensor, t: torch.Tensor, batch: int, pair: bool) -> torch.Tensor:
         if self.extra is not None:
@@ -118,3 +126,8 @@ class GuidedDenoiser:
         out_uncond, out_cond = self._unet(x * c_in, t, x.shape[0], True).chunk(2)
         guided = out_uncond + (self.cfg_scale * cfg_factor) * (out_cond - out_uncond)
         return self._x0(x, s, guided), self._x0(x, s, out_uncond)
+
+
+def _rows(text: torch.Tensor, batch: int) -> torch.Tensor:
+    """Text embeddings for `batch` rows: one row broadcast, or k rows (one per image) repeated for stacked tiles."""
+    return text.expand(batch, -1, -1) if text.shape[0] in (1, batch) else text.repeat(batch // text.shape[0], 1, 1)

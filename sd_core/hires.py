@@ -73,10 +73,11 @@ def upscale(pipe: Any, s: GenerationSettings, latents: torch.Tensor, generators:
         z = latent.upscale_latents(latents, up_h // 8, up_w // 8, h.latent_mode)
     else:
         size = (up_w // 8 * 8, up_h // 8 * 8)
-        pictures = [upscalers.resize(img, *size, h.upscaler) for img in pipe.decode_latents(latents, seamless=s.tiling)]
+        decoded = pipe.decode_latents(latents, seamless=s.tiling)
+        pictures = [upscalers.resize(img, *size, h.upscaler, seamless=s.tiling) for img in decoded]
         z = torch.cat(
             [
-                pipe.encode_pixels(images.image_to_tensor(images.to_rgb_array(img)), [generator], 1)
+                pipe.encode_pixels(images.image_to_tensor(images.to_rgb_array(img)), [generator], 1, seamless=s.tiling)
                 for img, generator in zip(pictures, generators, strict=True)
             ]
         )

@@ -35,6 +35,7 @@ MAX_NOISE_MULTIPLIER = 100.0
 # how img2img fits its input to the size: A1111 `resize_mode` 0..3, in that order ("latent": A1111's latent upscale)
 RESIZE_MODES = ("resize", "crop", "fill", "latent")
 MAX_HIRES_SCALE = 16.0  # hires fix's upscale factor (`settings.HiresOptions.scale`)
+MAX_TILE_BATCH = 1024  # tiles per UNet call in tiled denoising (`settings.TileOptions.batch`)
 
 
 class SettingError(ValueError):

@@ -106,10 +106,10 @@ def _img2img(
     """The input image fitted to the size by `s.resize_mode`, encoded (image k's posterior from generator k)."""
     if s.resize_mode == "latent":  # A1111's "latent upscale": encoded at its own size, the latents resized
         own = images.resize_rgb(arr, image_side(arr.shape[1]), image_side(arr.shape[0]))
-        init = pipe.encode_pixels(images.image_to_tensor(own), generators, s.batch_size)
+        init = pipe.encode_pixels(images.image_to_tensor(own), generators, s.batch_size, seamless=s.tiling)
         init = latent.upscale_latents(init, s.height // 8, s.width // 8, "Latent")
     else:
-        init = pipe.encode_pixels(images.image_to_tensor(_fit(arr, s)), generators, s.batch_size)
+        init = pipe.encode_pixels(images.image_to_tensor(_fit(arr, s)), generators, s.batch_size, seamless=s.tiling)
     return img2img_latents(pipe, s, init, text, generators, callback)
 
 
@@ -151,7 +151,8 @@ def _inpaint(
     work_img, work_mask = region.work_image, region.work_mask
     h, w = work_img.shape[0] // 8, work_img.shape[1] // 8
     needs_init = not pipe.config.inpainting or s.strength < 1.0
-    init = pipe.encode_pixels(images.image_to_tensor(work_img), generators, s.batch_size) if needs_init else None
+    pixels = images.image_to_tensor(work_img)
+    init = pipe.encode_pixels(pixels, generators, s.batch_size, seamless=s.tiling) if needs_init else None
     noise = start_noise((s.batch_size, 4, h, w), s, generators)
     if init is not None:  # image k's fill noise from its own generator
         rows = zip(init.split(1), generators, strict=True)
@@ -159,7 +160,7 @@ def _inpaint(
     extra = blend_mask = None
     if pipe.config.inpainting:
         mask_latent, masked_image = masks.diffusers_inpaint_condition(work_img, work_mask)
-        masked_latents = pipe.encode_pixels(masked_image, generators, s.batch_size)
+        masked_latents = pipe.encode_pixels(masked_image, generators, s.batch_size, seamless=s.tiling)
         extra = torch.cat([mask_latent.expand(s.batch_size, -1, -1, -1), masked_latents], dim=1)
     else:
         blend_mask = masks.latent_mask(work_mask, h, w)
@@ -211,6 +212,9 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
             fields[f"Sigma {label}"] = options[name]
     if s.hires is not None:
         fields.update(hires.infotext_fields(s))
+    if s.tile is not None and s.tile.applies(*size):  # the image's size: hires fix's second pass may be tiled
+        fields["Tile size"] = f"{s.tile.width}x{s.tile.height}"
+        fields["Tile overlap"] = s.tile.overlap
     return fields
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import images, limits, masks, modes, tiling
+from . import images, limits, masks, modes, tiled_denoising, tiling
 from .accel import Accelerator
 from .denoiser import GuidedDenoiser, InpaintBlend
 from .errors import Interrupted
@@ -181,14 +181,16 @@ class StableDiffusion:
         return images.tensor_to_images(pixels)  # on the CPU already: each image moved as it was decoded
 
     @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor, generator: Generators, batch: int = 1) -> torch.Tensor:
+    def encode_pixels(
+        self, pixels: torch.Tensor, generator: Generators, batch: int = 1, *, seamless: str | None = None
+    ) -> torch.Tensor:
         """[-1,1] pixels [1,3,H,W] -> scaled VP latents [batch,4,h,w]. Samples the posterior with `generator` (one
         per image, or one for the batch; diffusers' order of draws), or takes its mean when `generator` is None or the
-        image needs tiled encoding."""
+        image needs tiled encoding (`seamless`: the image wraps on those axes, so the tiles do, `sd_core.tiling`)."""
         vae_dtype = next(self.vae.parameters()).dtype
         x = pixels.to(self.device, vae_dtype)
         if tiling.should_tile(x.shape[-2], x.shape[-1], vae_dtype, self.device):
-            mean = tiling.tiled_encode(lambda t: self.vae.encode(t)[0], x).float().cpu()
+            mean = tiling.tiled_encode(lambda t: self.vae.encode(t)[0], x, seamless=seamless).float().cpu()
             return mean.expand(batch, -1, -1, -1) * self.config.latent_scale
         mean, logvar = self.vae.encode(x)
         mean, logvar = mean.float().cpu().expand(batch, -1, -1, -1), logvar.float().cpu()
@@ -216,8 +218,10 @@ class StableDiffusion:
         of `steps`, or with `fixed_steps` A1111's), starting from `init + noise * sigma_start` (with `fixed_steps`
         at strength 1 too, as A1111). `extra` are channels the UNet gets beside the latents (the 9-channel inpainting
         input); `blend_mask` (latent size, 1 = repaint) keeps `init` outside the mask at every step (blended latent
-        diffusion for ordinary models). A stochastic sampler draws its noise from `generator`: one per image (image k
-        of the batch from generator k) or one for the whole batch.
+        diffusion for ordinary models). With `settings.tile` the UNet sees overlapping tiles of the latents at every
+        step, their estimates blended (`sd_core.tiled_denoising`; seamless axes wrap around the whole canvas). A
+        stochastic sampler draws its noise from `generator`: one per image (image k of the batch from generator k) or
+        one for the whole batch.
 
         A callback that raises `sd_core.Interrupted` ends sampling at its step: the result is then that step's clean
         estimate (`StepInfo.denoised`, kept outside `blend_mask`'s area as at the end of a run), not an exception.
@@ -248,6 +252,9 @@ class StableDiffusion:
                 extra=None if extra is None else extra.to(self.device),
                 blend=None if blend_mask is None else InpaintBlend(blend_mask, init, noise).to(self.device),
             )
+            if settings.tile is not None:
+                tile = settings.tile.resolve(self.defaults)
+                denoiser = tiled_denoising.wrap(denoiser, tile, x.shape, settings.tiling, self.unet, self.device)
             with torch.inference_mode():
                 try:
                     x = choice.fn(

@@ -168,6 +168,51 @@ class HiresOptions:
 
 
 @dataclass(frozen=True)
+class TileOptions:
+    """Tiled denoising (`sd_core.tiled_denoising`): the UNet sees overlapping tiles of the latent canvas at every step
+    and their clean-latent estimates are blended with feather weights, so an image far larger than the model's
+    comfortable size (or the device's memory) is sampled as one picture. An axis the tile covers is not tiled, so
+    tiles at least as large as the image give exactly the untiled result: `tile` doubles as the size threshold.
+
+    `width`/`height`: the tile in pixels (multiples of 8; None: the model's native size); `overlap`: pixels that
+    neighbouring tiles share (a multiple of 8, less than the tile; None: a quarter of the tile's smaller side);
+    `batch`: tiles per UNet call (None: as many as a quarter of the free memory holds; on a CPU, up to 16 tiles of
+    64x64 latents or the same area in smaller ones)."""
+
+    width: int | None = None
+    height: int | None = None
+    overlap: int | None = None
+    batch: int | None = None
+
+    def __post_init__(self) -> None:
+        for side in (self.width, self.height):
+            if side is not None:
+                limits.check_side("tile", side)
+        if self.overlap is not None:
+            limits.check_int("tile_overlap", self.overlap, 0, limits.MAX_SIDE)
+            if self.overlap % limits.SIDE_MULTIPLE:
+                raise limits.SettingError("tile_overlap", f"tile_overlap must be a multiple of 8, got {self.overlap}")
+            smaller = min(side for side in (self.width, self.height, limits.MAX_SIDE) if side is not None)
+            if self.overlap >= smaller:
+                raise limits.SettingError(
+                    "tile_overlap", f"tile_overlap ({self.overlap}) must be less than the tile's side ({smaller})"
+                )
+        if self.batch is not None:
+            limits.check_int("tile_batch", self.batch, 1, limits.MAX_TILE_BATCH)
+
+    def resolve(self, defaults: ModelDefaults) -> TileOptions:
+        """These options with the model's native size as the tile where none was given, and the default overlap."""
+        width, height = self.width or defaults.width, self.height or defaults.height
+        overlap = min(width, height) // 4 // limits.SIDE_MULTIPLE * limits.SIDE_MULTIPLE
+        return replace(self, width=width, height=height, overlap=overlap if self.overlap is None else self.overlap)
+
+    def applies(self, width: int, height: int) -> bool:
+        """Whether a width x height image is tiled (the tile is smaller on some axis); resolved options only."""
+        assert self.width is not None and self.height is not None, "resolve the tile options first"
+        return self.width < width or self.height < height
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """One generation's settings, checked when made; `resolve` fills in the model's defaults."""
 
@@ -201,6 +246,7 @@ class GenerationSettings:
     # hires fix and the img2img step rule (`_check_hires_options`)
     hires: HiresOptions | None = None
     fixed_steps: bool = False
+    tile: TileOptions | None = None
     choice: samplers.SamplerChoice = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -221,6 +267,8 @@ class GenerationSettings:
             limits.check_number("strength", self.strength, 0.0, 1.0, low_open=True)
         if self.inpaint is not None and not isinstance(self.inpaint, InpaintOptions):
             raise limits.SettingError("inpaint", f"inpaint must be InpaintOptions, got {type(self.inpaint).__name__}")
+        if self.tile is not None and not isinstance(self.tile, TileOptions):
+            raise limits.SettingError("tile", f"tile must be TileOptions, got {type(self.tile).__name__}")
         set_field = object.__setattr__  # frozen: normalised values are set once, here
         set_field(self, "choice", choice)
         set_field(self, "sampler", choice.name)
@@ -286,6 +334,7 @@ class GenerationSettings:
             strength=DEFAULT_STRENGTH.get(mode) if self.strength is None else self.strength,
             inpaint=inpaint,
             subseed=random.randrange(limits.RANDOM_SEED_RANGE) if self.subseed is None else self.subseed,
+            tile=None if self.tile is None else self.tile.resolve(defaults),
         )
 
     @classmethod

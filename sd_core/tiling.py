@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _AXES = (None, "x", "y", "xy")
+TileFn = Callable[[torch.Tensor], torch.Tensor]
 _TORCH_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
@@ -105,10 +106,21 @@ def seamless(modules: nn.Module | Iterable[nn.Module], axes: str | None) -> Iter
     """
     if axes not in _AXES:
         raise ValueError(f"axes must be None, 'x', 'y' or 'xy', got {axes!r}")
-    mods = [modules] if isinstance(modules, nn.Module) else list(modules)
     if axes is None:
         yield
         return
+    with padding_axes(modules, axes):
+        yield
+
+
+@contextlib.contextmanager
+def padding_axes(modules: nn.Module | Iterable[nn.Module], axes: str | None) -> Iterator[None]:
+    """Context manager: exactly `axes` seamless for the block (None: each conv's own padding, whatever seamless
+    padding it had), then every conv and hand padder back to its previous state. Tiled denoising uses it to turn the
+    UNet's wrap-around off on the axes it tiles: there only the whole canvas wraps, never a tile."""
+    if axes not in _AXES:
+        raise ValueError(f"axes must be None, 'x', 'y' or 'xy', got {axes!r}")
+    mods = [modules] if isinstance(modules, nn.Module) else list(modules)
     padders = [(p, p.seamless) for mod in mods for p in _hand_padders(mod)]
     saved = [(conv, getattr(_patch(conv), "axes", None)) for mod in mods for conv in _padded_convs(mod)]
     try:
@@ -125,7 +137,7 @@ def seamless(modules: nn.Module | Iterable[nn.Module], axes: str | None) -> Iter
 # --- tiled VAE --------------------------------------------------------------------------------------------------
 
 
-def _starts(size: int, tile: int, stride: int) -> list[int]:
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
     """Tile starts covering [0, size): a regular stride, the last tile aligned to the far edge."""
     if size <= tile:
         return [0]
@@ -134,8 +146,9 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def _ramp(length: int, before: int, after: int, device: torch.device) -> torch.Tensor:
-    """Feather weights for one tile side: linear ramps over the overlaps with the previous/next tile, 1 elsewhere."""
+def feather(length: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    """Feather weights along one side of a tile: linear ramps over the overlaps with the previous/next tile, 1
+    elsewhere; never 0, and two ramps over the same overlap sum to 1."""
     w = torch.ones(length, dtype=torch.float32, device=device)
     if before > 0:
         w[:before] = (torch.arange(before, dtype=torch.float32, device=device) + 0.5) / before
@@ -155,7 +168,7 @@ def _axis_weights(
         span = min(tile, size)
         before = starts[i - 1] + span - s if i > 0 else 0
         after = s + span - starts[i + 1] if i + 1 < len(starts) else 0
-        out.append(_ramp(span * num // den, before * num // den, after * num // den, device))
+        out.append(feather(span * num // den, before * num // den, after * num // den, device))
     return out
 
 
@@ -171,7 +184,7 @@ def _tiled(
     b, _, h, w = x.shape
     if h % den or w % den:
         raise ValueError(f"input size {w}x{h} must be a multiple of {den}")
-    ys, xs = _starts(h, tile, tile - overlap), _starts(w, tile, tile - overlap)
+    ys, xs = tile_starts(h, tile, tile - overlap), tile_starts(w, tile, tile - overlap)
     wy = _axis_weights(ys, tile, h, num, den, x.device)
     wx = _axis_weights(xs, tile, w, num, den, x.device)
     out = acc = None
@@ -215,31 +228,36 @@ def tiled_decode(
     max(overlap, tile // 4) latents before tiling and the extension is cut off afterwards, so the image still wraps
     (a tile's own circular padding would wrap the tile, not the image).
     """
+    return _tiled_wrapping(decode_fn, z, tile, overlap, scale, 1, seamless)
+
+
+def _tiled_wrapping(
+    fn: TileFn, x: torch.Tensor, tile: int, overlap: int, num: int, den: int, seamless: str | None
+) -> torch.Tensor:
+    """`_tiled`, with the input extended circularly along the `seamless` axes (by max(overlap, tile // 4) input
+    units, a multiple of `den`) and the extension cut off the output."""
     if seamless not in (None, "x", "y", "xy"):
         raise ValueError(f"seamless must be None, 'x', 'y' or 'xy', got {seamless!r}")
     if not seamless:
-        return _tiled(decode_fn, z, tile, overlap, scale, 1)
-    h, w = z.shape[-2:]
-    px = min(max(overlap, tile // 4), w) if "x" in seamless and w > tile else 0
-    py = min(max(overlap, tile // 4), h) if "y" in seamless and h > tile else 0
-    out = _tiled(decode_fn, F.pad(z, (px, px, py, py), mode="circular"), tile, overlap, scale, 1)
-    return out[:, :, py * scale : (py + h) * scale, px * scale : (px + w) * scale]
+        return _tiled(fn, x, tile, overlap, num, den)
+    h, w = x.shape[-2:]
+    extend = max(overlap, tile // 4) // den * den
+    px = min(extend, w) if "x" in seamless and w > tile else 0
+    py = min(extend, h) if "y" in seamless and h > tile else 0
+    out = _tiled(fn, F.pad(x, (px, px, py, py), mode="circular"), tile, overlap, num, den)
+    oy, ox, oh, ow = py * num // den, px * num // den, h * num // den, w * num // den
+    return out[:, :, oy : oy + oh, ox : ox + ow]
 
 
 def tiled_encode(
-    encode_fn: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    *,
-    tile: int = 512,
-    overlap: int = 64,
-    scale: int = 8,
+    encode: TileFn, x: torch.Tensor, *, tile: int = 512, overlap: int = 64, scale: int = 8, seamless: str | None = None
 ) -> torch.Tensor:
-    """Encode pixels [B, 3, H, W] tile by tile (`encode_fn` returns the latent mean); `tile` and `overlap` are in
-    pixels and multiples of `scale`. Blending and memory as in `tiled_decode`."""
-    return _tiled(encode_fn, x, tile, overlap, 1, scale)
+    """Encode pixels [B, 3, H, W] tile by tile (`encode` returns the latent mean); `tile` and `overlap` are in
+    pixels and multiples of `scale`. Blending, memory and `seamless` as in `tiled_decode`."""
+    return _tiled_wrapping(encode, x, tile, overlap, 1, scale, seamless)
 
 
-def _available_bytes(device: torch.device) -> int | None:
+def available_bytes(device: torch.device) -> int | None:
     """Free memory on `device` in bytes, or None if unknown."""
     if device.type == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.mem_get_info(device)[0])
@@ -280,7 +298,7 @@ def should_tile(height: int, width: int, dtype: torch.dtype, device: torch.devic
     device = torch.device(device)
     if device.type == "cpu" and (height // 8) * (width // 8) > CPU_TILE_LATENT_AREA:
         return True
-    free = _available_bytes(device)
+    free = available_bytes(device)
     return free is not None and decode_bytes_estimate(height, width, dtype) > free // 2
 
 

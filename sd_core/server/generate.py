@@ -33,7 +33,7 @@ from PIL import Image
 from sd_core import GenerationSettings, HiresOptions, InpaintOptions, limits, samplers
 from sd_core.pnginfo import format_parameters, parse_parameters
 
-from . import hires, refusals, upscalers
+from . import hires, refusals, sd_upscale, upscalers
 from .codec import png_b64
 from .engine import ModelManager
 from .errors import ApiError, invalid
@@ -93,6 +93,7 @@ class Plan:
     model: ModelEntry | None = None  # override_settings.sd_model_checkpoint
     images: Images | None = None
     strength: float | None = None  # as requested (the engine may get a slightly higher one, see `_engine_strength`)
+    upscale: sd_upscale.SdUpscale | None = None  # script_name "SD upscale"
 
 
 @dataclass
@@ -215,12 +216,18 @@ def plan(
 ) -> Plan:
     """Everything that can be checked without the device; raises ApiError (4xx) naming the field."""
     _server_caps(req, settings)
-    p = prepare(req, store, styles, upscalers.available(settings))
+    choices = upscalers.available(settings)
+    p = prepare(req, store, styles, choices)
     req = p.request
     model = _model(req, directory)
-    images = prepare_images(req, p, settings.max_input_pixels) if isinstance(req, Img2ImgRequest) else None
+    upscale, images = None, None
+    if sd_upscale.is_sd_upscale(req):
+        assert isinstance(req, Img2ImgRequest)
+        upscale, images = sd_upscale.prepare(req, p, settings.max_input_pixels, choices)
+    elif isinstance(req, Img2ImgRequest):
+        images = prepare_images(req, p, settings.max_input_pixels)
     inpaint, strength = None, None
-    batch_size = req.batch_size or 1
+    batch_size = 1 if upscale else req.batch_size or 1
     if images is not None:
         assert isinstance(req, Img2ImgRequest)
         strength = req.denoising_strength if req.denoising_strength is not None else 0.75
@@ -258,6 +265,7 @@ def plan(
             **_seed_extras(req, p.settings, images is not None),
             hires=hires_options,
             resize_mode="latent" if images is not None and images.latent else "resize",
+            tile=None if upscale is None else upscale.tile,
         )
         chosen = replace(chosen, **sampler_options(req, chosen.sampler, p.settings))
     except limits.SettingError as exc:
@@ -265,7 +273,7 @@ def plan(
     context = refusals.Context("txt2img" if images is None else "img2img", chosen.sampler, (width, height), p.settings)
     ignored = refusals.check(req, context)
     _check_pixels(width, height, batch_size, settings.max_pixels, chosen.hires)
-    return Plan(kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength)
+    return Plan(kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength, upscale)
 
 
 def run(
@@ -290,6 +298,9 @@ def run(
     if p.model is not None and not req.override_settings_restore_afterwards:
         models.select(p.model)
     images = p.images
+    if p.upscale is not None and images is not None:
+        ctx.set_phase("upscaling")
+        images = p.upscale.upscale(images, p.settings.tiling)
     size = None if images is None else images.images[0].size
     try:
         out.settings = p.settings.resolve(p.kind, pipe.defaults, size)
@@ -361,14 +372,15 @@ def _infotext(p: Plan, img: Image.Image) -> str:
     """The image's A1111 parameters text, with the prompt A1111 shows (styled, extra-network tags kept) and the
     denoising strength that was asked for."""
     text = str(img.info.get("parameters", ""))
-    if not text or (p.prepared.shown_prompt == p.prepared.prompt and p.strength == p.settings.strength):
+    extra = {} if p.upscale is None else p.upscale.params()
+    if not text or (p.prepared.shown_prompt == p.prepared.prompt and p.strength == p.settings.strength and not extra):
         return text
     parsed = parse_parameters(text)
     parsed.pop("prompt")
     negative = parsed.pop("negative_prompt")
     if "Denoising strength" in parsed and p.strength is not None:
         parsed["Denoising strength"] = p.strength
-    return format_parameters(p.prepared.shown_prompt, negative, parsed)
+    return format_parameters(p.prepared.shown_prompt, negative, {**parsed, **extra})
 
 
 def echo(req: GenerationRequest) -> dict[str, Any]:
@@ -416,7 +428,7 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
         "seed_resize_from_w": req.seed_resize_from_w if req.seed_resize_from_w is not None else -1,
         "seed_resize_from_h": req.seed_resize_from_h if req.seed_resize_from_h is not None else -1,
         "denoising_strength": p.strength if p.strength is not None else getattr(req, "denoising_strength", None),
-        "extra_generation_params": {},
+        "extra_generation_params": {} if p.upscale is None else p.upscale.params(),
         "index_of_first_image": 0,
         "infotexts": infotexts,
         "styles": list(req.styles or []),

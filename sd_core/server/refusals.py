@@ -4,8 +4,9 @@ A field that would change A1111's image is never dropped silently: while the eng
 that sets it to a value other than its default is refused with a 422 naming it (`REFUSED`; a feature that lands
 removes its row). A field that A1111 ignores in the same situation (hires-fix settings without `enable_hr`, `eta`
 with a sampler that takes none, ...) is accepted and listed in `info["ignored_fields"]` (`IGNORED`), so a client
-can see it had no effect here either. Scripts: none is implemented yet, so any `script_name` is A1111's 422
-"Script '<name>' not found" and any `alwayson_scripts` entry A1111's 422 naming it.
+can see it had no effect here either. Scripts: `SELECTABLE_SCRIPTS` lists the ones implemented (img2img's "SD
+upscale", `sd_upscale.py`); any other `script_name` is A1111's 422 "Script '<name>' not found", and any
+`alwayson_scripts` entry A1111's 422 naming it.
 
 "Default" is the value in effect when the field is left out, so clients that always send every field (webuiapi) keep
 working. The sampler options `eta` and `s_churn`/`s_tmin`/`s_tmax`/`s_noise` go to the samplers A1111 hands them to
@@ -33,7 +34,10 @@ TAKES = {"eta": TAKES_ETA, "s_churn": CHURN, "s_tmin": CHURN, "s_tmax": CHURN, "
 NO_CHECKPOINT = (None, "", "None", "none")
 
 # Scripts this server implements, by lower-case title (A1111 matches titles case-insensitively).
-SELECTABLE_SCRIPTS: dict[str, dict[str, Any]] = {"txt2img": {}, "img2img": {}}
+SELECTABLE_SCRIPTS: dict[str, dict[str, Any]] = {
+    "txt2img": {},
+    "img2img": {"sd upscale": {"args": ["info", "overlap", "upscaler_index", "scale_factor"]}},  # sd_upscale.py
+}
 ALWAYSON_SCRIPTS: dict[str, dict[str, Any]] = {"txt2img": {}, "img2img": {}}
 
 
@@ -164,6 +168,11 @@ IGNORED: tuple[Rule, ...] = (
     Rule("firstpass_image", lambda r, c: r.firstpass_image is not None, "used only by txt2img's hires fix"),
     Rule("comments", lambda r, c: bool(r.comments), "A1111 replaces it with its own"),
     Rule("script_args", lambda r, c: bool(r.script_args) and not r.script_name, "used only with a script_name"),
+    Rule(
+        "resize_mode",
+        lambda r, c: (r.script_name or "").lower() == "sd upscale" and _set(getattr(r, "resize_mode", 0), 0),
+        "SD upscale enlarges the init image as it is",
+    ),
     Rule("do_not_save_samples", lambda r, c: bool(r.do_not_save_samples), "A1111 sets it from save_images"),
     Rule("do_not_save_grid", lambda r, c: bool(r.do_not_save_grid), "A1111 sets it from save_images"),
     Rule("save_images", lambda r, c: bool(r.save_images), "this server never writes images to disk"),

@@ -215,10 +215,19 @@ def resize(
     height: int,
     upscaler: str | Upscaler | None,
     available: Upscalers | None = None,
+    seamless: str | None = None,
 ) -> Image.Image:
     """A1111's resize inside `resize_image`: Lanczos, except that an enlargement goes through `upscaler` first (a
     model upscaler, or one of the pixel ones; a name is looked up in `available`, default the pixel ones) when one is
-    chosen; masks (mode L) are always resized with Lanczos."""
+    chosen; masks (mode L) are always resized with Lanczos. `seamless` ("x", "y", "xy"): the image wraps on those
+    axes and so does the result (the resampling sees the far edge's pixels across the wrap, `wrap_padded`)."""
+    if seamless:
+        padded, mx, my = wrap_padded(img, seamless)
+        fx, fy = width / img.width, height / img.height
+        big = resize(padded, round(padded.width * fx), round(padded.height * fy), upscaler, available)
+        fx, fy = big.width / padded.width, big.height / padded.height
+        box = (mx * fx, my * fy, (mx + img.width) * fx, (my + img.height) * fy)
+        return big.resize((width, height), Image.Resampling.LANCZOS, box=box)
     name = upscaler.name if isinstance(upscaler, Upscaler) else upscaler
     if name is None or name == NONE or img.mode == "L":
         return img.resize((width, height), Image.Resampling.LANCZOS)
@@ -229,3 +238,20 @@ def resize(
     if img.size != (width, height):
         img = img.resize((width, height), Image.Resampling.LANCZOS)
     return img
+
+
+WRAP_MARGIN = 8
+"""Source pixels repeated around a seamless image before resampling: more than any resampling kernel reaches."""
+
+
+def wrap_padded(img: Image.Image, seamless: str) -> tuple[Image.Image, int, int]:
+    """`img` with `WRAP_MARGIN` pixels of the opposite edge repeated around it on the `seamless` axes ("x", "y",
+    "xy"), and the margins added on x and y."""
+    w, h = img.size
+    mx = min(WRAP_MARGIN, w) if "x" in seamless else 0
+    my = min(WRAP_MARGIN, h) if "y" in seamless else 0
+    padded = Image.new(img.mode, (w + 2 * mx, h + 2 * my))
+    for dx in (-w, 0, w) if mx else (0,):
+        for dy in (-h, 0, h) if my else (0,):
+            padded.paste(img, (mx + dx, my + dy))
+    return padded, mx, my

@@ -139,6 +139,20 @@ def test_a1111_options(model, tmp_path):
         assert {k: params.get(k) for k in expected[command]} == expected[command]
 
 
+def test_img2img_sd_upscale_in_tiles(model, tmp_path):
+    """A1111's "SD upscale" from the command line: --upscale enlarges the image, --tile denoises it in tiles."""
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 48), (200, 60, 40)).save(image)
+    args = ("--model", str(model), "--prompt", "a wall", "--steps", "2", "--seed", "5", "--dtype", "fp32")
+    tiles = ("--upscale", "2", "--upscaler", "Nearest", "--tile", "64", "--tile-overlap", "32", "--tiling", "xy")
+    out = sd_core_cli("img2img", *args, "--image", str(image), *tiles, "--outdir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "00000-5.png") as img:
+        params = parse_parameters(img.info["parameters"])
+        assert img.size == (128, 96)
+    assert params["Tile size"] == "64x64" and params["Tile overlap"] == "32" and params["Size"] == "128x96"
+
+
 def test_help_shows_every_default(model):
     out = sd_core_cli("inpaint", "--help")
     assert out.returncode == 0
@@ -159,8 +173,17 @@ def test_help_shows_every_default(model):
 
 @pytest.mark.parametrize(
     ("args", "named"),
-    [(("--steps", "0"), "--steps:"), (("--sampler", "Eulr"), "--sampler:"), (("--clip-skip", "13"), "--clip-skip:")]
-    + [(("--eta", "0.5"), "--eta:"), (("--seed-resize-from", "60x64"), "--seed-resize-from:")],
+    [
+        (("--steps", "0"), "--steps:"),
+        (("--sampler", "Eulr"), "--sampler:"),
+        (("--clip-skip", "13"), "--clip-skip:"),
+        (("--eta", "0.5"), "--eta:"),
+        (("--seed-resize-from", "60x64"), "--seed-resize-from:"),
+        (("--tile", "big"), "--tile:"),
+        (("--tile", "60"), "--tile:"),
+        (("--tile", "64", "--tile-overlap", "64"), "--tile-overlap:"),
+        (("--tile-batch", "0"), "--tile-batch:"),
+    ],
 )
 def test_a_bad_setting_names_its_option(model, tmp_path, args, named):
     out = sd_core_cli("txt2img", "--model", str(model), "--prompt", "x", *args, "--outdir", str(tmp_path))

@@ -186,6 +186,34 @@ def test_tiled_decode_seamless_keeps_the_image_wrapping():
     assert wrapped.shape == whole.shape
 
 
+@torch.no_grad()
+def test_tiled_encode_seamless_keeps_the_latents_wrapping():
+    """As for decoding: the pixels are extended circularly, so the wrap edge's latents see the image's far edge."""
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 4, 3, padding=1), nn.AvgPool2d(8))
+    x = torch.randn(1, 3, 128, 320, generator=torch.Generator().manual_seed(0))  # one row of tiles: no seams in y
+    with tiling.seamless(encoder, "xy"):
+        whole = encoder(x)
+        wrapped = tiling.tiled_encode(encoder, x, tile=128, overlap=32, seamless="xy")
+        plain = tiling.tiled_encode(encoder, x, tile=128, overlap=32)
+    edges = [0, -1]  # latent columns next to the wrap seam
+    assert (wrapped - whole)[..., edges].abs().max() < 1e-5
+    assert (plain - whole)[..., edges].abs().max() > 1e-3
+    assert wrapped.shape == whole.shape
+
+
+def test_padding_axes_sets_exactly_those_axes_and_restores():
+    """Unlike `seamless`, None turns wrap-around off for the block (tiled denoising's tiles)."""
+    net = conv_stack()
+    with tiling.seamless(net, "xy"):
+        with tiling.padding_axes(net, None):
+            assert set(tiling.seamless_axes(net).values()) == {None}
+        with tiling.padding_axes(net, "y"):
+            assert set(tiling.seamless_axes(net).values()) == {"y"}
+        assert set(tiling.seamless_axes(net).values()) == {"xy"}
+    assert set(tiling.seamless_axes(net).values()) == {None}
+
+
 def test_vae_encoder_wraps_on_x_only():
     """The encoder's hand-padded stride-2 downsample follows the seamless setting: with axes "x", shifting the image
     by 8 pixels (one latent) along x shifts the latents by one column exactly; along y it does not."""

@@ -210,3 +210,20 @@ def test_resize_goes_through_a_model_upscaler(folder):
     assert not np.array_equal(pixels(by_name), pixels(lanczos))
     with pytest.raises(SettingError):
         upscalers.resize(img, 100, 70, "4x_tiny")  # not among the pixel upscalers
+
+
+@pytest.mark.parametrize("size", [(128, 96), (150, 90)])  # twice, and a scale that is no integer
+def test_seamless_resize_is_the_middle_of_the_repeated_image(size):
+    """With `seamless="xy"` the resampling sees across the wrap edge: the result is the middle of the 3x3 repeated
+    image resized, which a plain resize differs from at the borders (hires fix's and SD upscale's pixel path)."""
+    img = picture(64, 48, seed=3)
+    ours = np.asarray(upscalers.resize(img, *size, "Lanczos", seamless="xy"), dtype=np.float64)
+    tiled = Image.new("RGB", (192, 144))
+    for x in range(3):
+        for y in range(3):
+            tiled.paste(img, (64 * x, 48 * y))
+    w, h = size
+    middle = tiled.resize((w, h), Image.Resampling.LANCZOS, box=(64, 48, 128, 96))
+    assert np.abs(ours - np.asarray(middle, dtype=np.float64)).mean() < 1.0
+    plain = np.asarray(upscalers.resize(img, *size, "Lanczos"), dtype=np.float64)
+    assert np.abs(plain[:, :4] - np.asarray(middle, dtype=np.float64)[:, :4]).mean() > 3.0

@@ -81,7 +81,7 @@ def test_webuiapi_helpers_for_every_listing_endpoint(webui, server):
     memory = webui.get_memory()
     assert set(memory["ram"]) == {"free", "used", "total"} and 0 < memory["ram"]["used"] < memory["ram"]["total"]
     assert memory["cuda"] == {"error": "unavailable"} or "system" in memory["cuda"]
-    assert webui.get_scripts() == {"txt2img": [], "img2img": []}
+    assert webui.get_scripts() == {"txt2img": [], "img2img": ["sd upscale"]}
     assert webui.skip() is None  # nothing running: harmless, as A1111
     assert webui.refresh_checkpoints() is None
     assert webui.get_options()["sd_model_checkpoint"].startswith("tiny")
@@ -335,6 +335,49 @@ def test_extras_keep_the_parameters_and_refuse_what_they_cannot_do(client):
         with pytest.raises(ClientError) as caught:
             client.request("POST", "/sdapi/v1/extra-single-image", {**body, **bad})
         assert caught.value.status == 422 and caught.value.field == field, (bad, caught.value.message)
+
+
+# --- scripts ---------------------------------------------------------------------------------------------------
+
+
+def test_sd_upscale_script(webui, client):
+    """A1111's script_args [info, overlap, upscaler index, scale]: the init image upscaled, then one tiled img2img in
+    tiles of width x height; one image per n_iter with seed + n; A1111's infotext fields."""
+    upscalers = [u["name"] for u in client.request("GET", "/sdapi/v1/upscalers")]
+    img = sample_image(SIZE, 48)
+    result = webui.img2img(images=[img], prompt="a red brick wall", script_name="SD upscale", width=SIZE, height=SIZE,
+                           script_args=[None, 32, upscalers.index("Lanczos"), 2], steps=2, seed=5, n_iter=2,
+                           denoising_strength=0.4, sampler_name="Euler", cfg_scale=5)  # fmt: skip
+    assert [i.size for i in result.images] == [(128, 96), (128, 96)]
+    assert result.info["all_seeds"] == [5, 6] and (result.info["width"], result.info["height"]) == (128, 96)
+    assert result.info["extra_generation_params"] == {"SD upscale overlap": 32, "SD upscale upscaler": "Lanczos"}
+    text = result.info["infotexts"][0]
+    for field in ("Size: 128x96", "Tile size: 64x64, Tile overlap: 32", "SD upscale overlap: 32", "upscaler: Lanczos"):
+        assert field in text, text
+    assert result.images[0].info["parameters"] == text
+    kept = client.img2img({**BASE, "init_images": [png_b64(img)], "script_name": "sd upscale", "script_args": ["", 0,
+                           "None", 4], "denoising_strength": 0, "resize_mode": 1})  # fmt: skip
+    assert open_b64(kept["images"][0]).size == (SIZE, 48)  # "None" upscales nothing, as A1111's script
+    assert info_of(kept)["ignored_fields"] == ["resize_mode"]
+
+
+def test_sd_upscale_refuses_what_it_cannot_do(client):
+    base = {**BASE, "init_images": [png_b64(sample_image(SIZE, SIZE))], "script_name": "SD upscale"}
+    for change, field in [
+        ({"script_args": [None, 64, 1, 2]}, "script_args[1]"),  # the overlap must be less than the 64 px tile
+        ({"script_args": [None, 16, 99, 2]}, "script_args[2]"),
+        ({"script_args": [None, 16, "ESRGAN_7x", 2]}, "script_args[2]"),
+        ({"script_args": [None, 16, 1, 0]}, "script_args[3]"),
+        ({"script_args": [None, 16, 1, "2"]}, "script_args[3]"),
+        ({"script_args": [None, 16, 1, 4]}, "width"),  # 256 x 256: more than --max-pixels
+        ({"mask": png_b64(Image.new("L", (SIZE, SIZE), 255))}, "mask"),
+    ]:
+        with pytest.raises(ClientError) as caught:
+            client.img2img({**base, **change})
+        assert (caught.value.status, caught.value.field) == (422, field), (change, caught.value.message)
+    with pytest.raises(ClientError) as caught:
+        client.txt2img({**BASE, "script_name": "SD upscale"})  # an img2img script only, as A1111
+    assert caught.value.status == 422 and "Script 'SD upscale' not found" in caught.value.message
 
 
 # --- skip ------------------------------------------------------------------------------------------------------

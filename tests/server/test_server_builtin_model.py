@@ -13,6 +13,7 @@ from PIL import Image
 from server_utils import SERVER_THREADS, open_b64, png_b64, start_server
 
 import sd_core
+from sd_core import TileOptions, sd_upscale
 from sd_core.client import SDClient
 from sd_core.loader import BUILTIN_MODEL
 from sd_core.training import data, evaluate
@@ -120,3 +121,23 @@ def test_img2img_over_the_api_keeps_the_structure(client):
     out = rgb(client.img2img(payload)["images"][0])
     assert evaluate.structure_similarity(src, out) >= 0.8
     assert evaluate.check(out, ("red", "white"), "vertical stripes") == (True, True)
+
+
+def test_sd_upscale_of_a_seamless_texture_is_the_engines_and_still_wraps(client, engine):
+    """ "SD upscale" with tiling: the engine's wrap-aware upscale and tiled img2img (64 px tiles wrapping around the
+    128 px torus), pixel for pixel; the results wrap like the generator's own textures."""
+    specs = [data.TextureSpec("vertical stripes", "red", "white", "small"), data.TextureSpec("checkerboard", "black",
+             "white", "large")]  # fmt: skip
+    upscaled = []
+    for i, spec in enumerate(specs):
+        src, prompt = Image.fromarray(evaluate.reference_texture(spec, seed=i)), data.caption(spec)
+        script = {"script_name": "SD upscale", "script_args": [None, 32, 1, 2]}  # overlap 32, Lanczos, x2
+        payload = {**SETTINGS, **script, "prompt": prompt, "seed": 40 + i, "denoising_strength": 0.5, "tiling": True,
+                   "init_images": [png_b64(src)]}  # fmt: skip
+        image = rgb(client.img2img(payload)["images"][0])
+        big = sd_upscale.upscale(src, 2, "Lanczos", seamless="xy")
+        local = engine.img2img(big, prompt, strength=0.5, steps=20, sampler="euler", cfg_scale=3.0, seed=40 + i,
+                               tiling="xy", tile=TileOptions(64, 64, overlap=32))[0]  # fmt: skip
+        assert image.shape == (128, 128, 3) and np.array_equal(image, np.asarray(local.convert("RGB")))
+        upscaled.append(image)
+    assert evaluate.wrap_ratio(upscaled) <= 1.35
