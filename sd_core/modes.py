@@ -212,7 +212,8 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
             fields[f"Sigma {label}"] = options[name]
     if s.hires is not None:
         fields.update(hires.infotext_fields(s))
-    if s.tile is not None and s.tile.applies(*size):  # the image's size: hires fix's second pass may be tiled
+    made = size if s.hires is None else s.hires.target_size(s.width, s.height)  # hires: the second pass is tiled
+    if s.tile is not None and s.tile.applies(*made):
         fields["Tile size"] = f"{s.tile.width}x{s.tile.height}"
         fields["Tile overlap"] = s.tile.overlap
     return fields

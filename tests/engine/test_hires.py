@@ -93,6 +93,24 @@ def test_hires_with_a_pixel_upscaler_is_img2img_of_the_upscaled_first_pass(sd1, 
     assert hires.second_pass(s) == dataclasses.replace(same, subseed=s.subseed)
 
 
+def test_a_seamless_hires_with_a_tiled_second_pass_is_tiled_img2img_of_the_wrapped_upscale(sd1):
+    """Acceptance 3's large-texture path, small: tiling "xy" and a tile smaller than the target. The enlargement sees
+    across the wrap edge (`upscalers.resize(..., seamless=)`), the second pass is img2img in tiles, and the infotext
+    names the tile, which the first pass (covered by the tile) did not use."""
+    tile = sd_core.TileOptions(64, 64, overlap=32)
+    options = HiresOptions(scale=2, upscaler="Lanczos", steps=2, strength=0.6)
+    [image] = sd1.txt2img("a cat", hires=options, tiling="xy", tile=tile, **BASE)
+    [first] = sd1.txt2img("a cat", tiling="xy", **BASE)
+    upscaled = upscalers.resize(first, 128, 128, "Lanczos", seamless="xy")
+    second = dict(width=128, height=128, steps=2, seed=SEED, strength=0.6, fixed_steps=True, tiling="xy", tile=tile)
+    [expected] = sd1.img2img(upscaled, "a cat", **second)
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+    params = parse_parameters(image.info["parameters"])
+    assert (params["Tile size"], params["Tile overlap"], params["Tiling"]) == ("64x64", "32", "xy")
+    [plain] = sd1.txt2img("a cat", hires=options, tiling="xy", **BASE)
+    assert not np.array_equal(np.asarray(plain), np.asarray(image))  # the tiles made a difference
+
+
 @pytest.mark.parametrize("mode", list(latent.LATENT_MODES))
 def test_hires_with_a_latent_mode_is_img2img_from_the_upscaled_first_pass_latents(sd1, mode):
     options = HiresOptions(upscaler=mode, steps=2)
