@@ -10,7 +10,8 @@
 3. Second pass: img2img from those latents (`modes.img2img_latents`, the path img2img itself takes) with
    `second_pass(s)`: the same settings at the target size, with the hires steps, strength, prompts, sampler and
    schedule, and `fixed_steps` (A1111's step rule for this pass: exactly the hires steps, the last of a schedule of
-   `int(steps / min(strength, 0.999))`); fresh generators seeded seed + k, so image k draws new noise from its own
+   `int(steps / min(strength, 0.999))`; strength 0 samples nothing, as A1111's empty schedule: the image is the
+   upscaled first pass); fresh generators seeded seed + k, so image k draws new noise from its own
    seed again (A1111). The prompts are encoded again when they differ from the first pass's.
 
 So, with a pixel or model upscaler, a hires image is exactly
@@ -55,7 +56,7 @@ def second_pass(s: GenerationSettings) -> GenerationSettings:
             steps=h.steps or s.steps,
             sampler=h.sampler or s.sampler,
             schedule=schedule,
-            strength=h.strength,
+            strength=h.strength or None,  # 0: nothing to sample (`modes` returns the upscaled latents)
             fixed_steps=True,
         )
     except limits.SettingError as exc:

@@ -133,6 +133,8 @@ def _hires(
     encoded again where they changed."""
     generators = _generators(second)
     init = hires.upscale(pipe, s, latents, generators)
+    if second.strength is None:  # hires strength 0: A1111's second pass samples nothing
+        return init
     if (second.prompt, second.negative_prompt) != (s.prompt, s.negative_prompt):
         text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip)
     return img2img_latents(pipe, second, init, text, generators, callback)

@@ -82,7 +82,7 @@ class HiresOptions:
     "Latent", "Latent (bicubic)", ...), a pixel upscaler's name ("None" is a plain Lanczos resize, "Lanczos",
     "Nearest"), or an `upscalers.Upscaler` (a model upscaler: `upscalers.Upscalers(folders).find(name)`,
     `upscalers.model_upscaler(path)`). `steps`: the second pass's steps (0 or None: the first pass's);
-    `strength`: its denoising strength. `prompt`, `negative_prompt`, `sampler`, `schedule`: the second pass's (None:
+    `strength`: its denoising strength (0: no second-pass sampling, the upscaled first pass as it is, as A1111). `prompt`, `negative_prompt`, `sampler`, `schedule`: the second pass's (None:
     the first pass's; a second-pass sampler without a schedule keeps the first pass's schedule unless that one was
     its sampler's default, A1111's inheritance)."""
 
@@ -112,7 +112,7 @@ class HiresOptions:
             raise limits.SettingError("hires_upscaler", f"hires_upscaler must be {why}")
         if self.steps is not None:
             set_field(self, "steps", limits.check_int("hires_steps", self.steps, 0, limits.MAX_STEPS) or None)
-        limits.check_number("hires_strength", self.strength, 0.0, 1.0, low_open=True)
+        limits.check_number("hires_strength", self.strength, 0.0, 1.0)  # 0: the upscaled first pass, unsampled
         for name in ("prompt", "negative_prompt"):
             if getattr(self, name) is not None:
                 limits.check_prompt(f"hires_{name}", getattr(self, name))

@@ -36,6 +36,7 @@ from .schemas import (
     ErrorResponse,
     GenerationResponse,
     Img2ImgRequest,
+    InterrogateRequest,
     PingResponse,
     PNGInfoRequest,
     PNGInfoResponse,
@@ -340,6 +341,11 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
         text = read_parameters(img) or ""
         items = {k: v for k, v in img.info.items() if k != "parameters" and isinstance(v, (str, int, float, bool))}
         return {"info": text, "items": items, "parameters": parse_parameters(text) if text else {}}
+
+    @app.post("/sdapi/v1/interrogate", responses=ERRORS)
+    def interrogate(req: InterrogateRequest) -> dict[str, Any]:
+        """A1111's 404 for an interrogator it does not have: no interrogation model ships with sd_core (README)."""
+        raise ApiError(404, f"Model not found: {req.model!r} (no interrogation model ships with sd_core)", "model")
 
     @app.get("/internal/ping", response_model=PingResponse, responses=ERRORS)
     def ping() -> dict[str, Any]:

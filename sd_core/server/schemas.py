@@ -233,6 +233,11 @@ class PNGInfoRequest(ApiModel):
     image: str = Field(..., description="base64 PNG (data: URL accepted)")
 
 
+class InterrogateRequest(ApiModel):
+    image: str = Field("", description="base64 image (data: URL accepted)")
+    model: str = Field("clip", description="A1111's interrogator: clip or deepdanbooru; none ships here")
+
+
 class PNGInfoResponse(ApiModel):
     info: str = Field(description="the `parameters` text, empty if none")
     items: dict[str, Any] = Field(description="the image's other text chunks")

@@ -124,6 +124,17 @@ def test_hires_with_a_latent_mode_is_img2img_from_the_upscaled_first_pass_latent
     assert np.array_equal(np.asarray(image), np.asarray(expected[0]))
 
 
+def test_strength_zero_is_the_upscaled_first_pass_unsampled(sd1):
+    """A1111's second pass at denoising strength 0 has an empty schedule: the image is the upscaled latents decoded."""
+    options = HiresOptions(upscaler="Latent (bicubic)", strength=0)
+    seen = []
+    [image] = sd1.txt2img("a cat", hires=options, callback=lambda info: seen.append(info.phase), **BASE)
+    s = resolved(options, cfg_scale=sd1.defaults.cfg_scale)
+    init = latent.upscale_latents(first_pass_latents(sd1, s), 16, 16, "Latent (bicubic)")
+    assert np.array_equal(np.asarray(image), np.asarray(sd1.decode_latents(init)[0]))
+    assert set(seen) == {1} and parse_parameters(image.info["parameters"])["Denoising strength"] == "0"
+
+
 def test_the_second_pass_runs_exactly_its_steps_on_a1111_s_schedule(sd1):
     """A1111's hires step rule: the hires steps (or the first pass's) are the last of a longer schedule."""
     seen: list = []
@@ -212,7 +223,7 @@ def test_a_target_outside_the_size_limits_names_the_hires_setting():
         ("upscaler", "2x_tiny"),  # a model's name: its upscalers.Upscaler (from the caller's folders) is needed
         ("upscaler", 4),
         ("steps", -1),
-        ("strength", 0.0),
+        ("strength", -0.1),
         ("strength", 1.5),
         ("prompt", 3),
         ("sampler", "No such sampler"),
