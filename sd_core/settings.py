@@ -82,9 +82,10 @@ class HiresOptions:
     "Latent", "Latent (bicubic)", ...), a pixel upscaler's name ("None" is a plain Lanczos resize, "Lanczos",
     "Nearest"), or an `upscalers.Upscaler` (a model upscaler: `upscalers.Upscalers(folders).find(name)`,
     `upscalers.model_upscaler(path)`). `steps`: the second pass's steps (0 or None: the first pass's);
-    `strength`: its denoising strength (0: no second-pass sampling, the upscaled first pass as it is, as A1111). `prompt`, `negative_prompt`, `sampler`, `schedule`: the second pass's (None:
-    the first pass's; a second-pass sampler without a schedule keeps the first pass's schedule unless that one was
-    its sampler's default, A1111's inheritance)."""
+    `strength`: its denoising strength (0: no second-pass sampling, the upscaled first pass as it is, as A1111).
+    `prompt`, `negative_prompt`, `sampler`, `schedule`: the second pass's (None: the first pass's; a second-pass
+    sampler without a schedule keeps the first pass's schedule unless that one was its sampler's default, A1111's
+    inheritance)."""
 
     scale: float = 2.0
     width: int | None = None
