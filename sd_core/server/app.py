@@ -342,7 +342,10 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
         items = {k: v for k, v in img.info.items() if k != "parameters" and isinstance(v, (str, int, float, bool))}
         return {"info": text, "items": items, "parameters": parse_parameters(text) if text else {}}
 
-    @app.post("/sdapi/v1/interrogate", responses=ERRORS)
+    @app.post(
+        "/sdapi/v1/interrogate",
+        responses={**ERRORS, 404: {"model": ErrorResponse, "description": "Model not found (none ships)"}},
+    )
     def interrogate(req: InterrogateRequest) -> dict[str, Any]:
         """A1111's 404 for an interrogator it does not have: no interrogation model ships with sd_core (README)."""
         raise ApiError(404, f"Model not found: {req.model!r} (no interrogation model ships with sd_core)", "model")
