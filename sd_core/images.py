@@ -173,7 +173,7 @@ def tensor_to_images(t: torch.Tensor) -> list[Image.Image]:
 
 
 def check_size(width: int, height: int) -> None:
-    """Raise ValueError unless width and height are integers, multiples of 8, from 64 to 8192 (`sd_core.limits`)."""
+    """Raise ValueError unless width and height are integers, multiples of 8, from 8 to 8192 (`sd_core.limits`)."""
     limits.check_side("width", width)
     limits.check_side("height", height)
 

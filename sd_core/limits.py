@@ -11,7 +11,7 @@ import math
 import numbers
 from typing import Any
 
-MIN_SIDE = 64
+MIN_SIDE = 8  # one latent: A1111 generates any multiple of 8 (its UNet matches odd skip sizes, as ours)
 MAX_SIDE = 8192
 SIDE_MULTIPLE = 8  # the VAE maps each 8x8 pixel block to one latent
 MAX_STEPS = 1000  # the model's training timesteps
@@ -70,7 +70,7 @@ def check_number(name: str, value: Any, low: float, high: float, *, low_open: bo
 
 
 def check_side(name: str, value: Any) -> int:
-    """A width or height: an integer multiple of 8 from 64 to 8192."""
+    """A width or height: an integer multiple of 8 from `MIN_SIDE` to `MAX_SIDE` (8 to 8192)."""
     check_int(name, value, MIN_SIDE, MAX_SIDE)
     if value % SIDE_MULTIPLE:
         nearest = max(MIN_SIDE, int(value / SIDE_MULTIPLE + 0.5) * SIDE_MULTIPLE)

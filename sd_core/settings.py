@@ -150,7 +150,7 @@ class HiresOptions:
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """The size of a hires image whose first pass is `width` x `height`: `upscale_size` floored to a multiple of
         8 (A1111's latents are 1/8 of it), or `width` x `height` when both are given (the centre of the upscaled
-        image). A `SettingError` naming the hires size (or scale) when a side leaves 64 to 8192."""
+        image). A `SettingError` naming the hires size (or scale) when a side leaves 8 to 8192."""
         up_w, up_h = self.upscale_size(width, height)
         both = self.width is not None and self.height is not None
         size = (self.width, self.height) if both else (up_w // 8 * 8, up_h // 8 * 8)

@@ -8,7 +8,7 @@
   loaded (there are none here), so each is listed in `info["ignored_extra_networks"]`. With `disable_extra_networks`
   the tags stay in the prompt as text, as in A1111.
 - width and height are floored to multiples of 8 (A1111 works on 8x8 latent cells, so its images come out that
-  size); below 64 they are refused: the engine's smallest size (`sd_core.limits.MIN_SIDE`).
+  size); below 8 (one latent, `sd_core.limits.MIN_SIDE`) they are refused.
 - `override_settings`: the honoured settings (`options.PER_REQUEST`; the model is chosen by `generate.py`) apply to
   this request; any other key is listed in `info["ignored_override_settings"]` and the request goes on.
 """

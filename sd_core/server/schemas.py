@@ -79,7 +79,7 @@ class GenerationRequest(ApiModel):
         None,
         ge=1,
         le=MAX_SIDE,
-        description="floored to a multiple of 8 (as A1111), at least 64; left out: the model's native size (txt2img, "
+        description="floored to a multiple of 8 (as A1111), at least 8; left out: the model's native size (txt2img, "
         "only-masked inpainting) or the init image's",
     )
     height: int | None = Field(None, ge=1, le=MAX_SIDE, description="as width")

@@ -23,7 +23,7 @@ MODEL = ModelDefaults(cfg_scale=3.0, width=64, height=96)
         ("negative_prompt", None),
         ("width", 100),
         ("width", limits.MAX_SIDE + 8),
-        ("height", 56),
+        ("height", 4),
         ("steps", 0),
         ("steps", limits.MAX_STEPS + 1),
         ("steps", 2.5),
@@ -91,7 +91,7 @@ def test_resolve_fills_in_the_models_defaults():
 
 def test_resolve_takes_the_image_size_for_img2img_and_whole_picture_inpainting():
     s = GenerationSettings().resolve("img2img", MODEL, (100, 37))
-    assert (s.width, s.height, s.strength) == (104, 64, 0.75)  # nearest multiples of 8, at least 64
+    assert (s.width, s.height, s.strength) == (104, 40, 0.75)  # nearest multiples of 8 (at least 8)
     s = GenerationSettings().resolve("inpaint", MODEL, (100, 200))
     assert (s.width, s.height, s.strength, s.inpaint) == (104, 200, 1.0, InpaintOptions())
     only = GenerationSettings(inpaint=InpaintOptions(only_masked=True)).resolve("inpaint", MODEL, (100, 200))

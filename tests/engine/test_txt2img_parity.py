@@ -18,9 +18,11 @@ SIZE, STEPS, CFG, SEED, BATCH = 64, 8, 7.5, 1234, 2
 def reference():
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline.from_pretrained(
+    pipe = StableDiffusionPipeline.from_pretrained(
         str(_cached_folder(0, False, False)), local_files_only=True, safety_checker=None, requires_safety_checker=False
     )
+    pipe.folder_scheduler_config = pipe.scheduler.config  # the tests swap schedulers: each starts from the folder's
+    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +36,12 @@ def from_folder():
     return sd_core.load(_cached_folder(0, False, False), device="cpu", dtype=torch.float32)
 
 
-def diffusers_images(pipe, **kw) -> list[np.ndarray]:
+def diffusers_images(pipe, size: tuple[int, int] = (SIZE, SIZE), **kw) -> list[np.ndarray]:
     out = pipe(
         PROMPT,
         negative_prompt="blurry, low quality",
-        height=SIZE,
-        width=SIZE,
+        width=size[0],
+        height=size[1],
         num_inference_steps=STEPS,
         guidance_scale=CFG,
         num_images_per_prompt=BATCH,
@@ -50,13 +52,13 @@ def diffusers_images(pipe, **kw) -> list[np.ndarray]:
     return [(img * 255).round().astype(np.float64) for img in out.images]
 
 
-def ours(pipe, sampler: str) -> list[np.ndarray]:
+def ours(pipe, sampler: str, size: tuple[int, int] = (SIZE, SIZE)) -> list[np.ndarray]:
     # "(low quality:1.0)" is A1111 syntax for weight 1: the same conditioning as diffusers' plain text.
     imgs = pipe.txt2img(
         PROMPT,
         negative_prompt=NEGATIVE,
-        width=SIZE,
-        height=SIZE,
+        width=size[0],
+        height=size[1],
         steps=STEPS,
         sampler=sampler,
         cfg_scale=CFG,
@@ -80,7 +82,7 @@ def assert_same_images(ours: list[np.ndarray], ref: list[np.ndarray]) -> None:
 def test_ddim_matches_diffusers(request, reference, source):
     from diffusers import DDIMScheduler
 
-    reference.scheduler = DDIMScheduler.from_config(reference.scheduler.config)
+    reference.scheduler = DDIMScheduler.from_config(reference.folder_scheduler_config)
     assert_same_images(ours(request.getfixturevalue(source), "ddim"), diffusers_images(reference))
 
 
@@ -90,10 +92,24 @@ def test_euler_matches_diffusers_given_same_sigmas(request, reference, source):
 
     pipe = request.getfixturevalue(source)
     sigmas = sd_core.samplers.resolve("euler").sigmas(STEPS, pipe.noise_schedule)
-    reference.scheduler = EulerDiscreteScheduler.from_config(reference.scheduler.config, timestep_spacing="linspace")
+    reference.scheduler = EulerDiscreteScheduler.from_config(
+        reference.folder_scheduler_config, timestep_spacing="linspace"
+    )
     assert float(sigmas[-1]) == 0.0
     expected = diffusers_images(reference, sigmas=sigmas[:-1].tolist())
     assert_same_images(ours(pipe, "euler"), expected)
+
+
+@pytest.mark.parametrize("size", [(40, 24), (72, 56)])
+def test_sizes_below_64_and_odd_latent_sizes_match_diffusers(reference, single_file, size):
+    """A1111 generates any multiple of 8 (`limits.MIN_SIDE` is 8): latents of odd sides go through the UNet's
+    down- and upsampling with the skip connections' sizes kept, as diffusers'."""
+    from diffusers import DDIMScheduler
+
+    reference.scheduler = DDIMScheduler.from_config(reference.folder_scheduler_config)
+    mine = ours(single_file, "ddim", size)
+    assert mine[0].shape == (size[1], size[0], 3)
+    assert_same_images(mine, diffusers_images(reference, size))
 
 
 def test_different_samplers_give_different_images(single_file):

@@ -182,9 +182,11 @@ def test_sizes_are_floored_to_multiples_of_8(client):
     result = client.txt2img({**BASE, "width": 71, "height": 100})
     assert open_b64(result["images"][0]).size == (64, 96)
     assert rgb(result["images"][0]) == rgb(client.txt2img({**BASE, "width": 64, "height": 96})["images"][0])
+    small = client.txt2img({**BASE, "width": 47, "height": 20})  # below 64 as A1111: one latent per 8x8 block
+    assert open_b64(small["images"][0]).size == (40, 16)
     with pytest.raises(ClientError) as caught:
-        client.txt2img({**BASE, "height": 60})
-    assert caught.value.status == 422 and caught.value.field == "height" and "64" in caught.value.message
+        client.txt2img({**BASE, "height": 7})
+    assert caught.value.status == 422 and caught.value.field == "height" and "below 8" in caught.value.message
 
 
 def test_unknown_sampler_is_a1111s_404(client):
