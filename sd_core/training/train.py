@@ -141,8 +141,8 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
     meta = {
         "sd_core.training": json.dumps(asdict(cfg)),
         "sd_core.steps": f"vae={cfg.vae_steps},unet={cfg.unet_steps},decoder={cfg.decoder_steps}",
-        # The size it was trained at: its native size (`sd_core.loader.model_defaults`), but never below the smallest
-        # size the engine draws, which the loader refuses (a 32 px CI-scale model would not load).
+        # The size it was trained at: its native size (`sd_core.loader.model_defaults`), never below the smallest size
+        # the engine draws (`limits.MIN_SIDE`), which the loader would refuse.
         RESOLUTION_KEY: str(max(cfg.size, limits.MIN_SIDE)),
     }
     if cfg.default_cfg_scale > 0:

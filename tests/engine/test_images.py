@@ -172,12 +172,12 @@ def test_tensor_to_arrays_rejects_nan():
 # --- sizes ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("w, h", [(64, 64), (512, 768), (8192, 64)])
+@pytest.mark.parametrize("w, h", [(64, 64), (512, 768), (8192, 64), (8, 8), (40, 24)])
 def test_check_size_accepts_multiples_of_8_in_range(w, h):
     images.check_size(w, h)
 
 
-@pytest.mark.parametrize("w, h, words", [(500, 512, "multiple of 8"), (56, 512, "64"), (512, 8200, "8192"),
+@pytest.mark.parametrize("w, h, words", [(500, 512, "multiple of 8"), (0, 512, "from 8 to"), (512, 8200, "8192"),
                                          (512.0, 512, "integer"), (True, 512, "integer")])  # fmt: skip
 def test_check_size_rejects_with_a_clear_message(w, h, words):
     with pytest.raises(ValueError, match=words):

