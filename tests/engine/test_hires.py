@@ -199,7 +199,7 @@ def test_both_sides_crop_the_centre_of_the_covering_upscale(sd1):
 
 def test_a_target_outside_the_size_limits_names_the_hires_setting():
     with pytest.raises(SettingError) as caught:
-        HiresOptions(scale=0.5).target_size(64, 64)
+        HiresOptions(scale=0.1).target_size(64, 64)  # 6x6: below 8
     assert caught.value.setting == "hires_scale"
     with pytest.raises(SettingError) as caught:
         HiresOptions(height=8192).target_size(512, 64)  # 65536 wide
@@ -218,7 +218,7 @@ def test_a_target_outside_the_size_limits_names_the_hires_setting():
         ("scale", 0),
         ("scale", 17),
         ("width", 100),
-        ("height", 32),
+        ("height", 4),
         ("upscaler", "No such upscaler"),
         ("upscaler", "2x_tiny"),  # a model's name: its upscalers.Upscaler (from the caller's folders) is needed
         ("upscaler", 4),

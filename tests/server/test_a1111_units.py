@@ -131,9 +131,9 @@ def test_infotext_fills_what_the_request_leaves_out():
 
 
 def test_sizes_floor_to_multiples_of_8():
-    assert [floor_side("width", v) for v in (64, 71, 72, 8192)] == [64, 64, 72, 8192]
+    assert [floor_side("width", v) for v in (8, 15, 63, 64, 71, 72, 8192)] == [8, 8, 56, 64, 64, 72, 8192]
     with pytest.raises(ApiError):
-        floor_side("width", 63)
+        floor_side("width", 7)
 
 
 def test_a_strength_too_low_for_one_step_runs_one_step():

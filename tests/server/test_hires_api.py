@@ -157,7 +157,7 @@ def test_each_hires_field_changes_a_hires_image(client, hires_baseline, name):
         ({"hr_upscaler": "No such upscaler"}, "hr_upscaler"),
         ({"hr_sampler_name": "No such sampler"}, "hr_sampler_name"),
         ({"hr_scheduler": "no such schedule"}, "hr_scheduler"),
-        ({"hr_resize_x": 40}, "hr_resize_x"),
+        ({"hr_resize_x": 4}, "hr_resize_x"),
         ({"hr_scale": 4.0}, "hr_scale"),  # 256x256 is above this server's --max-pixels
         ({"hr_second_pass_steps": 100, "denoising_strength": 0.05}, "denoising_strength"),  # a 2000-step schedule
     ],
