@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import hires, images, inpainting, masks, resize, tiling
+from . import hires, images, inpainting, masks, resize, sdxl, tiling
 from .noise import image_seeds, image_subseeds, start_noise
 from .pnginfo import format_parameters
 from .progress import Callback, LastStep, in_phase
@@ -45,6 +45,7 @@ def generate(
     arr = None if image is None else images.to_rgb_array(image)
     size = None if arr is None else (arr.shape[1], arr.shape[0])
     s = settings.resolve(mode, pipe.defaults, size)
+    sdxl.check_settings(s, pipe.config)
     if mode == "inpaint" and s.resize_mode != "resize":  # the fitted picture and mask become the input
         assert arr is not None
         arr, mask = _fit(arr, s), _fit(images.to_mask_array(mask), s)
@@ -53,7 +54,7 @@ def generate(
     region = None if mode != "inpaint" else inpainting.prepare_region(arr, mask, s)
     generators = _generators(s)
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
-    text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip)
+    text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip, s.empty_negative)
     with tiling.seamless([pipe.unet, pipe.vae], s.tiling):
         if region is not None:
             latents = _inpaint(pipe, s, region, text, generators, steps)
@@ -136,7 +137,7 @@ def _hires(
     if second.strength is None:  # hires strength 0: A1111's second pass samples nothing
         return init
     if (second.prompt, second.negative_prompt) != (s.prompt, s.negative_prompt):
-        text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip)
+        text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip, second.empty_negative)
     return img2img_latents(pipe, second, init, text, generators, callback)
 
 
