@@ -159,6 +159,28 @@ def model_defaults(path: Path, config: ModelConfig) -> ModelDefaults:
     return ModelDefaults(cfg_scale=cfg_scale, width=width, height=height)
 
 
+def _not_a_model(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """What a file that is not a whole model probably is, from its keys: a LoRA or a ControlNet."""
+    if any(".lora_" in k or k.startswith("lora_") or ".lora_A." in k for k in shapes):
+        return "a LoRA (lora_* keys), which modifies a model: load a Stable Diffusion checkpoint and apply it to that"
+    if any(k.startswith(("control_model.", "input_hint_block.", "controlnet_cond_embedding.")) for k in shapes):
+        return "a ControlNet, which guides a model: load a Stable Diffusion checkpoint"
+    return None
+
+
+def read_config(path: Path) -> ModelConfig:
+    """The model's config from its tensor shapes; anything that is not a Stable Diffusion model is a
+    `CheckpointError` naming the file (and what it looks like instead: a LoRA, a ControlNet)."""
+    shapes = checkpoint.read_shapes(path)
+    try:
+        return infer_config(shapes)
+    except checkpoint.CheckpointError:
+        raise
+    except ValueError as e:
+        what = _not_a_model(shapes)
+        raise checkpoint.CheckpointError(f"{path}: " + (f"this is {what}" if what else str(e))) from None
+
+
 def builtin_model() -> Path:
     """The small texture model that ships with the package (see sd_core/data/MODEL_CARD.md): the default when no
     model is given."""
@@ -200,7 +222,7 @@ def load(
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     offload = bool(low_vram) and dev.type != "cpu"
-    config = infer_config(checkpoint.read_shapes(path))
+    config = read_config(path)
     vae_dt = pick_vae_dtype(dev, dt, vae_dtype, overflows_in_fp16=config.sdxl)
     state_dict = checkpoint.read_state_dict(path, dtype=dt, vae_dtype=vae_dt, device="cpu" if offload else dev)
     unet, vae, text = build_models(config, state_dict, path)
@@ -241,7 +263,7 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     shapes = checkpoint.read_shapes(path)
-    config = infer_config(shapes)
+    config = read_config(path)
     dtypes: dict[str, int] = {}
     for dtype in checkpoint.read_dtypes(path).values():
         dtypes[dtype] = dtypes.get(dtype, 0) + 1

@@ -201,7 +201,7 @@ def infer_unet_config(shapes: dict[str, tuple[int, ...]], sd2: bool | None = Non
         "num_head_channels": 64 if sd2 else -1,
         "context_dim": context_dim,
         "use_linear_in_transformer": linear,
-        "adm_in_channels": label[1] if label else 0,
+        **({"adm_in_channels": label[1]} if label else {}),
     }
 
 
@@ -224,10 +224,11 @@ def infer_vae_config(shapes: dict[str, tuple[int, ...]]) -> dict:
     }
 
 
-def infer_text_config(shapes: dict[str, tuple[int, ...]], openclip: bool, act: str) -> dict:
-    """Text encoder config from shapes with the `cond_stage_model.transformer.` / `.model.` prefix stripped. A
-    `text_projection` (SDXL's bigG) gives `projection_dim`: OpenCLIP stores it [width, dim], HF as a Linear."""
-    projection = shapes.get("text_projection" if openclip else "text_projection.weight")
+def infer_text_config(shapes: dict[str, tuple[int, ...]], openclip: bool, act: str, projection: bool = False) -> dict:
+    """Text encoder config from shapes with the `cond_stage_model.transformer.` / `.model.` prefix stripped. With
+    `projection` (SDXL's bigG, whose pooled output is used), its `text_projection` gives `projection_dim`: OpenCLIP
+    stores it [width, dim], HF as a Linear; SD2 ignores its own."""
+    projection = shapes.get("text_projection" if openclip else "text_projection.weight") if projection else None
     shapes = {k: v for k, v in shapes.items() if not k.startswith("text_projection")}
     if openclip:
         tok = _need(shapes, "token_embedding.weight", "OpenCLIP text encoder")
@@ -248,7 +249,7 @@ def infer_text_config(shapes: dict[str, tuple[int, ...]], openclip: bool, act: s
         "intermediate_size": fc1[0],
         "max_positions": pos[0],
         "act": act,
-        "projection_dim": 0 if projection is None else projection[1 if openclip else 0],
+        **({} if projection is None else {"projection_dim": projection[1 if openclip else 0]}),
     }
 
 
@@ -341,7 +342,7 @@ def infer_sdxl_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
     if len(towers) not in (1, 2):
         raise ValueError(f"unsupported SDXL checkpoint: {len(towers)} text encoders (base: 2, refiner: 1)")
     configs = [
-        infer_text_config(tower, openclip, "quick_gelu" if len(towers) == 2 and n == 0 else "gelu")
+        infer_text_config(tower, openclip, "quick_gelu" if len(towers) == 2 and n == 0 else "gelu", projection=True)
         for n, (tower, openclip) in enumerate(towers)
     ]
     skips = [openclip_skip(c) if openclip else 1 for c, (_, openclip) in zip(configs, towers, strict=True)]
@@ -352,10 +353,10 @@ def infer_sdxl_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
             f"SDXL text encoders are {' + '.join(str(c['hidden_size']) for c in configs)} wide, the UNet's context "
             f"{unet['context_dim']}: a text encoder is missing or from another model"
         )
-    pooled, numbers = configs[-1]["projection_dim"], 5 if len(towers) == 1 else 6
+    pooled, numbers = configs[-1].get("projection_dim", 0), 5 if len(towers) == 1 else 6
     if not pooled:
         raise ValueError(f"SDXL text encoder {SDXL_TEXT_PREFIX}{len(towers) - 1}: no text_projection")
-    adm = unet["adm_in_channels"]
+    adm = unet.get("adm_in_channels", 0)
     if not adm or (adm - pooled) <= 0 or (adm - pooled) % numbers:
         raise ValueError(f"SDXL UNet label_emb takes {adm} numbers, not {pooled} + {numbers} size embeddings")
     inpainting = unet["in_channels"] == 9

@@ -137,7 +137,12 @@ def sdxl_folder(seed: int = 0, *, refiner: bool = False, inpainting: bool = Fals
 
 
 def write_sdxl_checkpoint(
-    path: str | Path, seed: int = 0, *, refiner: bool = False, inpainting: bool = False, dtype: torch.dtype | None = None
+    path: str | Path,
+    seed: int = 0,
+    *,
+    refiner: bool = False,
+    inpainting: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """A single-file `.safetensors` in SDXL's original layout, written by sd_core from the tiny folder."""
     from sd_core.checkpoint import read_state_dict, write_safetensors
