@@ -145,7 +145,7 @@ def write_sdxl_checkpoint(
     dtype: torch.dtype | None = None,
 ) -> Path:
     """A single-file `.safetensors` in SDXL's original layout, written by sd_core from the tiny folder."""
-    from sd_core.checkpoint import read_state_dict, write_safetensors
+    from sd_core.checkpoint import read_state_dict
 
     state_dict = read_state_dict(sdxl_folder(seed, refiner=refiner, inpainting=inpainting), dtype=dtype)
     return write_sdxl_single_file(path, state_dict)
