@@ -25,7 +25,8 @@ def reference(cls_name: str, scheduler: str = "ddim", **kind):
 
     pipe = getattr(diffusers, cls_name).from_pretrained(str(sdxl_folder(**kind)), local_files_only=True)
     if scheduler == "euler":
-        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+        config = pipe.scheduler.config
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(config, timestep_spacing="linspace")
     return pipe
 
 
