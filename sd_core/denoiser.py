@@ -145,6 +145,30 @@ class GuidedDenoiser:
         return self._x0(x, s, guided), self._x0(x, s, out_uncond)
 
 
+class Handoff:
+    """A1111's refiner switch: `first` denoises while the sampled fraction of the noise schedule, `(999 - t) / 1000`
+    with t the training timestep nearest to sigma, is below `switch_at`; `second` (the refiner) from then on, on the
+    same latents, inside the same sampler run (a multistep sampler keeps its history). diffusers' `denoising_end` /
+    `denoising_start` split the steps at the same timestep (base: t >= 1000 * (1 - switch_at))."""
+
+    def __init__(self, first: GuidedDenoiser, second: GuidedDenoiser, schedule: NoiseSchedule, switch_at: float):
+        self.first, self.second, self.schedule, self.switch_at = first, second, schedule, switch_at
+        self.blend = first.blend
+
+    def pick(self, sigma: torch.Tensor) -> GuidedDenoiser:
+        level = torch.as_tensor(sigma, dtype=torch.float32).max().cpu()
+        t = int(torch.argmin((self.schedule.sigmas - level).abs()))
+        return self.second if (999 - t) / 1000 >= self.switch_at else self.first
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.pick(sigma)(x, sigma)
+
+    def with_uncond(
+        self, x: torch.Tensor, sigma: torch.Tensor, cfg_factor: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pick(sigma).with_uncond(x, sigma, cfg_factor)
+
+
 def _rows(text: torch.Tensor, batch: int) -> torch.Tensor:
     """Text embeddings (or vectors) for `batch` rows: one row broadcast, or k rows (one per image) repeated for
     stacked tiles."""

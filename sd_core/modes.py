@@ -45,7 +45,7 @@ def generate(
     arr = None if image is None else images.to_rgb_array(image)
     size = None if arr is None else (arr.shape[1], arr.shape[0])
     s = settings.resolve(mode, pipe.defaults, size)
-    sdxl.check_settings(s, pipe.config)
+    sdxl.check_settings(s, pipe.config, mode)
     if mode == "inpaint" and s.resize_mode != "resize":  # the fitted picture and mask become the input
         assert arr is not None
         arr, mask = _fit(arr, s), _fit(images.to_mask_array(mask), s)
@@ -55,7 +55,8 @@ def generate(
     generators = _generators(s)
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
     text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip, s.empty_negative)
-    with tiling.seamless([pipe.unet, pipe.vae], s.tiling):
+    refiner = [] if s.refiner is None else [s.refiner.unet]
+    with tiling.seamless([pipe.unet, pipe.vae, *refiner], s.tiling):
         if region is not None:
             latents = _inpaint(pipe, s, region, text, generators, steps)
         elif arr is not None:
@@ -202,6 +203,16 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
         )
     if s.clip_skip != 1:
         fields["Clip skip"] = s.clip_skip
+    if s.refiner is not None:  # A1111's fields
+        fields["Refiner"] = s.refiner.name
+        fields["Refiner switch at"] = 0.8 if s.refiner_switch_at is None else s.refiner_switch_at
+    for name, label in (("original_size", "original size"), ("crops_coords_top_left", "crop"),
+                        ("target_size", "target size")):  # fmt: skip
+        if getattr(s, name) is not None:
+            fields[f"SDXL {label}"] = "{}x{}".format(*getattr(s, name))
+    for name, label in (("aesthetic_score", "Aesthetic score"), ("negative_aesthetic_score", "Negative aesthetic")):
+        if getattr(s, name) is not None:
+            fields[label] = getattr(s, name)
     if s.tiling:
         fields["Tiling"] = s.tiling
     if s.initial_noise_multiplier != 1.0:

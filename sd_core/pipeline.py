@@ -7,6 +7,7 @@ are public methods, composed per mode by `sd_core.modes`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from . import images, limits, masks, modes, sdxl, tiled_denoising, tiling
 from .accel import Accelerator
-from .denoiser import GuidedDenoiser, InpaintBlend
+from .denoiser import GuidedDenoiser, Handoff, InpaintBlend
 from .errors import Interrupted
 from .model_config import ModelConfig
 from .progress import Callback, LastStep
@@ -257,27 +258,20 @@ class StableDiffusion:
             x = noise * choice.initial_noise_scale(sigmas)
         else:
             x = init + noise * sigmas[0]
-        cond, uncond, *pooled = text
-        vectors = None
-        if pooled:
-            h, w = noise.shape[-2] * 8, noise.shape[-1] * 8
-            vectors = tuple(v.to(self.device) for v in sdxl.vectors(self.config, settings, *pooled, h, w))
         steps_seen, end = LastStep(callback), sigmas[-1:]
-        with self.accel.sampling(self.unet) as sampling:
-            denoiser = GuidedDenoiser(
-                sampling.unet,
-                self.noise_schedule,
-                self.config.prediction,
-                cond.to(self.device),
-                uncond.to(self.device),
-                settings.cfg_scale,
-                extra=None if extra is None else extra.to(self.device),
-                blend=None if blend_mask is None else InpaintBlend(blend_mask, init, noise).to(self.device),
-                vectors=vectors,
-            )
-            if settings.tile is not None:
-                tile = settings.tile.resolve(self.defaults)
-                denoiser = tiled_denoising.wrap(denoiser, tile, x.shape, settings.tiling, self.unet, self.device)
+        blend = None if blend_mask is None else InpaintBlend(blend_mask, init, noise).to(self.device)
+        with contextlib.ExitStack() as stack:
+            sampling = stack.enter_context(self.accel.sampling(self.unet))
+            denoiser = self.guided_denoiser(sampling.unet, settings, text, x.shape, extra=extra, blend=blend)
+            refiner = settings.refiner
+            if refiner is not None:  # A1111's refiner: its own text, vectors and speed levers
+                text_r = refiner.encode_prompt(
+                    settings.prompt, settings.negative_prompt, settings.clip_skip, settings.empty_negative
+                )
+                unet_r = stack.enter_context(refiner.accel.sampling(refiner.unet)).unet
+                switch_at = 0.8 if settings.refiner_switch_at is None else settings.refiner_switch_at
+                second = refiner.guided_denoiser(unet_r, settings, text_r, x.shape)
+                denoiser = Handoff(denoiser, second, self.noise_schedule, switch_at)
             with torch.inference_mode():
                 try:
                     x = choice.fn(
@@ -296,3 +290,36 @@ class StableDiffusion:
                 if denoiser.blend is not None:
                     x = denoiser.blend.apply(x, end.to(x.device).expand(x.shape[0]))
         return (x / math.sqrt(1.0 + float(end) ** 2)).float().cpu()
+
+    def guided_denoiser(
+        self,
+        unet: torch.nn.Module,
+        settings: GenerationSettings,
+        text: tuple[torch.Tensor, ...],
+        shape: tuple[int, ...],
+        *,
+        extra: torch.Tensor | None = None,
+        blend: InpaintBlend | None = None,
+    ) -> Any:
+        """This model's guided denoiser over `unet` (its sampling context's) for latents of `shape`: the text
+        (SDXL: with the vectors for this size), CFG, `extra` input channels, the inpainting blend, tiles."""
+        cond, uncond, *pooled = text
+        vectors = None
+        if pooled:
+            h, w = shape[-2] * 8, shape[-1] * 8
+            vectors = tuple(v.to(self.device) for v in sdxl.vectors(self.config, settings, *pooled, h, w))
+        denoiser: Any = GuidedDenoiser(
+            unet,
+            self.noise_schedule,
+            self.config.prediction,
+            cond.to(self.device),
+            uncond.to(self.device),
+            settings.cfg_scale,
+            extra=None if extra is None else extra.to(self.device),
+            blend=blend,
+            vectors=vectors,
+        )
+        if settings.tile is not None:
+            tile = settings.tile.resolve(self.defaults)
+            denoiser = tiled_denoising.wrap(denoiser, tile, shape, settings.tiling, self.unet, self.device)
+        return denoiser

@@ -35,19 +35,46 @@ SIZE_FIELDS = ("original_size", "crops_coords_top_left", "target_size")
 AESTHETIC_FIELDS = ("aesthetic_score", "negative_aesthetic_score")
 
 
-def check_settings(s: Any, config: ModelConfig) -> None:
-    """Refuse the size-conditioning settings a model does not take, naming the first one given: all of them on
-    SD1/SD2, the target size on the refiner, the aesthetic scores on the base and inpainting models."""
-    refused: tuple[str, ...] = ()
+def takes(config: ModelConfig) -> tuple[str, ...]:
+    """The size-conditioning settings a model takes: the base and inpainting models the sizes and crop, the refiner
+    original size, crop and aesthetic scores, SD1/SD2 none."""
     if not config.sdxl:
-        refused, why = SIZE_FIELDS + AESTHETIC_FIELDS, f"only SDXL models take it; this is an {config.family} model"
-    elif config.aesthetic:
-        refused, why = ("target_size",), "the SDXL refiner is conditioned on original size, crop and aesthetic score"
-    else:
-        refused, why = AESTHETIC_FIELDS, f"only the SDXL refiner takes it; this is an {config.family} model"
-    given = [name for name in refused if getattr(s, name) is not None]
-    if given:
-        raise limits.SettingError(given[0], f"{given[0]}: {why}")
+        return ()
+    return SIZE_FIELDS[:2] + AESTHETIC_FIELDS if config.aesthetic else SIZE_FIELDS
+
+
+def check_settings(s: Any, config: ModelConfig, mode: str) -> None:
+    """Refuse the size-conditioning settings neither the model nor its refiner takes, naming the first one given, and
+    a refiner where it cannot take over (`check_refiner`)."""
+    accepted = set(takes(config))
+    if s.refiner is not None:
+        check_refiner(s, config, mode)
+        accepted |= set(takes(s.refiner.config))
+    for name in SIZE_FIELDS + AESTHETIC_FIELDS:
+        if getattr(s, name) is not None and name not in accepted:
+            who = f"an {config.family} model" + (
+                "" if s.refiner is None else f" and an {s.refiner.config.family} refiner"
+            )
+            raise limits.SettingError(name, f"{name}: not a conditioning of {who}")
+
+
+def check_refiner(s: Any, config: ModelConfig, mode: str) -> None:
+    """A refiner takes over txt2img or img2img latents of the same latent space, without hires fix or inpainting
+    channels."""
+    refiner = s.refiner
+    why = None
+    if mode not in ("txt2img", "img2img"):
+        why = f"a refiner applies to txt2img and img2img, not to {mode}"
+    elif s.hires is not None:
+        why = "a refiner cannot be combined with hires fix"
+    elif not all(hasattr(refiner, name) for name in ("unet", "config", "encode_prompt", "guided_denoiser")):
+        why = f"refiner must be a loaded pipeline (sd_core.load), got {type(refiner).__name__}"
+    elif config.inpainting or refiner.config.inpainting:
+        why = "a refiner and the model it refines must both be ordinary (4-channel) models"
+    elif refiner.config.latent_scale != config.latent_scale or refiner.config.vae != config.vae:
+        why = f"the refiner ({refiner.config.family}) does not share the {config.family} model's latent space"
+    if why:
+        raise limits.SettingError("refiner", why)
 
 
 def empty_negative(value: str | None, config: ModelConfig) -> str:

@@ -257,6 +257,10 @@ class GenerationSettings:
     aesthetic_score: float | None = None
     negative_aesthetic_score: float | None = None
     empty_negative: str | None = None
+    # A1111's refiner: another loaded pipeline (`StableDiffusion`) that takes over the same latents once the sampled
+    # fraction of the noise schedule reaches `refiner_switch_at` (None: 0.8); txt2img and img2img
+    refiner: Any = None
+    refiner_switch_at: float | None = None
     choice: samplers.SamplerChoice = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -301,6 +305,10 @@ class GenerationSettings:
                 limits.check_number(name, getattr(self, name), 0.0, limits.MAX_AESTHETIC_SCORE)
         if self.empty_negative is not None:
             limits.check_choice("empty_negative", self.empty_negative, limits.EMPTY_NEGATIVE)
+        if self.refiner_switch_at is not None:
+            if self.refiner is None:
+                raise limits.SettingError("refiner_switch_at", "refiner_switch_at needs a refiner")
+            limits.check_number("refiner_switch_at", self.refiner_switch_at, 0.0, 1.0, low_open=True)
 
     def denoising_steps(self) -> tuple[int, int]:
         """(the length of the sigma schedule, the steps that run: its last ones) for these settings.
