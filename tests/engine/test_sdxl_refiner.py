@@ -34,8 +34,10 @@ def refiner(tmp_path_factory):
 
 
 def ours(base, refiner, switch_at: float) -> list[np.ndarray]:
-    imgs = base.txt2img(PROMPT, negative_prompt=NEGATIVE, width=SIZE, height=SIZE, steps=STEPS, sampler="euler",
-                        cfg_scale=CFG, seed=SEED, batch_size=BATCH, refiner=refiner, refiner_switch_at=switch_at)  # fmt: skip
+    kw = {"width": SIZE, "height": SIZE, "steps": STEPS, "sampler": "euler", "cfg_scale": CFG, "seed": SEED}
+    imgs = base.txt2img(
+        PROMPT, negative_prompt=NEGATIVE, batch_size=BATCH, refiner=refiner, refiner_switch_at=switch_at, **kw
+    )
     assert "Refiner: refiner" in imgs[0].info["parameters"]
     return [np.asarray(img, dtype=np.float64) for img in imgs]
 
