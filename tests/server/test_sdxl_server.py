@@ -23,6 +23,8 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("server_sdxl") / "models"
     tiny_checkpoint(root / "sd1.safetensors")
     shutil.copy(write_sdxl_checkpoint(root.parent / "build" / "xl.safetensors"), root / "xl.safetensors")
+    refiner = write_sdxl_checkpoint(root.parent / "build" / "refiner.safetensors", refiner=True)
+    shutil.copy(refiner, root / "refiner.safetensors")
     return root
 
 
@@ -76,3 +78,14 @@ def test_switching_between_sd1_and_sdxl(client):
         images.setdefault(name, []).append(open_b64(result["images"][0]).convert("RGB").tobytes())
     assert images["sd1.safetensors"][0] == images["sd1.safetensors"][1]
     assert images["sd1.safetensors"][0] != images["xl.safetensors"][0]
+
+
+def test_refiner_checkpoint_and_switch(client):
+    client.set_options({"sd_model_checkpoint": "xl.safetensors"})
+    plain = client.txt2img({**BASE, "prompt": "a wall", "seed": 9, "steps": 6})
+    refined = client.txt2img({**BASE, "prompt": "a wall", "seed": 9, "steps": 6,
+                              "refiner_checkpoint": "refiner.safetensors", "refiner_switch_at": 0.3})  # fmt: skip
+    params = parse_parameters(info_of(refined)["infotexts"][0])
+    assert params["Refiner"] == "refiner" and params["Refiner switch at"] == "0.3"
+    assert "refiner_switch_at" not in info_of(refined).get("ignored_fields", [])
+    assert open_b64(refined["images"][0]).tobytes() != open_b64(plain["images"][0]).tobytes()
