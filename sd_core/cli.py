@@ -82,6 +82,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     # a one-shot process owns its heap: freed memory may stay mapped between sampling steps (`sd_core.accel.heap`)
     pipe = sd_core.load(args.model, device=args.device, dtype=args.dtype, low_vram=low_vram, keep_freed_memory=True)
     settings = dict(cli_options.settings_from(args), callback=ProgressBar(args.command))
+    if args.refiner is not None:  # SDXL's refiner: a second model, loaded like the first
+        settings["refiner"] = sd_core.load(args.refiner, device=args.device, dtype=args.dtype, low_vram=low_vram)
     if args.command == "txt2img":
         if hires is not None and not isinstance(hires.upscaler, str):  # a model upscaler: on the model's device
             hires = cli_options.hires_options(args, str(pipe.device))

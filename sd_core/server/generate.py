@@ -94,6 +94,7 @@ class Plan:
     images: Images | None = None
     strength: float | None = None  # as requested (the engine may get a slightly higher one, see `_engine_strength`)
     upscale: sd_upscale.SdUpscale | None = None  # script_name "SD upscale"
+    refiner: ModelEntry | None = None  # refiner_checkpoint (SDXL's refiner, A1111's fields)
 
 
 @dataclass
@@ -146,14 +147,17 @@ def _check_pixels(
         )
 
 
-def _model(req: GenerationRequest, directory: ModelDirectory) -> ModelEntry | None:
-    overrides = req.override_settings or {}
-    if overrides.get(CHECKPOINT) is None:
+def _model(req: GenerationRequest, directory: ModelDirectory, refiner: bool = False) -> ModelEntry | None:
+    """The checkpoint of override_settings.sd_model_checkpoint (or with `refiner`, of refiner_checkpoint)."""
+    field, name = f"override_settings.{CHECKPOINT}", (req.override_settings or {}).get(CHECKPOINT)
+    if refiner:
+        field, name = "refiner_checkpoint", req.refiner_checkpoint
+    if name is None or (refiner and name in refusals.NO_CHECKPOINT):
         return None
     try:
-        return directory.resolve(overrides[CHECKPOINT])
+        return directory.resolve(name)
     except ModelNameError as exc:
-        raise invalid(f"override_settings.{CHECKPOINT}", str(exc)) from None
+        raise invalid(field, str(exc)) from None
 
 
 def sampler_options(req: GenerationRequest, sampler: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -273,7 +277,10 @@ def plan(
     context = refusals.Context("txt2img" if images is None else "img2img", chosen.sampler, (width, height), p.settings)
     ignored = refusals.check(req, context)
     _check_pixels(width, height, batch_size, settings.max_pixels, chosen.hires)
-    return Plan(kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength, upscale)
+    refiner = _model(req, directory, refiner=True)
+    return Plan(
+        kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength, upscale, refiner
+    )
 
 
 def run(
@@ -304,6 +311,9 @@ def run(
     size = None if images is None else images.images[0].size
     try:
         out.settings = p.settings.resolve(p.kind, pipe.defaults, size)
+        if p.refiner is not None:
+            refiner = {"refiner": models.refiner(p.refiner), "refiner_switch_at": req.refiner_switch_at}
+            out.settings = replace(out.settings, **refiner)
     except limits.SettingError as exc:
         raise setting_error(exc) from None
     _check_pixels(out.settings.width, out.settings.height, p.batch_size, p.max_pixels, out.settings.hires)
