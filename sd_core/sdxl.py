@@ -32,6 +32,19 @@ from .prompt import encode_with_weights, tokenize_prompt
 DEFAULT_AESTHETIC_SCORE = 6.0
 DEFAULT_NEGATIVE_AESTHETIC_SCORE = 2.5
 SIZE_FIELDS = ("original_size", "crops_coords_top_left", "target_size")
+# (width, height) of SDXL's training sizes around one megapixel that UIs offer (A1111 and ComfyUI users' lists; the
+# SDXL report trained on aspect buckets of about 1024x1024 pixels), landscape then portrait
+SIZES = (
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (1344, 768),
+    (768, 1344),
+    (1536, 640),
+    (640, 1536),
+)
 AESTHETIC_FIELDS = ("aesthetic_score", "negative_aesthetic_score")
 
 
