@@ -11,9 +11,10 @@ peak RSS), makes a one-step image at the size (sd_core packs its weights for the
 is reported as the warm-up), then the timed image: txt2img, Euler with the same sigma list (diffusers'
 EulerDiscreteScheduler given sd_core's sigmas), CFG 7.5, same prompt, no negative prompt (zeros in both engines:
 diffusers' `force_zeros_for_empty_prompt`, sd_core's A1111 rule), same seed. Reported: seconds per image (prompt,
-steps and VAE decode), seconds per UNet step (between step callbacks), the UNet's GFLOP/s, peak RSS of the whole
-process (load and generation, the high-water mark), load time, the ratios sd_core / diffusers (medians over runs)
-and the mean absolute pixel difference of the two engines' images (0-255).
+steps and VAE decode), seconds per UNet step (between step callbacks), both also as the process's CPU time (all
+threads: on a shared machine the wall-clock times move with what else runs, the CPU time much less), the UNet's
+GFLOP/s, peak RSS of the whole process (load and generation, the high-water mark), load time, the ratios sd_core /
+diffusers (medians over runs) and the mean absolute pixel difference of the two engines' images (0-255).
 
 The checkpoint is written once to the temp folder (`sdxl_checkpoint`, bf16, 6.9 GB) by the test helpers' writer
 (`tests/helpers/sdxl_fixtures.py`), with the config folder diffusers needs offline.
@@ -146,11 +147,12 @@ def child(args) -> None:
         t0 = time.perf_counter()
         generate(args.size, 1, lambda: None)
         out["warmup_s"] = time.perf_counter() - t0
-        marks: list[float] = []
-        t0 = time.perf_counter()
-        image = generate(args.size, args.steps, lambda: marks.append(time.perf_counter()))
-        out["image_s"] = time.perf_counter() - t0
-    out["step_s"] = statistics.median(np.diff(marks)) if len(marks) > 1 else float("nan")
+        marks: list[tuple[float, float]] = []
+        t0, c0 = time.perf_counter(), time.process_time()
+        image = generate(args.size, args.steps, lambda: marks.append((time.perf_counter(), time.process_time())))
+        out["image_s"], out["cpu_image_s"] = time.perf_counter() - t0, time.process_time() - c0
+    for n, key in enumerate(("step_s", "cpu_step_s")):
+        out[key] = statistics.median(np.diff([m[n] for m in marks])) if len(marks) > 1 else float("nan")
     out["peak_mb"] = peak_rss_mb()
     np.save(args.image, image)
     print(json.dumps(out))
@@ -193,7 +195,7 @@ def compare(args, log) -> dict:
     row: dict = {"dtype": args.dtype, "size": args.size, "steps": args.steps, "reps": args.reps}
     row["unet_gflop_per_step"] = gflop
     for name, rs in runs.items():
-        for key in ("image_s", "step_s", "load_s", "warmup_s"):
+        for key in ("image_s", "step_s", "cpu_image_s", "cpu_step_s", "load_s", "warmup_s"):
             row[f"{name}_{key}"] = statistics.median(r[key] for r in rs)
         for key in ("peak_mb", "peak_load_mb"):
             row[f"{name}_{key}"] = max(r[key] for r in rs)
@@ -201,7 +203,7 @@ def compare(args, log) -> dict:
         row[f"{name}_unet_gflops"] = gflop / row[f"{name}_step_s"]
     for name, rs in runs.items():
         row[f"{name}_ready_s"] = statistics.median(r["load_s"] + r["warmup_s"] for r in rs)
-    for key in ("image_s", "step_s", "load_s", "ready_s", "peak_mb"):
+    for key in ("image_s", "step_s", "cpu_image_s", "cpu_step_s", "load_s", "ready_s", "peak_mb"):
         row[f"ratio_{key}"] = row[f"sd_core_{key}"] / row[f"diffusers_{key}"]
     row["px_diff_engines"] = float(np.abs(images["sd_core"] - images["diffusers"]).mean())
     return {"runs": runs, "row": row}
@@ -216,6 +218,8 @@ def report(row: dict, log) -> None:
     lines = [
         ("s/image", "image_s", 1),
         ("s/UNet step", "step_s", 2),
+        ("CPU s/image", "cpu_image_s", 1),
+        ("CPU s/UNet step", "cpu_step_s", 2),
         ("peak RSS (MiB)", "peak_mb", 0),
         ("load (s)", "load_s", 1),
         ("load + 1-step image", "ready_s", 1),
@@ -228,6 +232,8 @@ def report(row: dict, log) -> None:
         f"   ({row['unet_gflop_per_step']:.0f} GFLOP per CFG step)"
     )
     log(f"VAE dtype: sd_core {row['sd_core_vae_dtype']}, diffusers {row['diffusers_vae_dtype']}")
+    log("CPU s: the process's CPU time (all threads): on a shared machine it counts what each engine ran, not the")
+    log("  time other processes held the cores (wall-clock times there move by up to 3x between runs)")
     log(f"mean |pixel difference| between the engines' images: {row['px_diff_engines']:.2f} / 255")
 
 
