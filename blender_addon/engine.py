@@ -21,6 +21,9 @@ except ImportError:  # running from the source tree, next to sd_core
     from sd_core import client  # type: ignore[no-redef]
 
 KINDS = ("txt2img", "img2img", "inpaint")
+# The size choices before the engine has seen its model, and for servers that do not name them: SD1's 512 px and its
+# 3:2 landscape and portrait sizes (what sd-core offers for SD1 models)
+DEFAULT_SIZES = ((512, 512), (768, 512), (512, 768))
 # How both engines inpaint, in the A1111 request's terms: the add-on pastes the unmasked pixels back itself, exactly,
 # so the engine only fills the hole: no mask blur, the whole picture, the hole prefilled from its surroundings (fill 0).
 INPAINT = {"mask_blur": 0, "inpaint_full_res": False, "inpainting_fill": 0}
@@ -134,6 +137,21 @@ class Job:
             threading.Thread(target=quietly, args=(self._on_cancel,), name="sd-core-cancel", daemon=True).start()
 
 
+def sizes_from(value: Any) -> tuple[tuple[int, int], ...]:
+    """The [width, height] pairs of sd-core's `sd_core_model_defaults["sizes"]`; () for anything else."""
+    if not isinstance(value, (list, tuple)):
+        return ()
+    pairs = [p for p in value if isinstance(p, (list, tuple)) and len(p) == 2]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for p in pairs for v in p):
+        return ()
+    return tuple((int(w), int(h)) for w, h in pairs)
+
+
+def size_choices(engine: Engine | None) -> tuple[tuple[int, int], ...]:
+    """The sizes the panel offers: the model's once the engine has seen it, else `DEFAULT_SIZES`."""
+    return (engine.model_sizes if engine is not None else ()) or DEFAULT_SIZES
+
+
 def quietly(fn: Callable[[], Any]) -> None:
     """Best effort: a failed interrupt or cleanup must not hide the job's own outcome."""
     try:
@@ -147,6 +165,9 @@ class Engine(ABC):
 
     model_cfg_scale: float | None = None
     """The model's own CFG scale, once the engine has seen its model (shown beside the panel's "Model's CFG")."""
+    model_sizes: tuple[tuple[int, int], ...] = ()
+    """The (width, height) choices sd-core offers for its model (SDXL: its training sizes), once the engine has seen
+    it; () before that and from servers that do not say."""
 
     @abstractmethod
     def start(self, request: Request) -> Job:

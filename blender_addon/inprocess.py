@@ -99,6 +99,7 @@ class InProcessEngine(Engine):
                 if self._pipe is None:
                     self._pipe = sd_core.load(self.model)
                 self.model_cfg_scale = self._pipe.defaults.cfg_scale
+                self.model_sizes = tuple(self._pipe.defaults.sizes)
 
                 def on_step(info: sd_core.StepInfo) -> None:
                     self._state.update(step=info.step, total=info.total, latents=info.latents[:1].cpu())

@@ -11,10 +11,10 @@ from typing import Any
 
 import bpy
 import numpy as np
-from bpy.props import IntProperty, StringProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
 
 from . import materials, pixels, props
-from .engine import Request, Result, UserError
+from .engine import Request, Result, UserError, size_choices
 from .renders import render_scene, render_viewport
 from .runs import PREVIEW_NAME, SESSION, Finish, Run, new_preview_image, remove_images
 
@@ -390,7 +390,36 @@ class SDCORE_OT_history_clear(bpy.types.Operator):
         return {"FINISHED"}
 
 
+_SIZE_ITEMS: list[tuple[str, str, str]] = []  # Blender keeps no reference to a dynamic enum's strings: we must
+
+
+def _size_items(_self: Any, _context: Any) -> list[tuple[str, str, str]]:
+    known = SESSION.engine is not None and bool(SESSION.engine.model_sizes)
+    why = "one of the model's sizes" if known else "the engine names the model's own once it has seen the model"
+    _SIZE_ITEMS[:] = [
+        (f"{w}x{h}", f"{w} x {h}", f"Width {w}, height {h} ({why})") for w, h in size_choices(SESSION.engine)
+    ]
+    return _SIZE_ITEMS
+
+
+class SDCORE_OT_size(bpy.types.Operator):
+    """Width and height from the model's sizes (SDXL models: the sizes they were trained at)"""
+
+    bl_idname = "sdcore.size"
+    bl_label = "Model Sizes"
+    bl_property = "size"
+    bl_options = {"REGISTER", "UNDO"}
+
+    size: EnumProperty(name="Size", items=_size_items)
+
+    def execute(self, context: Any) -> set[str]:
+        settings = props.settings(context)
+        settings.width, settings.height = (int(v) for v in self.size.split("x"))
+        return {"FINISHED"}
+
+
 CLASSES = (
+    SDCORE_OT_size,
     SDCORE_OT_generate_texture,
     SDCORE_OT_restyle_viewport,
     SDCORE_OT_restyle_render,

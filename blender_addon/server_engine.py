@@ -15,7 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from .engine import INPAINT, Cancelled, Engine, Job, Progress, Request, Result, UserError, client, explain, quietly
+from .engine import (
+    INPAINT,
+    Cancelled,
+    Engine,
+    Job,
+    Progress,
+    Request,
+    Result,
+    UserError,
+    client,
+    explain,
+    quietly,
+    sizes_from,
+)
 
 SERVER_START_TIMEOUT = 300.0  # loading a large checkpoint from a slow disk takes minutes
 GENERATION_TIMEOUT = 3600.0
@@ -119,9 +132,11 @@ class ServerEngine(Engine):
         return Job(call, on_cancel=self.interrupt)
 
     def _read_model_defaults(self) -> None:
-        """The model's own CFG scale, for the panel: sd-core's options name it (other servers do not)."""
+        """The model's own CFG scale and size choices, for the panel: sd-core's options name them (other servers
+        do not)."""
         defaults = self._client.options().get("sd_core_model_defaults") or {}
         self.model_cfg_scale = defaults.get("cfg_scale")
+        self.model_sizes = sizes_from(defaults.get("sizes"))
 
     def progress(self) -> Progress:
         return decode_progress(self._client.progress())

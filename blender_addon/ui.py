@@ -66,6 +66,7 @@ def draw_settings(layout: Any, s: Any) -> None:
     row = col.row(align=True)
     row.prop(s, "width")
     row.prop(s, "height")
+    row.operator_menu_enum("sdcore.size", "size", text="", icon="PRESET")  # the model's sizes (SDXL's for SDXL)
     col.prop(s, "steps")
     _value_or_auto(col, s, "cfg_scale", "model_cfg", text=_model_cfg_text())
     layout.prop(s, "sampler")

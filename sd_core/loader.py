@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import accel, checkpoint, limits
+from . import accel, checkpoint, limits, sdxl
 from .devices import pick_device, pick_dtype, pick_vae_dtype
 from .model_config import SDXL_TEXT_PREFIX, ModelConfig, infer_config
 from .models.conditioner import SDXLConditioner
@@ -156,7 +156,15 @@ def model_defaults(path: Path, config: ModelConfig) -> ModelDefaults:
             raise checkpoint.CheckpointError(
                 f"{path}: metadata {RESOLUTION_KEY}={size_text!r} is not a size like '512' or '768x512' ({exc})"
             ) from None
-    return ModelDefaults(cfg_scale=cfg_scale, width=width, height=height)
+    return ModelDefaults(cfg_scale=cfg_scale, width=width, height=height, sizes=size_choices(config, width, height))
+
+
+def size_choices(config: ModelConfig, width: int, height: int) -> tuple[tuple[int, int], ...]:
+    """The (width, height) choices a UI offers for a model: its native size first, then SDXL's training sizes (the
+    SDXL families) or the 3:2 landscape and portrait sizes of the native width and height (others: 512 -> 768x512,
+    512x768; multiples of 8)."""
+    others = sdxl.SIZES if config.sdxl else ((width * 3 // 2 // 8 * 8, height), (width, height * 3 // 2 // 8 * 8))
+    return tuple(dict.fromkeys(((width, height), *others)))
 
 
 def _not_a_model(shapes: dict[str, tuple[int, ...]]) -> str | None:

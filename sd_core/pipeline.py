@@ -149,11 +149,14 @@ class StableDiffusion:
         limits.check_int("clip_skip", clip_skip, limits.MIN_CLIP_SKIP, limits.MAX_CLIP_SKIP)
         if empty_negative is not None:
             limits.check_choice("empty_negative", empty_negative, limits.EMPTY_NEGATIVE)
-        if self.config.sdxl:
-            text: tuple[torch.Tensor, ...] = sdxl.encode_prompt(self, prompt, negative_prompt, clip_skip)
+        zeros = negative_prompt == "" and sdxl.empty_negative(empty_negative, self.config) == "zeros"
+        if self.config.sdxl:  # zeros: the towers do not run for the empty text
+            text: tuple[torch.Tensor, ...] = sdxl.encode_prompt(
+                self, prompt, negative_prompt, clip_skip, zero_negative=zeros
+            )
         else:
             text = self._encode_prompt(prompt, negative_prompt, clip_skip)
-        if negative_prompt == "" and sdxl.empty_negative(empty_negative, self.config) == "zeros":
+        if zeros:
             # the uncond halves: text [1] and (SDXL) pooled output [3]
             text = tuple(torch.zeros_like(t) if n % 2 else t for n, t in enumerate(text))
         return text

@@ -32,6 +32,19 @@ from .prompt import encode_with_weights, tokenize_prompt
 DEFAULT_AESTHETIC_SCORE = 6.0
 DEFAULT_NEGATIVE_AESTHETIC_SCORE = 2.5
 SIZE_FIELDS = ("original_size", "crops_coords_top_left", "target_size")
+# (width, height) of SDXL's training sizes around one megapixel that UIs offer (A1111 and ComfyUI users' lists; the
+# SDXL report trained on aspect buckets of about 1024x1024 pixels), landscape then portrait
+SIZES = (
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (1344, 768),
+    (768, 1344),
+    (1536, 640),
+    (640, 1536),
+)
 AESTHETIC_FIELDS = ("aesthetic_score", "negative_aesthetic_score")
 
 
@@ -83,9 +96,10 @@ def empty_negative(value: str | None, config: ModelConfig) -> str:
 
 
 def encode_prompt(
-    pipe: Any, prompt: str, negative_prompt: str, clip_skip: int
+    pipe: Any, prompt: str, negative_prompt: str, clip_skip: int, *, zero_negative: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cond, uncond, pooled, pooled_uncond): contexts [1, 77 * k, width] and pooled outputs [1, P], float32."""
+    """(cond, uncond, pooled, pooled_uncond): contexts [1, 77 * k, width] and pooled outputs [1, P], float32.
+    `zero_negative`: the uncond halves are zeros (the empty negative prompt's "zeros" rule), not encoded."""
     config, towers = pipe.config, pipe.text_encoder.embedders
     skips = [skip + clip_skip - 1 for skip in config.text_skips]
     for skip, tower in zip(skips, towers, strict=True):
@@ -95,7 +109,7 @@ def encode_prompt(
     for text in (prompt, negative_prompt):
         chunks = max(chunks, len(tokenize_prompt(text, pipe.tokenizer, pad_token=0)[0]))
     out = []
-    for text in (prompt, negative_prompt):
+    for text in (prompt,) if zero_negative else (prompt, negative_prompt):
         parts, pooled = [], None
         for n, (tower, skip, pad) in enumerate(zip(towers, skips, config.pad_tokens, strict=True)):
             tokens, weights = tokenize_prompt(text, pipe.tokenizer, pad_token=pad, min_chunks=chunks)
@@ -111,6 +125,8 @@ def encode_prompt(
             parts.append(encode_with_weights(encode, tokens, weights))
         assert pooled is not None
         out.append((torch.cat(parts, dim=-1), pooled))
+    if zero_negative:  # the same shapes as the encoded text: both are padded to the same number of chunks
+        out.append((torch.zeros_like(out[0][0]), torch.zeros_like(out[0][1])))
     (cond, pooled_cond), (uncond, pooled_uncond) = out
     return cond, uncond, pooled_cond, pooled_uncond
 

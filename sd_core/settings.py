@@ -41,11 +41,13 @@ DEFAULT_STRENGTH = {"img2img": 0.75, "inpaint": 1.0}
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    """A model's own defaults, read from its file's metadata where it names them (`sd_core.loader`)."""
+    """A model's own defaults, read from its file's metadata where it names them (`sd_core.loader`); `sizes`: the
+    (width, height) choices a UI offers for it (SDXL: its training sizes), the native size first."""
 
     cfg_scale: float = DEFAULT_CFG_SCALE
     width: int = 512
     height: int = 512
+    sizes: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

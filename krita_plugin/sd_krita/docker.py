@@ -11,7 +11,7 @@ from typing import Any
 
 from krita import DockWidget
 
-from . import qt
+from . import qt, sizes
 from .controller import Controller
 from .settings import Settings
 
@@ -120,6 +120,13 @@ class SDDocker(DockWidget):
         self.feather_spin = _spin(0, 256, s.feather, suffix=" px")
         self.margin_spin = _spin(0, 1024, s.margin, 8, " px")
         self.resolution_spin = _spin(64, 2048, s.resolution, 64, " px")
+        self.size_combo = qt.QComboBox()
+        self.size_combo.setToolTip(
+            "The size the model works at. Fit region: the region scaled to about Model size squared pixels, in its\n"
+            "own shape. A size from the model's list (an SDXL model's training sizes): exactly that size, the\n"
+            "region widened to its shape (Generate: pick the one shaped like the canvas)."
+        )
+        self._fill_sizes([])  # the model's sizes once the server names them
         self.source_combo = qt.QComboBox()
         for label, value in SOURCES:
             self.source_combo.addItem(label, value)
@@ -136,6 +143,7 @@ class SDDocker(DockWidget):
             ("Grow", self.grow_spin),
             ("Feather", self.feather_spin),
             ("Context", self.margin_spin),
+            ("Size", self.size_combo),
             ("Model size", self.resolution_spin),
             ("Source", self.source_combo),
         ]:
@@ -179,7 +187,7 @@ class SDDocker(DockWidget):
         for name in (
             "status_label", "url_edit", "python_edit", "model_edit", "start_button", "stop_button", "prompt_edit",
             "negative_edit", "cfg_spin", "cfg_model_check", "inpaint_button", "generate_button", "cancel_button",
-            "progress_bar", "message_label",
+            "progress_bar", "message_label", "size_combo", "resolution_spin",
         ):  # fmt: skip
             getattr(self, name).setObjectName(f"sd_krita_{name}")
 
@@ -221,6 +229,7 @@ class SDDocker(DockWidget):
         self.source_combo.currentIndexChanged.connect(
             lambda index: self._store("source", self.source_combo.itemData(index))
         )
+        self.size_combo.currentIndexChanged.connect(lambda index: self._store_size())
         self.colour_check.toggled.connect(lambda on: self._store("colour_match", bool(on)))
         self.cfg_spin.valueChanged.connect(lambda value: self._store_cfg())
         self.cfg_model_check.toggled.connect(lambda on: self._store_cfg())
@@ -235,8 +244,29 @@ class SDDocker(DockWidget):
         self.cfg_spin.setEnabled(not model_cfg)
         self._store("cfg_scale", None if model_cfg else self.cfg_spin.value())
 
+    def _store_size(self) -> None:
+        """The chosen size; Model size only counts (and is enabled) while the region is fitted."""
+        size = self.size_combo.currentData()
+        self.resolution_spin.setEnabled(size == sizes.FIT)
+        self._store("size", size)
+
+    def _fill_sizes(self, offered: list[tuple[int, int]]) -> None:
+        """Fit region, then the model's sizes; a stored size the model does not offer stays listed, as chosen."""
+        current = sizes.parse(self.settings.size)
+        choices = offered + ([current] if current is not None and current not in offered else [])
+        self.size_combo.blockSignals(True)
+        self.size_combo.clear()
+        self.size_combo.addItem(sizes.FIT_LABEL, sizes.FIT)
+        for size in choices:
+            self.size_combo.addItem(sizes.label(size), sizes.key(size))
+        self.size_combo.setCurrentIndex(0 if current is None else 1 + choices.index(current))
+        self.size_combo.blockSignals(False)
+        self.resolution_spin.setEnabled(current is None)
+
     def _set_model_defaults(self, defaults: dict[str, Any]) -> None:
-        """Show the model's own CFG scale beside the tick; the spin starts from it when the tick is taken off."""
+        """Show the model's own CFG scale beside the tick (the spin starts from it when the tick is taken off) and
+        offer the model's sizes."""
+        self._fill_sizes(sizes.offered(defaults))
         cfg = defaults.get("cfg_scale")
         if not isinstance(cfg, (int, float)) or isinstance(cfg, bool):
             self.cfg_model_check.setText(MODEL_CFG_TEXT)

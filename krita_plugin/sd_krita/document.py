@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import qt
+from . import qt, sizes
 from .generation import Candidate, Capture
 from .regions import Plan, Rect, RegionError, plan_canvas, plan_region
 from .settings import Settings
@@ -108,7 +108,8 @@ def capture(doc: Any, settings: Settings, *, generate: bool) -> tuple[Capture, T
     if bounds is None:
         if not generate:
             raise UserError("Select the area to inpaint first (any selection tool; feathered edges are kept).")
-        return Capture(plan_canvas(width, height, target=settings.resolution), None, None), target
+        plan = sizes.at_size(plan_canvas(width, height, target=settings.resolution), sizes.parse(settings.size))
+        return Capture(plan, None, None), target
     plan = _plan(bounds, width, height, settings)
     box = plan.box
     mask = bytes(selection.pixelData(box.x, box.y, box.w, box.h))
@@ -124,7 +125,7 @@ def capture(doc: Any, settings: Settings, *, generate: bool) -> tuple[Capture, T
 
 def _plan(bounds: Rect, width: int, height: int, settings: Settings) -> Plan:
     try:
-        return plan_region(
+        plan = plan_region(
             bounds,
             width,
             height,
@@ -135,6 +136,7 @@ def _plan(bounds: Rect, width: int, height: int, settings: Settings) -> Plan:
         )
     except RegionError as exc:
         raise UserError(str(exc)) from None
+    return sizes.at_size(plan, sizes.parse(settings.size))
 
 
 def add_layers(krita: Any, target: Target, candidates: list[Candidate]) -> list[Any]:

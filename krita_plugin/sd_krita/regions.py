@@ -93,17 +93,19 @@ def round_box(box: Rect, canvas: Rect, multiple: int = 8) -> Rect:
     the working size, which always is one, absorbs the difference when scaling).
     """
 
-    def axis(start: int, size: int, lo: int, extent: int) -> tuple[int, int]:
-        want = round_up(size, multiple)
-        if want >= extent:
-            return lo, extent
-        start -= (want - size) // 2
-        start = min(max(start, lo), lo + extent - want)
-        return start, want
-
-    x, w = axis(box.x, box.w, canvas.x, canvas.w)
-    y, h = axis(box.y, box.h, canvas.y, canvas.h)
+    x, w = grow_axis(box.x, box.w, round_up(box.w, multiple), canvas.x, canvas.w)
+    y, h = grow_axis(box.y, box.h, round_up(box.h, multiple), canvas.y, canvas.h)
     return Rect(x, y, w, h)
+
+
+def grow_axis(start: int, size: int, want: int, lo: int, extent: int) -> tuple[int, int]:
+    """One axis of a box grown from `size` to `want`, centred, shifted back inside [lo, lo + extent); the whole
+    extent when `want` does not fit."""
+    if want >= extent:
+        return lo, extent
+    start -= (want - size) // 2
+    start = min(max(start, lo), lo + extent - want)
+    return start, want
 
 
 def working_size(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from . import sizes
+
 SOURCES = ("visible", "layer")  # what the model sees: the visible canvas or the active layer only
 
 
@@ -36,7 +38,8 @@ class Settings:
     grow: int = 8  # pixels the selection grows before feathering
     feather: int = 16  # pixels over which the result fades into the original
     margin: int = 64  # context pixels around the selection the model sees
-    resolution: int = 512  # the model's working size (about resolution**2 pixels)
+    resolution: int = 512  # the model's working size (about resolution**2 pixels) while `size` is "fit"
+    size: str = ""  # "" (fit the region at `resolution`) or WIDTHxHEIGHT: one of the model's sizes (sizes.py)
     source: str = "visible"
     colour_match: bool = True
 
@@ -60,4 +63,6 @@ class Settings:
                 continue
         if settings.source not in SOURCES:
             settings.source = "visible"
+        if sizes.parse(settings.size) is None:
+            settings.size = sizes.FIT
         return settings

@@ -19,7 +19,8 @@ GET returns them all; POST writes them and they read back, as in A1111. What thi
 
 Every other key is stored and read back but changes nothing here (this server never writes files, has no UI, ...).
 `sd_core_model_defaults` (not an A1111 key) reports what a request that leaves `cfg_scale`, `width` or `height` out
-gets from the current model; it is read only.
+gets from the current model, and its `sizes`: the [width, height] choices the plugins offer for it (SDXL's training
+sizes for SDXL models); it is read only.
 
 Writes follow A1111 where it is strict and where it is lenient: a key A1111 does not define is refused (A1111 fails
 with KeyError; here it is a 422 naming the key, and nothing of that POST is applied), the API-restricted keys

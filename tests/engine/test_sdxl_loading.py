@@ -37,6 +37,12 @@ def test_family_in_info_and_pipeline(files, kind, layout):
     pipe = sd_core.load(path, device="cpu", dtype=torch.float32)
     assert pipe.family == FAMILIES[kind]
     assert (pipe.defaults.width, pipe.defaults.height) == (1024, 1024)
+    assert sd_core.inspect_model(path).defaults == pipe.defaults
+    # the size choices plugins offer: SDXL's training sizes, landscape and portrait
+    assert pipe.defaults.sizes == (
+        (1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344), (1536, 640),
+        (640, 1536),
+    )  # fmt: skip
 
 
 def test_single_file_layout_is_the_original(files):

@@ -132,3 +132,21 @@ def test_size_not_a_multiple_of_8_names_the_field(base):
     with pytest.raises(SettingError) as err:
         base.txt2img("a cat", width=1020, height=1024)
     assert err.value.setting == "width"
+
+
+def test_the_empty_negative_zeroed_is_not_encoded(base, monkeypatch):
+    """The "zeros" rule (SDXL's default) runs each tower for the prompt alone; "encode" runs them for both texts,
+    and a long prompt's zeros have its number of chunks."""
+    calls = []
+    for tower in base.text_encoder.embedders:
+        monkeypatch.setattr(
+            tower, "hidden_and_pooled", lambda *a, f=tower.hidden_and_pooled, **k: calls.append(1) or f(*a, **k)
+        )
+    cond, uncond, pooled, pooled_uncond = base.encode_prompt("a wall")
+    assert len(calls) == 2 and not uncond.any() and not pooled_uncond.any()
+    assert uncond.shape == cond.shape and pooled_uncond.shape == pooled.shape
+    calls.clear()
+    _, encoded, _, _ = base.encode_prompt("a wall", empty_negative="encode")
+    assert len(calls) == 4 and encoded.abs().sum() > 0
+    cond, uncond, _, _ = base.encode_prompt("a wall BREAK bricks")
+    assert uncond.shape == cond.shape == (1, 154, cond.shape[-1]) and not uncond.any()

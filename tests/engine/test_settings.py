@@ -124,7 +124,8 @@ def models(tmp_path_factory):
 
 def test_the_api_takes_the_models_own_cfg_scale_and_size(models):
     plain, named = (sd_core.load(path, device="cpu", dtype="fp32") for path in models)
-    assert plain.defaults == ModelDefaults(7.5, 512, 512) and named.defaults == ModelDefaults(4.5, 72, 64)
+    assert plain.defaults == ModelDefaults(7.5, 512, 512, ((512, 512), (768, 512), (512, 768)))
+    assert named.defaults == ModelDefaults(4.5, 72, 64, ((72, 64), (104, 64), (72, 96)))
     img = named.txt2img("a cat", steps=1, seed=1)[0]
     assert img.size == (72, 64) and "CFG scale: 4.5" in img.info["parameters"]
     img = plain.txt2img("a cat", width=64, height=64, steps=1, seed=1)[0]
@@ -135,7 +136,7 @@ def test_the_api_takes_the_models_own_cfg_scale_and_size(models):
 
 def test_the_built_in_model_names_its_cfg_and_native_size():
     info = sd_core.inspect_model(sd_core.builtin_model())
-    assert info.defaults == ModelDefaults(cfg_scale=3.0, width=64, height=64)
+    assert info.defaults == ModelDefaults(3.0, 64, 64, ((64, 64), (96, 64), (64, 96)))
 
 
 def test_a_bad_native_size_in_metadata_names_the_key(models, tmp_path):

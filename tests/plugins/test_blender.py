@@ -23,7 +23,7 @@ from sd_core.client import SDClient, free_port
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # blender_addon/ is not an installed package
 
-from blender_addon.engine import Request  # noqa: E402
+from blender_addon.engine import DEFAULT_SIZES, Request, size_choices, sizes_from  # noqa: E402
 from blender_addon.inprocess import InProcessEngine, generation_settings  # noqa: E402
 from blender_addon.server_engine import LocalServerEngine, ServerEngine, a1111_payload  # noqa: E402
 from blender_addon.task import State, Task  # noqa: E402
@@ -49,6 +49,13 @@ def server(model):
     server = start_server(model)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def sdxl_model(tmp_path_factory) -> Path:
+    from sdxl_fixtures import write_sdxl_checkpoint
+
+    return write_sdxl_checkpoint(tmp_path_factory.mktemp("blender_sdxl") / "tiny-xl.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +90,19 @@ def addon_zip(tmp_path_factory) -> Path:
 
 
 @pytest.mark.host("blender")
-@pytest.mark.parametrize("version", list(BLENDERS))
-def test_addon_in_blender(version, server, builtin_server, model, addon_zip, tmp_path):
-    """Every check in tests/plugins/blender_runner/bpy_addon_checks.py, in Blender `version`, must pass; then the
-    seamless textures it made with the built-in model must have the asked colours and pattern, and wrap."""
+@pytest.mark.parametrize(("version", "family"), [(v, "sd1") for v in BLENDERS] + [("5.0", "sdxl")])
+def test_addon_in_blender(version, family, builtin_server, addon_zip, tmp_path, request):
+    """Every check in tests/plugins/blender_runner/bpy_addon_checks.py, in Blender `version`, must pass (with a tiny
+    SD1 model in both Blenders, once with a tiny SDXL model); then the seamless textures it made with the built-in
+    model must have the asked colours and pattern, and wrap."""
     out = tmp_path / "textures"
     out.mkdir()
+    if family == "sdxl":
+        model = request.getfixturevalue("sdxl_model")
+        server = start_server(model)
+        request.addfinalizer(server.stop)
+    else:
+        model, server = request.getfixturevalue("model"), request.getfixturevalue("server")
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -96,6 +110,7 @@ def test_addon_in_blender(version, server, builtin_server, model, addon_zip, tmp
         SDCORE_TEST_URL=server.url,
         SDCORE_TEST_ZIP=str(addon_zip),
         SDCORE_TEST_MODEL=str(model),
+        SDCORE_TEST_SDXL="1" if family == "sdxl" else "0",
         SDCORE_TEST_BUILTIN_URL=builtin_server.url,
         SDCORE_TEST_OUT=str(out),
         SDCORE_TEST_PYTHON=sys.executable,
@@ -175,6 +190,7 @@ def test_task_steps_through_progress_and_preview_to_the_servers_image(server):
     assert task.result is not None and len(task.result.images) == 1 and task.result.seeds == [5]
     assert "CFG scale: 7.5" in task.result.infotexts[0]  # no CFG asked for: the model's own (tiny models: 7.5)
     assert task.engine.model_cfg_scale == 7.5  # for the panel, from the server's sd_core_model_defaults
+    assert task.engine.model_sizes == ((512, 512), (768, 512), (512, 768)) == size_choices(task.engine)
     reference = SDClient(server.url).txt2img(
         {"prompt": "a red brick wall", "width": 64, "height": 64, "steps": 40, "sampler_name": "Euler", "seed": 5}
     )
@@ -249,6 +265,26 @@ def test_in_process_engine_ticks_cancels_and_generates(model):
     assert png_array(task.result.images[0]).shape == (64, 64, 3)
     assert "CFG scale: 7.5" in task.result.infotexts[0] and engine.model_cfg_scale == 7.5  # the model's own
     engine.release()
+
+
+def test_the_sizes_offered_are_the_models_once_the_engine_has_seen_it(tmp_path):
+    """The panel's size menu: SD1's sizes until the engine knows its model, then the model's own; an SDXL model's
+    are its training sizes (in-process here; through a server in the real-host run with a small SDXL model)."""
+    from sdxl_fixtures import write_sdxl_checkpoint
+
+    engine = InProcessEngine(str(write_sdxl_checkpoint(tmp_path / "xl.safetensors")))
+    assert size_choices(None) == size_choices(engine) == DEFAULT_SIZES
+    task = Task(engine, small_request(steps=1)).start()
+    assert task.wait(120) is State.DONE, task.error
+    assert size_choices(engine)[:3] == ((1024, 1024), (1152, 896), (896, 1152)) and len(engine.model_sizes) == 9
+    assert {(1216, 832), (832, 1216), (1344, 768), (768, 1344), (1536, 640), (640, 1536)} <= set(engine.model_sizes)
+    engine.release()
+
+
+def test_sizes_from_takes_only_pairs_of_positive_integers():
+    assert sizes_from([[1024, 1024], [1216, 832]]) == ((1024, 1024), (1216, 832))
+    for bad in (None, "1024x1024", [[1024, "832"]], [[0, 64]], [[True, 64]], {"w": 1}):
+        assert sizes_from(bad) == (), bad
 
 
 # --- one rule for settings: the engine's ------------------------------------------------------------------------------

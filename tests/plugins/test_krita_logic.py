@@ -20,7 +20,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "krita_plugin"))
 
-from sd_krita import generation, regions  # noqa: E402
+from sd_krita import generation, regions, sizes  # noqa: E402
 from sd_krita.regions import Rect, RegionError  # noqa: E402
 from sd_krita.settings import Settings  # noqa: E402
 
@@ -421,6 +421,50 @@ def test_settings_round_trip_and_bad_values() -> None:
     assert Settings.from_strings({"cfg_scale": "lots"}).cfg_scale is None
     broken = Settings.from_strings({"steps": "many", "source": "elsewhere", "unknown": "1"})
     assert broken.steps == Settings().steps and broken.source == "visible"
+    assert (
+        Settings().size == sizes.FIT
+        and Settings.from_strings(Settings(size="1216x832").to_strings()).size == "1216x832"
+    )
+    assert Settings.from_strings({"size": "big"}).size == sizes.FIT
+
+
+# --- size choices: fit the region, or one of the model's sizes exactly -------------------------------------------
+
+SDXL_SIZES = [[1024, 1024], [1152, 896], [896, 1152], [1216, 832], [832, 1216], [1344, 768], [768, 1344],
+              [1536, 640], [640, 1536]]  # fmt: skip
+
+
+def test_the_sizes_offered_are_the_servers_for_its_model() -> None:
+    assert sizes.offered({"cfg_scale": 7.5, "sizes": SDXL_SIZES})[3] == (1216, 832)
+    assert sizes.offered({"cfg_scale": 7.5}) == []  # other servers name none: only "fit"
+    for bad in ("1024x1024", [[1024]], [[1024, "832"]], [[0, 512]], [[True, 512]], [[512, 512], 7]):
+        assert sizes.offered({"sizes": bad}) == [], bad
+    assert sizes.parse("1216x832") == (1216, 832) and sizes.key((832, 1216)) == "832x1216"
+    for text in (sizes.FIT, "1216", "0x832", "ax8", "1216x832x1", "-8x8"):
+        assert sizes.parse(text) is None, text
+
+
+def test_a_chosen_size_is_the_working_size_and_the_box_takes_its_shape() -> None:
+    plan = regions.plan_region(Rect(300, 200, 40, 40), 1000, 800, grow=4, feather=6, margin=16, target=512)
+    sized = sizes.at_size(plan, (1216, 832))
+    assert (sized.work_w, sized.work_h) == (1216, 832) and sized.reach == plan.reach
+    box = sized.box  # widened around the region, not the region squashed
+    assert box.h == plan.box.h and box.w == -(-plan.box.h * 1216 // 832) and box.contains(plan.box)
+    assert abs(box.w / box.h - 1216 / 832) < 0.02
+    tall = sizes.at_size(plan, (640, 1536)).box
+    assert tall.w == plan.box.w and tall.h > plan.box.h and abs(tall.w / tall.h - 640 / 1536) < 0.02
+    edge = sizes.at_size(regions.plan_region(Rect(0, 300, 40, 60), 1000, 800, margin=8), (1536, 640)).box
+    assert edge.x == 0 and edge.contains(Rect(0, 300, 40, 60))  # shifted back inside the canvas
+    cramped = sizes.at_size(regions.plan_region(Rect(10, 10, 60, 60), 200, 100, margin=8), (640, 1536)).box
+    assert (cramped.y, cramped.h) == (0, 100)  # the canvas cannot give the shape: its whole height
+    assert sizes.at_size(plan, None) == plan
+
+
+def test_generate_at_a_chosen_size_is_txt2img_at_exactly_that_size() -> None:
+    settings = Settings(prompt="a sky", size="1344x768")
+    plan = sizes.at_size(regions.plan_canvas(1920, 1080, target=settings.resolution), sizes.parse(settings.size))
+    req = generation.build_request(generation.Capture(plan, None, None), settings)
+    assert (req.payload["width"], req.payload["height"]) == (1344, 768) and plan.box == Rect(0, 0, 1920, 1080)
 
 
 def test_plugin_zip_layout(tmp_path: Path) -> None:

@@ -70,6 +70,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def sdxl_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sdxl_fixtures import write_sdxl_checkpoint
+
+    return write_sdxl_checkpoint(tmp_path_factory.mktemp("model_xl") / "tiny-xl.safetensors")
+
+
+SD1_SIZES = ["Fit region (Model size)", "512 x 512", "768 x 512", "512 x 768"]
+SDXL_SIZES = ["Fit region (Model size)", "1024 x 1024", "1152 x 896", "896 x 1152", "1216 x 832", "832 x 1216",
+              "1344 x 768", "768 x 1344", "1536 x 640", "640 x 1536"]  # fmt: skip
+
+
+@pytest.fixture(params=["sd1", "sdxl"])
+def model_kind(request: pytest.FixtureRequest) -> tuple[str, Path]:
+    """Each real-host test once with the tiny SD1 model and once with a small SDXL model."""
+    return request.param, request.getfixturevalue("tiny_model" if request.param == "sd1" else "sdxl_model")
+
+
+@pytest.fixture(scope="module")
 def plugin_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The zip, built by the project command."""
     out = tmp_path_factory.mktemp("zip") / "sd_krita.zip"
@@ -123,12 +141,13 @@ def tail(text: str, lines: int = 150) -> str:
     return "\n".join(line for line in text.splitlines()[-lines:] if "krita.lib.resources" not in line)
 
 
-def test_plugin_api_in_kritarunner(tmp_path: Path, pytest_for_krita: Path, tiny_model: Path) -> None:
+def test_plugin_api_in_kritarunner(tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path]) -> None:
+    kind, model = model_kind
     path = os.pathsep.join(str(p) for p in (pytest_for_krita, REPO / "krita_plugin", RUNNER, REPO))
     env = krita_env(
         tmp_path / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=path, SD_KRITA_TEST_PYTHON=sys.executable,
-        SD_KRITA_TEST_MODEL=str(tiny_model), SD_KRITA_TEST_BUILTIN_MODEL=str(BUILTIN_MODEL),
-        SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
+        SD_KRITA_TEST_MODEL=str(model), SD_KRITA_TEST_SDXL="1" if kind == "sdxl" else "0",
+        SD_KRITA_TEST_BUILTIN_MODEL=str(BUILTIN_MODEL), SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
     )  # fmt: skip
     code, out = run_krita(["kritarunner", "-s", "run_pytest", "-f", "main"], env)
     assert code == 0, f"pytest inside Krita exited with {code}:\n{tail(out)}"
@@ -171,11 +190,12 @@ def smoke_profile(home: Path, plugin_zip: Path, tiny_model: Path) -> None:
     )
 
 
-def test_whole_application_smoke(tmp_path: Path, plugin_zip: Path, tiny_model: Path) -> None:
+def test_whole_application_smoke(tmp_path: Path, plugin_zip: Path, model_kind: tuple[str, Path]) -> None:
+    kind, model = model_kind
     attempts = []
     for attempt in range(2):  # Krita 5.1.5 sometimes hangs after File > Quit; one retry, then it is a failure
         home = tmp_path / f"home{attempt}"
-        smoke_profile(home, plugin_zip, tiny_model)
+        smoke_profile(home, plugin_zip, model)
         report = home / "report.json"
         env = krita_env(
             home, SD_KRITA_SMOKE_REPORT=str(report), SD_KRITA_SMOKE_PYTHON=sys.executable,
@@ -189,8 +209,10 @@ def test_whole_application_smoke(tmp_path: Path, plugin_zip: Path, tiny_model: P
         for check in ("docker_found", "docker_visible", "settings_loaded", "cfg_model_default", "cfg_in_view",
                       "cfg_untick", "cfg_tick_again", "new_layer_on_top", "originals_unchanged",
                       "transparent_outside", "opaque_inside", "undo_removed_layer",
-                      "originals_unchanged_after_undo", "server_stopped"):  # fmt: skip
+                      "originals_unchanged_after_undo", "server_stopped", "size_chosen",
+                      "size_fit_again"):  # fmt: skip
             assert result.get(check) is True, f"{check}: {json.dumps(result, indent=1)}"
+        assert result["size_choices"] == (SDXL_SIZES if kind == "sdxl" else SD1_SIZES), result["size_choices"]
         assert all(Path(shot).stat().st_size > 0 for shot in result["shots"]), result  # the docker, the window
         attempts.append(code)
         if code != QUIT_HUNG_EXIT:

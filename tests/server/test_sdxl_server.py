@@ -80,6 +80,16 @@ def test_switching_between_sd1_and_sdxl(client):
     assert images["sd1.safetensors"][0] != images["xl.safetensors"][0]
 
 
+def test_the_models_size_choices_follow_the_model(client):
+    """What the plugins offer as sizes: SDXL's training sizes for the SDXL model, the SD1 sizes after a switch."""
+    client.set_options({"sd_model_checkpoint": "xl.safetensors"})
+    defaults = client.options()["sd_core_model_defaults"]
+    assert (defaults["width"], defaults["height"]) == (1024, 1024)
+    assert defaults["sizes"][:3] == [[1024, 1024], [1152, 896], [896, 1152]] and [640, 1536] in defaults["sizes"]
+    client.set_options({"sd_model_checkpoint": "sd1.safetensors"})
+    assert client.options()["sd_core_model_defaults"]["sizes"] == [[512, 512], [768, 512], [512, 768]]
+
+
 def test_refiner_checkpoint_and_switch(client):
     client.set_options({"sd_model_checkpoint": "xl.safetensors"})
     plain = client.txt2img({**BASE, "prompt": "a wall", "seed": 9, "steps": 6})

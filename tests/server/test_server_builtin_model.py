@@ -64,7 +64,7 @@ def test_a_request_that_leaves_cfg_and_size_out_gets_the_models_own(client):
     """The one CFG rule: a client that sends no cfg_scale (or size) gets the model's own, as the Python API and the
     CLI do, and the server says which values those are."""
     defaults = client.options()["sd_core_model_defaults"]
-    assert defaults == {"cfg_scale": 3.0, "width": 64, "height": 64}
+    assert defaults == {"cfg_scale": 3.0, "width": 64, "height": 64, "sizes": [[64, 64], [96, 64], [64, 96]]}
     result = client.txt2img({"prompt": "red and white vertical stripes", "steps": 2, "seed": 8})
     info = json.loads(result["info"])
     assert info["cfg_scale"] == 3.0 and (info["width"], info["height"]) == (64, 64)

@@ -4,10 +4,11 @@
 
 The add-on is installed from its built extension zip with Blender's own installer, into a throw-away user folder.
 Environment: SDCORE_TEST_URL (a running sd-core server with a tiny model), SDCORE_TEST_ZIP (the extension),
-SDCORE_TEST_MODEL (that model's file), SDCORE_TEST_PYTHON (a Python that can run `sd_core.server`),
-SDCORE_TEST_BUILTIN_URL (a server with the built-in texture model) and SDCORE_TEST_OUT (a folder for the textures
-made with it, checked afterwards by the outer test with sd_core's detectors), BLENDER_USER_RESOURCES (Blender's
-user folder, where the extension is installed; a new temporary one if unset).
+SDCORE_TEST_MODEL (that model's file), SDCORE_TEST_SDXL ("1" when that model is SDXL), SDCORE_TEST_PYTHON (a Python
+that can run `sd_core.server`), SDCORE_TEST_BUILTIN_URL (a server with the built-in texture model) and
+SDCORE_TEST_OUT (a folder for the textures made with it, checked afterwards by the outer test with sd_core's
+detectors), BLENDER_USER_RESOURCES (Blender's user folder, where the extension is installed; a new temporary one if
+unset).
 Not collected by the main test run (no `test_` prefix): it needs bpy, which only the bpy venvs have.
 """
 
@@ -36,6 +37,9 @@ MODEL = os.environ["SDCORE_TEST_MODEL"]
 PYTHON = os.environ["SDCORE_TEST_PYTHON"]
 BUILTIN_URL = os.environ["SDCORE_TEST_BUILTIN_URL"]
 OUT = Path(os.environ["SDCORE_TEST_OUT"])
+SDXL = os.environ.get("SDCORE_TEST_SDXL") == "1"
+SDXL_SIZES = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
+              (1536, 640), (640, 1536)]  # fmt: skip
 BUILTIN_PROMPTS = ("red and white vertical stripes", "blue and yellow horizontal stripes",
                    "black and white checkerboard", "green and white dots")  # fmt: skip
 ADDON = "bl_ext.user_default.sd_core_blender"
@@ -435,6 +439,7 @@ def test_panels_and_operators_are_registered(addon_env):
         "inpaint_image",
         "cancel",
         "release",
+        "size",
     ):
         assert hasattr(bpy.ops.sdcore, op)
 
@@ -517,6 +522,9 @@ class RecordingLayout:
     def prop(self, _data, name, **kwargs) -> None:
         self.log.append((name, self.active(), kwargs))
 
+    def operator_menu_enum(self, idname, name, **kwargs) -> None:
+        self.log.append((f"{idname}.{name}", self.active(), kwargs))
+
     def operator(self, idname, **kwargs):
         self.log.append((idname, self.active(), kwargs))
         return types.SimpleNamespace()
@@ -541,6 +549,35 @@ def test_panel_greys_out_cfg_while_the_models_own_is_used(addon_env):
     assert drawn[True]["model_cfg"] == (True, {"toggle": True, "text": addon_env.ui._model_cfg_text()})
     assert addon_env.ui._model_cfg_text().startswith("Model's CFG")  # "(3)" once the engine knows the model's value
     assert drawn[True]["seed"][0] is False and drawn[False]["seed"][0] is True  # as 'Random' does for the seed
+
+
+def test_size_menu_offers_the_models_sizes_and_sets_width_and_height(addon_env):
+    """SD1's sizes until the engine has seen the model; then the model's own: SDXL's training sizes for an SDXL
+    model. Picking one sets the panel's width and height, and a texture is made at that size."""
+    s = bpy.context.scene.sd_core
+    context = types.SimpleNamespace(scene=bpy.context.scene, space_data=types.SimpleNamespace(type="IMAGE_EDITOR"))
+    log: list = []
+    addon_env.ui.SDCORE_PT_image_editor.draw(types.SimpleNamespace(layout=RecordingLayout(log)), context)
+    assert ("sdcore.size.size", True, {"text": "", "icon": "PRESET"}) in log
+
+    def offered():
+        return [tuple(int(v) for v in key.split("x")) for key, _, _ in addon_env.operators._size_items(None, None)]
+
+    addon_env.runs.SESSION.release()
+    assert offered() == [(512, 512), (768, 512), (512, 768)]
+    assert bpy.ops.sdcore.test_connection() == {"FINISHED"}  # the engine meets the model
+    sizes = offered()
+    assert sizes == (SDXL_SIZES if SDXL else [(512, 512), (768, 512), (512, 768)])
+    width, height = sizes[-1] if not SDXL else (832, 1216)
+    assert bpy.ops.sdcore.size(size=f"{width}x{height}") == {"FINISHED"}
+    assert (s.width, s.height) == (width, height)
+    if SDXL:  # the tiny SDXL model makes a texture at one of its sizes quickly
+        s.steps = 1
+        before = image_names()
+        assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+        (made,) = image_names() - before
+        assert tuple(bpy.data.images[made].size) == (width, height)
+        assert f"Size: {width}x{height}" in bpy.data.images[made]["sd_parameters"]
 
 
 def test_every_icon_the_ui_names_exists_in_this_blender(addon_env):

@@ -2,8 +2,8 @@
 
 Started by tests/plugins/test_krita_real.py via run_pytest.py; not collected by the outer pytest (no `test_` file name).
 The server is started and stopped by the plugin's own Controller (its LocalServer path), with the interpreter
-and model given in SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL; SD_KRITA_TEST_BUILTIN_MODEL is the built-in
-texture model, for the check where the drawn structure matters.
+and model given in SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL (SD_KRITA_TEST_SDXL=1: that model is SDXL);
+SD_KRITA_TEST_BUILTIN_MODEL is the built-in texture model, for the check where the drawn structure matters.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from krita import Krita, Selection
-from sd_krita import document, qt, regions
+from sd_krita import document, qt, regions, sizes
 from sd_krita.controller import Controller
 from sd_krita.generation import Candidate
 from sd_krita.regions import Rect
@@ -27,6 +27,9 @@ from sd_krita.settings import Settings
 PYTHON = os.environ.get("SD_KRITA_TEST_PYTHON", "")
 MODEL = os.environ.get("SD_KRITA_TEST_MODEL", "")
 BUILTIN_MODEL = os.environ.get("SD_KRITA_TEST_BUILTIN_MODEL", "")
+SDXL = os.environ.get("SD_KRITA_TEST_SDXL") == "1"
+SDXL_SIZES = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
+              (1536, 640), (640, 1536)]  # fmt: skip
 W, H = 160, 120
 
 
@@ -285,6 +288,29 @@ def test_generate_without_selection_covers_the_canvas(ctl: tuple[Controller, Rec
     assert layer.name() == added[0]
     assert set(bytes(layer.pixelData(0, 0, W, H))[3::4]) == {255}
     assert all(snapshot(doc)[k] == v for k, v in before.items())
+    close(doc)
+
+
+def test_a_size_the_model_offers_is_made_exactly(ctl: tuple[Controller, Recorder]) -> None:
+    """The server names its model's sizes (an SDXL model: its training sizes); one chosen is the working size,
+    the region widened to its shape."""
+    controller, rec = ctl
+    offered = sizes.offered(rec.model_defaults[-1])
+    assert offered == (SDXL_SIZES if SDXL else [(512, 512), (768, 512), (512, 768)])
+    size = (1152, 896) if SDXL else (768, 512)  # landscape, as the canvas
+    sent = submissions(controller)
+    doc = new_document()
+    add_painted_layer(doc)
+    select(doc, soft_disc(70, 55, 22, 8))
+    controller.settings.size = sizes.key(size)
+    try:
+        added = run(controller, rec, lambda: controller.inpaint(doc))
+    finally:
+        controller.settings.size = sizes.FIT
+    assert added is not None, rec.messages
+    ((payload, job),) = sent
+    assert (payload["width"], payload["height"]) == size and f"Size: {size[0]}x{size[1]}" in infotext(job)
+    assert any(stack(doc)[-1].pixelData(0, 0, W, H)[3::4])
     close(doc)
 
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from krita import Extension, Krita, Selection
 from PyQt5.QtCore import QPoint, QTimer
-from PyQt5.QtWidgets import QCheckBox, QDoubleSpinBox, QLabel, QLineEdit, QPlainTextEdit, QPushButton
+from PyQt5.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+)
 
 REPORT = os.environ.get("SD_KRITA_SMOKE_REPORT", "")
 SHOTS = os.environ.get("SD_KRITA_SMOKE_SHOTS", "")  # a folder for screenshots of the docker and the window
@@ -112,6 +121,13 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     report["cfg_untick"] = cfg_spin.isEnabled() and settings.cfg_scale == 7.5  # the spin started at the model's
     cfg_check.click()
     report["cfg_tick_again"] = not cfg_spin.isEnabled() and settings.cfg_scale is None
+    # sizes: "fit" and then the model's own (an SDXL model's training sizes); a size chosen disables Model size
+    size_combo, resolution = widget(QComboBox, "size_combo"), widget(QSpinBox, "resolution_spin")
+    report["size_choices"] = [size_combo.itemText(i) for i in range(size_combo.count())]
+    size_combo.setCurrentIndex(size_combo.count() - 1)
+    report["size_chosen"] = settings.size == size_combo.itemData(size_combo.count() - 1) and not resolution.isEnabled()
+    size_combo.setCurrentIndex(0)
+    report["size_fit_again"] = settings.size == "" and resolution.isEnabled()
     paint = doc.createNode("Paint", "paintlayer")
     paint.setPixelData(bytes(v for y in range(H) for x in range(W) for v in (x * 2, y * 2, 90, 255)), 0, 0, W, H)
     doc.rootNode().addChildNode(paint, None)
