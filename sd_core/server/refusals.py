@@ -10,7 +10,7 @@ upscale", `sd_upscale.py`); any other `script_name` is A1111's 422 "Script '<nam
 
 "Default" is the value in effect when the field is left out, so clients that always send every field (webuiapi) keep
 working. The sampler options `eta` and `s_churn`/`s_tmin`/`s_tmax`/`s_noise` go to the samplers A1111 hands them to
-(`TAKES`; `generate.sampler_options`) and are listed as ignored with any other sampler.
+(`TAKES`; `sampling_fields.sampler_options`) and are listed as ignored with any other sampler.
 """
 
 from __future__ import annotations
