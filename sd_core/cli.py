@@ -157,6 +157,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"family:     {info.family}{' (inpainting)' if info.inpainting else ''}")
     print("prediction: eps or v (SD2 v-prediction is probed at load; override with prediction=)")
     print(f"defaults:   CFG scale {info.defaults.cfg_scale:g}, size {info.defaults.width}x{info.defaults.height}")
+    print(f"sizes:      {', '.join(f'{w}x{h}' for w, h in info.defaults.sizes)}")
     print(f"dtype:      {dtypes}")
     print(f"keys:       {info.keys}")
     for group, (count, params) in sorted(info.groups.items()):

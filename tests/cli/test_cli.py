@@ -64,7 +64,7 @@ def test_txt2img_writes_pngs_with_parameters(model, tmp_path):
 def test_info_reports_family_and_counts(model):
     out = sd_core_cli("info", str(model))
     assert out.returncode == 0, out.stderr
-    assert "family:     sd1" in out.stdout
+    assert "family:     sd1" in out.stdout and "sizes:      512x512, 768x512, 512x768\n" in out.stdout
     assert "model" in out.stdout and "first_stage_model" in out.stdout and "float32" in out.stdout
 
 

@@ -28,6 +28,7 @@ def test_info_reports_sdxl_families(models):
         out = sd_core_cli("info", str(path))
         assert out.returncode == 0, out.stderr
         assert f"family:     {family}" in out.stdout
+        assert "sizes:      1024x1024, 1152x896, 896x1152, 1216x832, 832x1216, 1344x768, 768x1344, " in out.stdout
 
 
 def test_txt2img_with_size_conditioning_and_refiner(models, tmp_path):

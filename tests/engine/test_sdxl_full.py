@@ -6,7 +6,9 @@ added conditioning, the VAE both ways, each text tower's last and penultimate hi
 
 Memory: the file is bfloat16 (~7 GB, as the released fp16 files); each engine reads it memory-mapped and in bfloat16,
 and one network at a time is made float32 (its bfloat16 values exactly), run, recorded and freed; the two engines'
-models are never in memory together. Peak RSS about 11 GB, the float32 base UNet alone being 10.3 GB.
+models are never in memory together. Measured on a 2-core VM: 4 min 37 s for both layouts, peak RSS 10.4 GiB (the
+float32 base UNet alone is 9.6 GiB). The plain networks do diffusers' operations one for one: the UNets and towers came
+out bitwise equal, the VAE and pooled outputs within 2e-6.
 """
 
 from __future__ import annotations
@@ -236,4 +238,5 @@ def test_unet_with_added_conditioning_matches_diffusers(compared):
     """Two samples with different timesteps and size numbers (the refiner: aesthetic scores) in one batch."""
     _, _, expected, ours = compared
     assert expected["unet"].shape == (2, 4, LATENT, LATENT)
+    assert rel_err(expected["unet"][0], expected["unet"][1]) > 0.1  # not a degenerate output: the inputs show
     check("unet", ours["unet"], expected["unet"])
