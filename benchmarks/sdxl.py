@@ -44,6 +44,7 @@ from bench import (  # noqa: E402
     DTYPES,
     PROMPT,
     SEED,
+    SdCore,
     euler_sigmas,
     load_average,
     machine_info,
@@ -77,26 +78,12 @@ def sdxl_checkpoint(directory: Path = DEFAULT_DIR) -> tuple[Path, Path]:
 
 
 def _sd_core(path: Path, dtype: torch.dtype):
-    import sd_core
-
-    # freed memory kept between sampling steps, as the CLI runs (`sd_core.accel.heap`); bench.py does the same
-    pipe = sd_core.load(path, device="cpu", dtype=dtype, keep_freed_memory=True)
+    engine = SdCore(path, dtype, "cpu")  # bench.py's engine: the same load options and txt2img call
 
     def generate(size: int, steps: int, on_step) -> np.ndarray:
-        (image,) = pipe.txt2img(
-            PROMPT,
-            width=size,
-            height=size,
-            steps=steps,
-            sampler="euler",
-            cfg_scale=CFG,
-            seed=SEED,
-            callback=lambda info: on_step(),
-        )
-        return np.asarray(image, dtype=np.float32)
+        return engine.generate(size, 1, steps, on_step)[0]
 
-    vae = str(next(pipe.vae.parameters()).dtype).removeprefix("torch.")
-    return generate, {"vae_dtype": vae, "family": pipe.family}
+    return generate, {"vae_dtype": str(engine.vae_dtype).removeprefix("torch."), "family": engine.pipe.family}
 
 
 def _diffusers(path: Path, config: Path, dtype: torch.dtype):

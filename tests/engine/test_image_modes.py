@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from model_fixtures import _cached_folder
+from seamless_checks import rolled_pair
 
 import sd_core
 
@@ -191,25 +192,11 @@ def test_outpaint_extends_and_keeps_the_original(sd1, photo):
 # --- seamless tiling ---------------------------------------------------------------------------------------------
 
 
-def _rolled_pair(pipe, axes: str | None, shift: int):
-    """The same generation from noise, and from the same noise rolled by `shift` latents along x."""
-    g = torch.Generator().manual_seed(9)
-    noise = torch.randn(1, 4, 8, 16, generator=g)
-    text = pipe.encode_prompt("stripes")
-    settings = sd_core.GenerationSettings(prompt="stripes", steps=4, cfg_scale=7.5, tiling=axes)
-    out = []
-    for n in (noise, torch.roll(noise, shift, dims=-1)):
-        with sd_core.tiling.seamless([pipe.unet, pipe.vae], axes):
-            lat = pipe.denoise(settings, n, text, torch.Generator().manual_seed(0))
-            out.append(np.asarray(pipe.decode_latents(lat, seamless=axes)[0]).astype(float))
-    return out
-
-
 def test_seamless_x_output_lives_on_a_cylinder(sd1):
     """With circular padding on x, rolling the noise rolls the image: the left and right edges are neighbours."""
-    a, b = _rolled_pair(sd1, "x", 2)
+    a, b = rolled_pair(sd1, "x", 2)
     assert np.abs(np.roll(a, 16, axis=1) - b).mean() < 0.5
-    plain_a, plain_b = _rolled_pair(sd1, None, 2)
+    plain_a, plain_b = rolled_pair(sd1, None, 2)
     assert np.abs(np.roll(plain_a, 16, axis=1) - plain_b).mean() > 2
 
 

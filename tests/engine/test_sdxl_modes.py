@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sdxl_fixtures import write_sdxl_checkpoint
+from seamless_checks import rolled_pair
 
 import sd_core
 from sd_core import sdxl
@@ -42,24 +43,11 @@ def test_outpaint_extends_and_keeps_the_original(request, model, photo):
     assert out[:, 64:].std() > 3
 
 
-def _rolled_pair(pipe, axes: str | None, shift: int):
-    """The same generation from noise, and from the same noise rolled by `shift` latents along x."""
-    noise = torch.randn(1, 4, 8, 16, generator=torch.Generator().manual_seed(9))
-    text = pipe.encode_prompt("stripes")
-    settings = sd_core.GenerationSettings(prompt="stripes", steps=4, cfg_scale=7.5, tiling=axes)
-    out = []
-    for n in (noise, torch.roll(noise, shift, dims=-1)):
-        with sd_core.tiling.seamless([pipe.unet, pipe.vae], axes):
-            lat = pipe.denoise(settings, n, text, torch.Generator().manual_seed(0))
-            out.append(np.asarray(pipe.decode_latents(lat, seamless=axes)[0]).astype(float))
-    return out
-
-
 def test_seamless_x_output_lives_on_a_cylinder(base):
     """Circular padding on x: rolling the noise by 4 latents (the UNet's 2 downsamplings) rolls the image."""
-    a, b = _rolled_pair(base, "x", 4)
+    a, b = rolled_pair(base, "x", 4)
     assert np.abs(np.roll(a, 32, axis=1) - b).mean() < 0.5
-    plain_a, plain_b = _rolled_pair(base, None, 4)
+    plain_a, plain_b = rolled_pair(base, None, 4)
     assert np.abs(np.roll(plain_a, 32, axis=1) - plain_b).mean() > 2
 
 

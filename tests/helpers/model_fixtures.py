@@ -60,9 +60,26 @@ def _perturb(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Mo
     return module
 
 
+def tiny_vae(scaling_factor: float = 0.18215):
+    """The tiny AutoencoderKL every test family shares (4 levels, 32 GroupNorm groups); SDXL's scale is 0.13025."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64,
+        scaling_factor=scaling_factor,
+    )
+
+
 def tiny_components(seed: int = 0, *, sd2: bool = False, inpainting: bool = False, tmp: Path | None = None) -> dict:
     """UNet, VAE, text encoder, tokenizer and a DDIM scheduler with SD1.5 settings, as diffusers objects."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -80,16 +97,7 @@ def tiny_components(seed: int = 0, *, sd2: bool = False, inpainting: bool = Fals
         attention_head_dim=(1, 2) if sd2 else 8,
         use_linear_projection=sd2,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=64,
-    )
+    vae = tiny_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=49408,

@@ -16,7 +16,8 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from model_fixtures import _perturb, clip_tokenizer
+from model_fixtures import _perturb, clip_tokenizer, tiny_vae
+from sd15_reference import VAE
 
 L_WIDTH, G_WIDTH = 64, 128  # 1 and 2 heads of 64
 TIME_DIM = 256  # SDXL's addition_time_embed_dim
@@ -24,7 +25,7 @@ SDXL_FIXTURE_VERSION = 4
 
 
 def tiny_sdxl_components(seed: int = 0, *, refiner: bool = False, inpainting: bool = False, tmp: Path) -> dict:
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -47,17 +48,7 @@ def tiny_sdxl_components(seed: int = 0, *, refiner: bool = False, inpainting: bo
         projection_class_embeddings_input_dim=G_WIDTH + (5 if refiner else 6) * TIME_DIM,
     )
     torch.manual_seed(seed + 2)  # one VAE for the base, refiner and inpainting models, as the released ones share it
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=64,
-        scaling_factor=0.13025,
-    )
+    vae = tiny_vae(scaling_factor=0.13025)
 
     def clip(width: int, act: str, pad: int) -> CLIPTextConfig:
         return CLIPTextConfig(
@@ -214,20 +205,7 @@ SDXL_REFINER_UNET = {
     "cross_attention_dim": 1280,
     "projection_class_embeddings_input_dim": 2560,
 }
-SDXL_VAE = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "norm_num_groups": 32,
-    "act_fn": "silu",
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-    "force_upcast": True,
-}
+SDXL_VAE = {**VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}  # SD1.5's, SDXL's scale
 _CLIP = {"vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407}
 CLIP_L = {
     **_CLIP,
