@@ -8,8 +8,9 @@
     images = pipe.generate(settings)
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
-`HiresOptions`, `TileOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the
-modules `limits`, `samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`, `resize`, `sd_upscale`.
+`HiresOptions`, `TileOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`,
+`load_controlnet`, `Control`, and the modules `controlnet`, `limits`, `samplers`, `schedules`, `pnginfo`, `preview`,
+`upscalers`, `resize`, `sd_upscale`.
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -33,6 +34,9 @@ __all__ = [
     "ModelInfo",
     "__version__",
     "builtin_model",
+    "Control",
+    "controlnet",
+    "load_controlnet",
     "inspect_model",
     "limits",
     "load",
@@ -59,8 +63,10 @@ _LAZY = {
     "ModelDefaults": "settings",
     "TileOptions": "settings",
     "StepInfo": "progress",
+    "load_controlnet": "controlnet",
+    "Control": "controlnet",
 }
-_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers", "resize", "sd_upscale")
+_MODULES = ("controlnet", "limits", "samplers", "schedules", "pnginfo", "preview", "upscalers", "resize", "sd_upscale")
 
 
 def __getattr__(name: str) -> Any:

@@ -248,6 +248,80 @@ def tile_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([t] * (batch // t.shape[0]))  # cat keeps channels_last
 
 
+def _transformer_factory(cfg: dict):
+    """The SpatialTransformer of `ch` channels and `depth` blocks, with the config's head rule."""
+
+    def transformer(ch: int, depth: int) -> SpatialTransformer:
+        if cfg["num_head_channels"] == -1:
+            heads, dim_head = cfg["num_heads"], ch // cfg["num_heads"]
+        else:
+            heads, dim_head = ch // cfg["num_head_channels"], cfg["num_head_channels"]
+        return SpatialTransformer(ch, heads, dim_head, depth, cfg["context_dim"], cfg["use_linear_in_transformer"])
+
+    return transformer
+
+
+def build_encoder(cfg: dict) -> tuple[nn.Sequential, nn.Sequential | None, nn.ModuleList, Block | None, list[int]]:
+    """The encoder half of a UNet for a completed config (`unet_config`): `time_embed`, `label_emb` (None without
+    `adm_in_channels`), `input_blocks`, `middle_block` (None without one) and the channels of each input block's
+    output (its skip). Shared by the UNet and the ControlNet (`sd_core.controlnet`), a copy of this half."""
+    mc = cfg["model_channels"]
+    emb_ch = mc * 4
+    levels = len(cfg["channel_mult"])
+    transformer = _transformer_factory(cfg)
+    time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+    label_emb = None
+    if cfg["adm_in_channels"]:
+        adm = cfg["adm_in_channels"]
+        label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
+
+    input_blocks = nn.ModuleList([Block([nn.Conv2d(cfg["in_channels"], mc, 3, padding=1)])])
+    skip_channels = [mc]
+    ch = mc
+    for level, mult in enumerate(cfg["channel_mult"]):
+        for _ in range(cfg["num_res_blocks"][level]):
+            layers: list[nn.Module] = [ResBlock(ch, emb_ch, mc * mult)]
+            ch = mc * mult
+            if cfg["transformer_depth"][level]:
+                layers.append(transformer(ch, cfg["transformer_depth"][level]))
+            input_blocks.append(Block(layers))
+            skip_channels.append(ch)
+        if level != levels - 1:
+            input_blocks.append(Block([Downsample(ch)]))
+            skip_channels.append(ch)
+
+    middle_block = None
+    if cfg["mid_block"]:
+        middle: list[nn.Module] = [ResBlock(ch, emb_ch, ch)]
+        if cfg["transformer_depth_middle"]:
+            middle.append(transformer(ch, cfg["transformer_depth_middle"]))
+        middle.append(ResBlock(ch, emb_ch, ch))
+        middle_block = Block(middle)
+    return time_embed, label_emb, input_blocks, middle_block, skip_channels
+
+
+def embedding(
+    model: nn.Module, x: torch.Tensor, timesteps: torch.Tensor | float, y: torch.Tensor | None
+) -> torch.Tensor:
+    """The timestep embedding (plus SDXL's `label_emb(y)`) of a UNet or its ControlNet copy, in the weights' dtype:
+    [1 or rows, emb]. `share_timestep_embedding`: one row for a batch that shares its timestep."""
+    dtype = model.time_embed[0].weight.dtype
+    t = torch.as_tensor(timesteps, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if model.share_timestep_embedding and t.shape[0] > 1 and bool((t == t[0]).all()):
+        t = t[:1]  # one shared timestep (CFG halves, a batch): one embedding row for all
+    emb = model.time_embed(timestep_embedding(t, model.config["model_channels"]).to(dtype))
+    if (y is None) != (model.label_emb is None):
+        raise ValueError("the UNet takes a vector y exactly when it has label_emb (SDXL)")
+    if y is not None:
+        label = model.label_emb(y.to(dtype))
+        if 1 not in (emb.shape[0], label.shape[0]):
+            emb = tile_batch(emb, label.shape[0])  # [B] timesteps under k contexts: [emb, emb, ...]
+        emb = emb + label
+    return emb
+
+
 class UNetModel(nn.Module):
     """`forward(x, timesteps, context)`: x [B, in_channels, h, w]; timesteps [B] (or a scalar), may be fractional;
     context [B, T, context_dim] or [k*B, T, context_dim]. Inputs are cast to the weights' dtype; the output is in the
@@ -271,44 +345,9 @@ class UNetModel(nn.Module):
         mc = cfg["model_channels"]
         emb_ch = mc * 4
         levels = len(cfg["channel_mult"])
-
-        def transformer(ch: int, depth: int) -> SpatialTransformer:
-            if cfg["num_head_channels"] == -1:
-                heads, dim_head = cfg["num_heads"], ch // cfg["num_heads"]
-            else:
-                heads, dim_head = ch // cfg["num_head_channels"], cfg["num_head_channels"]
-            return SpatialTransformer(ch, heads, dim_head, depth, cfg["context_dim"], cfg["use_linear_in_transformer"])
-
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        if cfg["adm_in_channels"]:
-            adm = cfg["adm_in_channels"]
-            self.label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
-        else:
-            self.label_emb = None
-
-        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(cfg["in_channels"], mc, 3, padding=1)])])
-        skip_channels = [mc]
-        ch = mc
-        for level, mult in enumerate(cfg["channel_mult"]):
-            for _ in range(cfg["num_res_blocks"][level]):
-                layers: list[nn.Module] = [ResBlock(ch, emb_ch, mc * mult)]
-                ch = mc * mult
-                if cfg["transformer_depth"][level]:
-                    layers.append(transformer(ch, cfg["transformer_depth"][level]))
-                self.input_blocks.append(Block(layers))
-                skip_channels.append(ch)
-            if level != levels - 1:
-                self.input_blocks.append(Block([Downsample(ch)]))
-                skip_channels.append(ch)
-
-        if cfg["mid_block"]:
-            middle: list[nn.Module] = [ResBlock(ch, emb_ch, ch)]
-            if cfg["transformer_depth_middle"]:
-                middle.append(transformer(ch, cfg["transformer_depth_middle"]))
-            middle.append(ResBlock(ch, emb_ch, ch))
-            self.middle_block = Block(middle)
-        else:
-            self.middle_block = None
+        transformer = _transformer_factory(cfg)
+        self.time_embed, self.label_emb, self.input_blocks, self.middle_block, skip_channels = build_encoder(cfg)
+        ch = skip_channels[-1]
 
         self.output_blocks = nn.ModuleList()
         for level in reversed(range(levels)):
@@ -342,23 +381,18 @@ class UNetModel(nn.Module):
                 m._text_kv = None
 
     def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor, y: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor | float,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        control: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """`y` [1 or context rows, adm_in_channels]: SDXL's vector (required exactly when the model has `label_emb`)."""
+        """`y` [1 or context rows, adm_in_channels]: SDXL's vector (required exactly when the model has `label_emb`).
+        `control`: ControlNet residuals, one per input block then one for the middle block (`sd_core.controlnet`):
+        the middle block's output and each skip get theirs added, as the original ControlNet's ControlledUnetModel."""
         dtype = self.time_embed[0].weight.dtype
-        t = torch.as_tensor(timesteps, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if self.share_timestep_embedding and t.shape[0] > 1 and bool((t == t[0]).all()):
-            t = t[:1]  # one shared timestep (CFG halves, a batch): one embedding row for all
-        emb = self.time_embed(timestep_embedding(t, self.config["model_channels"]).to(dtype))
-        if (y is None) != (self.label_emb is None):
-            raise ValueError("the UNet takes a vector y exactly when it has label_emb (SDXL)")
-        if y is not None:
-            label = self.label_emb(y.to(dtype))
-            if 1 not in (emb.shape[0], label.shape[0]):
-                emb = tile_batch(emb, label.shape[0])  # [B] timesteps under k contexts: [emb, emb, ...]
-            emb = emb + label
+        emb = embedding(self, x, timesteps, y)
         context = context.to(dtype)
         h = x.to(dtype)
         skips = []
@@ -367,7 +401,19 @@ class UNetModel(nn.Module):
             skips.append(h)
         if self.middle_block is not None:
             h = self.middle_block(h, emb, context)
+        if control is not None:
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"control: {len(control)} residuals for a UNet with {len(skips)} skips + 1 middle")
+            *down, mid = control
+            skips = [_add(skip, res) for skip, res in zip(skips, down, strict=True)]
+            h = _add(h, mid)
         for block in self.output_blocks:
             h = torch.cat([h, tile_batch(skips.pop(), h.shape[0])], dim=1)
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
         return tile_batch(self.out(h), context.shape[0]).contiguous()  # LowVRAM offloads the UNet as one unit
+
+
+def _add(h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """`h + residual` with the rows of the larger (a skip computed once for both CFG halves takes both residuals)."""
+    rows = max(h.shape[0], residual.shape[0])
+    return tile_batch(h, rows) + tile_batch(residual.to(h.dtype), rows)
