@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -56,6 +57,7 @@ class GuidedDenoiser:
         extra: torch.Tensor | None = None,
         blend: InpaintBlend | None = None,
         vectors: tuple[torch.Tensor, torch.Tensor] | None = None,
+        control: Any = None,
     ) -> None:
         if prediction not in ("eps", "v"):
             raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
@@ -65,6 +67,7 @@ class GuidedDenoiser:
         self.guided = self.cfg_scale != 1.0
         self.dtype = next(unet.parameters()).dtype
         self.vectors = vectors
+        self.control = control  # `controlnet.runner.ControlRun`: residuals for the UNet at each call
         self._contexts: dict[tuple[int, bool], torch.Tensor] = {}
         self._vectors: dict[tuple[int, bool], torch.Tensor] = {}
 
@@ -97,13 +100,16 @@ class GuidedDenoiser:
         return tiles
 
     def _unet(self, x_in: torch.Tensor, t: torch.Tensor, batch: int, pair: bool) -> torch.Tensor:
+        context, y = self.context(batch, pair), self.vector(batch, pair)
+        # ControlNets see the latents only, never the inpainting model's extra channels
+        control = None if self.control is None else self.control.residuals(x_in, t, context, y, pair)
         if self.extra is not None:
             x_in = torch.cat([x_in, self.extra.to(x_in)], dim=1)
         # x once, the context twice: the UNet runs its text-free first layers once for both halves
-        y = self.vector(batch, pair)
-        if y is None:
-            return self.unet(x_in.to(self.dtype), t, self.context(batch, pair)).float()
-        return self.unet(x_in.to(self.dtype), t, self.context(batch, pair), y).float()
+        args = (x_in.to(self.dtype), t, context) + (() if y is None else (y,))
+        if control is None:
+            return self.unet(*args).float()
+        return self.unet(*args, control=control).float()
 
     def model_output(self, x_in: torch.Tensor, t: torch.Tensor, batch: int) -> torch.Tensor:
         """The UNet's raw prediction with guidance applied (one call for both halves)."""

@@ -20,6 +20,7 @@ A callback raising `sd_core.Interrupted` ends sampling early; the run finishes f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from PIL import Image
 
 from . import hires, images, inpainting, masks, resize, sdxl, tiling
+from .controlnet import runner as controlnet_runner
 from .noise import image_seeds, image_subseeds, start_noise
 from .pnginfo import format_parameters
 from .progress import Callback, LastStep, in_phase
@@ -46,17 +48,21 @@ def generate(
     size = None if arr is None else (arr.shape[1], arr.shape[0])
     s = settings.resolve(mode, pipe.defaults, size)
     sdxl.check_settings(s, pipe.config, mode)
+    controlnet_runner.check_family(s.control, pipe.config.unet, pipe.family, pipe.name)
     if mode == "inpaint" and s.resize_mode != "resize":  # the fitted picture and mask become the input
         assert arr is not None
         arr, mask = _fit(arr, s), _fit(images.to_mask_array(mask), s)
         size = (s.width, s.height)
     second = None if s.hires is None else hires.second_pass(s)  # its errors before any work
     region = None if mode != "inpaint" else inpainting.prepare_region(arr, mask, s)
+    if region is not None and s.control and region.box != (0, 0, region.image.shape[1], region.image.shape[0]):
+        s = replace(s, control=controlnet_runner.crop_to_region(s.control, region.image.shape, region.box))
     generators = _generators(s)
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
     text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip, s.empty_negative)
     refiner = [] if s.refiner is None else [s.refiner.unet]
-    with tiling.seamless([pipe.unet, pipe.vae, *refiner], s.tiling):
+    nets = list(dict.fromkeys(unit.net for unit in s.control))
+    with tiling.seamless([pipe.unet, pipe.vae, *refiner, *nets], s.tiling):
         if region is not None:
             latents = _inpaint(pipe, s, region, text, generators, steps)
         elif arr is not None:
@@ -226,6 +232,7 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
             fields[f"Sigma {label}"] = options[name]
     if s.hires is not None:
         fields.update(hires.infotext_fields(s))
+    fields.update(controlnet_runner.infotext_fields(s.control))
     made = size if s.hires is None else s.hires.target_size(s.width, s.height)  # hires: the second pass is tiled
     if s.tile is not None and s.tile.applies(*made):
         fields["Tile size"] = f"{s.tile.width}x{s.tile.height}"

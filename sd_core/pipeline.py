@@ -16,6 +16,7 @@ from PIL import Image
 
 from . import images, limits, masks, modes, sdxl, tiled_denoising, tiling
 from .accel import Accelerator
+from .controlnet import runner as controlnet_runner
 from .denoiser import GuidedDenoiser, Handoff, InpaintBlend
 from .errors import Interrupted
 from .model_config import ModelConfig
@@ -263,9 +264,12 @@ class StableDiffusion:
             x = init + noise * sigmas[0]
         steps_seen, end = LastStep(callback), sigmas[-1:]
         blend = None if blend_mask is None else InpaintBlend(blend_mask, init, noise).to(self.device)
+        control = controlnet_runner.for_run(settings.control, len(sigmas) - 1, self.device)
         with contextlib.ExitStack() as stack:
             sampling = stack.enter_context(self.accel.sampling(self.unet))
-            denoiser = self.guided_denoiser(sampling.unet, settings, text, x.shape, extra=extra, blend=blend)
+            denoiser = self.guided_denoiser(
+                sampling.unet, settings, text, x.shape, extra=extra, blend=blend, control=control
+            )
             refiner = settings.refiner
             if refiner is not None:  # A1111's refiner: its own text, vectors and speed levers
                 text_r = refiner.encode_prompt(
@@ -281,7 +285,7 @@ class StableDiffusion:
                         denoiser,
                         x.to(self.device),
                         sigmas.to(self.device),
-                        callback=sampling.callback(steps_seen),
+                        callback=sampling.callback(steps_seen if control is None else control.observe(steps_seen)),
                         generator=generator,
                         **settings.sampler_options(),
                     )
@@ -303,9 +307,11 @@ class StableDiffusion:
         *,
         extra: torch.Tensor | None = None,
         blend: InpaintBlend | None = None,
+        control: Any = None,
     ) -> Any:
         """This model's guided denoiser over `unet` (its sampling context's) for latents of `shape`: the text
-        (SDXL: with the vectors for this size), CFG, `extra` input channels, the inpainting blend, tiles."""
+        (SDXL: with the vectors for this size), CFG, `extra` input channels, the inpainting blend, the ControlNet
+        units (`controlnet.runner.ControlRun`), tiles."""
         cond, uncond, *pooled = text
         vectors = None
         if pooled:
@@ -321,6 +327,7 @@ class StableDiffusion:
             extra=None if extra is None else extra.to(self.device),
             blend=blend,
             vectors=vectors,
+            control=control,
         )
         if settings.tile is not None:
             tile = settings.tile.resolve(self.defaults)

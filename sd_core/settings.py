@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import limits, samplers, upscalers
+from .controlnet.unit import check_controls
 from .images import round_to_multiple
 from .upscalers import latent
 
@@ -263,6 +264,8 @@ class GenerationSettings:
     # fraction of the noise schedule reaches `refiner_switch_at` (None: 0.8); txt2img and img2img
     refiner: Any = None
     refiner_switch_at: float | None = None
+    # ControlNet units (`sd_core.Control`), their residuals summed; every mode (`sd_core.controlnet`)
+    control: tuple[Any, ...] = ()
     choice: samplers.SamplerChoice = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -311,6 +314,9 @@ class GenerationSettings:
             if self.refiner is None:
                 raise limits.SettingError("refiner_switch_at", "refiner_switch_at needs a refiner")
             limits.check_number("refiner_switch_at", self.refiner_switch_at, 0.0, 1.0, low_open=True)
+        set_field(self, "control", check_controls(self.control))
+        if self.control and self.tile is not None:
+            raise limits.SettingError("tile", "tiled denoising does not take ControlNet units (control) yet")
 
     def denoising_steps(self) -> tuple[int, int]:
         """(the length of the sigma schedule, the steps that run: its last ones) for these settings.

@@ -14,8 +14,10 @@ from __future__ import annotations
 from .config import ControlNetConfig, infer_controlnet_config
 from .files import load_controlnet, read_controlnet_state_dict, save_controlnet
 from .model import ControlNetModel
+from .unit import Control
 
 __all__ = [
+    "Control",
     "ControlNetConfig",
     "ControlNetModel",
     "infer_controlnet_config",

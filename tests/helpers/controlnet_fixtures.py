@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from model_fixtures import _cached_folder, _perturb
 
-CONTROLNET_FIXTURE_VERSION = 1
+CONTROLNET_FIXTURE_VERSION = 2
 HINT_CHANNELS = (16, 32, 96, 256)  # the released ControlNets' hint block (diffusers' default)
 
 
-def randomize_zero_modules_(net, generator: torch.Generator, scale: float = 0.3):
+def randomize_zero_modules_(net, generator: torch.Generator, scale: float = 1.0):
     """Random weights where training starts from zeros: the zero convs, the middle-block conv, the hint's last conv."""
     zero = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
     with torch.no_grad():
