@@ -199,3 +199,35 @@ def test_inpaint_9_channel_matches_diffusers(tmp_path, nets):
     kw = dict(sampler="ddim", mask_blur=0, **common())
     ours = pixels(pipe.inpaint(init, mask_image, PROMPT, control=[sd_core.Control(nets[0], image)], **kw))
     assert_same(ours, expected, pixels(pipe.inpaint(init, mask_image, PROMPT, **kw)))
+
+
+def test_sdxl_txt2img_matches_diffusers(tmp_path):
+    """A tiny SDXL model with a tiny SDXL ControlNet (its vector `y` through the net's own `label_emb`), a batch of
+    two (image k from generator seed + k), against StableDiffusionXLControlNetPipeline."""
+    import diffusers
+    from sdxl_fixtures import sdxl_folder, write_sdxl_checkpoint
+
+    pipe = sd_core.load(write_sdxl_checkpoint(tmp_path / "base.safetensors"), "cpu", torch.float32)
+    net = sd_core.load_controlnet(write_controlnet_file(tmp_path / "cn.safetensors", "sdxl"), "cpu", torch.float32)
+    ref = diffusers.StableDiffusionXLControlNetPipeline.from_pretrained(
+        str(sdxl_folder()),
+        controlnet=diffusers.ControlNetModel.from_pretrained(str(controlnet_folder("sdxl"))),
+        local_files_only=True,
+    )
+    ref.scheduler = diffusers.DDIMScheduler.from_config(ref.scheduler.config)
+    ref.set_progress_bar_config(disable=True)
+    image = control_map()
+    expected = diffusers_pixels(
+        ref(
+            PROMPT,
+            image=image,
+            width=SIZE,
+            height=SIZE,
+            num_images_per_prompt=2,
+            controlnet_conditioning_scale=0.7,
+            **diffusers_common(generator=[torch.Generator("cpu").manual_seed(SEED + k) for k in range(2)]),
+        )
+    )
+    kw = dict(width=SIZE, height=SIZE, sampler="ddim", batch_size=2, **common())
+    ours = pixels(pipe.txt2img(PROMPT, control=[sd_core.Control(net, image, strength=0.7)], **kw))
+    assert_same(ours, expected, pixels(pipe.txt2img(PROMPT, **kw)))
