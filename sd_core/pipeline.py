@@ -17,6 +17,8 @@ from . import images, limits, masks, modes, tiled_denoising, tiling
 from .accel import Accelerator
 from .denoiser import GuidedDenoiser, InpaintBlend
 from .errors import Interrupted
+from .extra_networks import ExtraNetworks
+from .lora.tags import strip_tags
 from .model_config import ModelConfig
 from .progress import Callback, LastStep
 from .prompt import encode_with_weights, tokenize_prompt
@@ -30,7 +32,8 @@ class StableDiffusion:
     """A loaded model: `generate` and the four modes. Build it with `sd_core.load(path)`.
 
     `defaults` are the model's own (CFG scale, native size), used wherever a setting is left out; `accel` holds the
-    speed levers in force on this pipeline (`sd_core.accel`)."""
+    speed levers in force on this pipeline (`sd_core.accel`); `extra_networks` its LoRA folders and the LoRAs merged
+    into its weights (`sd_core.extra_networks`)."""
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class StableDiffusion:
         dtype: torch.dtype,
         name: str = "model",
         defaults: ModelDefaults | None = None,
+        lora_dirs: tuple = (),
     ) -> None:
         self.unet, self.vae, self.text_encoder = unet.eval(), vae.eval(), text_encoder.eval()
         self.config, self.device, self.dtype, self.name = config, device, dtype, name
@@ -50,6 +54,7 @@ class StableDiffusion:
         self.tokenizer = CLIPTokenizer()
         self.noise_schedule = NoiseSchedule()
         self.accel = Accelerator(device)
+        self.extra_networks = ExtraNetworks(config.family, {"unet": unet, "text_encoder": text_encoder}, lora_dirs)
 
     @property
     def family(self) -> str:
@@ -136,10 +141,13 @@ class StableDiffusion:
     def encode_prompt(self, prompt: str, negative_prompt: str = "", clip_skip: int = 1) -> tuple[torch.Tensor, ...]:
         """Text embeddings (cond, uncond) with A1111 emphasis; both padded to the same number of 77-token chunks.
 
-        `clip_skip` follows A1111: 1 = the model's usual layer, 2 = one layer earlier, ...
+        `clip_skip` follows A1111: 1 = the model's usual layer, 2 = one layer earlier, ... The prompt's LoRA tags
+        (`<lora:...>`) are taken out (generations apply them: `extra_networks`); the negative prompt's stay text, as
+        in A1111.
         """
         limits.check_prompt("prompt", prompt)
         limits.check_prompt("negative_prompt", negative_prompt)
+        prompt = strip_tags(prompt)
         limits.check_int("clip_skip", clip_skip, limits.MIN_CLIP_SKIP, limits.MAX_CLIP_SKIP)
         pad = self.config.pad_token
         tokens_c, weights_c = tokenize_prompt(prompt, self.tokenizer, pad_token=pad)
