@@ -82,19 +82,27 @@ def peft_lora(
     """A diffusers/PEFT-format LoRA (`unet.<path>.lora_A.weight` / `lora_B.weight`) on Linear layers."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
-    linear_unet = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
-    for prefix, model, endings in (("unet.", unet, linear_unet), ("text_encoder.", text_encoder, TEXT_TARGETS)):
+    parts = (("unet.", unet, tuple(PEFT_UNET_TARGETS)), ("text_encoder.", text_encoder, TEXT_TARGETS))
+    for prefix, model, endings in parts:
         for name, layer in targets(model, endings).items():
             down, up = _factors(layer, rank, g, std)
             out[f"{prefix}{name}.lora_A.weight"], out[f"{prefix}{name}.lora_B.weight"] = down, up
     return out
 
 
+PEFT_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+
+
 def peft_metadata(rank: int, alpha: float) -> dict[str, str]:
-    """The safetensors metadata diffusers' `save_lora_weights` writes: each component's PEFT LoraConfig fields."""
-    config = {"r": rank, "lora_alpha": alpha, "alpha_pattern": {}, "rank_pattern": {}}
-    flat = {f"{part}.{k}": v for part in ("unet", "text_encoder") for k, v in config.items()}
-    return {"format": "pt", "lora_adapter_metadata": json.dumps(flat)}
+    """The safetensors metadata diffusers' `save_lora_weights` writes: each component's PEFT LoraConfig, flattened
+    under the component's prefix."""
+    from peft import LoraConfig
+
+    flat = {}
+    for part, modules in (("unet", PEFT_UNET_TARGETS), ("text_encoder", list(TEXT_TARGETS))):
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules).to_dict()
+        flat.update({f"{part}.{k}": list(v) if isinstance(v, set) else v for k, v in config.items()})
+    return {"format": "pt", "lora_adapter_metadata": json.dumps(flat, default=str)}
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
