@@ -201,6 +201,10 @@ class LayerIndex:
                 self._dotted[component.dotted_prefix + name] = (component, path, shape)
                 self._kohya[component.kohya_prefix + name.replace(".", "_")] = (component, path, shape)
 
+    def kohya_names(self) -> dict[str, tuple[Component, str, tuple[int, ...]]]:
+        """Every patchable layer under its kohya name (what a trainer writes for this model)."""
+        return dict(self._kohya)
+
     def find(self, module_key: str) -> tuple[Component, str, tuple[int, ...]] | None:
         return self._kohya.get(module_key) or self._dotted.get(module_key)
 

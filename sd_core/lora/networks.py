@@ -118,6 +118,26 @@ class LayerChange:
             raise LayerError(f"the change has shape {list(change.shape)} but the model's layer {list(shape)}")
         return change.reshape(shape), bias
 
+    def add_to(self, total: torch.Tensor | None, original: torch.Tensor, factor: float) -> torch.Tensor:
+        """`total + factor · ΔW` in float32 (`total` None: start from a float32 copy of `original`, never written).
+        A plain LoRA goes through one fused multiply-add (`addmm`): no ΔW is built, and the sum is written once."""
+        if self.kind == "lora" and "lora_mid.weight" not in self.parts and "diff_b" not in self.parts:
+            up = self.parts["lora_up.weight"].to(original.device, torch.float32).flatten(1)
+            down = self.parts["lora_down.weight"].to(original.device, torch.float32).flatten(1)
+            if up.shape[0] * down.shape[1] != original.numel():
+                raise LayerError(
+                    f"the change has shape {[up.shape[0], down.shape[1]]} but the model's layer {list(original.shape)}"
+                )
+            if total is None:
+                return torch.addmm(original.float().reshape(up.shape[0], -1), up, down, alpha=factor).reshape(
+                    original.shape
+                )
+            return total.view(up.shape[0], -1).addmm_(up, down, alpha=factor).view(original.shape)
+        delta, _ = self.delta(tuple(original.shape), original.device)
+        if total is None:
+            return torch.add(original.float(), delta, alpha=factor)
+        return total.add_(delta, alpha=factor)
+
 
 def kind_of(parts: dict[str, torch.Tensor]) -> str:
     """Which kind a layer's key endings make, or LayerError naming what is missing."""

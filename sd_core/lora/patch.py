@@ -85,18 +85,18 @@ class LoraPatcher:
             weight, bias = dense_weights(module)
             new_weight = new_bias = None
             for item, layer, multiplier in changes:
+                factor = multiplier * layer.change.scale
                 try:
-                    delta, bias_delta = layer.change.delta(tuple(weight.shape), weight.device)
+                    new_weight = layer.change.add_to(new_weight, weight, factor)
                 except LayerError as exc:
                     raise LoraError(
                         f"{item.lora.path}: layer {layer.key}: {exc} (a LoRA for another model family?)"
                     ) from None
-                factor = multiplier * layer.change.scale
-                new_weight = _accumulate(new_weight, weight, delta, factor)
+                bias_delta = layer.change.parts.get("diff_b")
                 if bias_delta is not None:
                     if bias is None or bias_delta.shape != bias.shape:
                         raise LoraError(f"{item.lora.path}: layer {layer.key}: a bias change the layer cannot take")
-                    new_bias = _accumulate(new_bias, bias, bias_delta, factor)
+                    new_bias = _accumulate(new_bias, bias, bias_delta.to(bias.device, torch.float32), factor)
             new_bias = bias if new_bias is None else new_bias.to(bias.dtype)
             self._saved[(attribute, path)] = replace_weights(module, new_weight.to(weight.dtype), new_bias)
 

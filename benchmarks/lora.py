@@ -1,0 +1,127 @@
+"""LoRA cost on the SD1.5-size model (random weights, `sd15_checkpoint.py`): applying and removing a LoRA, and the
+per-step time with one applied against the bare model (acceptance 3 of issue 35: under 1 s, at most 5% per step).
+
+    python benchmarks/lora.py                 # rank 32 over every attention and feed-forward layer + text encoder
+    python benchmarks/lora.py --locon         # also the ResBlocks' 3x3 convs (LoCon)
+    python benchmarks/lora.py --json out.json
+
+The LoRA is written in kohya's format (float16, as trainers save them) with the layer names sd_core's index gives
+for the model, so it patches what a real style LoRA patches. Timed: `ExtraNetworks.activate` with the LoRA (first:
+reading and matching the file too; then from the read file), and with none (restore); medians of `--repeats`.
+Per step: txt2img at `--size` with Euler, bare and with the LoRA alternately, the median of the UNet steps after the
+first of each run (the first step after a change repacks the changed layers' weights, as the first run after loading
+does; reported on its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from sd15_checkpoint import sd15_checkpoint  # noqa: E402
+
+import sd_core  # noqa: E402
+from sd_core.checkpoint import write_safetensors  # noqa: E402
+from sd_core.settings import GenerationSettings  # noqa: E402
+
+ATTENTION = ("to_q", "to_k", "to_v", "to_out_0", "proj_in", "proj_out", "ff_net_0_proj", "ff_net_2")
+TEXT = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+CONVS = ("conv1", "conv2")
+
+
+def write_lora(pipe, path: Path, rank: int, locon: bool) -> int:
+    """A random kohya LoRA for this model; returns the number of layers."""
+    g = torch.Generator().manual_seed(0)
+    endings = ATTENTION + TEXT + (CONVS if locon else ())
+    tensors = {}
+    for name, (_component, _path, shape) in pipe.extra_networks.index.kohya_names().items():
+        if not name.endswith(endings) or name.startswith("lora_te_encoder"):
+            continue
+        down = torch.randn(rank, *shape[1:], generator=g) * 0.01
+        up = torch.randn(shape[0], rank, *([1, 1] if len(shape) == 4 else []), generator=g) * 0.01
+        tensors[f"{name}.lora_down.weight"] = down.half()
+        tensors[f"{name}.lora_up.weight"] = up.half()
+        tensors[f"{name}.alpha"] = torch.tensor(rank / 2, dtype=torch.float16)
+    write_safetensors(path, tensors)
+    return len(tensors) // 3
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def step_times(pipe, prompt: str, size: int, steps: int) -> list[float]:
+    marks = []
+    pipe.txt2img(prompt, width=size, height=size, steps=steps, sampler="euler", seed=1,
+                 callback=lambda info: marks.append(time.perf_counter()))  # fmt: skip
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--locon", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3, help="generations per arm for the per-step time")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    single, _config = sd15_checkpoint()
+    folder = Path("/tmp/sd_core_bench/loras")
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = sd_core.load(single, device="cpu", dtype=torch.float32, lora_dirs=[folder])
+    lora = folder / f"bench-r{args.rank}{'-locon' if args.locon else ''}.safetensors"
+    layers = write_lora(pipe, lora, args.rank, args.locon)
+    with_lora, bare = GenerationSettings(prompt=f"<lora:{lora.stem}:0.8>"), GenerationSettings()
+
+    first_apply = timed(lambda: pipe.extra_networks.activate(with_lora))  # reads and matches the file
+    first_remove = timed(lambda: pipe.extra_networks.activate(bare))
+    applies, removes = [], []
+    for _ in range(args.repeats):
+        applies.append(timed(lambda: pipe.extra_networks.activate(with_lora)))
+        removes.append(timed(lambda: pipe.extra_networks.activate(bare)))
+
+    steps = {"bare": [], "lora": []}
+    first = {"bare": [], "lora": []}
+    for _ in range(args.runs):
+        for arm, prompt in (("bare", "a wall"), ("lora", f"a wall <lora:{lora.stem}:0.8>")):
+            times = step_times(pipe, prompt, args.size, args.steps)
+            first[arm].append(times[0])
+            steps[arm] += times[1:]
+    bare_step, lora_step = statistics.median(steps["bare"]), statistics.median(steps["lora"])
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "lora": {"rank": args.rank, "layers": layers, "locon": args.locon, "bytes": lora.stat().st_size},
+        "apply_first_s": round(first_apply, 3),
+        "remove_first_s": round(first_remove, 3),
+        "apply_median_s": round(statistics.median(applies), 3),
+        "remove_median_s": round(statistics.median(removes), 3),
+        "size": args.size,
+        "step_bare_s": round(bare_step, 3),
+        "step_lora_s": round(lora_step, 3),
+        "step_overhead": round(lora_step / bare_step - 1, 4),
+        "first_step_bare_s": round(statistics.median(first["bare"]), 3),
+        "first_step_lora_s": round(statistics.median(first["lora"]), 3),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
