@@ -1,8 +1,9 @@
-"""A pipeline's add-on networks: the LoRAs of its folders, merged in per generation (`sd_core.lora`).
+"""A pipeline's add-on networks: the LoRAs of its folders, merged in per generation (`sd_core.lora`), and its
+textual-inversion embeddings (`sd_core.embeddings`, used by `StableDiffusion.encode_prompt`).
 
 Each `StableDiffusion` owns one `ExtraNetworks` (`pipe.extra_networks`), given its folders by `sd_core.load(...,
-lora_dirs=...)`. At the start of every generation `activate(settings)` brings the model to exactly the LoRAs that
-generation asks for: `settings.loras` (names in the folders, or file paths from Python) and the prompt's
+lora_dirs=..., embedding_dirs=...)`. At the start of every generation `activate(settings)` brings the model to
+exactly the LoRAs that generation asks for: `settings.loras` (names in the folders, or file paths from Python) and the prompt's
 `<lora:name:te:unet>` tags (names only). Files are read once and kept while unchanged on disk; the merged weights stay
 until a generation asks for other LoRAs (or none), so repeated runs with the same LoRAs cost nothing.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .embeddings import EmbeddingLibrary
 from .lora.files import LoraError, LoraFile, file_identity, lora_hash, read_lora
 from .lora.keys import LayerIndex
 from .lora.library import LoraLibrary
@@ -44,11 +46,16 @@ class ExtraNetworks:
     """The LoRA folders and the LoRAs merged into one pipeline's `networks` ({attribute: module}) of `family`."""
 
     def __init__(
-        self, family: str, networks: dict[str, nn.Module], lora_dirs: Iterable[str | os.PathLike] = ()
+        self,
+        family: str,
+        networks: dict[str, nn.Module],
+        lora_dirs: Iterable[str | os.PathLike] = (),
+        embedding_dirs: Iterable[str | os.PathLike] = (),
     ) -> None:
         self.family = family
         self.networks = networks
         self.loras = LoraLibrary(lora_dirs)
+        self.embeddings = EmbeddingLibrary(embedding_dirs)
         self.patcher = LoraPatcher(networks)
         self._index: LayerIndex | None = None
         self._files: dict[str, LoraFile] = {}

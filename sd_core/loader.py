@@ -158,6 +158,7 @@ def load(
     vae_dtype: str | torch.dtype | None = None,
     keep_freed_memory: bool = False,
     lora_dirs: Iterable[str | os.PathLike] = (),
+    embedding_dirs: Iterable[str | os.PathLike] = (),
 ) -> StableDiffusion:
     """Load a `.safetensors`/`.ckpt` single file or a diffusers folder; with no path, the built-in model.
 
@@ -170,7 +171,8 @@ def load(
     on the CPU the weights are in CPU memory already; `accel.LowVRAM`). `keep_freed_memory=True` keeps freed memory
     mapped while sampling on the CPU (a few percent faster; it changes glibc's malloc settings for the whole process
     during each run, so it is for processes that run one generation at a time: `accel.heap`). `lora_dirs`: the
-    folders whose LoRA files prompts name with `<lora:name:weight>` (`sd_core.extra_networks`).
+    folders whose LoRA files prompts name with `<lora:name:weight>` (`sd_core.extra_networks`); `embedding_dirs`: those
+    whose textual-inversion embeddings prompts use by file name (`sd_core.embeddings`).
     """
     path = builtin_model() if path is None else Path(path)
     if not path.exists():
@@ -194,7 +196,16 @@ def load(
     config.prediction = prediction or "eps"
     defaults = model_defaults(path, config)
     pipe = StableDiffusion(
-        unet, vae, text, config, device=dev, dtype=dt, name=path.stem, defaults=defaults, lora_dirs=tuple(lora_dirs)
+        unet,
+        vae,
+        text,
+        config,
+        device=dev,
+        dtype=dt,
+        name=path.stem,
+        defaults=defaults,
+        lora_dirs=tuple(lora_dirs),
+        embedding_dirs=tuple(embedding_dirs),
     )
     pipe.accel.keep_freed_memory = keep_freed_memory
     if optimize:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import extra_networks, hires, images, inpainting, masks, resize, tiling
+from . import embeddings, extra_networks, hires, images, inpainting, masks, resize, tiling
 from .noise import image_seeds, image_subseeds, start_noise
 from .pnginfo import format_parameters
 from .progress import Callback, LastStep, in_phase
@@ -76,6 +76,7 @@ def generate(
         imgs = [Image.fromarray(img) for img in pasted]
     out_size = (s.width, s.height) if size is None or mode == "img2img" else size
     fields = extra_networks.infotext_fields(networks)
+    fields.update(embeddings.infotext_fields(pipe.prompt_embeddings(s.prompt, s.negative_prompt)))
     return _with_parameters(imgs, s, mode, pipe.name, out_size, interrupted=steps.interrupted, networks=fields)
 
 

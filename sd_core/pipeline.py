@@ -8,12 +8,13 @@ are public methods, composed per mode by `sd_core.modes`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from PIL import Image
 
-from . import images, limits, masks, modes, tiled_denoising, tiling
+from . import embeddings, images, limits, masks, modes, tiled_denoising, tiling
 from .accel import Accelerator
 from .denoiser import GuidedDenoiser, InpaintBlend
 from .errors import Interrupted
@@ -21,7 +22,7 @@ from .extra_networks import ExtraNetworks
 from .lora.tags import strip_tags
 from .model_config import ModelConfig
 from .progress import Callback, LastStep
-from .prompt import encode_with_weights, tokenize_prompt
+from .prompt import encode_with_weights, tokenize_prompt_with_embeddings
 from .samplers._core import Generators, randn
 from .schedules import NoiseSchedule
 from .settings import GenerationSettings, ModelDefaults
@@ -47,6 +48,7 @@ class StableDiffusion:
         name: str = "model",
         defaults: ModelDefaults | None = None,
         lora_dirs: tuple = (),
+        embedding_dirs: tuple = (),
     ) -> None:
         self.unet, self.vae, self.text_encoder = unet.eval(), vae.eval(), text_encoder.eval()
         self.config, self.device, self.dtype, self.name = config, device, dtype, name
@@ -54,7 +56,9 @@ class StableDiffusion:
         self.tokenizer = CLIPTokenizer()
         self.noise_schedule = NoiseSchedule()
         self.accel = Accelerator(device)
-        self.extra_networks = ExtraNetworks(config.family, {"unet": unet, "text_encoder": text_encoder}, lora_dirs)
+        self.extra_networks = ExtraNetworks(
+            config.family, {"unet": unet, "text_encoder": text_encoder}, lora_dirs, embedding_dirs
+        )
 
     @property
     def family(self) -> str:
@@ -143,23 +147,51 @@ class StableDiffusion:
 
         `clip_skip` follows A1111: 1 = the model's usual layer, 2 = one layer earlier, ... The prompt's LoRA tags
         (`<lora:...>`) are taken out (generations apply them: `extra_networks`); the negative prompt's stay text, as
-        in A1111.
+        in A1111. Textual-inversion embeddings of the model's folders are used by name in both (`sd_core.embeddings`).
         """
         limits.check_prompt("prompt", prompt)
         limits.check_prompt("negative_prompt", negative_prompt)
-        prompt = strip_tags(prompt)
         limits.check_int("clip_skip", clip_skip, limits.MIN_CLIP_SKIP, limits.MAX_CLIP_SKIP)
-        pad = self.config.pad_token
-        tokens_c, weights_c = tokenize_prompt(prompt, self.tokenizer, pad_token=pad)
-        tokens_u, weights_u = tokenize_prompt(negative_prompt, self.tokenizer, pad_token=pad, min_chunks=len(tokens_c))
-        if len(tokens_u) > len(tokens_c):
-            tokens_c, weights_c = tokenize_prompt(prompt, self.tokenizer, pad_token=pad, min_chunks=len(tokens_u))
+        (tokens_c, weights_c, fixes_c), (tokens_u, weights_u, fixes_u) = self._tokenize(prompt, negative_prompt)
         skip = self.config.text_skip + clip_skip - 1
+        token_embedding = self.text_encoder.text_model.embeddings.token_embedding
 
-        def encode(tokens: torch.Tensor) -> torch.Tensor:
-            return self.text_encoder(tokens.to(self.device), skip=skip).float()
+        def encoder(fixes: list) -> Callable[[torch.Tensor], torch.Tensor]:
+            def encode(tokens: torch.Tensor) -> torch.Tensor:
+                embeds = None
+                if fixes:  # textual inversion: on the embedding's device (LowVRAM brings the encoder in after)
+                    at = token_embedding.weight.device
+                    embeds = embeddings.token_embeddings(token_embedding, tokens.to(at), fixes).to(self.device)
+                return self.text_encoder(tokens.to(self.device), skip=skip, token_embeds=embeds).float()
 
-        return encode_with_weights(encode, tokens_c, weights_c), encode_with_weights(encode, tokens_u, weights_u)
+            return encode
+
+        return (
+            encode_with_weights(encoder(fixes_c), tokens_c, weights_c),
+            encode_with_weights(encoder(fixes_u), tokens_u, weights_u),
+        )
+
+    def _tokenize(self, prompt: str, negative_prompt: str) -> tuple[tuple, tuple]:
+        """(ids, weights, embedding fixes) of the prompt (LoRA tags out) and the negative prompt, padded to the same
+        number of chunks."""
+        pad = self.config.pad_token
+        lookup = self.extra_networks.embeddings.lookup(self.config.text["hidden_size"], self.tokenizer)
+
+        def tokenize(text: str, chunks: int) -> tuple:
+            return tokenize_prompt_with_embeddings(
+                text, self.tokenizer, pad_token=pad, min_chunks=chunks, embeddings=lookup or None
+            )
+
+        cond = tokenize(strip_tags(prompt), 1)
+        uncond = tokenize(negative_prompt, len(cond[0]))
+        if len(uncond[0]) > len(cond[0]):
+            cond = tokenize(strip_tags(prompt), len(uncond[0]))
+        return cond, uncond
+
+    def prompt_embeddings(self, prompt: str, negative_prompt: str = "") -> list[embeddings.Embedding]:
+        """The textual-inversion embeddings the two prompts use (for A1111's `TI hashes`)."""
+        (_, _, fixes_c), (_, _, fixes_u) = self._tokenize(prompt, negative_prompt)
+        return embeddings.used(fixes_c + fixes_u)
 
     @torch.inference_mode()
     def decode_latents(
