@@ -4,8 +4,9 @@ textual-inversion embeddings (`sd_core.embeddings`, used by `StableDiffusion.enc
 Each `StableDiffusion` owns one `ExtraNetworks` (`pipe.extra_networks`), given its folders by `sd_core.load(...,
 lora_dirs=..., embedding_dirs=...)`. At the start of every generation `activate(settings)` brings the model to
 exactly the LoRAs that generation asks for: `settings.loras` (names in the folders, or file paths from Python) and
-the prompt's `<lora:name:te:unet>` tags (names only). Files are read once and kept while unchanged on disk; the merged weights stay
-until a generation asks for other LoRAs (or none), so repeated runs with the same LoRAs cost nothing.
+the prompt's `<lora:name:te:unet>` tags (names only). Files are read once and kept while unchanged on disk; the
+merged weights stay until a generation asks for other LoRAs (or none), so repeated runs with the same LoRAs cost
+nothing.
 """
 
 from __future__ import annotations
