@@ -95,7 +95,7 @@ class ExtraNetworks:
 
     def wanted(self, settings: GenerationSettings, prompt: str | None = None) -> list[ActiveLora]:
         """The LoRAs a generation asks for: `settings.loras`, then the tags of `prompt` (default: the settings')."""
-        _, tags = split_tags(settings.prompt if prompt is None else prompt)
+        _, tags = split_tags(settings.prompt if prompt is None else prompt) if settings.extra_networks else ("", [])
         requested: list[tuple[LoraTag, bool]] = [(t, True) for t in settings.loras] + [(t, False) for t in tags]
         out = []
         for tag, allow_path in requested:

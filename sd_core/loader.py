@@ -226,6 +226,7 @@ class ModelInfo:
     dtypes: dict[str, int]  # dtype name -> number of tensors
     groups: dict[str, tuple[int, int]]  # top-level key prefix -> (keys, parameters)
     defaults: ModelDefaults  # SD2 models count as eps-prediction here; v-prediction is probed at load
+    text_width: int = 768  # the text encoder's width: the width of the textual-inversion embeddings it takes
 
 
 def inspect_model(path: str | os.PathLike) -> ModelInfo:
@@ -243,4 +244,13 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         group = key.split(".")[0]
         count, params = groups.get(group, (0, 0))
         groups[group] = (count + 1, params + math.prod(shape))
-    return ModelInfo(path, config.family, config.inpainting, len(shapes), dtypes, groups, model_defaults(path, config))
+    return ModelInfo(
+        path,
+        config.family,
+        config.inpainting,
+        len(shapes),
+        dtypes,
+        groups,
+        model_defaults(path, config),
+        config.text["hidden_size"],
+    )

@@ -56,7 +56,7 @@ def generate(
     networks = pipe.extra_networks.activate(s, compiled=pipe.accel.compiled_unet is not None)
     generators = _generators(s)
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
-    text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip)
+    text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip, tags=s.extra_networks)
     with tiling.seamless([pipe.unet, pipe.vae], s.tiling):
         if region is not None:
             latents = _inpaint(pipe, s, region, text, generators, steps)
@@ -76,7 +76,8 @@ def generate(
         imgs = [Image.fromarray(img) for img in pasted]
     out_size = (s.width, s.height) if size is None or mode == "img2img" else size
     fields = extra_networks.infotext_fields(networks)
-    fields.update(embeddings.infotext_fields(pipe.prompt_embeddings(s.prompt, s.negative_prompt)))
+    used = pipe.prompt_embeddings(s.prompt, s.negative_prompt, tags=s.extra_networks)
+    fields.update(embeddings.infotext_fields(used))
     return _with_parameters(imgs, s, mode, pipe.name, out_size, interrupted=steps.interrupted, networks=fields)
 
 
@@ -151,7 +152,7 @@ def _hires(
     if second.strength is None:  # hires strength 0: A1111's second pass samples nothing
         return init
     if (second.prompt, second.negative_prompt) != (s.prompt, s.negative_prompt):
-        text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip)
+        text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip, tags=second.extra_networks)
     return img2img_latents(pipe, second, init, text, generators, callback)
 
 

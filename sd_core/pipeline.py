@@ -142,17 +142,20 @@ class StableDiffusion:
     # --- the steps ----------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def encode_prompt(self, prompt: str, negative_prompt: str = "", clip_skip: int = 1) -> tuple[torch.Tensor, ...]:
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str = "", clip_skip: int = 1, *, tags: bool = True
+    ) -> tuple[torch.Tensor, ...]:
         """Text embeddings (cond, uncond) with A1111 emphasis; both padded to the same number of 77-token chunks.
 
         `clip_skip` follows A1111: 1 = the model's usual layer, 2 = one layer earlier, ... The prompt's LoRA tags
         (`<lora:...>`) are taken out (generations apply them: `extra_networks`); the negative prompt's stay text, as
-        in A1111. Textual-inversion embeddings of the model's folders are used by name in both (`sd_core.embeddings`).
+        in A1111 (`tags=False`: the prompt's too). Textual-inversion embeddings of the model's folders are used by name
+        in both (`sd_core.embeddings`).
         """
         limits.check_prompt("prompt", prompt)
         limits.check_prompt("negative_prompt", negative_prompt)
         limits.check_int("clip_skip", clip_skip, limits.MIN_CLIP_SKIP, limits.MAX_CLIP_SKIP)
-        (tokens_c, weights_c, fixes_c), (tokens_u, weights_u, fixes_u) = self._tokenize(prompt, negative_prompt)
+        (tokens_c, weights_c, fixes_c), (tokens_u, weights_u, fixes_u) = self._tokenize(prompt, negative_prompt, tags)
         skip = self.config.text_skip + clip_skip - 1
         token_embedding = self.text_encoder.text_model.embeddings.token_embedding
 
@@ -171,7 +174,7 @@ class StableDiffusion:
             encode_with_weights(encoder(fixes_u), tokens_u, weights_u),
         )
 
-    def _tokenize(self, prompt: str, negative_prompt: str) -> tuple[tuple, tuple]:
+    def _tokenize(self, prompt: str, negative_prompt: str, tags: bool = True) -> tuple[tuple, tuple]:
         """(ids, weights, embedding fixes) of the prompt (LoRA tags out) and the negative prompt, padded to the same
         number of chunks."""
         pad = self.config.pad_token
@@ -182,15 +185,18 @@ class StableDiffusion:
                 text, self.tokenizer, pad_token=pad, min_chunks=chunks, embeddings=lookup or None
             )
 
-        cond = tokenize(strip_tags(prompt), 1)
+        text = strip_tags(prompt) if tags else prompt
+        cond = tokenize(text, 1)
         uncond = tokenize(negative_prompt, len(cond[0]))
         if len(uncond[0]) > len(cond[0]):
-            cond = tokenize(strip_tags(prompt), len(uncond[0]))
+            cond = tokenize(text, len(uncond[0]))
         return cond, uncond
 
-    def prompt_embeddings(self, prompt: str, negative_prompt: str = "") -> list[embeddings.Embedding]:
+    def prompt_embeddings(
+        self, prompt: str, negative_prompt: str = "", *, tags: bool = True
+    ) -> list[embeddings.Embedding]:
         """The textual-inversion embeddings the two prompts use (for A1111's `TI hashes`)."""
-        (_, _, fixes_c), (_, _, fixes_u) = self._tokenize(prompt, negative_prompt)
+        (_, _, fixes_c), (_, _, fixes_u) = self._tokenize(prompt, negative_prompt, tags)
         return embeddings.used(fixes_c + fixes_u)
 
     @torch.inference_mode()

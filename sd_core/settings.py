@@ -253,6 +253,7 @@ class GenerationSettings:
     # LoRAs besides the prompt's `<lora:...>` tags (`sd_core.lora`): {name in the LoRA folders, or file path: weight
     # or (text encoder weight, UNet weight)}; kept as a tuple of `LoraTag`
     loras: Any = ()
+    extra_networks: bool = True  # False: `<lora:...>` in the prompt is plain text (A1111's disable_extra_networks)
     choice: samplers.SamplerChoice = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -290,6 +291,10 @@ class GenerationSettings:
         set_field(self, "tiling", limits.tiling_axes(self.tiling))
         _check_hires_options(self)
         set_field(self, "loras", _check_loras(self.loras))
+        if not isinstance(self.extra_networks, bool):
+            raise limits.SettingError(
+                "extra_networks", f"extra_networks must be true or false, got {self.extra_networks!r}"
+            )
 
     def denoising_steps(self) -> tuple[int, int]:
         """(the length of the sigma schedule, the steps that run: its last ones) for these settings.

@@ -30,7 +30,7 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core import GenerationSettings, HiresOptions, InpaintOptions, limits, samplers
+from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits, samplers
 from sd_core.pnginfo import format_parameters, parse_parameters
 
 from . import hires, refusals, sd_upscale, upscalers
@@ -266,6 +266,7 @@ def plan(
             hires=hires_options,
             resize_mode="latent" if images is not None and images.latent else "resize",
             tile=None if upscale is None else upscale.tile,
+            extra_networks=not req.disable_extra_networks,
         )
         chosen = replace(chosen, **sampler_options(req, chosen.sampler, p.settings))
     except limits.SettingError as exc:
@@ -332,6 +333,8 @@ def run(
                 return out
             except limits.SettingError as exc:  # found by the engine before it starts (the hires second pass's)
                 raise setting_error(exc) from None
+            except LoraError as exc:  # an unknown LoRA, or a file that does not fit the model: before any work
+                raise invalid("prompt", f"prompt: {exc}") from None
             out.images.extend(imgs)
             out.seeds.extend(int(img.info["seed"]) for img in imgs)
     out.interrupted = out.interrupted or ctx.interrupted.is_set()
