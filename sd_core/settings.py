@@ -21,14 +21,13 @@ Limits come from `sd_core.limits`; the sampler name is resolved here, once (`sam
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import limits, samplers, upscalers
 from .images import round_to_multiple
-from .lora.tags import LoraTag, multiplier
+from .lora.tags import check_loras
 from .upscalers import latent
 
 MODES = ("txt2img", "img2img", "inpaint")
@@ -290,7 +289,7 @@ class GenerationSettings:
             raise limits.SettingError(counted, f"image k of a batch has the {counted} {counted} + k: {last}")
         set_field(self, "tiling", limits.tiling_axes(self.tiling))
         _check_hires_options(self)
-        set_field(self, "loras", _check_loras(self.loras))
+        set_field(self, "loras", check_loras(self.loras))
         if not isinstance(self.extra_networks, bool):
             raise limits.SettingError(
                 "extra_networks", f"extra_networks must be true or false, got {self.extra_networks!r}"
@@ -383,29 +382,6 @@ def _check_a1111_options(s: GenerationSettings) -> None:
     limits.check_number("subseed_strength", s.subseed_strength, 0.0, 1.0)
     limits.check_choice("resize_mode", s.resize_mode, limits.RESIZE_MODES)
     limits.check_number("initial_noise_multiplier", s.initial_noise_multiplier, 0.0, limits.MAX_NOISE_MULTIPLIER)
-
-
-def _check_loras(loras: Any) -> tuple[LoraTag, ...]:
-    """`loras` as a tuple of `LoraTag`: from a mapping {name or path: weight or (te, unet)} or a sequence of tags or
-    (name, weight) pairs. Names are checked when the LoRA is looked up (`sd_core.extra_networks`)."""
-    if isinstance(loras, dict):
-        items = list(loras.items())
-    elif isinstance(loras, (list, tuple)):
-        items = [(x.name, (x.te, x.unet)) if isinstance(x, LoraTag) else x for x in loras]
-    else:
-        raise limits.SettingError("loras", f"loras must be a mapping of names to weights, got {type(loras).__name__}")
-    out = []
-    for item in items:
-        if not (isinstance(item, (list, tuple)) and len(item) == 2):
-            raise limits.SettingError("loras", f"loras: {item!r} is not a (name, weight) pair")
-        name, weight = item
-        name = os.fspath(name) if isinstance(name, os.PathLike) else name
-        if not isinstance(name, str) or not name.strip():
-            raise limits.SettingError("loras", f"loras: {name!r} is not a LoRA name or file")
-        te, unet = weight if isinstance(weight, (list, tuple)) and len(weight) == 2 else (weight, weight)
-        what = f"weight of {name}"
-        out.append(LoraTag(name, multiplier(te, what, "loras"), multiplier(unet, what, "loras")))
-    return tuple(out)
 
 
 def _check_image_options(s: GenerationSettings, mode: str) -> None:

@@ -9,8 +9,10 @@ or aliases found in the LoRA folders, never paths. `dyn=` (A1111's rank cut) is 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..limits import MAX_LORA_WEIGHT, SettingError
 
@@ -85,3 +87,26 @@ def split_tags(prompt: str, setting: str = "prompt") -> tuple[str, list[LoraTag]
 def strip_tags(prompt: str) -> str:
     """The prompt as it is encoded: LoRA tags removed."""
     return TAG.sub("", prompt)
+
+
+def check_loras(loras: Any) -> tuple[LoraTag, ...]:
+    """`loras` as a tuple of `LoraTag`: from a mapping {name or path: weight or (te, unet)} or a sequence of tags or
+    (name, weight) pairs. Names are checked when the LoRA is looked up (`sd_core.extra_networks`)."""
+    if isinstance(loras, dict):
+        items = list(loras.items())
+    elif isinstance(loras, (list, tuple)):
+        items = [(x.name, (x.te, x.unet)) if isinstance(x, LoraTag) else x for x in loras]
+    else:
+        raise SettingError("loras", f"loras must be a mapping of names to weights, got {type(loras).__name__}")
+    out = []
+    for item in items:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2):
+            raise SettingError("loras", f"loras: {item!r} is not a (name, weight) pair")
+        name, weight = item
+        name = os.fspath(name) if isinstance(name, os.PathLike) else name
+        if not isinstance(name, str) or not name.strip():
+            raise SettingError("loras", f"loras: {name!r} is not a LoRA name or file")
+        te, unet = weight if isinstance(weight, (list, tuple)) and len(weight) == 2 else (weight, weight)
+        what = f"weight of {name}"
+        out.append(LoraTag(name, multiplier(te, what, "loras"), multiplier(unet, what, "loras")))
+    return tuple(out)
