@@ -13,6 +13,7 @@ from krita import DockWidget
 
 from . import qt
 from .controller import Controller
+from .sd_client import add_lora
 from .settings import Settings
 
 DOCKER_ID = "sd_krita_docker"
@@ -99,6 +100,17 @@ class SDDocker(DockWidget):
         layout.addWidget(self.prompt_edit)
         layout.addWidget(self.negative_edit)
 
+        loras = qt.QGroupBox("LoRAs")
+        lora_form = qt.QFormLayout(loras)
+        self.lora_combo = qt.QComboBox()  # the server's LoRAs
+        self.lora_weight_spin = _dspin(-5.0, 5.0, 0.8, 0.1)
+        self.lora_add_button = qt.QPushButton("Add")
+        lora_form.addRow(self._row(self.lora_combo, self.lora_weight_spin, self.lora_add_button))
+        self.loras_edit = qt.QLineEdit(s.loras)
+        self.loras_edit.setPlaceholderText("name:weight, ... (sent as <lora:name:weight>)")
+        lora_form.addRow(self.loras_edit)
+        layout.addWidget(loras)
+
         params = qt.QFormLayout()
         self.strength_spin = _dspin(0.0, 1.0, s.strength, 0.05)
         self.steps_spin = _spin(1, 150, s.steps)
@@ -179,7 +191,7 @@ class SDDocker(DockWidget):
         for name in (
             "status_label", "url_edit", "python_edit", "model_edit", "start_button", "stop_button", "prompt_edit",
             "negative_edit", "cfg_spin", "cfg_model_check", "inpaint_button", "generate_button", "cancel_button",
-            "progress_bar", "message_label",
+            "progress_bar", "message_label", "lora_combo", "lora_weight_spin", "lora_add_button", "loras_edit",
         ):  # fmt: skip
             getattr(self, name).setObjectName(f"sd_krita_{name}")
 
@@ -190,6 +202,9 @@ class SDDocker(DockWidget):
         c.progress.connect(lambda v: self.progress_bar.setValue(int(round(v * 100))))
         c.busy.connect(self._set_busy)
         c.samplers_ready.connect(self._set_samplers)
+        c.loras_ready.connect(self._set_loras)
+        self.lora_add_button.clicked.connect(self._add_lora)
+        self.loras_edit.textChanged.connect(lambda text: self._store("loras", text))
         c.model_defaults.connect(self._set_model_defaults)
         self.connect_button.clicked.connect(self._connect_url)
         self.start_button.clicked.connect(self._start_server)
@@ -276,6 +291,17 @@ class SDDocker(DockWidget):
             self.sampler_combo.addItem(current)
         self.sampler_combo.setCurrentText(current)
         self.sampler_combo.blockSignals(False)
+
+    def _set_loras(self, names: list[str]) -> None:
+        self.lora_combo.clear()
+        self.lora_combo.addItems(names)
+        self.lora_add_button.setEnabled(bool(names))
+
+    def _add_lora(self) -> None:
+        """The picked LoRA with its weight, appended to the list (a LoRA already there gets the new weight)."""
+        name = self.lora_combo.currentText()
+        if name:
+            self.loras_edit.setText(add_lora(self.loras_edit.text(), name, self.lora_weight_spin.value()))
 
     def canvasChanged(self, canvas: Any) -> None:  # noqa: N802 - Krita's DockWidget API
         """Required by Krita; the controller always works on the active document."""
