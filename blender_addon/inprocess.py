@@ -31,8 +31,8 @@ def generation_settings(request: Request) -> Any:
     import sd_core
 
     names = {f.name for f in dataclasses.fields(request)} & set(sd_core.GenerationSettings.__dataclass_fields__)
-    values = {name: getattr(request, name) for name in names}
-    values["prompt"] = request.tagged_prompt()  # the engine applies <lora:...> tags from its LoRA folder
+    values = {name: getattr(request, name) for name in names - {"loras"}}
+    values["prompt"] = request.tagged_prompt()  # LoRAs as tags, applied by the engine from its LoRA folder
     if request.kind == "txt2img":
         values["strength"] = None  # a strength without a source image is an error to the engine
     if request.kind == "inpaint":
