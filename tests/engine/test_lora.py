@@ -137,6 +137,37 @@ def test_hires_prompt_tags_apply_to_the_second_pass(pipe):
     assert "Lora hashes" in tagged[0].info["parameters"]
 
 
+def test_a_compiled_unet_refuses_loras(checkpoint, lora_dir):
+    """torch.compile freezes the weights into its graphs: a LoRA would silently not apply, so it is refused."""
+    pipe = sd_core.load(checkpoint, device="cpu", dtype=torch.float32, lora_dirs=[lora_dir])
+    pipe.accel.compiled_unet = pipe.unet  # stands for the compiled module: only its presence counts
+    with pytest.raises(LoraError, match="torch.compile"):
+        pipe.txt2img("a wall <lora:style:1>", **KW)
+    assert pipe.extra_networks.patcher.patched_layers == 0
+
+
+@pytest.mark.parametrize(
+    ("loras", "why"),
+    [({"style": "much"}, "not a number"), ({"style": float("nan")}, "finite"), ({"": 1.0}, "not a LoRA name"),
+     ("style", "mapping"), ({"style": 1e9}, "at most")],
+)  # fmt: skip
+def test_loras_setting_is_checked(loras, why):
+    with pytest.raises(limits.SettingError, match=why) as caught:
+        sd_core.GenerationSettings(prompt="x", loras=loras)
+    assert caught.value.setting == "loras"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("low_vram", [False, True], ids=["cuda-graphs", "low-vram"])
+def test_cuda_levers_apply_and_restore_exactly(checkpoint, lora_dir, low_vram):
+    """On a GPU the default levers (channels_last, CUDA graphs) or low-VRAM offloading see the merged weights, and a
+    run after the LoRA is removed is byte-identical to one before (benchmarks/gpu_check.sh runs the cuda tests)."""
+    pipe = sd_core.load(checkpoint, device="cuda", dtype="fp16", lora_dirs=[lora_dir], low_vram=low_vram)
+    plain = pixels(pipe.txt2img("a wall", **KW))
+    assert not np.array_equal(plain, pixels(pipe.txt2img("a wall <lora:style:1>", **KW)))
+    assert np.array_equal(plain, pixels(pipe.txt2img("a wall", **KW)))
+
+
 # --- tags ------------------------------------------------------------------------------------------------------------
 
 
