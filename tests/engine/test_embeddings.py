@@ -149,6 +149,13 @@ def test_sdxl_embedding_is_refused_by_name(tmp_path):
         read_embedding(tmp_path / "xl.safetensors")
 
 
+def test_diffusers_learned_embeds_bin(tmp_path):
+    """diffusers' textual-inversion trainer saves {token: [width]}: one vector, named by the file."""
+    torch.save({"<cat-toy>": vectors(1, 5)[0]}, tmp_path / "cattoy.bin")
+    emb = read_embedding(tmp_path / "cattoy.bin")
+    assert (emb.name, emb.count) == ("cattoy", 1) and torch.equal(emb.vectors, vectors(1, 5))
+
+
 def test_a1111_fields_are_read(emb_dir):
     emb = read_embedding(emb_dir / "woodgrain.pt")
     assert (emb.name, emb.count, emb.width, emb.step, emb.checkpoint) == ("woodgrain", 3, TEXT_WIDTH, 500, "abcdef12")

@@ -138,3 +138,33 @@ def test_only_the_named_layers_change(pipe, originals, tmp_path):
     changed = [k for k, v in pipe.unet.state_dict().items() if not torch.equal(v, originals[0][k])]
     assert changed == [f"{LINEAR_LDM}.weight"]
     assert all(torch.equal(v, originals[1][k]) for k, v in pipe.text_encoder.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("down_key", "up_key"),
+    [
+        (f"{LINEAR}.lora_A.weight", f"{LINEAR}.lora_B.weight"),  # PEFT's names on a kohya key (A1111 takes them)
+        (
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.up.weight",
+        ),  # diffusers' older attention-processor LoRAs
+        (
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight",
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight",
+        ),  # PEFT / diffusers today
+    ],
+    ids=["kohya-peft-names", "old-diffusers", "peft"],
+)
+def test_other_spellings_of_the_same_layer(pipe, originals, tmp_path, down_key, up_key):
+    down, up = rand(2, 32), rand(32, 2, seed=1)
+    apply(pipe, tmp_path, {down_key: down, up_key: up})
+    expected = originals[0][f"{LINEAR_LDM}.weight"] + up @ down
+    torch.testing.assert_close(pipe.unet.state_dict()[f"{LINEAR_LDM}.weight"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_old_diffusers_text_encoder_names(pipe, originals, tmp_path):
+    stem = "text_encoder.text_model.encoder.layers.1.mlp.fc1.lora_linear_layer"
+    down, up = rand(3, 128), rand(256, 3, seed=1)
+    apply(pipe, tmp_path, {f"{stem}.down.weight": down, f"{stem}.up.weight": up})
+    expected = originals[1][f"{TEXT_KEY}.weight"] + up @ down
+    torch.testing.assert_close(pipe.text_encoder.state_dict()[f"{TEXT_KEY}.weight"], expected, rtol=1e-5, atol=1e-5)
