@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import nn
 
 from .embeddings import EmbeddingLibrary
-from .lora.files import LoraError, LoraFile, file_identity, lora_hash, read_lora
+from .lora.files import SUFFIXES, LoraError, LoraFile, file_identity, lora_hash, read_lora
 from .lora.keys import LayerIndex
 from .lora.library import LoraLibrary
 from .lora.patch import Applied, LoraPatcher
@@ -86,7 +86,7 @@ class ExtraNetworks:
 
     def find(self, name: str, *, allow_path: bool) -> Path:
         """A LoRA's file: a name in the folders, or (Python callers, `allow_path`) a path to a file."""
-        if allow_path and (os.sep in name or "/" in name or Path(name).suffix.lower() in (".safetensors", ".pt")):
+        if allow_path and (os.sep in name or "/" in name or Path(name).suffix.lower() in SUFFIXES):
             path = Path(name).expanduser()
             if not path.is_file():
                 raise LoraError(f"LoRA file not found: {path}")
@@ -108,8 +108,11 @@ class ExtraNetworks:
         """Merge exactly the LoRAs `settings` (and `prompt`'s tags) ask for, restoring the model's weights first
         when they differ from those in force. Returns them (`ActiveLora`) for the parameters text."""
         active = self.wanted(settings, prompt)
-        if active and compiled:
-            raise LoraError("LoRAs cannot be applied to a torch.compile'd pipeline (its weights are frozen into it)")
+        if compiled and (active or self.patcher.applied):
+            raise LoraError(
+                "LoRAs cannot be applied to or removed from a torch.compile'd pipeline (its weights are frozen into "
+                "it): compile after choosing the LoRAs' weights, or load the model again"
+            )
         self.patcher.set([a.applied for a in active])
         return active
 

@@ -36,11 +36,14 @@ class SavedWeights:
     layer: nn.Module
     parameters: dict[str, Any]
     state: dict[str, Any]
+    cls: type = nn.Module
 
     def restore(self) -> None:
-        """Put the saved parameters back (moved to the device the layer is on now, if it moved meanwhile)."""
+        """Put the saved parameters back (moved to the device the layer is on now, if it moved meanwhile), with the
+        layer's class of then (a lever may have unpacked the layer meanwhile: its packed weights need their class)."""
         current = self.layer._parameters.get("weight")
         device = None if current is None else current.device
+        self.layer.__class__ = self.cls
         self.layer._parameters.clear()
         for name, param in self.parameters.items():
             if param is not None and device is not None and param.device != device:
@@ -59,7 +62,16 @@ def replace_weights(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor |
         layer,
         dict(layer._parameters),
         {name: layer.__dict__.get(name, _MISSING) for name in _PACKING_STATE},
+        type(layer),
     )
+    old = layer.weight
+    if (
+        weight.dim() == 4
+        and not old.is_mkldnn
+        and old.is_contiguous(memory_format=torch.channels_last)
+        and not old.is_contiguous()
+    ):
+        weight = weight.contiguous(memory_format=torch.channels_last)  # as the GPU levers keep conv weights
     requires_grad = layer.weight.requires_grad
     layer._parameters.clear()
     layer._parameters["weight"] = nn.Parameter(weight, requires_grad=requires_grad)
