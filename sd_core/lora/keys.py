@@ -22,15 +22,16 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Component:
-    """One network of a family as LoRA files address it: the pipeline attribute, the key prefixes (kohya's, with `_`
-    separators, and diffusers/PEFT's dotted one), how the network's layers are named in files ("diffusers_unet": the
-    diffusers UNet path of an LDM-layout UNet; "own": the module path itself), and which multiplier of
-    `<lora:name:te:unet>` scales it ("te" or "unet")."""
+    """One network of a family as LoRA files address it: the pipeline attribute, kohya's key prefix (`_` separators)
+    and how kohya names its layers, diffusers/PEFT's dotted prefix and how they name them ("diffusers_unet": the
+    diffusers UNet path of an LDM-layout UNet; "own": the module path itself, e.g. SDXL's kohya UNet keys), and which
+    multiplier of `<lora:name:te:unet>` scales it ("te" or "unet")."""
 
     attribute: str
     kohya_prefix: str
+    kohya_naming: str
     dotted_prefix: str
-    naming: str
+    dotted_naming: str
     multiplier: str
 
 
@@ -42,23 +43,30 @@ class FamilyKeys:
     components: tuple[Component, ...]
 
 
-_UNET_DIFFUSERS = Component("unet", "lora_unet_", "unet.", "diffusers_unet", "unet")
-_TEXT_HF = Component("text_encoder", "lora_te_", "text_encoder.", "own", "te")
+_UNET_DIFFUSERS = Component("unet", "lora_unet_", "diffusers_unet", "unet.", "diffusers_unet", "unet")
+_TEXT_HF = Component("text_encoder", "lora_te_", "own", "text_encoder.", "own", "te")
 
 FAMILIES: dict[str, FamilyKeys] = {
     "sd1": FamilyKeys("SD1", (_UNET_DIFFUSERS, _TEXT_HF)),
     "sd2": FamilyKeys("SD2", (_UNET_DIFFUSERS, _TEXT_HF)),
+    # SDXL, when its pipeline lands: Component("unet", "lora_unet_", "own", "unet.", "diffusers_unet", "unet"),
+    # Component("text_encoder", "lora_te1_", "own", "text_encoder.", "own", "te"),
+    # Component("text_encoder_2", "lora_te2_", "own", "text_encoder_2.", "own", "te")
 }
 """Base family ("sd1", "sd2"; inpainting models share their base's entry) -> its LoRA naming."""
 
-FOREIGN_PREFIXES: dict[str, str] = {
+OTHER_FAMILIES: dict[str, str] = {
     "lora_te1_": "SDXL",
     "lora_te2_": "SDXL",
     "text_encoder_2.": "SDXL",
+    "lora_unet_input_blocks_": "SDXL",  # kohya names SDXL's UNet layers in the LDM layout, SD1/SD2's in diffusers'
+    "lora_unet_middle_block_": "SDXL",
+    "lora_unet_output_blocks_": "SDXL",
     "lora_transformer_": "a DiT model (SD3/Flux)",
     "transformer.": "a DiT model (SD3/Flux)",
 }
-"""Key prefixes that only another family's files use: a file with them is refused as made for that family."""
+"""Key prefixes of families without an entry in `FAMILIES` yet: a file with them is refused as made for that family
+(prefixes that `FAMILIES` entries use are told apart by the entries themselves)."""
 
 
 def family_keys(family: str) -> FamilyKeys:
@@ -175,11 +183,11 @@ def weight_shape(layer: nn.Module) -> tuple[int, ...]:
     return (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
 
 
-def source_names(component: Component, network: nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Layer name as files write it (dotted) -> (the layer's path in `network`, its weight shape)."""
+def source_names(naming: str, network: nn.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Layer name as files write it (dotted, by `naming`) -> (the layer's path in `network`, its weight shape)."""
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
     for path, layer in patchable_layers(network):
-        name = ldm_to_diffusers_unet(path, network.config) if component.naming == "diffusers_unet" else path
+        name = ldm_to_diffusers_unet(path, network.config) if naming == "diffusers_unet" else path
         if name is not None:
             out[name] = (path, weight_shape(layer))
             if name.startswith("text_model."):  # transformers 5 writes CLIP's names without this level
@@ -197,9 +205,20 @@ class LayerIndex:
         self._kohya: dict[str, tuple[Component, str, tuple[int, ...]]] = {}
         self._dotted: dict[str, tuple[Component, str, tuple[int, ...]]] = {}
         for component in self.family.components:
-            for name, (path, shape) in source_names(component, networks[component.attribute]).items():
+            network = networks[component.attribute]
+            for name, (path, shape) in source_names(component.dotted_naming, network).items():
                 self._dotted[component.dotted_prefix + name] = (component, path, shape)
+            for name, (path, shape) in source_names(component.kohya_naming, network).items():
                 self._kohya[component.kohya_prefix + name.replace(".", "_")] = (component, path, shape)
+        own = {p for c in self.family.components for p in (c.kohya_prefix, c.dotted_prefix)}
+        self._foreign = {
+            prefix: entry.name
+            for entry in FAMILIES.values()
+            if entry.name != self.family.name
+            for c in entry.components
+            for prefix in (c.kohya_prefix, c.dotted_prefix)
+            if prefix not in own
+        } | {prefix: family for prefix, family in OTHER_FAMILIES.items() if prefix not in own}
 
     def kohya_names(self) -> dict[str, tuple[Component, str, tuple[int, ...]]]:
         """Every patchable layer under its kohya name (what a trainer writes for this model)."""
@@ -209,8 +228,10 @@ class LayerIndex:
         return self._kohya.get(module_key) or self._dotted.get(module_key)
 
     def foreign(self, module_key: str) -> str | None:
-        """The family a key's prefix belongs to when it is not this one's (e.g. "SDXL" for `lora_te1_...`)."""
-        for prefix, family in FOREIGN_PREFIXES.items():
+        """The family a key belongs to when its prefix is not this family's (e.g. "SDXL" for `lora_te1_...`)."""
+        if self.find(module_key) is not None:
+            return None
+        for prefix, family in self._foreign.items():
             if module_key.startswith(prefix):
                 return family
         return None

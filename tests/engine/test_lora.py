@@ -221,13 +221,16 @@ def expect_error(pipe, prompt: str, *words: str, error: type = LoraError):
         assert word in str(caught.value)
 
 
-def test_sdxl_lora_on_sd1(pipe, lora_dir, untouched):
-    save(lora_dir / "xl.safetensors", {
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 768),
-        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(3072, 4),
+@pytest.mark.parametrize("text_encoder", [True, False], ids=["unet-and-te", "unet-only"])
+def test_sdxl_lora_on_sd1(pipe, lora_dir, untouched, text_encoder):
+    tensors = {
         "lora_unet_input_blocks_4_1_proj_in.lora_down.weight": torch.zeros(4, 640),
         "lora_unet_input_blocks_4_1_proj_in.lora_up.weight": torch.zeros(640, 4),
-    })  # fmt: skip
+    }
+    if text_encoder:
+        tensors["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros(4, 768)
+        tensors["lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"] = torch.zeros(3072, 4)
+    save(lora_dir / "xl.safetensors", tensors)
     expect_error(pipe, "a wall <lora:xl:1>", "xl.safetensors", "SDXL", "SD1")
 
 
