@@ -10,13 +10,15 @@ for the model, so it patches what a real style LoRA patches. Timed: `ExtraNetwor
 reading and matching the file too; then from the read file), and with none (restore); medians of `--repeats`.
 Per step: txt2img at `--size` with Euler, bare and with the LoRA alternately, the median of the UNet steps after the
 first of each run (the first step after a change repacks the changed layers' weights, as the first run after loading
-does; reported on its own).
+does; reported on its own). Every figure is given as wall time and as this process's CPU time: on a machine shared
+with other work the wall times carry the others' load, the CPU times much less.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -56,17 +58,23 @@ def write_lora(pipe, path: Path, rank: int, locon: bool) -> int:
     return len(tensors) // 3
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of `fn()`."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def step_times(pipe, prompt: str, size: int, steps: int) -> list[float]:
+def step_times(pipe, prompt: str, size: int, steps: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of each step after the first."""
     marks = []
     pipe.txt2img(prompt, width=size, height=size, steps=steps, sampler="euler", seed=1,
-                 callback=lambda info: marks.append(time.perf_counter()))  # fmt: skip
-    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+                 callback=lambda info: marks.append((time.perf_counter(), time.process_time())))  # fmt: skip
+    return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def medians(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def main() -> None:
@@ -95,28 +103,36 @@ def main() -> None:
         applies.append(timed(lambda: pipe.extra_networks.activate(with_lora)))
         removes.append(timed(lambda: pipe.extra_networks.activate(bare)))
 
-    steps = {"bare": [], "lora": []}
-    first = {"bare": [], "lora": []}
+    steps: dict[str, list] = {"bare": [], "lora": []}
+    first: dict[str, list] = {"bare": [], "lora": []}
     for _ in range(args.runs):
         for arm, prompt in (("bare", "a wall"), ("lora", f"a wall <lora:{lora.stem}:0.8>")):
             times = step_times(pipe, prompt, args.size, args.steps)
             first[arm].append(times[0])
             steps[arm] += times[1:]
-    bare_step, lora_step = statistics.median(steps["bare"]), statistics.median(steps["lora"])
+    bare_step, lora_step = medians(steps["bare"]), medians(steps["lora"])
+
+    def pair(values: tuple[float, float]) -> dict[str, float]:
+        return {"wall": round(values[0], 3), "cpu": round(values[1], 3)}
+
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "load_average": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
         "lora": {"rank": args.rank, "layers": layers, "locon": args.locon, "bytes": lora.stat().st_size},
-        "apply_first_s": round(first_apply, 3),
-        "remove_first_s": round(first_remove, 3),
-        "apply_median_s": round(statistics.median(applies), 3),
-        "remove_median_s": round(statistics.median(removes), 3),
+        "apply_first_s": pair(first_apply),
+        "remove_first_s": pair(first_remove),
+        "apply_median_s": pair(medians(applies)),
+        "remove_median_s": pair(medians(removes)),
         "size": args.size,
-        "step_bare_s": round(bare_step, 3),
-        "step_lora_s": round(lora_step, 3),
-        "step_overhead": round(lora_step / bare_step - 1, 4),
-        "first_step_bare_s": round(statistics.median(first["bare"]), 3),
-        "first_step_lora_s": round(statistics.median(first["lora"]), 3),
+        "step_bare_s": pair(bare_step),
+        "step_lora_s": pair(lora_step),
+        "step_overhead": {
+            "wall": round(lora_step[0] / bare_step[0] - 1, 4),
+            "cpu": round(lora_step[1] / bare_step[1] - 1, 4),
+        },
+        "first_step_bare_s": pair(medians(first["bare"])),
+        "first_step_lora_s": pair(medians(first["lora"])),
     }
     print(json.dumps(result, indent=2))
     if args.json:
