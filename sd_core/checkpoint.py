@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from . import diffusers_keys
-from .diffusers_folder import components, key_map, read_folder_hints, weight_files
+from .diffusers_folder import components, is_sdxl_folder, key_map, read_folder_hints, weight_files
 from .diffusers_keys import VAE_PREFIX
 from .safetensors_io import (
     CheckpointError,
@@ -132,12 +132,13 @@ def _read_folder(
     path: Path, dtype: torch.dtype | None, vae_dtype: torch.dtype | None, device: torch.device
 ) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
+    sdxl = is_sdxl_folder(path)
     for kind, folder in components(path):
         raw: dict[str, torch.Tensor] = {}
         component_dtype = vae_dtype if kind == "vae" else dtype
         for file in weight_files(folder):
             raw.update(_read_file(file, lambda _key, d=component_dtype: d, device))
-        for key, ldm_key in key_map(kind, folder, raw).items():
+        for key, ldm_key in key_map(kind, folder, raw, sdxl=sdxl).items():
             t = raw[key]
             out[ldm_key] = t.reshape(diffusers_keys.ldm_shape(ldm_key, tuple(t.shape)))  # a view
     return out
@@ -148,14 +149,23 @@ def _info(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     if not path.is_dir():
         return _file_info(path)
     out = {}
+    sdxl = is_sdxl_folder(path)
     for kind, folder in components(path):
         raw: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
         for file in weight_files(folder):
             raw.update(_file_info(file))
-        for key, ldm_key in key_map(kind, folder, raw).items():
+        for key, ldm_key in key_map(kind, folder, raw, sdxl=sdxl).items():
             shape, dtype = raw[key]
             out[ldm_key] = (diffusers_keys.ldm_shape(ldm_key, shape), dtype)
     return out
+
+
+def _dtype_of(key: str, dtype: torch.dtype | None, vae_dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype a single file's tensor is cast to while reading: the VAE's, or the model's; OpenCLIP's
+    `logit_scale` (unused) keeps its own, as do integer buffers (`position_ids`, `cast_to`)."""
+    if key.endswith("logit_scale"):
+        return None
+    return vae_dtype if key.startswith(VAE_PREFIX) else dtype
 
 
 # --- public entry points: reading --------------------------------------------------------------------------------
@@ -191,7 +201,7 @@ def read_state_dict(
     if path.is_dir():
         out = _read_folder(path, dtype, vae_dtype, device)
     else:
-        out = _read_file(path, lambda key: vae_dtype if key.startswith(VAE_PREFIX) else dtype, device)
+        out = _read_file(path, lambda key: _dtype_of(key, dtype, vae_dtype), device)
     if not out:
         raise CheckpointError(f"{path}: contains no tensors")
     return out

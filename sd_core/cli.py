@@ -90,6 +90,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         embedding_dirs=args.embeddings_dir,
     )
     settings = dict(cli_options.settings_from(args), callback=ProgressBar(args.command))
+    if args.refiner is not None:  # SDXL's refiner: a second model, loaded like the first
+        settings["refiner"] = sd_core.load(args.refiner, device=args.device, dtype=args.dtype, low_vram=low_vram)
     if args.command == "txt2img":
         if hires is not None and not isinstance(hires.upscaler, str):  # a model upscaler: on the model's device
             hires = cli_options.hires_options(args, str(pipe.device))

@@ -57,6 +57,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--tile-overlap", type=int, default=None, help="pixels tiles share (default: a quarter of the tile)")
     t.add_argument("--tile-batch", type=int, default=None, help="tiles per UNet call (default: as memory allows)")
     _add_a1111_options(parser)
+    add_sdxl_options(parser)
     out = parser.add_argument_group("model and output")
     out.add_argument(
         "--model", help="checkpoint (.safetensors/.ckpt) or diffusers folder (default: the built-in model)"
@@ -131,6 +132,32 @@ def _add_a1111_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seed-resize-from", type=_size, default=None, metavar="WxH", help="draw the seed's noise at this size"
     )
+
+
+def _pair(text: str) -> tuple[int, int]:
+    """AxB -> (A, B): SDXL's (height, width) sizes and (top, left) crop, in diffusers' order."""
+    first, sep, second = text.lower().partition("x")
+    if not sep or not first.isdigit() or not second.isdigit():
+        raise argparse.ArgumentTypeError(f"expected two numbers like 1024x768, got {text!r}")
+    return int(first), int(second)
+
+
+def add_sdxl_options(parser: argparse.ArgumentParser) -> None:
+    """SDXL's size conditioning, the empty negative prompt's meaning and the refiner (`sd_core.sdxl`)."""
+    g = parser.add_argument_group("SDXL (size conditioning as diffusers: sizes HEIGHTxWIDTH, crop TOPxLEFT)")
+    g.add_argument("--original-size", type=_pair, default=None, metavar="HxW", help="default: the image's size")
+    g.add_argument("--crops-coords-top-left", type=_pair, default=None, metavar="TOPxLEFT", help="default: 0x0")
+    g.add_argument("--target-size", type=_pair, default=None, metavar="HxW", help="default: the image's size")
+    g.add_argument("--aesthetic-score", type=float, default=None, help="refiner only (default 6.0)")
+    g.add_argument("--negative-aesthetic-score", type=float, default=None, help="refiner only (default 2.5)")
+    g.add_argument(
+        "--empty-negative",
+        choices=limits.EMPTY_NEGATIVE,
+        default=None,
+        help="an empty negative prompt as zeros or as the encoded empty text (default: zeros for SDXL, as A1111)",
+    )
+    g.add_argument("--refiner", default=None, metavar="MODEL", help="SDXL refiner checkpoint or folder")
+    g.add_argument("--refiner-switch-at", type=float, default=None, help="fraction sampled before it (default 0.8)")
 
 
 def add_image_options(parser: argparse.ArgumentParser) -> None:
@@ -255,7 +282,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options that are settings: each option's name is its setting's (`--cfg-scale` -> cfg_scale); the
     `--tile*` options make the `tile` setting."""
     names = set(sd_core.GenerationSettings.__dataclass_fields__) | set(sd_core.InpaintOptions.__dataclass_fields__)
-    skipped = {"prompt", "choice", "inpaint", "hires", "tile"}  # built from the --hires-* and --tile* options
+    skipped = {"prompt", "choice", "inpaint", "hires", "tile", "refiner"}  # from --hires-*, --tile*; loaded
     chosen = {name: getattr(args, name) for name in names - skipped if hasattr(args, name)}
     chosen["tile"] = _tile(args.tile, args.tile_overlap, args.tile_batch)
     return chosen

@@ -40,7 +40,8 @@ class GuidedDenoiser:
     """A UNet with classifier-free guidance as a k-diffusion denoiser.
 
     `cond` and `uncond` are text embeddings [1 or B, L, C]; `extra` are channels concatenated to the UNet input
-    (the inpainting model's mask and masked-image latents, [B, 5, h, w]).
+    (the inpainting model's mask and masked-image latents, [B, 5, h, w]); `vectors` (SDXL) the UNet's vectors `y`
+    (cond, uncond), [1 or B, adm], batched like the text.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class GuidedDenoiser:
         *,
         extra: torch.Tensor | None = None,
         blend: InpaintBlend | None = None,
+        vectors: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if prediction not in ("eps", "v"):
             raise ValueError(f"prediction must be 'eps' or 'v', not {prediction!r}")
@@ -62,7 +64,9 @@ class GuidedDenoiser:
         self.extra, self.blend = extra, blend
         self.guided = self.cfg_scale != 1.0
         self.dtype = next(unet.parameters()).dtype
+        self.vectors = vectors
         self._contexts: dict[tuple[int, bool], torch.Tensor] = {}
+        self._vectors: dict[tuple[int, bool], torch.Tensor] = {}
 
     def context(self, batch: int, pair: bool | None = None) -> torch.Tensor:
         """The UNet's text context for `batch` images, in the model dtype: `[uncond, cond]` batched for CFG (`pair`,
@@ -75,6 +79,16 @@ class GuidedDenoiser:
             self._contexts[batch, pair] = cond.to(self.dtype)
         return self._contexts[batch, pair]
 
+    def vector(self, batch: int, pair: bool | None = None) -> torch.Tensor | None:
+        """The UNet's vector `y` for `batch` images, batched as `context` (None for models without one)."""
+        if self.vectors is None:
+            return None
+        pair = self.guided if pair is None else pair
+        if (batch, pair) not in self._vectors:
+            cond, uncond = (_rows(v, batch) for v in self.vectors)
+            self._vectors[batch, pair] = (torch.cat([uncond, cond]) if pair else cond).to(self.dtype)
+        return self._vectors[batch, pair]
+
     def for_tiles(self, extra: torch.Tensor | None) -> GuidedDenoiser:
         """This denoiser for a stack of tiles of the canvas (`sd_core.tiled_denoising`): the same model, text and
         guidance; `extra` cropped to the tiles; no blend (the tiled denoiser applies it to the whole canvas)."""
@@ -86,7 +100,10 @@ class GuidedDenoiser:
         if self.extra is not None:
             x_in = torch.cat([x_in, self.extra.to(x_in)], dim=1)
         # x once, the context twice: the UNet runs its text-free first layers once for both halves
-        return self.unet(x_in.to(self.dtype), t, self.context(batch, pair)).float()
+        y = self.vector(batch, pair)
+        if y is None:
+            return self.unet(x_in.to(self.dtype), t, self.context(batch, pair)).float()
+        return self.unet(x_in.to(self.dtype), t, self.context(batch, pair), y).float()
 
     def model_output(self, x_in: torch.Tensor, t: torch.Tensor, batch: int) -> torch.Tensor:
         """The UNet's raw prediction with guidance applied (one call for both halves)."""
@@ -128,6 +145,33 @@ class GuidedDenoiser:
         return self._x0(x, s, guided), self._x0(x, s, out_uncond)
 
 
+class Handoff:
+    """A1111's refiner switch: `first` denoises while the sampled fraction of the noise schedule, `(999 - t) / 1000`
+    with t the training timestep nearest to sigma, is below `switch_at`; `second` (the refiner) from then on, on the
+    same latents, inside the same sampler run (a multistep sampler keeps its history). diffusers' `denoising_end` /
+    `denoising_start` split the steps at the same timestep (base: t >= 1000 * (1 - switch_at))."""
+
+    def __init__(self, first: GuidedDenoiser, second: GuidedDenoiser, schedule: NoiseSchedule, switch_at: float):
+        self.first, self.second, self.schedule, self.switch_at = first, second, schedule, switch_at
+        self.blend = first.blend
+
+    def pick(self, sigma: torch.Tensor) -> GuidedDenoiser:
+        level = torch.as_tensor(sigma, dtype=torch.float32).max().cpu()
+        t = int(torch.argmin((self.schedule.sigmas - level).abs()))
+        return self.second if (999 - t) / 1000 >= self.switch_at else self.first
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.pick(sigma)(x, sigma)
+
+    def with_uncond(
+        self, x: torch.Tensor, sigma: torch.Tensor, cfg_factor: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pick(sigma).with_uncond(x, sigma, cfg_factor)
+
+
 def _rows(text: torch.Tensor, batch: int) -> torch.Tensor:
-    """Text embeddings for `batch` rows: one row broadcast, or k rows (one per image) repeated for stacked tiles."""
-    return text.expand(batch, -1, -1) if text.shape[0] in (1, batch) else text.repeat(batch // text.shape[0], 1, 1)
+    """Text embeddings (or vectors) for `batch` rows: one row broadcast, or k rows (one per image) repeated for
+    stacked tiles."""
+    if text.shape[0] in (1, batch):
+        return text.expand(batch, *text.shape[1:])
+    return text.repeat(batch // text.shape[0], *[1] * (text.ndim - 1))

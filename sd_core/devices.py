@@ -95,14 +95,27 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return torch.bfloat16 if cpu_bf16_is_fast() else torch.float32
 
 
-def pick_vae_dtype(device: torch.device, dtype: torch.dtype, vae_dtype: str | torch.dtype | None = None) -> torch.dtype:
+def pick_vae_dtype(
+    device: torch.device,
+    dtype: torch.dtype,
+    vae_dtype: str | torch.dtype | None = None,
+    *,
+    overflows_in_fp16: bool = False,
+) -> torch.dtype:
     """The VAE's dtype in a pipeline of `dtype`: the requested one, else float32 for a bfloat16/float16 pipeline on a
     CPU where half precision is slow (`half_is_slow`; measured on an Intel CPU without AMX, SD1.5 VAE decode at
     256x256: bfloat16 4.8 s, float32 2.4 s), else `dtype` (GPUs: float16, with the pipeline's NaN fallback to
-    float32)."""
+    float32). `overflows_in_fp16` (the SDXL VAE, whose activations exceed float16's range: black or NaN images) turns
+    a float16 choice into bfloat16 where that is fast (CUDA GPUs that support it, `cpu_bf16_is_fast`), else float32,
+    up front rather than by the retry."""
     if vae_dtype is not None:
         return pick_dtype(device, vae_dtype)
-    return torch.float32 if half_is_slow(device, dtype) else dtype
+    chosen = torch.float32 if half_is_slow(device, dtype) else dtype
+    if overflows_in_fp16 and chosen == torch.float16:
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        fast_bf16 = cuda_bf16 or (device.type == "cpu" and cpu_bf16_is_fast())
+        return torch.bfloat16 if fast_bf16 else torch.float32
+    return chosen
 
 
 def pick_attention_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype | None:

@@ -20,7 +20,13 @@ _WEIGHT_FILE = re.compile(
 _INDEX_FILE = re.compile(
     r"(?P<base>diffusion_pytorch_model|model|pytorch_model)\.(?P<ext>safetensors|bin)\.index(?:\.(?P<variant>\w+))?\.json"
 )
-_COMPONENT_CLASSES = {"UNet2DConditionModel": "unet", "AutoencoderKL": "vae", "CLIPTextModel": "text_encoder"}
+_COMPONENT_CLASSES = {
+    "UNet2DConditionModel": "unet",
+    "AutoencoderKL": "vae",
+    "CLIPTextModel": "text_encoder",
+    "CLIPTextModelWithProjection": "text_encoder_2",
+}
+_KINDS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 def _read_json(path: Path) -> dict:
@@ -65,9 +71,9 @@ def _component_kind(folder: Path) -> str:
 
 
 def components(path: Path) -> list[tuple[str, Path]]:
-    """(kind, folder) pairs: a pipeline folder's unet/vae/text_encoder, or a single component folder."""
+    """(kind, folder) pairs: a pipeline folder's unet/vae/text_encoder(_2), or a single component folder."""
     if (path / "model_index.json").is_file() or any((path / kind).is_dir() for kind in ("unet", "vae")):
-        found = [(kind, path / kind) for kind in ("unet", "vae", "text_encoder") if (path / kind).is_dir()]
+        found = [(kind, path / kind) for kind in _KINDS if (path / kind).is_dir()]
         if not found:
             raise CheckpointError(f"{path}: diffusers folder without unet/, vae/ or text_encoder/")
         return found
@@ -76,10 +82,26 @@ def components(path: Path) -> list[tuple[str, Path]]:
     raise CheckpointError(f"{path}: not a model folder (no model_index.json and no config.json)")
 
 
-def key_map(kind: str, folder: Path, keys: Iterable[str]) -> dict[str, str]:
+def is_sdxl_folder(path: Path) -> bool:
+    """An SDXL pipeline folder: it has `text_encoder_2/` (the refiner has only that one) or its UNet takes SDXL's
+    size-conditioning vector (`addition_embed_type` "text_time")."""
+    if not path.is_dir():
+        return False
+    if (path / "text_encoder_2").is_dir():
+        return True
+    unet = path / "unet" / "config.json"
+    return unet.is_file() and _read_json(unet).get("addition_embed_type") == "text_time"
+
+
+def key_map(kind: str, folder: Path, keys: Iterable[str], *, sdxl: bool = False) -> dict[str, str]:
+    """diffusers key -> LDM key for one component folder. SDXL text encoders go to `conditioner.embedders.N`:
+    `text_encoder` 0, `text_encoder_2` 1, or 0 when it is the only one (the refiner), in HF names."""
     try:
-        if kind == "text_encoder":
-            return diffusers_keys.text_key_map(keys)
+        if kind in ("text_encoder", "text_encoder_2"):
+            if not sdxl:
+                return diffusers_keys.text_key_map(keys)
+            first = kind == "text_encoder" or not (folder.parent / "text_encoder").is_dir()
+            return diffusers_keys.text_key_map(keys, f"conditioner.embedders.{0 if first else 1}.transformer.")
         config = _read_json(folder / "config.json")
         if kind == "unet":
             return diffusers_keys.unet_key_map(keys, config)

@@ -124,6 +124,8 @@ def _unet_rules(config: Mapping, keys: set[str]) -> list[Rule]:
         (r(r"conv_in\.(?P<rest>.+)"), lambda m: f"input_blocks.0.0.{m['rest']}"),
         (r(r"time_embedding\.linear_1\.(?P<rest>.+)"), lambda m: f"time_embed.0.{m['rest']}"),
         (r(r"time_embedding\.linear_2\.(?P<rest>.+)"), lambda m: f"time_embed.2.{m['rest']}"),
+        (r(r"add_embedding\.linear_1\.(?P<rest>.+)"), lambda m: f"label_emb.0.0.{m['rest']}"),
+        (r(r"add_embedding\.linear_2\.(?P<rest>.+)"), lambda m: f"label_emb.0.2.{m['rest']}"),
         (r(r"conv_norm_out\.(?P<rest>.+)"), lambda m: f"out.0.{m['rest']}"),
         (r(r"conv_out\.(?P<rest>.+)"), lambda m: f"out.2.{m['rest']}"),
         (r(rf"down_blocks\.(?P<i>\d+)\.resnets\.{res}"), lambda m: f"input_blocks.{down(m)}.0.{rn(m)}.{m['rest']}"),
@@ -204,17 +206,20 @@ def vae_key_map(keys: Iterable[str], config: Mapping) -> dict[str, str]:
     return {key: VAE_PREFIX + _apply(rules, key, "VAE") for key in sorted(set(keys))}
 
 
-def text_key_map(keys: Iterable[str]) -> dict[str, str]:
-    """HF CLIPTextModel key (transformers 4.x `text_model.*` or 5.x without it) -> LDM key; drops `position_ids`
-    (a constant buffer, not a weight)."""
+def text_key_map(keys: Iterable[str], prefix: str = "cond_stage_model.transformer.") -> dict[str, str]:
+    """HF CLIPTextModel(WithProjection) key (transformers 4.x `text_model.*` or 5.x without it) -> LDM key under
+    `prefix` (SDXL: `conditioner.embedders.N.transformer.`); drops `position_ids` (a constant buffer, not a weight)."""
     mapping = {}
     for key in sorted(set(keys)):
         name = key.removeprefix("text_model.")
         if name == "embeddings.position_ids":
             continue
+        if name == "text_projection.weight":
+            mapping[key] = prefix + name
+            continue
         if not name.startswith(_TEXT_ROOTS):
             raise ValueError(f"unknown text encoder key {key!r}")
-        mapping[key] = TEXT_PREFIX + name
+        mapping[key] = prefix + "text_model." + name
     return mapping
 
 

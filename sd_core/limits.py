@@ -37,6 +37,8 @@ RESIZE_MODES = ("resize", "crop", "fill", "latent")
 MAX_HIRES_SCALE = 16.0  # hires fix's upscale factor (`settings.HiresOptions.scale`)
 MAX_TILE_BATCH = 1024  # tiles per UNet call in tiled denoising (`settings.TileOptions.batch`)
 MAX_LORA_WEIGHT = 100.0  # a LoRA multiplier's magnitude (`<lora:name:w>`, `GenerationSettings.loras`)
+MAX_AESTHETIC_SCORE = 100.0  # SDXL refiner's aesthetic score conditioning (trained on LAION's 1-10 scale)
+EMPTY_NEGATIVE = ("zeros", "encode")  # what an empty negative prompt means (`settings.GenerationSettings`)
 
 
 class SettingError(ValueError):
@@ -101,6 +103,17 @@ def check_seed_size(name: str, value: Any) -> tuple[int, int] | None:
                 name, f"{name}: each side must be a multiple of {SIDE_MULTIPLE} from {SIDE_MULTIPLE} to {MAX_SIDE}, "
                 f"got {value!r}"
             )  # fmt: skip
+    return int(value[0]), int(value[1])
+
+
+def check_pair(name: str, value: Any, low: int, high: int) -> tuple[int, int] | None:
+    """None, or a pair of integers from `low` to `high` (SDXL's sizes (height, width) and crop (top, left))."""
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(is_int(v) for v in value):
+        raise SettingError(name, f"{name} must be a pair of integers or None, got {value!r}")
+    for v in value:
+        check_int(name, v, low, high)
     return int(value[0]), int(value[1])
 
 

@@ -16,7 +16,8 @@ import torch
 
 from . import accel, checkpoint, limits
 from .devices import pick_device, pick_dtype, pick_vae_dtype
-from .model_config import ModelConfig, infer_config
+from .model_config import SDXL_TEXT_PREFIX, ModelConfig, infer_config
+from .models.conditioner import SDXLConditioner
 from .models.text_encoder import CLIPTextEncoder, normalize_hf_keys, openclip_to_hf
 from .models.unet import UNetModel
 from .models.vae import AutoencoderKL
@@ -31,9 +32,26 @@ CLIP_HF_PREFIX = "cond_stage_model.transformer."
 CLIP_OPENCLIP_PREFIX = "cond_stage_model.model."
 
 
+def _sdxl_text(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`conditioner.embedders.N.{transformer,model}.*` -> `SDXLConditioner` keys (`embedders.N.*`, HF names)."""
+    towers: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in state_dict.items():
+        if key.startswith(SDXL_TEXT_PREFIX):
+            n, kind, rest = key[len(SDXL_TEXT_PREFIX) :].split(".", 2)
+            towers.setdefault((int(n), kind), {})[rest] = tensor
+    out = {}
+    for (n, kind), sd in towers.items():
+        hf = openclip_to_hf(sd, projection=True) if kind == "model" else normalize_hf_keys(sd)
+        out.update({f"embedders.{n}.{k}": v for k, v in hf.items()})
+    return out
+
+
 def split_components(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict, dict]:
-    """LDM single-file keys -> (unet, vae, text encoder) dicts with component-local keys, HF names for text."""
+    """LDM single-file keys -> (unet, vae, text encoder) dicts with component-local keys, HF names for text (SDXL:
+    the `SDXLConditioner`'s)."""
     unet, vae, text, openclip = {}, {}, {}, {}
+    if any(key.startswith(SDXL_TEXT_PREFIX) for key in state_dict):
+        text = _sdxl_text(state_dict)
     for key, tensor in state_dict.items():
         if key.startswith(UNET_PREFIX):
             unet[key[len(UNET_PREFIX) :]] = tensor
@@ -45,7 +63,7 @@ def split_components(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict, d
             openclip[key[len(CLIP_OPENCLIP_PREFIX) :]] = tensor
     if openclip:
         text.update(openclip_to_hf(openclip))
-    return unet, vae, normalize_hf_keys(text)
+    return unet, vae, text if any(k.startswith("embedders.") for k in text) else normalize_hf_keys(text)
 
 
 def _listing(kind: str, keys: list[str]) -> str:
@@ -74,22 +92,25 @@ def key_problems(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], w
 @torch.inference_mode()
 def probe_v_prediction(unet: torch.nn.Module, context_dim: int) -> bool:
     """A1111's test for SD2 v-prediction models, which carry no marker: at t=999 on a constant input an eps model
-    predicts roughly the input, a v model roughly its negative."""
+    predicts roughly the input, a v model roughly its negative. SDXL models get the same constant as their vector."""
     param = next(unet.parameters())
     x = torch.full((1, unet.config["in_channels"], 8, 8), 0.5, dtype=param.dtype, device=param.device)
     context = torch.full((1, 2, context_dim), 0.5, dtype=param.dtype, device=param.device)
     t = torch.tensor([999.0], device=param.device)  # float32: bf16 cannot hold 999
-    out = unet(x, t, context).float()
+    adm = unet.config.get("adm_in_channels", 0)
+    y = torch.full((1, adm), 0.5, dtype=param.dtype, device=param.device) if adm else None
+    out = unet(x, t, context, y).float() if adm else unet(x, t, context).float()
     return bool((out - x.float())[:, :4].mean() < -1)
 
 
 def build_models(
     config: ModelConfig, state_dict: dict[str, torch.Tensor], path: str | os.PathLike
-) -> tuple[UNetModel, AutoencoderKL, CLIPTextEncoder]:
+) -> tuple[UNetModel, AutoencoderKL, CLIPTextEncoder | SDXLConditioner]:
     """Meta-device networks filled with the checkpoint's tensors."""
     unet_sd, vae_sd, text_sd = split_components(state_dict)
     with torch.device("meta"):
-        unet, vae, text = UNetModel(config.unet), AutoencoderKL(config.vae), CLIPTextEncoder(config.text)
+        unet, vae = UNetModel(config.unet), AutoencoderKL(config.vae)
+        text = SDXLConditioner(config.text_encoders) if config.sdxl else CLIPTextEncoder(config.text)
     parts = [
         (unet, unet_sd, "UNet"),
         (vae, AutoencoderKL.prepare_state_dict(vae_sd), "VAE"),
@@ -107,9 +128,9 @@ def build_models(
 
 def model_defaults(path: Path, config: ModelConfig) -> ModelDefaults:
     """A model's own defaults: what its `.safetensors` metadata names (`sd_core.cfg_scale`, `sd_core.resolution`),
-    else the family's: CFG 7.5, 512 px (768 for SD2 v-prediction models, trained at 768). A value that does not
-    parse is an error naming the file and key: a typo must not go unnoticed."""
-    native = 768 if config.family == "sd2" and config.prediction == "v" else 512
+    else the family's: CFG 7.5, 512 px (768 for SD2 v-prediction models, trained at 768; 1024 for SDXL). A value that
+    does not parse is an error naming the file and key: a typo must not go unnoticed."""
+    native = 1024 if config.sdxl else 768 if config.family == "sd2" and config.prediction == "v" else 512
     meta = {}
     if path.is_file() and path.suffix.lower() == ".safetensors":
         meta = checkpoint.read_metadata(path)
@@ -137,6 +158,28 @@ def model_defaults(path: Path, config: ModelConfig) -> ModelDefaults:
                 f"{path}: metadata {RESOLUTION_KEY}={size_text!r} is not a size like '512' or '768x512' ({exc})"
             ) from None
     return ModelDefaults(cfg_scale=cfg_scale, width=width, height=height)
+
+
+def _not_a_model(shapes: dict[str, tuple[int, ...]]) -> str | None:
+    """What a file that is not a whole model probably is, from its keys: a LoRA or a ControlNet."""
+    if any(".lora_" in k or k.startswith("lora_") or ".lora_A." in k for k in shapes):
+        return "a LoRA (lora_* keys), which modifies a model: load a Stable Diffusion checkpoint and apply it to that"
+    if any(k.startswith(("control_model.", "input_hint_block.", "controlnet_cond_embedding.")) for k in shapes):
+        return "a ControlNet, which guides a model: load a Stable Diffusion checkpoint"
+    return None
+
+
+def read_config(path: Path) -> ModelConfig:
+    """The model's config from its tensor shapes; anything that is not a Stable Diffusion model is a
+    `CheckpointError` naming the file (and what it looks like instead: a LoRA, a ControlNet)."""
+    shapes = checkpoint.read_shapes(path)
+    try:
+        return infer_config(shapes)
+    except checkpoint.CheckpointError:
+        raise
+    except ValueError as e:
+        what = _not_a_model(shapes)
+        raise checkpoint.CheckpointError(f"{path}: " + (f"this is {what}" if what else str(e))) from None
 
 
 def builtin_model() -> Path:
@@ -184,14 +227,16 @@ def load(
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)
     offload = bool(low_vram) and dev.type != "cpu"
-    config = infer_config(checkpoint.read_shapes(path))
-    vae_dt = pick_vae_dtype(dev, dt, vae_dtype)
+    config = read_config(path)
+    vae_dt = pick_vae_dtype(dev, dt, vae_dtype, overflows_in_fp16=config.sdxl)
     state_dict = checkpoint.read_state_dict(path, dtype=dt, vae_dtype=vae_dt, device="cpu" if offload else dev)
     unet, vae, text = build_models(config, state_dict, path)
     del state_dict
     if prediction is None and path.is_dir():
         prediction = checkpoint.read_folder_hints(path).get("prediction")
-    if prediction is None and config.family.startswith("sd2") and not config.inpainting:
+    if prediction is None and config.sdxl and config.prediction == "v":
+        prediction = "v"  # the file's `v_pred` marker key (ComfyUI's)
+    if prediction is None and config.family in ("sd2", "sdxl", "sdxl-refiner"):
         prediction = "v" if probe_v_prediction(unet, config.unet["context_dim"]) else "eps"
     config.prediction = prediction or "eps"
     defaults = model_defaults(path, config)
@@ -235,7 +280,7 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     shapes = checkpoint.read_shapes(path)
-    config = infer_config(shapes)
+    config = read_config(path)
     dtypes: dict[str, int] = {}
     for dtype in checkpoint.read_dtypes(path).values():
         dtypes[dtype] = dtypes.get(dtype, 0) + 1
@@ -252,5 +297,5 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         dtypes,
         groups,
         model_defaults(path, config),
-        config.text["hidden_size"],
+        config.text_width,
     )

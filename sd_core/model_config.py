@@ -1,9 +1,10 @@
 """What a checkpoint is, read from its tensor shapes alone (no hub configs, no guessing from file names).
 
 `infer_config(shapes)` takes full single-file LDM keys (`model.diffusion_model.*`, `first_stage_model.*`,
-`cond_stage_model.transformer.*` or `cond_stage_model.model.*`) and returns the constructor dicts of the three
-networks plus the facts the pipeline needs (family, text layer, pad token). The reference SD1.5/SD2 configs below are
-what the rules give for the released models.
+`cond_stage_model.transformer.*` or `cond_stage_model.model.*`; SDXL: `conditioner.embedders.N.transformer.*` in HF
+names or `conditioner.embedders.N.model.*` in OpenCLIP names) and returns the constructor dicts of the networks plus the
+facts the pipeline needs (family, text layer, pad token). The reference SD1.5/SD2 configs below are what the rules give
+for the released models.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 HF_TEXT_PREFIX = "cond_stage_model.transformer."
 OPENCLIP_TEXT_PREFIX = "cond_stage_model.model."
+SDXL_TEXT_PREFIX = "conditioner.embedders."
+SDXL_LATENT_SCALE = 0.13025
+OPENCLIP_FULL_DEPTH = {1024: 24, 1280: 32}
+"""Layers of the complete OpenCLIP text towers by width (ViT-H for SD2, ViT-bigG for SDXL). Files converted back from
+diffusers folders carry one layer fewer (diffusers drops SD2's unused last layer): such a tower is used whole."""
 
 SD15_UNET = {
     "in_channels": 4,
@@ -63,7 +69,7 @@ SD2_TEXT = {
 
 @dataclass
 class ModelConfig:
-    family: str  # "sd1", "sd2", "sd1-inpaint", "sd2-inpaint"
+    family: str  # "sd1", "sd2", "sd1-inpaint", "sd2-inpaint", "sdxl", "sdxl-refiner", "sdxl-inpaint"
     unet: dict
     vae: dict
     text: dict
@@ -74,6 +80,24 @@ class ModelConfig:
     inpainting: bool = False
     text_format: str = "hf"  # "hf": cond_stage_model.transformer.* ; "openclip": cond_stage_model.model.*
     params: dict[str, int] = field(default_factory=dict)  # parameter count per component: unet, vae, text
+    # SDXL: one config, layer skip and pad token per tower (`conditioner.embedders.N`; `text` is the first's), the
+    # width of each size number's embedding, and whether the vector ends with an aesthetic score (the refiner)
+    text_encoders: list[dict] = field(default_factory=list)
+    text_skips: list[int] = field(default_factory=list)
+    pad_tokens: list[int] = field(default_factory=list)
+    size_embed_dim: int = 0
+    aesthetic: bool = False
+
+    @property
+    def sdxl(self) -> bool:
+        return self.family.startswith("sdxl")
+
+    @property
+    def text_width(self) -> int:
+        """The text encoders' widths together: the width of the textual-inversion embeddings the model takes (SDXL:
+        CLIP-L's and bigG's, as A1111 counts an SDXL embedding)."""
+        towers = self.text_encoders if self.sdxl and self.text_encoders else [self.text]
+        return sum(int(t["hidden_size"]) for t in towers)
 
 
 def _sub(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int, ...]]:
@@ -106,12 +130,14 @@ def _uniform(values: list[int], what: str) -> int:
 
 def infer_unet_config(shapes: dict[str, tuple[int, ...]], sd2: bool | None = None) -> dict:
     """UNet config from shapes with `model.diffusion_model.` stripped. `sd2` picks the head rule (8 heads vs
-    64-channel heads); None decides from the context width (1024 -> SD2, 768 -> SD1, else linear proj_in -> SD2)."""
+    64-channel heads); None decides from the context width (1024 -> SD2, 768 -> SD1, else linear proj_in -> SD2).
+    A `label_emb` (SDXL's size-conditioning vector) gives `adm_in_channels`."""
     conv_in = _need(shapes, "input_blocks.0.0.weight", "UNet")
     conv_out = _need(shapes, "out.2.weight", "UNet")
     _need(shapes, "time_embed.0.weight", "UNet")
-    if "label_emb.0.0.weight" in shapes:
-        raise ValueError("unsupported UNet: class/size-conditioned (label_emb) models such as SDXL or unCLIP")
+    label = shapes.get("label_emb.0.0.weight")
+    if label is None and any(k.startswith("label_emb.") for k in shapes):
+        raise ValueError("unsupported UNet: a label_emb that is not SDXL's (class-conditioned models such as unCLIP)")
     mc = conv_in[0]
 
     # input side: ResBlocks grouped into levels, a Downsample (`.0.op`) closes each level but the last
@@ -182,6 +208,7 @@ def infer_unet_config(shapes: dict[str, tuple[int, ...]], sd2: bool | None = Non
         "num_head_channels": 64 if sd2 else -1,
         "context_dim": context_dim,
         "use_linear_in_transformer": linear,
+        **({"adm_in_channels": label[1]} if label else {}),
     }
 
 
@@ -204,8 +231,12 @@ def infer_vae_config(shapes: dict[str, tuple[int, ...]]) -> dict:
     }
 
 
-def infer_text_config(shapes: dict[str, tuple[int, ...]], openclip: bool, act: str) -> dict:
-    """Text encoder config from shapes with the `cond_stage_model.transformer.` / `.model.` prefix stripped."""
+def infer_text_config(shapes: dict[str, tuple[int, ...]], openclip: bool, act: str, projection: bool = False) -> dict:
+    """Text encoder config from shapes with the `cond_stage_model.transformer.` / `.model.` prefix stripped. With
+    `projection` (SDXL's bigG, whose pooled output is used), its `text_projection` gives `projection_dim`: OpenCLIP
+    stores it [width, dim], HF as a Linear; SD2 ignores its own."""
+    projection = shapes.get("text_projection" if openclip else "text_projection.weight") if projection else None
+    shapes = {k: v for k, v in shapes.items() if not k.startswith("text_projection")}
     if openclip:
         tok = _need(shapes, "token_embedding.weight", "OpenCLIP text encoder")
         pos = _need(shapes, "positional_embedding", "OpenCLIP text encoder")
@@ -225,23 +256,34 @@ def infer_text_config(shapes: dict[str, tuple[int, ...]], openclip: bool, act: s
         "intermediate_size": fc1[0],
         "max_positions": pos[0],
         "act": act,
+        **({} if projection is None else {"projection_dim": projection[1 if openclip else 0]}),
     }
 
 
-def _count(shapes: dict[str, tuple[int, ...]]) -> int:
-    """Parameters the network loads: the position_ids buffer and OpenCLIP's unused projection are not counted."""
-    unused = ("position_ids", "text_projection", "logit_scale")
+def openclip_skip(config: dict) -> int:
+    """The layer skip of an OpenCLIP tower whose penultimate layer a model uses (SD2, SDXL's bigG): 1 where the
+    whole tower is there, 0 where its last layer is missing (`OPENCLIP_FULL_DEPTH`), so the same layer is used."""
+    full = OPENCLIP_FULL_DEPTH.get(config["hidden_size"], config["num_layers"])
+    return 1 if config["num_layers"] >= full else 0
+
+
+def _count(shapes: dict[str, tuple[int, ...]], projection: bool = False) -> int:
+    """Parameters the network loads: the position_ids buffer and OpenCLIP's logit scale are not counted, nor SD2's
+    unused projection (`projection`: SDXL's bigG uses its own)."""
+    unused = ("position_ids", "logit_scale") + (() if projection else ("text_projection",))
     return sum(math.prod(s) for k, s in shapes.items() if not k.endswith(unused))
 
 
 def infer_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
-    """Family and network configs of a single-file SD1/SD2 checkpoint (full LDM keys -> shapes).
+    """Family and network configs of a single-file checkpoint (full LDM keys -> shapes).
 
     Rules: context width 1024 -> SD2, 768 -> SD1 (other widths, i.e. tiny test models: linear proj_in -> SD2);
-    9 UNet input channels -> inpainting; OpenCLIP text keys -> penultimate layer (text_skip 1), whereas an SD2 text
-    encoder already in HF names (diffusers folders keep 23 of the 24 layers) uses its last layer (text_skip 0)."""
-    if any(k.startswith("conditioner.embedders.") for k in shapes):
-        raise ValueError("unsupported checkpoint: SDXL-style 'conditioner.embedders.*' text encoders")
+    9 UNet input channels -> inpainting; OpenCLIP text keys -> penultimate layer (text_skip 1; a tower missing its last
+    layer, as files converted back from diffusers folders: its last, `openclip_skip`), whereas an SD2 text encoder
+    already in HF names (diffusers folders keep 23 of the 24 layers) uses its last layer (text_skip 0).
+    `conditioner.embedders.*` text keys: SDXL (`infer_sdxl_config`)."""
+    if any(k.startswith(SDXL_TEXT_PREFIX) for k in shapes):
+        return infer_sdxl_config(shapes)
     unet_shapes = _sub(shapes, UNET_PREFIX)
     vae_shapes = _sub(shapes, VAE_PREFIX)
     hf_shapes = _sub(shapes, HF_TEXT_PREFIX)
@@ -273,9 +315,78 @@ def infer_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
         unet=unet,
         vae=infer_vae_config(vae_shapes),
         text=text,
-        text_skip=1 if openclip else 0,
+        text_skip=openclip_skip(text) if openclip else 0,
         pad_token=0 if sd2 else 49407,
         inpainting=inpainting,
         text_format="openclip" if openclip else "hf",
         params={"unet": _count(unet_shapes), "vae": _count(vae_shapes), "text": _count(oc_shapes or hf_shapes)},
+    )
+
+
+def _sdxl_towers(shapes: dict[str, tuple[int, ...]]) -> list[tuple[dict, bool]]:
+    """(shapes, OpenCLIP names?) of each `conditioner.embedders.N` text tower, in order."""
+    towers = []
+    for n in _indices(shapes, re.escape(SDXL_TEXT_PREFIX) + r"(\d+)\."):
+        hf, oc = (_sub(shapes, f"{SDXL_TEXT_PREFIX}{n}.{kind}.") for kind in ("transformer", "model"))
+        if not (hf or oc):
+            raise ValueError(f"unsupported SDXL text encoder at {SDXL_TEXT_PREFIX}{n}.* (no transformer.* or model.*)")
+        towers.append((oc or hf, bool(oc)))
+    return towers
+
+
+def infer_sdxl_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
+    """SDXL base / inpaint (two towers: CLIP ViT-L, then OpenCLIP ViT-bigG) or refiner (bigG alone), from shapes.
+
+    Context = the towers' widths added; `y` = the bigG's projection width + 6 size numbers (base) or 5 (refiner:
+    original size, crop, aesthetic score), each `size_embed_dim` wide; the UNet's `label_emb` must take exactly that.
+    Both towers give their penultimate layer without the final norm (an OpenCLIP bigG missing its last layer: its
+    last, `openclip_skip`); CLIP-L pads with end-of-text, bigG with 0."""
+    unet_shapes, vae_shapes = _sub(shapes, UNET_PREFIX), _sub(shapes, VAE_PREFIX)
+    towers = _sdxl_towers(shapes)
+    if not unet_shapes or not vae_shapes:
+        missing = [p for p, part in ((UNET_PREFIX, unet_shapes), (VAE_PREFIX, vae_shapes)) if not part]
+        raise ValueError("not a Stable Diffusion XL checkpoint: no " + ", no ".join(f"{p}*" for p in missing))
+    if len(towers) not in (1, 2):
+        raise ValueError(f"unsupported SDXL checkpoint: {len(towers)} text encoders (base: 2, refiner: 1)")
+    configs = [
+        infer_text_config(tower, openclip, "quick_gelu" if len(towers) == 2 and n == 0 else "gelu", projection=True)
+        for n, (tower, openclip) in enumerate(towers)
+    ]
+    skips = [openclip_skip(c) if openclip else 1 for c, (_, openclip) in zip(configs, towers, strict=True)]
+    unet = infer_unet_config(unet_shapes, sd2=True)
+    width = sum(c["hidden_size"] for c in configs)
+    if width != unet["context_dim"]:
+        raise ValueError(
+            f"SDXL text encoders are {' + '.join(str(c['hidden_size']) for c in configs)} wide, the UNet's context "
+            f"{unet['context_dim']}: a text encoder is missing or from another model"
+        )
+    pooled, numbers = configs[-1].get("projection_dim", 0), 5 if len(towers) == 1 else 6
+    if not pooled:
+        raise ValueError(f"SDXL text encoder {SDXL_TEXT_PREFIX}{len(towers) - 1}: no text_projection")
+    adm = unet.get("adm_in_channels", 0)
+    if not adm or (adm - pooled) <= 0 or (adm - pooled) % numbers:
+        raise ValueError(f"SDXL UNet label_emb takes {adm} numbers, not {pooled} + {numbers} size embeddings")
+    inpainting = unet["in_channels"] == 9
+    family = "sdxl-refiner" if len(towers) == 1 else "sdxl-inpaint" if inpainting else "sdxl"
+    return ModelConfig(
+        family=family,
+        unet=unet,
+        vae=infer_vae_config(vae_shapes),
+        text=configs[0],
+        latent_scale=SDXL_LATENT_SCALE,
+        prediction="v" if "v_pred" in shapes else "eps",
+        text_skip=skips[0],
+        pad_token=49407 if len(towers) == 2 else 0,
+        inpainting=inpainting,
+        text_format="sdxl",
+        params={
+            "unet": _count(unet_shapes),
+            "vae": _count(vae_shapes),
+            "text": sum(_count(tower, projection=True) for tower, _ in towers),
+        },
+        text_encoders=configs,
+        text_skips=skips,
+        pad_tokens=[49407 if len(towers) == 2 and n == 0 else 0 for n in range(len(towers))],
+        size_embed_dim=(adm - pooled) // numbers,
+        aesthetic=len(towers) == 1,
     )

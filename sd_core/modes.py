@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import embeddings, extra_networks, hires, images, inpainting, masks, resize, tiling
+from . import embeddings, extra_networks, hires, images, inpainting, masks, resize, sdxl, tiling
 from .noise import image_seeds, image_subseeds, start_noise
 from .pnginfo import format_parameters
 from .progress import Callback, LastStep, in_phase
@@ -47,6 +47,7 @@ def generate(
     arr = None if image is None else images.to_rgb_array(image)
     size = None if arr is None else (arr.shape[1], arr.shape[0])
     s = settings.resolve(mode, pipe.defaults, size)
+    sdxl.check_settings(s, pipe.config, mode)
     if mode == "inpaint" and s.resize_mode != "resize":  # the fitted picture and mask become the input
         assert arr is not None
         arr, mask = _fit(arr, s), _fit(images.to_mask_array(mask), s)
@@ -56,8 +57,9 @@ def generate(
     networks = pipe.extra_networks.activate(s, compiled=pipe.accel.compiled_unet is not None)
     generators = _generators(s)
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
-    text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip, tags=s.extra_networks)
-    with tiling.seamless([pipe.unet, pipe.vae], s.tiling):
+    text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip, s.empty_negative, tags=s.extra_networks)
+    refiner = [] if s.refiner is None else [s.refiner.unet]
+    with tiling.seamless([pipe.unet, pipe.vae, *refiner], s.tiling):
         if region is not None:
             latents = _inpaint(pipe, s, region, text, generators, steps)
         elif arr is not None:
@@ -152,7 +154,8 @@ def _hires(
     if second.strength is None:  # hires strength 0: A1111's second pass samples nothing
         return init
     if (second.prompt, second.negative_prompt) != (s.prompt, s.negative_prompt):
-        text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip, tags=second.extra_networks)
+        negative, skip = second.negative_prompt, second.clip_skip
+        text = pipe.encode_prompt(second.prompt, negative, skip, second.empty_negative, tags=second.extra_networks)
     return img2img_latents(pipe, second, init, text, generators, callback)
 
 
@@ -217,6 +220,16 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
         )
     if s.clip_skip != 1:
         fields["Clip skip"] = s.clip_skip
+    if s.refiner is not None:  # A1111's fields
+        fields["Refiner"] = s.refiner.name
+        fields["Refiner switch at"] = 0.8 if s.refiner_switch_at is None else s.refiner_switch_at
+    for name, label in (("original_size", "original size"), ("crops_coords_top_left", "crop"),
+                        ("target_size", "target size")):  # fmt: skip
+        if getattr(s, name) is not None:
+            fields[f"SDXL {label}"] = "{}x{}".format(*getattr(s, name))
+    for name, label in (("aesthetic_score", "Aesthetic score"), ("negative_aesthetic_score", "Negative aesthetic")):
+        if getattr(s, name) is not None:
+            fields[label] = getattr(s, name)
     if s.tiling:
         fields["Tiling"] = s.tiling
     if s.initial_noise_multiplier != 1.0:

@@ -7,6 +7,7 @@ are public methods, composed per mode by `sd_core.modes`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -14,9 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import embeddings, images, limits, masks, modes, tiled_denoising, tiling
+from . import embeddings, images, limits, masks, modes, sdxl, tiled_denoising, tiling
 from .accel import Accelerator
-from .denoiser import GuidedDenoiser, InpaintBlend
+from .denoiser import GuidedDenoiser, Handoff, InpaintBlend
 from .errors import Interrupted
 from .extra_networks import ExtraNetworks
 from .lora.tags import strip_tags
@@ -62,7 +63,7 @@ class StableDiffusion:
 
     @property
     def family(self) -> str:
-        """The model family: "sd1", "sd2", "sd1-inpaint", "sd2-inpaint"."""
+        """The model family: "sd1", "sd2", "sd1-inpaint", "sd2-inpaint", "sdxl", "sdxl-refiner", "sdxl-inpaint"."""
         return self.config.family
 
     # --- the entry point and the four modes ---------------------------------------------------------------------
@@ -143,19 +144,42 @@ class StableDiffusion:
 
     @torch.inference_mode()
     def encode_prompt(
-        self, prompt: str, negative_prompt: str = "", clip_skip: int = 1, *, tags: bool = True
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        clip_skip: int = 1,
+        empty_negative: str | None = None,
+        *,
+        tags: bool = True,
     ) -> tuple[torch.Tensor, ...]:
         """Text embeddings (cond, uncond) with A1111 emphasis; both padded to the same number of 77-token chunks.
+        SDXL models add their pooled outputs: (cond, uncond, pooled, pooled_uncond) (`sd_core.sdxl`).
 
-        `clip_skip` follows A1111: 1 = the model's usual layer, 2 = one layer earlier, ... The prompt's LoRA tags
+        `clip_skip` follows A1111: 1 = the model's usual layer, 2 = one layer earlier, ... `empty_negative`: for an
+        empty `negative_prompt`, "zeros" gives all-zero uncond embeddings, "encode" the encoded empty text; None: the
+        model's rule (`sdxl.empty_negative`: zeros for SDXL as A1111, encoded for SD1/SD2). The prompt's LoRA tags
         (`<lora:...>`) are taken out (generations apply them: `extra_networks`); the negative prompt's stay text, as
-        in A1111 (`tags=False`: the prompt's too). Textual-inversion embeddings of the model's folders are used by name
-        in both (`sd_core.embeddings`).
+        in A1111 (`tags=False`: the prompt's too). SD1/SD2: textual-inversion embeddings of the model's folders are
+        used by name in both (`sd_core.embeddings`).
         """
         limits.check_prompt("prompt", prompt)
         limits.check_prompt("negative_prompt", negative_prompt)
         limits.check_int("clip_skip", clip_skip, limits.MIN_CLIP_SKIP, limits.MAX_CLIP_SKIP)
-        (tokens_c, weights_c, fixes_c), (tokens_u, weights_u, fixes_u) = self._tokenize(prompt, negative_prompt, tags)
+        if empty_negative is not None:
+            limits.check_choice("empty_negative", empty_negative, limits.EMPTY_NEGATIVE)
+        prompt = strip_tags(prompt) if tags else prompt
+        if self.config.sdxl:
+            text: tuple[torch.Tensor, ...] = sdxl.encode_prompt(self, prompt, negative_prompt, clip_skip)
+        else:
+            text = self._encode_prompt(prompt, negative_prompt, clip_skip)
+        if negative_prompt == "" and sdxl.empty_negative(empty_negative, self.config) == "zeros":
+            # the uncond halves: text [1] and (SDXL) pooled output [3]
+            text = tuple(torch.zeros_like(t) if n % 2 else t for n, t in enumerate(text))
+        return text
+
+    def _encode_prompt(self, prompt: str, negative_prompt: str, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """SD1/SD2: one CLIP tower, textual-inversion vectors written into its token embeddings."""
+        (tokens_c, weights_c, fixes_c), (tokens_u, weights_u, fixes_u) = self._tokenize(prompt, negative_prompt)
         skip = self.config.text_skip + clip_skip - 1
         token_embedding = self.text_encoder.text_model.embeddings.token_embedding
 
@@ -174,29 +198,31 @@ class StableDiffusion:
             encode_with_weights(encoder(fixes_u), tokens_u, weights_u),
         )
 
-    def _tokenize(self, prompt: str, negative_prompt: str, tags: bool = True) -> tuple[tuple, tuple]:
-        """(ids, weights, embedding fixes) of the prompt (LoRA tags out) and the negative prompt, padded to the same
-        number of chunks."""
+    def _tokenize(self, prompt: str, negative_prompt: str) -> tuple[tuple, tuple]:
+        """(ids, weights, embedding fixes) of the prompt and the negative prompt (SD1/SD2), padded to the same number
+        of chunks."""
         pad = self.config.pad_token
-        lookup = self.extra_networks.embeddings.lookup(self.config.text["hidden_size"], self.tokenizer)
+        lookup = self.extra_networks.embeddings.lookup(self.config.text_width, self.tokenizer)
 
         def tokenize(text: str, chunks: int) -> tuple:
             return tokenize_prompt_with_embeddings(
                 text, self.tokenizer, pad_token=pad, min_chunks=chunks, embeddings=lookup or None
             )
 
-        text = strip_tags(prompt) if tags else prompt
-        cond = tokenize(text, 1)
+        cond = tokenize(prompt, 1)
         uncond = tokenize(negative_prompt, len(cond[0]))
         if len(uncond[0]) > len(cond[0]):
-            cond = tokenize(text, len(uncond[0]))
+            cond = tokenize(prompt, len(uncond[0]))
         return cond, uncond
 
     def prompt_embeddings(
         self, prompt: str, negative_prompt: str = "", *, tags: bool = True
     ) -> list[embeddings.Embedding]:
-        """The textual-inversion embeddings the two prompts use (for A1111's `TI hashes`)."""
-        (_, _, fixes_c), (_, _, fixes_u) = self._tokenize(prompt, negative_prompt, tags)
+        """The textual-inversion embeddings the two prompts use (for A1111's `TI hashes`; none yet for SDXL, whose
+        `clip_l`/`clip_g` embeddings are not read yet)."""
+        if self.config.sdxl:
+            return []
+        (_, _, fixes_c), (_, _, fixes_u) = self._tokenize(strip_tags(prompt) if tags else prompt, negative_prompt)
         return embeddings.used(fixes_c + fixes_u)
 
     @torch.inference_mode()
@@ -257,7 +283,8 @@ class StableDiffusion:
         extra: torch.Tensor | None = None,
         blend_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sample latents for resolved `settings` with `text` = (cond, uncond); returns VP latents on the CPU.
+        """Sample latents for resolved `settings` with `text` = (cond, uncond) (SDXL: and their pooled outputs, made
+        into the UNet's vectors for this size, `sdxl.vectors`); returns VP latents on the CPU.
 
         From pure noise (no `init`, or strength 1) or from `init` noised to the strength's level: the last steps of
         a sigma schedule run (`GenerationSettings.denoising_steps`: diffusers' rule, the last `int(steps * strength)`
@@ -285,22 +312,20 @@ class StableDiffusion:
             x = noise * choice.initial_noise_scale(sigmas)
         else:
             x = init + noise * sigmas[0]
-        cond, uncond = text
         steps_seen, end = LastStep(callback), sigmas[-1:]
-        with self.accel.sampling(self.unet) as sampling:
-            denoiser = GuidedDenoiser(
-                sampling.unet,
-                self.noise_schedule,
-                self.config.prediction,
-                cond.to(self.device),
-                uncond.to(self.device),
-                settings.cfg_scale,
-                extra=None if extra is None else extra.to(self.device),
-                blend=None if blend_mask is None else InpaintBlend(blend_mask, init, noise).to(self.device),
-            )
-            if settings.tile is not None:
-                tile = settings.tile.resolve(self.defaults)
-                denoiser = tiled_denoising.wrap(denoiser, tile, x.shape, settings.tiling, self.unet, self.device)
+        blend = None if blend_mask is None else InpaintBlend(blend_mask, init, noise).to(self.device)
+        with contextlib.ExitStack() as stack:
+            sampling = stack.enter_context(self.accel.sampling(self.unet))
+            denoiser = self.guided_denoiser(sampling.unet, settings, text, x.shape, extra=extra, blend=blend)
+            refiner = settings.refiner
+            if refiner is not None:  # A1111's refiner: its own text, vectors and speed levers
+                text_r = refiner.encode_prompt(
+                    settings.prompt, settings.negative_prompt, settings.clip_skip, settings.empty_negative
+                )
+                unet_r = stack.enter_context(refiner.accel.sampling(refiner.unet)).unet
+                switch_at = 0.8 if settings.refiner_switch_at is None else settings.refiner_switch_at
+                second = refiner.guided_denoiser(unet_r, settings, text_r, x.shape)
+                denoiser = Handoff(denoiser, second, self.noise_schedule, switch_at)
             with torch.inference_mode():
                 try:
                     x = choice.fn(
@@ -319,3 +344,36 @@ class StableDiffusion:
                 if denoiser.blend is not None:
                     x = denoiser.blend.apply(x, end.to(x.device).expand(x.shape[0]))
         return (x / math.sqrt(1.0 + float(end) ** 2)).float().cpu()
+
+    def guided_denoiser(
+        self,
+        unet: torch.nn.Module,
+        settings: GenerationSettings,
+        text: tuple[torch.Tensor, ...],
+        shape: tuple[int, ...],
+        *,
+        extra: torch.Tensor | None = None,
+        blend: InpaintBlend | None = None,
+    ) -> Any:
+        """This model's guided denoiser over `unet` (its sampling context's) for latents of `shape`: the text
+        (SDXL: with the vectors for this size), CFG, `extra` input channels, the inpainting blend, tiles."""
+        cond, uncond, *pooled = text
+        vectors = None
+        if pooled:
+            h, w = shape[-2] * 8, shape[-1] * 8
+            vectors = tuple(v.to(self.device) for v in sdxl.vectors(self.config, settings, *pooled, h, w))
+        denoiser: Any = GuidedDenoiser(
+            unet,
+            self.noise_schedule,
+            self.config.prediction,
+            cond.to(self.device),
+            uncond.to(self.device),
+            settings.cfg_scale,
+            extra=None if extra is None else extra.to(self.device),
+            blend=blend,
+            vectors=vectors,
+        )
+        if settings.tile is not None:
+            tile = settings.tile.resolve(self.defaults)
+            denoiser = tiled_denoising.wrap(denoiser, tile, shape, settings.tiling, self.unet, self.device)
+        return denoiser

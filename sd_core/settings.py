@@ -249,6 +249,19 @@ class GenerationSettings:
     hires: HiresOptions | None = None
     fixed_steps: bool = False
     tile: TileOptions | None = None
+    # SDXL's size conditioning (`sd_core.sdxl`): (height, width) and (top, left) as diffusers; None: the size made
+    # and (0, 0); the refiner's aesthetic scores (None: 6.0 and 2.5). `empty_negative`: what an empty negative prompt
+    # means, "zeros" (A1111 for SDXL) or "encode" (the empty text); None: the model's rule (`sdxl.empty_negative`)
+    original_size: tuple[int, int] | None = None
+    crops_coords_top_left: tuple[int, int] | None = None
+    target_size: tuple[int, int] | None = None
+    aesthetic_score: float | None = None
+    negative_aesthetic_score: float | None = None
+    empty_negative: str | None = None
+    # A1111's refiner: another loaded pipeline (`StableDiffusion`) that takes over the same latents once the sampled
+    # fraction of the noise schedule reaches `refiner_switch_at` (None: 0.8); txt2img and img2img
+    refiner: Any = None
+    refiner_switch_at: float | None = None
     # LoRAs besides the prompt's `<lora:...>` tags (`sd_core.lora`): {name in the LoRA folders, or file path: weight
     # or (text encoder weight, UNet weight)}; kept as a tuple of `LoraTag`
     loras: Any = ()
@@ -289,6 +302,18 @@ class GenerationSettings:
             raise limits.SettingError(counted, f"image k of a batch has the {counted} {counted} + k: {last}")
         set_field(self, "tiling", limits.tiling_axes(self.tiling))
         _check_hires_options(self)
+        for name in ("original_size", "crops_coords_top_left", "target_size"):
+            low = 0 if name == "crops_coords_top_left" else 1
+            set_field(self, name, limits.check_pair(name, getattr(self, name), low, limits.MAX_SIDE))
+        for name in ("aesthetic_score", "negative_aesthetic_score"):
+            if getattr(self, name) is not None:
+                limits.check_number(name, getattr(self, name), 0.0, limits.MAX_AESTHETIC_SCORE)
+        if self.empty_negative is not None:
+            limits.check_choice("empty_negative", self.empty_negative, limits.EMPTY_NEGATIVE)
+        if self.refiner_switch_at is not None:
+            if self.refiner is None:
+                raise limits.SettingError("refiner_switch_at", "refiner_switch_at needs a refiner")
+            limits.check_number("refiner_switch_at", self.refiner_switch_at, 0.0, 1.0, low_open=True)
         set_field(self, "loras", check_loras(self.loras))
         if not isinstance(self.extra_networks, bool):
             raise limits.SettingError(

@@ -17,7 +17,7 @@ from torch import nn
 
 
 class GraphedUNet(nn.Module):
-    """`unet(x, t, context)` with each input signature (shapes, dtypes) captured once and replayed after.
+    """`unet(x, t, context[, y])` with each input signature (shapes, dtypes) captured once and replayed after.
 
     `max_graphs` bounds the memory: a further signature runs eagerly. Only for CUDA tensors, and no state in the UNet
     that changes between steps. Weights moved between calls (a callback decoding with the VAE under `LowVRAM` sends
@@ -44,8 +44,10 @@ class GraphedUNet(nn.Module):
         """Whether a weight was moved or replaced since `remember_weights` (e.g. offloaded and brought back)."""
         return [w.data_ptr() for w in self._weights] != self._pointers
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        inputs = [x, torch.as_tensor(t, device=x.device), context]
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        inputs = [x, torch.as_tensor(t, device=x.device), context] + ([] if y is None else [y])
         if self.graphs and self.weights_moved():
             self.graphs.clear()  # their pool goes with them
             self.pool = None

@@ -28,11 +28,13 @@ def unet_flops(
         x = torch.zeros(batch // contexts_per_row, unet.config["in_channels"], height // 8, width // 8)
         t = torch.zeros(batch // contexts_per_row)
         context = torch.zeros(batch, context_tokens, unet.config["context_dim"])
+        adm = unet.config["adm_in_channels"]
+        extra = [torch.zeros(batch, adm)] if adm else []  # SDXL's vector
         with unet.reusing_text_projections():  # the first call inside projects the text, as any call outside
             if text_once:
-                unet(x, t, context)  # the run's first step
+                unet(x, t, context, *extra)  # the run's first step
             with FlopCounterMode(display=False) as counter:
-                unet(x, t, context)
+                unet(x, t, context, *extra)
     return int(counter.get_total_flops())
 
 

@@ -72,7 +72,9 @@ OTHER_FAMILIES: dict[str, str] = {
 def family_keys(family: str) -> FamilyKeys:
     base = family.split("-")[0]
     if base not in FAMILIES:
-        raise ValueError(f"LoRA files are not supported for the {family!r} model family")
+        from .files import LoraError
+
+        raise LoraError(f"LoRA files are not supported for {family} models yet (only {', '.join(FAMILIES)})")
     return FAMILIES[base]
 
 

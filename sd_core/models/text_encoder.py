@@ -2,7 +2,8 @@
 
 Attribute names are Hugging Face CLIP names (`text_model.encoder.layers.N.self_attn.q_proj`, ...): the SD1 single-file
 keys with `cond_stage_model.transformer.` stripped. SD2 files store OpenCLIP names with a fused q/k/v projection;
-`openclip_to_hf` renames them (the split is three row views of the fused tensor, so no weight is copied).
+`openclip_to_hf` renames them (the split is three row views of the fused tensor, so no weight is copied). SDXL's
+OpenCLIP ViT-bigG also keeps its `text_projection` (HF `CLIPTextModelWithProjection`'s), for the pooled output.
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ from torch import nn
 from .attention import attention
 from .layers import add_residual
 
+EOS_TOKEN = 49407
+
 
 def text_config(config: dict) -> dict:
     """Complete a text encoder config. Keys: vocab_size (49408), hidden_size, num_layers, num_heads, intermediate_size,
-    max_positions (77), act ("quick_gelu" for OpenAI CLIP / SD1, "gelu" for OpenCLIP / SD2)."""
+    max_positions (77), act ("quick_gelu" for OpenAI CLIP / SD1, "gelu" for OpenCLIP / SD2), projection_dim (0: no
+    `text_projection`; SDXL's bigG 1280)."""
     cfg = dict(config)
     cfg.setdefault("vocab_size", 49408)
     cfg.setdefault("max_positions", 77)
     cfg.setdefault("num_heads", cfg["hidden_size"] // 64)
     cfg.setdefault("intermediate_size", cfg["hidden_size"] * 4)
+    cfg["projection_dim"] = int(cfg.get("projection_dim") or 0)
     if cfg.setdefault("act", "quick_gelu") not in ("quick_gelu", "gelu"):
         raise ValueError(f"text encoder config: unknown activation {cfg['act']!r}")
     return cfg
@@ -110,6 +115,8 @@ class CLIPTextEncoder(nn.Module):
         super().__init__()
         self.config = text_config(config)
         self.text_model = TextTransformer(self.config)
+        width, projection = self.config["hidden_size"], self.config["projection_dim"]
+        self.text_projection = nn.Linear(width, projection, bias=False) if projection else None
 
     def forward(self, tokens: torch.Tensor, skip: int = 0, token_embeds: torch.Tensor | None = None) -> torch.Tensor:
         layers = self.text_model.encoder.layers
@@ -119,6 +126,31 @@ class CLIPTextEncoder(nn.Module):
         for layer in layers[: len(layers) - skip]:
             x = layer(x)
         return self.text_model.final_layer_norm(x)
+
+    def hidden_and_pooled(
+        self, tokens: torch.Tensor, skip: int, pooled: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SDXL's use of a tower: `hidden_states[-(1 + skip)]` *without* the final layer norm, and (`pooled`) the
+        projected pooled output: `text_projection(final_layer_norm(last layer)[first end-of-text token])`, which
+        needs every layer to run. Output dtype = the weights' dtype."""
+        layers = self.text_model.encoder.layers
+        if not 0 <= skip < len(layers):
+            raise ValueError(f"skip must be in [0, {len(layers) - 1}], got {skip}")
+        if pooled and self.text_projection is None:
+            raise ValueError("this text encoder has no text_projection: it has no pooled output")
+        x = self.text_model.embeddings(tokens)
+        hidden = None
+        for n, layer in enumerate(layers if pooled else layers[: len(layers) - skip]):
+            x = layer(x)
+            if n == len(layers) - 1 - skip:
+                hidden = x
+        assert hidden is not None
+        if not pooled:
+            return hidden, None
+        eos = (tokens == EOS_TOKEN).int().argmax(dim=-1)  # the first end-of-text token (transformers' rule)
+        last = self.text_model.final_layer_norm(x)[torch.arange(x.shape[0], device=x.device), eos.to(x.device)]
+        assert self.text_projection is not None
+        return hidden, self.text_projection(last)
 
 
 # --- key conversions -------------------------------------------------------------------------------------------------
@@ -170,9 +202,10 @@ def _rename_layers(
     return out
 
 
-def openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SD2 OpenCLIP text keys (`cond_stage_model.model.` stripped) -> HF CLIP names. The fused `attn.in_proj_*` is
-    split into q/k/v row views (no copy); `text_projection`, `logit_scale` (unused by SD) are dropped."""
+def openclip_to_hf(sd: dict[str, torch.Tensor], *, projection: bool = False) -> dict[str, torch.Tensor]:
+    """OpenCLIP text keys (`cond_stage_model.model.` stripped) -> HF CLIP names. The fused `attn.in_proj_*` is
+    split into q/k/v row views (no copy); `logit_scale` is dropped, and `text_projection` too unless `projection`
+    (SDXL's bigG): OpenCLIP computes `x @ P`, so the HF Linear weight is P transposed (a view)."""
 
     def split_qkv(out: dict, prefix: str, name: str, kind: str, value: torch.Tensor) -> bool:
         if name != "attn.in_proj":
@@ -186,14 +219,17 @@ def openclip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for key, value in sd.items()
         if key not in _OPENCLIP_DROPPED
     }
-    return _rename_layers(
+    out = _rename_layers(
         kept, _OPENCLIP_TOP, _RESBLOCK, "text_model.encoder.layers.{}.", _OPENCLIP_LAYER, split_qkv, "openclip_to_hf"
     )
+    if projection and "text_projection" in sd:
+        out["text_projection.weight"] = sd["text_projection"].t()
+    return out
 
 
 def hf_to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF CLIP names -> SD2 OpenCLIP keys (inverse of `openclip_to_hf`; q/k/v are concatenated, which copies).
-    `text_projection` and `logit_scale` cannot be recovered and are not produced."""
+    `logit_scale` cannot be recovered and is not produced; `text_projection` is, where the HF model has one."""
     sd = normalize_hf_keys(sd)
 
     def join_qkv(out: dict, prefix: str, name: str, kind: str, value: torch.Tensor) -> bool:
@@ -207,7 +243,11 @@ def hf_to_openclip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
     top = {hf: oc for oc, hf in _OPENCLIP_TOP.items()}
     names = {hf: oc for oc, hf in _OPENCLIP_LAYER.items()}
-    return _rename_layers(sd, top, _HF_LAYER, "transformer.resblocks.{}.", names, join_qkv, "hf_to_openclip")
+    projection = sd.pop("text_projection.weight", None)
+    out = _rename_layers(sd, top, _HF_LAYER, "transformer.resblocks.{}.", names, join_qkv, "hf_to_openclip")
+    if projection is not None:  # SDXL's bigG: OpenCLIP stores P with x @ P
+        out["text_projection"] = projection.t().contiguous()
+    return out
 
 
 def normalize_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -215,6 +255,9 @@ def normalize_hf_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     and sometimes with the `position_ids` buffer; return the names `CLIPTextEncoder` expects."""
     out = {}
     for key, value in sd.items():
+        if key == "text_projection.weight":
+            out[key] = value
+            continue
         if not key.startswith("text_model."):
             key = "text_model." + key
         if key == "text_model.embeddings.position_ids":

@@ -1,8 +1,10 @@
-"""The SD1/SD2 denoising UNet in the original CompVis/LDM layout.
+"""The SD1/SD2/SDXL denoising UNet in the original CompVis/LDM layout.
 
 Attribute names are the single-file checkpoint keys with `model.diffusion_model.` stripped, so a checkpoint loads with
 one strict `load_state_dict`. The config is a small dict (see `sd_core.model_config.SD15_UNET`); per-level block counts
 and transformer depths are lists so distilled variants (BK-SDM: fewer ResBlocks, no middle block) fit the same code.
+SDXL adds `label_emb` (`adm_in_channels` > 0): a vector `y` (pooled text and size embeddings) mapped to the width of the
+timestep embedding and added to it, as the original `sgm` UNet does.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def unet_config(config: dict) -> dict:
     Keys: in_channels, out_channels, model_channels, channel_mult, num_res_blocks, transformer_depth, context_dim,
     num_heads / num_head_channels (-1 = unused; SD1 has 8 heads, SD2 64-channel heads), use_linear_in_transformer,
     optional: num_res_blocks_output, transformer_depth_output (per level, level order), mid_block (bool, default True),
-    transformer_depth_middle (int, default 1; 0 = two ResBlocks and no transformer)."""
+    transformer_depth_middle (int, default 1; 0 = two ResBlocks and no transformer), adm_in_channels (int, default
+    0: no `label_emb`; SDXL 2816, its refiner 2560)."""
     cfg = dict(config)
     levels = len(cfg["channel_mult"])
     cfg["channel_mult"] = [int(m) for m in cfg["channel_mult"]]
@@ -47,6 +50,7 @@ def unet_config(config: dict) -> dict:
     cfg.setdefault("num_heads", -1)
     cfg.setdefault("num_head_channels", -1)
     cfg.setdefault("use_linear_in_transformer", False)
+    cfg["adm_in_channels"] = int(cfg.get("adm_in_channels") or 0)
     # every input block leaves one skip tensor, every output block takes one
     if sum(cfg["num_res_blocks_output"]) != sum(cfg["num_res_blocks"]) + levels:
         raise ValueError("UNet config: output blocks must consume exactly the skip connections of the input blocks")
@@ -224,6 +228,7 @@ class Block(nn.ModuleList):
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, size: torch.Size | None = None):
         for layer in self:
             if isinstance(layer, ResBlock):
+                x = tile_batch(x, emb.shape[0]) if emb.shape[0] > x.shape[0] else x  # SDXL: per-context emb
                 x = layer(x, emb if emb.shape[0] == 1 else tile_batch(emb, x.shape[0]))
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
@@ -275,6 +280,11 @@ class UNetModel(nn.Module):
             return SpatialTransformer(ch, heads, dim_head, depth, cfg["context_dim"], cfg["use_linear_in_transformer"])
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        if cfg["adm_in_channels"]:
+            adm = cfg["adm_in_channels"]
+            self.label_emb = nn.Sequential(nn.Sequential(nn.Linear(adm, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
+        else:
+            self.label_emb = None
 
         self.input_blocks = nn.ModuleList([Block([nn.Conv2d(cfg["in_channels"], mc, 3, padding=1)])])
         skip_channels = [mc]
@@ -331,7 +341,10 @@ class UNetModel(nn.Module):
             for m in layers:
                 m._text_kv = None
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor | float, context: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`y` [1 or context rows, adm_in_channels]: SDXL's vector (required exactly when the model has `label_emb`)."""
         dtype = self.time_embed[0].weight.dtype
         t = torch.as_tensor(timesteps, device=x.device)
         if t.ndim == 0:
@@ -339,6 +352,13 @@ class UNetModel(nn.Module):
         if self.share_timestep_embedding and t.shape[0] > 1 and bool((t == t[0]).all()):
             t = t[:1]  # one shared timestep (CFG halves, a batch): one embedding row for all
         emb = self.time_embed(timestep_embedding(t, self.config["model_channels"]).to(dtype))
+        if (y is None) != (self.label_emb is None):
+            raise ValueError("the UNet takes a vector y exactly when it has label_emb (SDXL)")
+        if y is not None:
+            label = self.label_emb(y.to(dtype))
+            if 1 not in (emb.shape[0], label.shape[0]):
+                emb = tile_batch(emb, label.shape[0])  # [B] timesteps under k contexts: [emb, emb, ...]
+            emb = emb + label
         context = context.to(dtype)
         h = x.to(dtype)
         skips = []

@@ -52,6 +52,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._current = current
         self._loaded: tuple[ModelEntry, Any] | None = None
+        self._refiner: tuple[ModelEntry, Any] | None = None
 
     @property
     def current(self) -> ModelEntry:
@@ -82,9 +83,20 @@ class ModelManager:
         self._loaded = (entry, pipe)
         return pipe
 
+    def refiner(self, entry: ModelEntry) -> Any:
+        """The pipeline of a refiner checkpoint, kept beside the current one (the model itself when it is the same
+        file; another refiner replaces it). Worker thread only."""
+        if self._loaded is not None and self._loaded[0] == entry:
+            return self._loaded[1]
+        if self._refiner is None or self._refiner[0] != entry:
+            self._refiner = None
+            _free_device_memory()
+            self._refiner = (entry, self._load(entry))
+        return self._refiner[1]
+
     def unload(self) -> bool:
-        """Drop the pipeline from memory (the selection stays; the next job loads it again). Worker thread only."""
-        was_loaded, self._loaded = self._loaded is not None, None
+        """Drop the pipelines from memory (the selection stays; the next job loads it again). Worker thread only."""
+        was_loaded, self._loaded, self._refiner = self._loaded is not None, None, None
         _free_device_memory()
         return was_loaded
 
@@ -114,7 +126,7 @@ class ModelManager:
         from the file's header."""
         entry, loaded = self.current, self._loaded
         if loaded is not None and loaded[0] == entry:
-            return int(loaded[1].config.text["hidden_size"])
+            return int(loaded[1].config.text_width)
         import sd_core
 
         return sd_core.inspect_model(entry.path).text_width

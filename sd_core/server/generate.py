@@ -8,7 +8,7 @@ Seeds follow A1111: `seed` -1 picks a random one; batch `n` of `n_iter` starts a
 engine gives image k of a batch the seed + k (each image can be made again alone from the seed in its infotext). With
 several init images, each is its own engine call with seed + its index. With a variation (`subseed_strength` > 0)
 every image keeps `seed` and the subseed counts up instead (A1111's rule); `seed_resize_from_w/h` (both > 0) are
-floored to multiples of 8 and passed on. The sampler options follow A1111 v1.10 (`sampler_options`).
+floored to multiples of 8 and passed on. The sampler options follow A1111 v1.10 (`sampling_fields.sampler_options`).
 
 Interrupt and skip (A1111's): the step callback raises `sd_core.Interrupted`; the engine then finishes the batch being
 sampled from its latest clean estimate (those images carry `info["interrupted"]`; during hires fix's first pass, the
@@ -22,7 +22,6 @@ size, the images the hires size.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -30,10 +29,10 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits, samplers
+from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits
 from sd_core.pnginfo import format_parameters, parse_parameters
 
-from . import hires, refusals, sd_upscale, upscalers
+from . import hires, refusals, sampling_fields, sd_upscale, upscalers
 from .codec import png_b64
 from .engine import ModelManager
 from .errors import ApiError, invalid
@@ -67,8 +66,6 @@ REQUEST_FIELDS = {
     "hires_sampler": "hr_sampler_name",
     "hires_schedule": "hr_scheduler",
 }
-# A1111's default of each s_* option, the value that leaves a sampler as it is (s_tmax 0 also means infinity)
-S_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
 
 
 def setting_error(exc: limits.SettingError, sampler_field: str = "sampler_name") -> ApiError:
@@ -92,8 +89,9 @@ class Plan:
     ignored_fields: list[str]
     model: ModelEntry | None = None  # override_settings.sd_model_checkpoint
     images: Images | None = None
-    strength: float | None = None  # as requested (the engine may get a slightly higher one, see `_engine_strength`)
+    strength: float | None = None  # as requested (the engine may get a higher one: `sampling_fields.engine_strength`)
     upscale: sd_upscale.SdUpscale | None = None  # script_name "SD upscale"
+    refiner: ModelEntry | None = None  # refiner_checkpoint (SDXL's refiner, A1111's fields)
 
 
 @dataclass
@@ -146,64 +144,17 @@ def _check_pixels(
         )
 
 
-def _model(req: GenerationRequest, directory: ModelDirectory) -> ModelEntry | None:
-    overrides = req.override_settings or {}
-    if overrides.get(CHECKPOINT) is None:
+def _model(req: GenerationRequest, directory: ModelDirectory, refiner: bool = False) -> ModelEntry | None:
+    """The checkpoint of override_settings.sd_model_checkpoint (or with `refiner`, of refiner_checkpoint)."""
+    field, name = f"override_settings.{CHECKPOINT}", (req.override_settings or {}).get(CHECKPOINT)
+    if refiner:
+        field, name = "refiner_checkpoint", req.refiner_checkpoint
+    if name is None or (refiner and name in refusals.NO_CHECKPOINT):
         return None
     try:
-        return directory.resolve(overrides[CHECKPOINT])
+        return directory.resolve(name)
     except ModelNameError as exc:
-        raise invalid(f"override_settings.{CHECKPOINT}", str(exc)) from None
-
-
-def sampler_options(req: GenerationRequest, sampler: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The engine's sampler options for `sampler` (canonical name) as A1111 v1.10 sets them, for the samplers A1111
-    hands each to (`refusals.TAKES`; any other ignores it): eta from the request, else the `eta_ancestral` setting
-    (`eta_ddim` for the samplers whose own eta is 0, DDIM's); each s_* option from the setting where that is not
-    the sampler's default, else from the request. Values equal to the sampler's own are left out."""
-    out: dict[str, Any] = {}
-    if sampler in refusals.TAKES_ETA:
-        own = samplers.resolve(sampler).options["eta"]
-        eta = req.eta if req.eta is not None else settings["eta_ddim" if own == 0 else "eta_ancestral"]
-        if eta != own:
-            out["eta"] = eta
-    for name, default in S_DEFAULTS.items():
-        if sampler not in refusals.TAKES[name]:
-            continue
-        stored, asked = settings[name], getattr(req, name)
-        if name == "s_tmax":
-            stored, asked = stored or math.inf, None if asked is None else asked or math.inf
-        value = stored if stored != default or asked is None else asked
-        if value != default:
-            out[name] = value
-    return out
-
-
-def _seed_extras(req: GenerationRequest, settings: dict[str, Any], img2img: bool) -> dict[str, Any]:
-    """Variation seed, seed resize (A1111's sizes floored to multiples of 8) and img2img's noise multiplier."""
-    subseed = req.subseed if req.subseed not in (None, limits.RANDOM_SEED) else None
-    extras: dict[str, Any] = {
-        "subseed": random.randrange(limits.RANDOM_SEED_RANGE) if subseed is None else subseed,
-        "subseed_strength": req.subseed_strength or 0.0,
-    }
-    if (req.seed_resize_from_w or 0) > 0 and (req.seed_resize_from_h or 0) > 0:
-        extras["seed_resize_from"] = (req.seed_resize_from_w // 8 * 8, req.seed_resize_from_h // 8 * 8)
-    if img2img:
-        multiplier = getattr(req, "initial_noise_multiplier", None)
-        extras["initial_noise_multiplier"] = settings["initial_noise_multiplier"] if multiplier is None else multiplier
-    return extras
-
-
-def _engine_strength(strength: float, steps: int) -> float:
-    """The strength to give the engine: A1111 runs at least one step (at the lowest noise) however low the strength,
-    where the engine refuses a strength that leaves no step; so a strength below 1/steps becomes the lowest that
-    runs one step, which is that same step."""
-    if strength <= 0 or int(steps * strength) >= 1:
-        return strength
-    lifted = 1.0 / steps
-    while int(steps * lifted) < 1:
-        lifted = math.nextafter(lifted, 2.0)
-    return min(lifted, 1.0)
+        raise invalid(field, str(exc)) from None
 
 
 def plan(
@@ -260,21 +211,26 @@ def plan(
             batch_size=1 if images is not None and len(images.images) > 1 else batch_size,
             clip_skip=p.settings[CLIP_SKIP],
             tiling=tiling,
-            strength=None if strength is None or images.unchanged else _engine_strength(strength, req.steps or 50),
+            strength=None
+            if strength is None or images.unchanged
+            else sampling_fields.engine_strength(strength, req.steps or 50),
             inpaint=inpaint,
-            **_seed_extras(req, p.settings, images is not None),
+            **sampling_fields.seed_extras(req, p.settings, images is not None),
             hires=hires_options,
             resize_mode="latent" if images is not None and images.latent else "resize",
             tile=None if upscale is None else upscale.tile,
             extra_networks=not req.disable_extra_networks,
         )
-        chosen = replace(chosen, **sampler_options(req, chosen.sampler, p.settings))
+        chosen = replace(chosen, **sampling_fields.sampler_options(req, chosen.sampler, p.settings))
     except limits.SettingError as exc:
         raise setting_error(exc, sampler_field) from None
     context = refusals.Context("txt2img" if images is None else "img2img", chosen.sampler, (width, height), p.settings)
     ignored = refusals.check(req, context)
     _check_pixels(width, height, batch_size, settings.max_pixels, chosen.hires)
-    return Plan(kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength, upscale)
+    refiner = _model(req, directory, refiner=True)
+    return Plan(
+        kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength, upscale, refiner
+    )
 
 
 def run(
@@ -305,6 +261,9 @@ def run(
     size = None if images is None else images.images[0].size
     try:
         out.settings = p.settings.resolve(p.kind, pipe.defaults, size)
+        if p.refiner is not None:
+            refiner = {"refiner": models.refiner(p.refiner), "refiner_switch_at": req.refiner_switch_at}
+            out.settings = replace(out.settings, **refiner)
     except limits.SettingError as exc:
         raise setting_error(exc) from None
     _check_pixels(out.settings.width, out.settings.height, p.batch_size, p.max_pixels, out.settings.hires)

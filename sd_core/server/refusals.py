@@ -10,7 +10,7 @@ upscale", `sd_upscale.py`); any other `script_name` is A1111's 422 "Script '<nam
 
 "Default" is the value in effect when the field is left out, so clients that always send every field (webuiapi) keep
 working. The sampler options `eta` and `s_churn`/`s_tmin`/`s_tmax`/`s_noise` go to the samplers A1111 hands them to
-(`TAKES`; `generate.sampler_options`) and are listed as ignored with any other sampler.
+(`TAKES`; `sampling_fields.sampler_options`) and are listed as ignored with any other sampler.
 """
 
 from __future__ import annotations
@@ -134,7 +134,6 @@ REFUSED: tuple[Rule, ...] = (
     Rule("hr_checkpoint_name", _hires_checkpoint, f"a second-pass checkpoint is {LATER}"),
     Rule("s_min_uncond", lambda r, c: _set(r.s_min_uncond, 0), f"negative guidance minimum sigma is {LATER}"),
     Rule("restore_faces", _restore_faces, "face restoration is not available: no face restoration model ships"),
-    Rule("refiner_checkpoint", lambda r, c: r.refiner_checkpoint not in NO_CHECKPOINT, f"a refiner is {LATER}"),
     Rule(
         "resize_mode",
         lambda r, c: _inpainting(r, c) and r.resize_mode == 3,
@@ -163,7 +162,11 @@ IGNORED: tuple[Rule, ...] = (
         lambda r, c: r.override_settings_restore_afterwards is False and not r.override_settings,
         "no override_settings to keep",
     ),
-    Rule("refiner_switch_at", lambda r, c: r.refiner_switch_at is not None, "used only with a refiner_checkpoint"),
+    Rule(
+        "refiner_switch_at",
+        lambda r, c: r.refiner_switch_at is not None and r.refiner_checkpoint in NO_CHECKPOINT,
+        "used only with a refiner_checkpoint",
+    ),
     Rule("image_cfg_scale", lambda r, c: getattr(r, "image_cfg_scale", None) is not None, "instruct-pix2pix only"),
     Rule("firstpass_image", lambda r, c: r.firstpass_image is not None, "used only by txt2img's hires fix"),
     Rule("comments", lambda r, c: bool(r.comments), "A1111 replaces it with its own"),

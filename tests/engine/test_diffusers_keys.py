@@ -249,8 +249,16 @@ def test_text_position_ids_are_dropped():
 
 
 def test_unknown_unet_key_is_named():
-    with pytest.raises(ValueError, match=r"'add_embedding.linear_1.weight'"):
-        unet_key_map(["add_embedding.linear_1.weight"], {})
+    with pytest.raises(ValueError, match=r"'class_embedding.linear_1.weight'"):
+        unet_key_map(["class_embedding.linear_1.weight"], {})
+
+
+def test_sdxl_added_embedding_maps_to_label_emb():
+    mapping = unet_key_map(["add_embedding.linear_1.weight", "add_embedding.linear_2.bias"], {})
+    assert list(mapping.values()) == [
+        "model.diffusion_model.label_emb.0.0.weight",
+        "model.diffusion_model.label_emb.0.2.bias",
+    ]
 
 
 def test_weights_beyond_the_config_are_refused():

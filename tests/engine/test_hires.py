@@ -153,10 +153,10 @@ def test_the_prompts_are_encoded_again_only_when_they_change(sd1, monkeypatch):
     encode = sd1.encode_prompt
     monkeypatch.setattr(sd1, "encode_prompt", lambda *a: calls.append(a) or encode(*a))
     sd1.txt2img("a cat", hires=HiresOptions(steps=1), **BASE)
-    assert calls == [("a cat", "", 1)]
+    assert calls == [("a cat", "", 1, None)]
     calls.clear()
     sd1.txt2img("a cat", clip_skip=2, hires=HiresOptions(steps=1, negative_prompt="blurry"), **BASE)
-    assert calls == [("a cat", "", 2), ("a cat", "blurry", 2)]
+    assert calls == [("a cat", "", 2, None), ("a cat", "blurry", 2, None)]
 
 
 # --- sizes -------------------------------------------------------------------------------------------------------

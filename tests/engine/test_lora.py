@@ -270,6 +270,17 @@ def test_unknown_lora_name(pipe, untouched):
     expect_error(pipe, "a wall <lora:nosuch:1>", "'nosuch'", "LoRA folders")
 
 
+def test_sdxl_models_refuse_loras_naming_the_family(lora_dir):
+    """SDXL's LoRA keys are not in `lora.keys.FAMILIES` yet: a LoRA asked of an SDXL model is an error, not ignored;
+    generations without one are untouched."""
+    from sdxl_fixtures import sdxl_folder
+
+    pipe = sd_core.load(sdxl_folder(0), device="cpu", dtype=torch.float32, lora_dirs=[lora_dir])
+    with pytest.raises(LoraError, match="not supported for sdxl models"):
+        pipe.txt2img("a wall <lora:style:1>", **KW)
+    assert pipe.txt2img("a wall", **KW)[0].size == (64, 64)
+
+
 @pytest.mark.parametrize("name", ["../style", "/etc/passwd", "sub/style", "..", "..\\style"])
 def test_names_that_are_paths_are_refused(pipe, untouched, name):
     expect_error(pipe, f"a wall <lora:{name}:1>", "not a plain name", error=limits.SettingError)

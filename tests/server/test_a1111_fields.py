@@ -95,7 +95,7 @@ CASES: dict[str, tuple] = {
     "s_noise": (0.9, CHANGES, CHURN),
     "override_settings": ({"CLIP_stop_at_last_layers": 2}, CHANGES, {}),
     "override_settings_restore_afterwards": (False, IGNORED, {}, "no override_settings to keep"),
-    "refiner_checkpoint": ("model.safetensors", REFUSED, {}),
+    "refiner_checkpoint": ("no_such_refiner.safetensors", REFUSED, {}),  # honoured: tests/server/test_sdxl_server.py
     "refiner_switch_at": (0.5, IGNORED, {}, "A1111 switches only to a refiner_checkpoint"),
     "disable_extra_networks": (True, CHANGES, TAG),
     "firstpass_image": (INIT, IGNORED, {}, "A1111 uses it only for txt2img's hires fix"),

@@ -11,10 +11,10 @@ from test_a1111_fields import IMG2IMG, TXT2IMG
 from sd_core import samplers
 from sd_core.server import listings, options, refusals, upscalers
 from sd_core.server.errors import ApiError
-from sd_core.server.generate import _engine_strength
 from sd_core.server.img2img import fit
 from sd_core.server.prepare import apply_infotext, floor_side
 from sd_core.server.resize import flatten, to_mask
+from sd_core.server.sampling_fields import engine_strength
 from sd_core.server.schemas import Img2ImgRequest, Txt2ImgRequest
 from sd_core.server.styles import StyleFile, merge, read_styles
 
@@ -139,7 +139,7 @@ def test_sizes_floor_to_multiples_of_8():
 def test_a_strength_too_low_for_one_step_runs_one_step():
     for steps in range(1, 120):
         for strength in (1e-9, 0.01, 0.3, 1.0 / steps, 0.999):
-            lifted = _engine_strength(strength, steps)
+            lifted = engine_strength(strength, steps)
             assert int(steps * lifted) >= 1 and lifted <= 1.0
             if int(steps * strength) >= 1:
                 assert lifted == strength
