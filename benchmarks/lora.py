@@ -6,8 +6,9 @@ per-step time with one applied against the bare model (acceptance 3 of issue 35:
     python benchmarks/lora.py --json out.json
 
 The LoRA is written in kohya's format (float16, as trainers save them) with the layer names sd_core's index gives
-for the model, so it patches what a real style LoRA patches. Timed: `ExtraNetworks.activate` with the LoRA (first:
-reading and matching the file too; then from the read file), and with none (restore); medians of `--repeats`.
+for the model, so it patches what a real style LoRA patches. Timed, after one generation (as in a running server, the
+weights packed): `ExtraNetworks.activate` with the LoRA (first: reading and matching the file too; then from the read
+file), and with none (restore); medians of `--repeats`.
 Per step: txt2img at `--size` with Euler, bare and with the LoRA alternately, the median of the UNet steps after the
 first of each run (the first step after a change repacks the changed layers' weights, as the first run after loading
 does; reported on its own). Every figure is given as wall time and as this process's CPU time: on a machine shared
@@ -95,6 +96,9 @@ def main() -> None:
     lora = folder / f"bench-r{args.rank}{'-locon' if args.locon else ''}.safetensors"
     layers = write_lora(pipe, lora, args.rank, args.locon)
     with_lora, bare = GenerationSettings(prompt=f"<lora:{lora.stem}:0.8>"), GenerationSettings()
+    # as in a running server: one generation has packed the weights (anonymous memory, not the file's pages, which
+    # other processes' memory use can push out of the page cache)
+    step_times(pipe, "a wall", args.size, 2)
 
     first_apply = timed(lambda: pipe.extra_networks.activate(with_lora))  # reads and matches the file
     first_remove = timed(lambda: pipe.extra_networks.activate(bare))
