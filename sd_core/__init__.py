@@ -64,7 +64,7 @@ _LAZY = {
     "ModelDefaults": "settings",
     "TileOptions": "settings",
     "StepInfo": "progress",
-    "LoraError": "lora.files",
+    "LoraError": "lora.errors",
     "EmbeddingError": "embeddings",
 }
 _MODULES = (

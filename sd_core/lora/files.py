@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint
+from .errors import LoraError
 from .keys import Component, LayerIndex
 from .networks import PARTS, UNSUPPORTED, LayerChange, LayerError, kind_of
 
@@ -34,10 +35,6 @@ SUFFIXES = (".safetensors", ".pt", ".ckpt")
 ALIAS_KEY = "ss_output_name"
 HASH_KEY = "sshs_model_hash"
 PEFT_METADATA_KEY = "lora_adapter_metadata"
-
-
-class LoraError(ValueError):
-    """A LoRA that cannot be applied: the message names the file (or the name asked for) and why."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .errors import LoraError
+
 
 @dataclass(frozen=True)
 class Component:
@@ -72,8 +74,6 @@ OTHER_FAMILIES: dict[str, str] = {
 def family_keys(family: str) -> FamilyKeys:
     base = family.split("-")[0]
     if base not in FAMILIES:
-        from .files import LoraError
-
         raise LoraError(f"LoRA files are not supported for {family} models yet (only {', '.join(FAMILIES)})")
     return FAMILIES[base]
 
