@@ -8,8 +8,9 @@
     images = pipe.generate(settings)
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
-`HiresOptions`, `TileOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`, and the
-modules `limits`, `samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`, `resize`, `sd_upscale`.
+`HiresOptions`, `TileOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`,
+`LoraError`, `EmbeddingError`, and the modules `limits`, `samplers`, `schedules`, `pnginfo`, `preview`, `upscalers`,
+`resize`, `sd_upscale`, `lora` (LoRA files, folders and prompt tags) and `embeddings` (textual inversion).
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -22,6 +23,8 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = [
     "Cancelled",
+    "EmbeddingError",
+    "LoraError",
     "GenerationSettings",
     "HiresOptions",
     "InpaintOptions",
@@ -34,8 +37,10 @@ __all__ = [
     "__version__",
     "builtin_model",
     "inspect_model",
+    "embeddings",
     "limits",
     "load",
+    "lora",
     "pnginfo",
     "preview",
     "resize",
@@ -59,8 +64,21 @@ _LAZY = {
     "ModelDefaults": "settings",
     "TileOptions": "settings",
     "StepInfo": "progress",
+    "LoraError": "lora.errors",
+    "EmbeddingError": "embeddings",
 }
-_MODULES = ("limits", "samplers", "schedules", "pnginfo", "preview", "upscalers", "resize", "sd_upscale")
+_MODULES = (
+    "limits",
+    "samplers",
+    "schedules",
+    "pnginfo",
+    "preview",
+    "upscalers",
+    "resize",
+    "sd_upscale",
+    "lora",
+    "embeddings",
+)
 
 
 def __getattr__(name: str) -> Any:
