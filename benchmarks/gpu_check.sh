@@ -22,7 +22,8 @@ python3 -c "import sys, torch, diffusers, transformers, numpy; print(sys.version
 'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__, \
 torch.cuda.get_device_name(0))" || exit 1
 status=0
-python3 -m pytest -q -p no:cacheprovider tests/accel/test_cuda_graphs.py tests/engine/test_checkpoint.py -k "cuda or graph" \
+python3 -m pytest -q -p no:cacheprovider tests/accel/test_cuda_graphs.py tests/engine/test_checkpoint.py \
+    tests/engine/test_lora.py -k "cuda or graph" \
     2>&1 | tee "$out/pytest.log" | tail -20
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 python3 benchmarks/bench.py --dtypes fp16 --steps 20 --defaults-size 512 --json "$out/bench.json" 2>&1 |

@@ -59,6 +59,14 @@ class Request:
     strength: float = 0.75  # img2img/inpaint denoising strength
     image: np.ndarray | None = None  # HxWx3, img2img and inpaint
     mask: np.ndarray | None = None  # HxW, 255 = repaint (inpaint)
+    loras: str = ""  # "name:weight, ...": LoRAs of the engine's LoRA folder, asked for as <lora:name:weight> tags
+
+    def tagged_prompt(self) -> str:
+        """The prompt with the LoRAs' A1111 tags appended (how both engines are asked for a LoRA)."""
+        try:
+            return client.lora_tags(self.prompt, client.parse_loras(self.loras))
+        except ValueError as exc:
+            raise UserError(f"LoRAs: {exc}") from None
 
     def check(self) -> None:
         """What the add-on itself must get right before anything starts: a known kind with the pixels it needs."""
@@ -68,6 +76,7 @@ class Request:
             raise UserError("img2img needs a source image with pixels")
         if self.kind == "inpaint" and self.mask is None:
             raise UserError("Inpainting needs a mask")
+        self.tagged_prompt()
 
 
 @dataclass
@@ -188,6 +197,10 @@ class Engine(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where the images come from, for the panel."""
+
+    def loras(self) -> list[str]:
+        """The names of the LoRAs this engine can apply (its LoRA folder); may block briefly (a server's list)."""
+        return []
 
 
 def explain(exc: BaseException, engine: Engine | None = None) -> str:

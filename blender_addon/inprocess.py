@@ -31,7 +31,8 @@ def generation_settings(request: Request) -> Any:
     import sd_core
 
     names = {f.name for f in dataclasses.fields(request)} & set(sd_core.GenerationSettings.__dataclass_fields__)
-    values = {name: getattr(request, name) for name in names}
+    values = {name: getattr(request, name) for name in names - {"loras"}}
+    values["prompt"] = request.tagged_prompt()  # LoRAs as tags, applied by the engine from its LoRA folder
     if request.kind == "txt2img":
         values["strength"] = None  # a strength without a source image is an error to the engine
     if request.kind == "inpaint":
@@ -62,8 +63,8 @@ def _png_bytes(image: Any) -> bytes:
 class InProcessEngine(Engine):
     """One generation at a time, like a server's queue; the loaded pipeline is kept between runs."""
 
-    def __init__(self, model: str) -> None:
-        self.model = model
+    def __init__(self, model: str, lora_dir: str = "") -> None:
+        self.model, self.lora_dir = model, lora_dir
         self._pipe: Any = None
         self._lock = threading.Lock()
         self._state: dict[str, Any] = {"active": False, "step": 0, "total": 0, "latents": None}
@@ -97,7 +98,7 @@ class InProcessEngine(Engine):
                     raise Cancelled("cancelled before it started")
                 settings = generation_settings(request)
                 if self._pipe is None:
-                    self._pipe = sd_core.load(self.model)
+                    self._pipe = sd_core.load(self.model, lora_dirs=[self.lora_dir] if self.lora_dir else [])
                 self.model_cfg_scale = self._pipe.defaults.cfg_scale
                 self.model_sizes = tuple(self._pipe.defaults.sizes)
 
@@ -139,6 +140,13 @@ class InProcessEngine(Engine):
     def interrupt(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
+
+    def loras(self) -> list[str]:
+        if not self.lora_dir or not sd_core_importable():
+            return []
+        from sd_core.lora import LoraLibrary
+
+        return [entry.name for entry in LoraLibrary([self.lora_dir]).entries()]
 
     def release(self) -> str:
         with self._lock:  # waits for a running generation; the UI cancels it first

@@ -11,10 +11,10 @@ from typing import Any
 
 import bpy
 import numpy as np
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import materials, pixels, props
-from .engine import Request, Result, UserError, size_choices
+from .engine import Request, Result, UserError, client, size_choices
 from .renders import render_scene, render_viewport
 from .runs import PREVIEW_NAME, SESSION, Finish, Run, new_preview_image, remove_images
 
@@ -378,6 +378,43 @@ class SDCORE_OT_history_recall(bpy.types.Operator):
         return {"FINISHED"}
 
 
+_LORA_NAMES: list[str] = []  # the engine's list, read when the dialog opens (a search callback must not block)
+
+
+def _lora_names(_self: Any, _context: Any, _text: str) -> list[str]:
+    return _LORA_NAMES
+
+
+class SDCORE_OT_add_lora(bpy.types.Operator):
+    """Add one of the engine's LoRAs with a weight (it becomes a <lora:name:weight> tag after the prompt)"""
+
+    bl_idname = "sdcore.add_lora"
+    bl_label = "Add LoRA"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: StringProperty(name="LoRA", default="", search=_lora_names)
+    weight: FloatProperty(name="Weight", default=0.8, soft_min=-2.0, soft_max=2.0)
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        try:
+            _LORA_NAMES[:] = SESSION.engine_for(context).loras()
+        except Exception as exc:  # the list is a convenience: any name can still be typed
+            self.report({"WARNING"}, f"Could not list the LoRAs: {exc}")
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context: Any) -> set[str]:
+        if not self.name.strip():
+            self.report({"ERROR"}, "Choose a LoRA")
+            return {"CANCELLED"}
+        s = props.settings(context)
+        try:
+            s.loras = client.add_lora(s.loras, self.name.strip(), self.weight)
+        except ValueError as exc:
+            self.report({"ERROR"}, f"LoRAs: {exc}")
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
 class SDCORE_OT_history_clear(bpy.types.Operator):
     """Forget the recent prompts"""
 
@@ -430,6 +467,7 @@ CLASSES = (
     SDCORE_OT_test_connection,
     SDCORE_OT_history_recall,
     SDCORE_OT_history_clear,
+    SDCORE_OT_add_lora,
 )
 
 

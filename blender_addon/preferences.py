@@ -45,6 +45,12 @@ class SDCORE_AP_preferences(bpy.types.AddonPreferences):
         description="Checkpoint (.safetensors, .ckpt) or diffusers folder",
     )
     port: IntProperty(name="Port", default=0, min=0, max=65535, description="0: any free port")
+    lora_dir: StringProperty(
+        name="LoRA folder",
+        default="",
+        subtype="DIR_PATH",
+        description="Folder of LoRA files (.safetensors) the panel's LoRAs name (a running server has its own)",
+    )
 
     def draw(self, context: Any) -> None:
         layout = self.layout
@@ -57,8 +63,10 @@ class SDCORE_AP_preferences(bpy.types.AddonPreferences):
             col.prop(self, "python")
             col.prop(self, "model")
             col.prop(self, "port")
+            col.prop(self, "lora_dir")
         else:
             col.prop(self, "model")
+            col.prop(self, "lora_dir")
             if not sd_core_importable():
                 col.label(text="sd_core and torch are not importable in Blender's Python", icon="ERROR")
         row = layout.row()
@@ -75,10 +83,11 @@ def engine_key(prefs: Any) -> tuple:
     if prefs.connection == "SERVER":
         return ("SERVER", prefs.url.strip(), prefs.token)
     model = bpy.path.abspath(prefs.model) if prefs.model else ""
+    loras = bpy.path.abspath(prefs.lora_dir) if prefs.lora_dir else ""
     if prefs.connection == "LOCAL":
         python = bpy.path.abspath(prefs.python) if prefs.python else ""
-        return ("LOCAL", python, model, prefs.port, prefs.token)
-    return ("INPROCESS", model)
+        return ("LOCAL", python, model, prefs.port, prefs.token, loras)
+    return ("INPROCESS", model, loras)
 
 
 def make_engine(key: tuple) -> Engine:
@@ -89,9 +98,9 @@ def make_engine(key: tuple) -> Engine:
             raise UserError("No server URL: set it in the add-on preferences")
         return ServerEngine(url, token=token)
     if kind == "LOCAL":
-        _, python, model, port, token = key
-        return LocalServerEngine(python, model, port=port or None, token=token)
-    return InProcessEngine(key[1])
+        _, python, model, port, token, loras = key
+        return LocalServerEngine(python, model, port=port or None, token=token, lora_dir=loras)
+    return InProcessEngine(key[1], lora_dir=key[2])
 
 
 def register() -> None:

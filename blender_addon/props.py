@@ -38,12 +38,13 @@ SEAMLESS = [
     ("XY", "Both", "Tiles in both directions"),
 ]
 # The settings a request takes as they are (the same names in the panel, the `Request` and the engine).
-AS_IS = ("prompt", "negative_prompt", "width", "height", "steps", "sampler", "batch_size", "strength")
+AS_IS = ("prompt", "negative_prompt", "width", "height", "steps", "sampler", "batch_size", "strength", "loras")
 HISTORY_SIZE = 20
 # The settings a history entry keeps and a recall restores (names shared by both property groups).
 RECALLED = (
     "prompt",
     "negative_prompt",
+    "loras",
     "width",
     "height",
     "steps",
@@ -75,6 +76,11 @@ def _common() -> dict[str, Any]:
     return {
         "prompt": StringProperty(name="Prompt", description="What to generate", default=""),
         "negative_prompt": StringProperty(name="Negative", description="What to avoid", default=""),
+        "loras": StringProperty(
+            name="LoRAs",
+            description="name:weight, ...: the engine's LoRAs, sent as <lora:name:weight> after the prompt",
+            default="",
+        ),
         "width": _side("Width"),
         "height": _side("Height"),
         "steps": IntProperty(name="Steps", default=20, min=1, max=150, description="Sampling steps"),

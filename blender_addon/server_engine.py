@@ -48,7 +48,7 @@ def _png_b64(pixels: np.ndarray) -> str:
 def a1111_payload(request: Request) -> tuple[str, dict[str, Any]]:
     """The A1111 endpoint ("txt2img" or "img2img") and JSON body for a request."""
     payload: dict[str, Any] = {
-        "prompt": request.prompt,
+        "prompt": request.tagged_prompt(),
         "negative_prompt": request.negative_prompt,
         "steps": request.steps,
         "sampler_name": request.sampler,
@@ -131,6 +131,9 @@ class ServerEngine(Engine):
 
         return Job(call, on_cancel=self.interrupt)
 
+    def loras(self) -> list[str]:
+        return [str(item["name"]) for item in self._client.loras() if isinstance(item, dict) and item.get("name")]
+
     def _read_model_defaults(self) -> None:
         """The model's own CFG scale and size choices, for the panel: sd-core's options name them (other servers
         do not)."""
@@ -160,8 +163,10 @@ class ServerEngine(Engine):
 class LocalServerEngine(ServerEngine):
     """Starts `sd-core serve` from `python` with `model` on a loopback port, when first needed."""
 
-    def __init__(self, python: str, model: str, port: int | None = None, token: str | None = None) -> None:
-        self.python, self.model, self.port = python, model, port or None
+    def __init__(
+        self, python: str, model: str, port: int | None = None, token: str | None = None, lora_dir: str = ""
+    ) -> None:
+        self.python, self.model, self.port, self.lora_dir = python, model, port or None, lora_dir
         self.url, self.token = "", token or None
         self._server: Any = None
         self._lock = threading.Lock()
@@ -193,7 +198,10 @@ class LocalServerEngine(ServerEngine):
                 return
             # PYTHONHOME, when Blender's environment has one, would point the other interpreter at Blender's stdlib.
             env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
-            server = client.LocalServer(self.python, self.model, port=self.port, token=self.token, env=env)
+            extra = ("--lora-dir", self.lora_dir) if self.lora_dir else ()
+            server = client.LocalServer(
+                self.python, self.model, port=self.port, token=self.token, env=env, extra_args=extra
+            )
             try:
                 server.start()
                 self._wait_ready(server, cancel)
@@ -241,6 +249,20 @@ class LocalServerEngine(ServerEngine):
     def interrupt(self) -> None:
         if self._server is not None:
             super().interrupt()
+
+    def loras(self) -> list[str]:
+        """The server's list once it runs; before, the LoRA folder's files (what it will list)."""
+        if self._server is not None:
+            return super().loras()
+        if not self.lora_dir or not os.path.isdir(self.lora_dir):
+            return []
+        suffixes = (".safetensors", ".pt", ".ckpt")
+        return sorted(
+            os.path.splitext(name)[0]
+            for _root, _dirs, files in os.walk(self.lora_dir)
+            for name in files
+            if name.lower().endswith(suffixes)
+        )
 
     def release(self) -> str:
         with self._lock:

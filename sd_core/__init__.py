@@ -9,8 +9,9 @@
 
 The public API is what this module exports: `load`, `StableDiffusion`, `GenerationSettings`, `InpaintOptions`,
 `HiresOptions`, `TileOptions`, `ModelDefaults`, `StepInfo`, `Cancelled`, `inspect_model`, `builtin_model`,
-`load_controlnet`, `Control`, and the modules `controlnet`, `limits`, `samplers`, `schedules`, `pnginfo`, `preview`,
-`upscalers`, `resize`, `sd_upscale`.
+`LoraError`, `EmbeddingError`, `load_controlnet`, `Control`, and the modules `limits`, `samplers`, `schedules`,
+`pnginfo`, `preview`, `upscalers`, `resize`, `sd_upscale`, `lora` (LoRA files, folders and prompt tags),
+`embeddings` (textual inversion) and `controlnet` (ControlNet files, units and preprocessors).
 Attributes are imported lazily so that torch-free parts (the stdlib HTTP client the plugins ship, `limits`) import
 without torch.
 """
@@ -23,6 +24,8 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = [
     "Cancelled",
+    "EmbeddingError",
+    "LoraError",
     "GenerationSettings",
     "HiresOptions",
     "InpaintOptions",
@@ -38,8 +41,10 @@ __all__ = [
     "controlnet",
     "load_controlnet",
     "inspect_model",
+    "embeddings",
     "limits",
     "load",
+    "lora",
     "pnginfo",
     "preview",
     "resize",
@@ -63,10 +68,24 @@ _LAZY = {
     "ModelDefaults": "settings",
     "TileOptions": "settings",
     "StepInfo": "progress",
+    "LoraError": "lora.errors",
+    "EmbeddingError": "embeddings",
     "load_controlnet": "controlnet",
     "Control": "controlnet",
 }
-_MODULES = ("controlnet", "limits", "samplers", "schedules", "pnginfo", "preview", "upscalers", "resize", "sd_upscale")
+_MODULES = (
+    "limits",
+    "samplers",
+    "schedules",
+    "pnginfo",
+    "preview",
+    "upscalers",
+    "resize",
+    "sd_upscale",
+    "lora",
+    "embeddings",
+    "controlnet",
+)
 
 
 def __getattr__(name: str) -> Any:

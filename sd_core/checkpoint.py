@@ -39,6 +39,7 @@ __all__ = [
     "read_dtypes",
     "read_folder_hints",
     "read_metadata",
+    "read_pickle",
     "read_shapes",
     "read_state_dict",
     "release_pages",
@@ -54,8 +55,11 @@ _WRAPPERS = ("state_dict", "params_ema", "params")
 # --- pickles (.ckpt / .pt / .pth / .bin) -------------------------------------------------------------------------
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a torch pickle, loaded with `weights_only=True` (and memory-mapped when the file is a zip)."""
+def read_pickle(path: PathLike) -> object:
+    """A torch pickle's object as saved (nested dicts, lists, strings, numbers and tensors: textual-inversion `.pt`
+    files), loaded with `weights_only=True` (memory-mapped when the file is a zip): a pickle that needs anything
+    else, code included, is a `CheckpointError` naming the file, and nothing in it runs."""
+    path = Path(path)
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"
     try:
@@ -70,6 +74,12 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
         ) from e
     except Exception as e:  # torch.load raises many kinds of errors on damaged files
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from e
+    return obj
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a torch pickle, loaded with `weights_only=True` (and memory-mapped when the file is a zip)."""
+    obj = read_pickle(path)
     # the wrappers tensors come in: Lightning's `state_dict`, BasicSR's `params_ema` (preferred) or `params`
     wrapper = next((k for k in _WRAPPERS if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
     if wrapper is not None:

@@ -80,7 +80,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     mask = _open_image(args.mask, "--mask") if args.command == "inpaint" else None
     hires = cli_options.hires_options(args, args.device) if args.command == "txt2img" else None  # checked early
     # a one-shot process owns its heap: freed memory may stay mapped between sampling steps (`sd_core.accel.heap`)
-    pipe = sd_core.load(args.model, device=args.device, dtype=args.dtype, low_vram=low_vram, keep_freed_memory=True)
+    pipe = sd_core.load(
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        low_vram=low_vram,
+        keep_freed_memory=True,
+        lora_dirs=args.lora_dir,
+        embedding_dirs=args.embeddings_dir,
+    )
     settings = dict(cli_options.settings_from(args), callback=ProgressBar(args.command))
     if args.refiner is not None:  # SDXL's refiner: a second model, loaded like the first
         settings["refiner"] = sd_core.load(args.refiner, device=args.device, dtype=args.dtype, low_vram=low_vram)

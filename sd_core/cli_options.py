@@ -62,10 +62,47 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--model", help="checkpoint (.safetensors/.ckpt) or diffusers folder (default: the built-in model)"
     )
+    n = parser.add_argument_group("LoRAs and embeddings (A1111's <lora:name:weight> and embedding names in prompts)")
+    n.add_argument(
+        "--lora-dir",
+        action="append",
+        default=[],
+        help="a folder of LoRA files the prompt's <lora:name:weight> tags name; repeatable",
+    )
+    n.add_argument(
+        "--embeddings-dir",
+        action="append",
+        default=[],
+        help="a folder of textual-inversion embeddings, used in prompts by file name; repeatable",
+    )
+    n.add_argument(
+        "--lora",
+        dest="loras",
+        action="append",
+        type=_lora,
+        default=[],
+        metavar="NAME[:WEIGHT[:UNET_WEIGHT]]",
+        help="apply a LoRA (a name in --lora-dir or a file's path) as a prompt tag would; repeatable",
+    )
     out.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     out.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the best for the device)")
     out.add_argument("--low-vram", choices=("off", "on", "sequential"), default="off", help="GPU weight offloading")
     out.add_argument("--outdir", default="outputs", help="folder for the PNGs (each carries its A1111 parameters)")
+
+
+def _lora(text: str) -> tuple[str, tuple[float, float]]:
+    """`--lora NAME[:TE[:UNET]]` -> (name, (te, unet)): the trailing numbers are the weights, as in a prompt tag (one
+    number weighs both; a path may hold colons of its own)."""
+    parts = text.split(":")
+    numbers: list[float] = []
+    while len(parts) > 1 and len(numbers) < 2:
+        try:
+            numbers.insert(0, float(parts[-1]))
+        except ValueError:
+            break
+        parts.pop()
+    te = numbers[0] if numbers else 1.0
+    return ":".join(parts), (te, numbers[1] if len(numbers) > 1 else te)
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -43,6 +43,9 @@ __all__ = [
     "png_text",
     "bytes_to_b64",
     "b64_to_bytes",
+    "add_lora",
+    "lora_tags",
+    "parse_loras",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:7860"
@@ -154,6 +157,10 @@ class SDClient:
     def options(self) -> dict[str, Any]:
         return self.request("GET", "/sdapi/v1/options")
 
+    def loras(self) -> list[dict[str, Any]]:
+        """GET /sdapi/v1/loras: the server's LoRA files, [{"name", "alias", "path", "metadata"}] (A1111's shape)."""
+        return self.request("GET", "/sdapi/v1/loras")
+
     def set_options(self, options: Mapping[str, Any]) -> None:
         """Setting `sd_model_checkpoint` switches the model; returns once it is loaded."""
         self.request("POST", "/sdapi/v1/options", dict(options), self.generation_timeout)
@@ -175,6 +182,32 @@ class SDClient:
         if kind not in ("txt2img", "img2img", "set_options", "png_info"):
             raise ValueError(f"cannot submit {kind!r}; use txt2img, img2img, set_options or png_info")
         return Job(getattr(self, kind), payload)
+
+
+def parse_loras(text: str) -> list[tuple[str, float]]:
+    """A plugin's LoRA field, "name:0.8, other:-0.5" (a name alone weighs 1) -> [(name, weight)]."""
+    out = []
+    for item in filter(None, (part.strip() for part in text.replace(";", ",").split(","))):
+        name, _, weight = item.rpartition(":") if ":" in item else (item, "", "1")
+        try:
+            out.append((name.strip(), float(weight)))
+        except ValueError:
+            raise ValueError(f"LoRA {item!r}: write name:weight (a number)") from None
+        if not out[-1][0] or set("<>") & set(name):
+            raise ValueError(f"LoRA {item!r}: write name:weight")
+    return out
+
+
+def add_lora(text: str, name: str, weight: float) -> str:
+    """A LoRA field with `name` at `weight`: its earlier entry dropped, the new one last."""
+    items = [(n, w) for n, w in parse_loras(text) if n != name] + [(name, weight)]
+    return ", ".join(f"{n}:{w:g}" for n, w in items)
+
+
+def lora_tags(prompt: str, loras: Iterable[tuple[str, float]]) -> str:
+    """The prompt with A1111's `<lora:name:weight>` tag of each LoRA appended: how a request asks for a LoRA."""
+    tags = " ".join(f"<lora:{name}:{weight:g}>" for name, weight in loras)
+    return f"{prompt} {tags}".strip() if tags else prompt
 
 
 class Job:

@@ -36,6 +36,7 @@ MAX_NOISE_MULTIPLIER = 100.0
 RESIZE_MODES = ("resize", "crop", "fill", "latent")
 MAX_HIRES_SCALE = 16.0  # hires fix's upscale factor (`settings.HiresOptions.scale`)
 MAX_TILE_BATCH = 1024  # tiles per UNet call in tiled denoising (`settings.TileOptions.batch`)
+MAX_LORA_WEIGHT = 100.0  # a LoRA multiplier's magnitude (`<lora:name:w>`, `GenerationSettings.loras`)
 MAX_AESTHETIC_SCORE = 100.0  # SDXL refiner's aesthetic score conditioning (trained on LAION's 1-10 scale)
 EMPTY_NEGATIVE = ("zeros", "encode")  # what an empty negative prompt means (`settings.GenerationSettings`)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,6 +208,8 @@ def load(
     low_vram: bool | str = False,
     vae_dtype: str | torch.dtype | None = None,
     keep_freed_memory: bool = False,
+    lora_dirs: Iterable[str | os.PathLike] = (),
+    embedding_dirs: Iterable[str | os.PathLike] = (),
 ) -> StableDiffusion:
     """Load a `.safetensors`/`.ckpt` single file or a diffusers folder; with no path, the built-in model.
 
@@ -218,7 +221,9 @@ def load(
     model (text encoder, UNet, VAE) on the GPU at a time, `low_vram="sequential"` the UNet block by block (on a GPU;
     on the CPU the weights are in CPU memory already; `accel.LowVRAM`). `keep_freed_memory=True` keeps freed memory
     mapped while sampling on the CPU (a few percent faster; it changes glibc's malloc settings for the whole process
-    during each run, so it is for processes that run one generation at a time: `accel.heap`).
+    during each run, so it is for processes that run one generation at a time: `accel.heap`). `lora_dirs`: the
+    folders whose LoRA files prompts name with `<lora:name:weight>` (`sd_core.extra_networks`); `embedding_dirs`: those
+    whose textual-inversion embeddings prompts use by file name (`sd_core.embeddings`).
     """
     path = builtin_model() if path is None else Path(path)
     if not path.exists():
@@ -243,7 +248,18 @@ def load(
         prediction = "v" if probe_v_prediction(unet, config.unet["context_dim"]) else "eps"
     config.prediction = prediction or "eps"
     defaults = model_defaults(path, config)
-    pipe = StableDiffusion(unet, vae, text, config, device=dev, dtype=dt, name=path.stem, defaults=defaults)
+    pipe = StableDiffusion(
+        unet,
+        vae,
+        text,
+        config,
+        device=dev,
+        dtype=dt,
+        name=path.stem,
+        defaults=defaults,
+        lora_dirs=tuple(lora_dirs),
+        embedding_dirs=tuple(embedding_dirs),
+    )
     pipe.accel.keep_freed_memory = keep_freed_memory
     if optimize:
         accel.optimize(pipe)
@@ -263,6 +279,7 @@ class ModelInfo:
     dtypes: dict[str, int]  # dtype name -> number of tensors
     groups: dict[str, tuple[int, int]]  # top-level key prefix -> (keys, parameters)
     defaults: ModelDefaults  # SD2 models count as eps-prediction here; v-prediction is probed at load
+    text_width: int = 768  # the text encoder's width: the width of the textual-inversion embeddings it takes
 
 
 def inspect_model(path: str | os.PathLike) -> ModelInfo:
@@ -280,4 +297,13 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         group = key.split(".")[0]
         count, params = groups.get(group, (0, 0))
         groups[group] = (count + 1, params + math.prod(shape))
-    return ModelInfo(path, config.family, config.inpainting, len(shapes), dtypes, groups, model_defaults(path, config))
+    return ModelInfo(
+        path,
+        config.family,
+        config.inpainting,
+        len(shapes),
+        dtypes,
+        groups,
+        model_defaults(path, config),
+        config.text_width,
+    )

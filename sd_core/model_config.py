@@ -92,6 +92,13 @@ class ModelConfig:
     def sdxl(self) -> bool:
         return self.family.startswith("sdxl")
 
+    @property
+    def text_width(self) -> int:
+        """The text encoders' widths together: the width of the textual-inversion embeddings the model takes (SDXL:
+        CLIP-L's and bigG's, as A1111 counts an SDXL embedding)."""
+        towers = self.text_encoders if self.sdxl and self.text_encoders else [self.text]
+        return sum(int(t["hidden_size"]) for t in towers)
+
 
 def _sub(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int, ...]]:
     return {k[len(prefix) :]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}

@@ -21,13 +21,14 @@ A callback raising `sd_core.Interrupted` ends sampling early; the run finishes f
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import hires, images, inpainting, masks, resize, sdxl, tiling
+from . import embeddings, extra_networks, hires, images, inpainting, masks, resize, sdxl, tiling
 from .controlnet import runner as controlnet_runner
 from .noise import image_seeds, image_subseeds, start_noise
 from .pnginfo import format_parameters
@@ -55,11 +56,12 @@ def generate(
         size = (s.width, s.height)
     second = None if s.hires is None else hires.second_pass(s)  # its errors before any work
     region = None if mode != "inpaint" else inpainting.prepare_region(arr, mask, s)
+    networks = pipe.extra_networks.activate(s, compiled=pipe.accel.compiled_unet is not None)
     if region is not None and s.control and region.box != (0, 0, region.image.shape[1], region.image.shape[0]):
         s = replace(s, control=controlnet_runner.crop_to_region(s.control, region.image.shape, region.box))
     generators = _generators(s)
     steps = LastStep(callback)  # did it interrupt sampling? (`pipe.denoise` then returns the latest estimate)
-    text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip, s.empty_negative)
+    text = pipe.encode_prompt(s.prompt, s.negative_prompt, s.clip_skip, s.empty_negative, tags=s.extra_networks)
     refiner = [] if s.refiner is None else [s.refiner.unet]
     nets = list(dict.fromkeys(unit.net for unit in s.control))
     with tiling.seamless([pipe.unet, pipe.vae, *refiner, *nets], s.tiling):
@@ -72,6 +74,7 @@ def generate(
         else:
             latents = _txt2img(pipe, s, text, generators, in_phase(steps, 1, 2))
             if not steps.interrupted:  # interrupted in the first pass: its images, as A1111
+                networks = _hires_networks(pipe, s, second, networks)
                 latents = _hires(pipe, s, second, latents, text, in_phase(steps, 2, 2))
         imgs = pipe.decode_latents(latents, seamless=s.tiling)
     if region is not None:
@@ -79,7 +82,19 @@ def generate(
         pasted = inpainting.paste_back([np.asarray(img) for img in imgs], region, s.inpaint)
         imgs = [Image.fromarray(img) for img in pasted]
     out_size = (s.width, s.height) if size is None or mode == "img2img" else size
-    return _with_parameters(imgs, s, mode, pipe.name, out_size, interrupted=steps.interrupted)
+    fields = extra_networks.infotext_fields(networks)
+    used = pipe.prompt_embeddings(s.prompt, s.negative_prompt, tags=s.extra_networks)
+    fields.update(embeddings.infotext_fields(used))
+    return _with_parameters(imgs, s, mode, pipe.name, out_size, interrupted=steps.interrupted, networks=fields)
+
+
+def _hires_networks(pipe: Any, s: GenerationSettings, second: GenerationSettings, first: list) -> list:
+    """A hires prompt's own LoRA tags apply to the second pass (A1111); the LoRAs of both passes are recorded."""
+    if second.prompt == s.prompt:
+        return first
+    compiled = pipe.accel.compiled_unet is not None
+    active = pipe.extra_networks.activate(second, second.prompt, compiled=compiled)
+    return first + [a for a in active if a.applied.lora.identity not in {f.applied.lora.identity for f in first}]
 
 
 def _fit(arr: np.ndarray, s: GenerationSettings) -> np.ndarray:
@@ -144,7 +159,8 @@ def _hires(
     if second.strength is None:  # hires strength 0: A1111's second pass samples nothing
         return init
     if (second.prompt, second.negative_prompt) != (s.prompt, s.negative_prompt):
-        text = pipe.encode_prompt(second.prompt, second.negative_prompt, second.clip_skip, second.empty_negative)
+        negative, skip = second.negative_prompt, second.clip_skip
+        text = pipe.encode_prompt(second.prompt, negative, skip, second.empty_negative, tags=second.extra_networks)
     return img2img_latents(pipe, second, init, text, generators, callback)
 
 
@@ -241,17 +257,27 @@ def infotext_fields(s: GenerationSettings, mode: str, model: str, size: tuple[in
 
 
 def _with_parameters(
-    imgs: list[Image.Image], s: GenerationSettings, mode: str, model: str, size: tuple[int, int], *, interrupted: bool
+    imgs: list[Image.Image],
+    s: GenerationSettings,
+    mode: str,
+    model: str,
+    size: tuple[int, int],
+    *,
+    interrupted: bool,
+    networks: dict[str, Any],
 ) -> list[Image.Image]:
     """Attach the A1111 parameters text and each image's own seed to each image's `info` (and `interrupted`: True
-    when sampling was interrupted)."""
-    fields = infotext_fields(s, mode, model, size)
+    when sampling was interrupted). LoRAs given as `settings.loras` are written into the text's prompt as tags, the
+    only way A1111 records them."""
+    fields = {**infotext_fields(s, mode, model, size), **networks}
+    tags = [replace(tag, name=Path(tag.name).stem).text for tag in s.loras]
+    prompt = " ".join([s.prompt, *tags]) if tags else s.prompt
     subseeds = image_subseeds(s)
     for pos, (img, seed) in enumerate(zip(imgs, image_seeds(s), strict=True)):
         extra = {"Batch size": len(imgs), "Batch pos": pos} if len(imgs) > 1 else {}
         if subseeds is not None:
             extra["Variation seed"] = img.info["subseed"] = subseeds[pos]
-        img.info["parameters"] = format_parameters(s.prompt, s.negative_prompt, {**fields, "Seed": seed, **extra})
+        img.info["parameters"] = format_parameters(prompt, s.negative_prompt, {**fields, "Seed": seed, **extra})
         img.info["seed"] = seed
         if interrupted:
             img.info["interrupted"] = True

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from PIL import Image
 
-from . import images, limits, masks, modes, sdxl, tiled_denoising, tiling
+from . import embeddings, images, limits, masks, modes, sdxl, tiled_denoising, tiling
 from .accel import Accelerator
 from .controlnet import runner as controlnet_runner
 from .denoiser import GuidedDenoiser, Handoff, InpaintBlend
 from .errors import Interrupted
+from .extra_networks import ExtraNetworks
+from .lora.tags import strip_tags
 from .model_config import ModelConfig
 from .progress import Callback, LastStep
-from .prompt import encode_with_weights, tokenize_prompt
+from .prompt import encode_with_weights, tokenize_prompt_with_embeddings
 from .samplers._core import Generators, randn
 from .schedules import NoiseSchedule
 from .settings import GenerationSettings, ModelDefaults
@@ -32,7 +35,8 @@ class StableDiffusion:
     """A loaded model: `generate` and the four modes. Build it with `sd_core.load(path)`.
 
     `defaults` are the model's own (CFG scale, native size), used wherever a setting is left out; `accel` holds the
-    speed levers in force on this pipeline (`sd_core.accel`)."""
+    speed levers in force on this pipeline (`sd_core.accel`); `extra_networks` its LoRA folders and the LoRAs merged
+    into its weights (`sd_core.extra_networks`)."""
 
     def __init__(
         self,
@@ -45,6 +49,8 @@ class StableDiffusion:
         dtype: torch.dtype,
         name: str = "model",
         defaults: ModelDefaults | None = None,
+        lora_dirs: tuple = (),
+        embedding_dirs: tuple = (),
     ) -> None:
         self.unet, self.vae, self.text_encoder = unet.eval(), vae.eval(), text_encoder.eval()
         self.config, self.device, self.dtype, self.name = config, device, dtype, name
@@ -52,6 +58,9 @@ class StableDiffusion:
         self.tokenizer = CLIPTokenizer()
         self.noise_schedule = NoiseSchedule()
         self.accel = Accelerator(device)
+        self.extra_networks = ExtraNetworks(
+            config.family, {"unet": unet, "text_encoder": text_encoder}, lora_dirs, embedding_dirs
+        )
 
     @property
     def family(self) -> str:
@@ -136,20 +145,30 @@ class StableDiffusion:
 
     @torch.inference_mode()
     def encode_prompt(
-        self, prompt: str, negative_prompt: str = "", clip_skip: int = 1, empty_negative: str | None = None
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        clip_skip: int = 1,
+        empty_negative: str | None = None,
+        *,
+        tags: bool = True,
     ) -> tuple[torch.Tensor, ...]:
         """Text embeddings (cond, uncond) with A1111 emphasis; both padded to the same number of 77-token chunks.
         SDXL models add their pooled outputs: (cond, uncond, pooled, pooled_uncond) (`sd_core.sdxl`).
 
         `clip_skip` follows A1111: 1 = the model's usual layer, 2 = one layer earlier, ... `empty_negative`: for an
         empty `negative_prompt`, "zeros" gives all-zero uncond embeddings, "encode" the encoded empty text; None: the
-        model's rule (`sdxl.empty_negative`: zeros for SDXL as A1111, encoded for SD1/SD2).
+        model's rule (`sdxl.empty_negative`: zeros for SDXL as A1111, encoded for SD1/SD2). The prompt's LoRA tags
+        (`<lora:...>`) are taken out (generations apply them: `extra_networks`); the negative prompt's stay text, as
+        in A1111 (`tags=False`: the prompt's too). SD1/SD2: textual-inversion embeddings of the model's folders are
+        used by name in both (`sd_core.embeddings`).
         """
         limits.check_prompt("prompt", prompt)
         limits.check_prompt("negative_prompt", negative_prompt)
         limits.check_int("clip_skip", clip_skip, limits.MIN_CLIP_SKIP, limits.MAX_CLIP_SKIP)
         if empty_negative is not None:
             limits.check_choice("empty_negative", empty_negative, limits.EMPTY_NEGATIVE)
+        prompt = strip_tags(prompt) if tags else prompt
         zeros = negative_prompt == "" and sdxl.empty_negative(empty_negative, self.config) == "zeros"
         if self.config.sdxl:  # zeros: the towers do not run for the empty text
             text: tuple[torch.Tensor, ...] = sdxl.encode_prompt(
@@ -163,17 +182,52 @@ class StableDiffusion:
         return text
 
     def _encode_prompt(self, prompt: str, negative_prompt: str, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pad = self.config.pad_token
-        tokens_c, weights_c = tokenize_prompt(prompt, self.tokenizer, pad_token=pad)
-        tokens_u, weights_u = tokenize_prompt(negative_prompt, self.tokenizer, pad_token=pad, min_chunks=len(tokens_c))
-        if len(tokens_u) > len(tokens_c):
-            tokens_c, weights_c = tokenize_prompt(prompt, self.tokenizer, pad_token=pad, min_chunks=len(tokens_u))
+        """SD1/SD2: one CLIP tower, textual-inversion vectors written into its token embeddings."""
+        (tokens_c, weights_c, fixes_c), (tokens_u, weights_u, fixes_u) = self._tokenize(prompt, negative_prompt)
         skip = self.config.text_skip + clip_skip - 1
+        token_embedding = self.text_encoder.text_model.embeddings.token_embedding
 
-        def encode(tokens: torch.Tensor) -> torch.Tensor:
-            return self.text_encoder(tokens.to(self.device), skip=skip).float()
+        def encoder(fixes: list) -> Callable[[torch.Tensor], torch.Tensor]:
+            def encode(tokens: torch.Tensor) -> torch.Tensor:
+                embeds = None
+                if fixes:  # textual inversion: on the embedding's device (LowVRAM brings the encoder in after)
+                    at = token_embedding.weight.device
+                    embeds = embeddings.token_embeddings(token_embedding, tokens.to(at), fixes).to(self.device)
+                return self.text_encoder(tokens.to(self.device), skip=skip, token_embeds=embeds).float()
 
-        return encode_with_weights(encode, tokens_c, weights_c), encode_with_weights(encode, tokens_u, weights_u)
+            return encode
+
+        return (
+            encode_with_weights(encoder(fixes_c), tokens_c, weights_c),
+            encode_with_weights(encoder(fixes_u), tokens_u, weights_u),
+        )
+
+    def _tokenize(self, prompt: str, negative_prompt: str) -> tuple[tuple, tuple]:
+        """(ids, weights, embedding fixes) of the prompt and the negative prompt (SD1/SD2), padded to the same number
+        of chunks."""
+        pad = self.config.pad_token
+        lookup = self.extra_networks.embeddings.lookup(self.config.text_width, self.tokenizer)
+
+        def tokenize(text: str, chunks: int) -> tuple:
+            return tokenize_prompt_with_embeddings(
+                text, self.tokenizer, pad_token=pad, min_chunks=chunks, embeddings=lookup or None
+            )
+
+        cond = tokenize(prompt, 1)
+        uncond = tokenize(negative_prompt, len(cond[0]))
+        if len(uncond[0]) > len(cond[0]):
+            cond = tokenize(prompt, len(uncond[0]))
+        return cond, uncond
+
+    def prompt_embeddings(
+        self, prompt: str, negative_prompt: str = "", *, tags: bool = True
+    ) -> list[embeddings.Embedding]:
+        """The textual-inversion embeddings the two prompts use (for A1111's `TI hashes`; none yet for SDXL, whose
+        `clip_l`/`clip_g` embeddings are not read yet)."""
+        if self.config.sdxl:
+            return []
+        (_, _, fixes_c), (_, _, fixes_u) = self._tokenize(strip_tags(prompt) if tags else prompt, negative_prompt)
+        return embeddings.used(fixes_c + fixes_u)
 
     @torch.inference_mode()
     def decode_latents(

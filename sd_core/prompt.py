@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -42,6 +42,23 @@ class Tokenizer(Protocol):
     """What the chunker needs: text -> token ids without BOS/EOS (``sd_core.tokenizer.CLIPTokenizer``)."""
 
     def encode(self, text: str) -> list[int]: ...
+
+
+class Embeddings(Protocol):
+    """Textual-inversion embeddings found in token ids (``sd_core.embeddings.EmbeddingLookup``)."""
+
+    def find(self, tokens: list[int], position: int) -> tuple[Any, int] | None:
+        """(the embedding whose name's tokens start at ``position``, how many tokens its name takes) or None; the
+        embedding has ``count`` vectors."""
+        ...
+
+
+class Fix(NamedTuple):
+    """An embedding's place: chunk ``chunk``, its vectors from token ``offset`` (after BOS: position offset + 1)."""
+
+    chunk: int
+    offset: int
+    embedding: Any
 
 
 class _Part:
@@ -124,10 +141,22 @@ class _Chunker:
         self.tokens: list[int] = []
         self.weights: list[float] = []
         self.last_comma = -1
+        self.fixes: list[Fix] = []
+        self.pending: list[tuple[int, Any]] = []  # (offset, embedding) in the chunk being filled
 
     def flush(self) -> None:
+        self.fixes += [Fix(len(self.chunks), offset, emb) for offset, emb in self.pending]
         self.chunks.append((self.tokens, self.weights))
-        self.tokens, self.weights, self.last_comma = [], [], -1
+        self.tokens, self.weights, self.last_comma, self.pending = [], [], -1, []
+
+    def add_embedding(self, embedding: Any, weight: float) -> None:
+        """An embedding's ``count`` placeholder tokens (id 0), all in one chunk (A1111: a new chunk when they would
+        cross the 75-token boundary)."""
+        if self.tokens and len(self.tokens) + embedding.count > CHUNK_LENGTH:
+            self.flush()
+        self.pending.append((len(self.tokens), embedding))
+        self.tokens += [0] * embedding.count
+        self.weights += [weight] * embedding.count
 
     def add(self, token: int, weight: float) -> None:
         full = len(self.tokens) == CHUNK_LENGTH
@@ -138,9 +167,12 @@ class _Chunker:
             # short phrase is not cut in two.
             cut = self.last_comma + 1
             moved = self.tokens[cut:], self.weights[cut:]
+            moved_fixes = [(offset - cut, emb) for offset, emb in self.pending if offset >= cut]
+            self.pending = [(offset, emb) for offset, emb in self.pending if offset < cut]
             self.tokens, self.weights = self.tokens[:cut], self.weights[:cut]
             self.flush()
             self.tokens, self.weights = moved
+            self.pending = moved_fixes  # A1111 leaves them behind (its vectors then land in the old chunk's padding)
         if len(self.tokens) == CHUNK_LENGTH:
             self.flush()
         self.tokens.append(token)
@@ -155,6 +187,22 @@ def tokenize_prompt(
     min_chunks: int = 1,
     comma_padding_backtrack: int = 20,
 ) -> tuple[torch.LongTensor, torch.FloatTensor]:
+    """``tokenize_prompt_with_embeddings`` without embeddings: token ids and weights ``[k, 77]``."""
+    ids, weights, _ = tokenize_prompt_with_embeddings(
+        text, tokenizer, pad_token=pad_token, min_chunks=min_chunks, comma_padding_backtrack=comma_padding_backtrack
+    )
+    return ids, weights
+
+
+def tokenize_prompt_with_embeddings(
+    text: str,
+    tokenizer: Tokenizer,
+    *,
+    pad_token: int,
+    min_chunks: int = 1,
+    comma_padding_backtrack: int = 20,
+    embeddings: Embeddings | None = None,
+) -> tuple[torch.LongTensor, torch.FloatTensor, list[Fix]]:
     """Token ids and weights ``[k, 77]`` for a prompt: per chunk ``[BOS] + up to 75 tokens + [EOS]``, padded.
 
     ``pad_token`` is 49407 (EOS) for SD1 and 0 for SD2; for a plain prompt of up to 75 tokens the result is exactly
@@ -166,6 +214,10 @@ def tokenize_prompt(
     after that comma to the next chunk (0 disables). ``BREAK`` at the very start gives a leading empty chunk, at the
     very end nothing (A1111). ``min_chunks`` appends empty chunks (``[BOS, EOS, pad...]``) so that cond and uncond
     can have the same length.
+
+    With ``embeddings``, each textual-inversion name found in a run's tokens (longest first, as A1111) becomes its
+    vectors' count of placeholder tokens (id 0) with the run's weight; the ``Fix`` list says where their vectors go
+    (``sd_core.embeddings.token_embeddings``).
     """
     comma = tokenizer.encode(",")
     chunker = _Chunker(comma[0] if len(comma) == 1 else None, comma_padding_backtrack)
@@ -173,8 +225,16 @@ def tokenize_prompt(
         if part.is_break:
             chunker.flush()
             continue
-        for token in tokenizer.encode(part.text):
-            chunker.add(token, part.weight)
+        tokens = tokenizer.encode(part.text)
+        position = 0
+        while position < len(tokens):
+            found = None if embeddings is None else embeddings.find(tokens, position)
+            if found is None:
+                chunker.add(tokens[position], part.weight)
+                position += 1
+            else:
+                chunker.add_embedding(found[0], part.weight)
+                position += found[1]
     if chunker.tokens or not chunker.chunks:
         chunker.flush()
     chunks = chunker.chunks + [([], [])] * max(0, min_chunks - len(chunker.chunks))
@@ -185,7 +245,7 @@ def tokenize_prompt(
         n = len(tokens)
         ids[row, : n + 2] = torch.tensor([BOS, *tokens, EOS], dtype=torch.long)
         weights[row, 1 : n + 1] = torch.tensor(multipliers, dtype=torch.float32)
-    return ids, weights
+    return ids, weights, chunker.fixes
 
 
 def encode_with_weights(

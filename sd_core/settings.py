@@ -28,6 +28,7 @@ from typing import Any
 from . import limits, samplers, upscalers
 from .controlnet.unit import check_controls
 from .images import round_to_multiple
+from .lora.tags import check_loras
 from .upscalers import latent
 
 MODES = ("txt2img", "img2img", "inpaint")
@@ -264,6 +265,10 @@ class GenerationSettings:
     # fraction of the noise schedule reaches `refiner_switch_at` (None: 0.8); txt2img and img2img
     refiner: Any = None
     refiner_switch_at: float | None = None
+    # LoRAs besides the prompt's `<lora:...>` tags (`sd_core.lora`): {name in the LoRA folders, or file path: weight
+    # or (text encoder weight, UNet weight)}; kept as a tuple of `LoraTag`
+    loras: Any = ()
+    extra_networks: bool = True  # False: `<lora:...>` in the prompt is plain text (A1111's disable_extra_networks)
     # ControlNet units (`sd_core.Control`), their residuals summed; every mode (`sd_core.controlnet`)
     control: tuple[Any, ...] = ()
     choice: samplers.SamplerChoice = field(init=False, repr=False, compare=False)
@@ -314,6 +319,11 @@ class GenerationSettings:
             if self.refiner is None:
                 raise limits.SettingError("refiner_switch_at", "refiner_switch_at needs a refiner")
             limits.check_number("refiner_switch_at", self.refiner_switch_at, 0.0, 1.0, low_open=True)
+        set_field(self, "loras", check_loras(self.loras))
+        if not isinstance(self.extra_networks, bool):
+            raise limits.SettingError(
+                "extra_networks", f"extra_networks must be true or false, got {self.extra_networks!r}"
+            )
         set_field(self, "control", check_controls(self.control))
         if self.control and self.tile is not None:
             raise limits.SettingError("tile", "tiled denoising does not take ControlNet units (control) yet")

@@ -25,6 +25,15 @@ def background(fn: Callable[[], Any]) -> Job:
     return Job(lambda _payload: fn(), None)
 
 
+def read_loras(client: SDClient) -> list[str]:
+    """The names of the server's LoRAs (A1111's /sdapi/v1/loras); [] where a server has none or no such listing."""
+    try:
+        items = client.loras()
+    except ClientError:
+        return []
+    return [str(item["name"]) for item in items if isinstance(item, dict) and item.get("name")]
+
+
 def read_model_defaults(client: SDClient) -> dict[str, Any]:
     """The current model's own CFG scale and size from sd-core's options; {} where a server does not say."""
     try:
@@ -50,6 +59,7 @@ class Controller(qt.QObject):
 
     server_status = qt.pyqtSignal(str)  # one line for the status label
     samplers_ready = qt.pyqtSignal(list)  # sampler names offered by the server
+    loras_ready = qt.pyqtSignal(list)  # the server's LoRA names ([] from servers without any)
     model_defaults = qt.pyqtSignal(dict)  # the model's own settings, as sd-core names them ({} from other servers)
     message = qt.pyqtSignal(str)  # information or an error, for the user
     progress = qt.pyqtSignal(float)  # 0..1
@@ -83,7 +93,8 @@ class Controller(qt.QObject):
         if self.server is not None and self.server.running():
             self.message.emit(f"The server is already running at {self.server.url}.")
             return
-        server = LocalServer(s.python, s.model, port=s.port or None)
+        extra = ("--lora-dir", s.lora_dir) if s.lora_dir else ()
+        server = LocalServer(s.python, s.model, port=s.port or None, extra_args=extra)
         try:
             server.start()
         except OSError as exc:
@@ -107,7 +118,7 @@ class Controller(qt.QObject):
 
     def check_server(self) -> None:
         client = self.client
-        self._watch_server("check", lambda: (client.samplers(), read_model_defaults(client)))
+        self._watch_server("check", lambda: (client.samplers(), read_model_defaults(client), read_loras(client)))
 
     def _watch_server(self, kind: str, fn: Callable[[], Any]) -> None:
         self._server_job, self._server_job_kind = background(fn), kind
@@ -125,10 +136,11 @@ class Controller(qt.QObject):
         if self._server_job_kind == "start":
             self.check_server()
             return
-        samplers, defaults = job.result
+        samplers, defaults, loras = job.result
         names = [s.get("name", "") for s in samplers or [] if isinstance(s, dict)]
         self.samplers_ready.emit([n for n in names if n])
         self.model_defaults.emit(defaults)
+        self.loras_ready.emit(loras)
         owner = " (started by Krita)" if self.server is not None and self.server.running() else ""
         self.server_status.emit(f"Server ready at {self.client.base_url}{owner}.")
 

@@ -13,6 +13,7 @@ from krita import DockWidget
 
 from . import qt, sizes
 from .controller import Controller
+from .sd_client import add_lora
 from .settings import Settings
 
 DOCKER_ID = "sd_krita_docker"
@@ -98,6 +99,17 @@ class SDDocker(DockWidget):
         self.negative_edit.setFixedHeight(44)
         layout.addWidget(self.prompt_edit)
         layout.addWidget(self.negative_edit)
+
+        loras = qt.QGroupBox("LoRAs")
+        lora_form = qt.QFormLayout(loras)
+        self.lora_combo = qt.QComboBox()  # the server's LoRAs
+        self.lora_weight_spin = _dspin(-5.0, 5.0, 0.8, 0.1)
+        self.lora_add_button = qt.QPushButton("Add")
+        lora_form.addRow(self._row(self.lora_combo, self.lora_weight_spin, self.lora_add_button))
+        self.loras_edit = qt.QLineEdit(s.loras)
+        self.loras_edit.setPlaceholderText("name:weight, ... (sent as <lora:name:weight>)")
+        lora_form.addRow(self.loras_edit)
+        layout.addWidget(loras)
 
         params = qt.QFormLayout()
         self.strength_spin = _dspin(0.0, 1.0, s.strength, 0.05)
@@ -187,7 +199,8 @@ class SDDocker(DockWidget):
         for name in (
             "status_label", "url_edit", "python_edit", "model_edit", "start_button", "stop_button", "prompt_edit",
             "negative_edit", "cfg_spin", "cfg_model_check", "inpaint_button", "generate_button", "cancel_button",
-            "progress_bar", "message_label", "size_combo", "resolution_spin",
+            "progress_bar", "message_label", "size_combo", "resolution_spin", "lora_combo", "lora_weight_spin",
+            "lora_add_button", "loras_edit",
         ):  # fmt: skip
             getattr(self, name).setObjectName(f"sd_krita_{name}")
 
@@ -198,6 +211,9 @@ class SDDocker(DockWidget):
         c.progress.connect(lambda v: self.progress_bar.setValue(int(round(v * 100))))
         c.busy.connect(self._set_busy)
         c.samplers_ready.connect(self._set_samplers)
+        c.loras_ready.connect(self._set_loras)
+        self.lora_add_button.clicked.connect(self._add_lora)
+        self.loras_edit.textChanged.connect(lambda text: self._store("loras", text))
         c.model_defaults.connect(self._set_model_defaults)
         self.connect_button.clicked.connect(self._connect_url)
         self.start_button.clicked.connect(self._start_server)
@@ -306,6 +322,17 @@ class SDDocker(DockWidget):
             self.sampler_combo.addItem(current)
         self.sampler_combo.setCurrentText(current)
         self.sampler_combo.blockSignals(False)
+
+    def _set_loras(self, names: list[str]) -> None:
+        self.lora_combo.clear()
+        self.lora_combo.addItems(names)
+        self.lora_add_button.setEnabled(bool(names))
+
+    def _add_lora(self) -> None:
+        """The picked LoRA with its weight, appended to the list (a LoRA already there gets the new weight)."""
+        name = self.lora_combo.currentText()
+        if name:
+            self.loras_edit.setText(add_lora(self.loras_edit.text(), name, self.lora_weight_spin.value()))
 
     def canvasChanged(self, canvas: Any) -> None:  # noqa: N802 - Krita's DockWidget API
         """Required by Krita; the controller always works on the active document."""

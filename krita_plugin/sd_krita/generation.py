@@ -15,7 +15,7 @@ from typing import Any
 
 from . import regions
 from .regions import LayerPixels, Plan, RegionError
-from .sd_client import decode_png, encode_png_rgba
+from .sd_client import decode_png, encode_png_rgba, lora_tags, parse_loras
 from .settings import Settings
 
 
@@ -56,9 +56,14 @@ def png_of(planes: list[bytes], width: int, height: int) -> str:
 
 def common_payload(settings: Settings, plan: Plan) -> dict[str, Any]:
     """The settings every request carries. The server checks them (sd-core's limits) and says what is wrong; a
-    CFG scale left as None is left out, so the server uses the model's own."""
+    CFG scale left as None is left out, so the server uses the model's own. The chosen LoRAs become A1111 prompt
+    tags (a LoRA the server cannot apply is its error, naming it)."""
+    try:
+        loras = parse_loras(settings.loras)
+    except ValueError as exc:
+        raise RegionError(str(exc)) from None
     payload: dict[str, Any] = {
-        "prompt": settings.prompt,
+        "prompt": lora_tags(settings.prompt, loras),
         "negative_prompt": settings.negative_prompt,
         "seed": settings.seed,
         "steps": settings.steps,

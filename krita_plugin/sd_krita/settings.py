@@ -26,9 +26,11 @@ class Settings:
     server_url: str = "http://127.0.0.1:7860"
     python: str = ""  # an interpreter with sd-core installed, used to start the server
     model: str = ""  # checkpoint the started server loads
+    lora_dir: str = ""  # the started server's LoRA folder (--lora-dir); empty: none
     port: int = 7860
     prompt: str = ""
     negative_prompt: str = ""
+    loras: str = ""  # "name:weight, ...": the server's LoRAs, sent as <lora:name:weight> tags after the prompt
     strength: float = 0.75
     steps: int = 20
     sampler: str = "Euler a"

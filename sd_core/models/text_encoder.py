@@ -42,9 +42,10 @@ class Embeddings(nn.Module):
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.position_embedding = nn.Embedding(max_positions, width)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, token_embeds: torch.Tensor | None = None) -> torch.Tensor:
         # positions are computed, not stored: no buffer stays behind on the meta device after an assign-load
-        return self.token_embedding(tokens) + self.position_embedding.weight[: tokens.shape[1]]
+        embeds = self.token_embedding(tokens) if token_embeds is None else token_embeds
+        return embeds + self.position_embedding.weight[: tokens.shape[1]]
 
 
 class SelfAttention(nn.Module):
@@ -107,7 +108,8 @@ class TextTransformer(nn.Module):
 class CLIPTextEncoder(nn.Module):
     """`forward(tokens, skip)` = `final_layer_norm(hidden_states[-(1 + skip)])`, hidden_states[-1] being the last
     layer's output: skip=0 is SD1's `last_hidden_state`, skip=1 the penultimate layer SD2 uses ("clip skip 2").
-    Layers after the requested one are not run. Output dtype = the weights' dtype."""
+    Layers after the requested one are not run. Output dtype = the weights' dtype. `token_embeds` [B, T, width]
+    replaces the token embedding lookup (textual-inversion vectors written in; HF's `inputs_embeds`)."""
 
     def __init__(self, config: dict):
         super().__init__()
@@ -116,11 +118,11 @@ class CLIPTextEncoder(nn.Module):
         width, projection = self.config["hidden_size"], self.config["projection_dim"]
         self.text_projection = nn.Linear(width, projection, bias=False) if projection else None
 
-    def forward(self, tokens: torch.Tensor, skip: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, skip: int = 0, token_embeds: torch.Tensor | None = None) -> torch.Tensor:
         layers = self.text_model.encoder.layers
         if not 0 <= skip <= len(layers):
             raise ValueError(f"skip must be in [0, {len(layers)}], got {skip}")
-        x = self.text_model.embeddings(tokens)
+        x = self.text_model.embeddings(tokens, token_embeds)
         for layer in layers[: len(layers) - skip]:
             x = layer(x)
         return self.text_model.final_layer_norm(x)

@@ -78,6 +78,8 @@ class ServerState:
     models: ModelManager
     options: OptionStore
     styles: StyleFile
+    loras: Any  # sd_core.lora.LoraLibrary over --lora-dir (the listing; each loaded model has its own)
+    embeddings: Any  # sd_core.embeddings.EmbeddingLibrary over --embeddings-dir
     cancelled: type[BaseException]  # sd_core.Cancelled: what the step callback raises when the server stops
     interrupted: type[BaseException]  # sd_core.Interrupted: ... on interrupt and skip
 
@@ -95,8 +97,11 @@ def build_state(settings: ServerSettings, loader: Loader | None = None) -> Serve
         initial = entries[0] if entries else None
     if initial is None:
         raise ValueError(f"no checkpoints (.safetensors, .ckpt, diffusers folders) in {directory.root}")
-    models = ModelManager(directory, loader or default_loader(settings.device, settings.dtype), initial)
+    loader = loader or default_loader(settings.device, settings.dtype, settings.lora_dirs, settings.embedding_dirs)
+    models = ModelManager(directory, loader, initial)
     from sd_core import Cancelled, Interrupted
+    from sd_core.embeddings import EmbeddingLibrary
+    from sd_core.lora import LoraLibrary
 
     return ServerState(
         settings,
@@ -105,6 +110,8 @@ def build_state(settings: ServerSettings, loader: Loader | None = None) -> Serve
         models,
         OptionStore(lambda: upscalers.available(settings)),
         StyleFile(settings.styles),
+        LoraLibrary(settings.lora_dirs),
+        EmbeddingLibrary(settings.embedding_dirs),
         Cancelled,
         Interrupted,
     )

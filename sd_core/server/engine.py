@@ -21,13 +21,13 @@ log = logging.getLogger("sd_core.server")
 Loader = Callable[[Path], Any]
 
 
-def default_loader(device: str | None, dtype: str | None) -> Loader:
-    """`sd_core.load` with the server's device and dtype."""
+def default_loader(device: str | None, dtype: str | None, lora_dirs: tuple = (), embedding_dirs: tuple = ()) -> Loader:
+    """`sd_core.load` with the server's device, dtype, LoRA and embedding folders."""
 
     def load(path: Path) -> Any:
         import sd_core
 
-        return sd_core.load(path, device=device, dtype=dtype)
+        return sd_core.load(path, device=device, dtype=dtype, lora_dirs=lora_dirs, embedding_dirs=embedding_dirs)
 
     return load
 
@@ -120,6 +120,16 @@ class ModelManager:
         import sd_core
 
         return sd_core.inspect_model(entry.path).defaults
+
+    def text_width(self) -> int:
+        """The current model's text width (the width of the embeddings it takes): the loaded pipeline's, else read
+        from the file's header."""
+        entry, loaded = self.current, self._loaded
+        if loaded is not None and loaded[0] == entry:
+            return int(loaded[1].config.text_width)
+        import sd_core
+
+        return sd_core.inspect_model(entry.path).text_width
 
     def short_hash(self, entry: ModelEntry) -> str | None:
         sha = self.hashes.get(entry.path)

@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core import GenerationSettings, HiresOptions, InpaintOptions, limits
+from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits
 from sd_core.pnginfo import format_parameters, parse_parameters
 
 from . import hires, refusals, sampling_fields, sd_upscale, upscalers
@@ -219,6 +219,7 @@ def plan(
             hires=hires_options,
             resize_mode="latent" if images is not None and images.latent else "resize",
             tile=None if upscale is None else upscale.tile,
+            extra_networks=not req.disable_extra_networks,
         )
         chosen = replace(chosen, **sampling_fields.sampler_options(req, chosen.sampler, p.settings))
     except limits.SettingError as exc:
@@ -291,6 +292,8 @@ def run(
                 return out
             except limits.SettingError as exc:  # found by the engine before it starts (the hires second pass's)
                 raise setting_error(exc) from None
+            except LoraError as exc:  # an unknown LoRA, or a file that does not fit the model: before any work
+                raise invalid("prompt", f"prompt: {exc}") from None
             out.images.extend(imgs)
             out.seeds.extend(int(img.info["seed"]) for img in imgs)
     out.interrupted = out.interrupted or ctx.interrupted.is_set()

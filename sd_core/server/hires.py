@@ -24,7 +24,7 @@ from sd_core import HiresOptions
 from sd_core.upscalers.latent import is_latent
 
 from . import upscalers
-from .prepare import EXTRA_NETWORK, Prepared, floor_side
+from .prepare import Prepared, floor_side, strip_other_networks
 from .schemas import Txt2ImgRequest
 from .styles import StyleFile
 
@@ -52,7 +52,7 @@ def options(req: Any, p: Prepared, styles: StyleFile) -> HiresOptions | None:
         texts = (req.hr_prompt or req.prompt or "", req.hr_negative_prompt or req.negative_prompt or "")
         prompt, negative, _ = styles.apply(list(req.styles or []), *texts)
         if not req.disable_extra_networks:
-            prompt = EXTRA_NETWORK.sub("", prompt)
+            prompt = strip_other_networks(prompt)
     name = req.hr_upscaler or "Latent"
     return HiresOptions(
         scale=2.0 if req.hr_scale is None else req.hr_scale,

@@ -1,14 +1,17 @@
 """The discovery endpoints A1111 clients call, in A1111's response shapes.
 
-Where the concept does not exist here the list is empty: no separate VAEs, hypernetworks, LoRAs or embeddings are
-loaded, no face restoration model ships, and no extension is installed. The refresh endpoints are accepted and do
-nothing (there is nothing to rescan). The upscalers are the pixel ones and the ESRGAN-family files of
+Where the concept does not exist here the list is empty: no separate VAEs or hypernetworks are loaded, no face
+restoration model ships, and no extension is installed; their refresh endpoint is accepted and does nothing. LoRAs
+(`/loras`, A1111's `[{name, alias, path, metadata}]`) are the files of `--lora-dir`, embeddings (`/embeddings`,
+`{loaded, skipped}` by the current model's text width) those of `--embeddings-dir`; their refresh endpoints read the
+folders again. The upscalers are the pixel ones and the ESRGAN-family files of
 `--upscaler-dir`, read afresh at each listing; `/realesrgan-models` lists those in the Real-ESRGAN (BasicSR) key
 layout. The latent upscale modes are the engine's (`sd_core.upscalers.latent`: hires fix's "Latent" upscalers).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -65,9 +68,16 @@ class RealesrganItem(ApiModel):
     scale: int | None = None
 
 
+class LoraItem(ApiModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
+
+
 class EmbeddingsResponse(ApiModel):
-    loaded: dict[str, Any] = Field(description="embeddings loaded for the current model (none here)")
-    skipped: dict[str, Any]
+    loaded: dict[str, Any] = Field(description="the embeddings of --embeddings-dir the current model can use")
+    skipped: dict[str, Any] = Field(description="those of another text width (another model family)")
 
 
 class MemoryResponse(ApiModel):
@@ -90,7 +100,22 @@ def cmd_flags(sd: Any) -> dict[str, Any]:
         "max_batch_count": s.max_n_iter,
         "esrgan_models_path": str(s.upscaler_dirs[0]) if s.upscaler_dirs else None,
         "realesrgan_models_path": str(s.upscaler_dirs[0]) if s.upscaler_dirs else None,
+        "lora_dir": str(s.lora_dirs[0]) if s.lora_dirs else FLAG_DEFAULTS["lora_dir"],
+        "embeddings_dir": str(s.embedding_dirs[0]) if s.embedding_dirs else FLAG_DEFAULTS["embeddings_dir"],
     }
+
+
+def _decoded(metadata: dict[str, str]) -> dict[str, Any]:
+    """Safetensors metadata with the values that hold JSON objects or lists decoded (A1111's LoRA metadata)."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        out[key] = value
+        if value[:1] in ("{", "["):
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                pass
+    return out
 
 
 def ram() -> dict[str, Any]:
@@ -139,8 +164,24 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]]) -> APIRouter
     def empty(path: str, model: Any) -> None:
         r.add_api_route(path, lambda: [], methods=["GET"], response_model=list[model], responses=errors)
 
-    for path in ("/sdapi/v1/refresh-vae", "/sdapi/v1/refresh-embeddings", "/sdapi/v1/refresh-loras"):
-        r.add_api_route(path, lambda: None, methods=["POST"], responses=errors)
+    r.add_api_route("/sdapi/v1/refresh-vae", lambda: None, methods=["POST"], responses=errors)
+
+    @r.post("/sdapi/v1/refresh-loras", responses=errors)
+    def refresh_loras() -> None:
+        """Read the LoRA folders again (generations find new files by themselves)."""
+        sd.loras.refresh()
+
+    @r.post("/sdapi/v1/refresh-embeddings", responses=errors)
+    def refresh_embeddings() -> None:
+        sd.embeddings.refresh(force=True)
+
+    @r.get("/sdapi/v1/loras", response_model=list[LoraItem], responses=errors)
+    def get_loras() -> list[dict[str, Any]]:
+        """The LoRA files of `--lora-dir` (A1111's shape; metadata values that hold JSON decoded, as A1111 does)."""
+        return [
+            {"name": e.name, "alias": e.alias, "path": str(e.path), "metadata": _decoded(e.metadata)}
+            for e in sd.loras.entries()
+        ]
 
     @r.get("/sdapi/v1/latent-upscale-modes", response_model=list[NameItem], responses=errors)
     def get_latent_upscale_modes() -> list[dict[str, str]]:
@@ -150,7 +191,6 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]]) -> APIRouter
     empty("/sdapi/v1/sd-vae", SDVaeItem)
     empty("/sdapi/v1/hypernetworks", PathItem)
     empty("/sdapi/v1/face-restorers", FaceRestorerItem)
-    empty("/sdapi/v1/loras", PathItem)
     empty("/sdapi/v1/script-info", NameItem)
     empty("/sdapi/v1/extensions", NameItem)
 
@@ -176,7 +216,18 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]]) -> APIRouter
 
     @r.get("/sdapi/v1/embeddings", response_model=EmbeddingsResponse, responses=errors)
     def get_embeddings() -> dict[str, Any]:
-        return {"loaded": {}, "skipped": {}}
+        """The embeddings of `--embeddings-dir`: loaded (the current model's text width) and skipped (another)."""
+        width = sd.models.text_width() if sd.settings.embedding_dirs else 0
+        out: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
+        for name, emb in sd.embeddings.embeddings().items():
+            out["loaded" if emb.width == width else "skipped"][name] = {
+                "step": emb.step,
+                "sd_checkpoint": emb.checkpoint,
+                "sd_checkpoint_name": emb.checkpoint_name,
+                "shape": emb.width,
+                "vectors": emb.count,
+            }
+        return out
 
     @r.get("/sdapi/v1/memory", response_model=MemoryResponse, responses=errors)
     def get_memory() -> dict[str, Any]:

@@ -4,9 +4,11 @@
   override settings, as A1111's `apply_infotext` does (its "Model hash" is skipped, as with A1111's default
   `disable_weights_auto_swap`).
 - `styles` are applied from the server's styles.csv (`styles.py`).
-- Extra-network tags (`<lora:name:1>`) are taken out of the prompt, as A1111 does before encoding it; no network is
-  loaded (there are none here), so each is listed in `info["ignored_extra_networks"]`. With `disable_extra_networks`
-  the tags stay in the prompt as text, as in A1111.
+- Extra-network tags: `<lora:name:te:unet>` (and `<lyco:...>`) stay in the prompt for the engine, which applies the
+  LoRA from `--lora-dir` and takes the tag out before encoding (`sd_core.extra_networks`; a name that is a path or not
+  in the folders is a 422 naming it). Other kinds (`<hypernet:...>`) are taken out, as A1111 does before encoding,
+  and listed in `info["ignored_extra_networks"]` (none are loaded here). With `disable_extra_networks` every tag stays
+  in the prompt as text, as in A1111.
 - width and height are floored to multiples of 8 (A1111 works on 8x8 latent cells, so its images come out that
   size); below 8 (one latent, `sd_core.limits.MIN_SIDE`) they are refused.
 - `override_settings`: the honoured settings (`options.PER_REQUEST`; the model is chosen by `generate.py`) apply to
@@ -22,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sd_core import limits
+from sd_core.lora import split_tags
 from sd_core.pnginfo import parse_parameters
 
 from . import options, upscalers
@@ -31,6 +34,13 @@ from .schemas import GenerationRequest, Txt2ImgRequest
 from .styles import StyleFile
 
 EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network tag
+LORA_KINDS = ("lora", "lyco")  # the tags the engine applies (`sd_core.lora.tags`)
+
+
+def strip_other_networks(prompt: str) -> str:
+    """The prompt without the extra-network tags of kinds the engine does not apply (LoRA tags stay)."""
+    return EXTRA_NETWORK.sub(lambda m: m[0] if m[1] in LORA_KINDS else "", prompt)
+
 
 # infotext label -> request field and how to read its text
 INFOTEXT_FIELDS: dict[str, tuple[str, type]] = {
@@ -193,8 +203,12 @@ def prepare(
     shown = prompt
     networks: list[str] = []
     if not req.disable_extra_networks:
-        networks = [m[0].strip("<>") for m in EXTRA_NETWORK.finditer(prompt)]
-        prompt = EXTRA_NETWORK.sub("", prompt)
+        try:
+            split_tags(prompt)  # the LoRA tags' names and weights checked now, before the queue
+        except limits.SettingError as exc:
+            raise invalid("prompt", str(exc)) from None
+        networks = [m[0].strip("<>") for m in EXTRA_NETWORK.finditer(prompt) if m[1] not in LORA_KINDS]
+        prompt = strip_other_networks(prompt)
     for name, text in (("prompt", prompt), ("negative_prompt", negative)):
         if len(text) > limits.MAX_PROMPT_CHARS:
             raise invalid(

@@ -36,6 +36,8 @@ class ServerSettings:
     dtype: str | None = None
     styles: Path | None = None  # an A1111 styles.csv
     upscaler_dirs: tuple[Path, ...] = ()  # folders of ESRGAN-family upscaler models (A1111's models/ESRGAN)
+    lora_dirs: tuple[Path, ...] = ()  # folders of LoRA files, named in prompts by `<lora:name:weight>`
+    embedding_dirs: tuple[Path, ...] = ()  # folders of textual-inversion embeddings, used by name in prompts
 
     @property
     def max_body_bytes(self) -> int:
@@ -104,6 +106,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a folder of ESRGAN-family upscaler models (.pth, .pt, .safetensors; A1111's models/ESRGAN), each "
         "listed by its file name; repeatable (default: none, only the Lanczos and Nearest upscalers)",
     )
+    parser.add_argument(
+        "--lora-dir",
+        type=Path,
+        action="append",
+        help="a folder of LoRA files (.safetensors, .pt, .ckpt; subfolders too; A1111's models/Lora) that prompts "
+        "name with <lora:name:weight>; repeatable (default: none)",
+    )
+    parser.add_argument(
+        "--embeddings-dir",
+        type=Path,
+        action="append",
+        help="a folder of textual-inversion embeddings (.pt, .safetensors, .bin), used in prompts by file name; "
+        "repeatable (default: none)",
+    )
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: best for the device)")
 
@@ -121,9 +137,14 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise FileNotFoundError(f"model not found: {args.model}")
     if args.styles is not None and not args.styles.is_file():
         raise FileNotFoundError(f"--styles file not found: {args.styles}")
-    for folder in args.upscaler_dir or ():
-        if not folder.is_dir():
-            raise ValueError(f"--upscaler-dir {folder} is not a folder")
+    for option, folders in (
+        ("--upscaler-dir", args.upscaler_dir),
+        ("--lora-dir", getattr(args, "lora_dir", None)),
+        ("--embeddings-dir", getattr(args, "embeddings_dir", None)),
+    ):
+        for folder in folders or ():
+            if not folder.is_dir():
+                raise ValueError(f"{option} {folder} is not a folder")
     if not is_loopback(args.host) and not token:
         raise ValueError(f"refusing to serve on {args.host} without --token: anyone on the network could use it")
     if not 0 <= args.port <= 65535:
@@ -143,4 +164,6 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         dtype=args.dtype,
         styles=args.styles,
         upscaler_dirs=tuple(args.upscaler_dir or ()),
+        lora_dirs=tuple(getattr(args, "lora_dir", None) or ()),
+        embedding_dirs=tuple(getattr(args, "embeddings_dir", None) or ()),
     )

@@ -78,4 +78,7 @@ class TrainConfig:
     log_every: int = 50
     threads: int = 0  # torch threads (0: leave torch's default)
     export_dtype: str = "fp16"
+    lora: int = 0  # > 0: train a LoRA of this rank on the `init` model (default: the built-in one), not the model
+    lora_alpha: float = 0.0  # the LoRA's alpha (0: the rank, so alpha / rank = 1)
+    lora_text: bool = False  # the LoRA also adapts the text encoder
     extra: dict[str, Any] = field(default_factory=dict)

@@ -140,6 +140,8 @@ def pattern_mask(
         wavelength = 2 * period if size % (2 * period) == 0 else size
         amp = rng.uniform(0.15, 0.3)
         m = _frac(v + amp * np.sin(2 * math.pi * xs / wavelength)) < 0.5
+    elif pattern == "diagonal stripes":  # not in PATTERNS: the built-in model never saw it (the LoRA demonstration)
+        m = _frac(u + v) < 0.5
     elif pattern == "noise":
         cells = max(2, size // period * 2)
         field = _value_noise(xs / size, ys / size, cells, rng)

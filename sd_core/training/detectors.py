@@ -202,6 +202,17 @@ def looks_like_dots(minority: np.ndarray) -> bool:
     return bool(np.median(fill) >= 0.55 and np.median(squat) >= 0.6 and areas.std() <= 0.35 * areas.mean())
 
 
+def is_diagonal_stripes(image: Image.Image | np.ndarray) -> bool:
+    """Stripes at 45 degrees, a pattern the built-in model was never trained on (the LoRA demonstration,
+    `benchmarks/lora_pattern_demo.py`): most power off the axes, its peak on a diagonal (|fx| == |fy|), and nearly
+    all of it in one diagonal direction (a checkerboard has both)."""
+    signal = principal_channel(as_array(image))
+    if signal.std() < 8.0:
+        return False
+    f = spectrum_features(signal)
+    return f.off_axis >= 0.6 and f.diagonal_peak and f.diagonal_balance <= 0.25
+
+
 def detect_pattern(image: Image.Image | np.ndarray) -> str:
     """One of "vertical stripes", "horizontal stripes", "checkerboard", "dots", or "other"."""
     arr = as_array(image)

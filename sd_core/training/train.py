@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..models.text_encoder import CLIPTextEncoder
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
 from ..settings import CFG_SCALE_KEY, RESOLUTION_KEY
+from . import lora
 from .autoencoder import LATENT_SCALE, train_decoder, train_vae
 from .config import PRESETS, TrainConfig
 from .data import FolderDataset, TextureDataset, parse_caption_mix, parse_pattern_weights
@@ -89,7 +90,15 @@ def models_from_checkpoint(path: str) -> tuple[UNetModel, AutoencoderKL, CLIPTex
 
 
 def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = None) -> Path:
-    """The whole training: VAE stage (from scratch only), UNet stage, export to `out/model.safetensors`."""
+    """The whole training: VAE stage (from scratch only), UNet stage, export to `out/model.safetensors`; with
+    `cfg.lora`, a LoRA of the `init` model (the built-in one by default) instead, exported to `out/lora.safetensors`
+    (`sd_core.training.lora`)."""
+    if cfg.lora and not cfg.init:
+        from ..loader import builtin_model
+
+        cfg = replace(cfg, init=str(builtin_model()))
+    if cfg.lora < 0:
+        raise ValueError(f"--lora must be a positive rank, got {cfg.lora}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -136,8 +145,11 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
         source = EncodedBatches(vae, dataset, scale)
 
     torch.manual_seed(cfg.seed + 4)
-    ema = train_unet(cfg, unet, text, source, out, hook("unet"))
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.export_dtype]
+    if cfg.lora:
+        factors = lora.train_lora(cfg, unet, text, source, out, hook("lora"))
+        return lora.export_lora(out / "lora.safetensors", factors, cfg, dtype)
+    ema = train_unet(cfg, unet, text, source, out, hook("unet"))
     meta = {
         "sd_core.training": json.dumps(asdict(cfg)),
         "sd_core.steps": f"vae={cfg.vae_steps},unet={cfg.unet_steps},decoder={cfg.decoder_steps}",
@@ -156,7 +168,9 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
 def add_arguments(parser: Any) -> None:
     """Options of `sd-core train` (an argparse parser); defaults are `TrainConfig`'s."""
     d = TrainConfig()
-    parser.add_argument("--out", default=d.out, help="folder for state files and model.safetensors (resumes there)")
+    parser.add_argument(
+        "--out", default=d.out, help="folder for state files and model.safetensors or lora.safetensors (resumes there)"
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help="network sizes (from scratch)")
     parser.add_argument("--size", type=int, default=d.size, help="training image size (multiple of 8)")
@@ -214,6 +228,17 @@ def add_arguments(parser: Any) -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     parser.add_argument("--lr-schedule", default=d.lr_schedule, choices=("cosine", "constant"))
     parser.add_argument("--export-dtype", default=d.export_dtype, choices=("fp16", "bf16", "fp32"))
+    lora_group = parser.add_argument_group("LoRA (instead of training the model: a kohya-format lora.safetensors)")
+    lora_group.add_argument(
+        "--lora",
+        type=int,
+        default=d.lora,
+        metavar="RANK",
+        help="train a LoRA of this rank on --init (default: the built-in model) with --unet-steps, --unet-batch, "
+        "--unet-lr; the model stays as it is",
+    )
+    lora_group.add_argument("--lora-alpha", type=float, default=d.lora_alpha, help="the LoRA's alpha (0: the rank)")
+    lora_group.add_argument("--lora-text", action="store_true", help="the LoRA also adapts the text encoder")
 
 
 def config_from_args(args: Any) -> TrainConfig:

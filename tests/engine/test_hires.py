@@ -151,7 +151,7 @@ def test_the_second_pass_runs_exactly_its_steps_on_a1111_s_schedule(sd1):
 def test_the_prompts_are_encoded_again_only_when_they_change(sd1, monkeypatch):
     calls: list = []
     encode = sd1.encode_prompt
-    monkeypatch.setattr(sd1, "encode_prompt", lambda *a: calls.append(a) or encode(*a))
+    monkeypatch.setattr(sd1, "encode_prompt", lambda *a, **kw: calls.append(a) or encode(*a, **kw))
     sd1.txt2img("a cat", hires=HiresOptions(steps=1), **BASE)
     assert calls == [("a cat", "", 1, None)]
     calls.clear()

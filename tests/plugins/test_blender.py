@@ -23,7 +23,7 @@ from sd_core.client import SDClient, free_port
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # blender_addon/ is not an installed package
 
-from blender_addon.engine import DEFAULT_SIZES, Request, size_choices, sizes_from  # noqa: E402
+from blender_addon.engine import DEFAULT_SIZES, Request, UserError, size_choices, sizes_from  # noqa: E402
 from blender_addon.inprocess import InProcessEngine, generation_settings  # noqa: E402
 from blender_addon.server_engine import LocalServerEngine, ServerEngine, a1111_payload  # noqa: E402
 from blender_addon.task import State, Task  # noqa: E402
@@ -45,8 +45,23 @@ def model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model):
-    server = start_server(model)
+def lora_dir(tmp_path_factory) -> Path:
+    """ "bricks", a kohya LoRA for the tiny model, in the folder the test server and engines are given."""
+    from diffusers import StableDiffusionPipeline
+    from lora_files import kohya_lora, save
+    from model_fixtures import _cached_folder
+
+    ref = StableDiffusionPipeline.from_pretrained(
+        str(_cached_folder(0, False, False)), local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
+    folder = tmp_path_factory.mktemp("loras")
+    save(folder / "bricks.safetensors", kohya_lora(ref.unet, ref.text_encoder, seed=1))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(model, lora_dir):
+    server = start_server(model, extra_args=("--lora-dir", str(lora_dir)))
     yield server
     server.stop()
 
@@ -335,6 +350,30 @@ def test_in_process_and_server_make_the_same_images(server, model, server_thread
             (remote_png,), (local_png,) = (r.images for r in results)
             assert np.array_equal(png_array(remote_png), png_array(local_png)), request.kind
             assert results[0].infotexts == results[1].infotexts and "CFG scale: 7.5" in results[0].infotexts[0]
+    finally:
+        local.release()
+
+
+def test_chosen_loras_become_prompt_tags_for_both_engines():
+    request = small_request(loras="bricks:0.5, moss")
+    assert a1111_payload(request)[1]["prompt"] == "a red brick wall <lora:bricks:0.5> <lora:moss:1>"
+    assert generation_settings(request).prompt == "a red brick wall <lora:bricks:0.5> <lora:moss:1>"
+    with pytest.raises(UserError, match="'bricks:lots'"):
+        small_request(loras="bricks:lots").check()
+
+
+def test_in_process_and_server_apply_the_same_lora(server, model, lora_dir, server_threads):
+    request = small_request(loras="bricks:0.8")
+    local = InProcessEngine(str(model), lora_dir=str(lora_dir))
+    try:
+        assert local.loras() == ServerEngine(server.url).loras() == ["bricks"]
+        results = []
+        for engine in (ServerEngine(server.url), local):
+            task = Task(engine, request, poll_interval=0.05).start()
+            assert task.wait(120) is State.DONE, task.error
+            results.append(task.result)
+        assert np.array_equal(png_array(results[0].images[0]), png_array(results[1].images[0]))
+        assert 'Lora hashes: "bricks: ' in results[0].infotexts[0] and results[0].infotexts == results[1].infotexts
     finally:
         local.release()
 

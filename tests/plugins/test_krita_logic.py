@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "krita_plugin"))
 
 from sd_krita import generation, regions, sizes  # noqa: E402
 from sd_krita.regions import Rect, RegionError  # noqa: E402
+from sd_krita.sd_client import add_lora  # noqa: E402
 from sd_krita.settings import Settings  # noqa: E402
 
 
@@ -319,6 +320,25 @@ def test_generate_without_selection_is_txt2img_over_the_canvas() -> None:
     req = generation.build_request(generation.Capture(plan, None, None), settings)
     assert req.kind == "txt2img" and "init_images" not in req.payload and "mask" not in req.payload
     assert set(req.alpha) == {255} and len(req.alpha) == 100 * 60
+
+
+def test_chosen_loras_become_prompt_tags() -> None:
+    plan = regions.plan_canvas(100, 60, target=64)
+    settings = Settings(prompt="a sky", loras="clouds:0.8, haze:-0.5", resolution=64)
+    payload = generation.build_request(generation.Capture(plan, None, None), settings).payload
+    assert payload["prompt"] == "a sky <lora:clouds:0.8> <lora:haze:-0.5>"
+
+
+def test_a_lora_without_a_number_is_a_clear_error() -> None:
+    plan = regions.plan_canvas(100, 60, target=64)
+    with pytest.raises(RegionError, match="'clouds:lots'"):
+        generation.build_request(generation.Capture(plan, None, None), Settings(loras="clouds:lots", resolution=64))
+
+
+def test_adding_a_lora_replaces_its_weight_or_appends() -> None:
+    assert add_lora("", "clouds", 0.8) == "clouds:0.8"
+    assert add_lora("clouds:0.8, haze:1", "clouds", 0.5) == "haze:1, clouds:0.5"
+    assert add_lora("haze", "clouds", 1.0) == "haze:1, clouds:1"
 
 
 def test_empty_selection_is_a_clear_error() -> None:

@@ -1,8 +1,9 @@
 """The Krita plugin inside real Krita (Debian's 5.1.5), through a real server with a tiny model.
 
 - `test_plugin_api_in_kritarunner`: tests/plugins/krita_runner/inside_krita.py under `kritarunner` (offscreen):
-  inpaint a feathered selection, colour spaces, errors (no selection, outside the canvas, closed document,
-  unreachable or stopped server), cancel. The plugin's Controller starts and stops the server itself.
+  inpaint a feathered selection, colour spaces, the server's LoRAs as prompt tags (and a refused one), errors (no
+  selection, outside the canvas, closed document, unreachable or stopped server), cancel. The plugin's Controller
+  starts and stops the server itself.
 - `test_zip_imports_with_kritas_importer`: the zip from scripts/build_krita_plugin.py through Krita's own
   "Import Python Plugin from File" code.
 - `test_whole_application_smoke`: Krita under Xvfb with a throwaway profile, the plugin installed from that zip,
@@ -141,13 +142,32 @@ def tail(text: str, lines: int = 150) -> str:
     return "\n".join(line for line in text.splitlines()[-lines:] if "krita.lib.resources" not in line)
 
 
-def test_plugin_api_in_kritarunner(tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path]) -> None:
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA for the tiny SD1 model, "bricks" (kohya format), for the started server's --lora-dir (with the SDXL
+    model it is another family's LoRA, which the plugin must report as refused)."""
+    from diffusers import StableDiffusionPipeline
+    from lora_files import kohya_lora, save
+    from model_fixtures import _cached_folder
+
+    ref = StableDiffusionPipeline.from_pretrained(
+        str(_cached_folder(0, False, False)), local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
+    folder = tmp_path_factory.mktemp("loras")
+    save(folder / "bricks.safetensors", kohya_lora(ref.unet, ref.text_encoder, seed=1))
+    return folder
+
+
+def test_plugin_api_in_kritarunner(
+    tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path], lora_dir: Path
+) -> None:
     kind, model = model_kind
     path = os.pathsep.join(str(p) for p in (pytest_for_krita, REPO / "krita_plugin", RUNNER, REPO))
     env = krita_env(
         tmp_path / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=path, SD_KRITA_TEST_PYTHON=sys.executable,
         SD_KRITA_TEST_MODEL=str(model), SD_KRITA_TEST_SDXL="1" if kind == "sdxl" else "0",
-        SD_KRITA_TEST_BUILTIN_MODEL=str(BUILTIN_MODEL), SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
+        SD_KRITA_TEST_BUILTIN_MODEL=str(BUILTIN_MODEL), SD_KRITA_TEST_LORA_DIR=str(lora_dir),
+        SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
     )  # fmt: skip
     code, out = run_krita(["kritarunner", "-s", "run_pytest", "-f", "main"], env)
     assert code == 0, f"pytest inside Krita exited with {code}:\n{tail(out)}"

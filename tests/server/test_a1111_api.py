@@ -272,10 +272,11 @@ def test_styles_from_styles_csv(client):
 
 
 def test_extra_network_tags_are_taken_out_of_the_prompt(client):
-    tagged = client.txt2img({**BASE, "prompt": "a red <lora:bricks:0.8>brick wall"})
+    """Kinds of extra network the engine does not apply (LoRAs it does: tests/server/test_loras_api.py)."""
+    tagged = client.txt2img({**BASE, "prompt": "a red <hypernet:bricks:0.8>brick wall"})
     info = info_of(tagged)
-    assert info["ignored_extra_networks"] == ["lora:bricks:0.8"]
-    assert info["prompt"] == "a red <lora:bricks:0.8>brick wall"  # A1111 keeps the tag in what it reports
+    assert info["ignored_extra_networks"] == ["hypernet:bricks:0.8"]
+    assert info["prompt"] == "a red <hypernet:bricks:0.8>brick wall"  # A1111 keeps the tag in what it reports
     assert rgb(tagged["images"][0]) == rgb(client.txt2img({**BASE, "prompt": "a red brick wall"})["images"][0])
 
 

@@ -59,7 +59,7 @@ OTHER = png_b64(sample_image().transpose(Image.Transpose.ROTATE_90))
 WIDE = png_b64(sample_image(96, SIZE))
 MASK = png_b64(small_mask())
 SOFT_MASK = png_b64(small_mask(soft=True))
-TAG = {"prompt": "a red brick wall <lora:bricks:0.8>"}
+TAG = {"prompt": "a red brick wall <hypernet:bricks:0.8>"}
 NO_SAMPLER = {"sampler_name": None}
 INPAINT = {"mask": MASK, "inpaint_full_res": False, "mask_blur": 0, "inpainting_fill": 1}
 ONLY_MASKED = {"mask": MASK, "inpaint_full_res": True, "mask_blur": 0}

@@ -41,6 +41,19 @@ def test_other_patterns_are_rarely_taken_for_a_detectable_one(pattern):
 
 
 @pytest.mark.parametrize("blur", [0.0, 1.0])
+def test_diagonal_stripes_are_found(blur):
+    rng = np.random.default_rng(21 + int(blur))
+    assert np.mean([detectors.is_diagonal_stripes(draw("diagonal stripes", rng, blur)[0]) for _ in range(30)]) >= 0.95
+
+
+@pytest.mark.parametrize("pattern", data.PATTERNS)
+def test_the_trained_patterns_are_not_diagonal_stripes(pattern):
+    rng = np.random.default_rng(22)
+    found = [detectors.is_diagonal_stripes(draw(pattern, rng, 1.0)[0]) for _ in range(30)]
+    assert np.mean(found) <= (0.1 if pattern == "noise" else 0.0), pattern
+
+
+@pytest.mark.parametrize("blur", [0.0, 1.0])
 def test_finds_the_drawn_colours_and_not_others(blur):
     rng = np.random.default_rng(11)
     right, wrong = [], []

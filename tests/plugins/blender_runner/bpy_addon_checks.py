@@ -226,6 +226,25 @@ def test_a_chosen_cfg_reaches_the_engine(addon_env):
     assert np.array_equal(blender_pixels(image), server_image(addon_env, "txt2img", base_payload(s)))
 
 
+def test_the_servers_loras_become_prompt_tags(addon_env):
+    """The engine lists the server's LoRAs for the picker; a picked one is sent as a tag and applied by the server
+    (the image is the server's for that tagged prompt); one the server cannot apply is its report, naming it."""
+    s = bpy.context.scene.sd_core
+    s.apply_material = False
+    assert addon_env.runs.SESSION.engine_for(bpy.context).loras() == ["bricks"]
+    assert bpy.ops.sdcore.add_lora(name="bricks", weight=0.8) == {"FINISHED"}
+    assert s.loras == "bricks:0.8"
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    image = bpy.data.images[PROMPT]
+    assert 'Lora hashes: "bricks: ' in image["sd_parameters"]
+    tagged = dict(base_payload(s), prompt=f"{PROMPT} <lora:bricks:0.8>")
+    assert np.array_equal(blender_pixels(image), server_image(addon_env, "txt2img", tagged))
+    s.loras = "nosuch:1"
+    with pytest.raises(RuntimeError, match=r"The server refused the request: prompt: .*'nosuch'"):
+        bpy.ops.sdcore.generate_texture()
+    s.loras = ""
+
+
 def test_a_setting_beyond_the_engines_limits_from_a_script_is_the_engines_clear_report(addon_env):
     """The add-on does not restate the engine's limits: the server refuses (here a prompt over the one limits table's
     length), and the report names the field."""
@@ -440,6 +459,7 @@ def test_panels_and_operators_are_registered(addon_env):
         "cancel",
         "release",
         "size",
+        "add_lora",
     ):
         assert hasattr(bpy.ops.sdcore, op)
 

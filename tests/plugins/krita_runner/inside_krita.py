@@ -30,6 +30,7 @@ BUILTIN_MODEL = os.environ.get("SD_KRITA_TEST_BUILTIN_MODEL", "")
 SDXL = os.environ.get("SD_KRITA_TEST_SDXL") == "1"
 SDXL_SIZES = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
               (1536, 640), (640, 1536)]  # fmt: skip
+LORA_DIR = os.environ.get("SD_KRITA_TEST_LORA_DIR", "")  # holds bricks.safetensors, a LoRA for the SD1 model
 W, H = 160, 120
 
 
@@ -54,6 +55,7 @@ class Recorder:
         self.results: list[Any] = []
         self.progress: list[float] = []
         self.model_defaults: list[dict] = []
+        self.loras: list[list[str]] = []
         controller.server_status.connect(self.statuses.append)
         controller.model_defaults.connect(self.model_defaults.append)
         controller.message.connect(self.messages.append)
@@ -72,10 +74,11 @@ def ctl() -> Iterator[tuple[Controller, Recorder]]:
     assert PYTHON and MODEL, "SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL must be set"
     settings = Settings(
         python=PYTHON, model=MODEL, port=0, prompt="a red apple", seed=1234, steps=2, sampler="Euler",
-        candidates=1, grow=4, feather=8, margin=16, resolution=64,
+        candidates=1, grow=4, feather=8, margin=16, resolution=64, lora_dir=LORA_DIR,
     )  # fmt: skip
     controller = Controller(Krita.instance(), settings)
     rec = Recorder(controller)
+    controller.loras_ready.connect(rec.loras.append)
     controller.start_server()
     pump(lambda: any("ready" in s or "not available" in s for s in rec.statuses), 300, "the server to start")
     server = controller.server
@@ -312,6 +315,33 @@ def test_a_size_the_model_offers_is_made_exactly(ctl: tuple[Controller, Recorder
     assert (payload["width"], payload["height"]) == size and f"Size: {size[0]}x{size[1]}" in infotext(job)
     assert any(stack(doc)[-1].pixelData(0, 0, W, H)[3::4])
     close(doc)
+
+
+def test_the_servers_loras_become_prompt_tags(ctl: tuple[Controller, Recorder]) -> None:
+    """The server's list reaches the docker's picker; the chosen LoRAs go as `<lora:name:weight>`, the server applies
+    them (its infotext has the hash), and one it cannot apply is the server's message naming it (with the SDXL
+    model, "bricks" itself: an SD1 LoRA)."""
+    controller, rec = ctl
+    assert rec.loras and rec.loras[-1] == ["bricks"]
+    doc = new_document()
+    add_painted_layer(doc)
+    sent = submissions(controller)
+    controller.settings.loras = "bricks:0.8"
+    try:
+        if SDXL:
+            assert run(controller, rec, lambda: controller.generate(doc)) is None
+            assert "refused the request" in rec.messages[-1] and "bricks" in rec.messages[-1], rec.messages
+            return
+        added = run(controller, rec, lambda: controller.generate(doc))
+        assert added is not None, rec.messages
+        ((payload, job),) = sent
+        assert payload["prompt"] == "a red apple <lora:bricks:0.8>" and 'Lora hashes: "bricks: ' in infotext(job)
+        controller.settings.loras = "nosuch:1"
+        assert run(controller, rec, lambda: controller.generate(doc)) is None
+        assert "refused the request (prompt)" in rec.messages[-1] and "'nosuch'" in rec.messages[-1]
+    finally:
+        controller.settings.loras = ""
+        close(doc)
 
 
 @pytest.mark.parametrize("model, depth", [("RGBA", "U16"), ("GRAYA", "U8")])
