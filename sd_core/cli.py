@@ -90,6 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         embedding_dirs=args.embeddings_dir,
     )
     settings = dict(cli_options.settings_from(args), callback=ProgressBar(args.command))
+    settings["control"] = cli_options.controls_from(args, pipe.device, pipe.dtype)
     if args.refiner is not None:  # SDXL's refiner: a second model, loaded like the first
         settings["refiner"] = sd_core.load(args.refiner, device=args.device, dtype=args.dtype, low_vram=low_vram)
     if args.command == "txt2img":
@@ -188,6 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _generation_parser(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
     cli_options.add_settings(parser)
+    cli_options.add_control_options(parser)
     if name != "txt2img":
         parser.add_argument("--image", required=True, help="the input image (PNG, JPEG, ...)")
     parser.set_defaults(func=cmd_generate)

@@ -90,6 +90,89 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--outdir", default="outputs", help="folder for the PNGs (each carries its A1111 parameters)")
 
 
+def add_control_options(parser: argparse.ArgumentParser) -> None:
+    """ControlNet units: the i-th `--control` image with the i-th `--controlnet`; strength, start, end and module
+    given once apply to every unit, or once per unit."""
+    from sd_core.controlnet import preprocess
+
+    c = parser.add_argument_group("ControlNet (sd_core.Control: the image guides the composition)")
+    c.add_argument(
+        "--control", "--control-image", dest="control", action="append", default=[], metavar="IMAGE",
+        help="a control image (depth, edges, lines, normals...), stretched to the size; repeatable",
+    )  # fmt: skip
+    c.add_argument(
+        "--controlnet", action="append", default=[], metavar="PATH",
+        help="the ControlNet for the matching --control (a file or diffusers folder); repeatable",
+    )  # fmt: skip
+    for name, default, what in (
+        ("strength", 1.0, "how strongly the unit guides (0 to 2)"),
+        ("start", 0.0, "the fraction of the steps where guidance starts"),
+        ("end", 1.0, "the fraction of the steps where it ends"),
+    ):
+        c.add_argument(
+            f"--control-{name}", type=float, action="append", default=None, metavar="F",
+            help=f"{what} (default: {default}); once for every unit or once per unit",
+        )  # fmt: skip
+    c.add_argument(
+        "--control-module", action="append", default=None, choices=list(preprocess.MODULES),
+        help="preprocess the control image first (default: none, it is a control map already); once or per unit",
+    )  # fmt: skip
+    c.add_argument("--guess-mode", action="store_true", help="diffusers' guess mode: the ControlNet counts more")
+
+
+def _per_unit(values: list | None, count: int, default: Any, option: str) -> list:
+    if not values:
+        return [default] * count
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise limits.SettingError(option, f"give --{option.replace('_', '-')} once or once per --control ({count})")
+    return values
+
+
+def controls_from(args: argparse.Namespace, device: Any, dtype: Any) -> list[sd_core.Control]:
+    """The `--control*` options as `sd_core.Control` units, their ControlNets loaded once each on the model's
+    device and dtype."""
+    images, paths = args.control, args.controlnet
+    if not images and not paths:
+        return []
+    if len(images) != len(paths):
+        if len(paths) == 1:
+            paths = paths * len(images)
+        else:
+            raise limits.SettingError(
+                "controlnet", f"{len(images)} --control images need as many --controlnet paths (or one for all)"
+            )
+    from sd_core.controlnet import preprocess
+
+    loaded: dict[str, Any] = {}
+    for path in paths:
+        if path not in loaded:
+            loaded[path] = sd_core.load_controlnet(path, device=device, dtype=dtype)
+    n = len(images)
+    strengths = _per_unit(args.control_strength, n, 1.0, "control_strength")
+    starts = _per_unit(args.control_start, n, 0.0, "control_start")
+    ends = _per_unit(args.control_end, n, 1.0, "control_end")
+    modules = _per_unit(args.control_module, n, "none", "control_module")
+    units = []
+    for image, path, strength, start, end, module in zip(images, paths, strengths, starts, ends, modules, strict=True):
+        picture = sd_core.controlnet.unit.control_image(image)
+        if module != "none":
+            picture = preprocess.run(module, picture)
+        units.append(
+            sd_core.Control(
+                loaded[path],
+                picture,
+                strength=strength,
+                start=start,
+                end=end,
+                guess_mode=args.guess_mode,
+                module=module,
+            )  # fmt: skip
+        )
+    return units
+
+
 def _lora(text: str) -> tuple[str, tuple[float, float]]:
     """`--lora NAME[:TE[:UNET]]` -> (name, (te, unet)): the trailing numbers are the weights, as in a prompt tag (one
     number weighs both; a path may hold colons of its own)."""
@@ -282,7 +365,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options that are settings: each option's name is its setting's (`--cfg-scale` -> cfg_scale); the
     `--tile*` options make the `tile` setting."""
     names = set(sd_core.GenerationSettings.__dataclass_fields__) | set(sd_core.InpaintOptions.__dataclass_fields__)
-    skipped = {"prompt", "choice", "inpaint", "hires", "tile", "refiner"}  # from --hires-*, --tile*; loaded
+    skipped = {"prompt", "choice", "inpaint", "hires", "tile", "refiner", "control"}  # from --hires-*, --tile*; loaded
     chosen = {name: getattr(args, name) for name in names - skipped if hasattr(args, name)}
     chosen["tile"] = _tile(args.tile, args.tile_overlap, args.tile_batch)
     return chosen
