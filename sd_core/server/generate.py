@@ -32,7 +32,7 @@ from PIL import Image
 from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits
 from sd_core.pnginfo import format_parameters, parse_parameters
 
-from . import hires, refusals, sampling_fields, sd_upscale, upscalers
+from . import controlnet, hires, refusals, sampling_fields, sd_upscale, upscalers
 from .codec import png_b64
 from .engine import ModelManager
 from .errors import ApiError, invalid
@@ -65,6 +65,7 @@ REQUEST_FIELDS = {
     "hires_negative_prompt": "hr_negative_prompt",
     "hires_sampler": "hr_sampler_name",
     "hires_schedule": "hr_scheduler",
+    "controlnet": "alwayson_scripts.controlnet.args",
 }
 
 
@@ -92,6 +93,7 @@ class Plan:
     strength: float | None = None  # as requested (the engine may get a higher one: `sampling_fields.engine_strength`)
     upscale: sd_upscale.SdUpscale | None = None  # script_name "SD upscale"
     refiner: ModelEntry | None = None  # refiner_checkpoint (SDXL's refiner, A1111's fields)
+    controlnet: list[controlnet.UnitPlan] = field(default_factory=list)  # alwayson_scripts.controlnet
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Outcome:
     seeds: list[int] = field(default_factory=list)
     settings: GenerationSettings | None = None  # resolved against the model: its CFG scale and size filled in
     interrupted: bool = False
+    detected_maps: list[Image.Image] = field(default_factory=list)  # ControlNet units' maps, after the images
     model_title: str = ""
     model_hash: str | None = None
     job_id: int = 0
@@ -226,10 +229,12 @@ def plan(
         raise setting_error(exc, sampler_field) from None
     context = refusals.Context("txt2img" if images is None else "img2img", chosen.sampler, (width, height), p.settings)
     ignored = refusals.check(req, context)
+    units = controlnet.plan_units(req, settings.max_input_pixels, controlnet.ControlNetFolder(settings.controlnet_dir))
+    ignored += [name for unit in units for name in unit.ignored]
     _check_pixels(width, height, batch_size, settings.max_pixels, chosen.hires)
     refiner = _model(req, directory, refiner=True)
     return Plan(
-        kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength, upscale, refiner
+        kind, req, p, chosen, settings.max_pixels, batch_size, ignored, model, images, strength, upscale, refiner, units
     )
 
 
@@ -267,6 +272,11 @@ def run(
     except limits.SettingError as exc:
         raise setting_error(exc) from None
     _check_pixels(out.settings.width, out.settings.height, p.batch_size, p.max_pixels, out.settings.hires)
+    if p.controlnet:  # the maps at the generation size, the nets on the model's device
+        assert out.settings.width is not None and out.settings.height is not None
+        size = (out.settings.width, out.settings.height)
+        controls, out.detected_maps = controlnet.engine_units(p.controlnet, *size, pipe.device, pipe.dtype)
+        out.settings = replace(out.settings, control=tuple(controls))
     callback = ctx.step_callback(cancelled, interrupted)
     calls = [(None, None)] if images is None else [(img, images.mask) for img in images.images]
     passes = 1 if out.settings.hires is None else 2  # hires fix: two jobs a batch in the progress (A1111)
@@ -363,6 +373,7 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
     images = []
     if req.send_images is not False:
         images = [png_b64(img, text if pnginfo else None) for img, text in zip(out.images, infotexts, strict=True)]
+        images += [png_b64(img) for img in out.detected_maps]  # the ControlNet extension's detected maps
     first = out.images[0] if out.images else None
     shown, negative = p.prepared.shown_prompt, p.prepared.negative_prompt
     info = {

@@ -5,7 +5,8 @@ that sets it to a value other than its default is refused with a 422 naming it (
 removes its row). A field that A1111 ignores in the same situation (hires-fix settings without `enable_hr`, `eta`
 with a sampler that takes none, ...) is accepted and listed in `info["ignored_fields"]` (`IGNORED`), so a client
 can see it had no effect here either. Scripts: `SELECTABLE_SCRIPTS` lists the ones implemented (img2img's "SD
-upscale", `sd_upscale.py`); any other `script_name` is A1111's 422 "Script '<name>' not found", and any
+upscale", `sd_upscale.py`), `ALWAYSON_SCRIPTS` the always-on ones (the ControlNet extension's units,
+`controlnet.py`); any other `script_name` is A1111's 422 "Script '<name>' not found", and any other
 `alwayson_scripts` entry A1111's 422 naming it.
 
 "Default" is the value in effect when the field is left out, so clients that always send every field (webuiapi) keep
@@ -38,7 +39,8 @@ SELECTABLE_SCRIPTS: dict[str, dict[str, Any]] = {
     "txt2img": {},
     "img2img": {"sd upscale": {"args": ["info", "overlap", "upscaler_index", "scale_factor"]}},  # sd_upscale.py
 }
-ALWAYSON_SCRIPTS: dict[str, dict[str, Any]] = {"txt2img": {}, "img2img": {}}
+# the A1111 ControlNet extension's units (`controlnet.py`)
+ALWAYSON_SCRIPTS: dict[str, dict[str, Any]] = {"txt2img": {"controlnet": {}}, "img2img": {"controlnet": {}}}
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class ServerSettings:
     upscaler_dirs: tuple[Path, ...] = ()  # folders of ESRGAN-family upscaler models (A1111's models/ESRGAN)
     lora_dirs: tuple[Path, ...] = ()  # folders of LoRA files, named in prompts by `<lora:name:weight>`
     embedding_dirs: tuple[Path, ...] = ()  # folders of textual-inversion embeddings, used by name in prompts
+    controlnet_dir: Path | None = None  # the ControlNets requests may name (A1111's models/ControlNet)
 
     @property
     def max_body_bytes(self) -> int:
@@ -120,6 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a folder of textual-inversion embeddings (.pt, .safetensors, .bin), used in prompts by file name; "
         "repeatable (default: none)",
     )
+    parser.add_argument(
+        "--controlnet-dir",
+        type=Path,
+        help="a folder of ControlNet models (.safetensors, .pth; diffusers folders) that requests name in "
+        "alwayson_scripts.controlnet (A1111's models/ControlNet; default: none)",
+    )
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: best for the device)")
 
@@ -141,6 +148,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         ("--upscaler-dir", args.upscaler_dir),
         ("--lora-dir", getattr(args, "lora_dir", None)),
         ("--embeddings-dir", getattr(args, "embeddings_dir", None)),
+        ("--controlnet-dir", [args.controlnet_dir] if getattr(args, "controlnet_dir", None) else None),
     ):
         for folder in folders or ():
             if not folder.is_dir():
@@ -166,4 +174,5 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         upscaler_dirs=tuple(args.upscaler_dir or ()),
         lora_dirs=tuple(getattr(args, "lora_dir", None) or ()),
         embedding_dirs=tuple(getattr(args, "embeddings_dir", None) or ()),
+        controlnet_dir=getattr(args, "controlnet_dir", None),
     )
