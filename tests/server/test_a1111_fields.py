@@ -105,7 +105,7 @@ CASES: dict[str, tuple] = {
     "script_args": ([1, 2], IGNORED, {}, "A1111 uses script_args only for a script_name"),
     "send_images": (False, CHANGES, {}),
     "save_images": (True, IGNORED, {}, "A1111 saves a copy on its own disk; the response is the same"),
-    "alwayson_scripts": ({"ControlNet": {"args": []}}, REFUSED, {}),
+    "alwayson_scripts": ({"Self Attention Guidance": {"args": [True]}}, REFUSED, {}),  # ControlNet: its own tests
     "force_task_id": ("task-1", IGNORED, {}, "names A1111's internal task; the response is the same"),
     "infotext": ("a blue sky\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 5, Size: 64x64", CHANGES, {"prompt": None}),
 }
