@@ -31,6 +31,7 @@ class GraphedUNet(nn.Module):
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
         self.pool: Any = None  # one memory pool shared by this run's graphs
         self.eager_calls = 0
+        self._split = 3  # inputs before the ControlNet residuals: x, t, context and y when given
         self.replays = 0
         self._weights: list[torch.Tensor] = []
         self._pointers: list[int] = []
@@ -45,18 +46,27 @@ class GraphedUNet(nn.Module):
         return [w.data_ptr() for w in self._weights] != self._pointers
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        control: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """ControlNet residuals (`control`) are inputs of the graph like the others: copied in at each replay (the
+        nets themselves run eagerly, before the UNet)."""
         inputs = [x, torch.as_tensor(t, device=x.device), context] + ([] if y is None else [y])
+        inputs += list(control or [])
+        self._split = 4 if y is not None else 3
         if self.graphs and self.weights_moved():
             self.graphs.clear()  # their pool goes with them
             self.pool = None
-        key = tuple((tuple(v.shape), v.dtype, v.device) for v in inputs)
+        key = (self._split, *((tuple(v.shape), v.dtype, v.device) for v in inputs))
         entry = self.graphs.get(key)
         if entry is None:
             if len(self.graphs) >= self.max_graphs:
                 self.eager_calls += 1
-                return self.unet(*inputs)
+                return self._call(inputs)
             return self._capture(key, inputs)
         graph, static_inputs, static_output = entry
         for static, value in zip(static_inputs, inputs, strict=True):
@@ -65,6 +75,11 @@ class GraphedUNet(nn.Module):
         self.replays += 1
         return static_output.clone()
 
+    def _call(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The UNet on (x, t, context[, y]) and, past those, the ControlNet residuals."""
+        args, control = inputs[: self._split], inputs[self._split :]
+        return self.unet(*args, control=control) if control else self.unet(*args)
+
     def _capture(self, key: tuple, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Run eagerly on a side stream (the warm-up capture needs: cuBLAS/cuDNN workspaces, lazy init), then record
         the same call into a graph. The eager result is this call's answer."""
@@ -72,12 +87,12 @@ class GraphedUNet(nn.Module):
         side = torch.cuda.Stream(device=inputs[0].device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            output = self.unet(*static_inputs)
+            output = self._call(static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         self.eager_calls += 1
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            static_output = self.unet(*static_inputs)
+            static_output = self._call(static_inputs)
         if self.pool is None:
             self.pool = graph.pool()
         self.graphs[key] = (graph, static_inputs, static_output)

@@ -116,3 +116,20 @@ def test_cuda_txt2img_with_graphs_matches_eager(tiny_file, low_vram):
     eager = np.stack([np.asarray(i, np.float64) for i in pipe.txt2img("a red brick wall", **kw)])
     assert eager.std() > 5
     assert np.abs(graphed - eager).mean() < 0.05, np.abs(graphed - eager).mean()
+
+
+@needs_cuda
+def test_cuda_txt2img_with_a_controlnet_in_the_graphs_matches_eager(tiny_file, tmp_path):
+    """The ControlNet residuals are graph inputs: replays with new residuals give the eager images."""
+    from controlnet_fixtures import write_controlnet_file
+
+    pipe = sd_core.load(tiny_file, device="cuda", dtype=torch.float32)
+    net = sd_core.load_controlnet(write_controlnet_file(tmp_path / "cn.safetensors"), "cuda", torch.float32)
+    hint = np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 1, 3))
+    kw = dict(width=64, height=64, steps=4, cfg_scale=7.5, seed=5, control=[sd_core.Control(net, hint, end=0.6)])
+    graphed = np.asarray(pipe.txt2img("a red brick wall", **kw)[0], np.float64)
+    pipe.accel.cuda_graphs = False
+    eager = np.asarray(pipe.txt2img("a red brick wall", **kw)[0], np.float64)
+    plain = np.asarray(pipe.txt2img("a red brick wall", **{**kw, "control": []})[0], np.float64)
+    assert np.abs(eager - plain).mean() > 1.0
+    assert np.abs(graphed - eager).mean() < 0.05, np.abs(graphed - eager).mean()
