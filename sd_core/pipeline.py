@@ -321,6 +321,11 @@ class StableDiffusion:
         control = controlnet_runner.for_run(settings.control, len(sigmas) - 1, self.device)
         with contextlib.ExitStack() as stack:
             sampling = stack.enter_context(self.accel.sampling(self.unet))
+            if control is not None and self.accel.low_vram is not None:  # the ControlNets move with the UNet
+                stack.enter_context(self.accel.low_vram.with_unet(control.nets))
+            elif control is not None:  # nets offloaded by a low-VRAM pipeline's run come back to this device
+                for net in control.nets:
+                    net.to(self.device)
             denoiser = self.guided_denoiser(
                 sampling.unet, settings, text, x.shape, extra=extra, blend=blend, control=control
             )

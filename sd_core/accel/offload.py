@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ class LowVRAM:
         self.moves: list[tuple[str, str]] = []
         self.resident: dict[str, nn.Module] = {}
         self.pipe: Any = None
+        self.companions: dict[str, nn.Module] = {}  # ControlNets of the running sampling run (`with_unet`)
 
     def _move(self, name: str, module: nn.Module, device: torch.device) -> None:
         module.to(device)
@@ -70,11 +73,45 @@ class LowVRAM:
         pipe.accel.low_vram = self
         return self
 
+    @contextlib.contextmanager
+    def with_unet(self, modules: list[nn.Module]) -> Iterator[None]:
+        """For one sampling run, `modules` (its ControlNets) move with the UNet: on the device together with it
+        (brought in by the UNet's call or theirs, so not swapped at every step), offloaded with it; with
+        `sequential`, each whole while it runs. Afterwards they stay offloaded, as the models do between runs."""
+        handles = []
+        for i, module in enumerate(modules):
+            name = f"controlnet.{i}"
+            self.companions[name] = module
+            self._move(name, module, self.offload)
+            for entry in (module, getattr(module, "input_hint_block", module)):  # the hint block runs on its own
+                handles.append(entry.register_forward_pre_hook(self._pre(name, module)))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for name, module in self.companions.items():
+                if self.resident.pop(name, None) is not None:
+                    self._move(name, module, self.offload)
+            self.companions.clear()
+
+    def _group(self, name: str) -> dict[str, nn.Module]:
+        """The units that share the device with `name`: the UNet and its ControlNets together (one model at a time
+        otherwise; sequential: one block or net at a time)."""
+        if self.sequential or not (name == "unet" or name in self.companions):
+            return {}
+        assert self.pipe is not None
+        return {"unet": self.pipe.unet, **self.companions}
+
     def _load(self, name: str, module: nn.Module) -> None:
-        """Make `module` the one offloaded unit on the device. Before a whole model comes in, what the allocator
-        caches (the sampler's activations, before the VAE) goes back to the driver (not per UNet block)."""
+        """Make `module` the one offloaded unit on the device (with its group: `_group`). Before a whole model comes
+        in, what the allocator caches (the sampler's activations, before the VAE) goes back to the driver (not per
+        UNet block)."""
+        group = self._group(name)
+        if group and all(n in self.resident for n in group):
+            return
         for other_name, other in list(self.resident.items()):
-            if other_name != name:
+            if other_name != name and other_name not in group:
                 self._move(other_name, other, self.offload)
                 del self.resident[other_name]
         if name not in self.resident:
@@ -82,6 +119,10 @@ class LowVRAM:
                 torch.cuda.empty_cache()
             self._move(name, module, self.device)
             self.resident[name] = module
+        for other_name, other in group.items():
+            if other_name not in self.resident:
+                self._move(other_name, other, self.device)
+                self.resident[other_name] = other
 
     def _pre(self, name: str, module: nn.Module):
         def hook(_module, _args):

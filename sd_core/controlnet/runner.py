@@ -55,6 +55,7 @@ class ControlRun:
     def __init__(self, controls: tuple[Control, ...], total: int, device: torch.device) -> None:
         self.controls, self.total, self.device = controls, total, device
         self.step = 0
+        self.nets = list(dict.fromkeys(unit.net for unit in controls))
         self._hints: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def observe(self, callback: Any) -> Any:
