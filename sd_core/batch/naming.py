@@ -1,0 +1,64 @@
+"""A job's identity: a hash of what it asks for, its seed when it asks for a random one, and its output names.
+
+The hash covers the request body (with `--set` and `--seeds` applied) and the contents of the images it names, so an
+edited line or a changed input image is a new job, and an unchanged one is found again in the manifest on a rerun.
+Names are `LLLLL-SEED-HASH.png` (line, the image's seed, the hash's first 10 hex digits; `-K` after the hash when a
+job makes several images), the same on every run and every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from sd_core import limits
+
+from .sources import Job
+
+SHORT = 10  # hex digits of the job hash in names and in the manifest
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _image_identity(value: Any) -> Any:
+    """A named image file by its contents (a missing one by its path: the checks refuse it anyway)."""
+    if isinstance(value, str) and not value.startswith("data:"):
+        try:
+            return {"file": file_sha256(value)}
+        except OSError:
+            return {"path": value}
+    return value
+
+
+def job_hash(job: Job) -> str:
+    """The job's hash (hex SHA-256 of its canonical JSON, image files by their contents), first `SHORT` digits."""
+    body = dict(job.body)
+    if isinstance(body.get("init_images"), list):
+        body["init_images"] = [_image_identity(v) for v in body["init_images"]]
+    if "mask" in body:
+        body["mask"] = _image_identity(body["mask"])
+    text = json.dumps({"kind": job.kind, "body": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:SHORT]
+
+
+def with_fixed_seed(job: Job, digest: str) -> Job:
+    """A job asking for a random seed (`seed` -1 or left out) gets one drawn from its hash, in the server's range: a
+    rerun or another worker makes the same images, so resume and retries can trust them."""
+    seed = job.body.get("seed")
+    if seed is not None and str(seed).strip() != str(limits.RANDOM_SEED):  # (a CSV cell is text)
+        return job
+    return Job(job.line, {**job.body, "seed": int(digest, 16) % limits.RANDOM_SEED_RANGE})
+
+
+def output_name(line: int, seed: int, digest: str, index: int, count: int) -> str:
+    """The file name of image `index` (of `count`) of the job on `line`."""
+    suffix = f"-{index}" if count > 1 else ""
+    return f"{line:05d}-{seed}-{digest}{suffix}.png"
