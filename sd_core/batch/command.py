@@ -28,6 +28,7 @@ class RayOptions:
     address: str = "auto"
     concurrency: int | None = None  # actors (default: one per GPU, else 1)
     batch_size: int = 1
+    on_result: Any = None  # called on the driver with each job's result (its rows, its worker's pid): monitoring
 
 
 @dataclass
@@ -57,6 +58,7 @@ def run_batch(
         raise FileNotFoundError(f"JOBS file not found: {jobs_path}")
     jobs = read_jobs(jobs_path, seeds, sets)
     manifest = Manifest(outdir)
+    manifest.remove_partial_files()  # left by a killed run
     planned = plan_tasks(jobs, Checker(config), manifest)
     report = reporter(jobs_path, stream)
     for failure in planned.failures:
@@ -71,7 +73,7 @@ def run_batch(
     else:
         from .ray_runner import run_ray  # Ray is imported only here (the `ray` extra)
 
-        failures = run_ray(planned.tasks, config, manifest, progress, report, ray, fail_fast)
+        failures = run_ray(planned.tasks, config, manifest, progress, report, ray, fail_fast, ray.on_result)
     result.failures.extend(failures)
     result.made = progress.done
     if before and progress.done < before:
@@ -148,7 +150,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         from pydantic import BaseModel  # noqa: F401  (the server's request schemas)
     except ImportError:
-        print("sd-core batch checks jobs with the server's schemas: pip install 'sd-core[server]'", file=sys.stderr)
+        print("sd-core batch checks jobs with the server's schemas: pip install 'sd-core[batch]'", file=sys.stderr)
         return 2
     ray = None if args.ray is None else RayOptions(args.ray, args.ray_concurrency, args.ray_batch_size)
     result = run_batch(

@@ -52,6 +52,12 @@ class Manifest:
                 pass
         return good
 
+    def remove_partial_files(self) -> None:
+        """Remove the `.NAME.PID.part` files a killed worker left (a finished image is renamed to its name). Only
+        between runs, or by the run that owns DIR once its workers are done: one run per DIR at a time."""
+        for path in self.outdir.glob(".*.part"):
+            path.unlink(missing_ok=True)
+
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         """Add rows, flushed to disk before returning (a kill after this loses none of them)."""
         rows = list(rows)
