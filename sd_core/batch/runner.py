@@ -95,20 +95,23 @@ def run_local(
     if not tasks:
         return failures
     worker = Worker(config)
-    worker.load()
-    progress.start()
-    for task in tasks:
-        try:
-            rows = worker.run(task, manifest.outdir)
-        except JobError as exc:
-            failures.append(Failure(task.line, exc.message))
-        except Exception as exc:  # the engine failing on one job (a bad model in override_settings, ...)
-            failures.append(Failure(task.line, f"{type(exc).__name__}: {exc}"))
-        else:
-            manifest.append(rows)
-            progress.advance(len(rows))
-            continue
-        report(failures[-1])
-        if fail_fast:
-            break
+    try:
+        worker.load()
+        progress.start()
+        for task in tasks:
+            try:
+                rows = worker.run(task, manifest.outdir)
+            except JobError as exc:
+                failures.append(Failure(task.line, exc.message))
+            except Exception as exc:  # the engine failing on one job (a bad model in override_settings, ...)
+                failures.append(Failure(task.line, f"{type(exc).__name__}: {exc}"))
+            else:
+                manifest.append(rows)
+                progress.advance(len(rows))
+                continue
+            report(failures[-1])
+            if fail_fast:
+                break
+    finally:
+        worker.close()
     return failures

@@ -70,15 +70,25 @@ class Worker:
     def __init__(self, config: BatchConfig) -> None:
         import sd_core
 
+        self._threads = None  # torch's thread count before this worker set its own, put back by `close`
         if config.threads is not None:
             import torch
 
+            self._threads = torch.get_num_threads()
             torch.set_num_threads(config.threads)
         self.config = config
         self.checker = Checker(config)
         loader = default_loader(config.device, config.dtype, config.lora_dirs, config.embedding_dirs)
         self.models = ModelManager(self.checker.directory, loader, self.checker.entry)
         self._stop = (sd_core.Cancelled, sd_core.Interrupted)
+
+    def close(self) -> None:
+        """Put back torch's thread count (a local run in a caller's process leaves it as it found it)."""
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
+            self._threads = None
 
     def load(self) -> None:
         """Load the model now (the first image's time then measures generation only)."""
