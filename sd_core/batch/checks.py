@@ -114,8 +114,16 @@ class Checker:
         schema = Img2ImgRequest if job.kind == "img2img" else Txt2ImgRequest
         try:
             request = schema.model_validate(_with_image_data(job.body))
-            return generate.plan(request, job.kind, self.settings, self.directory, self.store, self.styles)
+            plan = generate.plan(request, job.kind, self.settings, self.directory, self.store, self.styles)
         except ValidationError as exc:
             raise _validation_error(exc) from None
         except ApiError as exc:
             raise api_error(exc) from None
+        if plan.request.override_settings and plan.request.override_settings_restore_afterwards is False:
+            name = "override_settings_restore_afterwards"
+            raise JobError(
+                f"{name}: false is refused in a batch: it would carry this job's override_settings to the jobs after "
+                "it, which may run before it or on another worker",
+                name,
+            )
+        return plan

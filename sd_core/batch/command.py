@@ -61,7 +61,7 @@ def run_batch(
     manifest.remove_partial_files()  # left by a killed run
     planned = plan_tasks(jobs, Checker(config), manifest)
     report = reporter(jobs_path, stream)
-    for failure in planned.failures:
+    for failure in sorted(planned.failures + planned.notes, key=lambda f: f.line):
         report(failure)
     result = BatchResult(skipped=planned.made, failures=list(planned.failures))
     if planned.failures and fail_fast:

@@ -1,7 +1,8 @@
 """A job's identity: a hash of what it asks for, its seed when it asks for a random one, and its output names.
 
-The hash covers the request body (with `--set` and `--seeds` applied) and the contents of the images it names, so an
-edited line or a changed input image is a new job, and an unchanged one is found again in the manifest on a rerun.
+The hash covers the request body (with `--set` and `--seeds` applied), the contents of the images it names and the
+model (file name and size), so an edited line, a changed input image or another `--model` is a new job, and an
+unchanged one is found again in the manifest on a rerun.
 Names are `LLLLL-SEED-HASH.png` (line, the image's seed, the hash's first 10 hex digits; `-K` after the hash when a
 job makes several images), the same on every run and every machine.
 """
@@ -38,14 +39,23 @@ def _image_identity(value: Any) -> Any:
     return value
 
 
-def job_hash(job: Job) -> str:
-    """The job's hash (hex SHA-256 of its canonical JSON, image files by their contents), first `SHORT` digits."""
+def model_identity(path: str | Path) -> str:
+    """The model as the job hash sees it: file name and size (cheap, and the same for a copy on another node; a
+    diffusers folder by its name)."""
+    path = Path(path)
+    return f"{path.name}:{path.stat().st_size if path.is_file() else 'folder'}"
+
+
+def job_hash(job: Job, model: str = "") -> str:
+    """The job's hash (hex SHA-256 of its canonical JSON, image files by their contents, and `model`, the
+    `model_identity`), first `SHORT` digits: another model makes other images under other names."""
     body = dict(job.body)
     if isinstance(body.get("init_images"), list):
         body["init_images"] = [_image_identity(v) for v in body["init_images"]]
     if "mask" in body:
         body["mask"] = _image_identity(body["mask"])
-    text = json.dumps({"kind": job.kind, "body": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    identity = {"kind": job.kind, "body": body, "model": model}
+    text = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:SHORT]
 
 

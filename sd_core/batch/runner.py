@@ -15,7 +15,7 @@ from typing import Any
 
 from .checks import BatchConfig, Checker, JobError
 from .manifest import Manifest
-from .naming import job_hash, with_fixed_seed
+from .naming import job_hash, model_identity, with_fixed_seed
 from .progress import Progress
 from .sources import BadLine, Job
 from .worker import Task, Worker
@@ -31,11 +31,13 @@ class Failure:
 
 @dataclass
 class Planned:
-    """The tasks still to run, the images already made (verified in the manifest) and the lines refused."""
+    """The tasks still to run, the images already made (verified in the manifest), the lines refused, and notes on
+    jobs with fields that have no effect (what the server lists in `info`)."""
 
     tasks: list[Task] = field(default_factory=list)
     made: int = 0
     failures: list[Failure] = field(default_factory=list)
+    notes: list[Failure] = field(default_factory=list)
 
     @property
     def images(self) -> int:
@@ -45,12 +47,13 @@ class Planned:
 def plan_tasks(jobs: list[Job | BadLine], checker: Checker, manifest: Manifest) -> Planned:
     """Check every job (the server's checks) and leave out the images the manifest has, verified by their hash."""
     out = Planned()
+    model = model_identity(checker.config.model)
     seen: set[tuple[str, int]] = set()
     for job in jobs:
         if isinstance(job, BadLine):
             out.failures.append(Failure(job.line, job.message))
             continue
-        digest = job_hash(job)
+        digest = job_hash(job, model)
         if (digest, job.line) in seen:  # the same job twice on one line (`--seeds 1,1`): its images once
             continue
         seen.add((digest, job.line))
@@ -60,6 +63,10 @@ def plan_tasks(jobs: list[Job | BadLine], checker: Checker, manifest: Manifest) 
         except JobError as exc:
             out.failures.append(Failure(job.line, exc.message))
             continue
+        ignored = {"fields": plan.ignored_fields, **plan.prepared.ignored}
+        if any(ignored.values()):
+            text = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in ignored.items() if names)
+            out.notes.append(Failure(job.line, f"note: no effect, as on the server: {text}"))
         count = plan.batch_size * (plan.request.n_iter or 1)
         made = manifest.verified(digest, job.line, count)
         out.made += len(made)

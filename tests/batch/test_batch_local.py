@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -144,6 +145,36 @@ def test_bad_lines_are_reported_by_line_and_the_rest_complete(tmp_path, config):
     assert f"{jobs}:7: restore_faces" in text
     assert sorted(row["line"] for row in manifest_rows(out)) == [1, 4, 8]
     assert result.made == 3
+
+
+def test_fields_without_effect_are_noted_and_carried_settings_refused(tmp_path, config):
+    body = bodies(1)[0]
+    lines = [
+        {**body, "save_images": True, "eta": 0.5},  # A1111 ignores both here (Euler takes no eta): noted, made
+        {**body, "override_settings": {"CLIP_stop_at_last_layers": 2}, "override_settings_restore_afterwards": False},
+    ]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
+    stream = io.StringIO()
+    result = run_batch(jobs, tmp_path / "out", config, stream=stream)
+    assert f"{jobs}:1: note: no effect, as on the server: fields: eta, save_images" in stream.getvalue()
+    assert [f.line for f in result.failures] == [2]
+    assert f"{jobs}:2: override_settings_restore_afterwards: false is refused" in stream.getvalue()
+    assert result.made == 1
+
+
+def test_another_model_is_another_job(tmp_path, config):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", bodies(1))
+    other = tmp_path / "models" / "other.safetensors"
+    other.parent.mkdir()
+    other.write_bytes(sd_core.builtin_model().read_bytes())  # a copy under another name: identity is name and size
+    first = run_batch(jobs, tmp_path / "out", config, stream=io.StringIO())
+    second = run_batch(jobs, tmp_path / "out", replace(config, model=other), stream=io.StringIO())
+    assert (first.made, second.made, second.skipped) == (1, 1, 0)
+    a, b = manifest_rows(tmp_path / "out")
+    assert a["job"] != b["job"] and a["path"] != b["path"]
+    assert "Model: other" in b["infotext"] and "Model: other" not in a["infotext"]
+    pixels = [np.asarray(Image.open(tmp_path / "out" / r["path"]).convert("RGB")) for r in (a, b)]
+    assert np.array_equal(*pixels)  # the same weights
 
 
 def test_fail_fast_stops_before_any_image_when_a_line_is_bad(tmp_path, config):
