@@ -23,7 +23,8 @@ from .worker import Task, Worker
 
 @dataclass(frozen=True)
 class Failure:
-    """A job that made no images: its line in JOBS and why."""
+    """A message about one line of JOBS: why its job made no images, or (`Planned.notes`, "note: ...") which of its
+    fields had no effect."""
 
     line: int
     message: str

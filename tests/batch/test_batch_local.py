@@ -245,3 +245,23 @@ def test_a_job_without_a_seed_gets_the_same_one_on_every_run(tmp_path, config):
     (a,), (b,) = manifest_rows(tmp_path / "a"), manifest_rows(tmp_path / "b")
     assert a == b
     assert sha256(tmp_path / "a" / a["path"]) == sha256(tmp_path / "b" / b["path"])
+
+
+def test_batch_runs_without_ray_or_fastapi_installed(tmp_path):
+    """Ray is imported by `--ray` only and the checks need no FastAPI: a local batch with both made unimportable."""
+    jobs = write_jobs(tmp_path / "jobs.jsonl", bodies(1))
+    script = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ray", "fastapi", "starlette", "uvicorn"):
+            raise ModuleNotFoundError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+from sd_core.cli import main
+code = main(["batch", {str(jobs)!r}, "--outdir", {str(tmp_path / "out")!r}])
+assert not [m for m in sys.modules if m.split(".")[0] in ("ray", "fastapi", "starlette")]
+sys.exit(code)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len(manifest_rows(tmp_path / "out")) == 1
