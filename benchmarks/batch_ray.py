@@ -81,7 +81,7 @@ def main() -> int:
     if args.address:
         ray.init(address=args.address)
     else:
-        ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     config = BatchConfig(model=sd_core.builtin_model(), device=None, threads=args.threads)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,19 +16,11 @@ from typing import Any
 from .checks import BatchConfig, Checker
 from .manifest import Manifest
 from .progress import Progress
+from .ray_options import RayOptions
 from .runner import Failure, plan_tasks, reporter, run_local
 from .sources import parse_seeds, parse_sets, read_jobs
 
-
-@dataclass
-class RayOptions:
-    """`--ray`: where the cluster is ("auto": the one this machine belongs to, started with `ray start`; an address;
-    "local": a new one in this process), how many actors and how many jobs each call hands one actor."""
-
-    address: str = "auto"
-    concurrency: int | None = None  # actors (default: one per GPU, else 1)
-    batch_size: int = 1
-    on_result: Any = None  # called on the driver with each job's result (its rows, its worker's pid): monitoring
+__all__ = ["BatchResult", "RayOptions", "add_arguments", "main", "run_batch"]
 
 
 @dataclass
@@ -73,7 +65,7 @@ def run_batch(
     else:
         from .ray_runner import run_ray  # Ray is imported only here (the `ray` extra)
 
-        failures = run_ray(planned.tasks, config, manifest, progress, report, ray, fail_fast, ray.on_result)
+        failures = run_ray(planned.tasks, config, manifest, progress, report, ray, fail_fast)
     result.failures.extend(failures)
     result.made = progress.done
     if before and progress.done < before:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 from .checks import BatchConfig, JobError
 from .manifest import Manifest
 from .progress import Progress
+from .ray_options import RayOptions
 from .runner import Failure, Report
 from .worker import Task, Worker
 
@@ -64,15 +64,14 @@ class _Generate:
         return {"result": np.array([json.dumps(r) for r in results], dtype=object)}
 
 
-def _connect(address: str) -> None:
+def _connect(address: str) -> bool:
+    """Join the cluster at `address` ("local": start one in this process); whether this call did `ray.init`."""
     import ray
 
     if ray.is_initialized():  # the caller (a test, a notebook) already has a cluster
-        return
-    if address == "local":
-        ray.init()
-    else:
-        ray.init(address=address)
+        return False
+    ray.init(address=address)  # "local": a new cluster, even where one was started on this machine
+    return True
 
 
 def run_ray(
@@ -81,25 +80,43 @@ def run_ray(
     manifest: Manifest,
     progress: Progress,
     report: Report,
-    options: Any,
+    options: RayOptions,
     fail_fast: bool = False,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[Failure]:
-    """Run the tasks on Ray (`options`: a `command.RayOptions`); the driver writes the manifest. `on_result` sees
-    each job's result on the driver (its rows and the worker's pid), for monitoring."""
-    import ray
+    """Run the tasks on Ray; the driver writes the manifest. `options.on_result` sees each job's result on the driver
+    (its rows and the worker's pid), for monitoring. A cluster this call started (`--ray local`, or no cluster
+    reachable in-process yet) is shut down when it returns; one the caller had started is left running."""
+    import ray.data  # binds `ray` too
 
-    failures: list[Failure] = []
     if not tasks:
-        return failures
-    _connect(options.address)
-    gpus = ray.cluster_resources().get("GPU", 0)
+        return []
+    started = _connect(options.address)
+    try:
+        return _run(ray, tasks, config, manifest, progress, report, options, fail_fast)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(
+    ray: Any,
+    tasks: list[Task],
+    config: BatchConfig,
+    manifest: Manifest,
+    progress: Progress,
+    report: Report,
+    options: RayOptions,
+    fail_fast: bool,
+) -> list[Failure]:
+    failures: list[Failure] = []
+    gpus = ray.cluster_resources().get("GPU", 0) if config.device != "cpu" else 0
     resources: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": config.threads or 1}
     concurrency = options.concurrency or max(1, int(gpus))
     items = [
         {"line": t.line, "job": t.job, "body": json.dumps(t.body), "count": t.count, "indices": json.dumps(t.indices)}
         for t in tasks
     ]
+    # a block per job: a call is never more than --ray-batch-size jobs, so a lost worker costs at most that much again
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _Generate,
         fn_constructor_kwargs={"config": config, "outdir": str(manifest.outdir.resolve())},
@@ -113,8 +130,8 @@ def run_ray(
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         for text in batch["result"]:
             result = json.loads(str(text))
-            if on_result is not None:
-                on_result(result)
+            if options.on_result is not None:
+                options.on_result(result)
             if "failure" in result:
                 failures.append(Failure(result["line"], result["failure"]))
                 report(failures[-1])

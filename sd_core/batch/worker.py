@@ -14,6 +14,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sd_core.server import generate
@@ -50,7 +51,7 @@ class _Context:
     the process's business)."""
 
     def __init__(self, job_id: int) -> None:
-        self.job = type("BatchJob", (), {"id": job_id})()
+        self.job = SimpleNamespace(id=job_id)
         self.interrupted = threading.Event()
         self.cancelled = threading.Event()
 
