@@ -14,14 +14,17 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts images as they are written. On a terminal one line redrawn in place; elsewhere (a log, a CI) a line per
-    update. The rate counts from the first `start` (after the model is loaded), so loading does not skew the ETA."""
+    """Counts images as they are written. On a terminal one line redrawn in place; elsewhere (a log, a CI) a line at
+    most every 5 s, and one when the last image is written. The rate counts from the first `start` (after the model
+    is loaded), so loading does not skew the ETA."""
 
     def __init__(self, total: int, skipped: int = 0, stream: Any = None, label: str = "batch") -> None:
         self.total, self.skipped, self.done = total, skipped, 0
         self.stream = stream or sys.stderr
         self.label = label
         self.started: float | None = None
+        self.shown: float | None = None  # when a line was last written
+        self.every = 5.0  # seconds between lines when stderr is not a terminal
 
     def start(self) -> None:
         if self.started is None:
@@ -39,6 +42,10 @@ class Progress:
         self.start()
         self.done += images
         tty = self.stream.isatty()
+        now, last = time.monotonic(), self.shown
+        if not tty and self.done < self.total and last is not None and now - last < self.every:
+            return  # a log gets a line every `every` seconds, and the last
+        self.shown = now
         end = "\n" if not tty or self.done >= self.total else ""
         self.stream.write(("\r" if tty else "") + self.line() + end)
         self.stream.flush()

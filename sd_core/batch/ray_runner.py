@@ -13,8 +13,9 @@ transport or retries.
   and `max_task_retries`, so Ray starts the actor again (loading its model) and runs its unfinished calls again. A
   retried job makes the same bytes (fixed seeds, `naming.with_fixed_seed`) under the same name, and the driver
   writes its rows once, since only finished calls return rows.
-- A job the checks or the engine refuse comes back as a failure row (the run goes on); any other error in a call
-  is retried by Ray, then fails the run (the manifest keeps what finished).
+- A job the checks or the engine refuse, or that raises, comes back as a failure row (the run goes on), as in the
+  local runner; only a lost process is retried (by Ray), and past `RESTARTS` it fails the run (the manifest keeps
+  what finished).
 
 Ray is imported here only: the `ray` extra (`pip install 'sd-core[ray]'`).
 """
@@ -61,6 +62,9 @@ class _Generate:
                 results.append({"rows": rows, "pid": os.getpid(), "line": task.line})
             except JobError as exc:
                 results.append({"failure": exc.message, "pid": os.getpid(), "line": task.line})
+            except Exception as exc:  # the engine failing on one job: reported like the local runner's, the rest go on
+                message = f"{type(exc).__name__}: {exc}"
+                results.append({"failure": message, "pid": os.getpid(), "line": task.line})
         return {"result": np.array([json.dumps(r) for r in results], dtype=object)}
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 import sd_core
 from sd_core.batch.checks import BatchConfig
 from sd_core.batch.command import run_batch
+from sd_core.batch.progress import Progress
 from sd_core.batch.sources import parse_seeds, parse_sets, read_jobs
 from sd_core.pnginfo import read_parameters
 
@@ -265,3 +266,18 @@ sys.exit(code)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert len(manifest_rows(tmp_path / "out")) == 1
+
+
+def test_progress_line_in_a_log_has_rate_and_eta_and_is_not_a_line_per_image():
+    stream = io.StringIO()
+    progress = Progress(100, skipped=3, stream=stream)
+    progress.start()
+    progress.started -= 100.0  # as if the first 50 images took 100 s
+    progress.advance(50)
+    for _ in range(49):
+        progress.advance(1)  # within 5 s of the first line: not written
+    progress.advance(1)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "batch: 50/100 images (3 already made), 0.50 images/s, ETA 1:40"
+    assert len(lines) == 2 and lines[1].startswith("batch: 100/100 images (3 already made),")
+    assert lines[1].endswith("ETA 0:00")
