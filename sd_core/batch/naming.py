@@ -1,4 +1,4 @@
-"""A job's identity: a hash of what it asks for, its seed when it asks for a random one, and its output names.
+"""A job's identity: a hash of what it asks for, its seeds when it asks for random ones, and its output names.
 
 The hash covers the request body (with `--set` and `--seeds` applied), the contents of the images it names and the
 model (file name and size), so an edited line, a changed input image or another `--model` is a new job, and an
@@ -59,13 +59,17 @@ def job_hash(job: Job, model: str = "") -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:SHORT]
 
 
-def with_fixed_seed(job: Job, digest: str) -> Job:
-    """A job asking for a random seed (`seed` -1 or left out) gets one drawn from its hash, in the server's range: a
-    rerun or another worker makes the same images, so resume and retries can trust them."""
-    seed = job.body.get("seed")
-    if seed is not None and str(seed).strip() != str(limits.RANDOM_SEED):  # (a CSV cell is text)
-        return job
-    return Job(job.line, {**job.body, "seed": int(digest, 16) % limits.RANDOM_SEED_RANGE})
+def fixed_seeds(request: Any, digest: str) -> dict[str, int]:
+    """The fields that make a job asking for a random seed reproducible: `request` is the job's request as the server
+    reads it (its `infotext` applied), and a `seed` it leaves random (-1 or left out) becomes one drawn from the job's
+    hash, in the server's range; so does `subseed` when a variation uses it. A rerun or another worker then makes the
+    same images, so resume and retries can trust them. Empty when the job names its seeds."""
+    fields = {}
+    if request.seed in (None, limits.RANDOM_SEED):
+        fields["seed"] = int(digest, 16) % limits.RANDOM_SEED_RANGE
+    if request.subseed_strength and request.subseed in (None, limits.RANDOM_SEED):
+        fields["subseed"] = int(digest[::-1], 16) % limits.RANDOM_SEED_RANGE
+    return fields
 
 
 def output_name(line: int, seed: int, digest: str, index: int, count: int) -> str:

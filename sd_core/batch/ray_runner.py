@@ -11,7 +11,7 @@ transport or retries.
   only one process ever writes it and a killed driver resumes like a killed local run.
 - A lost worker (its process killed, its node gone) is Ray's to handle: the actors are created with `max_restarts`
   and `max_task_retries`, so Ray starts the actor again (loading its model) and runs its unfinished calls again. A
-  retried job makes the same bytes (fixed seeds, `naming.with_fixed_seed`) under the same name, and the driver
+  retried job makes the same bytes (fixed seeds, `naming.fixed_seeds`) under the same name, and the driver
   writes its rows once, since only finished calls return rows.
 - A job the checks or the engine refuse, or that raises, comes back as a failure row (the run goes on), as in the
   local runner; only a lost process is retried (by Ray), and past `RESTARTS` it fails the run (the manifest keeps

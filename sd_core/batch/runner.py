@@ -1,6 +1,6 @@
 """A batch from JOBS to tasks, and the local runner (one process, one model).
 
-`plan_tasks` is the part every runner shares: each job checked by the server's code, its seed fixed, its images
+`plan_tasks` is the part every runner shares: each job checked by the server's code, its seeds fixed, its images
 looked up in the manifest (those there with the right hash are not made again). The Ray runner (`ray_runner.py`) takes
 the same tasks.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from .checks import BatchConfig, Checker, JobError
 from .manifest import Manifest
-from .naming import job_hash, model_identity, with_fixed_seed
+from .naming import fixed_seeds, job_hash, model_identity
 from .progress import Progress
 from .sources import BadLine, Job
 from .worker import Task, Worker
@@ -58,9 +58,12 @@ def plan_tasks(jobs: list[Job | BadLine], checker: Checker, manifest: Manifest) 
         if (digest, job.line) in seen:  # the same job twice on one line (`--seeds 1,1`): its images once
             continue
         seen.add((digest, job.line))
-        job = with_fixed_seed(job, digest)
         try:
             plan = checker.plan(job)
+            seeds = fixed_seeds(plan.request, digest)
+            if seeds:  # checked again with them, as the workers will check it
+                job = Job(job.line, {**job.body, **seeds})
+                plan = checker.plan(job)
         except JobError as exc:
             out.failures.append(Failure(job.line, exc.message))
             continue

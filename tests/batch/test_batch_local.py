@@ -240,12 +240,16 @@ def test_seeds_and_sets_are_checked():
 
 
 def test_a_job_without_a_seed_gets_the_same_one_on_every_run(tmp_path, config):
-    jobs = write_jobs(tmp_path / "jobs.jsonl", [{k: v for k, v in bodies(1)[0].items() if k != "seed"}])
+    unseeded = {k: v for k, v in bodies(1)[0].items() if k != "seed"}
+    lines = [unseeded, {**unseeded, "subseed_strength": 0.4}]  # a variation: its random subseed fixed too
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
     run_batch(jobs, tmp_path / "a", config, stream=io.StringIO())
     run_batch(jobs, tmp_path / "b", config, stream=io.StringIO())
-    (a,), (b,) = manifest_rows(tmp_path / "a"), manifest_rows(tmp_path / "b")
-    assert a == b
-    assert sha256(tmp_path / "a" / a["path"]) == sha256(tmp_path / "b" / b["path"])
+    a, b = manifest_rows(tmp_path / "a"), manifest_rows(tmp_path / "b")
+    assert a == b and len(a) == 2
+    assert "Variation seed: " in a[1]["infotext"]
+    for row in a:
+        assert sha256(tmp_path / "a" / row["path"]) == sha256(tmp_path / "b" / row["path"])
 
 
 def test_batch_runs_without_ray_or_fastapi_installed(tmp_path):
