@@ -107,8 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ray",
         metavar="auto|ADDRESS|local",
         default=None,
-        help="run on a Ray cluster: auto (the cluster `ray start` made on this machine), an address (host:6379 or "
-        "ray://host:10001), or local (a new one-machine cluster); DIR must be a path every node shares",
+        help="run on a Ray cluster: auto (the cluster `ray start` made on this machine), its head's address "
+        "(HOST:6379), or local (a new one-machine cluster); DIR must be a path every node shares",
     )
     ray.add_argument("--ray-concurrency", type=int, default=None, help="actors, one model each (default: GPUs or 1)")
     ray.add_argument("--ray-batch-size", type=int, default=1, help="jobs per call to an actor")

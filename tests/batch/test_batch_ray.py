@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,19 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster, config, tmp_path):
     reference = tmp_path / "reference"
     run_batch(jobs, reference, config, stream=io.StringIO())
     assert by_path(out) == by_path(reference)
+
+
+def test_the_command_starts_its_own_cluster_with_ray_local(tmp_path):
+    """`sd-core batch --ray local`: the command's own path (options, `ray.init`, shutdown), in a process of its own."""
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [*bodies(2), {**bodies(1)[0], "sampler_name": "Nope"}])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+    command = [sys.executable, "-m", "sd_core.cli", "batch", str(jobs), "--outdir", str(tmp_path / "out")]
+    options = ["--ray", "local", "--ray-concurrency", "1", "--threads", str(THREADS)]
+    proc = subprocess.run([*command, *options], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stderr  # one bad line
+    assert f"{jobs}:3: Sampler not found" in proc.stderr
+    assert "2 images made, 0 already made, 1 jobs failed" in proc.stderr
+    reference = tmp_path / "reference"
+    config = BatchConfig(model=sd_core.builtin_model(), device="cpu", threads=THREADS)
+    run_batch(jobs, reference, config, stream=io.StringIO())
+    assert by_path(tmp_path / "out") == by_path(reference)
