@@ -9,7 +9,7 @@ would send them.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,21 @@ class BatchConfig:
     lora_dirs: tuple[Path, ...] = ()
     embedding_dirs: tuple[Path, ...] = ()
     threads: int | None = None  # torch's CPU threads in each worker (None: torch's own choice)
+
+    def resolved(self) -> BatchConfig:
+        """The same with every path absolute: what workers get, whatever their working folder."""
+
+        def absolute(path: Path | None) -> Path | None:
+            return None if path is None else Path(path).resolve()
+
+        return replace(
+            self,
+            model=Path(self.model).resolve(),
+            styles=absolute(self.styles),
+            upscaler_dirs=tuple(Path(p).resolve() for p in self.upscaler_dirs),
+            lora_dirs=tuple(Path(p).resolve() for p in self.lora_dirs),
+            embedding_dirs=tuple(Path(p).resolve() for p in self.embedding_dirs),
+        )
 
     def server_settings(self) -> ServerSettings:
         return ServerSettings(

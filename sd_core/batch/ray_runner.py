@@ -123,7 +123,7 @@ def _run(
     # a block per job: a call is never more than --ray-batch-size jobs, so a lost worker costs at most that much again
     dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         _Generate,
-        fn_constructor_kwargs={"config": config, "outdir": str(manifest.outdir.resolve())},
+        fn_constructor_kwargs={"config": config.resolved(), "outdir": str(manifest.outdir.resolve())},
         batch_size=options.batch_size,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         max_restarts=RESTARTS,

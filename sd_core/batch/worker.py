@@ -38,13 +38,6 @@ class Task:
     count: int
     indices: tuple[int, ...]
 
-    def to_row(self) -> dict[str, Any]:
-        return {"line": self.line, "job": self.job, "body": self.body, "count": self.count, "indices": self.indices}
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Task:
-        return cls(int(row["line"]), str(row["job"]), dict(row["body"]), int(row["count"]), tuple(row["indices"]))
-
 
 class _Context:
     """`generate.RunContext` for a batch: no queue to report to, nobody to interrupt a job (stopping the batch is
