@@ -24,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from sd_core import __version__
 
-from . import catalog, controlnet, extras, generate, listings, upscalers
+from . import catalog, controlnet, controlnet_routes, extras, generate, listings, upscalers
 from .codec import decode_image
 from .engine import Loader, ModelManager, default_loader
 from .errors import ApiError, install_handlers, invalid, log
@@ -381,7 +381,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
 
     app.include_router(listings.create_router(sd, ERRORS))
     folder = controlnet.ControlNetFolder(settings.controlnet_dir)
-    app.include_router(controlnet.create_router(folder, settings.max_input_pixels, ERRORS))
+    app.include_router(controlnet_routes.create_router(folder, settings.max_input_pixels, ERRORS))
     app.include_router(extras.create_router(sd, GENERATION_ERRORS, run_job))
     return app
 

@@ -20,7 +20,8 @@ case-insensitively, as A1111). Every unit field is honoured or refused with a 42
   "simple", and any field this table does not know.
 
 Endpoints: `GET /controlnet/version`, `/controlnet/model_list`, `/controlnet/module_list`, `/controlnet/settings`,
-`POST /controlnet/detect`. Loaded ControlNets are kept per process (`NetCache`, the last few used).
+`POST /controlnet/detect` (routes in `controlnet_routes.py`: this module imports without FastAPI, as the request
+checks `sd_core.batch` shares). Loaded ControlNets are kept per process (`NetCache`, the last few used).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter
 from PIL import Image
 from pydantic import BaseModel, Field
 
@@ -41,8 +41,8 @@ import sd_core
 from sd_core import limits, resize
 from sd_core.controlnet import preprocess
 
+from .api_error import ApiError, invalid
 from .codec import decode_image, png_b64
-from .errors import ApiError, invalid
 
 SCRIPT = "controlnet"
 SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -401,34 +401,13 @@ def module_list() -> dict[str, Any]:
     return {"module_list": list(preprocess.MODULES), "module_detail": detail}
 
 
-def create_router(folder: ControlNetFolder, max_pixels: int, errors: dict[int | str, dict[str, Any]]) -> APIRouter:
-    r = APIRouter()
-
-    @r.get("/controlnet/version", responses=errors)
-    def version() -> dict[str, int]:
-        """The extension API's version."""
-        return {"version": 3}
-
-    @r.get("/controlnet/model_list", responses=errors)
-    def model_list(update: bool = True) -> dict[str, list[str]]:
-        """The ControlNets of --controlnet-dir as `name [hash]` (read afresh each time)."""
-        return {"model_list": folder.model_list()}
-
-    @r.get("/controlnet/module_list", responses=errors)
-    def modules(alias_names: bool = False) -> dict[str, Any]:
-        """The preprocessors (all model-free) and their sliders."""
-        return module_list()
-
-    @r.get("/controlnet/settings", responses=errors)
-    def cn_settings() -> dict[str, int]:
-        return {"control_net_unit_count": 3}
-
-    @r.post("/controlnet/detect", responses=errors)
-    def post_detect(body: DetectRequest) -> dict[str, Any]:
-        """Preprocess images with a module, as the extension's detect endpoint."""
-        return detect(body, max_pixels)
-
-    return r
-
-
-__all__ = ["ApiError", "ControlNetFolder", "UnitPlan", "create_router", "engine_units", "plan_units"]
+__all__ = [
+    "ApiError",
+    "ControlNetFolder",
+    "DetectRequest",
+    "UnitPlan",
+    "detect",
+    "engine_units",
+    "module_list",
+    "plan_units",
+]
