@@ -191,3 +191,26 @@ def test_a_disabled_unit_changes_nothing_and_detect_runs_a_module(client):
     with pytest.raises(ClientError) as err:
         client.request("POST", "/controlnet/detect", {**body, "controlnet_module": "openpose"})
     assert err.value.status == 422 and err.value.field == "controlnet_module" and "openpose" in err.value.message
+
+
+def test_img2img_with_a_unit_gives_the_python_api_image(client, engine):
+    pipe, net = engine
+    init = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 3, (64, 1, 3)))
+    unit = {"image": png_b64(drawing()), "module": "invert", "model": "control_tiny_canny", "resize_mode": 0,
+            "save_detected_map": False}  # fmt: skip
+    body = {**BASE, "init_images": [png_b64(init)], "denoising_strength": 0.75}
+    out = client.request("POST", "/sdapi/v1/img2img", {**body, "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert len(out["images"]) == 1
+    inverted = preprocess.run("invert", drawing(), 512)
+    fitted = Image.fromarray(inverted).resize((SIZE, SIZE), Image.LANCZOS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(SERVER_THREADS)
+    try:
+        kw = dict(width=SIZE, height=SIZE, steps=4, seed=11, cfg_scale=6.0, sampler="Euler", strength=0.75)
+        control = [sd_core.Control(net, fitted, steps="a1111")]
+        expected = np.asarray(pipe.img2img(init, "a stone wall", control=control, **kw)[0], dtype=np.float64)
+    finally:
+        torch.set_num_threads(threads)
+    assert np.abs(pixels(out["images"][0]) - expected).max() == 0
+    plain = pixels(client.request("POST", "/sdapi/v1/img2img", body)["images"][0])
+    assert np.abs(plain - expected).mean() > 1.0
