@@ -70,7 +70,9 @@ def test_residuals_match_diffusers_from_single_file(nets):
     down, mid = ref(x, t, context, hint, return_dict=False)
     got = ours(x, t, context, hint)
     assert len(got) == len(down) + 1 == 13
+    errors = []
     for n, (a, b) in enumerate(zip(got, [*down, mid], strict=True)):
         assert b.abs().max() > 1e-3, f"residual {n} is zero: the comparison would prove nothing"
-        err = float((a - b).abs().max() / b.abs().max())
-        assert err < REL_TOL, f"residual {n}: relative error {err:.2e}"
+        errors.append(float((a - b).abs().max() / b.abs().max()))
+        assert errors[-1] < REL_TOL, f"residual {n}: relative error {errors[-1]:.2e}"
+    print(f"largest relative error of the 13 residuals: {max(errors):.2e}")
