@@ -19,7 +19,7 @@ from . import embeddings, images, limits, masks, modes, sdxl, tiled_denoising, t
 from .accel import Accelerator
 from .denoiser import GuidedDenoiser, Handoff, InpaintBlend
 from .errors import Interrupted
-from .extra_networks import ExtraNetworks
+from .extra_networks import ExtraNetworks, lora_networks
 from .lora.tags import strip_tags
 from .model_config import ModelConfig
 from .progress import Callback, LastStep
@@ -58,7 +58,7 @@ class StableDiffusion:
         self.noise_schedule = NoiseSchedule()
         self.accel = Accelerator(device)
         self.extra_networks = ExtraNetworks(
-            config.family, {"unet": unet, "text_encoder": text_encoder}, lora_dirs, embedding_dirs
+            config.family, lora_networks(config.family, unet, text_encoder), lora_dirs, embedding_dirs
         )
 
     @property
