@@ -32,7 +32,13 @@ UNET_TARGETS = (
     "upsamplers.0.conv",
 )
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-SDXL_UNET_TARGETS = (*UNET_TARGETS, "conv_in", "time_embedding.linear_1", "add_embedding.linear_1", "add_embedding.linear_2")
+SDXL_UNET_TARGETS = (
+    *UNET_TARGETS,
+    "conv_in",
+    "time_embedding.linear_1",
+    "add_embedding.linear_1",
+    "add_embedding.linear_2",
+)
 """SDXL's kohya files may also name the vector MLP (`label_emb`), the time embedding and the first conv."""
 
 
