@@ -151,6 +151,23 @@ def test_removing_the_lora_restores_the_model_bit_exactly(pipe, lora_dir):
         assert torch.equal(pipe.text_encoder.state_dict()[name], tensor), name
 
 
+def test_single_file_with_fused_openclip_qkv_takes_the_same_lora(pipe, lora_dir, tmp_path):
+    """The original single file stores bigG's q/k/v fused (`attn.in_proj_weight`); sd_core splits it into three
+    views at loading, and `lora_te2_..._q_proj/k_proj/v_proj` must each land on its own third: the image equals the
+    folder's with the same LoRA, and removing it gives the fresh file's weights back bit for bit."""
+    from sdxl_fixtures import write_sdxl_checkpoint
+
+    single = sd_core.load(write_sdxl_checkpoint(tmp_path / "xl.safetensors"), device="cpu", dtype=torch.float32,
+                          lora_dirs=[lora_dir])  # fmt: skip
+    bare = {k: v.clone() for k, v in single.text_encoder.state_dict().items()}
+    with_lora = ours(single, f"{PROMPT} <lora:style:1>")
+    assert np.abs(with_lora - ours(pipe, f"{PROMPT} <lora:style:1>")).mean() < 0.05
+    assert np.abs(with_lora - ours(pipe)).mean() > 3.0
+    ours(single)
+    for name, tensor in single.text_encoder.state_dict().items():
+        assert torch.equal(tensor, bare[name]), name
+
+
 # --- the refiner ------------------------------------------------------------------------------------------------
 
 
