@@ -145,10 +145,10 @@ def test_removing_the_lora_restores_the_model_bit_exactly(pipe, lora_dir):
     expected = ours(fresh)
     assert not np.array_equal(ours(pipe, f"{PROMPT} <lora:style:1> <lora:peft:0.5>"), expected)
     assert np.array_equal(ours(pipe), expected)
-    for name, tensor in fresh.unet.state_dict().items():
-        assert torch.equal(pipe.unet.state_dict()[name], tensor), name
-    for name, tensor in fresh.text_encoder.state_dict().items():
-        assert torch.equal(pipe.text_encoder.state_dict()[name], tensor), name
+    for network in ("unet", "text_encoder"):
+        now = getattr(pipe, network).state_dict()
+        for name, tensor in getattr(fresh, network).state_dict().items():
+            assert torch.equal(now[name], tensor), name
 
 
 def test_single_file_with_fused_openclip_qkv_takes_the_same_lora(pipe, lora_dir, tmp_path):
