@@ -59,14 +59,16 @@ _SD_MARKERS = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_b
 _UNET_LDM = Component("unet", "lora_unet_", "own", "unet.", "diffusers_unet", "unet")
 _SDXL_TEXT_L = Component("text_encoder", "lora_te1_", "own", "text_encoder.", "own", "te")
 _SDXL_TEXT_G = Component("text_encoder_2", "lora_te2_", "own", "text_encoder_2.", "own", "te")
-_SDXL_MARKERS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_", "lora_te1_")
+_LDM_UNET_MARKERS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
 
 FAMILIES: dict[str, FamilyKeys] = {
     "sd1": FamilyKeys("SD1", (_UNET_DIFFUSERS, _TEXT_HF), _SD_MARKERS),
     "sd2": FamilyKeys("SD2", (_UNET_DIFFUSERS, _TEXT_HF), _SD_MARKERS),
-    "sdxl": FamilyKeys("SDXL", (_UNET_LDM, _SDXL_TEXT_L, _SDXL_TEXT_G), _SDXL_MARKERS),
+    # SDXL files converted from diffusers' trainers (`convert_state_dict_to_kohya`) write `lora_unet_` + the
+    # diffusers path, as ComfyUI reads them too: the UNet is indexed under both spellings
+    "sdxl": FamilyKeys("SDXL", (_UNET_LDM, _UNET_DIFFUSERS, _SDXL_TEXT_L, _SDXL_TEXT_G), _LDM_UNET_MARKERS),
     # the refiner has only the bigG tower; its UNet (384 wide, 4 levels) takes no base-model LoRA's UNet layers
-    "sdxl-refiner": FamilyKeys("SDXL refiner", (_UNET_LDM, _SDXL_TEXT_G), ("lora_unet_input_blocks_",)),
+    "sdxl-refiner": FamilyKeys("SDXL refiner", (_UNET_LDM, _SDXL_TEXT_G), _LDM_UNET_MARKERS),
 }
 """Family ("sd1", "sd2", "sdxl", "sdxl-refiner"; inpainting models share their base's entry) -> its LoRA naming."""
 

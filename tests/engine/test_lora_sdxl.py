@@ -99,6 +99,25 @@ def test_kohya_lora_at_weight_1_matches_diffusers(pipe, reference, lora_dir, bas
     assert_same(ours(pipe, f"{PROMPT} <lora:style:1>"), theirs(reference, {"style": 1.0}, lora_dir), base)
 
 
+def test_kohya_file_with_diffusers_unet_names_is_the_same_lora(pipe, reference, lora_dir):
+    """SDXL files converted from diffusers' trainers name the UNet `lora_unet_down_blocks_...`: the same layers."""
+    from lora_files import _ldm_names
+
+    from_ldm = {ldm.replace(".", "_"): name.replace(".", "_") for name, ldm in _ldm_names(reference.unet).items()}
+    renamed = {}
+    for key, tensor in read_state_dict(lora_dir / "style.safetensors").items():
+        stem, _, part = key.partition(".")
+        inner = stem.removeprefix("lora_unet_")
+        renamed[f"lora_unet_{from_ldm[inner]}.{part}" if stem != inner else key] = tensor
+    assert any(k.startswith("lora_unet_down_blocks_1_attentions_0") for k in renamed)
+    save(lora_dir / "style_diffusers_names.safetensors", renamed)
+    lora = pipe.extra_networks.lora_file(lora_dir / "style_diffusers_names.safetensors")
+    assert lora.unmatched == ()
+    assert np.array_equal(
+        ours(pipe, f"{PROMPT} <lora:style_diffusers_names:1>"), ours(pipe, f"{PROMPT} <lora:style:1>")
+    )
+
+
 def test_kohya_lora_at_weight_0_6_matches_diffusers(pipe, reference, lora_dir, base):
     assert_same(ours(pipe, f"{PROMPT} <lora:style:0.6>"), theirs(reference, {"style": 0.6}, lora_dir), base)
 
