@@ -9,7 +9,8 @@ Overrides apply to both halves of the CFG batch, as diffusers' (its `negative_*`
 
 A1111's prompt syntax applies per tower as A1111 does it: the same 75-token chunks for both (CLIP-L padded with
 end-of-text, bigG with 0), emphasis on each tower's hidden states, the pooled output from the first chunk. Prompts of
-up to 75 tokens without weights give exactly diffusers' conditioning.
+up to 75 tokens without weights give exactly diffusers' conditioning. Textual-inversion embeddings (`clip_l`/`clip_g`)
+take the same token places in both towers, each tower its own vectors.
 
 An empty negative prompt: A1111 zeroes the negative text conditioning of SDXL models (hidden states and pooled
 output, the size numbers kept), which is what diffusers does when no negative prompt is given at all to a model with
