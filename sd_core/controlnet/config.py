@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 HINT_CONVS = 8
@@ -27,7 +27,6 @@ class ControlNetConfig:
     unet: dict
     hint: tuple[tuple[int, int], ...]
     params: int = 0
-    notes: dict = field(default_factory=dict)
 
 
 def _indices(shapes: dict, pattern: str) -> list[int]:
