@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import embeddings, images, limits, masks, modes, sdxl, tiled_denoising, tiling
+from . import accel, embeddings, images, limits, masks, modes, sdxl, tiled_denoising, tiling
 from .accel import Accelerator
 from .controlnet import runner as controlnet_runner
 from .denoiser import GuidedDenoiser, Handoff, InpaintBlend
@@ -323,7 +323,7 @@ class StableDiffusion:
                 stack.enter_context(self.accel.low_vram.with_unet(control.nets))
             elif control is not None:  # nets offloaded by a low-VRAM pipeline's run come back to this device
                 for net in control.nets:
-                    net.to(self.device)
+                    accel.prepare_controlnet(self, net.to(self.device))  # the UNet's speed levers
             denoiser = self.guided_denoiser(
                 sampling.unet, settings, text, x.shape, extra=extra, blend=blend, control=control
             )

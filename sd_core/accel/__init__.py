@@ -47,6 +47,7 @@ __all__ = [
     "optimize",
     "set_attention_dtype",
     "set_attention_slicing",
+    "prepare_controlnet",
     "set_cpu_threads",
     "trim_heap_before",
 ]
@@ -149,6 +150,27 @@ def optimize(pipe: Any, *, pack: bool | None = None, channels_last: bool | None 
         pipe.accel.cuda_graphs = True
         done["cuda_graphs"] = 1
     pipe.accel.applied.update(done)
+    return done
+
+
+def prepare_controlnet(pipe: Any, net: nn.Module) -> dict[str, int]:
+    """The levers `optimize` gave the pipeline's UNet, for a ControlNet (a copy of its encoder) used with it: the same
+    attention dtype, prepacked weights where the UNet is packed and the net is in CPU memory (and then one shared
+    timestep embedding row, as the packed UNet), channels_last where the UNet has it. Idempotent: a net used again,
+    or with another pipeline of the same device, is left as it is."""
+    done: dict[str, int] = {}
+    param = next(net.parameters())
+    upcast = set_attention_dtype(net, devices.pick_attention_dtype(pipe.device, param.dtype))
+    if upcast:
+        done["float32_attention"] = upcast
+    if pipe.accel.applied.get("unet") and pipe.device.type == "cpu" and param.device.type == "cpu":
+        packed = pack_for_cpu(net)
+        if packed:
+            net.share_timestep_embedding = True
+            done["packed"] = packed
+    elif pipe.device.type != "cpu" and pipe.accel.applied.get("unet"):
+        net.to(memory_format=torch.channels_last)
+        done["channels_last"] = 1
     return done
 
 

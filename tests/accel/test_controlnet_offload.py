@@ -39,3 +39,24 @@ def test_controlnets_move_with_the_unet(tmp_path, sequential):
     offload.detach()
     again = np.asarray(pipe.txt2img("a cat", **kw)[0], np.float64)
     assert np.abs(again - reference).mean() < 0.05
+
+
+def test_a_controlnet_gets_the_levers_of_the_unet_it_guides(tmp_path):
+    """On the CPU a packed pipeline packs its ControlNets too (the net is a third of a UNet's work; plain, it took
+    longer than the packed UNet); an unoptimised pipeline leaves them plain. The images agree."""
+    from sd_core.accel import packing
+
+    path = write_tiny_checkpoint(tmp_path / "m.safetensors")
+    cn = write_controlnet_file(tmp_path / "cn.safetensors")
+    hint = np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 1, 3))
+    kw = dict(width=64, height=64, steps=2, seed=3)
+    plain_pipe = sd_core.load(path, device="cpu", dtype=torch.float32, optimize=False)
+    plain_net = sd_core.load_controlnet(cn, "cpu", torch.float32)
+    plain = np.asarray(plain_pipe.txt2img("a cat", control=[sd_core.Control(plain_net, hint)], **kw)[0], np.float64)
+    assert not packing.is_packed(plain_net)
+    pipe = sd_core.load(path, device="cpu", dtype=torch.float32)
+    net = sd_core.load_controlnet(cn, "cpu", torch.float32)
+    packed = np.asarray(pipe.txt2img("a cat", control=[sd_core.Control(net, hint)], **kw)[0], np.float64)
+    if packing.is_packed(pipe.unet):  # oneDNN available: the net is packed like the UNet
+        assert packing.is_packed(net) and net.share_timestep_embedding
+    assert np.abs(packed - plain).mean() < 0.5
