@@ -43,7 +43,11 @@ class Settings:
     resolution: int = 512  # the model's working size (about resolution**2 pixels) while `size` is "fit"
     size: str = ""  # "" (fit the region at `resolution`) or WIDTHxHEIGHT: one of the model's sizes (sizes.py)
     source: str = "visible"
-    colour_match: bool = True
+    colour_match: bool = True  # remove the drift measured where the result should equal the original
+    folds: str = ""  # the docker's open sections, comma-separated ("" : all folded, the compact view)
+    upscale_factor: int = 2
+    upscaler: str = "Lanczos"
+    sd_upscale: bool = False  # Upscale also img2imgs the enlarged canvas in tiles at Strength (A1111's SD upscale)
 
     def to_strings(self) -> dict[str, str]:
         """Every field as a string; None (the model's own value) as an empty one."""
