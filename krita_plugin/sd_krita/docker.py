@@ -118,7 +118,7 @@ class SDDocker(DockWidget):
         # the compact first view: prompt, the main buttons, progress, what happened
         self.prompt_edit = qt.QPlainTextEdit(s.prompt)
         self.prompt_edit.setPlaceholderText("Prompt")
-        self.prompt_edit.setFixedHeight(52)
+        self.prompt_edit.setFixedHeight(48)
         layout.addWidget(self.prompt_edit)
         self.inpaint_button = qt.QPushButton("Inpaint")
         self.generate_button = qt.QPushButton("Generate")
@@ -133,6 +133,7 @@ class SDDocker(DockWidget):
         self.message_label = qt.QLabel("")
         self.message_label.setWordWrap(True)
         qt.rich_text_off(self.message_label)
+        self.message_label.hide()
         layout.addWidget(self.message_label)
         self.status_label = qt.QLabel("Not checked yet.")
         self.status_label.setWordWrap(True)
@@ -268,15 +269,21 @@ class SDDocker(DockWidget):
         layout.addWidget(fold)
         layout.addStretch(1)
 
-        shrinkable = [qt.QLineEdit, qt.QComboBox, qt.QSpinBox, qt.QDoubleSpinBox]
+        shrinkable = [qt.QLineEdit, qt.QComboBox, qt.QSpinBox, qt.QDoubleSpinBox, qt.QPushButton, qt.QProgressBar]
         for edit in [w for kind in shrinkable for w in root.findChildren(kind)]:
-            edit.setMinimumWidth(40)  # the docked width decides; nothing forces sideways scrolling
+            edit.setMinimumWidth(24)  # the docked width decides; nothing forces sideways scrolling
             edit.setSizePolicy(qt.QSizePolicy.Policy.Ignored, edit.sizePolicy().verticalPolicy())
         scroll = qt.QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(qt.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(root)
         scroll.setObjectName("sd_krita_scroll")
+        # the docked place must hold the first view (prompt, buttons, progress): Krita's dock area shares its height
+        # by the dockers' minimum sizes, so ask for that much and no more
+        first = [self.prompt_edit, self.inpaint_button.parentWidget(), self.progress_bar.parentWidget()]
+        margins = layout.contentsMargins()
+        needed = sum(w.sizeHint().height() for w in first) + layout.spacing() * len(first)
+        scroll.setMinimumHeight(needed + margins.top() + 2 * scroll.frameWidth())
         self.setWidget(scroll)
 
     @staticmethod
@@ -370,7 +377,7 @@ class SDDocker(DockWidget):
     def _connect(self) -> None:
         c = self.controller
         c.server_status.connect(self.status_label.setText)
-        c.message.connect(self.message_label.setText)
+        c.message.connect(self._show_message)
         c.progress.connect(lambda v: self.progress_bar.setValue(int(round(v * 100))))
         c.busy.connect(self._set_busy)
         c.samplers_ready.connect(self._set_samplers)
@@ -499,6 +506,10 @@ class SDDocker(DockWidget):
             self.preview_label.clear()
             self.preview_label.hide()
             self._history_buttons()
+
+    def _show_message(self, text: str) -> None:
+        self.message_label.setText(text)
+        self.message_label.setVisible(bool(text))  # no empty gap in the first view
 
     def _set_owned(self, owned: bool) -> None:
         """Stop server only while a server this plugin started runs; Start server only while none does."""
