@@ -282,7 +282,7 @@ class SDDocker(DockWidget):
         # by the dockers' minimum sizes, so ask for that much and no more
         first = [self.prompt_edit, self.inpaint_button.parentWidget(), self.progress_bar.parentWidget()]
         margins = layout.contentsMargins()
-        needed = sum(w.sizeHint().height() for w in first) + layout.spacing() * len(first)
+        needed = sum(min(w.sizeHint().height(), w.maximumHeight()) for w in first) + layout.spacing() * len(first)
         scroll.setMinimumHeight(needed + margins.top() + 2 * scroll.frameWidth())
         self.setWidget(scroll)
 
