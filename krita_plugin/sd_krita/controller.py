@@ -91,6 +91,7 @@ class Controller(qt.QObject):
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self._tick)
         self.history = tools.History()
+        self.opened: list[Any] = []  # documents Upscale created: Krita deletes one whose last Python reference goes
 
     def _say(self, text: str) -> None:
         """A message for the user, in plain words (no errno codes, no exception names)."""
@@ -327,6 +328,7 @@ class Controller(qt.QObject):
             except document.UserError as exc:
                 self._end(None, str(exc))
                 return
+            self.opened = [d for d in self.opened if document.document_is_open(self.krita, d)] + [doc]
             self._end([node.name()], f"Upscaled into a new document: {doc.name()} ({doc.width()}x{doc.height()})")
             return
         candidates = run.job.result

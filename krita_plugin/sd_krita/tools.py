@@ -23,7 +23,7 @@ from .sd_client import decode_png
 from .settings import Settings
 
 FACTORS = (2, 4)
-SD_UPSCALE_OVERLAP = 64  # A1111's script default
+SD_UPSCALE_OVERLAP = 64  # A1111's script default (for its 512 px tiles; a quarter of smaller tiles)
 UPSCALERS_PATH = "/sdapi/v1/upscalers"
 EXTRAS_PATH = "/sdapi/v1/extra-single-image"
 
@@ -80,7 +80,7 @@ def upscale_request(
             "denoising_strength": settings.strength,
             "batch_size": 1,
             "script_name": "SD upscale",
-            "script_args": [None, SD_UPSCALE_OVERLAP, upscaler, factor],
+            "script_args": [None, min(SD_UPSCALE_OVERLAP, tile // 32 * 8), upscaler, factor],
         }
     )
     return UpscaleRequest("/sdapi/v1/img2img", payload, out_w, out_h)

