@@ -307,7 +307,7 @@ def test_whole_application_smoke(
         if kind == "sdxl":
             assert result["lora_refused"] and result["lora_undo_removed_layer"], result
         assert "Lanczos" in result["upscalers"] and result["upscaled_size"] == [256, 192], result
-        assert len(result["upscaled_layer"]) == 1, result
+        assert result["upscaled_layer"] == ["Background", "Upscaled 256x192"], result  # Krita's new document
         assert result["size_choices"] == (SDXL_SIZES if kind == "sdxl" else SD1_SIZES), result["size_choices"]
         assert all(Path(shot).stat().st_size > 0 for shot in result["shots"]), result  # the docker, the window
         attempts.append(code)

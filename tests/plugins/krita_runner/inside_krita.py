@@ -375,7 +375,7 @@ def test_refine_the_whole_canvas_and_rerun_with_a_new_layer_name(ctl: tuple[Cont
 @pytest.mark.parametrize("sd_upscale", [False, True])
 def test_upscale_opens_a_new_document(ctl: tuple[Controller, Recorder], sd_upscale: bool) -> None:
     """The canvas 2x through the server's Lanczos (extras), or its SD upscale script (img2img in tiles): a new
-    document twice the size with one layer; the user's document untouched."""
+    document twice the size with the result as a layer; the user's document untouched."""
     controller, rec = ctl
     doc = new_document()
     add_painted_layer(doc)
@@ -393,8 +393,8 @@ def test_upscale_opens_a_new_document(ctl: tuple[Controller, Recorder], sd_upsca
     big = docs[-1]
     assert (big.width(), big.height()) == (2 * W, 2 * H) and big != doc
     layers = [n for n in big.rootNode().childNodes() if n.type() == "paintlayer"]
-    assert [n.name() for n in layers] == added
-    data = bytes(layers[0].pixelData(0, 0, 2 * W, 2 * H))
+    assert [n.name() for n in layers] == ["Background", *added]  # Krita's new document, the result on top
+    data = bytes(layers[-1].pixelData(0, 0, 2 * W, 2 * H))
     assert set(data[3::4]) == {255}
     if not sd_upscale:  # Lanczos of a smooth gradient: each pixel close to the original's at half the position
         worst = max(
