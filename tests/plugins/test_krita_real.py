@@ -215,6 +215,13 @@ def smoke_profile(home: Path, plugin_zip: Path, tiny_model: Path, lora_dir: Path
 SCREENS = ["1600x1000", "1280x720"]
 
 
+def shots_dir(home: Path, name: str) -> Path:
+    """Where a Krita run keeps its screenshots: SD_KRITA_SHOTS_DIR/<name> when set (pytest's tmp dirs are
+    pruned), else <home>/shots."""
+    folder = os.environ.get("SD_KRITA_SHOTS_DIR")
+    return Path(folder) / name if folder else home / "shots"
+
+
 @pytest.mark.parametrize("screen", SCREENS)
 def test_docker_layout_in_its_default_place(tmp_path: Path, plugin_zip: Path, screen: str) -> None:
     """Krita maximised on a 1600x1000 or 1280x720 screen, the docker where Krita puts it (docked right, under
@@ -238,7 +245,7 @@ def test_docker_layout_in_its_default_place(tmp_path: Path, plugin_zip: Path, sc
         f"[python]\nenable_sd_krita=true\nenable_smoke_driver=true\n\n[sd_krita]\nserver_url=http://127.0.0.1:{closed}\n",
         encoding="utf-8",
     )
-    shots = Path(os.environ["SD_KRITA_SHOTS_DIR"]) / screen if os.environ.get("SD_KRITA_SHOTS_DIR") else home / "shots"
+    shots = shots_dir(home, screen)
     report = home / "report.json"
     env = krita_env(home, SD_KRITA_SMOKE_REPORT=str(report), SD_KRITA_SMOKE_MODE="layout",
                     SD_KRITA_SMOKE_TIMEOUT="240", SD_KRITA_SMOKE_SHOTS=str(shots))  # fmt: skip
@@ -271,8 +278,9 @@ def test_whole_application_smoke(
 ) -> None:
     """Krita under Xvfb, the docker driven like a user: inpaint, then Refine (the whole canvas), a LoRA from the
     server's list (SD1: applied; SDXL: refused, naming it), History (Apply, Same seed: the same pixels again,
-    Discard) and Upscale 2x into a new document. Each result is a new layer on top, the user's layers stay
-    byte-identical, and undo removes it."""
+    Discard) and Upscale 2x into a new document; a slow Generate shows the server's live preview in the docker
+    until cancelled. Each result is a new layer on top, the user's layers stay byte-identical, and undo removes
+    it."""
     kind, model = model_kind
     attempts = []
     for attempt in range(2):  # Krita 5.1.5 sometimes hangs after File > Quit; one retry, then it is a failure
@@ -281,7 +289,7 @@ def test_whole_application_smoke(
         report = home / "report.json"
         env = krita_env(
             home, SD_KRITA_SMOKE_REPORT=str(report), SD_KRITA_SMOKE_PYTHON=sys.executable,
-            SD_KRITA_SMOKE_TIMEOUT=str(KRITA_TIMEOUT - 60), SD_KRITA_SMOKE_SHOTS=str(home / "shots"),
+            SD_KRITA_SMOKE_TIMEOUT=str(KRITA_TIMEOUT - 60), SD_KRITA_SMOKE_SHOTS=str(shots_dir(home, f"smoke-{kind}")),
             SD_KRITA_SMOKE_SDXL="1" if kind == "sdxl" else "0",
         )  # fmt: skip
         cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"]
@@ -299,7 +307,8 @@ def test_whole_application_smoke(
         for check in [f"{t}_{c}" for t in tools for c in ("new_layer_on_top", "originals_unchanged")] + [
             f"{t}_undo_removed_layer" for t in tools + ["upscale"]
         ] + ["refine_opaque", "history_icons", "rerun_same_seed", "rerun_same_pixels", "discard_dropped_one",
-             "upscaled_new_document", "upscale_originals_unchanged"]:  # fmt: skip
+             "upscaled_new_document", "upscale_originals_unchanged", "preview_hidden_after",
+             "preview_originals_unchanged"]:  # fmt: skip
             assert result.get(check) is True, f"{check}: {json.dumps(result, indent=1)}"
         assert result["history_count"] == (2 if kind == "sdxl" else 3), result  # inpaint, refine (, LoRA)
         assert result["apply_name"] == result["layer_names"][-1], result  # the undone inpaint's name is free
@@ -308,6 +317,7 @@ def test_whole_application_smoke(
             assert result["lora_refused"] and result["lora_undo_removed_layer"], result
         assert "Lanczos" in result["upscalers"] and result["upscaled_size"] == [256, 192], result
         assert result["upscaled_layer"] == ["Background", "Upscaled 256x192"], result  # Krita's new document
+        assert min(result["preview_shown"]) >= 32, result  # the server's preview, scaled into the docker
         assert result["size_choices"] == (SDXL_SIZES if kind == "sdxl" else SD1_SIZES), result["size_choices"]
         assert all(Path(shot).stat().st_size > 0 for shot in result["shots"]), result  # the docker, the window
         attempts.append(code)

@@ -348,7 +348,8 @@ def test_the_servers_loras_become_prompt_tags(ctl: tuple[Controller, Recorder]) 
 
 def test_refine_the_whole_canvas_and_rerun_with_a_new_layer_name(ctl: tuple[Controller, Recorder]) -> None:
     """Refine without a selection: img2img of the canvas at Strength (no mask), an opaque layer over the canvas;
-    the same seed again gets a layer name of its own."""
+    the same seed again gets a layer name of its own. With a selection: the selection at Strength (a mask), the
+    layer's alpha the shaped selection."""
     controller, rec = ctl
     sent = submissions(controller)
     doc = new_document()
@@ -362,13 +363,23 @@ def test_refine_the_whole_canvas_and_rerun_with_a_new_layer_name(ctl: tuple[Cont
         controller.settings.strength = 0.75
     assert first is not None and second is not None, rec.messages
     assert [p["denoising_strength"] for p, _ in sent] == [0.4, 0.4] and not any("mask" in p for p, _ in sent)
+    select(doc, soft_disc(70, 55, 22, 8))  # with a selection: the selection at Strength, as Inpaint
+    alpha, _ = expected_alpha(doc, controller.settings)
+    controller.settings.strength = 0.4
+    try:
+        third = run(controller, rec, lambda: controller.refine(doc))
+    finally:
+        controller.settings.strength = 0.75
+    assert third is not None and sent[2][0]["denoising_strength"] == 0.4 and "mask" in sent[2][0], rec.messages
+    assert bytes(stack(doc)[-1].pixelData(0, 0, W, H))[3::4] == alpha
+    assert third[0] == first[0] + " [3]"
     assert "Denoising strength: 0.4" in infotext(sent[0][1])
     assert first[0].startswith("a red apple (seed 1234)") and second[0] == first[0] + " [2]"
-    assert names(doc) == ["Background", "Paint", first[0], second[0]]
-    assert set(bytes(stack(doc)[-1].pixelData(0, 0, W, H))[3::4]) == {255}
+    assert names(doc) == ["Background", "Paint", first[0], second[0], third[0]]
+    assert set(bytes(stack(doc)[-2].pixelData(0, 0, W, H))[3::4]) == {255}
     assert all(snapshot(doc)[k] == v for k, v in before.items())
     entries = controller.history.entries
-    assert [e.name for e in entries[:2]] == [second[0], first[0]] and entries[0].kind == "refine"
+    assert [e.name for e in entries[:3]] == [third[0], second[0], first[0]] and entries[0].kind == "refine"
     close(doc)
 
 

@@ -250,6 +250,24 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     big.setModified(False)
     big.close()
 
+    # the live preview: a slow Generate shows the server's current image in the docker until it is cancelled
+    widget(QSpinBox, "steps_spin").setValue(150)
+    widget(QSpinBox, "resolution_spin").setValue(192)
+    preview = widget(QLabel, "preview_label")
+    results.clear()
+    widget(QPushButton, "generate_button").click()
+    yield Wait(lambda: preview.isVisible() and preview.pixmap() is not None and not preview.pixmap().isNull(), 120,
+               "the live preview in the docker")  # fmt: skip
+    report["preview_shown"] = [preview.pixmap().width(), preview.pixmap().height()]
+    if SHOTS:
+        path = os.path.join(SHOTS, "docker_preview.png")
+        docker.grab().save(path)
+        report["shots"].append(path)
+    widget(QPushButton, "cancel_button").click()
+    yield Wait(lambda: results, 30, "the cancelled generation")
+    report["preview_hidden_after"] = results[0] is None and not preview.isVisible()
+    report["preview_originals_unchanged"] = layers(doc) == before
+
     widget(QPushButton, "stop_button").click()
     report["server_stopped"] = plugin.controller().server is None
     report["stop_disabled_after"] = not widget(QPushButton, "stop_button").isEnabled()
