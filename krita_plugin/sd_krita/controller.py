@@ -43,6 +43,14 @@ def read_upscalers(client: SDClient) -> list[str]:
         return []
 
 
+def read_styles(client: SDClient) -> list[str]:
+    """The server's prompt styles (A1111's /sdapi/v1/prompt-styles); [] where it has none or no such listing."""
+    try:
+        return tools.style_names(client.request("GET", tools.STYLES_PATH))
+    except ClientError:
+        return []
+
+
 def read_model_defaults(client: SDClient) -> dict[str, Any]:
     """The current model's own CFG scale and size from sd-core's options; {} where a server does not say."""
     try:
@@ -70,6 +78,7 @@ class Controller(qt.QObject):
     samplers_ready = qt.pyqtSignal(list)  # sampler names offered by the server
     loras_ready = qt.pyqtSignal(list)  # the server's LoRA names ([] from servers without any)
     upscalers_ready = qt.pyqtSignal(list)  # the server's upscaler names ([] from servers without the listing)
+    styles_ready = qt.pyqtSignal(list)  # the server's prompt style names
     server_owned = qt.pyqtSignal(bool)  # whether a server this plugin started is running (Stop server applies)
     preview = qt.pyqtSignal(bytes)  # the server's live preview of the running generation (PNG bytes)
     history_changed = qt.pyqtSignal()  # `history` gained or lost entries
@@ -115,7 +124,9 @@ class Controller(qt.QObject):
         if self.server is not None and self.server.running():
             self._say(f"The server is already running at {self.server.url}.")
             return
-        extra = ("--lora-dir", s.lora_dir) if s.lora_dir else ()
+        extra = (("--lora-dir", s.lora_dir) if s.lora_dir else ()) + (
+            ("--styles", s.styles_file) if s.styles_file else ()
+        )
         server = LocalServer(s.python, s.model, port=s.port or None, extra_args=extra)
         try:
             server.start()
@@ -144,7 +155,13 @@ class Controller(qt.QObject):
         client = self.client
         self._watch_server(
             "check",
-            lambda: (client.samplers(), read_model_defaults(client), read_loras(client), read_upscalers(client)),
+            lambda: (
+                client.samplers(),
+                read_model_defaults(client),
+                read_loras(client),
+                read_upscalers(client),
+                read_styles(client),
+            ),
         )
 
     def _watch_server(self, kind: str, fn: Callable[[], Any]) -> None:
@@ -164,12 +181,13 @@ class Controller(qt.QObject):
         if self._server_job_kind == "start":
             self.check_server()
             return
-        samplers, defaults, loras, upscalers = job.result
+        samplers, defaults, loras, upscalers, styles = job.result
         names = [s.get("name", "") for s in samplers or [] if isinstance(s, dict)]
         self.samplers_ready.emit([n for n in names if n])
         self.model_defaults.emit(defaults)
         self.loras_ready.emit(loras)
         self.upscalers_ready.emit(upscalers)
+        self.styles_ready.emit(styles)
         owner = " (started by Krita)" if self.server is not None and self.server.running() else ""
         self._status(f"Server ready at {self.client.base_url}{owner}.")
 

@@ -25,6 +25,7 @@ MODEL_CFG_TEXT = "model default"
 MODEL_CFG_GUESS = 7.5  # what the CFG spin shows until the server names the model's own value
 
 
+NO_STYLE = "No style"
 FOLDS = ("options", "selection", "loras", "upscale", "history", "server")
 PREVIEW_HEIGHT = 128
 THUMB = 64
@@ -165,9 +166,12 @@ class SDDocker(DockWidget):
         self.seed_spin.setSpecialValueText("random")
         self.candidates_spin = _spin(1, 8, s.candidates)
         self.resolution_spin = _spin(64, 2048, s.resolution, 64, " px")
+        self.style_combo = qt.QComboBox()
+        self._set_styles([])  # the server's styles once connected
         self.size_combo = qt.QComboBox()
         self._fill_sizes([])  # the model's sizes once the server names them
         for label, widget in [
+            ("Style", self.style_combo),
             ("Strength", self.strength_spin),
             ("Steps", self.steps_spin),
             ("Sampler", self.sampler_combo),
@@ -307,7 +311,7 @@ class SDDocker(DockWidget):
             "refine_button", "cancel_button", "progress_bar", "message_label", "preview_label", "size_combo",
             "resolution_spin", "lora_combo", "lora_weight_spin", "lora_add_button", "loras_edit", "factor_combo",
             "upscaler_combo", "sd_upscale_check", "upscale_button", "history_list", "history_apply_button",
-            "history_discard_button", "history_rerun_button",
+            "history_discard_button", "history_rerun_button", "style_combo",
         ):  # fmt: skip
             getattr(self, name).setObjectName(f"sd_krita_{name}")
 
@@ -348,6 +352,8 @@ class SDDocker(DockWidget):
             "colour_check": "Remove the colour drift of the engine: measured where the result should equal the\n"
             "original (the surroundings the server keeps), removed from the whole result. New content keeps its\n"
             "own colours. With a server that pastes the surroundings back (sd-core) there is nothing to remove.",
+            "style_combo": "One of the server's prompt styles (its styles.csv): its texts are merged into the\n"
+            "prompt and negative prompt by the server. 'No style': the prompts as written.",
             "lora_combo": "The server's LoRAs.",
             "lora_weight_spin": "The weight of the LoRA to add.",
             "lora_add_button": "Add the chosen LoRA with its weight to the list below.",
@@ -383,6 +389,7 @@ class SDDocker(DockWidget):
         c.samplers_ready.connect(self._set_samplers)
         c.loras_ready.connect(self._set_loras)
         c.upscalers_ready.connect(self._set_upscalers)
+        c.styles_ready.connect(self._set_styles)
         c.server_owned.connect(self._set_owned)
         c.preview.connect(self._show_preview)
         c.history_changed.connect(self._fill_history)
@@ -434,6 +441,9 @@ class SDDocker(DockWidget):
         )
         self.upscaler_combo.currentTextChanged.connect(lambda text: self._store("upscaler", text) if text else None)
         self.sd_upscale_check.toggled.connect(lambda on: self._store("sd_upscale", bool(on)))
+        self.style_combo.currentIndexChanged.connect(
+            lambda index: self._store("style", self.style_combo.itemData(index) or "")
+        )
 
     def _store_fold(self, key: str, opened: bool) -> None:
         keys = [k for k in FOLDS if (k == key and opened) or (k != key and k in self.settings.folds.split(","))]
@@ -530,6 +540,17 @@ class SDDocker(DockWidget):
     def _upscale(self) -> None:
         s = self.settings
         self.controller.upscale(s.upscale_factor, self.upscaler_combo.currentText(), s.sd_upscale)
+
+    def _set_styles(self, names: list[str]) -> None:
+        """'No style', then the server's; a stored style the server lacks stays listed, as chosen."""
+        current = self.settings.style
+        self.style_combo.blockSignals(True)
+        self.style_combo.clear()
+        self.style_combo.addItem(NO_STYLE, "")
+        for name in names + ([current] if current and current not in names else []):
+            self.style_combo.addItem(name, name)
+        self.style_combo.setCurrentIndex(max(0, self.style_combo.findData(current)))
+        self.style_combo.blockSignals(False)
 
     def _set_upscalers(self, names: list[str]) -> None:
         current = self.settings.upscaler

@@ -74,6 +74,8 @@ def common_payload(settings: Settings, plan: Plan) -> dict[str, Any]:
     }
     if settings.cfg_scale is not None:
         payload["cfg_scale"] = settings.cfg_scale
+    if settings.style:
+        payload["styles"] = [settings.style]  # the server merges the style's texts into the prompts (A1111's rule)
     return payload
 
 

@@ -27,10 +27,12 @@ class Settings:
     python: str = ""  # an interpreter with sd-core installed, used to start the server
     model: str = ""  # checkpoint the started server loads
     lora_dir: str = ""  # the started server's LoRA folder (--lora-dir); empty: none
+    styles_file: str = ""  # the started server's A1111 styles.csv (--styles); empty: none
     port: int = 7860
     prompt: str = ""
     negative_prompt: str = ""
     loras: str = ""  # "name:weight, ...": the server's LoRAs, sent as <lora:name:weight> tags after the prompt
+    style: str = ""  # one of the server's prompt styles (A1111's `styles`); empty: none
     strength: float = 0.75
     steps: int = 20
     sampler: str = "Euler a"

@@ -25,6 +25,7 @@ from .settings import Settings
 FACTORS = (2, 4)
 SD_UPSCALE_OVERLAP = 64  # A1111's script default (for its 512 px tiles; a quarter of smaller tiles)
 UPSCALERS_PATH = "/sdapi/v1/upscalers"
+STYLES_PATH = "/sdapi/v1/prompt-styles"
 EXTRAS_PATH = "/sdapi/v1/extra-single-image"
 
 
@@ -46,6 +47,13 @@ def upscaler_names(items: Any) -> list[str]:
         return []
     names = [str(i["name"]) for i in items if isinstance(i, dict) and isinstance(i.get("name"), str)]
     return [n for n in names if n and n != "None"]
+
+
+def style_names(items: Any) -> list[str]:
+    """Names from `/sdapi/v1/prompt-styles` ([{"name", "prompt", "negative_prompt"}])."""
+    if not isinstance(items, list):
+        return []
+    return [str(i["name"]) for i in items if isinstance(i, dict) and isinstance(i.get("name"), str) and i["name"]]
 
 
 @dataclass(frozen=True)

@@ -693,3 +693,15 @@ def test_history_keeps_candidates_newest_first_and_reruns_with_their_seed() -> N
     assert (again.seed, again.candidates, again.prompt, again.strength) == (13, 1, "fog", 0.4)
     assert settings.seed == -1  # the entry's own settings are not changed
     assert history.discard(keys[2]) and history.get(keys[2]) is None and not history.discard(keys[2])
+
+
+def test_a_chosen_style_is_sent_by_name() -> None:
+    from sd_krita import tools
+
+    plan = regions.plan_canvas(100, 60, target=64)
+    styled = generation.build_request(generation.Capture(plan, None, None), Settings(resolution=64, style="ink"))
+    assert styled.payload["styles"] == ["ink"]
+    plain = generation.build_request(generation.Capture(plan, None, None), Settings(resolution=64))
+    assert "styles" not in plain.payload
+    listed = [{"name": "ink", "prompt": "{prompt}, ink", "negative_prompt": ""}, {"name": ""}, "junk", {"x": 1}]
+    assert tools.style_names(listed) == ["ink"] and tools.style_names({"detail": "no"}) == []

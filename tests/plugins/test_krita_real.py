@@ -159,8 +159,16 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def styles_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An A1111 styles.csv for the started server's --styles."""
+    path = tmp_path_factory.mktemp("styles") / "styles.csv"
+    path.write_text('name,prompt,negative_prompt\nInk,"{prompt}, ink drawing",blurry\n', encoding="utf-8")
+    return path
+
+
 def test_plugin_api_in_kritarunner(
-    tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path], lora_dir: Path
+    tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path], lora_dir: Path, styles_file: Path
 ) -> None:
     kind, model = model_kind
     path = os.pathsep.join(str(p) for p in (pytest_for_krita, REPO / "krita_plugin", RUNNER, REPO))
@@ -168,6 +176,7 @@ def test_plugin_api_in_kritarunner(
         tmp_path / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=path, SD_KRITA_TEST_PYTHON=sys.executable,
         SD_KRITA_TEST_MODEL=str(model), SD_KRITA_TEST_SDXL="1" if kind == "sdxl" else "0",
         SD_KRITA_TEST_BUILTIN_MODEL=str(BUILTIN_MODEL), SD_KRITA_TEST_LORA_DIR=str(lora_dir),
+        SD_KRITA_TEST_STYLES=str(styles_file),
         SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
     )  # fmt: skip
     code, out = run_krita(["kritarunner", "-s", "run_pytest", "-f", "main"], env)

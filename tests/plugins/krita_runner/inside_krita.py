@@ -31,6 +31,7 @@ SDXL = os.environ.get("SD_KRITA_TEST_SDXL") == "1"
 SDXL_SIZES = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
               (1536, 640), (640, 1536)]  # fmt: skip
 LORA_DIR = os.environ.get("SD_KRITA_TEST_LORA_DIR", "")  # holds bricks.safetensors, a LoRA for the SD1 model
+STYLES = os.environ.get("SD_KRITA_TEST_STYLES", "")  # a styles.csv with "Ink": "{prompt}, ink drawing", "blurry"
 W, H = 160, 120
 
 
@@ -56,6 +57,7 @@ class Recorder:
         self.progress: list[float] = []
         self.model_defaults: list[dict] = []
         self.loras: list[list[str]] = []
+        self.styles: list[list[str]] = []
         controller.server_status.connect(self.statuses.append)
         controller.model_defaults.connect(self.model_defaults.append)
         controller.message.connect(self.messages.append)
@@ -74,11 +76,12 @@ def ctl() -> Iterator[tuple[Controller, Recorder]]:
     assert PYTHON and MODEL, "SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL must be set"
     settings = Settings(
         python=PYTHON, model=MODEL, port=0, prompt="a red apple", seed=1234, steps=2, sampler="Euler",
-        candidates=1, grow=4, feather=8, margin=16, resolution=64, lora_dir=LORA_DIR,
+        candidates=1, grow=4, feather=8, margin=16, resolution=64, lora_dir=LORA_DIR, styles_file=STYLES,
     )  # fmt: skip
     controller = Controller(Krita.instance(), settings)
     rec = Recorder(controller)
     controller.loras_ready.connect(rec.loras.append)
+    controller.styles_ready.connect(rec.styles.append)
     controller.start_server()
     pump(lambda: any("ready" in s or "not available" in s for s in rec.statuses), 300, "the server to start")
     server = controller.server
@@ -415,6 +418,27 @@ def test_upscale_opens_a_new_document(ctl: tuple[Controller, Recorder], sd_upsca
         assert worst <= 6, worst
     assert snapshot(doc) == before and bytes(doc.pixelData(0, 0, W, H)) == projection
     close(big)
+    close(doc)
+
+
+def test_a_style_from_the_servers_list(ctl: tuple[Controller, Recorder]) -> None:
+    """The server's styles reach the docker's picker; the chosen one goes by name and the server merges its texts
+    into the prompts (its infotext shows them)."""
+    controller, rec = ctl
+    assert rec.styles and rec.styles[-1] == ["Ink"]
+    sent = submissions(controller)
+    doc = new_document()
+    add_painted_layer(doc)
+    controller.settings.style = "Ink"
+    try:
+        added = run(controller, rec, lambda: controller.generate(doc))
+    finally:
+        controller.settings.style = ""
+    assert added is not None, rec.messages
+    ((payload, job),) = sent
+    assert payload["styles"] == ["Ink"] and payload["prompt"] == "a red apple"
+    text = infotext(job)
+    assert text.startswith("a red apple, ink drawing") and "Negative prompt: blurry" in text, text
     close(doc)
 
 

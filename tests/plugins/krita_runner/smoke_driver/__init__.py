@@ -220,6 +220,12 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     rerun_pixels = hashlib.sha1(bytes(stack(doc)[-1].pixelData(0, 0, W, H))).hexdigest()
     report["rerun_same_pixels"] = rerun_pixels == report.get("apply_pixels_sha1")
     yield from undo(report, "rerun", doc, before)
+    if SHOTS:
+        docker.widget().ensureWidgetVisible(widget(QPushButton, "history_rerun_button"))
+        yield Wait(lambda: True, 0.5, "the docker to repaint")
+        path = os.path.join(SHOTS, "docker_history.png")
+        docker.grab().save(path)
+        report["shots"].append(path)
     count = history.count()
     history.setCurrentRow(0)
     widget(QPushButton, "history_discard_button").click()
@@ -260,6 +266,8 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
                "the live preview in the docker")  # fmt: skip
     report["preview_shown"] = [preview.pixmap().width(), preview.pixmap().height()]
     if SHOTS:
+        docker.widget().verticalScrollBar().setValue(0)  # the first view, where the preview shows
+        yield Wait(lambda: True, 0.5, "the docker to repaint")
         path = os.path.join(SHOTS, "docker_preview.png")
         docker.grab().save(path)
         report["shots"].append(path)
