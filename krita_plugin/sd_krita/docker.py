@@ -131,6 +131,11 @@ class SDDocker(DockWidget):
         self.cancel_button = qt.QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         layout.addWidget(self._row(self.progress_bar, self.cancel_button))
+        self.preview_label = qt.QLabel()  # right under the progress: what the server is drawing
+        self.preview_label.setAlignment(qt.Qt.AlignmentFlag.AlignCenter)
+        self.preview_label.setFixedHeight(PREVIEW_HEIGHT)
+        self.preview_label.hide()
+        layout.addWidget(self.preview_label)
         self.message_label = qt.QLabel("")
         self.message_label.setWordWrap(True)
         qt.rich_text_off(self.message_label)
@@ -140,11 +145,6 @@ class SDDocker(DockWidget):
         self.status_label.setWordWrap(True)
         qt.rich_text_off(self.status_label)
         layout.addWidget(self.status_label)
-        self.preview_label = qt.QLabel()
-        self.preview_label.setAlignment(qt.Qt.AlignmentFlag.AlignCenter)
-        self.preview_label.setFixedHeight(PREVIEW_HEIGHT)
-        self.preview_label.hide()
-        layout.addWidget(self.preview_label)
 
         # Options: what every run uses
         fold, box = self._fold("options", "Options", "Negative prompt, Strength, steps, sampler, CFG, seed, sizes")
@@ -515,6 +515,7 @@ class SDDocker(DockWidget):
         if not busy:
             self.preview_label.clear()
             self.preview_label.hide()
+            self.widget().verticalScrollBar().setValue(0)  # back to the prompt and the buttons
             self._history_buttons()
 
     def _show_message(self, text: str) -> None:
@@ -530,12 +531,20 @@ class SDDocker(DockWidget):
         pixmap = qt.QPixmap()
         if not pixmap.loadFromData(png, "PNG"):
             return
+        scroll = self.widget()
+        first = not self.preview_label.isVisible()
+        # as tall as the docked place allows under the progress bar (at most PREVIEW_HEIGHT), so it is seen there
+        room = scroll.viewport().height() - self.progress_bar.height() - 12
+        height = max(48, min(PREVIEW_HEIGHT, room))
+        self.preview_label.setFixedHeight(height)
         width = max(32, self.preview_label.width())
         self.preview_label.setPixmap(
-            pixmap.scaled(width, PREVIEW_HEIGHT, qt.Qt.AspectRatioMode.KeepAspectRatio,
+            pixmap.scaled(width, height, qt.Qt.AspectRatioMode.KeepAspectRatio,
                           qt.Qt.TransformationMode.SmoothTransformation)
         )  # fmt: skip
         self.preview_label.show()
+        if first:  # once laid out: scroll so that the progress bar and the preview show (the prompt may scroll off)
+            qt.QTimer.singleShot(0, lambda: scroll.ensureWidgetVisible(self.preview_label, 0, 0))
 
     def _upscale(self) -> None:
         s = self.settings

@@ -316,7 +316,8 @@ def test_whole_application_smoke(
         for check in [f"{t}_{c}" for t in tools for c in ("new_layer_on_top", "originals_unchanged")] + [
             f"{t}_undo_removed_layer" for t in tools + ["upscale"]
         ] + ["refine_opaque", "history_icons", "rerun_same_seed", "rerun_same_pixels", "discard_dropped_one",
-             "upscaled_new_document", "upscale_originals_unchanged", "preview_hidden_after",
+             "upscaled_new_document", "upscale_originals_unchanged", "preview_hidden_after", "preview_in_view",
+             "progress_in_view_with_preview",
              "preview_originals_unchanged"]:  # fmt: skip
             assert result.get(check) is True, f"{check}: {json.dumps(result, indent=1)}"
         assert result["history_count"] == (2 if kind == "sdxl" else 3), result  # inpaint, refine (, LoRA)

@@ -265,9 +265,12 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     yield Wait(lambda: preview.isVisible() and preview.pixmap() is not None and not preview.pixmap().isNull(), 120,
                "the live preview in the docker")  # fmt: skip
     report["preview_shown"] = [preview.pixmap().width(), preview.pixmap().height()]
+    yield Wait(lambda: True, 0.5, "the docker to scroll to the preview")
+    visible = preview.visibleRegion().boundingRect()  # the part of the label the docked place shows
+    progress = widget(QProgressBar, "progress_bar")
+    report["preview_in_view"] = visible.height() >= min(48, preview.height()) and visible.width() > 0
+    report["progress_in_view_with_preview"] = progress.visibleRegion().boundingRect() == progress.rect()
     if SHOTS:
-        docker.widget().verticalScrollBar().setValue(0)  # the first view, where the preview shows
-        yield Wait(lambda: True, 0.5, "the docker to repaint")
         path = os.path.join(SHOTS, "docker_preview.png")
         docker.grab().save(path)
         report["shots"].append(path)
