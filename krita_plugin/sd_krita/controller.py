@@ -333,7 +333,7 @@ class Controller(qt.QObject):
             response, request, settings = run.job.result, run.request, run.settings
             run.stage = "results"
             if run.kind == "upscale":
-                run.job = background(lambda: tools.read_upscale(request, response))
+                run.job = background(lambda: tools.read_upscale(request, response, document.decode_bgra))
             else:
                 run.job = background(lambda: generation.read_response(request, response, settings))
         elif run.stage == "results":

@@ -92,14 +92,20 @@ def converted_pixels(doc: Any, rect: Rect) -> bytes:
             f"Cannot read this {doc.colorModel()}/{doc.colorDepth()} document; convert it to 8-bit RGBA "
             "(Image > Convert Image Color Space)."
         )
-    part = image.copy(rect.x, rect.y, rect.w, rect.h).convertToFormat(qt.QtGui.QImage.Format.Format_ARGB32)
-    stride, row = part.bytesPerLine(), rect.w * 4
-    bits = part.constBits()
-    bits.setsize(stride * rect.h)
+    return argb32_bytes(image.copy(rect.x, rect.y, rect.w, rect.h))
+
+
+def argb32_bytes(image: Any) -> bytes:
+    """A QImage's pixels as ARGB32 rows without padding: B, G, R, A on little-endian machines, Krita's order."""
+    image = image.convertToFormat(qt.QtGui.QImage.Format.Format_ARGB32)
+    w, h = image.width(), image.height()
+    stride, row = image.bytesPerLine(), w * 4
+    bits = image.constBits()
+    bits.setsize(stride * h)
     raw = bytes(bits)
     if stride != row:
-        raw = b"".join(raw[y * stride : y * stride + row] for y in range(rect.h))
-    return raw  # ARGB32 in memory is B, G, R, A on little-endian machines, the same order Krita uses
+        raw = b"".join(raw[y * stride : y * stride + row] for y in range(h))
+    return raw
 
 
 def capture(doc: Any, settings: Settings, *, mode: str = "selection") -> tuple[Capture, Target]:
@@ -149,6 +155,14 @@ def capture_canvas(doc: Any) -> tuple[bytes, int, int, Target]:
     if len(data) != width * height * 4:
         raise UserError("Krita returned incomplete pixels; try again.")
     return bgra_to_rgb(data), width, height, Target(doc, width, height, None)
+
+
+def decode_bgra(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, B, G, R, A bytes) of a PNG, decoded by Qt (safe in a worker thread: QImage, no QPixmap)."""
+    image = qt.QImage.fromData(data, "PNG")
+    if image.isNull():
+        raise ValueError("not a PNG Qt can read")
+    return image.width(), image.height(), argb32_bytes(image)
 
 
 def open_upscaled(krita: Any, source: Target, pixels: LayerPixels) -> tuple[Any, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,8 +94,18 @@ def upscale_request(
     return UpscaleRequest("/sdapi/v1/img2img", payload, out_w, out_h)
 
 
-def read_upscale(request: UpscaleRequest, response: Any) -> LayerPixels:
-    """The server's enlarged image as a layer's B, G, R, A pixels over the new canvas."""
+def decode_bgra(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, B, G, R, A bytes) of a PNG with the shared client's pure-Python decoder. Inside Krita the
+    controller passes Qt's decoder instead (`document.decode_bgra`), much faster on an upscaled canvas."""
+    w, h, rgba = decode_png(data)
+    r, g, b, a = regions.split(rgba, 4)
+    return w, h, regions.merge([b, g, r, a])
+
+
+def read_upscale(
+    request: UpscaleRequest, response: Any, decode: Callable[[bytes], tuple[int, int, bytes]] = decode_bgra
+) -> LayerPixels:
+    """The server's enlarged image as a layer's B, G, R, A pixels over the new canvas (opaque)."""
     image = None
     if isinstance(response, dict):
         image = response.get("image")
@@ -105,13 +115,15 @@ def read_upscale(request: UpscaleRequest, response: Any) -> LayerPixels:
     if not isinstance(image, str) or not image:
         raise RegionError("The server returned no image.")
     try:
-        w, h, rgba = decode_png(base64.b64decode(image))
+        w, h, bgra = decode(base64.b64decode(image))
     except (ValueError, TypeError, zlib.error):
         raise RegionError("The server returned an unreadable image.") from None
     if (w, h) != (request.width, request.height):
         raise RegionError(f"The server returned a {w}x{h} image; {request.width}x{request.height} was expected.")
-    r, g, b, _ = regions.split(rgba, 4)
-    return LayerPixels(Rect(0, 0, w, h), regions.merge([b, g, r, b"\xff" * (w * h)]))
+    if bgra[3::4].count(255) != w * h:
+        b, g, r, _ = regions.split(bgra, 4)
+        bgra = regions.merge([b, g, r, b"\xff" * (w * h)])
+    return LayerPixels(Rect(0, 0, w, h), bgra)
 
 
 # ---------------------------------------------------------------------------------------------------------------

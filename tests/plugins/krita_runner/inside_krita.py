@@ -386,6 +386,21 @@ def test_refine_the_whole_canvas_and_rerun_with_a_new_layer_name(ctl: tuple[Cont
     close(doc)
 
 
+def test_qts_png_decoder_agrees_with_the_pure_one() -> None:
+    """Upscale decodes the server's PNG with Qt (fast on a large canvas); it must give the bytes the plugin's own
+    decoder gives, in Krita's B, G, R, A order, partial alpha included."""
+    from sd_krita import tools
+    from sd_krita.sd_client import encode_png_rgba
+
+    w, h = 37, 23
+    rgba = bytes(v for y in range(h) for x in range(w) for v in (x * 6, y * 11, (x * y) % 256, 255 - x))
+    png = encode_png_rgba(w, h, rgba)
+    assert document.decode_bgra(png) == tools.decode_bgra(png)
+    assert document.decode_bgra(png)[2][:4] == bytes([0, 0, 0, 255])  # B, G, R, A of the first pixel
+    with pytest.raises(ValueError):
+        document.decode_bgra(b"not a png")
+
+
 @pytest.mark.parametrize("sd_upscale", [False, True])
 def test_upscale_opens_a_new_document(ctl: tuple[Controller, Recorder], sd_upscale: bool) -> None:
     """The canvas 2x through the server's Lanczos (extras), or its SD upscale script (img2img in tiles): a new
