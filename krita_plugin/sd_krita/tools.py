@@ -153,10 +153,11 @@ class Entry:
 
 
 class History:
-    """The candidates of this session, newest first, at most `limit` (the oldest are dropped)."""
+    """The candidates of this session, newest first: at most `limit` of them and `max_bytes` of pixels (a whole
+    canvas refined at 4000x3000 holds 48 MB); the oldest are dropped, the newest is always kept."""
 
-    def __init__(self, limit: int = 40) -> None:
-        self.limit = limit
+    def __init__(self, limit: int = 40, max_bytes: int = 512 * 2**20) -> None:
+        self.limit, self.max_bytes = limit, max_bytes
         self.entries: list[Entry] = []
         self._next = 1
 
@@ -166,6 +167,12 @@ class History:
         self._next += 1
         self.entries.insert(0, entry)
         del self.entries[self.limit :]
+        total = 0
+        for i, e in enumerate(self.entries):
+            total += len(e.pixels.data)
+            if total > self.max_bytes and i > 0:
+                del self.entries[i:]
+                break
         return entry
 
     def get(self, key: int) -> Entry | None:

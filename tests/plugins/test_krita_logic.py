@@ -693,6 +693,13 @@ def test_history_keeps_candidates_newest_first_and_reruns_with_their_seed() -> N
     assert (again.seed, again.candidates, again.prompt, again.strength) == (13, 1, "fog", 0.4)
     assert settings.seed == -1  # the entry's own settings are not changed
     assert history.discard(keys[2]) and history.get(keys[2]) is None and not history.discard(keys[2])
+    small = tools.History(limit=10, max_bytes=10)  # pixels count too: 4 bytes each here
+    for seed in range(5):
+        small.add("x", seed, "inpaint", settings, pixels)
+    assert [e.seed for e in small.entries] == [4, 3]  # 8 bytes kept, a third entry would pass 10
+    big = regions.LayerPixels(Rect(0, 0, 2, 2), bytes(16))
+    small.add("y", 9, "refine", settings, big)
+    assert [e.seed for e in small.entries] == [9]  # over the budget alone: the newest stays, the rest go
 
 
 def test_a_chosen_style_is_sent_by_name() -> None:
