@@ -7,8 +7,9 @@
 # Debian's Krita, network access for pip and apt, and about 3 GB of disk for the hosts and the venvs (the two bpy
 # venvs 1 GB each, Krita with its Qt/KDE libraries and Xvfb up to 0.7 GB, the numpy-1.26 venv 0.1 GB).
 # Takes about 6 minutes on a 2-core x86 machine with everything installed (measured 5 min 38 s, 5 min 14 s of it the
-# whole suite), plus about 5 minutes for tests/engine/test_sdxl_full.py (full-size SDXL, peak RSS 10.4 GiB); a first
-# run adds the downloads and installs.
+# whole suite), plus about 5 minutes for tests/engine/test_sdxl_full.py (full-size SDXL, peak RSS 10.4 GiB) and about
+# 2.5 for tests/batch (local Ray clusters of 2 CPUs, from the test extra's ray[data]); a first run adds the downloads
+# and installs.
 #
 # Every host test runs here: SD_CORE_REQUIRE_HOSTS=1 makes a missing Krita or bpy fail its tests instead of skipping
 # them (tests/helpers/real_hosts.py), so a skipped host test can never pass for a run. A plain `pytest -m "not host"`

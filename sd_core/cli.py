@@ -1,4 +1,4 @@
-"""The `sd-core` command: txt2img, img2img, inpaint, outpaint, upscale, info, serve, train.
+"""The `sd-core` command: txt2img, img2img, inpaint, outpaint, upscale, info, serve, train, batch.
 
 The generation commands take every `GenerationSettings` field as an option and build the settings once; options left
 out take the model's own defaults (CFG scale, native size) or the engine's, as in the Python API. txt2img's hires fix
@@ -179,6 +179,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from sd_core.batch.command import main as batch_main
+
+    return batch_main(args)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sd_core.training.train import main as train_main
 
@@ -243,17 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path")
     info.set_defaults(func=cmd_info)
 
+    from sd_core.batch.command import add_arguments as add_batch_arguments
     from sd_core.server.settings import add_arguments as add_serve_arguments
     from sd_core.training.train import add_arguments as add_train_arguments
 
     commands = (
         ("serve", "serve the AUTOMATIC1111 API (/sdapi/v1) on 127.0.0.1 (needs sd-core[server])", add_serve_arguments),
         ("train", "train the built-in texture model, or fine-tune a checkpoint on a folder", add_train_arguments),
+        (
+            "batch",
+            "many images from a file of A1111 requests or prompts, resumable, locally or on Ray",
+            add_batch_arguments,
+        ),
     )
+    functions = {"serve": cmd_serve, "train": cmd_train, "batch": cmd_batch}
     for name, help_text, add_arguments in commands:
         command = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
         add_arguments(command)
-        command.set_defaults(func=cmd_serve if name == "serve" else cmd_train)
+        command.set_defaults(func=functions[name])
     return parser
 
 

@@ -72,7 +72,11 @@ class ExtraNetworks:
         identity = file_identity(path)
         cached = self._files.get(identity[0])
         if cached is None or cached.identity != identity:
-            cached = read_lora(path, self.index)
+            try:
+                index = self.index
+            except LoraError as error:  # no LoRA support for this family: the report names the file asked for
+                raise LoraError(f"LoRA {path}: {error}") from None
+            cached = read_lora(path, index)
             if cached.unmatched:
                 log.warning(
                     "LoRA %s: %d layers patched, %d keys match no layer of this model (e.g. %s)",

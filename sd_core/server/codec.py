@@ -9,7 +9,7 @@ import re
 
 from PIL import Image, PngImagePlugin
 
-from .errors import ApiError, invalid
+from .api_error import ApiError, invalid
 
 _DATA_URL = re.compile(r"^data:[\w/+.-]*(;[\w=.-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")

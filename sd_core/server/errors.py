@@ -14,33 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .api_error import KINDS, ApiError, invalid
+
+__all__ = ["KINDS", "ApiError", "error_body", "error_response", "install_handlers", "invalid", "log"]
+
 log = logging.getLogger("sd_core.server")
-
-KINDS = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "NotFound",
-    405: "MethodNotAllowed",
-    413: "PayloadTooLarge",
-    422: "ValidationError",
-    500: "InternalError",
-    503: "Unavailable",
-}
-
-
-class ApiError(Exception):
-    """An error with its HTTP status, message and the request field it concerns."""
-
-    def __init__(self, status: int, detail: str, field: str | None = None, kind: str | None = None) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.field = status, detail, field
-        self.kind = kind or KINDS.get(status, "Error")
-
-
-def invalid(field: str | None, detail: str) -> ApiError:
-    """A 422 about one field."""
-    return ApiError(422, detail, field)
 
 
 def error_body(

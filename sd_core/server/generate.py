@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 
@@ -33,11 +34,10 @@ from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError,
 from sd_core.pnginfo import format_parameters, parse_parameters
 
 from . import hires, refusals, sampling_fields, sd_upscale, upscalers
+from .api_error import ApiError, invalid
 from .codec import png_b64
 from .engine import ModelManager
-from .errors import ApiError, invalid
 from .img2img import Images, copies, prepare_images
-from .jobs import JobContext
 from .models import ModelDirectory, ModelEntry, ModelNameError
 from .options import CHECKPOINT, CLIP_SKIP
 from .prepare import Prepared, prepare
@@ -74,6 +74,23 @@ def setting_error(exc: limits.SettingError, sampler_field: str = "sampler_name")
         return ApiError(404, f"Sampler not found: {exc}", sampler_field)
     name = REQUEST_FIELDS.get(exc.setting, exc.setting)
     return invalid(name, f"{name}: {exc}")
+
+
+class RunContext(Protocol):
+    """What `run` reports through and learns it must stop from: the server's `jobs.JobContext`, or a batch runner's
+    (`sd_core.batch.worker`), so both run a checked request by the same code."""
+
+    job: Any  # has an `id`
+    interrupted: Any  # threading.Event-like: set() / is_set()
+    cancelled: Any
+
+    def set_phase(self, text: str, *, job_count: int | None = None, job_no: int | None = None) -> None: ...
+
+    def begin_batch(self, job_no: int, job_count: int) -> None: ...
+
+    def step_callback(
+        self, cancelled: type[BaseException], interrupted: type[BaseException]
+    ) -> Callable[[Any], None]: ...
 
 
 @dataclass
@@ -235,7 +252,7 @@ def plan(
 
 def run(
     p: Plan,
-    ctx: JobContext,
+    ctx: RunContext,
     models: ModelManager,
     cancelled: type[BaseException],
     interrupted: type[BaseException],
@@ -330,7 +347,7 @@ def _unchanged(p: Plan, images: Images, s: GenerationSettings, model: str) -> li
     return out
 
 
-def _infotext(p: Plan, img: Image.Image) -> str:
+def infotext(p: Plan, img: Image.Image) -> str:
     """The image's A1111 parameters text, with the prompt A1111 shows (styled, extra-network tags kept) and the
     denoising strength that was asked for."""
     text = str(img.info.get("parameters", ""))
@@ -358,7 +375,7 @@ def respond(p: Plan, out: Outcome) -> dict[str, Any]:
     """A1111's response: base64 PNGs with their parameters chunk, the echoed request, and the `info` JSON."""
     req = p.request
     s = out.settings or p.settings
-    infotexts = [_infotext(p, img) for img in out.images]
+    infotexts = [infotext(p, img) for img in out.images]
     pnginfo = bool(p.prepared.settings["enable_pnginfo"])
     images = []
     if req.send_images is not False:

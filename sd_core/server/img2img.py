@@ -26,8 +26,8 @@ from PIL import Image
 
 from sd_core import limits, resize
 
+from .api_error import invalid
 from .codec import decode_image
-from .errors import invalid
 from .prepare import Prepared
 from .resize import flatten, to_mask
 from .schemas import Img2ImgRequest

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ApiError
+from .api_error import ApiError
 
 log = logging.getLogger("sd_core.server")
 HISTORY = 200

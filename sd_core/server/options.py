@@ -42,7 +42,7 @@ from sd_core import limits
 
 from . import upscalers
 from .a1111_options import DEFAULTS, RESTRICTED
-from .errors import ApiError, invalid
+from .api_error import ApiError, invalid
 
 CHECKPOINT = "sd_model_checkpoint"
 CLIP_SKIP = "CLIP_stop_at_last_layers"

@@ -29,7 +29,7 @@ from sd_core.pnginfo import parse_parameters
 
 from . import options, upscalers
 from .a1111_options import DEFAULTS
-from .errors import invalid
+from .api_error import invalid
 from .schemas import GenerationRequest, Txt2ImgRequest
 from .styles import StyleFile
 

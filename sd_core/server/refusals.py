@@ -21,7 +21,7 @@ from typing import Any
 
 from sd_core import samplers
 
-from .errors import ApiError, invalid
+from .api_error import ApiError, invalid
 
 # The samplers A1111 hands each option (v1.10: eta to every sampler function with an eta parameter, the same set as
 # the engine's; s_churn/s_tmin/s_tmax to Euler, Heun and DPM2; s_noise to those and the ancestral and SDE samplers of

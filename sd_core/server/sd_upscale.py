@@ -23,8 +23,8 @@ from typing import Any
 
 from sd_core import TileOptions, limits, sd_upscale
 
+from .api_error import invalid
 from .codec import decode_image
-from .errors import invalid
 from .img2img import Images, image_side
 from .prepare import Prepared
 from .resize import flatten

@@ -9,7 +9,7 @@ from typing import Any
 from sd_core import limits, upscalers
 from sd_core.upscalers import BUILTIN, NONE, REGISTRY, Upscaler, Upscalers, resize
 
-from .errors import invalid
+from .api_error import invalid
 from .settings import ServerSettings
 
 __all__ = ["NONE", "REGISTRY", "Upscaler", "Upscalers", "available", "get", "items", "realesrgan_items", "resize"]

@@ -228,12 +228,20 @@ def test_a_chosen_cfg_reaches_the_engine(addon_env):
 
 def test_the_servers_loras_become_prompt_tags(addon_env):
     """The engine lists the server's LoRAs for the picker; a picked one is sent as a tag and applied by the server
-    (the image is the server's for that tagged prompt); one the server cannot apply is its report, naming it."""
+    (the image is the server's for that tagged prompt); one the server cannot apply is its report, naming it (with
+    the SDXL model, "bricks" itself: an SD1 LoRA)."""
     s = bpy.context.scene.sd_core
     s.apply_material = False
     assert addon_env.runs.SESSION.engine_for(bpy.context).loras() == ["bricks"]
     assert bpy.ops.sdcore.add_lora(name="bricks", weight=0.8) == {"FINISHED"}
     assert s.loras == "bricks:0.8"
+    if SDXL:
+        before = image_names()
+        with pytest.raises(RuntimeError, match=r"The server refused the request: prompt: .*bricks"):
+            bpy.ops.sdcore.generate_texture()
+        assert image_names() == before
+        s.loras = ""
+        return
     assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
     image = bpy.data.images[PROMPT]
     assert 'Lora hashes: "bricks: ' in image["sd_parameters"]
