@@ -2,14 +2,16 @@
 
 Files (A1111's loader): A1111's own `.pt` (`string_to_param` with one entry, [vectors, width], plus `name`, `step`,
 `sd_checkpoint`, `sd_checkpoint_name`), any file holding a single tensor (`.safetensors` `emb_params` [vectors,
-width], diffusers' `learned_embeds.bin` {token: [width]}), and SDXL's `{clip_l, clip_g}` (refused on SD1/SD2 models;
-`WIDTH_KEYS` is where SDXL's per-encoder vectors slot in). Pickles go through `sd_core.checkpoint.read_pickle`, which
-never runs code. An embedding is named by its file stem; one whose width is not the model's text width (768 SD1,
-1024 SD2) is skipped, as A1111 skips it (listed under "skipped"; its name stays plain text in prompts).
+width], diffusers' `learned_embeds.bin` {token: [width]}), and SDXL's `{clip_l, clip_g}` (one set of vectors per
+text tower: CLIP-L's and bigG's, kept side by side as [vectors, 768 + 1280] with `widths` (768, 1280)). Pickles go
+through `sd_core.checkpoint.read_pickle`, which never runs code. An embedding is named by its file stem; one not made
+for the model's towers (SD1 768, SD2 1024, SDXL 768 + 1280, the SDXL refiner's bigG alone 1280) is skipped, as A1111
+skips it (listed under "skipped"; its name stays plain text in prompts).
 
 In a prompt (or negative prompt) the name is found by its token ids, longest names first (`EmbeddingLookup.find`);
 it becomes as many placeholder tokens as it has vectors, kept in one 75-token chunk (`sd_core.prompt`), and its
-vectors replace those tokens' embeddings before the position embeddings are added (`token_embeddings`).
+vectors replace those tokens' embeddings before the position embeddings are added (`token_embeddings`; SDXL: each
+tower its own part, at the same places, as diffusers' `load_textual_inversion` with `text_encoder_2`/`tokenizer_2`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class EmbeddingError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Embedding:
-    """One embedding: `vectors` [count, width] (float32), and what A1111's files record about its training."""
+    """One embedding: `vectors` [count, width] (float32; SDXL: CLIP-L's then bigG's columns, `widths` the two
+    parts' widths), and what A1111's files record about its training."""
 
     name: str
     path: Path
@@ -47,7 +50,17 @@ class Embedding:
     step: int | None = None
     checkpoint: str | None = None
     checkpoint_name: str | None = None
+    widths: tuple[int, ...] = ()
     _hash: list[str] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.widths:
+            object.__setattr__(self, "widths", (int(self.vectors.shape[1]),))
+
+    def part(self, tower: int) -> torch.Tensor:
+        """The vectors for text tower `tower` (of the towers it was made for): [count, widths[tower]]."""
+        start = sum(self.widths[:tower])
+        return self.vectors[:, start : start + self.widths[tower]]
 
     @property
     def count(self) -> int:
@@ -69,18 +82,27 @@ class Embedding:
         return self._hash[0]
 
 
-def _tensor_of(data: dict, path: Path) -> torch.Tensor:
+def _tensor_of(data: dict, path: Path) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The file's vectors [count, width] (1-D: one vector) and the widths of the towers they are for (SDXL's
+    CLIP-L and bigG side by side)."""
     if "string_to_param" in data:
         params = data["string_to_param"]
         if not isinstance(params, dict) or len(params) != 1:
             raise EmbeddingError(f"{path}: string_to_param must hold exactly one tensor")
-        return next(iter(params.values()))
+        return next(iter(params.values())), ()
     if set(WIDTH_KEYS) <= set(data):
-        raise EmbeddingError(f"{path}: an SDXL embedding (clip_l, clip_g); this model has one CLIP text encoder")
+        parts = [data[key] for key in WIDTH_KEYS]
+        if (
+            not all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in parts)
+            or parts[0].shape[0] != parts[1].shape[0]
+        ):
+            shapes = [list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in parts]
+            raise EmbeddingError(f"{path}: clip_l and clip_g must be [vectors, width] with as many vectors: {shapes}")
+        return torch.cat([t.detach().float() for t in parts], dim=1), tuple(int(t.shape[1]) for t in parts)
     tensors = [v for v in data.values() if isinstance(v, torch.Tensor)]
     if len(tensors) != 1:
         raise EmbeddingError(f"{path}: not an embedding ({len(tensors)} tensors; expected one, or string_to_param)")
-    return tensors[0]
+    return tensors[0], ()
 
 
 def read_embedding(path: str | os.PathLike) -> Embedding:
@@ -95,7 +117,8 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
         raise EmbeddingError(f"embedding {exc}") from None
     if not isinstance(data, dict):
         raise EmbeddingError(f"{path}: holds a {type(data).__name__}, not an embedding")
-    vectors = _tensor_of(data, path).detach().float()
+    tensor, widths = _tensor_of(data, path)
+    vectors = tensor.detach().float()
     if vectors.dim() == 1:
         vectors = vectors.unsqueeze(0)
     if vectors.dim() != 2 or not 1 <= vectors.shape[0] <= CHUNK_LENGTH or not torch.isfinite(vectors).all():
@@ -113,6 +136,7 @@ def read_embedding(path: str | os.PathLike) -> Embedding:
         step if isinstance(step, int) else None,
         _text(field_of("sd_checkpoint")),
         _text(field_of("sd_checkpoint_name")),
+        widths,
     )
 
 
@@ -153,7 +177,7 @@ class EmbeddingLibrary:
         self._signature: tuple = ()
         self._loaded: dict[str, Embedding] = {}
         self._errors: dict[str, str] = {}
-        self._lookups: dict[int, EmbeddingLookup] = {}
+        self._lookups: dict[tuple[int, ...], EmbeddingLookup] = {}
 
     def _files(self) -> list[Path]:
         found = []
@@ -190,22 +214,26 @@ class EmbeddingLibrary:
         self.refresh()
         return dict(self._errors)
 
-    def lookup(self, width: int, tokenizer) -> EmbeddingLookup:
-        """The embeddings of text width `width` (the others are A1111's "skipped")."""
+    def lookup(self, widths: int | tuple[int, ...], tokenizer) -> EmbeddingLookup:
+        """The embeddings made for text towers of `widths` (one int: one tower); the others are A1111's
+        "skipped"."""
+        widths = (widths,) if isinstance(widths, int) else tuple(widths)
         self.refresh()
-        if width not in self._lookups:
-            usable = [e for e in self._loaded.values() if e.width == width]
-            self._lookups[width] = EmbeddingLookup(usable, tokenizer)
-        return self._lookups[width]
+        if widths not in self._lookups:
+            usable = [e for e in self._loaded.values() if e.widths == widths]
+            self._lookups[widths] = EmbeddingLookup(usable, tokenizer)
+        return self._lookups[widths]
 
 
-def token_embeddings(token_embedding: torch.nn.Module, tokens: torch.Tensor, fixes: list[Fix]) -> torch.Tensor:
-    """The token embeddings of `tokens` [k, 77] with each fix's vectors written after BOS at its offset (cut at the
-    chunk's end, as A1111)."""
+def token_embeddings(
+    token_embedding: torch.nn.Module, tokens: torch.Tensor, fixes: list[Fix], tower: int = 0
+) -> torch.Tensor:
+    """The token embeddings of `tokens` [k, 77] with each fix's vectors (for text tower `tower`: SDXL's CLIP-L 0,
+    bigG 1) written after BOS at its offset (cut at the chunk's end, as A1111)."""
     embeds = token_embedding(tokens)
     for fix in fixes:
         room = tokens.shape[1] - fix.offset - 1
-        vectors = fix.embedding.vectors[:room].to(embeds)
+        vectors = fix.embedding.part(tower)[:room].to(embeds)
         embeds[fix.chunk, fix.offset + 1 : fix.offset + 1 + vectors.shape[0]] = vectors
     return embeds
 

@@ -43,8 +43,20 @@ class ActiveLora:
         return lora_hash(self.applied.lora.path, self.applied.lora.metadata)
 
 
+def lora_networks(family: str, unet: nn.Module, text_encoder: nn.Module) -> dict[str, nn.Module]:
+    """The networks LoRA files address, by `lora.keys.Component.attribute`: SD1/SD2 the UNet and the text encoder;
+    SDXL the UNet and each tower of its conditioner on its own (`text_encoder` CLIP-L, `text_encoder_2` bigG, as
+    kohya's `lora_te1_`/`lora_te2_` and diffusers' components), the refiner's one tower being bigG."""
+    if not family.startswith("sdxl"):
+        return {"unet": unet, "text_encoder": text_encoder}
+    towers = list(text_encoder.embedders)
+    names = ["text_encoder", "text_encoder_2"][-len(towers) :]
+    return {"unet": unet, **dict(zip(names, towers, strict=True))}
+
+
 class ExtraNetworks:
-    """The LoRA folders and the LoRAs merged into one pipeline's `networks` ({attribute: module}) of `family`."""
+    """The LoRA folders and the LoRAs merged into one pipeline's `networks` ({attribute: module}, `lora_networks`) of
+    `family`."""
 
     def __init__(
         self,
@@ -72,11 +84,7 @@ class ExtraNetworks:
         identity = file_identity(path)
         cached = self._files.get(identity[0])
         if cached is None or cached.identity != identity:
-            try:
-                index = self.index
-            except LoraError as error:  # no LoRA support for this family: the report names the file asked for
-                raise LoraError(f"LoRA {path}: {error}") from None
-            cached = read_lora(path, index)
+            cached = read_lora(path, self.index)
             if cached.unmatched:
                 log.warning(
                     "LoRA %s: %d layers patched, %d keys match no layer of this model (e.g. %s)",

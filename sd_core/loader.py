@@ -280,6 +280,7 @@ class ModelInfo:
     groups: dict[str, tuple[int, int]]  # top-level key prefix -> (keys, parameters)
     defaults: ModelDefaults  # SD2 models count as eps-prediction here; v-prediction is probed at load
     text_width: int = 768  # the text encoder's width: the width of the textual-inversion embeddings it takes
+    text_widths: tuple[int, ...] = (768,)  # each tower's (SDXL: CLIP-L's and bigG's): what an embedding is made for
 
 
 def inspect_model(path: str | os.PathLike) -> ModelInfo:
@@ -306,4 +307,5 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         groups,
         model_defaults(path, config),
         config.text_width,
+        config.text_widths,
     )

@@ -96,8 +96,14 @@ class ModelConfig:
     def text_width(self) -> int:
         """The text encoders' widths together: the width of the textual-inversion embeddings the model takes (SDXL:
         CLIP-L's and bigG's, as A1111 counts an SDXL embedding)."""
+        return sum(self.text_widths)
+
+    @property
+    def text_widths(self) -> tuple[int, ...]:
+        """Each text tower's width, in checkpoint order: the towers a textual-inversion embedding must be made for
+        (SDXL's `clip_l` and `clip_g`; the refiner's bigG alone)."""
         towers = self.text_encoders if self.sdxl and self.text_encoders else [self.text]
-        return sum(int(t["hidden_size"]) for t in towers)
+        return tuple(int(t["hidden_size"]) for t in towers)
 
 
 def _sub(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int, ...]]:

@@ -19,7 +19,7 @@ from . import embeddings, images, limits, masks, modes, sdxl, tiled_denoising, t
 from .accel import Accelerator
 from .denoiser import GuidedDenoiser, Handoff, InpaintBlend
 from .errors import Interrupted
-from .extra_networks import ExtraNetworks
+from .extra_networks import ExtraNetworks, lora_networks
 from .lora.tags import strip_tags
 from .model_config import ModelConfig
 from .progress import Callback, LastStep
@@ -58,7 +58,7 @@ class StableDiffusion:
         self.noise_schedule = NoiseSchedule()
         self.accel = Accelerator(device)
         self.extra_networks = ExtraNetworks(
-            config.family, {"unet": unet, "text_encoder": text_encoder}, lora_dirs, embedding_dirs
+            config.family, lora_networks(config.family, unet, text_encoder), lora_dirs, embedding_dirs
         )
 
     @property
@@ -159,8 +159,8 @@ class StableDiffusion:
         empty `negative_prompt`, "zeros" gives all-zero uncond embeddings, "encode" the encoded empty text; None: the
         model's rule (`sdxl.empty_negative`: zeros for SDXL as A1111, encoded for SD1/SD2). The prompt's LoRA tags
         (`<lora:...>`) are taken out (generations apply them: `extra_networks`); the negative prompt's stay text, as
-        in A1111 (`tags=False`: the prompt's too). SD1/SD2: textual-inversion embeddings of the model's folders are
-        used by name in both (`sd_core.embeddings`).
+        in A1111 (`tags=False`: the prompt's too). Textual-inversion embeddings of the model's folders are used by
+        name in both (`sd_core.embeddings`; SDXL: those with `clip_l`/`clip_g`).
         """
         limits.check_prompt("prompt", prompt)
         limits.check_prompt("negative_prompt", negative_prompt)
@@ -170,8 +170,9 @@ class StableDiffusion:
         prompt = strip_tags(prompt) if tags else prompt
         zeros = negative_prompt == "" and sdxl.empty_negative(empty_negative, self.config) == "zeros"
         if self.config.sdxl:  # zeros: the towers do not run for the empty text
+            lookup = self.extra_networks.embeddings.lookup(self.config.text_widths, self.tokenizer)
             text: tuple[torch.Tensor, ...] = sdxl.encode_prompt(
-                self, prompt, negative_prompt, clip_skip, zero_negative=zeros
+                self, prompt, negative_prompt, clip_skip, zero_negative=zeros, lookup=lookup
             )
         else:
             text = self._encode_prompt(prompt, negative_prompt, clip_skip)
@@ -202,10 +203,10 @@ class StableDiffusion:
         )
 
     def _tokenize(self, prompt: str, negative_prompt: str) -> tuple[tuple, tuple]:
-        """(ids, weights, embedding fixes) of the prompt and the negative prompt (SD1/SD2), padded to the same number
-        of chunks."""
+        """(ids, weights, embedding fixes) of the prompt and the negative prompt, padded to the same number of chunks
+        (SDXL: the first tower's padding; the fixes are the same for both towers)."""
         pad = self.config.pad_token
-        lookup = self.extra_networks.embeddings.lookup(self.config.text_width, self.tokenizer)
+        lookup = self.extra_networks.embeddings.lookup(self.config.text_widths, self.tokenizer)
 
         def tokenize(text: str, chunks: int) -> tuple:
             return tokenize_prompt_with_embeddings(
@@ -221,10 +222,7 @@ class StableDiffusion:
     def prompt_embeddings(
         self, prompt: str, negative_prompt: str = "", *, tags: bool = True
     ) -> list[embeddings.Embedding]:
-        """The textual-inversion embeddings the two prompts use (for A1111's `TI hashes`; none yet for SDXL, whose
-        `clip_l`/`clip_g` embeddings are not read yet)."""
-        if self.config.sdxl:
-            return []
+        """The textual-inversion embeddings the two prompts use (for A1111's `TI hashes`)."""
         (_, _, fixes_c), (_, _, fixes_u) = self._tokenize(strip_tags(prompt) if tags else prompt, negative_prompt)
         return embeddings.used(fixes_c + fixes_u)
 

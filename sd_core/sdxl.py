@@ -9,7 +9,8 @@ Overrides apply to both halves of the CFG batch, as diffusers' (its `negative_*`
 
 A1111's prompt syntax applies per tower as A1111 does it: the same 75-token chunks for both (CLIP-L padded with
 end-of-text, bigG with 0), emphasis on each tower's hidden states, the pooled output from the first chunk. Prompts of
-up to 75 tokens without weights give exactly diffusers' conditioning.
+up to 75 tokens without weights give exactly diffusers' conditioning. Textual-inversion embeddings (`clip_l`/`clip_g`)
+take the same token places in both towers, each tower its own vectors.
 
 An empty negative prompt: A1111 zeroes the negative text conditioning of SDXL models (hidden states and pooled
 output, the size numbers kept), which is what diffusers does when no negative prompt is given at all to a model with
@@ -24,10 +25,10 @@ from typing import Any
 
 import torch
 
-from . import limits
+from . import embeddings, limits
 from .model_config import ModelConfig
 from .models.conditioner import size_vector
-from .prompt import encode_with_weights, tokenize_prompt
+from .prompt import encode_with_weights, tokenize_prompt_with_embeddings
 
 DEFAULT_AESTHETIC_SCORE = 6.0
 DEFAULT_NEGATIVE_AESTHETIC_SCORE = 2.5
@@ -96,28 +97,54 @@ def empty_negative(value: str | None, config: ModelConfig) -> str:
 
 
 def encode_prompt(
-    pipe: Any, prompt: str, negative_prompt: str, clip_skip: int, *, zero_negative: bool = False
+    pipe: Any,
+    prompt: str,
+    negative_prompt: str,
+    clip_skip: int,
+    *,
+    zero_negative: bool = False,
+    lookup: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cond, uncond, pooled, pooled_uncond): contexts [1, 77 * k, width] and pooled outputs [1, P], float32.
-    `zero_negative`: the uncond halves are zeros (the empty negative prompt's "zeros" rule), not encoded."""
+    `zero_negative`: the uncond halves are zeros (the empty negative prompt's "zeros" rule), not encoded. `lookup`:
+    the textual-inversion embeddings made for these towers (`embeddings.EmbeddingLookup`); each tower gets its own
+    part of an embedding's vectors (`clip_l` CLIP-L, `clip_g` bigG) at the same token places."""
     config, towers = pipe.config, pipe.text_encoder.embedders
     skips = [skip + clip_skip - 1 for skip in config.text_skips]
     for skip, tower in zip(skips, towers, strict=True):
         if skip >= len(tower.text_model.encoder.layers):
             raise limits.SettingError("clip_skip", f"clip_skip {clip_skip} leaves no layer of the text encoder")
+
+    def tokenize(text: str, pad: int, chunks: int = 1) -> tuple:
+        return tokenize_prompt_with_embeddings(
+            text, pipe.tokenizer, pad_token=pad, min_chunks=chunks, embeddings=lookup or None
+        )
+
     chunks = 1
     for text in (prompt, negative_prompt):
-        chunks = max(chunks, len(tokenize_prompt(text, pipe.tokenizer, pad_token=0)[0]))
+        chunks = max(chunks, len(tokenize(text, 0)[0]))
     out = []
     for text in (prompt,) if zero_negative else (prompt, negative_prompt):
         parts, pooled = [], None
         for n, (tower, skip, pad) in enumerate(zip(towers, skips, config.pad_tokens, strict=True)):
-            tokens, weights = tokenize_prompt(text, pipe.tokenizer, pad_token=pad, min_chunks=chunks)
+            tokens, weights, fixes = tokenize(text, pad, chunks)
             last = n == len(towers) - 1
 
-            def encode(t: torch.Tensor, tower: Any = tower, skip: int = skip, last: bool = last) -> torch.Tensor:
+            def encode(
+                t: torch.Tensor,
+                tower: Any = tower,
+                skip: int = skip,
+                last: bool = last,
+                n: int = n,
+                fixes: list = fixes,
+            ) -> torch.Tensor:
                 nonlocal pooled
-                hidden, pool = tower.hidden_and_pooled(t.to(pipe.device), skip, pooled=last)
+                embeds = None
+                if fixes:  # textual inversion: on the embedding's device (LowVRAM brings the tower in after)
+                    token_embedding = tower.text_model.embeddings.token_embedding
+                    at = token_embedding.weight.device
+                    embeds = embeddings.token_embeddings(token_embedding, t.to(at), fixes, n).to(pipe.device)
+                hidden, pool = tower.hidden_and_pooled(t.to(pipe.device), skip, pooled=last, token_embeds=embeds)
                 if pool is not None:
                     pooled = pool[:1].float()  # A1111: the first chunk's
                 return hidden.float()

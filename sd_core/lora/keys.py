@@ -4,12 +4,14 @@ LoRA files name layers in the trainer's module names, not the checkpoint's: kohy
 **diffusers** UNet path with dots as underscores for SD1/SD2 (`lora_unet_down_blocks_0_attentions_0_proj_in`) and the
 Hugging Face CLIP path for the text encoder (`lora_te_text_model_encoder_layers_0_self_attn_q_proj`, SD2 too);
 diffusers/PEFT files write the dotted paths under `unet.` / `text_encoder.`. sd_core's UNet is in the LDM layout, so
-each of its layers is given its diffusers name (`unet_source_names`) and both spellings are looked up.
+each of its layers is given its diffusers name (`ldm_to_diffusers_unet`) and both spellings are looked up.
 
 `FAMILIES` is the one table: per model family, which key prefixes belong to which network and how that network's
-layers are named in files. SDXL slots in as an entry (`lora_unet_` + LDM names, `lora_te1_`/`lora_te2_` and
-`text_encoder`/`text_encoder_2` for its two text encoders); prefixes of another family's entry identify a file made
-for another model.
+layers are named in files. SDXL's kohya files name the UNet in the LDM layout (`lora_unet_input_blocks_4_1_...`,
+sd_core's own paths, `label_emb` and `time_embed` included) and its two towers `lora_te1_` (CLIP-L) / `lora_te2_`
+(bigG); its diffusers/PEFT files `unet.` (diffusers names) and `text_encoder.` / `text_encoder_2.`. The refiner has
+its own entry: its UNet and the bigG tower only. Prefixes (and `markers`) of another family's entry identify a file
+made for another model.
 """
 
 from __future__ import annotations
@@ -39,31 +41,38 @@ class Component:
 
 @dataclass(frozen=True)
 class FamilyKeys:
-    """The networks a family's LoRA files patch."""
+    """The networks a family's LoRA files patch, and `markers`: key prefixes that only this family's files use (SD1's
+    and SDXL's kohya files share `lora_unet_`, but name the UNet's layers in different layouts), so that a file made
+    for it is recognised on another model."""
 
     name: str
     components: tuple[Component, ...]
+    markers: tuple[str, ...] = ()
 
 
 _UNET_DIFFUSERS = Component("unet", "lora_unet_", "diffusers_unet", "unet.", "diffusers_unet", "unet")
 _TEXT_HF = Component("text_encoder", "lora_te_", "own", "text_encoder.", "own", "te")
+_SD_MARKERS = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_", "lora_te_")
+# SDXL: kohya-ss trains its own copy of the original (LDM-layout) UNet, so `lora_unet_` + sd_core's own module path;
+# the two towers under `lora_te1_` (CLIP-L) and `lora_te2_` (OpenCLIP bigG), both in HF CLIP names, which are
+# sd_core's (bigG's fused q/k/v is split into q_proj/k_proj/v_proj at loading, so each LoRA lands on its own layer)
+_UNET_LDM = Component("unet", "lora_unet_", "own", "unet.", "diffusers_unet", "unet")
+_SDXL_TEXT_L = Component("text_encoder", "lora_te1_", "own", "text_encoder.", "own", "te")
+_SDXL_TEXT_G = Component("text_encoder_2", "lora_te2_", "own", "text_encoder_2.", "own", "te")
+_LDM_UNET_MARKERS = ("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")
 
 FAMILIES: dict[str, FamilyKeys] = {
-    "sd1": FamilyKeys("SD1", (_UNET_DIFFUSERS, _TEXT_HF)),
-    "sd2": FamilyKeys("SD2", (_UNET_DIFFUSERS, _TEXT_HF)),
-    # SDXL, when its pipeline lands: Component("unet", "lora_unet_", "own", "unet.", "diffusers_unet", "unet"),
-    # Component("text_encoder", "lora_te1_", "own", "text_encoder.", "own", "te"),
-    # Component("text_encoder_2", "lora_te2_", "own", "text_encoder_2.", "own", "te")
+    "sd1": FamilyKeys("SD1", (_UNET_DIFFUSERS, _TEXT_HF), _SD_MARKERS),
+    "sd2": FamilyKeys("SD2", (_UNET_DIFFUSERS, _TEXT_HF), _SD_MARKERS),
+    # SDXL files converted from diffusers' trainers (`convert_state_dict_to_kohya`) write `lora_unet_` + the
+    # diffusers path, as ComfyUI reads them too: the UNet is indexed under both spellings
+    "sdxl": FamilyKeys("SDXL", (_UNET_LDM, _UNET_DIFFUSERS, _SDXL_TEXT_L, _SDXL_TEXT_G), _LDM_UNET_MARKERS),
+    # the refiner has only the bigG tower; its UNet (384 wide, 4 levels) takes no base-model LoRA's UNet layers
+    "sdxl-refiner": FamilyKeys("SDXL refiner", (_UNET_LDM, _SDXL_TEXT_G), _LDM_UNET_MARKERS),
 }
-"""Base family ("sd1", "sd2"; inpainting models share their base's entry) -> its LoRA naming."""
+"""Family ("sd1", "sd2", "sdxl", "sdxl-refiner"; inpainting models share their base's entry) -> its LoRA naming."""
 
 OTHER_FAMILIES: dict[str, str] = {
-    "lora_te1_": "SDXL",
-    "lora_te2_": "SDXL",
-    "text_encoder_2.": "SDXL",
-    "lora_unet_input_blocks_": "SDXL",  # kohya names SDXL's UNet layers in the LDM layout, SD1/SD2's in diffusers'
-    "lora_unet_middle_block_": "SDXL",
-    "lora_unet_output_blocks_": "SDXL",
     "lora_transformer_": "a DiT model (SD3/Flux)",
     "transformer.": "a DiT model (SD3/Flux)",
 }
@@ -72,7 +81,8 @@ OTHER_FAMILIES: dict[str, str] = {
 
 
 def family_keys(family: str) -> FamilyKeys:
-    base = family.split("-")[0]
+    """The family's entry: its own ("sdxl-refiner"), else its base's ("sd1-inpaint" -> "sd1")."""
+    base = family if family in FAMILIES else family.split("-")[0]
     if base not in FAMILIES:
         raise LoraError(f"LoRA files are not supported for {family} models yet (only {', '.join(FAMILIES)})")
     return FAMILIES[base]
@@ -91,6 +101,8 @@ _RESNET = {
 _TOP = {
     "time_embed.0": "time_embedding.linear_1",
     "time_embed.2": "time_embedding.linear_2",
+    "label_emb.0.0": "add_embedding.linear_1",  # SDXL's vector MLP
+    "label_emb.0.2": "add_embedding.linear_2",
     "input_blocks.0.0": "conv_in",
     "out.0": "conv_norm_out",
     "out.2": "conv_out",
@@ -213,14 +225,26 @@ class LayerIndex:
             for name, (path, shape) in source_names(component.kohya_naming, network).items():
                 self._kohya[component.kohya_prefix + name.replace(".", "_")] = (component, path, shape)
         own = {p for c in self.family.components for p in (c.kohya_prefix, c.dotted_prefix)}
+        own |= set(self.family.markers)
+        foreign: dict[str, list[str]] = {}
+        for entry in FAMILIES.values():
+            if entry.name == self.family.name:
+                continue
+            prefixes = [p for c in entry.components for p in (c.kohya_prefix, c.dotted_prefix)] + list(entry.markers)
+            for prefix in prefixes:
+                names = foreign.setdefault(prefix, [])
+                if prefix not in own and entry.name not in names:
+                    names.append(entry.name)
+        for prefix, family in OTHER_FAMILIES.items():
+            if prefix not in own:
+                foreign.setdefault(prefix, []).append(family)
+        # longest prefixes first: `lora_unet_input_blocks_` names SDXL where `lora_unet_` names no one; a prefix of
+        # both SDXL and its refiner (`lora_te2_`) is named after the base model, what such files are made for
         self._foreign = {
-            prefix: entry.name
-            for entry in FAMILIES.values()
-            if entry.name != self.family.name
-            for c in entry.components
-            for prefix in (c.kohya_prefix, c.dotted_prefix)
-            if prefix not in own
-        } | {prefix: family for prefix, family in OTHER_FAMILIES.items() if prefix not in own}
+            p: "/".join(x for x in n if not (x.endswith(" refiner") and x.removesuffix(" refiner") in n))
+            for p, n in sorted(foreign.items(), key=lambda i: -len(i[0]))
+            if n
+        }
 
     def kohya_names(self) -> dict[str, tuple[Component, str, tuple[int, ...]]]:
         """Every patchable layer under its kohya name (what a trainer writes for this model)."""

@@ -128,17 +128,17 @@ class CLIPTextEncoder(nn.Module):
         return self.text_model.final_layer_norm(x)
 
     def hidden_and_pooled(
-        self, tokens: torch.Tensor, skip: int, pooled: bool
+        self, tokens: torch.Tensor, skip: int, pooled: bool, token_embeds: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """SDXL's use of a tower: `hidden_states[-(1 + skip)]` *without* the final layer norm, and (`pooled`) the
         projected pooled output: `text_projection(final_layer_norm(last layer)[first end-of-text token])`, which
-        needs every layer to run. Output dtype = the weights' dtype."""
+        needs every layer to run. Output dtype = the weights' dtype. `token_embeds` as in `forward`."""
         layers = self.text_model.encoder.layers
         if not 0 <= skip < len(layers):
             raise ValueError(f"skip must be in [0, {len(layers) - 1}], got {skip}")
         if pooled and self.text_projection is None:
             raise ValueError("this text encoder has no text_projection: it has no pooled output")
-        x = self.text_model.embeddings(tokens)
+        x = self.text_model.embeddings(tokens, token_embeds)
         hidden = None
         for n, layer in enumerate(layers if pooled else layers[: len(layers) - skip]):
             x = layer(x)

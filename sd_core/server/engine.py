@@ -121,15 +121,15 @@ class ModelManager:
 
         return sd_core.inspect_model(entry.path).defaults
 
-    def text_width(self) -> int:
-        """The current model's text width (the width of the embeddings it takes): the loaded pipeline's, else read
-        from the file's header."""
+    def text_widths(self) -> tuple[int, ...]:
+        """The current model's text towers' widths (what the embeddings it takes are made for): the loaded
+        pipeline's, else read from the file's header."""
         entry, loaded = self.current, self._loaded
         if loaded is not None and loaded[0] == entry:
-            return int(loaded[1].config.text_width)
+            return tuple(loaded[1].config.text_widths)
         import sd_core
 
-        return sd_core.inspect_model(entry.path).text_width
+        return tuple(sd_core.inspect_model(entry.path).text_widths)
 
     def short_hash(self, entry: ModelEntry) -> str | None:
         sha = self.hashes.get(entry.path)

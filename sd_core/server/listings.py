@@ -3,7 +3,7 @@
 Where the concept does not exist here the list is empty: no separate VAEs or hypernetworks are loaded, no face
 restoration model ships, and no extension is installed; their refresh endpoint is accepted and does nothing. LoRAs
 (`/loras`, A1111's `[{name, alias, path, metadata}]`) are the files of `--lora-dir`, embeddings (`/embeddings`,
-`{loaded, skipped}` by the current model's text width) those of `--embeddings-dir`; their refresh endpoints read the
+`{loaded, skipped}` by the current model's text towers) those of `--embeddings-dir`; their refresh endpoints read the
 folders again. The upscalers are the pixel ones and the ESRGAN-family files of
 `--upscaler-dir`, read afresh at each listing; `/realesrgan-models` lists those in the Real-ESRGAN (BasicSR) key
 layout. The latent upscale modes are the engine's (`sd_core.upscalers.latent`: hires fix's "Latent" upscalers).
@@ -216,11 +216,12 @@ def create_router(sd: Any, errors: dict[int | str, dict[str, Any]]) -> APIRouter
 
     @r.get("/sdapi/v1/embeddings", response_model=EmbeddingsResponse, responses=errors)
     def get_embeddings() -> dict[str, Any]:
-        """The embeddings of `--embeddings-dir`: loaded (the current model's text width) and skipped (another)."""
-        width = sd.models.text_width() if sd.settings.embedding_dirs else 0
+        """The embeddings of `--embeddings-dir`: loaded (made for the current model's text towers: SDXL's
+        `clip_l`/`clip_g` ones on SDXL) and skipped (another model's)."""
+        widths = sd.models.text_widths() if sd.settings.embedding_dirs else ()
         out: dict[str, dict[str, Any]] = {"loaded": {}, "skipped": {}}
         for name, emb in sd.embeddings.embeddings().items():
-            out["loaded" if emb.width == width else "skipped"][name] = {
+            out["loaded" if emb.widths == widths else "skipped"][name] = {
                 "step": emb.step,
                 "sd_checkpoint": emb.checkpoint,
                 "sd_checkpoint_name": emb.checkpoint_name,

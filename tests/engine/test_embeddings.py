@@ -14,7 +14,7 @@ from model_fixtures import TEXT_WIDTH, _cached_folder
 from safetensors.torch import save_file
 
 import sd_core
-from sd_core.embeddings import EmbeddingError, read_embedding, token_embeddings
+from sd_core.embeddings import EmbeddingError, EmbeddingLibrary, read_embedding, token_embeddings
 
 KW = dict(width=64, height=64, steps=6, sampler="ddim", cfg_scale=7.5, seed=11)
 
@@ -143,10 +143,14 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, capsys):
     assert "this must never run" not in capsys.readouterr().out
 
 
-def test_sdxl_embedding_is_refused_by_name(tmp_path):
-    save_file({"clip_l": torch.zeros(2, 768), "clip_g": torch.zeros(2, 1280)}, str(tmp_path / "xl.safetensors"))
-    with pytest.raises(EmbeddingError, match="xl.safetensors: an SDXL embedding"):
-        read_embedding(tmp_path / "xl.safetensors")
+def test_sdxl_embedding_is_read_and_skipped_on_sd1(pipe, tmp_path):
+    """`{clip_l, clip_g}`: read with both parts; not made for SD1's one tower, so its name stays text there."""
+    save_file({"clip_l": torch.zeros(2, 768), "clip_g": torch.ones(2, 1280)}, str(tmp_path / "xl.safetensors"))
+    emb = read_embedding(tmp_path / "xl.safetensors")
+    assert (emb.count, emb.width, emb.widths) == (2, 2048, (768, 1280))
+    library = EmbeddingLibrary([tmp_path])
+    assert not library.lookup(TEXT_WIDTH, pipe.tokenizer), "SD1's one tower takes no SDXL embedding"
+    assert library.lookup((768, 1280), pipe.tokenizer), "SDXL's two towers take it"
 
 
 def test_diffusers_learned_embeds_bin(tmp_path):

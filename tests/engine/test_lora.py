@@ -270,13 +270,13 @@ def test_unknown_lora_name(pipe, untouched):
     expect_error(pipe, "a wall <lora:nosuch:1>", "'nosuch'", "LoRA folders")
 
 
-def test_sdxl_models_refuse_loras_naming_the_family(lora_dir):
-    """SDXL's LoRA keys are not in `lora.keys.FAMILIES` yet: a LoRA asked of an SDXL model is an error, not ignored;
-    generations without one are untouched."""
+def test_sd1_lora_on_sdxl_is_refused_naming_the_family(lora_dir):
+    """An SD1 kohya file asked of an SDXL model is an error naming the file and both families, not ignored;
+    generations without it are untouched."""
     from sdxl_fixtures import sdxl_folder
 
     pipe = sd_core.load(sdxl_folder(0), device="cpu", dtype=torch.float32, lora_dirs=[lora_dir])
-    with pytest.raises(LoraError, match=r"style\.safetensors: LoRA files are not supported for sdxl models"):
+    with pytest.raises(LoraError, match=r"style\.safetensors: a LoRA for SD1/SD2; this model is SDXL"):
         pipe.txt2img("a wall <lora:style:1>", **KW)
     assert pipe.txt2img("a wall", **KW)[0].size == (64, 64)
 

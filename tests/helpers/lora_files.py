@@ -2,6 +2,9 @@
 
 Layer names come from the diffusers models themselves (the trainers' names): kohya-ss writes `lora_unet_` /
 `lora_te_` + the module path with `_` for `.`; PEFT/diffusers the dotted path under `unet.` / `text_encoder.`.
+SDXL (a second text encoder given): kohya trains its own copy of the original UNet, so its UNet keys are the LDM
+names (the diffusers names renamed by sd_core's checkpoint key map, which the SDXL parity tests check), the towers
+`lora_te1_` / `lora_te2_`; PEFT adds `text_encoder_2.`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,24 @@ UNET_TARGETS = (
     "upsamplers.0.conv",
 )
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+SDXL_UNET_TARGETS = (
+    *UNET_TARGETS,
+    "conv_in",
+    "time_embedding.linear_1",
+    "add_embedding.linear_1",
+    "add_embedding.linear_2",
+)
+"""SDXL's kohya files may also name the vector MLP (`label_emb`), the time embedding and the first conv."""
+
+
+def _ldm_names(unet: torch.nn.Module) -> dict[str, str]:
+    """diffusers UNet module name -> its LDM name (`input_blocks.4.1...`), as kohya's SDXL UNet names it."""
+    from sd_core.diffusers_keys import unet_key_map
+
+    keys = [k for k in unet.state_dict() if k.endswith(".weight")]
+    renamed = unet_key_map(keys, unet.config)
+    return {k.removesuffix(".weight"): v.removeprefix("model.diffusion_model.").removesuffix(".weight")
+            for k, v in renamed.items()}  # fmt: skip
 
 
 def targets(model: torch.nn.Module, endings: tuple[str, ...]) -> dict[str, torch.nn.Module]:
@@ -53,7 +74,7 @@ def _factors(layer: torch.nn.Module, rank: int, g: torch.Generator, std: float) 
 
 def kohya_lora(
     unet: torch.nn.Module,
-    text_encoder: torch.nn.Module,
+    text_encoder: torch.nn.Module | None,
     *,
     seed: int,
     rank: int = 4,
@@ -61,14 +82,25 @@ def kohya_lora(
     std: float = 0.3,
     unet_endings: tuple[str, ...] = UNET_TARGETS,
     text_endings: tuple[str, ...] = TEXT_TARGETS,
+    text_encoder_2: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """A kohya-ss LoRA over the UNet's attention, feed-forward and conv layers (3x3 LoCon) and the text encoder's
-    attention and MLP layers, alpha != rank."""
+    attention and MLP layers, alpha != rank. With `text_encoder_2`: an SDXL LoRA (LDM UNet names, `lora_te1_` and
+    `lora_te2_`; `text_encoder` None: the refiner's one tower)."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
-    for prefix, model, endings in (("lora_unet_", unet, unet_endings), ("lora_te_", text_encoder, text_endings)):
+    sdxl = text_encoder_2 is not None
+    rename = _ldm_names(unet) if sdxl else {}
+    parts = [("lora_unet_", unet, unet_endings)]
+    if sdxl:
+        parts += [("lora_te1_", text_encoder, text_endings), ("lora_te2_", text_encoder_2, text_endings)]
+    else:
+        parts.append(("lora_te_", text_encoder, text_endings))
+    for prefix, model, endings in parts:
+        if model is None:
+            continue
         for name, layer in targets(model, endings).items():
-            stem = prefix + name.replace(".", "_")
+            stem = prefix + rename.get(name, name).replace(".", "_")
             down, up = _factors(layer, rank, g, std)
             out[f"{stem}.lora_down.weight"], out[f"{stem}.lora_up.weight"] = down, up
             if alpha is not None:
@@ -77,12 +109,21 @@ def kohya_lora(
 
 
 def peft_lora(
-    unet: torch.nn.Module, text_encoder: torch.nn.Module, *, seed: int, rank: int = 4, std: float = 0.3
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module,
+    *,
+    seed: int,
+    rank: int = 4,
+    std: float = 0.3,
+    text_encoder_2: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
-    """A diffusers/PEFT-format LoRA (`unet.<path>.lora_A.weight` / `lora_B.weight`) on Linear layers."""
+    """A diffusers/PEFT-format LoRA (`unet.<path>.lora_A.weight` / `lora_B.weight`) on Linear layers (SDXL: also
+    `text_encoder_2.`)."""
     g = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
-    parts = (("unet.", unet, tuple(PEFT_UNET_TARGETS)), ("text_encoder.", text_encoder, TEXT_TARGETS))
+    parts = [("unet.", unet, tuple(PEFT_UNET_TARGETS)), ("text_encoder.", text_encoder, TEXT_TARGETS)]
+    if text_encoder_2 is not None:
+        parts.append(("text_encoder_2.", text_encoder_2, TEXT_TARGETS))
     for prefix, model, endings in parts:
         for name, layer in targets(model, endings).items():
             down, up = _factors(layer, rank, g, std)
@@ -93,13 +134,16 @@ def peft_lora(
 PEFT_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 
-def peft_metadata(rank: int, alpha: float) -> dict[str, str]:
+def peft_metadata(rank: int, alpha: float, *, sdxl: bool = False) -> dict[str, str]:
     """The safetensors metadata diffusers' `save_lora_weights` writes: each component's PEFT LoraConfig, flattened
     under the component's prefix."""
     from peft import LoraConfig
 
     flat = {}
-    for part, modules in (("unet", PEFT_UNET_TARGETS), ("text_encoder", list(TEXT_TARGETS))):
+    parts = [("unet", PEFT_UNET_TARGETS), ("text_encoder", list(TEXT_TARGETS))]
+    if sdxl:
+        parts.append(("text_encoder_2", list(TEXT_TARGETS)))
+    for part, modules in parts:
         config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=modules).to_dict()
         flat.update({f"{part}.{k}": list(v) if isinstance(v, set) else v for k, v in config.items()})
     return {"format": "pt", "lora_adapter_metadata": json.dumps(flat, default=str)}

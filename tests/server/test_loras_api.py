@@ -1,6 +1,7 @@
 """LoRAs and embeddings over the A1111 API (acceptance 4): `--lora-dir` and `--embeddings-dir`, `<lora:...>` in the
 prompt, `/sdapi/v1/loras`, `/refresh-loras` and `/embeddings` in A1111's shapes, the hashes in the infotext, names
-that are paths refused, and a generation equal to the engine's own with the same LoRA."""
+that are paths refused, a generation equal to the engine's own with the same LoRA; and an SDXL model's LoRA tag and
+embeddings (SDXL ones loaded, SD1 ones skipped)."""
 
 from __future__ import annotations
 
@@ -152,3 +153,51 @@ def test_cmd_flags_name_the_folders(client, folders):
     root, _ = folders
     flags = client.request("GET", "/sdapi/v1/cmd-flags")
     assert flags["lora_dir"] == str(root / "loras") and flags["embeddings_dir"] == str(root / "embeddings")
+
+
+# --- an SDXL model: its LoRAs, and its embeddings listed as loaded, SD1's as skipped --------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdxl_client(tmp_path_factory):
+    from diffusers import StableDiffusionXLPipeline
+    from sdxl_fixtures import G_WIDTH, L_WIDTH, sdxl_folder, write_sdxl_checkpoint
+
+    root = tmp_path_factory.mktemp("sdxl_networks")
+    ref = StableDiffusionXLPipeline.from_pretrained(str(sdxl_folder()), local_files_only=True)
+    lora = kohya_lora(ref.unet, ref.text_encoder, seed=6, text_encoder_2=ref.text_encoder_2)
+    save(root / "loras" / "xlbricks.safetensors", lora)
+    embeddings = root / "embeddings"
+    embeddings.mkdir()
+    parts = {"clip_l": torch.randn(3, L_WIDTH), "clip_g": torch.randn(3, G_WIDTH)}
+    save_file(parts, str(embeddings / "xlstone.safetensors"))
+    save_file({"emb_params": torch.randn(2, TEXT_WIDTH)}, str(embeddings / "stonetex.safetensors"))
+    model = write_sdxl_checkpoint(root / "models" / "xl.safetensors")
+    srv = start_server(model, extra_args=("--lora-dir", str(root / "loras"), "--embeddings-dir", str(embeddings)))
+    yield SDClient(srv.url, timeout=120), root
+    srv.stop()
+
+
+def test_sdxl_model_lists_sdxl_embeddings_as_loaded_and_sd1_ones_as_skipped(sdxl_client):
+    from sdxl_fixtures import G_WIDTH, L_WIDTH
+
+    client, _ = sdxl_client
+    listing = client.request("GET", "/sdapi/v1/embeddings")
+    assert listing["loaded"] == {
+        "xlstone": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": L_WIDTH + G_WIDTH,
+                    "vectors": 3}
+    }  # fmt: skip
+    assert list(listing["skipped"]) == ["stonetex"]
+
+
+def test_sdxl_lora_tag_and_embedding_over_the_server(sdxl_client):
+    client, root = sdxl_client
+    plain = client.txt2img({**BASE, "prompt": "a red brick wall"})
+    tagged = client.txt2img({**BASE, "prompt": "a red xlstone wall <lora:xlbricks:0.8>"})
+    assert np.abs(pixels(tagged["images"][0]) - pixels(plain["images"][0])).mean() > 1.0
+    text = json.loads(tagged["info"])["infotexts"][0]
+    data = (root / "loras" / "xlbricks.safetensors").read_bytes()
+    addnet = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()[:12]
+    digest = hashlib.sha256((root / "embeddings" / "xlstone.safetensors").read_bytes()).hexdigest()[:12]
+    assert f'Lora hashes: "xlbricks: {addnet}"' in text and f'TI hashes: "xlstone: {digest}"' in text
+    assert "Lora hashes" not in json.loads(plain["info"])["infotexts"][0]
