@@ -349,6 +349,8 @@ def test_restyle_viewport_in_background_renders_the_camera(addon_env):
     got = blender_pixels(image)
     assert np.array_equal(got, expected), "not the server's img2img result for this render"
     assert not np.array_equal(got[:, :, :3], init), "img2img returned the render unchanged"
+    # the panel's strength is a float32 (0.6000000238418579 as a double): the infotext shows what was typed
+    assert re.search(r"Denoising strength: 0\.6(,|$)", image["sd_parameters"]), image["sd_parameters"]
 
 
 def png_b64(addon, rgb: np.ndarray) -> str:
