@@ -7,6 +7,7 @@ called off the UI thread by `task.Task`.
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -159,6 +160,11 @@ def sizes_from(value: Any) -> tuple[tuple[int, int], ...]:
 def size_choices(engine: Engine | None) -> tuple[tuple[int, int], ...]:
     """The sizes the panel offers: the model's once the engine has seen it, else `DEFAULT_SIZES`."""
     return (engine.model_sizes if engine is not None else ()) or DEFAULT_SIZES
+
+
+def model_label(path: str) -> str:
+    """The model as the panel names it: the file's name; an empty path is sd-core's built-in texture model."""
+    return os.path.basename(path.rstrip("/\\")) or path if path else "the built-in texture model"
 
 
 def quietly(fn: Callable[[], Any]) -> None:

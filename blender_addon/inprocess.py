@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import INPAINT, Cancelled, Engine, Job, Progress, Request, Result, UserError, explain
+from .engine import INPAINT, Cancelled, Engine, Job, Progress, Request, Result, UserError, explain, model_label
 
 
 def sd_core_importable() -> bool:
@@ -71,7 +71,7 @@ class InProcessEngine(Engine):
         self._cancel: threading.Event | None = None
 
     def describe(self) -> str:
-        return f"in Blender's Python with {os.path.basename(self.model) or 'no model'}"
+        return f"in Blender's Python with {model_label(self.model)}"
 
     def check(self) -> None:
         if not sd_core_importable():
@@ -79,8 +79,11 @@ class InProcessEngine(Engine):
                 "In-process mode needs sd_core and torch in Blender's own Python, which has neither. "
                 "Choose 'Start a local server' in the add-on preferences instead"
             )
-        if not self.model or not os.path.exists(self.model):
-            raise UserError(f"Model not found: {self.model or '(empty)'}. Set the model path in the add-on preferences")
+        if self.model and not os.path.exists(self.model):  # empty: sd-core's built-in texture model
+            raise UserError(
+                f"Model not found: {self.model}. Set the model path in the add-on preferences, or leave it empty "
+                "for the built-in texture model"
+            )
 
     def start(self, request: Request) -> Job:
         self.check()
@@ -98,7 +101,7 @@ class InProcessEngine(Engine):
                     raise Cancelled("cancelled before it started")
                 settings = generation_settings(request)
                 if self._pipe is None:
-                    self._pipe = sd_core.load(self.model, lora_dirs=[self.lora_dir] if self.lora_dir else [])
+                    self._pipe = sd_core.load(self.model or None, lora_dirs=[self.lora_dir] if self.lora_dir else [])
                 self.model_cfg_scale = self._pipe.defaults.cfg_scale
                 self.model_sizes = tuple(self._pipe.defaults.sizes)
 

@@ -26,6 +26,7 @@ from .engine import (
     UserError,
     client,
     explain,
+    model_label,
     quietly,
     sizes_from,
 )
@@ -161,7 +162,8 @@ class ServerEngine(Engine):
 
 
 class LocalServerEngine(ServerEngine):
-    """Starts `sd-core serve` from `python` with `model` on a loopback port, when first needed."""
+    """Starts `sd-core serve` from `python` with `model` (empty: the built-in texture model) on a loopback port, when
+    first needed."""
 
     def __init__(
         self, python: str, model: str, port: int | None = None, token: str | None = None, lora_dir: str = ""
@@ -173,7 +175,7 @@ class LocalServerEngine(ServerEngine):
 
     def describe(self) -> str:
         state = f"running at {self.url}" if self._server is not None else "not started"
-        return f"local server ({state}) with {os.path.basename(self.model) or 'no model'}"
+        return f"local server ({state}) with {model_label(self.model)}"
 
     def check(self) -> None:
         """Refuse a missing interpreter or model before spawning anything."""
@@ -182,10 +184,10 @@ class LocalServerEngine(ServerEngine):
                 f"Python interpreter not found: {self.python or '(empty)'}. Set the Python that has "
                 "sd-core installed (e.g. .../venv/bin/python) in the add-on preferences"
             )
-        if not self.model or not os.path.exists(self.model):
+        if self.model and not os.path.exists(self.model):  # empty: sd-core's built-in texture model
             raise UserError(
-                f"Model not found: {self.model or '(empty)'}. Set the model path (.safetensors, .ckpt or "
-                "diffusers folder) in the add-on preferences"
+                f"Model not found: {self.model}. Set the model path (.safetensors, .ckpt or diffusers folder) in "
+                "the add-on preferences, or leave it empty for the built-in texture model"
             )
 
     def start(self, request: Request) -> Job:
@@ -200,7 +202,7 @@ class LocalServerEngine(ServerEngine):
             env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
             extra = ("--lora-dir", self.lora_dir) if self.lora_dir else ()
             server = client.LocalServer(
-                self.python, self.model, port=self.port, token=self.token, env=env, extra_args=extra
+                self.python, self.model or None, port=self.port, token=self.token, env=env, extra_args=extra
             )
             try:
                 server.start()

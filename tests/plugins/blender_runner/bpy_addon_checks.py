@@ -409,6 +409,24 @@ def test_bad_model_path_is_a_clear_report(addon_env):
         bpy.ops.sdcore.generate_texture()
 
 
+def test_an_empty_model_field_starts_the_local_server_with_the_built_in_model(addon_env):
+    """Empty means sd-core's built-in texture model, and the empty field says so (its placeholder)."""
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.python, prefs.model = "LOCAL", PYTHON, ""
+    log: list = []
+    drawn = types.SimpleNamespace(layout=RecordingLayout(log), connection=prefs.connection)
+    addon_env.preferences.SDCORE_AP_preferences.draw(drawn, bpy.context)
+    assert ("model", True, {"placeholder": "Built-in texture model"}) in log
+    s = bpy.context.scene.sd_core
+    s.apply_material, s.prompt = False, "red and white vertical stripes"
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    engine = addon_env.runs.SESSION.engine
+    assert engine.running and "the built-in texture model" in engine.describe()
+    parameters = bpy.data.images[s.prompt]["sd_parameters"]
+    assert "Model: default_model" in parameters and "CFG scale: 3.0" in parameters, parameters  # the built-in's own
+    assert bpy.ops.sdcore.release() == {"FINISHED"}
+
+
 def test_broken_model_reports_why_the_server_did_not_start(addon_env, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"this is not a checkpoint")
