@@ -11,7 +11,7 @@ from typing import Any
 
 import bpy
 import numpy as np
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import materials, pixels, props
 from .engine import Request, Result, UserError, client, size_choices
@@ -89,11 +89,23 @@ def _source_image(context: Any, name: str) -> Any:
     return image
 
 
-def _img2img_request(settings: Any, rgba: np.ndarray, kind: str = "img2img") -> Request:
-    """A request on uint8 top-down pixels, at the size the engine makes of theirs (rounded to a multiple of 8)."""
+def _img2img_request(settings: Any, rgba: np.ndarray, kind: str = "img2img", seamless: bool = True) -> Request:
+    """A request on uint8 top-down pixels, at the size the engine makes of theirs (rounded to a multiple of 8);
+    `seamless` False: an ordinary image whatever the panel's Seamless says."""
     request = props.make_request(settings, kind, image=np.ascontiguousarray(rgba[:, :, :3]))
     request.width = request.height = None  # the panel's size is for new textures; a restyle keeps the source's
+    if not seamless:
+        request.tiling = ""
     return request
+
+
+# Restyling a render is not texture work: tiling would turn the object into a full-frame pattern. The panel's
+# Seamless applies to it only when the operator is asked to (scripts: seamless=True).
+_RENDER_SEAMLESS = BoolProperty(
+    name="Seamless",
+    default=False,
+    description="Use the panel's Seamless setting for this restyle too (off: an ordinary image, as renders are)",
+)
 
 
 class _Generation:
@@ -225,10 +237,10 @@ class SDCORE_OT_generate_texture(_Generation, bpy.types.Operator):
         return request, "Generate texture", _texture_finish(context, request, settings)
 
 
-def _restyle(context: Any, source: np.ndarray, label: str) -> tuple[Request, str, Finish]:
+def _restyle(context: Any, source: np.ndarray, label: str, seamless: bool) -> tuple[Request, str, Finish]:
     settings = props.settings(context)
     name = _name_from(settings.prompt, "render", prefix="Restyled ")
-    return _img2img_request(settings, source), label, _new_images_finish(name, settings.pack)
+    return _img2img_request(settings, source, seamless=seamless), label, _new_images_finish(name, settings.pack)
 
 
 class SDCORE_OT_restyle_viewport(_Generation, bpy.types.Operator):
@@ -237,9 +249,11 @@ class SDCORE_OT_restyle_viewport(_Generation, bpy.types.Operator):
     bl_idname = "sdcore.restyle_viewport"
     bl_label = "Restyle Viewport"
 
+    seamless: _RENDER_SEAMLESS
+
     def prepare(self, context: Any) -> tuple[Request, str, Finish]:
         source, how = render_viewport(context)
-        return _restyle(context, source, f"Restyle viewport ({how})")
+        return _restyle(context, source, f"Restyle viewport ({how})", self.seamless)
 
 
 class SDCORE_OT_restyle_render(_Generation, bpy.types.Operator):
@@ -248,8 +262,10 @@ class SDCORE_OT_restyle_render(_Generation, bpy.types.Operator):
     bl_idname = "sdcore.restyle_render"
     bl_label = "Restyle Render"
 
+    seamless: _RENDER_SEAMLESS
+
     def prepare(self, context: Any) -> tuple[Request, str, Finish]:
-        return _restyle(context, render_scene(context.scene), "Restyle render")
+        return _restyle(context, render_scene(context.scene), "Restyle render", self.seamless)
 
 
 class _ImageGeneration(_Generation):

@@ -484,6 +484,24 @@ def test_panels_and_operators_are_registered(addon_env):
         assert hasattr(bpy.ops.sdcore, op)
 
 
+def test_restyling_a_render_is_not_seamless_unless_asked(addon_env):
+    """The panel's Seamless is for textures: Restyle Render/Viewport make an ordinary image with it on (tiling the
+    render would turn the object into a full-frame pattern), unless the operator is asked for it."""
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 2
+    scene.render.resolution_x = scene.render.resolution_y = 64
+    scene.render.resolution_percentage = 100
+    scene.sd_core.seamless = "XY"
+    for operator in (bpy.ops.sdcore.restyle_render, bpy.ops.sdcore.restyle_viewport):
+        assert operator() == {"FINISHED"}
+        task = addon_env.runs.SESSION.run.task
+        assert task.request.tiling == "" and "Tiling" not in task.result.infotexts[0], task.result.infotexts[0]
+        assert operator(seamless=True) == {"FINISHED"}
+        task = addon_env.runs.SESSION.run.task
+        assert task.request.tiling == "xy" and "Tiling: xy" in task.result.infotexts[0], task.result.infotexts[0]
+
+
 def test_restyle_render_and_restyle_image_keep_the_source_size(addon_env):
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
