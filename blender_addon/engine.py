@@ -200,6 +200,11 @@ class Engine(ABC):
     def release(self) -> str:
         """Give the GPU memory back (unload the model / stop the server this engine started); says what it did."""
 
+    def shutdown(self) -> str:
+        """Blender quits or the add-on is disabled: let go of what this engine itself started. A server someone
+        else runs keeps its model (other clients may be using it); Release (`release`) is the explicit request."""
+        return "nothing of the add-on's own to stop"
+
     @abstractmethod
     def describe(self) -> str:
         """Where the images come from, for the panel."""

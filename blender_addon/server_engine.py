@@ -266,6 +266,9 @@ class LocalServerEngine(ServerEngine):
             if name.lower().endswith(suffixes)
         )
 
+    def shutdown(self) -> str:
+        return self.release()  # the server process is this add-on's own
+
     def release(self) -> str:
         with self._lock:
             server, self._server = self._server, None

@@ -467,6 +467,64 @@ def test_local_server_generates_and_release_stops_it(addon_env):
     assert addon_env.runs.SESSION.engine is None
 
 
+class RecordingServer:
+    """A stand-in A1111 server that answers every request with `{}` and records (method, path)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        calls = self.calls = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                calls.append((self.command, self.path))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_quitting_leaves_a_shared_server_its_model_and_stops_the_add_ons_own(addon_env):
+    """Blender quitting (the add-on's exit hook) or another engine chosen in the preferences: a server at a URL is
+    someone else's and keeps its model; the local server the add-on started is stopped. Release still unloads."""
+    shared = RecordingServer()
+    try:
+        prefs = bpy.context.preferences.addons[ADDON].preferences
+        prefs.connection, prefs.url = "SERVER", shared.url
+        addon_env.runs.SESSION.engine_for(bpy.context)
+        addon_env._release_at_exit()
+        prefs.url = URL  # the same for a switch to another engine
+        addon_env.runs.SESSION.engine_for(bpy.context)
+        prefs.url = shared.url
+        addon_env.runs.SESSION.engine_for(bpy.context)
+        assert ("POST", "/sdapi/v1/unload-checkpoint") not in shared.calls, shared.calls
+        assert bpy.ops.sdcore.release() == {"FINISHED"}  # asked for: the shared server unloads
+        assert shared.calls.count(("POST", "/sdapi/v1/unload-checkpoint")) == 1, shared.calls
+    finally:
+        shared.close()
+    prefs.connection, prefs.python, prefs.model = "LOCAL", PYTHON, MODEL
+    assert bpy.ops.sdcore.test_connection() == {"FINISHED"}
+    process = addon_env.runs.SESSION.engine._server.process
+    addon_env._release_at_exit()
+    assert process.wait(timeout=30) is not None and addon_env.runs.SESSION.engine is None
+
+
 def test_panels_and_operators_are_registered(addon_env):
     for name in ("SDCORE_PT_image_editor", "SDCORE_PT_shader_editor", "SDCORE_PT_image_history"):
         assert hasattr(bpy.types, name)
