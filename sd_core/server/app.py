@@ -118,7 +118,8 @@ def build_state(settings: ServerSettings, loader: Loader | None = None) -> Serve
 
 
 class PreviewCache:
-    """The latest preview as base64 PNG, made at most once per step however often clients poll."""
+    """The latest preview as base64 PNG, made at most once per step however often clients poll, by the running
+    model's own latent -> RGB map (`sd_core.preview`, fitted in the job's thread before it samples)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -135,7 +136,7 @@ class PreviewCache:
         from sd_core.preview import latents_to_preview
 
         buf = io.BytesIO()
-        latents_to_preview(snap.latents).save(buf, format="PNG")
+        latents_to_preview(snap.latents, mapping=snap.preview).save(buf, format="PNG")
         value = base64.b64encode(buf.getvalue()).decode("ascii")
         with self._lock:
             self._key, self._value = key, value

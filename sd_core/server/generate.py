@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits
+from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits, preview
 from sd_core.pnginfo import format_parameters, parse_parameters
 
 from . import hires, refusals, sampling_fields, sd_upscale, upscalers
@@ -267,6 +267,7 @@ def run(
     except limits.SettingError as exc:
         raise setting_error(exc) from None
     _check_pixels(out.settings.width, out.settings.height, p.batch_size, p.max_pixels, out.settings.hires)
+    ctx.set_preview(preview.for_pipeline(pipe))  # fitted once per loaded model, here where its VAE may run
     callback = ctx.step_callback(cancelled, interrupted)
     calls = [(None, None)] if images is None else [(img, images.mask) for img in images.images]
     passes = 1 if out.settings.hires is None else 2  # hires fix: two jobs a batch in the progress (A1111)
