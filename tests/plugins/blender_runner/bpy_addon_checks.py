@@ -303,6 +303,36 @@ def test_tick_flow_progress_preview_result(addon_env):
     assert image_names() - before == {PROMPT}  # the result arrived; the preview datablock is gone
 
 
+def block_means(rgb: np.ndarray, cells: int) -> np.ndarray:
+    """HxWx3 averaged over a cells x cells grid of equal blocks."""
+    h, w = rgb.shape[:2]
+    return rgb.reshape(cells, h // cells, cells, w // cells, 3).mean(axis=(1, 3))
+
+
+def test_the_live_preview_is_large_and_looks_like_the_coming_texture(addon_env):
+    """With the built-in model (whose latents SD1's fixed matrix shows as grey-blue noise): the panel's preview image
+    is at least 128 px and, from the second half of the run on, follows the texture that arrives (correlation of
+    8x8 block means, the latent grid of a 64 px texture)."""
+    bpy.context.preferences.addons[ADDON].preferences.url = BUILTIN_URL
+    s = bpy.context.scene.sd_core
+    s.prompt, s.seamless, s.apply_material = "red and white vertical stripes", "XY", False
+    run = start_texture_run(addon_env, steps=60)
+    run.task.poll_interval = 0.05
+    seen = []
+    while not run.step():
+        preview = bpy.data.images.get(addon_env.runs.PREVIEW_NAME)
+        if preview is not None and run.task.step >= 30 and run.task.preview_serial > 0:
+            seen.append((tuple(preview.size), blender_pixels(preview)[:, :, :3].astype(np.float64)))
+        time.sleep(0.02)
+    assert run.task.state.value == "done" and seen, "no preview in the second half of the run"
+    size, last = seen[-1]
+    assert min(size) >= 128, size
+    texture = blender_pixels(run.images[0])[:, :, :3].astype(np.float64)
+    score = np.corrcoef(block_means(last, 8).ravel(), block_means(texture, 8).ravel())[0, 1]
+    np.save(OUT / "preview_last.npy", last.astype(np.uint8))
+    assert score > 0.5, score
+
+
 def test_cancel_leaves_nothing_and_server_idle(addon_env):
     before = image_names()
     run = start_texture_run(addon_env, steps=150)  # the server's limit: about 8 s here
