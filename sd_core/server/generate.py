@@ -29,7 +29,7 @@ from typing import Any
 
 from PIL import Image
 
-from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits, preview
+from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, TileOptions, limits, preview
 from sd_core.pnginfo import format_parameters, parse_parameters
 
 from . import hires, refusals, sampling_fields, sd_upscale, upscalers
@@ -118,6 +118,14 @@ def _server_caps(req: GenerationRequest, settings: ServerSettings) -> None:
     ):
         if value is not None and value > cap:
             raise invalid(name, f"{name}: {value} is more than this server allows ({cap}, {option})")
+
+
+def _tile(req: GenerationRequest) -> TileOptions | None:
+    """sd-core's `sd_core_tile` (txt2img): tiled sampling, for the hires fix's second pass at texture sizes."""
+    tile = getattr(req, "sd_core_tile", None)
+    if tile is None:
+        return None
+    return TileOptions(width=tile.width, height=tile.height, overlap=tile.overlap)
 
 
 def _check_pixels(
@@ -218,7 +226,7 @@ def plan(
             **sampling_fields.seed_extras(req, p.settings, images is not None),
             hires=hires_options,
             resize_mode="latent" if images is not None and images.latent else "resize",
-            tile=None if upscale is None else upscale.tile,
+            tile=upscale.tile if upscale is not None else _tile(req),
             extra_networks=not req.disable_extra_networks,
         )
         chosen = replace(chosen, **sampling_fields.sampler_options(req, chosen.sampler, p.settings))
