@@ -61,6 +61,11 @@ class Request:
     image: np.ndarray | None = None  # HxWx3, img2img and inpaint
     mask: np.ndarray | None = None  # HxW, 255 = repaint (inpaint)
     loras: str = ""  # "name:weight, ...": LoRAs of the engine's LoRA folder, asked for as <lora:name:weight> tags
+    # Production sizes (txt2img): hires fix, the first pass at width x height enlarged `hires_scale` times (Lanczos,
+    # wrap-aware when seamless) and sampled again at `hires_strength`, in tiles of `tile` = (width, height, overlap)
+    hires_scale: float | None = None
+    hires_strength: float = 0.4
+    tile: tuple[int, int, int] | None = None
 
     def tagged_prompt(self) -> str:
         """The prompt with the LoRAs' A1111 tags appended (how both engines are asked for a LoRA)."""
@@ -99,6 +104,8 @@ class Progress:
     fraction: float = 0.0
     preview: bytes | None = None
     text: str = ""
+    phase: int = 1  # which sampling pass (hires fix: 1 of 2, then 2 of 2)
+    phases: int = 1
 
 
 class Job:

@@ -37,6 +37,26 @@ SEAMLESS = [
     ("Y", "Y", "Tiles top to bottom"),
     ("XY", "Both", "Tiles in both directions"),
 ]
+# Production texture sizes: the longer side of the texture Generate Texture makes, through the hires fix (the first
+# pass at the panel's size, enlarged and sampled again in tiles; seamless when the panel's Seamless is on).
+PRODUCTION_SIDES = {"2K": 2048, "4K": 4096}
+TEXTURE_SIZES = [
+    ("PANEL", "Panel size", "Width x height as set above, one pass"),
+    ("2K", "2K", "2048 px on the longer side: the panel's size enlarged and refined in tiles (hires fix)"),
+    ("4K", "4K", "4096 px on the longer side: the panel's size enlarged and refined in tiles (hires fix); minutes"),
+]
+PRODUCTION_STRENGTH = 0.4  # the second pass's denoising strength: adds detail, keeps the first pass's layout
+MAX_TILE = 512  # the second pass's tile: SD1's native size (the recorded 4096 px run: 512, overlap 128)
+
+
+def production_plan(side: int, width: int, height: int) -> tuple[float, tuple[int, int, int]]:
+    """(hires scale, tile (width, height, overlap)) for a texture of `side` px on its longer side from a first pass of
+    width x height: the tile a quarter of the side (at most `MAX_TILE`, a multiple of 8), overlapping by a quarter."""
+    scale = side / max(width, height)
+    tile = max(64, min(MAX_TILE, side // 4) // 8 * 8)
+    return scale, (tile, tile, tile // 4 // 8 * 8)
+
+
 # The settings a request takes as they are (the same names in the panel, the `Request` and the engine).
 AS_IS = ("prompt", "negative_prompt", "width", "height", "steps", "sampler", "batch_size", "strength", "loras")
 HISTORY_SIZE = 20
@@ -54,6 +74,7 @@ RECALLED = (
     "seed",
     "random_seed",
     "seamless",
+    "texture_size",
     "batch_size",
     "strength",
 )
@@ -99,6 +120,9 @@ def _common() -> dict[str, Any]:
         "seamless": EnumProperty(
             name="Seamless", items=SEAMLESS, default="NONE", description="Make the image tile on these axes"
         ),
+        "texture_size": EnumProperty(
+            name="Texture size", items=TEXTURE_SIZES, default="PANEL", description="How large Generate Texture makes it"
+        ),
         "batch_size": IntProperty(name="Batch", default=1, min=1, max=8, description="Images per generation"),
         "strength": FloatProperty(
             name="Strength",
@@ -142,6 +166,9 @@ def make_request(s: Any, kind: str, **extra: Any) -> Request:
     """The engine request for the panel's settings; a random seed is drawn here so the history knows it (within
     the range of Blender's integer properties, so a recall reproduces it)."""
     seed = random.randrange(2**31 - 1) if s.random_seed else int(s.seed)
+    if kind == "txt2img" and s.texture_size in PRODUCTION_SIDES:
+        scale, tile = production_plan(PRODUCTION_SIDES[s.texture_size], s.width, s.height)
+        extra = {"hires_scale": scale, "hires_strength": PRODUCTION_STRENGTH, "tile": tile, **extra}
     return Request(
         kind=kind,
         **{name: getattr(s, name) for name in AS_IS},

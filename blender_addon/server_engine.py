@@ -34,6 +34,7 @@ from .engine import (
 SERVER_START_TIMEOUT = 300.0  # loading a large checkpoint from a slow disk takes minutes
 GENERATION_TIMEOUT = 3600.0
 POLL_TIMEOUT = 10.0
+PRODUCTION_PIXELS = 4096 * 4096  # the add-on's own server makes 4K textures
 
 
 def _png_b64(pixels: np.ndarray) -> str:
@@ -62,6 +63,12 @@ def a1111_payload(request: Request) -> tuple[str, dict[str, Any]]:
     if request.tiling:
         payload["tiling"] = True if request.tiling == "xy" else request.tiling
     if request.kind == "txt2img":
+        if request.hires_scale:  # A1111's hires fix; the second pass's strength is its denoising_strength
+            payload.update(enable_hr=True, hr_scale=request.hires_scale, hr_upscaler="Lanczos")
+            payload["denoising_strength"] = request.hires_strength
+        if request.tile:
+            width, height, overlap = request.tile
+            payload["sd_core_tile"] = {"width": width, "height": height, "overlap": overlap}
         return "txt2img", payload
     assert request.image is not None
     payload["init_images"] = [_png_b64(request.image)]
@@ -88,6 +95,7 @@ def decode_progress(data: dict[str, Any]) -> Progress:
     state = data.get("state") or {}
     preview = data.get("current_image")
     fraction = float(data.get("progress") or 0.0)
+    passes = int(state.get("job_count") or 1)  # one request: a hires batch is two jobs, one per pass (A1111)
     return Progress(
         active=bool(state.get("job_count")) or fraction > 0.0,
         step=int(state.get("sampling_step") or 0),
@@ -95,6 +103,8 @@ def decode_progress(data: dict[str, Any]) -> Progress:
         fraction=fraction,
         preview=client.b64_to_bytes(preview) if preview else None,
         text=data.get("textinfo") or "",
+        phase=min(int(state.get("job_no") or 0) + 1, max(passes, 1)),
+        phases=max(passes, 1),
     )
 
 
@@ -200,7 +210,9 @@ class LocalServerEngine(ServerEngine):
                 return
             # PYTHONHOME, when Blender's environment has one, would point the other interpreter at Blender's stdlib.
             env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
-            extra = ("--lora-dir", self.lora_dir) if self.lora_dir else ()
+            # production sizes: a 4096 px texture (its second pass in tiles) is more than the default --max-pixels
+            extra = ("--max-pixels", str(PRODUCTION_PIXELS))
+            extra += ("--lora-dir", self.lora_dir) if self.lora_dir else ()
             server = client.LocalServer(
                 self.python, self.model or None, port=self.port, token=self.token, env=env, extra_args=extra
             )

@@ -20,6 +20,8 @@ def draw_status(layout: Any) -> None:
         task = run.task
         box = layout.box()
         step = f"step {task.step}/{task.total}" if task.total else task.text or task.state.value
+        if task.total and task.phases > 1:
+            step = f"pass {task.phase}/{task.phases}, {step}"
         box.progress(factor=task.fraction, type="BAR", text=f"{run.label}: {step}")
         preview = bpy.data.images.get(PREVIEW_NAME)
         if preview is not None and preview.preview is not None:
@@ -77,6 +79,9 @@ def draw_settings(layout: Any, s: Any) -> None:
     row = layout.row(align=True)
     row.label(text="Seamless")
     row.prop(s, "seamless", expand=True)
+    row = layout.row(align=True)
+    row.label(text="Texture")
+    row.prop(s, "texture_size", expand=True)
     layout.prop(s, "batch_size")
 
 

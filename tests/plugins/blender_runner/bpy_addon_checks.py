@@ -643,6 +643,38 @@ def test_seamless_textures_from_the_built_in_model(addon_env):
     assert addon_env.ui._model_cfg_text() == "Model's CFG (3)"  # what the panel shows beside the toggle
 
 
+def test_a_production_size_texture_takes_two_passes_with_progress_and_wraps(addon_env, monkeypatch):
+    """The panel's 2K/4K: the first pass at the panel's size, then the hires fix's wrap-aware enlargement and tiled
+    second pass (the server's `sd_core_tile`). The same path at a size a test affords: "2K" made 512 px here, from
+    256 px in 128 px tiles. Progress runs across both passes; the texture is saved for the outer test's seam check."""
+    monkeypatch.setitem(addon_env.props.PRODUCTION_SIDES, "2K", 512)
+    bpy.context.preferences.addons[ADDON].preferences.url = BUILTIN_URL
+    s = bpy.context.scene.sd_core
+    s.prompt, s.seamless, s.apply_material, s.texture_size = "large black and white checkerboard", "XY", False, "2K"
+    s.width = s.height = 256
+    run = start_texture_run(addon_env, steps=12)
+    run.task.poll_interval = 0.05
+    assert (run.task.request.hires_scale, run.task.request.tile) == (2.0, (128, 128, 32))
+    seen = []
+    while not run.step():
+        seen.append((run.task.phase, run.task.phases, run.task.fraction, run.task.step))
+        time.sleep(0.02)
+    assert run.task.state.value == "done", run.task.error
+    phases = {(phase, phases) for phase, phases, _, step in seen if step}
+    assert phases == {(1, 2), (2, 2)}, phases  # both passes reported
+    fractions = [f for _, _, f, _ in seen]
+    assert fractions == sorted(fractions)
+    first = [f for phase, _, f, step in seen if phase == 1 and step]
+    second = [f for phase, _, f, step in seen if phase == 2 and step]
+    assert max(first) <= 0.5 + 1e-9 and 0.5 <= min(second) and max(second) > 0.6, (first, second)
+    image = run.images[0]
+    assert tuple(image.size) == (512, 512)
+    parameters = image["sd_parameters"]
+    assert "Hires upscale: 2.0" in parameters and "Tiling: xy" in parameters and "Size: 256x256" in parameters
+    assert "Tile size: 128x128, Tile overlap: 32" in parameters, parameters
+    np.save(OUT / "production.npy", blender_pixels(image)[:, :, :3])
+
+
 def test_connection_check_reports_the_engine(addon_env):
     assert bpy.ops.sdcore.test_connection() == {"FINISHED"}
     bpy.context.preferences.addons[ADDON].preferences.url = f"http://127.0.0.1:{free_port()}"
