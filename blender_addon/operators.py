@@ -89,6 +89,24 @@ def _source_image(context: Any, name: str) -> Any:
     return image
 
 
+def _editor_image(context: Any) -> Any:
+    space = getattr(context, "space_data", None)
+    return getattr(space, "image", None) if space is not None and space.type == "IMAGE_EDITOR" else None
+
+
+def _base_color_image(obj: Any) -> Any:
+    """The image on the Base Color of `obj`'s active material, if any (the texture Generate Texture put there)."""
+    material = obj.active_material if obj is not None and obj.type == "MESH" else None
+    if material is None or material.node_tree is None:
+        return None
+    for node in material.node_tree.nodes:
+        if node.type == "BSDF_PRINCIPLED":
+            for link in node.inputs["Base Color"].links:
+                if link.from_node.type == "TEX_IMAGE" and link.from_node.image is not None:
+                    return link.from_node.image
+    return None
+
+
 def _img2img_request(settings: Any, rgba: np.ndarray, kind: str = "img2img", seamless: bool = True) -> Request:
     """A request on uint8 top-down pixels, at the size the engine makes of theirs (rounded to a multiple of 8);
     `seamless` False: an ordinary image whatever the panel's Seamless says."""
@@ -195,20 +213,50 @@ def _make_images(decoded: list[np.ndarray], result: Result, pack: bool, build: C
     return made
 
 
+def _keep(image: Any, pack: bool) -> None:
+    """A derived image (no generation of its own): packed, or saved next to the .blend as the textures are."""
+    if pack:
+        image.pack()
+        return
+    folder = bpy.path.abspath(TEXTURE_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{bpy.path.clean_name(image.name)}.png")
+    image.filepath_raw, image.file_format = path, "PNG"
+    image.save()
+    image.filepath = bpy.path.relpath(path)
+
+
+def _pbr_for(texture: Any, obj: Any, pack: bool, seamless: str) -> list[Any]:
+    """Normal, height and roughness images from `texture` (stored like it), wired into `obj`'s material when given
+    (its base colour becomes `texture`); all or nothing."""
+    maps = materials.make_pbr_images(texture, materials.seamless_axes(texture, seamless))
+    try:
+        for image in maps.values():
+            _keep(image, pack)
+        if obj is not None:
+            materials.wire_pbr(materials.apply_texture(obj, texture), maps)
+    except Exception:
+        remove_images(list(maps.values()))
+        raise
+    return list(maps.values())
+
+
 def _texture_finish(context: Any, request: Request, settings: Any) -> Finish:
     obj = context.active_object if settings.apply_material else None
     obj_name = obj.name if obj is not None and obj.type == "MESH" else ""
-    name, pack = _name_from(request.prompt, "SD texture"), settings.pack
+    name, pack, with_pbr = _name_from(request.prompt, "SD texture"), settings.pack, settings.pbr
 
     def finish(decoded: list[np.ndarray], result: Result) -> list[Any]:
         made = _make_images(decoded, result, pack, lambda rgba: pixels.new_image(name, rgba))
         target = bpy.data.objects.get(obj_name) if obj_name else None
-        if target is not None:
-            try:
+        try:
+            if target is not None:
                 materials.apply_texture(target, made[0])
-            except Exception:
-                remove_images(made)
-                raise
+            if with_pbr:
+                made += _pbr_for(made[0], target, pack, request.tiling)
+        except Exception:
+            remove_images(made)
+            raise
         return made
 
     return finish
@@ -330,6 +378,34 @@ class SDCORE_OT_inpaint_image(_ImageGeneration, bpy.types.Operator):
             return _make_images(decoded, result, pack, build)
 
         return request, "Inpaint", finish
+
+
+class SDCORE_OT_pbr_maps(bpy.types.Operator):
+    """Derive normal, height and roughness maps from a texture (seamless like it) and, with 'Apply to active
+    object', wire them into the active object's material"""
+
+    bl_idname = "sdcore.pbr_maps"
+    bl_label = "Make PBR Maps"
+    bl_options = {"REGISTER", "UNDO"}
+
+    image: StringProperty(name="Image", default="", description="Texture to use; empty: the Image Editor's image")
+
+    def execute(self, context: Any) -> set[str]:
+        settings = props.settings(context)
+        obj = context.active_object if settings.apply_material else None
+        try:
+            _check_storage(settings.pack)
+            texture = _base_color_image(obj) if not self.image and _editor_image(context) is None else None
+            texture = texture or _source_image(context, self.image)
+            if obj is not None and obj.type != "MESH":
+                raise UserError("Select a mesh object to wire the maps into (or turn off 'Apply to active object')")
+            fallback = "" if settings.seamless == "NONE" else settings.seamless.lower()  # if the image does not say
+            made = _pbr_for(texture, obj, settings.pack, fallback)
+        except UserError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"PBR maps: made {', '.join(repr(image.name) for image in made)}")
+        return {"FINISHED"}
 
 
 class SDCORE_OT_cancel(bpy.types.Operator):
@@ -478,6 +554,7 @@ CLASSES = (
     SDCORE_OT_restyle_render,
     SDCORE_OT_img2img_image,
     SDCORE_OT_inpaint_image,
+    SDCORE_OT_pbr_maps,
     SDCORE_OT_cancel,
     SDCORE_OT_release,
     SDCORE_OT_test_connection,

@@ -153,6 +153,12 @@ class SDCORE_PG_settings(bpy.types.PropertyGroup):
             description="Keep generated images inside the .blend; off: save them as PNGs in //sd_textures/ "
             "next to the saved .blend file",
         ),
+        "pbr": BoolProperty(
+            name="PBR maps",
+            default=False,
+            description="Also derive normal, height and roughness maps from a generated texture and wire them into "
+            "the material (Normal Map node, Roughness, Displacement); seamless like the texture",
+        ),
         "history": CollectionProperty(type=SDCORE_PG_history_entry),
         "history_index": IntProperty(default=0),
     }

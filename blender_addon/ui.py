@@ -101,7 +101,9 @@ class _Panel:
         col.operator("sdcore.generate_texture", icon="TEXTURE")
         row = col.row(align=True)
         row.prop(s, "apply_material", toggle=True, icon="MATERIAL")
+        row.prop(s, "pbr", toggle=True, icon="NODE_MATERIAL")
         row.prop(s, "pack", toggle=True, icon="PACKAGE")
+        col.operator("sdcore.pbr_maps", icon="NODE_MATERIAL")
         col = layout.column(align=True)
         col.enabled = not busy
         col.prop(s, "strength", slider=True)

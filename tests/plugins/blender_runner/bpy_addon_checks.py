@@ -675,6 +675,72 @@ def test_a_production_size_texture_takes_two_passes_with_progress_and_wraps(addo
     np.save(OUT / "production.npy", blender_pixels(image)[:, :, :3])
 
 
+def pbr_wiring(material) -> dict:
+    """What feeds the Principled BSDF's Normal and Roughness and the output's Displacement, followed back to the
+    images: {"normal": (image, normal map space), "roughness": image, "height": image, "displacement": scale}."""
+    nodes = material.node_tree.nodes
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    (normal_link,) = bsdf.inputs["Normal"].links
+    normal_map = normal_link.from_node
+    assert normal_map.type == "NORMAL_MAP"
+    (normal_tex,) = [link.from_node for link in normal_map.inputs["Color"].links]
+    (rough_link,) = bsdf.inputs["Roughness"].links
+    output = bsdf.outputs["BSDF"].links[0].to_node
+    (disp_link,) = output.inputs["Displacement"].links
+    displacement = disp_link.from_node
+    assert displacement.type == "DISPLACEMENT" and normal_tex.type == "TEX_IMAGE"
+    (height_tex,) = [link.from_node for link in displacement.inputs["Height"].links]
+    return {
+        "normal": (normal_tex.image, normal_map.space),
+        "roughness": rough_link.from_node.image,
+        "height": height_tex.image,
+        "base": bsdf.inputs["Base Color"].links[0].from_node.image,
+    }
+
+
+def test_pbr_maps_from_a_seamless_texture_are_wired_into_the_material(addon_env):
+    """Make PBR Maps on a texture whose infotext says it tiles: height, normal and roughness images (Non-Color), the
+    maps `sd_core.pbr` makes of its pixels with wrap-around, wired into the cube's Principled BSDF."""
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    u = np.arange(64)
+    wave = (0.5 + 0.4 * np.sin(2 * np.pi * u / 32))[None, :] * np.ones((64, 1))  # tiles every 32 px
+    rgba = np.stack([wave, wave, wave, np.ones_like(wave)], axis=-1)
+    texture = addon_env.pixels.new_image("bark", np.round(rgba * 255).astype(np.uint8))
+    texture["sd_parameters"] = "bark\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, Tiling: xy"
+    assert bpy.ops.sdcore.pbr_maps(image="bark") == {"FINISHED"}
+    wired = pbr_wiring(cube.active_material)
+    assert wired["base"] == texture and wired["normal"][1] == "TANGENT"
+    expected = addon_env.sd_pbr.pbr_maps(addon_env.pixels.to_srgb8(texture), seamless="xy", strength=4.0)
+    for name, image in (("normal", wired["normal"][0]), ("roughness", wired["roughness"]), ("height", wired["height"])):
+        assert image.name == f"bark {name}" and image.colorspace_settings.name == "Non-Color"
+        assert image.packed_file is not None
+        got = blender_pixels(image)[:, :, :3].astype(np.float64) / 255
+        want = expected[name] if name == "normal" else np.repeat(expected[name][:, :, None], 3, axis=2)
+        assert np.abs(got - want).max() <= 0.5 / 255 + 1e-6, name
+    normal = blender_pixels(wired["normal"][0])[:, :, :3].astype(np.float64) / 255 * 2 - 1
+    assert np.abs(normal[:, 0] - normal[:, 32]).max() < 2 / 255  # the wrap: column 0 is like any other
+    assert normal[:, 0, 0].mean() < -0.2 and normal[:, 16, 0].mean() > 0.2  # rising: leans left; falling: right
+    again = len(bpy.data.images)
+    assert bpy.ops.sdcore.pbr_maps(image="bark") == {"FINISHED"}  # again: the same nodes, new maps
+    assert len(bpy.data.images) == again + 3 and pbr_wiring(cube.active_material)["base"] == texture
+
+
+def test_generate_texture_with_pbr_maps_wires_them(addon_env):
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    bpy.ops.mesh.primitive_cube_add()
+    s = bpy.context.scene.sd_core
+    s.pbr, s.seamless = True, "XY"
+    before = image_names()
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    assert image_names() - before == {PROMPT} | {f"{PROMPT} {name}" for name in ("height", "normal", "roughness")}
+    wired = pbr_wiring(bpy.context.active_object.active_material)
+    assert wired["base"].name == PROMPT and wired["height"].name == f"{PROMPT} height"
+
+
 def test_connection_check_reports_the_engine(addon_env):
     assert bpy.ops.sdcore.test_connection() == {"FINISHED"}
     bpy.context.preferences.addons[ADDON].preferences.url = f"http://127.0.0.1:{free_port()}"
