@@ -63,6 +63,7 @@ class Request:
     loras: str = ""  # "name:weight, ...": LoRAs of the engine's LoRA folder, asked for as <lora:name:weight> tags
     # Production sizes (txt2img): hires fix, the first pass at width x height enlarged `hires_scale` times (Lanczos,
     # wrap-aware when seamless) and sampled again at `hires_strength`, in tiles of `tile` = (width, height, overlap)
+    model: str = ""  # one of the engine's `models()`; "": the engine's current model
     hires_scale: float | None = None
     hires_strength: float = 0.4
     tile: tuple[int, int, int] | None = None
@@ -218,6 +219,11 @@ class Engine(ABC):
 
     def loras(self) -> list[str]:
         """The names of the LoRAs this engine can apply (its LoRA folder); may block briefly (a server's list)."""
+        return []
+
+    def models(self) -> list[str]:
+        """The names of the models a request may choose (`Request.model`): a server's models folder; may block
+        briefly. Empty: the engine has its one model."""
         return []
 
 

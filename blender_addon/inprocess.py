@@ -31,7 +31,7 @@ def generation_settings(request: Request) -> Any:
     import sd_core
 
     names = {f.name for f in dataclasses.fields(request)} & set(sd_core.GenerationSettings.__dataclass_fields__)
-    values = {name: getattr(request, name) for name in names - {"loras", "tile"}}
+    values = {name: getattr(request, name) for name in names - {"loras", "tile", "model"}}
     values["prompt"] = request.tagged_prompt()  # LoRAs as tags, applied by the engine from its LoRA folder
     if request.kind == "txt2img":
         values["strength"] = None  # a strength without a source image is an error to the engine
@@ -95,6 +95,8 @@ class InProcessEngine(Engine):
     def start(self, request: Request) -> Job:
         self.check()
         request.check()
+        if request.model:
+            raise UserError("In-process mode has one model (the preferences' Model): clear the panel's model choice")
         return Job(lambda cancel: self._generate(request, cancel), on_cancel=self.interrupt)
 
     def _generate(self, request: Request, cancel: threading.Event) -> Result:

@@ -507,6 +507,36 @@ class SDCORE_OT_add_lora(bpy.types.Operator):
         return {"FINISHED"}
 
 
+_MODEL_NAMES: list[str] = []  # the engine's list, read when the dialog opens (a search callback must not block)
+
+
+def _model_names(_self: Any, _context: Any, _text: str) -> list[str]:
+    return _MODEL_NAMES
+
+
+class SDCORE_OT_choose_model(bpy.types.Operator):
+    """Choose one of the server's models for the panel's generations (the server keeps its own for others)"""
+
+    bl_idname = "sdcore.choose_model"
+    bl_label = "Choose Model"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: StringProperty(name="Model", default="", search=_model_names)
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        try:
+            _MODEL_NAMES[:] = SESSION.engine_for(context).models()
+        except Exception as exc:  # the list is a convenience: any name can still be typed
+            self.report({"WARNING"}, f"Could not list the models: {exc}")
+        if not _MODEL_NAMES:
+            self.report({"INFO"}, "This engine has one model (set in the add-on preferences)")
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context: Any) -> set[str]:
+        props.settings(context).model = self.name.strip()  # empty: back to the engine's own
+        return {"FINISHED"}
+
+
 class SDCORE_OT_history_clear(bpy.types.Operator):
     """Forget the recent prompts"""
 
@@ -561,6 +591,7 @@ CLASSES = (
     SDCORE_OT_history_recall,
     SDCORE_OT_history_clear,
     SDCORE_OT_add_lora,
+    SDCORE_OT_choose_model,
 )
 
 

@@ -58,10 +58,11 @@ def production_plan(side: int, width: int, height: int) -> tuple[float, tuple[in
 
 
 # The settings a request takes as they are (the same names in the panel, the `Request` and the engine).
-AS_IS = ("prompt", "negative_prompt", "width", "height", "steps", "sampler", "batch_size", "strength", "loras")
+AS_IS = ("prompt", "negative_prompt", "width", "height", "steps", "sampler", "batch_size", "strength", "loras", "model")
 HISTORY_SIZE = 20
 # The settings a history entry keeps and a recall restores (names shared by both property groups).
 RECALLED = (
+    "model",
     "prompt",
     "negative_prompt",
     "loras",
@@ -97,6 +98,12 @@ def _common() -> dict[str, Any]:
     return {
         "prompt": StringProperty(name="Prompt", description="What to generate", default=""),
         "negative_prompt": StringProperty(name="Negative", description="What to avoid", default=""),
+        "model": StringProperty(
+            name="Model",
+            description="One of the server's models (its list), for these generations only; empty: the model the "
+            "server has loaded",
+            default="",
+        ),
         "loras": StringProperty(
             name="LoRAs",
             description="name:weight, ...: the engine's LoRAs, sent as <lora:name:weight> after the prompt",

@@ -57,6 +57,8 @@ def a1111_payload(request: Request) -> tuple[str, dict[str, Any]]:
         "seed": request.seed,
         "batch_size": request.batch_size,
     }
+    if request.model:  # this request only (A1111 restores its model afterwards): a shared server stays as it was
+        payload["override_settings"] = {"sd_model_checkpoint": request.model}
     for name in ("width", "height", "cfg_scale"):  # left out: the server's rule (the model's own, the image's size)
         if getattr(request, name) is not None:
             payload[name] = getattr(request, name)
@@ -144,6 +146,10 @@ class ServerEngine(Engine):
 
     def loras(self) -> list[str]:
         return [str(item["name"]) for item in self._client.loras() if isinstance(item, dict) and item.get("name")]
+
+    def models(self) -> list[str]:
+        listed = self._client.request("GET", "/sdapi/v1/sd-models") or []
+        return [str(item["model_name"]) for item in listed if isinstance(item, dict) and item.get("model_name")]
 
     def _read_model_defaults(self) -> None:
         """The model's own CFG scale and size choices, for the panel: sd-core's options name them (other servers
@@ -263,6 +269,9 @@ class LocalServerEngine(ServerEngine):
     def interrupt(self) -> None:
         if self._server is not None:
             super().interrupt()
+
+    def models(self) -> list[str]:
+        return super().models() if self._server is not None else []  # its one model until it runs
 
     def loras(self) -> list[str]:
         """The server's list once it runs; before, the LoRA folder's files (what it will list)."""

@@ -61,6 +61,9 @@ def _model_cfg_text() -> str:
 
 
 def draw_settings(layout: Any, s: Any) -> None:
+    row = layout.row(align=True)
+    row.prop(s, "model", text="", icon="FILE_3D", placeholder="The engine's model")
+    row.operator("sdcore.choose_model", text="", icon="DOWNARROW_HLT")
     col = layout.column(align=True)
     col.prop(s, "prompt", text="")
     col.prop(s, "negative_prompt", text="", icon="REMOVE")

@@ -245,6 +245,43 @@ def test_the_servers_loras_become_prompt_tags(addon_env):
     s.loras = ""
 
 
+def test_the_servers_models_are_a_list_and_a_chosen_one_makes_the_texture(addon_env, tmp_path):
+    """A server with a models folder: the panel lists its models; a chosen one makes the panel's generations (the
+    infotext names it) while the server keeps its own loaded model for its other clients; an unknown one is the
+    server's report naming it."""
+    import shutil
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("alpha", "beta"):
+        shutil.copyfile(MODEL, folder / f"{name}.safetensors")
+    server = addon_env.sd_client.LocalServer(PYTHON, None, models_dir=str(folder))
+    server.start()
+    try:
+        server.wait_ready(120)
+        bpy.context.preferences.addons[ADDON].preferences.url = server.url
+        s = bpy.context.scene.sd_core
+        s.apply_material = False
+        assert addon_env.runs.SESSION.engine_for(bpy.context).models() == ["alpha", "beta"]
+        log: list = []
+        context = types.SimpleNamespace(scene=bpy.context.scene, space_data=types.SimpleNamespace(type="IMAGE_EDITOR"))
+        addon_env.ui.SDCORE_PT_image_editor.draw(types.SimpleNamespace(layout=RecordingLayout(log)), context)
+        assert ("model", True, {"text": "", "icon": "FILE_3D", "placeholder": "The engine's model"}) in log
+        assert ("sdcore.choose_model", True, {"text": "", "icon": "DOWNARROW_HLT"}) in log
+        loaded = addon_env.sd_client.SDClient(server.url).options()["sd_model_checkpoint"]
+        chosen = "beta" if not loaded.startswith("beta") else "alpha"
+        assert bpy.ops.sdcore.choose_model(name=chosen) == {"FINISHED"} and s.model == chosen
+        assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+        assert re.search(f"Model: {chosen}(,|$)", bpy.data.images[PROMPT]["sd_parameters"])
+        assert addon_env.sd_client.SDClient(server.url).options()["sd_model_checkpoint"] == loaded
+        s.model = "nosuch"
+        with pytest.raises(RuntimeError, match="The server refused the request: .*nosuch"):
+            bpy.ops.sdcore.generate_texture()
+    finally:
+        bpy.context.scene.sd_core.model = ""
+        server.stop()
+
+
 def test_a_setting_beyond_the_engines_limits_from_a_script_is_the_engines_clear_report(addon_env):
     """The add-on does not restate the engine's limits: the server refuses (here a prompt over the one limits table's
     length), and the report names the field."""
