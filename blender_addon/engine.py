@@ -66,6 +66,7 @@ class Request:
     model: str = ""  # one of the engine's `models()`; "": the engine's current model
     hires_scale: float | None = None
     hires_strength: float = 0.4
+    hires_steps: int | None = None  # the second pass's steps (None: the engine's rule; A1111's server rule: all)
     tile: tuple[int, int, int] | None = None
 
     def tagged_prompt(self) -> str:

@@ -41,7 +41,7 @@ def generation_settings(request: Request) -> Any:
         values["inpaint"] = sd_core.InpaintOptions(mask_blur=INPAINT["mask_blur"], only_masked=only_masked, fill=fill)
     if request.kind == "txt2img" and request.hires_scale:  # what the server makes of the same request
         values["hires"] = sd_core.HiresOptions(
-            scale=request.hires_scale, upscaler="Lanczos", strength=request.hires_strength
+            scale=request.hires_scale, upscaler="Lanczos", strength=request.hires_strength, steps=request.hires_steps
         )
     if request.kind == "txt2img" and request.tile:
         width, height, overlap = request.tile

@@ -181,7 +181,16 @@ def make_request(s: Any, kind: str, **extra: Any) -> Request:
     seed = random.randrange(2**31 - 1) if s.random_seed else int(s.seed)
     if kind == "txt2img" and s.texture_size in PRODUCTION_SIDES:
         scale, tile = production_plan(PRODUCTION_SIDES[s.texture_size], s.width, s.height)
-        extra = {"hires_scale": scale, "hires_strength": PRODUCTION_STRENGTH, "tile": tile, **extra}
+        # the second pass refines: steps x strength of them (A1111's rule for hr_second_pass_steps 0 would run all
+        # `steps` at the large size, 2.5x the time at 0.4)
+        steps = max(1, round(s.steps * PRODUCTION_STRENGTH))
+        extra = {
+            "hires_scale": scale,
+            "hires_strength": PRODUCTION_STRENGTH,
+            "hires_steps": steps,
+            "tile": tile,
+            **extra,
+        }
     return Request(
         kind=kind,
         **{name: getattr(s, name) for name in AS_IS},

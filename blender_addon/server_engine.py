@@ -68,6 +68,8 @@ def a1111_payload(request: Request) -> tuple[str, dict[str, Any]]:
         if request.hires_scale:  # A1111's hires fix; the second pass's strength is its denoising_strength
             payload.update(enable_hr=True, hr_scale=request.hires_scale, hr_upscaler="Lanczos")
             payload["denoising_strength"] = request.hires_strength
+            if request.hires_steps:
+                payload["hr_second_pass_steps"] = request.hires_steps
         if request.tile:
             width, height, overlap = request.tile
             payload["sd_core_tile"] = {"width": width, "height": height, "overlap": overlap}

@@ -323,13 +323,20 @@ def test_a_default_request_leaves_cfg_and_size_to_the_engine():
 def test_a_production_size_is_the_same_hires_fix_and_tiles_for_both_engines():
     """2K/4K as both engines are asked: the server's A1111 hires fields and sd_core_tile, the engine's HiresOptions and
     TileOptions, with the same numbers; a chosen model goes as this request's override only."""
-    request = Request(prompt="x", width=512, height=512, tiling="xy", hires_scale=8.0, tile=(512, 512, 128))
+    request = Request(
+        prompt="x", width=512, height=512, tiling="xy", hires_scale=8.0, hires_steps=8, tile=(512, 512, 128)
+    )
     endpoint, payload = a1111_payload(request)
     assert endpoint == "txt2img" and payload["enable_hr"] is True and payload["hr_scale"] == 8.0
-    assert (payload["hr_upscaler"], payload["denoising_strength"]) == ("Lanczos", 0.4)
+    assert (payload["hr_upscaler"], payload["denoising_strength"], payload["hr_second_pass_steps"]) == (
+        "Lanczos",
+        0.4,
+        8,
+    )
     assert payload["sd_core_tile"] == {"width": 512, "height": 512, "overlap": 128} and payload["tiling"] is True
     settings = generation_settings(request)
     assert (settings.hires.scale, settings.hires.upscaler, settings.hires.strength) == (8.0, "Lanczos", 0.4)
+    assert settings.hires.steps == 8
     assert (settings.tile.width, settings.tile.height, settings.tile.overlap) == (512, 512, 128)
     assert "enable_hr" not in a1111_payload(Request(prompt="x"))[1] and generation_settings(Request()).hires is None
     assert a1111_payload(Request(model="beta"))[1]["override_settings"] == {"sd_model_checkpoint": "beta"}

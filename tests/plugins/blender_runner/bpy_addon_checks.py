@@ -692,6 +692,7 @@ def test_a_production_size_texture_takes_two_passes_with_progress_and_wraps(addo
     run = start_texture_run(addon_env, steps=12)
     run.task.poll_interval = 0.05
     assert (run.task.request.hires_scale, run.task.request.tile) == (2.0, (128, 128, 32))
+    assert run.task.request.hires_steps == 5  # 12 steps x strength 0.4: the second pass refines
     seen = []
     while not run.step():
         seen.append((run.task.phase, run.task.phases, run.task.fraction, run.task.step))
@@ -708,7 +709,7 @@ def test_a_production_size_texture_takes_two_passes_with_progress_and_wraps(addo
     assert tuple(image.size) == (512, 512)
     parameters = image["sd_parameters"]
     assert "Hires upscale: 2.0" in parameters and "Tiling: xy" in parameters and "Size: 256x256" in parameters
-    assert "Tile size: 128x128, Tile overlap: 32" in parameters, parameters
+    assert "Tile size: 128x128, Tile overlap: 32" in parameters and "Hires steps: 5" in parameters, parameters
     np.save(OUT / "production.npy", blender_pixels(image)[:, :, :3])
 
 
