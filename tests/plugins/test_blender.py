@@ -114,7 +114,7 @@ def test_addon_in_blender(version, family, builtin_server, addon_zip, tmp_path, 
     out.mkdir()
     if family == "sdxl":
         model = request.getfixturevalue("sdxl_model")
-        server = start_server(model, extra_args=("--lora-dir", str(request.getfixturevalue("lora_dir"))))
+        server = start_server(model)
         request.addfinalizer(server.stop)
     else:
         model, server = request.getfixturevalue("model"), request.getfixturevalue("server")
