@@ -190,6 +190,8 @@ class Engine(ABC):
     model_cfg_scale: float | None = None
     """The model's own CFG scale, once the engine has seen its model (shown beside the panel's "Model's CFG")."""
     model_sizes: tuple[tuple[int, int], ...] = ()
+    listed_cfg_scales: dict[str, float] = {}
+    """Each listed model's own CFG scale (`models()`; sd-core servers name them), for the panel's label."""
     """The (width, height) choices sd-core offers for its model (SDXL: its training sizes), once the engine has seen
     it; () before that and from servers that do not say."""
 

@@ -150,8 +150,16 @@ class ServerEngine(Engine):
         return [str(item["name"]) for item in self._client.loras() if isinstance(item, dict) and item.get("name")]
 
     def models(self) -> list[str]:
-        listed = self._client.request("GET", "/sdapi/v1/sd-models") or []
-        return [str(item["model_name"]) for item in listed if isinstance(item, dict) and item.get("model_name")]
+        listed = [item for item in self._client.request("GET", "/sdapi/v1/sd-models") or [] if isinstance(item, dict)]
+        names = [str(item["model_name"]) for item in listed if item.get("model_name")]
+        self.listed_cfg_scales = {  # sd-core's own field: each model's defaults
+            str(item["model_name"]): float(defaults["cfg_scale"])
+            for item in listed
+            if item.get("model_name")
+            and isinstance(defaults := item.get("sd_core_defaults"), dict)
+            and isinstance(defaults.get("cfg_scale"), (int, float))
+        }
+        return names
 
     def _read_model_defaults(self) -> None:
         """The model's own CFG scale and size choices, for the panel: sd-core's options name them (other servers

@@ -54,9 +54,13 @@ def _value_or_auto(layout: Any, s: Any, value: str, auto: str, **toggle: Any) ->
     row.prop(s, auto, toggle=True, **toggle)
 
 
-def _model_cfg_text() -> str:
-    """The toggle's label, with the model's own value once the engine has seen the model."""
-    cfg = SESSION.engine.model_cfg_scale if SESSION.engine is not None else None
+def _model_cfg_text(s: Any = None) -> str:
+    """The toggle's label, with the model's own value once the engine has seen the model (the chosen model's, from
+    the server's list, when the panel names one)."""
+    engine = SESSION.engine
+    cfg = engine.model_cfg_scale if engine is not None else None
+    if engine is not None and s is not None and s.model:
+        cfg = engine.listed_cfg_scales.get(s.model)
     return "Model's CFG" if cfg is None else f"Model's CFG ({cfg:g})"
 
 
@@ -76,7 +80,7 @@ def draw_settings(layout: Any, s: Any) -> None:
     row.prop(s, "height")
     row.operator_menu_enum("sdcore.size", "size", text="", icon="PRESET")  # the model's sizes (SDXL's for SDXL)
     col.prop(s, "steps")
-    _value_or_auto(col, s, "cfg_scale", "model_cfg", text=_model_cfg_text())
+    _value_or_auto(col, s, "cfg_scale", "model_cfg", text=_model_cfg_text(s))
     layout.prop(s, "sampler")
     _value_or_auto(layout, s, "seed", "random_seed", icon="FILE_REFRESH")
     row = layout.row(align=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import threading
 import time
@@ -268,6 +269,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
         out = []
         for entry in sd.directory.entries():
             sha = sd.directory.hashes.get(entry.path)
+            defaults = sd.models.defaults_of(entry)
             out.append(
                 {
                     "title": sd.directory.title(entry),
@@ -276,6 +278,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
                     "sha256": sha,
                     "filename": str(entry.path),
                     "config": None,
+                    "sd_core_defaults": None if defaults is None else dataclasses.asdict(defaults),
                 }
             )
         return out

@@ -228,6 +228,11 @@ class SDModelItem(ApiModel):
     sha256: str | None = None
     filename: str
     config: str | None = None
+    sd_core_defaults: dict[str, Any] | None = Field(
+        None,
+        description="sd-core's own: the model's defaults (cfg_scale, width, height, sizes) that a request leaving them "
+        "out gets; null for .ckpt files (not read for a listing)",
+    )
 
 
 class SamplerItem(ApiModel):

@@ -43,6 +43,7 @@ SDXL_SIZES = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), 
 BUILTIN_PROMPTS = ("red and white vertical stripes", "blue and yellow horizontal stripes",
                    "black and white checkerboard", "green and white dots")  # fmt: skip
 ADDON = "bl_ext.user_default.sd_core_blender"
+BUILTIN_FILE = Path(__file__).resolve().parents[3] / "sd_core" / "data" / "default_model.safetensors"
 PROMPT = "mossy stone wall"
 
 
@@ -246,15 +247,16 @@ def test_the_servers_loras_become_prompt_tags(addon_env):
 
 
 def test_the_servers_models_are_a_list_and_a_chosen_one_makes_the_texture(addon_env, tmp_path):
-    """A server with a models folder: the panel lists its models; a chosen one makes the panel's generations (the
-    infotext names it) while the server keeps its own loaded model for its other clients; an unknown one is the
-    server's report naming it."""
+    """A server with a models folder (the built-in model as "alpha", CFG 3; the tiny test model as "beta", 7.5): the
+    panel lists its models; a chosen one makes the panel's generations with its own CFG (the infotext names both,
+    the panel's label shows it) while the server keeps its own loaded model for its other clients; an unknown one
+    is the server's report naming it."""
     import shutil
 
     folder = tmp_path / "models"
     folder.mkdir()
-    for name in ("alpha", "beta"):
-        shutil.copyfile(MODEL, folder / f"{name}.safetensors")
+    shutil.copyfile(BUILTIN_FILE, folder / "alpha.safetensors")
+    shutil.copyfile(MODEL, folder / "beta.safetensors")
     server = addon_env.sd_client.LocalServer(PYTHON, None, models_dir=str(folder))
     server.start()
     try:
@@ -262,7 +264,8 @@ def test_the_servers_models_are_a_list_and_a_chosen_one_makes_the_texture(addon_
         bpy.context.preferences.addons[ADDON].preferences.url = server.url
         s = bpy.context.scene.sd_core
         s.apply_material = False
-        assert addon_env.runs.SESSION.engine_for(bpy.context).models() == ["alpha", "beta"]
+        engine = addon_env.runs.SESSION.engine_for(bpy.context)
+        assert engine.models() == ["alpha", "beta"] and engine.listed_cfg_scales == {"alpha": 3.0, "beta": 7.5}
         log: list = []
         context = types.SimpleNamespace(scene=bpy.context.scene, space_data=types.SimpleNamespace(type="IMAGE_EDITOR"))
         addon_env.ui.SDCORE_PT_image_editor.draw(types.SimpleNamespace(layout=RecordingLayout(log)), context)
@@ -271,8 +274,11 @@ def test_the_servers_models_are_a_list_and_a_chosen_one_makes_the_texture(addon_
         loaded = addon_env.sd_client.SDClient(server.url).options()["sd_model_checkpoint"]
         chosen = "beta" if not loaded.startswith("beta") else "alpha"
         assert bpy.ops.sdcore.choose_model(name=chosen) == {"FINISHED"} and s.model == chosen
+        own = engine.listed_cfg_scales[chosen]
+        assert addon_env.ui._model_cfg_text(s) == f"Model's CFG ({own:g})"
         assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
-        assert re.search(f"Model: {chosen}(,|$)", bpy.data.images[PROMPT]["sd_parameters"])
+        parameters = bpy.data.images[PROMPT]["sd_parameters"]
+        assert re.search(f"Model: {chosen}(,|$)", parameters) and f"CFG scale: {own}," in parameters, parameters
         assert addon_env.sd_client.SDClient(server.url).options()["sd_model_checkpoint"] == loaded
         s.model = "nosuch"
         with pytest.raises(RuntimeError, match="The server refused the request: .*nosuch"):
