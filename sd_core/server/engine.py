@@ -122,6 +122,20 @@ class ModelManager:
 
         return sd_core.inspect_model(entry.path).defaults
 
+    def text_width(self) -> int:
+        """The current model's text width (the width of the embeddings it takes): the loaded pipeline's, else read
+        from the file's header."""
+        entry, loaded = self.current, self._loaded
+        if loaded is not None and loaded[0] == entry:
+            return int(loaded[1].config.text_width)
+        import sd_core
+
+        return sd_core.inspect_model(entry.path).text_width
+
+    def short_hash(self, entry: ModelEntry) -> str | None:
+        sha = self.hashes.get(entry.path)
+        return sha[:10] if sha else None
+
     def defaults_of(self, entry: Any) -> Any:
         """`entry`'s own defaults (`sd_core.ModelDefaults`) for the model listing: the loaded pipeline's, else read
         from a .safetensors file's or a diffusers folder's header (cached by path, size and time); None for pickles
@@ -142,17 +156,3 @@ class ModelManager:
         except Exception:  # a listing never fails for one unreadable file
             return None
         return self._listed_defaults[key]
-
-    def text_width(self) -> int:
-        """The current model's text width (the width of the embeddings it takes): the loaded pipeline's, else read
-        from the file's header."""
-        entry, loaded = self.current, self._loaded
-        if loaded is not None and loaded[0] == entry:
-            return int(loaded[1].config.text_width)
-        import sd_core
-
-        return sd_core.inspect_model(entry.path).text_width
-
-    def short_hash(self, entry: ModelEntry) -> str | None:
-        sha = self.hashes.get(entry.path)
-        return sha[:10] if sha else None
