@@ -275,7 +275,9 @@ def run(
     except limits.SettingError as exc:
         raise setting_error(exc) from None
     _check_pixels(out.settings.width, out.settings.height, p.batch_size, p.max_pixels, out.settings.hires)
-    ctx.set_preview(preview.for_pipeline(pipe))  # fitted once per loaded model, here where its VAE may run
+    set_preview = getattr(ctx, "set_preview", None)  # a context that shows previews (the server's /progress)
+    if set_preview is not None:
+        set_preview(preview.for_pipeline(pipe))  # the model's map: fitted once per model, here where its VAE may run
     callback = ctx.step_callback(cancelled, interrupted)
     calls = [(None, None)] if images is None else [(img, images.mask) for img in images.images]
     passes = 1 if out.settings.hires is None else 2  # hires fix: two jobs a batch in the progress (A1111)
