@@ -19,11 +19,12 @@ def _modules() -> list:
 
 
 def _release_at_exit() -> None:
-    """Blender quitting: stop the local server this add-on started, so no orphan keeps the GPU."""
+    """Blender quitting: stop the local server this add-on started, so no orphan keeps the GPU; a server at a URL is
+    someone else's and keeps its model."""
     from .runs import SESSION
 
     try:
-        SESSION.release()
+        SESSION.shutdown()
     except Exception:
         pass
 

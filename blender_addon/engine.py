@@ -7,6 +7,7 @@ called off the UI thread by `task.Task`.
 
 from __future__ import annotations
 
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -60,6 +61,13 @@ class Request:
     image: np.ndarray | None = None  # HxWx3, img2img and inpaint
     mask: np.ndarray | None = None  # HxW, 255 = repaint (inpaint)
     loras: str = ""  # "name:weight, ...": LoRAs of the engine's LoRA folder, asked for as <lora:name:weight> tags
+    # Production sizes (txt2img): hires fix, the first pass at width x height enlarged `hires_scale` times (Lanczos,
+    # wrap-aware when seamless) and sampled again at `hires_strength`, in tiles of `tile` = (width, height, overlap)
+    model: str = ""  # one of the engine's `models()`; "": the engine's current model
+    hires_scale: float | None = None
+    hires_strength: float = 0.4
+    hires_steps: int | None = None  # the second pass's steps (None: the engine's rule; A1111's server rule: all)
+    tile: tuple[int, int, int] | None = None
 
     def tagged_prompt(self) -> str:
         """The prompt with the LoRAs' A1111 tags appended (how both engines are asked for a LoRA)."""
@@ -98,6 +106,8 @@ class Progress:
     fraction: float = 0.0
     preview: bytes | None = None
     text: str = ""
+    phase: int = 1  # which sampling pass (hires fix: 1 of 2, then 2 of 2)
+    phases: int = 1
 
 
 class Job:
@@ -161,6 +171,11 @@ def size_choices(engine: Engine | None) -> tuple[tuple[int, int], ...]:
     return (engine.model_sizes if engine is not None else ()) or DEFAULT_SIZES
 
 
+def model_label(path: str) -> str:
+    """The model as the panel names it: the file's name; an empty path is sd-core's built-in texture model."""
+    return os.path.basename(path.rstrip("/\\")) or path if path else "the built-in texture model"
+
+
 def quietly(fn: Callable[[], Any]) -> None:
     """Best effort: a failed interrupt or cleanup must not hide the job's own outcome."""
     try:
@@ -175,6 +190,8 @@ class Engine(ABC):
     model_cfg_scale: float | None = None
     """The model's own CFG scale, once the engine has seen its model (shown beside the panel's "Model's CFG")."""
     model_sizes: tuple[tuple[int, int], ...] = ()
+    listed_cfg_scales: dict[str, float] = {}
+    """Each listed model's own CFG scale (`models()`; sd-core servers name them), for the panel's label."""
     """The (width, height) choices sd-core offers for its model (SDXL: its training sizes), once the engine has seen
     it; () before that and from servers that do not say."""
 
@@ -194,12 +211,22 @@ class Engine(ABC):
     def release(self) -> str:
         """Give the GPU memory back (unload the model / stop the server this engine started); says what it did."""
 
+    def shutdown(self) -> str:
+        """Blender quits or the add-on is disabled: let go of what this engine itself started. A server someone
+        else runs keeps its model (other clients may be using it); Release (`release`) is the explicit request."""
+        return "nothing of the add-on's own to stop"
+
     @abstractmethod
     def describe(self) -> str:
         """Where the images come from, for the panel."""
 
     def loras(self) -> list[str]:
         """The names of the LoRAs this engine can apply (its LoRA folder); may block briefly (a server's list)."""
+        return []
+
+    def models(self) -> list[str]:
+        """The names of the models a request may choose (`Request.model`): a server's models folder; may block
+        briefly. Empty: the engine has its one model."""
         return []
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import INPAINT, Cancelled, Engine, Job, Progress, Request, Result, UserError, explain
+from .engine import INPAINT, Cancelled, Engine, Job, Progress, Request, Result, UserError, explain, model_label
 
 
 def sd_core_importable() -> bool:
@@ -31,7 +31,7 @@ def generation_settings(request: Request) -> Any:
     import sd_core
 
     names = {f.name for f in dataclasses.fields(request)} & set(sd_core.GenerationSettings.__dataclass_fields__)
-    values = {name: getattr(request, name) for name in names - {"loras"}}
+    values = {name: getattr(request, name) for name in names - {"loras", "tile", "model"}}
     values["prompt"] = request.tagged_prompt()  # LoRAs as tags, applied by the engine from its LoRA folder
     if request.kind == "txt2img":
         values["strength"] = None  # a strength without a source image is an error to the engine
@@ -39,6 +39,13 @@ def generation_settings(request: Request) -> Any:
         fill = sd_core.limits.FILLS[INPAINT["inpainting_fill"]]  # A1111's fill codes, in the engine's order
         only_masked = INPAINT["inpaint_full_res"]
         values["inpaint"] = sd_core.InpaintOptions(mask_blur=INPAINT["mask_blur"], only_masked=only_masked, fill=fill)
+    if request.kind == "txt2img" and request.hires_scale:  # what the server makes of the same request
+        values["hires"] = sd_core.HiresOptions(
+            scale=request.hires_scale, upscaler="Lanczos", strength=request.hires_strength, steps=request.hires_steps
+        )
+    if request.kind == "txt2img" and request.tile:
+        width, height, overlap = request.tile
+        values["tile"] = sd_core.TileOptions(width, height, overlap=overlap)
     return sd_core.GenerationSettings(**values)
 
 
@@ -67,11 +74,11 @@ class InProcessEngine(Engine):
         self.model, self.lora_dir = model, lora_dir
         self._pipe: Any = None
         self._lock = threading.Lock()
-        self._state: dict[str, Any] = {"active": False, "step": 0, "total": 0, "latents": None}
+        self._state: dict[str, Any] = {"active": False, "step": 0, "total": 0, "latents": None, "preview": None}
         self._cancel: threading.Event | None = None
 
     def describe(self) -> str:
-        return f"in Blender's Python with {os.path.basename(self.model) or 'no model'}"
+        return f"in Blender's Python with {model_label(self.model)}"
 
     def check(self) -> None:
         if not sd_core_importable():
@@ -79,12 +86,17 @@ class InProcessEngine(Engine):
                 "In-process mode needs sd_core and torch in Blender's own Python, which has neither. "
                 "Choose 'Start a local server' in the add-on preferences instead"
             )
-        if not self.model or not os.path.exists(self.model):
-            raise UserError(f"Model not found: {self.model or '(empty)'}. Set the model path in the add-on preferences")
+        if self.model and not os.path.exists(self.model):  # empty: sd-core's built-in texture model
+            raise UserError(
+                f"Model not found: {self.model}. Set the model path in the add-on preferences, or leave it empty "
+                "for the built-in texture model"
+            )
 
     def start(self, request: Request) -> Job:
         self.check()
         request.check()
+        if request.model:
+            raise UserError("In-process mode has one model (the preferences' Model): clear the panel's model choice")
         return Job(lambda cancel: self._generate(request, cancel), on_cancel=self.interrupt)
 
     def _generate(self, request: Request, cancel: threading.Event) -> Result:
@@ -92,18 +104,20 @@ class InProcessEngine(Engine):
 
         with self._lock:
             self._cancel = cancel
-            self._state.update(active=True, step=0, total=request.steps, latents=None)
+            self._state.update(active=True, step=0, total=request.steps, latents=None, phase=1, phases=1)
             try:
                 if cancel.is_set():
                     raise Cancelled("cancelled before it started")
                 settings = generation_settings(request)
                 if self._pipe is None:
-                    self._pipe = sd_core.load(self.model, lora_dirs=[self.lora_dir] if self.lora_dir else [])
+                    self._pipe = sd_core.load(self.model or None, lora_dirs=[self.lora_dir] if self.lora_dir else [])
                 self.model_cfg_scale = self._pipe.defaults.cfg_scale
                 self.model_sizes = tuple(self._pipe.defaults.sizes)
+                self._state["preview"] = sd_core.preview.for_pipeline(self._pipe)  # the model's own colours
 
-                def on_step(info: sd_core.StepInfo) -> None:
-                    self._state.update(step=info.step, total=info.total, latents=info.latents[:1].cpu())
+                def on_step(info: sd_core.StepInfo) -> None:  # the clean estimate: what the image is becoming
+                    self._state.update(step=info.step, total=info.total, latents=info.denoised[:1].cpu())
+                    self._state.update(phase=info.phase, phases=info.phases)
                     if cancel.is_set():
                         raise sd_core.Cancelled("cancelled")
 
@@ -128,13 +142,16 @@ class InProcessEngine(Engine):
         if state["latents"] is not None:
             from sd_core.preview import latents_to_preview
 
-            preview = _png_bytes(latents_to_preview(state["latents"]))
+            preview = _png_bytes(latents_to_preview(state["latents"], mapping=state["preview"]))
+        phase, phases = state.get("phase", 1), state.get("phases", 1)
         return Progress(
             active=state["active"],
             step=state["step"],
             total=state["total"],
-            fraction=state["step"] / (state["total"] or 1),
+            fraction=(phase - 1 + state["step"] / (state["total"] or 1)) / phases,  # across both hires passes
             preview=preview,
+            phase=phase,
+            phases=phases,
         )
 
     def interrupt(self) -> None:

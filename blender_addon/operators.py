@@ -11,7 +11,7 @@ from typing import Any
 
 import bpy
 import numpy as np
-from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import materials, pixels, props
 from .engine import Request, Result, UserError, client, size_choices
@@ -89,11 +89,41 @@ def _source_image(context: Any, name: str) -> Any:
     return image
 
 
-def _img2img_request(settings: Any, rgba: np.ndarray, kind: str = "img2img") -> Request:
-    """A request on uint8 top-down pixels, at the size the engine makes of theirs (rounded to a multiple of 8)."""
+def _editor_image(context: Any) -> Any:
+    space = getattr(context, "space_data", None)
+    return getattr(space, "image", None) if space is not None and space.type == "IMAGE_EDITOR" else None
+
+
+def _base_color_image(obj: Any) -> Any:
+    """The image on the Base Color of `obj`'s active material, if any (the texture Generate Texture put there)."""
+    material = obj.active_material if obj is not None and obj.type == "MESH" else None
+    if material is None or material.node_tree is None:
+        return None
+    for node in material.node_tree.nodes:
+        if node.type == "BSDF_PRINCIPLED":
+            for link in node.inputs["Base Color"].links:
+                if link.from_node.type == "TEX_IMAGE" and link.from_node.image is not None:
+                    return link.from_node.image
+    return None
+
+
+def _img2img_request(settings: Any, rgba: np.ndarray, kind: str = "img2img", seamless: bool = True) -> Request:
+    """A request on uint8 top-down pixels, at the size the engine makes of theirs (rounded to a multiple of 8);
+    `seamless` False: an ordinary image whatever the panel's Seamless says."""
     request = props.make_request(settings, kind, image=np.ascontiguousarray(rgba[:, :, :3]))
     request.width = request.height = None  # the panel's size is for new textures; a restyle keeps the source's
+    if not seamless:
+        request.tiling = ""
     return request
+
+
+# Restyling a render is not texture work: tiling would turn the object into a full-frame pattern. The panel's
+# Seamless applies to it only when the operator is asked to (scripts: seamless=True).
+_RENDER_SEAMLESS = BoolProperty(
+    name="Seamless",
+    default=False,
+    description="Use the panel's Seamless setting for this restyle too (off: an ordinary image, as renders are)",
+)
 
 
 class _Generation:
@@ -183,20 +213,50 @@ def _make_images(decoded: list[np.ndarray], result: Result, pack: bool, build: C
     return made
 
 
+def _keep(image: Any, pack: bool) -> None:
+    """A derived image (no generation of its own): packed, or saved next to the .blend as the textures are."""
+    if pack:
+        image.pack()
+        return
+    folder = bpy.path.abspath(TEXTURE_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{bpy.path.clean_name(image.name)}.png")
+    image.filepath_raw, image.file_format = path, "PNG"
+    image.save()
+    image.filepath = bpy.path.relpath(path)
+
+
+def _pbr_for(texture: Any, obj: Any, pack: bool, seamless: str) -> list[Any]:
+    """Normal, height and roughness images from `texture` (stored like it), wired into `obj`'s material when given
+    (its base colour becomes `texture`); all or nothing."""
+    maps = materials.make_pbr_images(texture, materials.seamless_axes(texture, seamless))
+    try:
+        for image in maps.values():
+            _keep(image, pack)
+        if obj is not None:
+            materials.wire_pbr(materials.apply_texture(obj, texture), maps)
+    except Exception:
+        remove_images(list(maps.values()))
+        raise
+    return list(maps.values())
+
+
 def _texture_finish(context: Any, request: Request, settings: Any) -> Finish:
     obj = context.active_object if settings.apply_material else None
     obj_name = obj.name if obj is not None and obj.type == "MESH" else ""
-    name, pack = _name_from(request.prompt, "SD texture"), settings.pack
+    name, pack, with_pbr = _name_from(request.prompt, "SD texture"), settings.pack, settings.pbr
 
     def finish(decoded: list[np.ndarray], result: Result) -> list[Any]:
         made = _make_images(decoded, result, pack, lambda rgba: pixels.new_image(name, rgba))
         target = bpy.data.objects.get(obj_name) if obj_name else None
-        if target is not None:
-            try:
+        try:
+            if target is not None:
                 materials.apply_texture(target, made[0])
-            except Exception:
-                remove_images(made)
-                raise
+            if with_pbr:
+                made += _pbr_for(made[0], target, pack, request.tiling)
+        except Exception:
+            remove_images(made)
+            raise
         return made
 
     return finish
@@ -225,10 +285,10 @@ class SDCORE_OT_generate_texture(_Generation, bpy.types.Operator):
         return request, "Generate texture", _texture_finish(context, request, settings)
 
 
-def _restyle(context: Any, source: np.ndarray, label: str) -> tuple[Request, str, Finish]:
+def _restyle(context: Any, source: np.ndarray, label: str, seamless: bool) -> tuple[Request, str, Finish]:
     settings = props.settings(context)
     name = _name_from(settings.prompt, "render", prefix="Restyled ")
-    return _img2img_request(settings, source), label, _new_images_finish(name, settings.pack)
+    return _img2img_request(settings, source, seamless=seamless), label, _new_images_finish(name, settings.pack)
 
 
 class SDCORE_OT_restyle_viewport(_Generation, bpy.types.Operator):
@@ -237,9 +297,11 @@ class SDCORE_OT_restyle_viewport(_Generation, bpy.types.Operator):
     bl_idname = "sdcore.restyle_viewport"
     bl_label = "Restyle Viewport"
 
+    seamless: _RENDER_SEAMLESS
+
     def prepare(self, context: Any) -> tuple[Request, str, Finish]:
         source, how = render_viewport(context)
-        return _restyle(context, source, f"Restyle viewport ({how})")
+        return _restyle(context, source, f"Restyle viewport ({how})", self.seamless)
 
 
 class SDCORE_OT_restyle_render(_Generation, bpy.types.Operator):
@@ -248,8 +310,10 @@ class SDCORE_OT_restyle_render(_Generation, bpy.types.Operator):
     bl_idname = "sdcore.restyle_render"
     bl_label = "Restyle Render"
 
+    seamless: _RENDER_SEAMLESS
+
     def prepare(self, context: Any) -> tuple[Request, str, Finish]:
-        return _restyle(context, render_scene(context.scene), "Restyle render")
+        return _restyle(context, render_scene(context.scene), "Restyle render", self.seamless)
 
 
 class _ImageGeneration(_Generation):
@@ -314,6 +378,34 @@ class SDCORE_OT_inpaint_image(_ImageGeneration, bpy.types.Operator):
             return _make_images(decoded, result, pack, build)
 
         return request, "Inpaint", finish
+
+
+class SDCORE_OT_pbr_maps(bpy.types.Operator):
+    """Derive normal, height and roughness maps from a texture (seamless like it) and, with 'Apply to active
+    object', wire them into the active object's material"""
+
+    bl_idname = "sdcore.pbr_maps"
+    bl_label = "Make PBR Maps"
+    bl_options = {"REGISTER", "UNDO"}
+
+    image: StringProperty(name="Image", default="", description="Texture to use; empty: the Image Editor's image")
+
+    def execute(self, context: Any) -> set[str]:
+        settings = props.settings(context)
+        obj = context.active_object if settings.apply_material else None
+        try:
+            _check_storage(settings.pack)
+            texture = _base_color_image(obj) if not self.image and _editor_image(context) is None else None
+            texture = texture or _source_image(context, self.image)
+            if obj is not None and obj.type != "MESH":
+                raise UserError("Select a mesh object to wire the maps into (or turn off 'Apply to active object')")
+            fallback = "" if settings.seamless == "NONE" else settings.seamless.lower()  # if the image does not say
+            made = _pbr_for(texture, obj, settings.pack, fallback)
+        except UserError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"PBR maps: made {', '.join(repr(image.name) for image in made)}")
+        return {"FINISHED"}
 
 
 class SDCORE_OT_cancel(bpy.types.Operator):
@@ -415,6 +507,36 @@ class SDCORE_OT_add_lora(bpy.types.Operator):
         return {"FINISHED"}
 
 
+_MODEL_NAMES: list[str] = []  # the engine's list, read when the dialog opens (a search callback must not block)
+
+
+def _model_names(_self: Any, _context: Any, _text: str) -> list[str]:
+    return _MODEL_NAMES
+
+
+class SDCORE_OT_choose_model(bpy.types.Operator):
+    """Choose one of the server's models for the panel's generations (the server keeps its own for others)"""
+
+    bl_idname = "sdcore.choose_model"
+    bl_label = "Choose Model"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: StringProperty(name="Model", default="", search=_model_names)
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        try:
+            _MODEL_NAMES[:] = SESSION.engine_for(context).models()
+        except Exception as exc:  # the list is a convenience: any name can still be typed
+            self.report({"WARNING"}, f"Could not list the models: {exc}")
+        if not _MODEL_NAMES:
+            self.report({"INFO"}, "This engine has one model (set in the add-on preferences)")
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context: Any) -> set[str]:
+        props.settings(context).model = self.name.strip()  # empty: back to the engine's own
+        return {"FINISHED"}
+
+
 class SDCORE_OT_history_clear(bpy.types.Operator):
     """Forget the recent prompts"""
 
@@ -462,12 +584,14 @@ CLASSES = (
     SDCORE_OT_restyle_render,
     SDCORE_OT_img2img_image,
     SDCORE_OT_inpaint_image,
+    SDCORE_OT_pbr_maps,
     SDCORE_OT_cancel,
     SDCORE_OT_release,
     SDCORE_OT_test_connection,
     SDCORE_OT_history_recall,
     SDCORE_OT_history_clear,
     SDCORE_OT_add_lora,
+    SDCORE_OT_choose_model,
 )
 
 

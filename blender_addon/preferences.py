@@ -13,6 +13,7 @@ from .server_engine import LocalServerEngine, ServerEngine
 
 ADDON_ID = __package__  # "bl_ext.<repo>.sd_core_blender" when installed as an extension
 
+BUILTIN_PLACEHOLDER = "Built-in texture model"  # what an empty Model field means, shown in the empty field
 CONNECTIONS = [
     (
         "LOCAL",
@@ -42,7 +43,7 @@ class SDCORE_AP_preferences(bpy.types.AddonPreferences):
         name="Model",
         default="",
         subtype="FILE_PATH",
-        description="Checkpoint (.safetensors, .ckpt) or diffusers folder",
+        description="Checkpoint (.safetensors, .ckpt) or diffusers folder; empty: sd-core's built-in texture model",
     )
     port: IntProperty(name="Port", default=0, min=0, max=65535, description="0: any free port")
     lora_dir: StringProperty(
@@ -61,11 +62,11 @@ class SDCORE_AP_preferences(bpy.types.AddonPreferences):
             col.prop(self, "token")
         elif self.connection == "LOCAL":
             col.prop(self, "python")
-            col.prop(self, "model")
+            col.prop(self, "model", placeholder=BUILTIN_PLACEHOLDER)
             col.prop(self, "port")
             col.prop(self, "lora_dir")
         else:
-            col.prop(self, "model")
+            col.prop(self, "model", placeholder=BUILTIN_PLACEHOLDER)
             col.prop(self, "lora_dir")
             if not sd_core_importable():
                 col.label(text="sd_core and torch are not importable in Blender's Python", icon="ERROR")

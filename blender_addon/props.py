@@ -37,11 +37,32 @@ SEAMLESS = [
     ("Y", "Y", "Tiles top to bottom"),
     ("XY", "Both", "Tiles in both directions"),
 ]
+# Production texture sizes: the longer side of the texture Generate Texture makes, through the hires fix (the first
+# pass at the panel's size, enlarged and sampled again in tiles; seamless when the panel's Seamless is on).
+PRODUCTION_SIDES = {"2K": 2048, "4K": 4096}
+TEXTURE_SIZES = [
+    ("PANEL", "Panel size", "Width x height as set above, one pass"),
+    ("2K", "2K", "2048 px on the longer side: the panel's size enlarged and refined in tiles (hires fix)"),
+    ("4K", "4K", "4096 px on the longer side: the panel's size enlarged and refined in tiles (hires fix); minutes"),
+]
+PRODUCTION_STRENGTH = 0.4  # the second pass's denoising strength: adds detail, keeps the first pass's layout
+MAX_TILE = 512  # the second pass's tile: SD1's native size (the recorded 4096 px run: 512, overlap 128)
+
+
+def production_plan(side: int, width: int, height: int) -> tuple[float, tuple[int, int, int]]:
+    """(hires scale, tile (width, height, overlap)) for a texture of `side` px on its longer side from a first pass of
+    width x height: the tile a quarter of the side (at most `MAX_TILE`, a multiple of 8), overlapping by a quarter."""
+    scale = side / max(width, height)
+    tile = max(64, min(MAX_TILE, side // 4) // 8 * 8)
+    return scale, (tile, tile, tile // 4 // 8 * 8)
+
+
 # The settings a request takes as they are (the same names in the panel, the `Request` and the engine).
-AS_IS = ("prompt", "negative_prompt", "width", "height", "steps", "sampler", "batch_size", "strength", "loras")
+AS_IS = ("prompt", "negative_prompt", "width", "height", "steps", "sampler", "batch_size", "strength", "loras", "model")
 HISTORY_SIZE = 20
 # The settings a history entry keeps and a recall restores (names shared by both property groups).
 RECALLED = (
+    "model",
     "prompt",
     "negative_prompt",
     "loras",
@@ -54,6 +75,7 @@ RECALLED = (
     "seed",
     "random_seed",
     "seamless",
+    "texture_size",
     "batch_size",
     "strength",
 )
@@ -76,6 +98,12 @@ def _common() -> dict[str, Any]:
     return {
         "prompt": StringProperty(name="Prompt", description="What to generate", default=""),
         "negative_prompt": StringProperty(name="Negative", description="What to avoid", default=""),
+        "model": StringProperty(
+            name="Model",
+            description="One of the server's models (its list), for these generations only; empty: the model the "
+            "server has loaded",
+            default="",
+        ),
         "loras": StringProperty(
             name="LoRAs",
             description="name:weight, ...: the engine's LoRAs, sent as <lora:name:weight> after the prompt",
@@ -98,6 +126,9 @@ def _common() -> dict[str, Any]:
         "random_seed": BoolProperty(name="Random", default=True, description="A new random seed each time"),
         "seamless": EnumProperty(
             name="Seamless", items=SEAMLESS, default="NONE", description="Make the image tile on these axes"
+        ),
+        "texture_size": EnumProperty(
+            name="Texture size", items=TEXTURE_SIZES, default="PANEL", description="How large Generate Texture makes it"
         ),
         "batch_size": IntProperty(name="Batch", default=1, min=1, max=8, description="Images per generation"),
         "strength": FloatProperty(
@@ -129,6 +160,12 @@ class SDCORE_PG_settings(bpy.types.PropertyGroup):
             description="Keep generated images inside the .blend; off: save them as PNGs in //sd_textures/ "
             "next to the saved .blend file",
         ),
+        "pbr": BoolProperty(
+            name="PBR maps",
+            default=False,
+            description="Also derive normal, height and roughness maps from a generated texture and wire them into "
+            "the material (Normal Map node, Roughness, Displacement); seamless like the texture",
+        ),
         "history": CollectionProperty(type=SDCORE_PG_history_entry),
         "history_index": IntProperty(default=0),
     }
@@ -142,6 +179,18 @@ def make_request(s: Any, kind: str, **extra: Any) -> Request:
     """The engine request for the panel's settings; a random seed is drawn here so the history knows it (within
     the range of Blender's integer properties, so a recall reproduces it)."""
     seed = random.randrange(2**31 - 1) if s.random_seed else int(s.seed)
+    if kind == "txt2img" and s.texture_size in PRODUCTION_SIDES:
+        scale, tile = production_plan(PRODUCTION_SIDES[s.texture_size], s.width, s.height)
+        # the second pass refines: steps x strength of them (A1111's rule for hr_second_pass_steps 0 would run all
+        # `steps` at the large size, 2.5x the time at 0.4)
+        steps = max(1, round(s.steps * PRODUCTION_STRENGTH))
+        extra = {
+            "hires_scale": scale,
+            "hires_strength": PRODUCTION_STRENGTH,
+            "hires_steps": steps,
+            "tile": tile,
+            **extra,
+        }
     return Request(
         kind=kind,
         **{name: getattr(s, name) for name in AS_IS},

@@ -158,7 +158,7 @@ class Session:
     def engine_for(self, context: Any) -> Engine:
         key = preferences.engine_key(preferences.preferences(context))
         if self.engine is None or key != self.key:
-            self.release()
+            self.shutdown()  # the old engine: a shared server keeps its model
             self.engine, self.key = preferences.make_engine(key), key
         return self.engine
 
@@ -181,6 +181,13 @@ class Session:
         if self.busy:
             assert self.run is not None
             self.run.cancel()
+
+    def shutdown(self) -> str:
+        """Blender quits (or the add-on is disabled): cancel what runs and stop only what the add-on itself started
+        (its local server); a server at a URL keeps its model. Says what it did."""
+        self.cancel()
+        engine, self.engine, self.key = self.engine, None, None
+        return engine.shutdown() if engine is not None else "nothing to stop"
 
     def release(self) -> str:
         """Cancel what runs and free the engine's memory (stops a server this add-on started); says what it did."""

@@ -26,6 +26,7 @@ from .engine import (
     UserError,
     client,
     explain,
+    model_label,
     quietly,
     sizes_from,
 )
@@ -33,6 +34,7 @@ from .engine import (
 SERVER_START_TIMEOUT = 300.0  # loading a large checkpoint from a slow disk takes minutes
 GENERATION_TIMEOUT = 3600.0
 POLL_TIMEOUT = 10.0
+PRODUCTION_PIXELS = 4096 * 4096  # the add-on's own server makes 4K textures
 
 
 def _png_b64(pixels: np.ndarray) -> str:
@@ -55,12 +57,22 @@ def a1111_payload(request: Request) -> tuple[str, dict[str, Any]]:
         "seed": request.seed,
         "batch_size": request.batch_size,
     }
+    if request.model:  # this request only (A1111 restores its model afterwards): a shared server stays as it was
+        payload["override_settings"] = {"sd_model_checkpoint": request.model}
     for name in ("width", "height", "cfg_scale"):  # left out: the server's rule (the model's own, the image's size)
         if getattr(request, name) is not None:
             payload[name] = getattr(request, name)
     if request.tiling:
         payload["tiling"] = True if request.tiling == "xy" else request.tiling
     if request.kind == "txt2img":
+        if request.hires_scale:  # A1111's hires fix; the second pass's strength is its denoising_strength
+            payload.update(enable_hr=True, hr_scale=request.hires_scale, hr_upscaler="Lanczos")
+            payload["denoising_strength"] = request.hires_strength
+            if request.hires_steps:
+                payload["hr_second_pass_steps"] = request.hires_steps
+        if request.tile:
+            width, height, overlap = request.tile
+            payload["sd_core_tile"] = {"width": width, "height": height, "overlap": overlap}
         return "txt2img", payload
     assert request.image is not None
     payload["init_images"] = [_png_b64(request.image)]
@@ -87,6 +99,7 @@ def decode_progress(data: dict[str, Any]) -> Progress:
     state = data.get("state") or {}
     preview = data.get("current_image")
     fraction = float(data.get("progress") or 0.0)
+    passes = int(state.get("job_count") or 1)  # one request: a hires batch is two jobs, one per pass (A1111)
     return Progress(
         active=bool(state.get("job_count")) or fraction > 0.0,
         step=int(state.get("sampling_step") or 0),
@@ -94,6 +107,8 @@ def decode_progress(data: dict[str, Any]) -> Progress:
         fraction=fraction,
         preview=client.b64_to_bytes(preview) if preview else None,
         text=data.get("textinfo") or "",
+        phase=min(int(state.get("job_no") or 0) + 1, max(passes, 1)),
+        phases=max(passes, 1),
     )
 
 
@@ -134,6 +149,18 @@ class ServerEngine(Engine):
     def loras(self) -> list[str]:
         return [str(item["name"]) for item in self._client.loras() if isinstance(item, dict) and item.get("name")]
 
+    def models(self) -> list[str]:
+        listed = [item for item in self._client.request("GET", "/sdapi/v1/sd-models") or [] if isinstance(item, dict)]
+        names = [str(item["model_name"]) for item in listed if item.get("model_name")]
+        self.listed_cfg_scales = {  # sd-core's own field: each model's defaults
+            str(item["model_name"]): float(defaults["cfg_scale"])
+            for item in listed
+            if item.get("model_name")
+            and isinstance(defaults := item.get("sd_core_defaults"), dict)
+            and isinstance(defaults.get("cfg_scale"), (int, float))
+        }
+        return names
+
     def _read_model_defaults(self) -> None:
         """The model's own CFG scale and size choices, for the panel: sd-core's options name them (other servers
         do not)."""
@@ -161,7 +188,8 @@ class ServerEngine(Engine):
 
 
 class LocalServerEngine(ServerEngine):
-    """Starts `sd-core serve` from `python` with `model` on a loopback port, when first needed."""
+    """Starts `sd-core serve` from `python` with `model` (empty: the built-in texture model) on a loopback port, when
+    first needed."""
 
     def __init__(
         self, python: str, model: str, port: int | None = None, token: str | None = None, lora_dir: str = ""
@@ -173,7 +201,7 @@ class LocalServerEngine(ServerEngine):
 
     def describe(self) -> str:
         state = f"running at {self.url}" if self._server is not None else "not started"
-        return f"local server ({state}) with {os.path.basename(self.model) or 'no model'}"
+        return f"local server ({state}) with {model_label(self.model)}"
 
     def check(self) -> None:
         """Refuse a missing interpreter or model before spawning anything."""
@@ -182,10 +210,10 @@ class LocalServerEngine(ServerEngine):
                 f"Python interpreter not found: {self.python or '(empty)'}. Set the Python that has "
                 "sd-core installed (e.g. .../venv/bin/python) in the add-on preferences"
             )
-        if not self.model or not os.path.exists(self.model):
+        if self.model and not os.path.exists(self.model):  # empty: sd-core's built-in texture model
             raise UserError(
-                f"Model not found: {self.model or '(empty)'}. Set the model path (.safetensors, .ckpt or "
-                "diffusers folder) in the add-on preferences"
+                f"Model not found: {self.model}. Set the model path (.safetensors, .ckpt or diffusers folder) in "
+                "the add-on preferences, or leave it empty for the built-in texture model"
             )
 
     def start(self, request: Request) -> Job:
@@ -198,9 +226,11 @@ class LocalServerEngine(ServerEngine):
                 return
             # PYTHONHOME, when Blender's environment has one, would point the other interpreter at Blender's stdlib.
             env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
-            extra = ("--lora-dir", self.lora_dir) if self.lora_dir else ()
+            # production sizes: a 4096 px texture (its second pass in tiles) is more than the default --max-pixels
+            extra = ("--max-pixels", str(PRODUCTION_PIXELS))
+            extra += ("--lora-dir", self.lora_dir) if self.lora_dir else ()
             server = client.LocalServer(
-                self.python, self.model, port=self.port, token=self.token, env=env, extra_args=extra
+                self.python, self.model or None, port=self.port, token=self.token, env=env, extra_args=extra
             )
             try:
                 server.start()
@@ -250,6 +280,9 @@ class LocalServerEngine(ServerEngine):
         if self._server is not None:
             super().interrupt()
 
+    def models(self) -> list[str]:
+        return super().models() if self._server is not None else []  # its one model until it runs
+
     def loras(self) -> list[str]:
         """The server's list once it runs; before, the LoRA folder's files (what it will list)."""
         if self._server is not None:
@@ -263,6 +296,9 @@ class LocalServerEngine(ServerEngine):
             for name in files
             if name.lower().endswith(suffixes)
         )
+
+    def shutdown(self) -> str:
+        return self.release()  # the server process is this add-on's own
 
     def release(self) -> str:
         with self._lock:

@@ -45,6 +45,7 @@ class Task:
         self.poll_interval, self._clock = poll_interval, clock
         self.state = State.IDLE
         self.step = self.total = 0
+        self.phase = self.phases = 1  # the sampling pass the step counts belong to (hires fix: two)
         self.fraction = 0.0
         self.text = ""
         self.preview: bytes | None = None
@@ -124,6 +125,7 @@ class Task:
         self.text = progress.text
         if progress.total:
             self.step, self.total = progress.step, progress.total
+            self.phase, self.phases = progress.phase, progress.phases
         self.fraction = max(self.fraction, min(progress.fraction, 1.0))  # never backwards on screen
         if progress.step > 0 or progress.fraction > 0:
             self.state = State.RUNNING

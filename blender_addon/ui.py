@@ -20,6 +20,8 @@ def draw_status(layout: Any) -> None:
         task = run.task
         box = layout.box()
         step = f"step {task.step}/{task.total}" if task.total else task.text or task.state.value
+        if task.total and task.phases > 1:
+            step = f"pass {task.phase}/{task.phases}, {step}"
         box.progress(factor=task.fraction, type="BAR", text=f"{run.label}: {step}")
         preview = bpy.data.images.get(PREVIEW_NAME)
         if preview is not None and preview.preview is not None:
@@ -52,13 +54,20 @@ def _value_or_auto(layout: Any, s: Any, value: str, auto: str, **toggle: Any) ->
     row.prop(s, auto, toggle=True, **toggle)
 
 
-def _model_cfg_text() -> str:
-    """The toggle's label, with the model's own value once the engine has seen the model."""
-    cfg = SESSION.engine.model_cfg_scale if SESSION.engine is not None else None
+def _model_cfg_text(s: Any = None) -> str:
+    """The toggle's label, with the model's own value once the engine has seen the model (the chosen model's, from
+    the server's list, when the panel names one)."""
+    engine = SESSION.engine
+    cfg = engine.model_cfg_scale if engine is not None else None
+    if engine is not None and s is not None and s.model:
+        cfg = engine.listed_cfg_scales.get(s.model)
     return "Model's CFG" if cfg is None else f"Model's CFG ({cfg:g})"
 
 
 def draw_settings(layout: Any, s: Any) -> None:
+    row = layout.row(align=True)
+    row.prop(s, "model", text="", icon="FILE_3D", placeholder="The engine's model")
+    row.operator("sdcore.choose_model", text="", icon="DOWNARROW_HLT")
     col = layout.column(align=True)
     col.prop(s, "prompt", text="")
     col.prop(s, "negative_prompt", text="", icon="REMOVE")
@@ -71,12 +80,15 @@ def draw_settings(layout: Any, s: Any) -> None:
     row.prop(s, "height")
     row.operator_menu_enum("sdcore.size", "size", text="", icon="PRESET")  # the model's sizes (SDXL's for SDXL)
     col.prop(s, "steps")
-    _value_or_auto(col, s, "cfg_scale", "model_cfg", text=_model_cfg_text())
+    _value_or_auto(col, s, "cfg_scale", "model_cfg", text=_model_cfg_text(s))
     layout.prop(s, "sampler")
     _value_or_auto(layout, s, "seed", "random_seed", icon="FILE_REFRESH")
     row = layout.row(align=True)
     row.label(text="Seamless")
     row.prop(s, "seamless", expand=True)
+    row = layout.row(align=True)
+    row.label(text="Texture")
+    row.prop(s, "texture_size", expand=True)
     layout.prop(s, "batch_size")
 
 
@@ -96,7 +108,9 @@ class _Panel:
         col.operator("sdcore.generate_texture", icon="TEXTURE")
         row = col.row(align=True)
         row.prop(s, "apply_material", toggle=True, icon="MATERIAL")
+        row.prop(s, "pbr", toggle=True, icon="NODE_MATERIAL")
         row.prop(s, "pack", toggle=True, icon="PACKAGE")
+        col.operator("sdcore.pbr_maps", icon="NODE_MATERIAL")
         col = layout.column(align=True)
         col.enabled = not busy
         col.prop(s, "strength", slider=True)

@@ -3,8 +3,9 @@
     python scripts/build_blender_addon.py [--blender-python .venv-bpy50/bin/python] [--output-dir dist]
                                           [--validate-with .venv-bpy42/bin/python ...]
 
-The add-on needs the stdlib HTTP client `sd_core/client.py`. Rather than keeping a second copy in `blender_addon/`,
-the source is staged in a temporary folder with the client copied in as `sd_client.py`, and the zip is built from
+The add-on needs the stdlib HTTP client `sd_core/client.py` and the numpy-only PBR maths `sd_core/pbr.py`. Rather
+than keeping second copies in `blender_addon/`, the source is staged in a temporary folder with them copied in as
+`sd_client.py` and `sd_pbr.py`, and the zip is built from
 there (Blender's builder skips symlinks, so a link would not do). The tool (`blender_ext.py`) ships inside the `bpy`
 wheel; `scripts/install_bpy.sh` makes the venvs that have it. Prints the zip's path last; exits non-zero on failure.
 """
@@ -23,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "blender_addon"
 CLIENT = REPO / "sd_core" / "client.py"
 VENDORED_NAME = "sd_client.py"
+PBR = REPO / "sd_core" / "pbr.py"  # numpy only: the PBR maps are made in Blender's own Python
+PBR_NAME = "sd_pbr.py"
 DEFAULT_PYTHON = REPO / ".venv-bpy50" / "bin" / "python"
 
 
@@ -41,8 +44,8 @@ def extension_tool(python: Path) -> Path:
     return found[-1]
 
 
-def check_standalone(path: Path) -> None:
-    """The vendored client may import only the standard library: Blender's Python has nothing else."""
+def check_standalone(path: Path, allowed: tuple[str, ...] = ()) -> None:
+    """A vendored module may import only the standard library (and `allowed`, e.g. numpy, which Blender ships)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
@@ -52,16 +55,18 @@ def check_standalone(path: Path) -> None:
             names = [node.module or ""]
         for name in names:
             top = name.split(".")[0]
-            if top != "__future__" and top not in sys.stdlib_module_names:
+            if top != "__future__" and top not in sys.stdlib_module_names and top not in allowed:
                 raise SystemExit(f"{path}:{node.lineno}: imports {name!r}, which Blender's Python does not have")
 
 
 def stage(into: Path) -> Path:
-    """A copy of the add-on source with the client vendored in."""
+    """A copy of the add-on source with the client (and the PBR maths) vendored in."""
     staged = into / "sd_core_blender"
     shutil.copytree(SOURCE, staged, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.zip"))
     check_standalone(CLIENT)
     shutil.copyfile(CLIENT, staged / VENDORED_NAME)
+    check_standalone(PBR, allowed=("numpy",))
+    shutil.copyfile(PBR, staged / PBR_NAME)
     return staged
 
 

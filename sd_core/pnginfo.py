@@ -2,12 +2,19 @@
 
 Format: the prompt, an optional `Negative prompt: ...` line, then one line of `Key: value` pairs separated by ", ".
 Values containing `,`, `:` or `"` are written as JSON strings.
+
+Numbers as A1111 writes them: `str()` of the value (its settings are Python floats parsed from JSON or typed in the
+UI, so 0.6 reads "0.6" and 7.0 "7.0"). A float that went through single precision on its way here (a Blender
+FloatProperty, a float32 tensor) holds 0.6000000238418579; it is written as the shortest decimal that gives the same
+float32, i.e. what the user typed ("0.6"), never as the double's 17 digits (`format_value`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +23,28 @@ from PIL import Image, PngImagePlugin
 NEGATIVE = "Negative prompt: "
 
 
+def _as_float32(value: float) -> float | None:
+    """`value` if it is exactly a float32 (then it may have come through single precision), else None."""
+    try:
+        same = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:
+        return None
+    return same if same == value else None
+
+
+def format_value(value: Any) -> str:
+    """A value as the infotext shows it: `str()`, except that a float that is exactly a float32 is written as the
+    shortest decimal reading back as that float32 (0.6000000238418579 -> "0.6"; 0.75, 7.0, 3.0 unchanged)."""
+    if isinstance(value, float) and math.isfinite(value) and _as_float32(value) is not None:
+        for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+            short = float(f"{value:.{digits}g}")
+            if struct.pack("<f", short) == struct.pack("<f", value):
+                return str(short)
+    return str(value)
+
+
 def _quote(value: Any) -> str:
-    text = str(value)
+    text = format_value(value)
     if any(c in text for c in ',:"\n'):
         return json.dumps(text, ensure_ascii=False)
     return text

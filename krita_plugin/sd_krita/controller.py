@@ -8,12 +8,13 @@ replaces it, so a late answer from an abandoned run is never applied.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from typing import Any
 
-from . import document, generation, qt
-from .sd_client import ClientError, Job, LocalServer, SDClient, ServerUnavailable
+from . import document, generation, messages, qt, tools
+from .sd_client import ClientError, Job, LocalServer, SDClient
 from .settings import Settings
 
 POLL_MS = 100
@@ -32,6 +33,22 @@ def read_loras(client: SDClient) -> list[str]:
     except ClientError:
         return []
     return [str(item["name"]) for item in items if isinstance(item, dict) and item.get("name")]
+
+
+def read_upscalers(client: SDClient) -> list[str]:
+    """The server's upscalers (A1111's /sdapi/v1/upscalers) without "None"; [] where a server has no such listing."""
+    try:
+        return tools.upscaler_names(client.request("GET", tools.UPSCALERS_PATH))
+    except ClientError:
+        return []
+
+
+def read_styles(client: SDClient) -> list[str]:
+    """The server's prompt styles (A1111's /sdapi/v1/prompt-styles); [] where it has none or no such listing."""
+    try:
+        return tools.style_names(client.request("GET", tools.STYLES_PATH))
+    except ClientError:
+        return []
 
 
 def read_model_defaults(client: SDClient) -> dict[str, Any]:
@@ -60,6 +77,11 @@ class Controller(qt.QObject):
     server_status = qt.pyqtSignal(str)  # one line for the status label
     samplers_ready = qt.pyqtSignal(list)  # sampler names offered by the server
     loras_ready = qt.pyqtSignal(list)  # the server's LoRA names ([] from servers without any)
+    upscalers_ready = qt.pyqtSignal(list)  # the server's upscaler names ([] from servers without the listing)
+    styles_ready = qt.pyqtSignal(list)  # the server's prompt style names
+    server_owned = qt.pyqtSignal(bool)  # whether a server this plugin started is running (Stop server applies)
+    preview = qt.pyqtSignal(bytes)  # the server's live preview of the running generation (PNG bytes)
+    history_changed = qt.pyqtSignal()  # `history` gained or lost entries
     model_defaults = qt.pyqtSignal(dict)  # the model's own settings, as sd-core names them ({} from other servers)
     message = qt.pyqtSignal(str)  # information or an error, for the user
     progress = qt.pyqtSignal(float)  # 0..1
@@ -77,6 +99,15 @@ class Controller(qt.QObject):
         self.timer = qt.QTimer(self)  # runs only while something is pending
         self.timer.setInterval(POLL_MS)
         self.timer.timeout.connect(self._tick)
+        self.history = tools.History()
+        self.opened: list[Any] = []  # documents Upscale created: Krita deletes one whose last Python reference goes
+
+    def _say(self, text: str) -> None:
+        """A message for the user, in plain words (no errno codes, no exception names)."""
+        self.message.emit(messages.plain(text))
+
+    def _status(self, text: str) -> None:
+        self.server_status.emit(messages.plain(text))
 
     # --- server ---------------------------------------------------------------------------------------------
 
@@ -88,37 +119,50 @@ class Controller(qt.QObject):
         """Start `python -m sd_core.server` with the configured interpreter and model, then wait for it (thread)."""
         s = self.settings
         if not s.python or not s.model:
-            self.message.emit("Set the Python interpreter (with sd-core installed) and the model file first.")
+            self._say("Set the Python interpreter (with sd-core installed) and the model file first.")
             return
         if self.server is not None and self.server.running():
-            self.message.emit(f"The server is already running at {self.server.url}.")
+            self._say(f"The server is already running at {self.server.url}.")
             return
-        extra = ("--lora-dir", s.lora_dir) if s.lora_dir else ()
+        extra = (("--lora-dir", s.lora_dir) if s.lora_dir else ()) + (
+            ("--styles", s.styles_file) if s.styles_file else ()
+        )
         server = LocalServer(s.python, s.model, port=s.port or None, extra_args=extra)
         try:
             server.start()
         except OSError as exc:
-            self.message.emit(f"Cannot start {s.python}: {exc}")
+            self._say(f"Cannot start {s.python}: {exc.strerror or exc}")
             return
         self.server = server
+        self.server_owned.emit(True)
         self.use_url(server.url)
-        self.server_status.emit(f"Starting server at {server.url} (loading the model)…")
+        self._status(f"Starting server at {server.url} (loading the model)…")
         self._watch_server("start", lambda: server.wait_ready(600.0))
 
     def stop_server(self) -> None:
         """Stop the server this plugin started (an external server is left alone)."""
         if self.server is None:
-            self.message.emit("This plugin did not start a server; stop yours where it runs.")
+            self._say("This plugin did not start a server; stop yours where it runs.")
             return
         server, self.server = self.server, None
         if self._server_job_kind == "start":
             self._server_job = None  # a pending "is it ready yet" wait: its answer no longer matters
         server.stop()
-        self.server_status.emit("Server stopped.")
+        self.server_owned.emit(False)
+        self._status("Server stopped.")
 
     def check_server(self) -> None:
         client = self.client
-        self._watch_server("check", lambda: (client.samplers(), read_model_defaults(client), read_loras(client)))
+        self._watch_server(
+            "check",
+            lambda: (
+                client.samplers(),
+                read_model_defaults(client),
+                read_loras(client),
+                read_upscalers(client),
+                read_styles(client),
+            ),
+        )
 
     def _watch_server(self, kind: str, fn: Callable[[], Any]) -> None:
         self._server_job, self._server_job_kind = background(fn), kind
@@ -127,54 +171,110 @@ class Controller(qt.QObject):
     def _server_job_done(self, job: Job) -> None:
         if job.error is not None:
             text = job.error.message if isinstance(job.error, ClientError) else str(job.error)
-            self.server_status.emit(f"Server not available: {text}")
+            self._status(f"Server not available: {text}")
             self.model_defaults.emit({})  # no model to name a CFG scale
             if self._server_job_kind == "start" and self.server is not None:
                 self.server.stop()
                 self.server = None
+                self.server_owned.emit(False)
             return
         if self._server_job_kind == "start":
             self.check_server()
             return
-        samplers, defaults, loras = job.result
+        samplers, defaults, loras, upscalers, styles = job.result
         names = [s.get("name", "") for s in samplers or [] if isinstance(s, dict)]
         self.samplers_ready.emit([n for n in names if n])
         self.model_defaults.emit(defaults)
         self.loras_ready.emit(loras)
+        self.upscalers_ready.emit(upscalers)
+        self.styles_ready.emit(styles)
         owner = " (started by Krita)" if self.server is not None and self.server.running() else ""
-        self.server_status.emit(f"Server ready at {self.client.base_url}{owner}.")
+        self._status(f"Server ready at {self.client.base_url}{owner}.")
 
     # --- generation -----------------------------------------------------------------------------------------
 
     def inpaint(self, doc: Any = None) -> bool:
-        """Inpaint the selection of `doc` (the active document by default). False if it could not start."""
+        """Inpaint the selection of `doc` (the active document by default) at Strength. False if it could not start."""
         return self._start("inpaint", doc)
 
     def generate(self, doc: Any = None) -> bool:
-        """New content: the whole canvas without a selection, the selection (at full strength) with one."""
+        """New content at full strength (Strength is not used): the whole canvas without a selection (txt2img), the
+        selection with one."""
         return self._start("generate", doc)
 
-    def _start(self, kind: str, doc: Any) -> bool:
+    def refine(self, doc: Any = None) -> bool:
+        """img2img at Strength: of the selection (as Inpaint) or, without one, of the whole canvas."""
+        return self._start("refine", doc)
+
+    def upscale(self, factor: int, upscaler: str, sd_upscale: bool = False, doc: Any = None) -> bool:
+        """The visible canvas enlarged `factor` times with the server's `upscaler` (with `sd_upscale`: then
+        img2img'd in tiles at Strength), opened as a new document."""
+        return self._start("upscale", doc, tool=(factor, upscaler, sd_upscale))
+
+    def regenerate(self, key: int, doc: Any = None) -> bool:
+        """The History entry `key` made again: its settings and its seed, on the current selection."""
+        entry = self.history.get(key)
+        if entry is None:
+            self._say("That result is no longer in the history.")
+            return False
+        return self._start(entry.kind, doc, settings=entry.rerun_settings())
+
+    def apply(self, key: int) -> list[str] | None:
+        """The History entry `key` added again as a new visible layer of its document."""
+        entry = self.history.get(key)
+        if entry is None:
+            self._say("That result is no longer in the history.")
+            return None
+        doc = entry.document if entry.document is not None else self.krita.activeDocument()
+        if doc is None or not document.document_is_open(self.krita, doc):
+            self._say("The document of that result is closed.")
+            return None
+        candidate = generation.Candidate(entry.name, entry.seed, entry.pixels)
+        target = document.Target(doc, doc.width(), doc.height(), document.layer_anchor(doc))
+        try:
+            nodes = document.add_layers(self.krita, target, [candidate])
+        except document.UserError as exc:
+            self._say(str(exc))
+            return None
+        names = [n.name() for n in nodes]
+        self._say(f"Added {names[0]} from the history.")
+        return names
+
+    def discard(self, key: int) -> None:
+        """Drop the History entry `key` (layers already added stay: delete or undo them in Krita)."""
+        if self.history.discard(key):
+            self.history_changed.emit()
+
+    def _start(self, kind: str, doc: Any, settings: Settings | None = None, tool: Any = None) -> bool:
         if self.run is not None:
-            self.message.emit("A generation is already running; cancel it first.")
+            self._say("A generation is already running; cancel it first.")
             return False
         doc = doc if doc is not None else self.krita.activeDocument()
-        settings = Settings.from_strings(self.settings.to_strings())  # a snapshot: later edits don't leak in
+        source = settings if settings is not None else self.settings
+        settings = Settings.from_strings(source.to_strings())  # a snapshot: later edits don't leak in
         try:
-            captured, target = document.capture(doc, settings, generate=kind == "generate")
+            if kind == "upscale":
+                rgb, width, height, target = document.capture_canvas(doc)
+                factor, upscaler, sd_upscale = tool
+                job = background(
+                    lambda: tools.upscale_request(rgb, width, height, settings, factor, upscaler, sd_upscale)
+                )
+            else:
+                mode = {"inpaint": "selection", "generate": "new", "refine": "image"}[kind]
+                captured, target = document.capture(doc, settings, mode=mode)
+                strength = 1.0 if kind == "generate" else None
+                job = background(lambda: generation.build_request(captured, settings, strength))
         except document.UserError as exc:
-            self.message.emit(str(exc))
+            self._say(str(exc))
             return False
         except Exception as exc:  # a Krita API surprise: say so, don't raise into Krita's event loop
-            self.message.emit(f"Could not read the document: {type(exc).__name__}: {exc}")
+            self._say(f"Could not read the document: {messages.describe(exc)}")
             return False
-        strength = 1.0 if kind == "generate" else None
-        job = background(lambda: generation.build_request(captured, settings, strength))
         self.run = Run(kind, settings, target, job)
         self.timer.start()
         self.busy.emit(True)
         self.progress.emit(0.0)
-        self.message.emit("Preparing…")
+        self._say("Preparing…")
         return True
 
     def cancel(self) -> None:
@@ -192,7 +292,7 @@ class Controller(qt.QObject):
         self.run = None
         self.busy.emit(False)
         self.progress.emit(1.0 if names else 0.0)
-        self.message.emit(text)
+        self._say(text)
         self.finished.emit(names)
 
     def _tick(self) -> None:
@@ -208,7 +308,7 @@ class Controller(qt.QObject):
         try:
             self._advance(run)
         except Exception as exc:  # an unexpected failure must end the run, not leave the UI busy forever
-            self._end(None, f"Failed: {type(exc).__name__}: {exc}")
+            self._end(None, messages.describe(exc))
 
     def _advance(self, run: Run) -> None:
         if run.stage == "generate":
@@ -221,21 +321,45 @@ class Controller(qt.QObject):
         if run.stage == "prepare":
             run.request = run.job.result
             run.stage = "generate"
-            run.job = self.client.submit(run.request.kind, run.request.payload)
-            self.message.emit("Generating…")
+            if run.kind == "upscale":
+                client, request = self.client, run.request
+                run.job = background(
+                    lambda: client.request("POST", request.path, request.payload, client.generation_timeout)
+                )
+            else:
+                run.job = self.client.submit(run.request.kind, run.request.payload)
+            self._say("Upscaling…" if run.kind == "upscale" else "Generating…")
         elif run.stage == "generate":
             response, request, settings = run.job.result, run.request, run.settings
             run.stage = "results"
-            run.job = background(lambda: generation.read_response(request, response, settings))
+            if run.kind == "upscale":
+                run.job = background(lambda: tools.read_upscale(request, response, document.decode_bgra))
+            else:
+                run.job = background(lambda: generation.read_response(request, response, settings))
         elif run.stage == "results":
-            candidates = run.job.result
+            self._finish(run)
+
+    def _finish(self, run: Run) -> None:
+        if run.kind == "upscale":
             try:
-                nodes = document.add_layers(self.krita, run.target, candidates)
+                doc, node = document.open_upscaled(self.krita, run.target, run.job.result)
             except document.UserError as exc:
                 self._end(None, str(exc))
                 return
-            names = [n.name() for n in nodes]
-            self._end(names, f"Added {len(names)} layer(s): {', '.join(names)}")
+            self.opened = [d for d in self.opened if document.document_is_open(self.krita, d)] + [doc]
+            self._end([node.name()], f"Upscaled into a new document: {doc.name()} ({doc.width()}x{doc.height()})")
+            return
+        candidates = run.job.result
+        try:
+            nodes = document.add_layers(self.krita, run.target, candidates)
+        except document.UserError as exc:
+            self._end(None, str(exc))
+            return
+        names = [n.name() for n in nodes]
+        for candidate, name in zip(candidates, names, strict=True):
+            self.history.add(name, candidate.seed, run.kind, run.settings, candidate.pixels, run.target.document)
+        self.history_changed.emit()
+        self._end(names, f"Added {len(names)} layer(s): {', '.join(names)}")
 
     def _poll_progress(self, run: Run) -> None:
         pj = run.progress_job
@@ -245,6 +369,12 @@ class Controller(qt.QObject):
                 value = pj.result.get("progress")
                 if isinstance(value, (int, float)):
                     self.progress.emit(max(0.0, min(1.0, float(value))))
+                image = pj.result.get("current_image")
+                if isinstance(image, str) and image:
+                    try:
+                        self.preview.emit(base64.b64decode(image))
+                    except ValueError:
+                        pass  # a garbled preview is not worth a message
         now = time.monotonic()
         if run.progress_job is None and now - run.last_progress >= PROGRESS_EVERY_S:
             run.last_progress = now
@@ -252,17 +382,12 @@ class Controller(qt.QObject):
             run.progress_job = background(client.progress)
 
     def _describe(self, error: BaseException) -> str:
-        if isinstance(error, ServerUnavailable):
-            hint = ""
-            if self.server is not None and not self.server.running():
-                hint = f"\nThe server started by Krita exited:\n{self.server.output()[-800:]}"
-            return f"The server is not answering ({error.message}). Start it or check the URL.{hint}"
-        if isinstance(error, ClientError):
-            where = f" ({error.field})" if error.field else ""
-            return f"The server refused the request{where}: {error.message}"
         if isinstance(error, (generation.RegionError, document.UserError)):
             return str(error)
-        return f"Failed: {type(error).__name__}: {error}"
+        hint = ""
+        if self.server is not None and not self.server.running():
+            hint = f"\nThe server started by Krita exited:\n{self.server.output()[-800:]}"
+        return messages.describe(error, server_hint=hint)
 
     def shutdown(self) -> None:
         """Krita is closing: drop the run and stop a server we started."""

@@ -12,8 +12,9 @@ from typing import Any
 
 from . import qt, sizes
 from .generation import Candidate, Capture
-from .regions import Plan, Rect, RegionError, plan_canvas, plan_region
+from .regions import LayerPixels, Plan, Rect, RegionError, bgra_to_rgb, plan_canvas, plan_region
 from .settings import Settings
+from .tools import unique_name
 
 NATIVE = ("RGBA", "U8")
 SRGB = "sRGB-elle-V2-srgbtrc.icc"  # Krita's built-in 8-bit sRGB profile
@@ -46,6 +47,15 @@ def top_layer(doc: Any) -> Any:
     """The topmost layer of the root (the global selection mask is a child of the root too: skipped)."""
     layers = [n for n in doc.rootNode().childNodes() if not n.type().endswith("mask")]
     return layers[-1] if layers else None
+
+
+def all_names(node: Any) -> set[str]:
+    """The names of every layer below `node` (groups included)."""
+    names = set()
+    for child in node.childNodes():
+        names.add(child.name())
+        names |= all_names(child)
+    return names
 
 
 def layer_anchor(doc: Any) -> Any:
@@ -82,18 +92,26 @@ def converted_pixels(doc: Any, rect: Rect) -> bytes:
             f"Cannot read this {doc.colorModel()}/{doc.colorDepth()} document; convert it to 8-bit RGBA "
             "(Image > Convert Image Color Space)."
         )
-    part = image.copy(rect.x, rect.y, rect.w, rect.h).convertToFormat(qt.QtGui.QImage.Format.Format_ARGB32)
-    stride, row = part.bytesPerLine(), rect.w * 4
-    bits = part.constBits()
-    bits.setsize(stride * rect.h)
+    return argb32_bytes(image.copy(rect.x, rect.y, rect.w, rect.h))
+
+
+def argb32_bytes(image: Any) -> bytes:
+    """A QImage's pixels as ARGB32 rows without padding: B, G, R, A on little-endian machines, Krita's order."""
+    image = image.convertToFormat(qt.QtGui.QImage.Format.Format_ARGB32)
+    w, h = image.width(), image.height()
+    stride, row = image.bytesPerLine(), w * 4
+    bits = image.constBits()
+    bits.setsize(stride * h)
     raw = bytes(bits)
     if stride != row:
-        raw = b"".join(raw[y * stride : y * stride + row] for y in range(rect.h))
-    return raw  # ARGB32 in memory is B, G, R, A on little-endian machines, the same order Krita uses
+        raw = b"".join(raw[y * stride : y * stride + row] for y in range(h))
+    return raw
 
 
-def capture(doc: Any, settings: Settings, *, generate: bool) -> tuple[Capture, Target]:
-    """Read what a request needs, on Krita's thread. `generate`: txt2img-like (no selection needed)."""
+def capture(doc: Any, settings: Settings, *, mode: str = "selection") -> tuple[Capture, Target]:
+    """Read what a request needs, on Krita's thread. `mode`: "selection" (Inpaint: a selection is needed), "new"
+    (Generate: without a selection the whole canvas, from nothing), "image" (Refine: without a selection the whole
+    canvas's pixels)."""
     if doc is None:
         raise UserError("Open a document first.")
     width, height = doc.width(), doc.height()
@@ -106,10 +124,15 @@ def capture(doc: Any, settings: Settings, *, generate: bool) -> tuple[Capture, T
         if bounds.empty:
             bounds = None
     if bounds is None:
-        if not generate:
+        if mode == "selection":
             raise UserError("Select the area to inpaint first (any selection tool; feathered edges are kept).")
         plan = sizes.at_size(plan_canvas(width, height, target=settings.resolution), sizes.parse(settings.size))
-        return Capture(plan, None, None), target
+        if mode == "new":
+            return Capture(plan, None, None), target
+        image = read_pixels(doc, plan.box, settings.source, anchor)
+        if len(image) != plan.box.w * plan.box.h * 4:
+            raise UserError("Krita returned incomplete pixels for this layer; choose 'Visible canvas' as the source.")
+        return Capture(plan, image, None), target
     plan = _plan(bounds, width, height, settings)
     box = plan.box
     mask = bytes(selection.pixelData(box.x, box.y, box.w, box.h))
@@ -121,6 +144,45 @@ def capture(doc: Any, settings: Settings, *, generate: bool) -> tuple[Capture, T
     if len(image) != box.w * box.h * 4:
         raise UserError("Krita returned incomplete pixels for this layer; choose 'Visible canvas' as the source.")
     return Capture(plan, image, mask), target
+
+
+def capture_canvas(doc: Any) -> tuple[bytes, int, int, Target]:
+    """The visible canvas as R, G, B (transparency over white), for Upscale."""
+    if doc is None:
+        raise UserError("Open a document first.")
+    width, height = doc.width(), doc.height()
+    data = read_pixels(doc, Rect(0, 0, width, height), "visible", None)
+    if len(data) != width * height * 4:
+        raise UserError("Krita returned incomplete pixels; try again.")
+    return bgra_to_rgb(data), width, height, Target(doc, width, height, None)
+
+
+def decode_bgra(data: bytes) -> tuple[int, int, bytes]:
+    """(width, height, B, G, R, A bytes) of a PNG, decoded by Qt (safe in a worker thread: QImage, no QPixmap)."""
+    image = qt.QImage.fromData(data, "PNG")
+    if image.isNull():
+        raise ValueError("not a PNG Qt can read")
+    return image.width(), image.height(), argb32_bytes(image)
+
+
+def open_upscaled(krita: Any, source: Target, pixels: LayerPixels) -> tuple[Any, Any]:
+    """A new document holding the enlarged canvas as one layer; the source document is not touched."""
+    rect = pixels.rect
+    doc = source.document
+    name = f"{doc.name() or 'Untitled'} x{round(rect.w / max(1, source.width))}" if doc is not None else "Upscaled"
+    resolution = doc.resolution() if doc is not None else 72.0
+    new = krita.createDocument(rect.w, rect.h, name, NATIVE[0], NATIVE[1], "", float(resolution))
+    if new is None:
+        raise UserError("Krita could not create a document of that size.")
+    node = new.createNode(f"Upscaled {rect.w}x{rect.h}", "paintlayer")
+    node.setPixelData(pixels.data, 0, 0, rect.w, rect.h)
+    new.rootNode().addChildNode(node, None)
+    new.setActiveNode(node)
+    window = krita.activeWindow()
+    if window is not None:
+        window.addView(new)
+    new.refreshProjection()
+    return new, node
 
 
 def _plan(bounds: Rect, width: int, height: int, settings: Settings) -> Plan:
@@ -155,8 +217,11 @@ def add_layers(krita: Any, target: Target, candidates: list[Candidate]) -> list[
     parent = above.parentNode() if above is not None else doc.rootNode()
     native = is_native(doc)
     added = []
+    taken = all_names(doc.rootNode())
     for i, candidate in enumerate(candidates):
-        node = doc.createNode(candidate.name, "paintlayer")
+        name = unique_name(candidate.name, taken)
+        taken.add(name)
+        node = doc.createNode(name, "paintlayer")
         if not native:
             node.setColorSpace(NATIVE[0], NATIVE[1], SRGB)
         px = candidate.pixels

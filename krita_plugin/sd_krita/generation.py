@@ -35,7 +35,7 @@ class Request:
     plan: Plan
     alpha: bytes  # the result layer's alpha over plan.box
     original: bytes | None  # R, G, B at the working size, what the model was shown
-    band: bytes | None  # at the working size: the feather band colours are matched on (None: no matching)
+    keep: bytes | None  # at the working size: where the result should equal the original (None: no matching)
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,8 @@ def common_payload(settings: Settings, plan: Plan) -> dict[str, Any]:
     }
     if settings.cfg_scale is not None:
         payload["cfg_scale"] = settings.cfg_scale
+    if settings.style:
+        payload["styles"] = [settings.style]  # the server merges the style's texts into the prompts (A1111's rule)
     return payload
 
 
@@ -91,6 +93,11 @@ def build_request(capture: Capture, settings: Settings, strength: float | None =
     if capture.image is None:
         return Request("txt2img", payload, plan, alpha, None, None)
     original = regions.resize(regions.bgra_to_rgb(capture.image), box.w, box.h, 3, plan.work_w, plan.work_h)
+    denoise = settings.strength if strength is None else strength
+    if capture.selection is None:  # Refine of the whole canvas: img2img, no mask
+        init = png_of(regions.split(original, 3), plan.work_w, plan.work_h)
+        payload.update({"init_images": [init], "denoising_strength": denoise})
+        return Request("img2img", payload, plan, alpha, original, None)
     work_alpha = regions.resize_plane(alpha, box.w, box.h, plan.work_w, plan.work_h)
     hard = regions.harden(work_alpha)
     payload.update(
@@ -101,11 +108,11 @@ def build_request(capture: Capture, settings: Settings, strength: float | None =
             "inpainting_fill": 1,
             "inpaint_full_res": False,
             "inpaint_full_res_padding": 0,
-            "denoising_strength": settings.strength if strength is None else strength,
+            "denoising_strength": denoise,
         }
     )
-    band = regions.feather_band(work_alpha) if settings.colour_match else None
-    return Request("img2img", payload, plan, alpha, original, band)
+    keep = regions.kept_pixels(hard, plan.work_w, plan.work_h) if settings.colour_match else None
+    return Request("img2img", payload, plan, alpha, original, keep)
 
 
 def response_seeds(response: dict[str, Any], count: int, fallback: int) -> list[int | None]:
@@ -152,6 +159,6 @@ def read_response(request: Request, response: dict[str, Any], settings: Settings
         if (w, h) != (plan.work_w, plan.work_h):
             raise RegionError(f"The server returned a {w}x{h} image; {plan.work_w}x{plan.work_h} was requested.")
         rgb = regions.merge(regions.split(rgba, 4)[:3])
-        pixels = regions.composite(rgb, plan, request.alpha, request.original, request.band)
+        pixels = regions.composite(rgb, plan, request.alpha, request.original, request.keep)
         out.append(Candidate(layer_name(settings.prompt, seed, i, len(images)), seed, pixels))
     return out

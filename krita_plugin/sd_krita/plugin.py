@@ -41,7 +41,7 @@ def controller() -> Controller:
 
 
 class SDExtension(Extension):
-    """Menu actions (Tools > Scripts) so users can put shortcuts on Inpaint and Generate."""
+    """Menu actions (Tools > Scripts) so users can put shortcuts on Inpaint, Generate and Refine."""
 
     def __init__(self, parent: Any) -> None:
         super().__init__(parent)
@@ -54,6 +54,8 @@ class SDExtension(Extension):
         inpaint.triggered.connect(lambda: controller().inpaint())
         generate = window.createAction("sd_krita_generate", "SD: Generate", "tools/scripts")
         generate.triggered.connect(lambda: controller().generate())
+        refine = window.createAction("sd_krita_refine", "SD: Refine", "tools/scripts")
+        refine.triggered.connect(lambda: controller().refine())
 
 
 def register() -> None:

@@ -44,6 +44,14 @@ QPushButton = QtWidgets.QPushButton
 QProgressBar = QtWidgets.QProgressBar
 QFileDialog = QtWidgets.QFileDialog
 QScrollArea = QtWidgets.QScrollArea
+QToolButton = QtWidgets.QToolButton
+QListWidget = QtWidgets.QListWidget
+QListWidgetItem = QtWidgets.QListWidgetItem
+QSizePolicy = QtWidgets.QSizePolicy
+QImage = QtGui.QImage
+QPixmap = QtGui.QPixmap
+QIcon = QtGui.QIcon
+QSize = QtCore.QSize
 
 
 def exec_loop(loop: QtCore.QEventLoop) -> int:
@@ -79,6 +87,14 @@ __all__ = [
     "QProgressBar",
     "QFileDialog",
     "QScrollArea",
+    "QToolButton",
+    "QListWidget",
+    "QListWidgetItem",
+    "QSizePolicy",
+    "QImage",
+    "QPixmap",
+    "QIcon",
+    "QSize",
     "QtGui",
     "exec_loop",
     "rich_text_off",

@@ -330,9 +330,14 @@ def shape_mask(mask: bytes, width: int, height: int, grow: int, feather: int) ->
     return blur(dilate(mask, width, height, grow + inner), width, height, max(0, feather) - inner)
 
 
-def feather_band(alpha: bytes) -> bytes:
-    """255 where the alpha is partial (the result fades into the picture), else 0."""
-    return alpha.translate(bytes([0] + [255] * 254 + [0]))
+KEEP_DISTANCE = 8  # pixels between the repainted area and the pixels the drift is measured on (one latent cell)
+
+
+def kept_pixels(hard: bytes, width: int, height: int, distance: int = KEEP_DISTANCE) -> bytes:
+    """255 where the server was told to keep the original (`hard` mask 0) at least `distance` pixels away from what
+    it repaints, else 0: where its result should equal the original, so any difference there is drift."""
+    near = dilate(hard, width, height, distance)
+    return near.translate(bytes([255] + [0] * 255))
 
 
 def harden(mask: bytes, threshold: int = 1) -> bytes:
@@ -408,7 +413,7 @@ def resize(
 
 @dataclass(frozen=True)
 class ColourFit:
-    """Per channel `out = (v - src_mean) * gain + dst_mean`, fitted on the feather band."""
+    """Per channel `out = (v - src_mean) * gain + dst_mean`, fitted where the result should equal the original."""
 
     src_mean: tuple[float, ...]
     dst_mean: tuple[float, ...]
@@ -423,18 +428,18 @@ class ColourFit:
 
 
 def fit_colours(
-    result: bytes, original: bytes, band: bytes, channels: int = 3, min_samples: int = 64, max_gain: float = 1.5
+    result: bytes, original: bytes, keep: bytes, channels: int = 3, min_samples: int = 64, max_gain: float = 1.5
 ) -> ColourFit | None:
-    """Fit the result's colours to the original's on the pixels of `band` (non-zero); None if too few of them.
+    """Fit the result's colours to the original's on the pixels of `keep` (non-zero); None if too few of them.
 
-    The plugin passes the feather band: pixels outside the grown selection where the result fades into the
-    picture. Both images should show the same surroundings there, so a difference is the engine's colour drift
-    (VAE round trip, sampler), which tints the whole result and would show as a halo. Matching mean and spread
-    per channel on that band removes the drift without pulling new content towards the surroundings' colours (a
-    red apple on green grass stays red). It works whether or not the server pastes the original back outside its
-    mask: the band is inside the mask the server repaints.
+    The plugin passes the pixels the server was told to keep (outside its mask, away from its edge,
+    `kept_pixels`): the result should equal the original there, so any difference is the engine's drift (a tint
+    from the VAE round trip or the sampler, which would show as a halo around new content). Matching mean and
+    spread per channel there removes that drift and nothing else: content the model was asked to change never
+    enters the fit, so its own colours stay (blue drawn into red stays blue). A server that pastes the original
+    back outside its mask (sd-core does) shows no drift there; the fit is then the identity and changes nothing.
     """
-    selector = band.translate(bytes([0] + [1] * 255))
+    selector = keep.translate(bytes([0] + [1] * 255))
     samples = selector.count(1)
     if samples < min_samples:
         return None
@@ -471,19 +476,19 @@ class LayerPixels:
 
 
 def composite(
-    result_rgb: bytes, plan: Plan, alpha: bytes, original_rgb: bytes | None = None, band: bytes | None = None
+    result_rgb: bytes, plan: Plan, alpha: bytes, original_rgb: bytes | None = None, keep: bytes | None = None
 ) -> LayerPixels:
     """A generated image (working size, R, G, B) -> the result layer's pixels.
 
     `alpha` is the shaped mask over `plan.box` (canvas resolution): it becomes the layer's alpha, so the layer
     shows only inside the grown/feathered selection and blends across the feathered edge. `original_rgb` and
-    `band` (working size, see `fit_colours`) enable colour matching. Only the visible part is resampled.
+    `keep` (working size, see `fit_colours`) enable colour matching. Only the visible part is resampled.
     """
     box = plan.box
     if len(result_rgb) != plan.work_w * plan.work_h * 3:
         raise RegionError(f"the server returned an image of the wrong size (expected {plan.work_w}x{plan.work_h})")
-    if original_rgb is not None and band is not None:
-        result_rgb = apply_colours(result_rgb, fit_colours(result_rgb, original_rgb, band))
+    if original_rgb is not None and keep is not None:
+        result_rgb = apply_colours(result_rgb, fit_colours(result_rgb, original_rgb, keep))
     inner = nonzero_bounds(alpha, box.w, box.h)
     if inner.empty:
         return LayerPixels(Rect(box.x, box.y, 0, 0), b"")

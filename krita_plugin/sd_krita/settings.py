@@ -27,10 +27,12 @@ class Settings:
     python: str = ""  # an interpreter with sd-core installed, used to start the server
     model: str = ""  # checkpoint the started server loads
     lora_dir: str = ""  # the started server's LoRA folder (--lora-dir); empty: none
+    styles_file: str = ""  # the started server's A1111 styles.csv (--styles); empty: none
     port: int = 7860
     prompt: str = ""
     negative_prompt: str = ""
     loras: str = ""  # "name:weight, ...": the server's LoRAs, sent as <lora:name:weight> tags after the prompt
+    style: str = ""  # one of the server's prompt styles (A1111's `styles`); empty: none
     strength: float = 0.75
     steps: int = 20
     sampler: str = "Euler a"
@@ -43,7 +45,11 @@ class Settings:
     resolution: int = 512  # the model's working size (about resolution**2 pixels) while `size` is "fit"
     size: str = ""  # "" (fit the region at `resolution`) or WIDTHxHEIGHT: one of the model's sizes (sizes.py)
     source: str = "visible"
-    colour_match: bool = True
+    colour_match: bool = True  # remove the drift measured where the result should equal the original
+    folds: str = ""  # the docker's open sections, comma-separated ("" : all folded, the compact view)
+    upscale_factor: int = 2
+    upscaler: str = "Lanczos"
+    sd_upscale: bool = False  # Upscale also img2imgs the enlarged canvas in tiles at Strength (A1111's SD upscale)
 
     def to_strings(self) -> dict[str, str]:
         """Every field as a string; None (the model's own value) as an empty one."""

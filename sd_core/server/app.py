@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import threading
 import time
@@ -118,7 +119,8 @@ def build_state(settings: ServerSettings, loader: Loader | None = None) -> Serve
 
 
 class PreviewCache:
-    """The latest preview as base64 PNG, made at most once per step however often clients poll."""
+    """The latest preview as base64 PNG, made at most once per step however often clients poll, by the running
+    model's own latent -> RGB map (`sd_core.preview`, fitted in the job's thread before it samples)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -135,7 +137,7 @@ class PreviewCache:
         from sd_core.preview import latents_to_preview
 
         buf = io.BytesIO()
-        latents_to_preview(snap.latents).save(buf, format="PNG")
+        latents_to_preview(snap.latents, mapping=snap.preview).save(buf, format="PNG")
         value = base64.b64encode(buf.getvalue()).decode("ascii")
         with self._lock:
             self._key, self._value = key, value
@@ -267,6 +269,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
         out = []
         for entry in sd.directory.entries():
             sha = sd.directory.hashes.get(entry.path)
+            defaults = sd.models.defaults_of(entry)
             out.append(
                 {
                     "title": sd.directory.title(entry),
@@ -275,6 +278,7 @@ def create_app(settings: ServerSettings, loader: Loader | None = None) -> FastAP
                     "sha256": sha,
                     "filename": str(entry.path),
                     "config": None,
+                    "sd_core_defaults": None if defaults is None else dataclasses.asdict(defaults),
                 }
             )
         return out

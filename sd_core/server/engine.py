@@ -53,6 +53,7 @@ class ModelManager:
         self._current = current
         self._loaded: tuple[ModelEntry, Any] | None = None
         self._refiner: tuple[ModelEntry, Any] | None = None
+        self._listed_defaults: dict[tuple, Any] = {}  # (path, size, mtime) -> ModelDefaults, for the listing
 
     @property
     def current(self) -> ModelEntry:
@@ -134,3 +135,24 @@ class ModelManager:
     def short_hash(self, entry: ModelEntry) -> str | None:
         sha = self.hashes.get(entry.path)
         return sha[:10] if sha else None
+
+    def defaults_of(self, entry: Any) -> Any:
+        """`entry`'s own defaults (`sd_core.ModelDefaults`) for the model listing: the loaded pipeline's, else read
+        from a .safetensors file's or a diffusers folder's header (cached by path, size and time); None for pickles
+        (.ckpt: reading them means loading them) and files that cannot be read."""
+        loaded = self._loaded
+        if loaded is not None and loaded[0] == entry:
+            return loaded[1].defaults
+        path = entry.path
+        if path.is_file() and path.suffix.lower() != ".safetensors":
+            return None
+        try:
+            stat = path.stat()
+            key = (str(path), stat.st_size, stat.st_mtime_ns)
+            if key not in self._listed_defaults:
+                import sd_core
+
+                self._listed_defaults[key] = sd_core.inspect_model(path).defaults
+        except Exception:  # a listing never fails for one unreadable file
+            return None
+        return self._listed_defaults[key]

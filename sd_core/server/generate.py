@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, limits
+from sd_core import GenerationSettings, HiresOptions, InpaintOptions, LoraError, TileOptions, limits, preview
 from sd_core.pnginfo import format_parameters, parse_parameters
 
 from . import controlnet, hires, refusals, sampling_fields, sd_upscale, upscalers
@@ -140,6 +140,14 @@ def _server_caps(req: GenerationRequest, settings: ServerSettings) -> None:
             raise invalid(name, f"{name}: {value} is more than this server allows ({cap}, {option})")
 
 
+def _tile(req: GenerationRequest) -> TileOptions | None:
+    """sd-core's `sd_core_tile` (txt2img): tiled sampling, for the hires fix's second pass at texture sizes."""
+    tile = getattr(req, "sd_core_tile", None)
+    if tile is None:
+        return None
+    return TileOptions(width=tile.width, height=tile.height, overlap=tile.overlap)
+
+
 def _check_pixels(
     width: int | None, height: int | None, batch: int, max_pixels: int, hires: HiresOptions | None = None
 ) -> None:
@@ -238,7 +246,7 @@ def plan(
             **sampling_fields.seed_extras(req, p.settings, images is not None),
             hires=hires_options,
             resize_mode="latent" if images is not None and images.latent else "resize",
-            tile=None if upscale is None else upscale.tile,
+            tile=upscale.tile if upscale is not None else _tile(req),
             extra_networks=not req.disable_extra_networks,
         )
         chosen = replace(chosen, **sampling_fields.sampler_options(req, chosen.sampler, p.settings))
@@ -294,6 +302,9 @@ def run(
         size = (out.settings.width, out.settings.height)
         controls, out.detected_maps = controlnet.engine_units(p.controlnet, *size, pipe.device, pipe.dtype)
         out.settings = replace(out.settings, control=tuple(controls))
+    set_preview = getattr(ctx, "set_preview", None)  # a context that shows previews (the server's /progress)
+    if set_preview is not None:
+        set_preview(preview.for_pipeline(pipe))  # the model's map: fitted once per model, here where its VAE may run
     callback = ctx.step_callback(cancelled, interrupted)
     calls = [(None, None)] if images is None else [(img, images.mask) for img in images.images]
     passes = 1 if out.settings.hires is None else 2  # hires fix: two jobs a batch in the progress (A1111)

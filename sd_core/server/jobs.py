@@ -67,6 +67,10 @@ class JobContext:
     def set_phase(self, text: str, *, job_count: int | None = None, job_no: int | None = None) -> None:
         self._queue._update(textinfo=text, job_count=job_count, job_no=job_no)
 
+    def set_preview(self, mapping: Any) -> None:
+        """How `/progress` turns this job's latents into its picture: the model's `sd_core.preview.LatentRGB`."""
+        self._queue._update(preview=mapping)
+
     def begin_batch(self, job_no: int, job_count: int) -> None:
         """A new batch starts: a skip asked for during the previous one has been spent (A1111 clears it here too)."""
         self.skipped.clear()
@@ -107,6 +111,7 @@ class Progress:
     interrupted: bool = False
     skipped: bool = False
     pending: int = 0
+    preview: Any = None  # the model's latent -> RGB map (`sd_core.preview.LatentRGB`); None: SD1's fixed one
 
 
 class JobQueue:
@@ -172,6 +177,7 @@ class JobQueue:
                 p.interrupted,
                 p.skipped,
                 self._pending,
+                p.preview,
             )
 
     def recent(self) -> list[dict[str, Any]]:
@@ -212,6 +218,7 @@ class JobQueue:
         total: int | None = None,
         latents: Any = ...,
         skipped: bool | None = None,
+        preview: Any = ...,
     ) -> None:
         with self._lock:
             p = self._progress
@@ -230,6 +237,8 @@ class JobQueue:
                 p.latents_version += 1
             if skipped is not None:
                 p.skipped = skipped
+            if preview is not ...:
+                p.preview = preview
 
     def _work(self) -> None:
         while True:

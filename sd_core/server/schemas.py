@@ -130,6 +130,16 @@ class GenerationRequest(ApiModel):
         return value
 
 
+class TileRequest(BaseModel):
+    """`sd_core_tile`: tiles of width x height pixels sharing `overlap` pixels (multiples of 8)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(..., ge=8, le=MAX_SIDE)
+    height: int = Field(..., ge=8, le=MAX_SIDE)
+    overlap: int | None = Field(None, ge=0, le=MAX_SIDE, description="null: a quarter of the smaller side")
+
+
 class Txt2ImgRequest(GenerationRequest):
     """POST /sdapi/v1/txt2img."""
 
@@ -146,6 +156,11 @@ class Txt2ImgRequest(GenerationRequest):
     hr_scheduler: str | None = Field(None, max_length=MAX_NAME)
     hr_prompt: str | None = Field("", max_length=MAX_PROMPT_CHARS)
     hr_negative_prompt: str | None = Field("", max_length=MAX_PROMPT_CHARS)
+    sd_core_tile: TileRequest | None = Field(
+        None,
+        description="sd-core's own (A1111 has none; its Tiled Diffusion extension's idea): sample in overlapping "
+        "tiles of this size, blended (with enable_hr: the second pass); seamless with tiling",
+    )
 
 
 class Img2ImgRequest(GenerationRequest):
@@ -213,6 +228,11 @@ class SDModelItem(ApiModel):
     sha256: str | None = None
     filename: str
     config: str | None = None
+    sd_core_defaults: dict[str, Any] | None = Field(
+        None,
+        description="sd-core's own: the model's defaults (cfg_scale, width, height, sizes) that a request leaving them "
+        "out gets; null for .ckpt files (not read for a listing)",
+    )
 
 
 class SamplerItem(ApiModel):

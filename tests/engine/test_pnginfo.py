@@ -55,3 +55,18 @@ def test_long_settings_line_parses():
 
 def test_garbage_is_all_prompt():
     assert parse_parameters('::,,"\n:,"')["prompt"] == '::,,"\n:,"'
+
+
+def test_a_float_that_went_through_single_precision_is_written_as_typed():
+    """Blender's FloatProperty holds 0.6 as float32: 0.6000000238418579 as a double. The infotext shows what was
+    typed, as A1111 (which keeps the double from JSON) shows "0.6"; other values keep Python's own text."""
+    import numpy as np
+
+    values = {"Denoising strength": float(np.float32(0.6)), "CFG scale": float(np.float32(7.5)), "Eta": 0.123456789}
+    text = format_parameters("p", "", {**values, "Hires upscale": 2.0, "Seed": 3, "Noise multiplier": 1e-5})
+    assert text.endswith(
+        "Denoising strength: 0.6, CFG scale: 7.5, Eta: 0.123456789, Hires upscale: 2.0, Seed: 3, "
+        "Noise multiplier: 1e-05"
+    )
+    assert format_parameters("p", "", {"Variation seed strength": float(np.float32(0.35))}).endswith(": 0.35")
+    assert float(parse_parameters(text + ", A: 1, B: 2")["Denoising strength"]) == np.float32(0.6)

@@ -164,6 +164,10 @@ def check_built_in_model_textures(folder: Path) -> None:
         right.append(evaluate.check(image, colours, pattern) == (True, True))
     assert len(made) == 8 and sum(right) >= 6, list(zip([m["prompt"] for m in made], right, strict=True))
     assert evaluate.wrap_ratio(images) <= 1.35  # the generator's own exactly-wrapping textures: 0.86-1.33
+    # the production-size path (256 -> 512 px, tiled second pass): seam ratio as the model card measures it; 2.00
+    # when written, the same request without tiling 3.49 (one image: its figure depends on where edges fall)
+    production = np.load(folder / "production.npy")
+    assert production.shape == (512, 512, 3) and evaluate.wrap_ratio([production]) <= 2.5
 
 
 # --- the plain-Python engine and state machine ------------------------------------------------------------------------
@@ -314,6 +318,29 @@ def test_a_default_request_leaves_cfg_and_size_to_the_engine():
     settings = generation_settings(Request(prompt="x"))
     assert (settings.cfg_scale, settings.width, settings.height, settings.seed) == (None, None, None, None)
     assert generation_settings(Request(prompt="x", seed=7, cfg_scale=5.0)).cfg_scale == 5.0
+
+
+def test_a_production_size_is_the_same_hires_fix_and_tiles_for_both_engines():
+    """2K/4K as both engines are asked: the server's A1111 hires fields and sd_core_tile, the engine's HiresOptions and
+    TileOptions, with the same numbers; a chosen model goes as this request's override only."""
+    request = Request(
+        prompt="x", width=512, height=512, tiling="xy", hires_scale=8.0, hires_steps=8, tile=(512, 512, 128)
+    )
+    endpoint, payload = a1111_payload(request)
+    assert endpoint == "txt2img" and payload["enable_hr"] is True and payload["hr_scale"] == 8.0
+    assert (payload["hr_upscaler"], payload["denoising_strength"], payload["hr_second_pass_steps"]) == (
+        "Lanczos",
+        0.4,
+        8,
+    )
+    assert payload["sd_core_tile"] == {"width": 512, "height": 512, "overlap": 128} and payload["tiling"] is True
+    settings = generation_settings(request)
+    assert (settings.hires.scale, settings.hires.upscaler, settings.hires.strength) == (8.0, "Lanczos", 0.4)
+    assert settings.hires.steps == 8
+    assert (settings.tile.width, settings.tile.height, settings.tile.overlap) == (512, 512, 128)
+    assert "enable_hr" not in a1111_payload(Request(prompt="x"))[1] and generation_settings(Request()).hires is None
+    assert a1111_payload(Request(model="beta"))[1]["override_settings"] == {"sd_model_checkpoint": "beta"}
+    assert "override_settings" not in a1111_payload(Request())[1]
 
 
 @pytest.fixture

@@ -7,9 +7,11 @@ PNG files and resampling.
 from __future__ import annotations
 
 import base64
+import builtins
 import io
 import json
 import random
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -234,28 +236,83 @@ def test_composite_alpha_is_the_mask_and_outside_is_transparent() -> None:
     assert all(r[i] == g[i] == b[i] == 0 for i, v in enumerate(a) if not v)
 
 
-def test_colour_match_removes_a_drift_measured_on_the_band() -> None:
+def test_colour_match_removes_a_drift_measured_where_the_original_is_kept() -> None:
     n = 64 * 64
     rng = random.Random(3)
     original = bytes(rng.randrange(60, 180) for _ in range(n * 3))
     drifted = bytes(min(255, int(v * 1.1) + 12) if i % 3 == 0 else v for i, v in enumerate(original))
-    band = bytes([255] * (n // 2) + [0] * (n // 2))
-    fit = regions.fit_colours(drifted, original, band)
+    keep = bytes([255] * (n // 2) + [0] * (n // 2))
+    fit = regions.fit_colours(drifted, original, keep)
     assert fit is not None
     fixed = regions.apply_colours(drifted, fit)
     assert max(abs(a - b) for a, b in zip(fixed, original, strict=True)) <= 2
     assert regions.fit_colours(drifted, original, bytes(n)) is None  # nothing kept: nothing to measure
+    same = regions.fit_colours(original, original, keep)  # no drift (a server that pastes back): the identity
+    assert regions.apply_colours(drifted, same) == drifted
 
 
-def test_colour_match_keeps_new_content_colours() -> None:
-    """Only the drift is removed: a red object inside the mask stays red on a green surrounding."""
-    n = 32 * 32
-    green = bytes([40, 160, 40]) * n
-    result = bytearray(green)
-    result[: n // 4 * 3] = bytes([220, 30, 30]) * (n // 4)
-    band = bytes([0] * (n // 4) + [255] * (n - n // 4))
-    out = regions.apply_colours(bytes(result), regions.fit_colours(bytes(result), green, band))
-    assert out[:3] == bytes([220, 30, 30])
+RED, BLUE = (200, 40, 40), (40, 60, 200)  # the surroundings, what the "model" draws into the mask
+DRIFT = (30, -10, -30)  # the stub's tint over its whole image
+
+
+def hue(rgb: tuple[float, ...]) -> float:
+    import colorsys
+
+    return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360
+
+
+def stub_server(payload: dict, paste_back: bool) -> dict:
+    """A server whose output colours are known: blue where the mask is white, the init image elsewhere, then
+    DRIFT over the whole image (as an engine's VAE round trip tints everything). `paste_back`: the original is put
+    back outside the mask afterwards (sd-core does that), so only the new content carries the drift."""
+    init = Image.open(io.BytesIO(base64.b64decode(payload["init_images"][0]))).convert("RGB")
+    mask = Image.open(io.BytesIO(base64.b64decode(payload["mask"]))).convert("L")
+    out = Image.composite(Image.new("RGB", init.size, BLUE), init, mask)
+    r, g, b = (band.point(lambda v, d=d: max(0, min(255, v + d))) for band, d in zip(out.split(), DRIFT, strict=True))
+    out = Image.merge("RGB", (r, g, b))
+    if paste_back:
+        out = Image.composite(out, init, mask)
+    return {"images": [base64.b64encode(pil_png(out)).decode()], "info": json.dumps({"seed": 9})}
+
+
+def inpaint_blue_into_red(colour_match: bool, paste_back: bool) -> tuple[list[tuple[int, int, int]], bytes]:
+    """The plugin's whole pixel path (capture -> request -> stub server -> result layer): the visible pixels of the
+    result layer, and its alpha."""
+    w, h = 128, 96
+    settings = Settings(grow=4, feather=8, margin=32, resolution=128, colour_match=colour_match, seed=9)
+    plan = regions.plan_region(Rect(44, 28, 40, 40), w, h, grow=4, feather=8, margin=32, target=128)
+    box = plan.box
+    image = bytes([RED[2], RED[1], RED[0], 255]) * (box.w * box.h)  # B, G, R, A
+    disc = soft_disc(w, h, 64, 48, 20, 4)
+    selection = regions.crop(disc, w, 1, box)
+    req = generation.build_request(generation.Capture(plan, image, selection), settings)
+    (candidate,) = generation.read_response(req, stub_server(req.payload, paste_back), settings)
+    data, alpha = candidate.pixels.data, candidate.pixels.data[3::4]
+    shown = [tuple(data[4 * i : 4 * i + 3][::-1]) for i, a in enumerate(alpha) if a == 255]
+    return shown, alpha
+
+
+def test_colour_matching_removes_the_drift_and_keeps_the_new_contents_hue() -> None:
+    """Blue inpainted into red by a stub server whose image carries a known tint (DRIFT) everywhere, the surroundings
+    included (no paste-back). Matching measures the tint on the surroundings the server was told to keep and
+    removes it: the new content comes out as the blue drawn, within 2 levels per channel and 1 degree of hue.
+    Without matching the tint stays. The old feather-band fit pulled blue towards red (issue 38)."""
+    on, alpha = inpaint_blue_into_red(colour_match=True, paste_back=False)
+    off, alpha_off = inpaint_blue_into_red(colour_match=False, paste_back=False)
+    assert alpha == alpha_off and len(on) > 1000
+    tinted = tuple(c + d for c, d in zip(BLUE, DRIFT, strict=True))
+    assert set(off) == {tinted}  # matching off: the drift is there
+    assert max(abs(c - e) for px in on for c, e in zip(px, BLUE, strict=True)) <= 2  # matching on: removed
+    assert all(abs(hue(px) - hue(BLUE)) <= 1.0 for px in on)
+    assert abs(hue(tinted) - hue(BLUE)) > 5  # the drift was a visible hue shift, so the test can fail
+
+
+def test_colour_matching_changes_nothing_when_the_server_pastes_the_original_back() -> None:
+    """sd-core pastes the original back outside its mask: nothing to measure there, so matching is the identity
+    (the new content keeps exactly what the model drew, its drift included)."""
+    on, _ = inpaint_blue_into_red(colour_match=True, paste_back=True)
+    off, _ = inpaint_blue_into_red(colour_match=False, paste_back=True)
+    assert on == off
 
 
 # --- request and response (real PNGs: written by PIL, read by PIL) -----------------------------------------------
@@ -281,7 +338,7 @@ def capture_for(cw: int, ch: int, sel: Rect, settings: Settings) -> generation.C
 
 
 def test_inpaint_request_payload() -> None:
-    settings = Settings(prompt="a cat", seed=5, steps=3, candidates=2, grow=2, feather=4, margin=8, resolution=64)
+    settings = Settings(prompt="a cat", seed=5, steps=3, candidates=2, grow=2, feather=4, margin=32, resolution=64)
     cap = capture_for(150, 100, Rect(60, 40, 30, 20), settings)
     req = generation.build_request(cap, settings)
     p = req.payload
@@ -298,9 +355,25 @@ def test_inpaint_request_payload() -> None:
     expected = regions.resize(regions.bgra_to_rgb(cap.image), box.w, box.h, 3, req.plan.work_w, req.plan.work_h)
     assert init.tobytes() == expected
     assert generation.build_request(cap, settings, strength=1.0).payload["denoising_strength"] == 1.0
-    band = regions.feather_band(regions.resize_plane(req.alpha, box.w, box.h, req.plan.work_w, req.plan.work_h))
-    assert req.band == band and band.count(255) > 64  # colours are matched on the feather band
-    assert all(m == 255 for m, b in zip(mask.tobytes(), band, strict=True) if b)  # which the server repaints
+    # colours are matched where the server keeps the original: mask 0, and no repainted pixel within 8 px
+    w, h, hard = req.plan.work_w, req.plan.work_h, mask.tobytes()
+    kept = [i for i, k in enumerate(req.keep) if k]
+    assert len(kept) > 64 and set(req.keep) == {0, 255}
+    for i in kept:
+        x, y = i % w, i // w
+        near = [
+            hard[yy * w + xx]
+            for yy in range(max(0, y - 8), min(h, y + 9))
+            for xx in range(max(0, x - 8), min(w, x + 9))
+        ]
+        assert max(near) == 0, f"pixel {x},{y} is kept but lies within 8 px of the repainted area"
+    far = [i for i in range(w * h) if i not in set(kept)]
+    assert all(
+        any(hard[yy * w + xx] for yy in range(max(0, i // w - 8), min(h, i // w + 9))
+            for xx in range(max(0, i % w - 8), min(w, i % w + 9)))
+        for i in far
+    ), "every pixel 8 px or more from the repainted area is kept"  # fmt: skip
+    assert generation.build_request(cap, Settings(**{**settings.__dict__, "colour_match": False})).keep is None
 
 
 def test_default_settings_send_no_cfg_scale() -> None:
@@ -499,3 +572,143 @@ def test_plugin_zip_layout(tmp_path: Path) -> None:
         assert zf.read("sd_krita/sd_client.py") == (REPO / "sd_core" / "client.py").read_bytes()
         desktop = zf.read("sd_krita.desktop").decode()
         assert "X-KDE-Library=sd_krita" in desktop and "ServiceTypes=Krita/PythonPlugin" in desktop
+
+
+# --- what the user reads, and the tools -----------------------------------------------------------------------------
+
+BUILTIN_EXCEPTIONS = [n for n, v in vars(builtins).items() if isinstance(v, type) and issubclass(v, BaseException)]
+EXCEPTION_NAME = re.compile(r"\b(?:\w*Error|\w*Exception|" + "|".join(set(BUILTIN_EXCEPTIONS) - {"Warning"}) + r")\b")
+
+
+def errors_users_meet() -> list[BaseException]:
+    import urllib.error
+
+    from sd_krita.sd_client import ClientError, ServerUnavailable
+
+    return [
+        ServerUnavailable("cannot reach http://127.0.0.1:9: [Errno 111] Connection refused"),
+        ServerUnavailable("cannot reach http://nohost:7860: [Errno -2] Name or service not known"),
+        ServerUnavailable("cannot reach http://10.0.0.1:7860: timed out"),
+        ServerUnavailable(f"cannot reach http://x: {urllib.error.URLError(ConnectionRefusedError(111, 'refused'))}"),
+        ClientError("generation failed: RuntimeError: CUDA out of memory", 500),
+        ClientError("prompt: LoraError: 'nosuch' not found", 422, "prompt"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("timed out"),
+        OSError(2, "No such file or directory"),
+        KeyError("images"),
+        ValueError("invalid literal for int() with base 10: 'x'"),
+        TypeError("'NoneType' object is not subscriptable"),
+        ZeroDivisionError("division by zero"),
+        MemoryError(),
+        RuntimeError(""),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("error", errors_users_meet(), ids=lambda e: type(e).__name__)
+def test_errors_are_plain_words_without_errno_or_exception_names(error: BaseException) -> None:
+    from sd_krita import messages
+
+    text = messages.describe(error)
+    assert text and "Errno" not in text and not EXCEPTION_NAME.search(text), text
+    assert messages.plain(f"Server not available: {error}") == messages.plain(
+        messages.plain(f"Server not available: {error}")
+    )
+    said = messages.plain(f"Server not available: {error}")
+    assert "Errno" not in said and not EXCEPTION_NAME.search(said), said
+
+
+def test_connection_failures_are_said_in_words() -> None:
+    from sd_krita import messages
+    from sd_krita.sd_client import ServerUnavailable
+
+    refused = messages.describe(ServerUnavailable("cannot reach http://127.0.0.1:9: [Errno 111] Connection refused"))
+    assert "nothing answers there" in refused and "http://127.0.0.1:9" in refused and "Start it" in refused
+    unknown = messages.plain("cannot reach http://nohost: [Errno -2] Name or service not known")
+    assert unknown == "cannot reach http://nohost: that host name is unknown"
+    assert messages.plain("The server refused the request (prompt): LoRA 'x' is for SDXL") == (
+        "The server refused the request (prompt): LoRA 'x' is for SDXL"
+    )  # ordinary text is left alone
+
+
+def test_layer_names_differ_on_reruns() -> None:
+    from sd_krita.tools import unique_name
+
+    taken = {"a red apple (seed 5)", "a red apple (seed 5) [2]", "Background"}
+    assert unique_name("a red apple (seed 6)", taken) == "a red apple (seed 6)"
+    assert unique_name("a red apple (seed 5)", taken) == "a red apple (seed 5) [3]"
+    assert unique_name("Background", taken) == "Background [2]"
+
+
+def test_refine_without_selection_is_img2img_of_the_canvas() -> None:
+    settings = Settings(prompt="ink", resolution=64, strength=0.35)
+    plan = regions.plan_canvas(96, 64, target=64)
+    image = bytes(v for y in range(64) for x in range(96) for v in (x, y, 90, 255))
+    req = generation.build_request(generation.Capture(plan, image, None), settings)
+    p = req.payload
+    assert req.kind == "img2img" and "mask" not in p and p["denoising_strength"] == 0.35
+    init = Image.open(io.BytesIO(base64.b64decode(p["init_images"][0]))).convert("RGB")
+    assert init.size == (plan.work_w, plan.work_h)
+    assert init.tobytes() == regions.resize(regions.bgra_to_rgb(image), 96, 64, 3, plan.work_w, plan.work_h)
+    assert set(req.alpha) == {255} and req.keep is None
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_upscale_requests_and_answers(factor: int) -> None:
+    from sd_krita import tools
+
+    rgb = bytes(v for y in range(30) for x in range(41) for v in (x * 6, y * 8, 100))
+    req = tools.upscale_request(rgb, 41, 30, Settings(), factor, "Lanczos", sd_upscale=False)
+    assert req.path == "/sdapi/v1/extra-single-image"
+    assert req.payload["upscaling_resize"] == factor and req.payload["upscaler_1"] == "Lanczos"
+    sent = Image.open(io.BytesIO(base64.b64decode(req.payload["image"]))).convert("RGB")
+    assert sent.tobytes() == rgb
+    assert (req.width, req.height) == (41 * factor // 8 * 8, 30 * factor // 8 * 8)  # A1111 floors to 8
+    big = sent.resize((req.width, req.height), Image.Resampling.LANCZOS)
+    pixels = tools.read_upscale(req, {"image": base64.b64encode(pil_png(big)).decode(), "html_info": ""})
+    assert (pixels.rect.w, pixels.rect.h) == big.size
+    r, g, b = big.split()
+    assert pixels.data == regions.merge([b.tobytes(), g.tobytes(), r.tobytes(), b"\xff" * (big.width * big.height)])
+    wrong = sent.resize((req.width + 8, req.height))
+    with pytest.raises(RegionError, match="expected"):
+        tools.read_upscale(req, {"image": base64.b64encode(pil_png(wrong)).decode()})
+    sd = tools.upscale_request(rgb, 41, 30, Settings(strength=0.3, resolution=256), factor, "Nearest", sd_upscale=True)
+    assert sd.path == "/sdapi/v1/img2img" and sd.payload["script_name"] == "SD upscale"
+    assert sd.payload["script_args"] == [None, 64, "Nearest", factor] and sd.payload["denoising_strength"] == 0.3
+    small = tools.upscale_request(rgb, 41, 30, Settings(resolution=64), factor, "Nearest", sd_upscale=True)
+    assert small.payload["script_args"][1] == 16  # the overlap: a quarter of a small tile
+    assert (sd.payload["width"], sd.payload["height"]) == (256, 256)  # the tile: Model size
+    with pytest.raises(RegionError, match="2x or 4x"):
+        tools.upscale_request(rgb, 41, 30, Settings(), 3, "Lanczos", False)
+
+
+def test_history_keeps_candidates_newest_first_and_reruns_with_their_seed() -> None:
+    from sd_krita import tools
+
+    history = tools.History(limit=3)
+    pixels = regions.LayerPixels(Rect(0, 0, 1, 1), b"\0\0\0\xff")
+    settings = Settings(seed=-1, candidates=4, prompt="fog", strength=0.4)
+    keys = [history.add(f"fog (seed {s})", s, "refine", settings, pixels).key for s in (11, 12, 13, 14)]
+    assert [e.seed for e in history.entries] == [14, 13, 12]  # newest first, the oldest dropped
+    again = history.get(keys[2]).rerun_settings()
+    assert (again.seed, again.candidates, again.prompt, again.strength) == (13, 1, "fog", 0.4)
+    assert settings.seed == -1  # the entry's own settings are not changed
+    assert history.discard(keys[2]) and history.get(keys[2]) is None and not history.discard(keys[2])
+    small = tools.History(limit=10, max_bytes=10)  # pixels count too: 4 bytes each here
+    for seed in range(5):
+        small.add("x", seed, "inpaint", settings, pixels)
+    assert [e.seed for e in small.entries] == [4, 3]  # 8 bytes kept, a third entry would pass 10
+    big = regions.LayerPixels(Rect(0, 0, 2, 2), bytes(16))
+    small.add("y", 9, "refine", settings, big)
+    assert [e.seed for e in small.entries] == [9]  # over the budget alone: the newest stays, the rest go
+
+
+def test_a_chosen_style_is_sent_by_name() -> None:
+    from sd_krita import tools
+
+    plan = regions.plan_canvas(100, 60, target=64)
+    styled = generation.build_request(generation.Capture(plan, None, None), Settings(resolution=64, style="ink"))
+    assert styled.payload["styles"] == ["ink"]
+    plain = generation.build_request(generation.Capture(plan, None, None), Settings(resolution=64))
+    assert "styles" not in plain.payload
+    listed = [{"name": "ink", "prompt": "{prompt}, ink", "negative_prompt": ""}, {"name": ""}, "junk", {"x": 1}]
+    assert tools.style_names(listed) == ["ink"] and tools.style_names({"detail": "no"}) == []

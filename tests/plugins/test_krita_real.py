@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -158,8 +159,16 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def styles_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An A1111 styles.csv for the started server's --styles."""
+    path = tmp_path_factory.mktemp("styles") / "styles.csv"
+    path.write_text('name,prompt,negative_prompt\nInk,"{prompt}, ink drawing",blurry\n', encoding="utf-8")
+    return path
+
+
 def test_plugin_api_in_kritarunner(
-    tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path], lora_dir: Path
+    tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path], lora_dir: Path, styles_file: Path
 ) -> None:
     kind, model = model_kind
     path = os.pathsep.join(str(p) for p in (pytest_for_krita, REPO / "krita_plugin", RUNNER, REPO))
@@ -167,6 +176,7 @@ def test_plugin_api_in_kritarunner(
         tmp_path / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=path, SD_KRITA_TEST_PYTHON=sys.executable,
         SD_KRITA_TEST_MODEL=str(model), SD_KRITA_TEST_SDXL="1" if kind == "sdxl" else "0",
         SD_KRITA_TEST_BUILTIN_MODEL=str(BUILTIN_MODEL), SD_KRITA_TEST_LORA_DIR=str(lora_dir),
+        SD_KRITA_TEST_STYLES=str(styles_file),
         SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
     )  # fmt: skip
     code, out = run_krita(["kritarunner", "-s", "run_pytest", "-f", "main"], env)
@@ -191,7 +201,7 @@ def test_zip_imports_with_kritas_importer(tmp_path: Path, plugin_zip: Path) -> N
     assert packaged == source
 
 
-def smoke_profile(home: Path, plugin_zip: Path, tiny_model: Path) -> None:
+def smoke_profile(home: Path, plugin_zip: Path, tiny_model: Path, lora_dir: Path) -> None:
     """Plugin from the zip via Krita's importer, the driver plugin, kritarc with both enabled and settings."""
     resources = home / ".local" / "share" / "krita"
     resources.mkdir(parents=True)
@@ -205,21 +215,91 @@ def smoke_profile(home: Path, plugin_zip: Path, tiny_model: Path) -> None:
     (config / "kritarc").write_text(
         "[python]\nenable_sd_krita=true\nenable_smoke_driver=true\n\n"
         f"[sd_krita]\npython={sys.executable}\nmodel={tiny_model}\nport=0\nresolution=64\nsteps=2\nseed=77\n"
-        "sampler=Euler\ngrow=4\nfeather=6\nmargin=16\ncandidates=1\n",
+        "sampler=Euler\ngrow=4\nfeather=6\nmargin=16\ncandidates=1\nstrength=0.6\n"
+        f"lora_dir={lora_dir}\n",
         encoding="utf-8",
     )
 
 
-def test_whole_application_smoke(tmp_path: Path, plugin_zip: Path, model_kind: tuple[str, Path]) -> None:
+SCREENS = ["1600x1000", "1280x720"]
+
+
+def shots_dir(home: Path, name: str) -> Path:
+    """Where a Krita run keeps its screenshots: SD_KRITA_SHOTS_DIR/<name> when set (pytest's tmp dirs are
+    pruned), else <home>/shots."""
+    folder = os.environ.get("SD_KRITA_SHOTS_DIR")
+    return Path(folder) / name if folder else home / "shots"
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_docker_layout_in_its_default_place(tmp_path: Path, plugin_zip: Path, screen: str) -> None:
+    """Krita maximised on a 1600x1000 or 1280x720 screen, the docker where Krita puts it (docked right, under
+    the brush presets): the prompt, the main buttons and the progress bar visible without scrolling, nothing
+    clipped sideways (sections folded or all open), a tooltip on every control, the unreachable server's status
+    in plain words, Stop server disabled, the Port field naming Start server. The screenshots stay in
+    `<tmp_path>/home/shots` (or SD_KRITA_SHOTS_DIR/<screen>)."""
+    home = tmp_path / "home"
+    resources = home / ".local" / "share" / "krita"
+    resources.mkdir(parents=True)
+    importer = importer_module().PluginImporter(str(plugin_zip), str(resources), lambda plugin: True)
+    assert [p["name"] for p in importer.import_all()] == ["sd_krita"]
+    shutil.copy(RUNNER / "smoke_driver.desktop", resources / "pykrita")
+    shutil.copytree(RUNNER / "smoke_driver", resources / "pykrita" / "smoke_driver",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    (home / ".config").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens there once closed
+    (home / ".config" / "kritarc").write_text(
+        f"[python]\nenable_sd_krita=true\nenable_smoke_driver=true\n\n[sd_krita]\nserver_url=http://127.0.0.1:{closed}\n",
+        encoding="utf-8",
+    )
+    shots = shots_dir(home, screen)
+    report = home / "report.json"
+    env = krita_env(home, SD_KRITA_SMOKE_REPORT=str(report), SD_KRITA_SMOKE_MODE="layout",
+                    SD_KRITA_SMOKE_TIMEOUT="240", SD_KRITA_SMOKE_SHOTS=str(shots))  # fmt: skip
+    width, height = screen.split("x")
+    for _ in range(2):  # xvfb-run -a may lose the race for a display number to a parallel run: once more
+        cmd = ["xvfb-run", "-a", "-s", f"-screen 0 {width}x{height}x24", "krita", "--nosplash"]
+        code, out = run_krita(cmd, env, 300)
+        if report.is_file() or "could not connect to display" not in out:
+            break
+    assert report.is_file(), f"the driver wrote no report (exit {code}):\n{tail(out)}"
+    result = json.loads(report.read_text(encoding="utf-8"))
+    print(json.dumps(result, indent=1))
+    assert result.get("completed"), f"{json.dumps(result, indent=1)}\n{tail(out)}"
+    assert result["docker_found"] and result["docker_visible"] and not result["docker_floating"], result
+    assert result["screen"] == [int(width), int(height)] == result["window"] and result["scrolled"] == 0, result
+    for name, where in result["first_view"].items():
+        assert where["visible"] and where["inside"] and where["unclipped"], (name, result)
+    assert result["clipped_sideways"] == [] == result["clipped_sideways_unfolded"], result
+    assert result["clipped_sideways_all_open"] == [], result
+    assert result["options_unfold"], result
+    assert result["controls"] >= 40 and result["no_tooltip"] == [], result
+    status = result["status_text"]
+    assert "nothing answers there" in status and "Errno" not in status and "Error" not in status, status
+    assert result["stop_enabled"] is False and "Start" in result["port_label"], result
+    assert all(Path(shot).stat().st_size > 0 for shot in result["shots"]), result
+
+
+def test_whole_application_smoke(
+    tmp_path: Path, plugin_zip: Path, model_kind: tuple[str, Path], lora_dir: Path
+) -> None:
+    """Krita under Xvfb, the docker driven like a user: inpaint, then Refine (the whole canvas), a LoRA from the
+    server's list (SD1: applied; SDXL: refused, naming it), History (Apply, Same seed: the same pixels again,
+    Discard) and Upscale 2x into a new document; a slow Generate shows the server's live preview in the docker
+    until cancelled. Each result is a new layer on top, the user's layers stay byte-identical, and undo removes
+    it."""
     kind, model = model_kind
     attempts = []
     for attempt in range(2):  # Krita 5.1.5 sometimes hangs after File > Quit; one retry, then it is a failure
         home = tmp_path / f"home{attempt}"
-        smoke_profile(home, plugin_zip, model)
+        smoke_profile(home, plugin_zip, model, lora_dir)
         report = home / "report.json"
         env = krita_env(
             home, SD_KRITA_SMOKE_REPORT=str(report), SD_KRITA_SMOKE_PYTHON=sys.executable,
-            SD_KRITA_SMOKE_TIMEOUT=str(KRITA_TIMEOUT - 60), SD_KRITA_SMOKE_SHOTS=str(home / "shots"),
+            SD_KRITA_SMOKE_TIMEOUT=str(KRITA_TIMEOUT - 60), SD_KRITA_SMOKE_SHOTS=str(shots_dir(home, f"smoke-{kind}")),
+            SD_KRITA_SMOKE_SDXL="1" if kind == "sdxl" else "0",
         )  # fmt: skip
         cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"]
         code, out = run_krita(cmd, env)
@@ -230,8 +310,24 @@ def test_whole_application_smoke(tmp_path: Path, plugin_zip: Path, model_kind: t
                       "cfg_untick", "cfg_tick_again", "new_layer_on_top", "originals_unchanged",
                       "transparent_outside", "opaque_inside", "undo_removed_layer",
                       "originals_unchanged_after_undo", "server_stopped", "size_chosen",
-                      "size_fit_again"):  # fmt: skip
+                      "size_fit_again", "stop_disabled_after"):  # fmt: skip
             assert result.get(check) is True, f"{check}: {json.dumps(result, indent=1)}"
+        tools = ["refine", "apply", "rerun"] + ([] if kind == "sdxl" else ["lora"])
+        for check in [f"{t}_{c}" for t in tools for c in ("new_layer_on_top", "originals_unchanged")] + [
+            f"{t}_undo_removed_layer" for t in tools + ["upscale"]
+        ] + ["refine_opaque", "history_icons", "rerun_same_seed", "rerun_same_pixels", "discard_dropped_one",
+             "upscaled_new_document", "upscale_originals_unchanged", "preview_hidden_after", "preview_in_view",
+             "progress_in_view_with_preview",
+             "preview_originals_unchanged"]:  # fmt: skip
+            assert result.get(check) is True, f"{check}: {json.dumps(result, indent=1)}"
+        assert result["history_count"] == (2 if kind == "sdxl" else 3), result  # inpaint, refine (, LoRA)
+        assert result["apply_name"] == result["layer_names"][-1], result  # the undone inpaint's name is free
+        assert result["lora_choices"] == ["bricks"] and result["lora_field"] == "bricks:0.8", result
+        if kind == "sdxl":
+            assert result["lora_refused"] and result["lora_undo_removed_layer"], result
+        assert "Lanczos" in result["upscalers"] and result["upscaled_size"] == [256, 192], result
+        assert result["upscaled_layer"] == ["Background", "Upscaled 256x192"], result  # Krita's new document
+        assert min(result["preview_shown"]) >= 32, result  # the server's preview, scaled into the docker
         assert result["size_choices"] == (SDXL_SIZES if kind == "sdxl" else SD1_SIZES), result["size_choices"]
         assert all(Path(shot).stat().st_size > 0 for shot in result["shots"]), result  # the docker, the window
         attempts.append(code)

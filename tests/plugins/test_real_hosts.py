@@ -60,7 +60,8 @@ def test_unknown_host_is_an_error():
         real_hosts.missing("gimp")
 
 
-KRITA_REAL_TESTS = 5  # test_krita_real.py: the API and the whole-application smoke, each with SD1 and SDXL, and the zip
+# test_krita_real.py: the API and the whole-app smoke, each with SD1 and SDXL; the zip; the layout at two screens
+KRITA_REAL_TESTS = 7
 
 
 @pytest.mark.parametrize("required", ["", "1"])

@@ -90,6 +90,22 @@ def test_a_hires_request_is_the_engine_s_hires_fix(client, engine):
     assert info["infotexts"][0] == expected.info["parameters"].replace("Model: model", f"Model: {params['Model']}")
 
 
+def test_sd_core_tile_is_the_engine_s_tiled_seamless_second_pass(client, engine):
+    """sd-core's own `sd_core_tile`: the hires second pass sampled in tiles (the engine's `tile=`), seamless with
+    tiling; a tile the engine cannot use is a 422 naming it."""
+    fields = {**HIRES, "hr_upscaler": "Lanczos", "denoising_strength": 0.5, "tiling": True}
+    [image] = images(client.txt2img({**fields, "sd_core_tile": {"width": 64, "height": 64, "overlap": 16}}))
+    options = sd_core.HiresOptions(upscaler="Lanczos", steps=3, strength=0.5)
+    common = dict(width=SIZE, height=SIZE, steps=3, seed=5, cfg_scale=5.0, sampler="Euler", tiling="xy", hires=options)
+    [tiled] = engine.txt2img("a red brick wall", tile=sd_core.TileOptions(64, 64, overlap=16), **common)
+    [untiled] = engine.txt2img("a red brick wall", **common)
+    assert np.array_equal(np.asarray(image), np.asarray(tiled))
+    assert not np.array_equal(np.asarray(tiled), np.asarray(untiled))  # 128 px in 64 px tiles: really tiled
+    with pytest.raises(ClientError) as refused:
+        client.txt2img({**fields, "sd_core_tile": {"width": 64, "height": 64, "overlap": 12}})
+    assert refused.value.status == 422 and "tile_overlap" in str(refused.value)
+
+
 def test_hr_upscaler_names_a_model_of_the_upscaler_folders(client, engine, esrgan):
     result = client.txt2img({**HIRES, "hr_upscaler": "2x_tiny"})
     options = sd_core.HiresOptions(upscaler=sd_core.upscalers.Upscalers([esrgan]).find("2x_tiny"), steps=3)

@@ -189,7 +189,7 @@ def test_progress_while_running_then_interrupt(client):
     assert 0.5 < later["progress"] < 1.0 and later["eta_relative"] >= 0
     assert later["textinfo"]
     preview = open_b64(later["current_image"])
-    assert preview.format == "PNG" and preview.size[0] > 0
+    assert preview.format == "PNG" and min(preview.size) >= 128  # large enough to judge (8x8 latents here)
     assert client.progress(skip_current_image=True)["current_image"] is None
     t0 = time.monotonic()
     client.interrupt()
@@ -220,6 +220,9 @@ def test_models_listing_and_switching(client, models):
     alpha = next(m for m in listed if m["title"].startswith("alpha"))
     assert alpha["model_name"] == "alpha" and Path(alpha["filename"]) == (models / "alpha.safetensors").resolve()
     assert alpha["hash"] == alpha["sha256"][:10]
+    beta_listed = next(m for m in listed if m["model_name"] == "sub_beta")  # not loaded: read from its header
+    assert beta_listed["sd_core_defaults"] == {"cfg_scale": 7.5, "width": 512, "height": 512,
+                                               "sizes": [[512, 512], [768, 512], [512, 768]]}  # fmt: skip
     image_alpha = pixels(open_b64(txt2img(client, seed=8)["images"][0]))
 
     client.set_options({"sd_model_checkpoint": "sub/beta.safetensors"})

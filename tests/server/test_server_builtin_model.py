@@ -60,6 +60,14 @@ def test_serves_the_built_in_model_by_default(client):
     assert any(BUILTIN_MODEL.stem in t for t in titles), titles
 
 
+def test_the_model_listing_names_each_models_own_defaults(client):
+    """sd-core's `sd_core_defaults` in /sd-models: what a request that leaves CFG or size out gets from that model
+    (clients that let the user choose among the models show the chosen one's CFG)."""
+    [item] = [m for m in client.models() if BUILTIN_MODEL.stem in m["title"]]
+    assert item["sd_core_defaults"] == client.options()["sd_core_model_defaults"]
+    assert item["sd_core_defaults"]["cfg_scale"] == 3.0
+
+
 def test_a_request_that_leaves_cfg_and_size_out_gets_the_models_own(client):
     """The one CFG rule: a client that sends no cfg_scale (or size) gets the model's own, as the Python API and the
     CLI do, and the server says which values those are."""

@@ -43,6 +43,7 @@ SDXL_SIZES = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), 
 BUILTIN_PROMPTS = ("red and white vertical stripes", "blue and yellow horizontal stripes",
                    "black and white checkerboard", "green and white dots")  # fmt: skip
 ADDON = "bl_ext.user_default.sd_core_blender"
+BUILTIN_FILE = Path(__file__).resolve().parents[3] / "sd_core" / "data" / "default_model.safetensors"
 PROMPT = "mossy stone wall"
 
 
@@ -253,6 +254,48 @@ def test_the_servers_loras_become_prompt_tags(addon_env):
     s.loras = ""
 
 
+def test_the_servers_models_are_a_list_and_a_chosen_one_makes_the_texture(addon_env, tmp_path):
+    """A server with a models folder (the built-in model as "alpha", CFG 3; the tiny test model as "beta", 7.5): the
+    panel lists its models; a chosen one makes the panel's generations with its own CFG (the infotext names both,
+    the panel's label shows it) while the server keeps its own loaded model for its other clients; an unknown one
+    is the server's report naming it."""
+    import shutil
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copyfile(BUILTIN_FILE, folder / "alpha.safetensors")
+    shutil.copyfile(MODEL, folder / "beta.safetensors")
+    server = addon_env.sd_client.LocalServer(PYTHON, None, models_dir=str(folder))
+    server.start()
+    try:
+        server.wait_ready(120)
+        bpy.context.preferences.addons[ADDON].preferences.url = server.url
+        s = bpy.context.scene.sd_core
+        s.apply_material = False
+        engine = addon_env.runs.SESSION.engine_for(bpy.context)
+        assert engine.models() == ["alpha", "beta"] and engine.listed_cfg_scales == {"alpha": 3.0, "beta": 7.5}
+        log: list = []
+        context = types.SimpleNamespace(scene=bpy.context.scene, space_data=types.SimpleNamespace(type="IMAGE_EDITOR"))
+        addon_env.ui.SDCORE_PT_image_editor.draw(types.SimpleNamespace(layout=RecordingLayout(log)), context)
+        assert ("model", True, {"text": "", "icon": "FILE_3D", "placeholder": "The engine's model"}) in log
+        assert ("sdcore.choose_model", True, {"text": "", "icon": "DOWNARROW_HLT"}) in log
+        loaded = addon_env.sd_client.SDClient(server.url).options()["sd_model_checkpoint"]
+        chosen = "beta" if not loaded.startswith("beta") else "alpha"
+        assert bpy.ops.sdcore.choose_model(name=chosen) == {"FINISHED"} and s.model == chosen
+        own = engine.listed_cfg_scales[chosen]
+        assert addon_env.ui._model_cfg_text(s) == f"Model's CFG ({own:g})"
+        assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+        parameters = bpy.data.images[PROMPT]["sd_parameters"]
+        assert re.search(f"Model: {chosen}(,|$)", parameters) and f"CFG scale: {own}," in parameters, parameters
+        assert addon_env.sd_client.SDClient(server.url).options()["sd_model_checkpoint"] == loaded
+        s.model = "nosuch"
+        with pytest.raises(RuntimeError, match="The server refused the request: .*nosuch"):
+            bpy.ops.sdcore.generate_texture()
+    finally:
+        bpy.context.scene.sd_core.model = ""
+        server.stop()
+
+
 def test_a_setting_beyond_the_engines_limits_from_a_script_is_the_engines_clear_report(addon_env):
     """The add-on does not restate the engine's limits: the server refuses (here a prompt over the one limits table's
     length), and the report names the field."""
@@ -311,6 +354,36 @@ def test_tick_flow_progress_preview_result(addon_env):
     assert image_names() - before == {PROMPT}  # the result arrived; the preview datablock is gone
 
 
+def block_means(rgb: np.ndarray, cells: int) -> np.ndarray:
+    """HxWx3 averaged over a cells x cells grid of equal blocks."""
+    h, w = rgb.shape[:2]
+    return rgb.reshape(cells, h // cells, cells, w // cells, 3).mean(axis=(1, 3))
+
+
+def test_the_live_preview_is_large_and_looks_like_the_coming_texture(addon_env):
+    """With the built-in model (whose latents SD1's fixed matrix shows as grey-blue noise): the panel's preview image
+    is at least 128 px and, from the second half of the run on, follows the texture that arrives (correlation of
+    8x8 block means, the latent grid of a 64 px texture)."""
+    bpy.context.preferences.addons[ADDON].preferences.url = BUILTIN_URL
+    s = bpy.context.scene.sd_core
+    s.prompt, s.seamless, s.apply_material = "red and white vertical stripes", "XY", False
+    run = start_texture_run(addon_env, steps=60)
+    run.task.poll_interval = 0.05
+    seen = []
+    while not run.step():
+        preview = bpy.data.images.get(addon_env.runs.PREVIEW_NAME)
+        if preview is not None and run.task.step >= 30 and run.task.preview_serial > 0:
+            seen.append((tuple(preview.size), blender_pixels(preview)[:, :, :3].astype(np.float64)))
+        time.sleep(0.02)
+    assert run.task.state.value == "done" and seen, "no preview in the second half of the run"
+    size, last = seen[-1]
+    assert min(size) >= 128, size
+    texture = blender_pixels(run.images[0])[:, :, :3].astype(np.float64)
+    score = np.corrcoef(block_means(last, 8).ravel(), block_means(texture, 8).ravel())[0, 1]
+    np.save(OUT / "preview_last.npy", last.astype(np.uint8))
+    assert score > 0.5, score
+
+
 def test_cancel_leaves_nothing_and_server_idle(addon_env):
     before = image_names()
     run = start_texture_run(addon_env, steps=150)  # the server's limit: about 8 s here
@@ -357,6 +430,8 @@ def test_restyle_viewport_in_background_renders_the_camera(addon_env):
     got = blender_pixels(image)
     assert np.array_equal(got, expected), "not the server's img2img result for this render"
     assert not np.array_equal(got[:, :, :3], init), "img2img returned the render unchanged"
+    # the panel's strength is a float32 (0.6000000238418579 as a double): the infotext shows what was typed
+    assert re.search(r"Denoising strength: 0\.6(,|$)", image["sd_parameters"]), image["sd_parameters"]
 
 
 def png_b64(addon, rgb: np.ndarray) -> str:
@@ -415,6 +490,24 @@ def test_bad_model_path_is_a_clear_report(addon_env):
         bpy.ops.sdcore.generate_texture()
 
 
+def test_an_empty_model_field_starts_the_local_server_with_the_built_in_model(addon_env):
+    """Empty means sd-core's built-in texture model, and the empty field says so (its placeholder)."""
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.python, prefs.model = "LOCAL", PYTHON, ""
+    log: list = []
+    drawn = types.SimpleNamespace(layout=RecordingLayout(log), connection=prefs.connection)
+    addon_env.preferences.SDCORE_AP_preferences.draw(drawn, bpy.context)
+    assert ("model", True, {"placeholder": "Built-in texture model"}) in log
+    s = bpy.context.scene.sd_core
+    s.apply_material, s.prompt = False, "red and white vertical stripes"
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    engine = addon_env.runs.SESSION.engine
+    assert engine.running and "the built-in texture model" in engine.describe()
+    parameters = bpy.data.images[s.prompt]["sd_parameters"]
+    assert "Model: default_model" in parameters and "CFG scale: 3.0" in parameters, parameters  # the built-in's own
+    assert bpy.ops.sdcore.release() == {"FINISHED"}
+
+
 def test_broken_model_reports_why_the_server_did_not_start(addon_env, tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"this is not a checkpoint")
@@ -455,6 +548,64 @@ def test_local_server_generates_and_release_stops_it(addon_env):
     assert addon_env.runs.SESSION.engine is None
 
 
+class RecordingServer:
+    """A stand-in A1111 server that answers every request with `{}` and records (method, path)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        calls = self.calls = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                calls.append((self.command, self.path))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_POST = answer
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_quitting_leaves_a_shared_server_its_model_and_stops_the_add_ons_own(addon_env):
+    """Blender quitting (the add-on's exit hook) or another engine chosen in the preferences: a server at a URL is
+    someone else's and keeps its model; the local server the add-on started is stopped. Release still unloads."""
+    shared = RecordingServer()
+    try:
+        prefs = bpy.context.preferences.addons[ADDON].preferences
+        prefs.connection, prefs.url = "SERVER", shared.url
+        addon_env.runs.SESSION.engine_for(bpy.context)
+        addon_env._release_at_exit()
+        prefs.url = URL  # the same for a switch to another engine
+        addon_env.runs.SESSION.engine_for(bpy.context)
+        prefs.url = shared.url
+        addon_env.runs.SESSION.engine_for(bpy.context)
+        assert ("POST", "/sdapi/v1/unload-checkpoint") not in shared.calls, shared.calls
+        assert bpy.ops.sdcore.release() == {"FINISHED"}  # asked for: the shared server unloads
+        assert shared.calls.count(("POST", "/sdapi/v1/unload-checkpoint")) == 1, shared.calls
+    finally:
+        shared.close()
+    prefs.connection, prefs.python, prefs.model = "LOCAL", PYTHON, MODEL
+    assert bpy.ops.sdcore.test_connection() == {"FINISHED"}
+    process = addon_env.runs.SESSION.engine._server.process
+    addon_env._release_at_exit()
+    assert process.wait(timeout=30) is not None and addon_env.runs.SESSION.engine is None
+
+
 def test_panels_and_operators_are_registered(addon_env):
     for name in ("SDCORE_PT_image_editor", "SDCORE_PT_shader_editor", "SDCORE_PT_image_history"):
         assert hasattr(bpy.types, name)
@@ -470,6 +621,24 @@ def test_panels_and_operators_are_registered(addon_env):
         "add_lora",
     ):
         assert hasattr(bpy.ops.sdcore, op)
+
+
+def test_restyling_a_render_is_not_seamless_unless_asked(addon_env):
+    """The panel's Seamless is for textures: Restyle Render/Viewport make an ordinary image with it on (tiling the
+    render would turn the object into a full-frame pattern), unless the operator is asked for it."""
+    scene = bpy.context.scene
+    scene.render.engine = "CYCLES"
+    scene.cycles.samples = 2
+    scene.render.resolution_x = scene.render.resolution_y = 64
+    scene.render.resolution_percentage = 100
+    scene.sd_core.seamless = "XY"
+    for operator in (bpy.ops.sdcore.restyle_render, bpy.ops.sdcore.restyle_viewport):
+        assert operator() == {"FINISHED"}
+        task = addon_env.runs.SESSION.run.task
+        assert task.request.tiling == "" and "Tiling" not in task.result.infotexts[0], task.result.infotexts[0]
+        assert operator(seamless=True) == {"FINISHED"}
+        task = addon_env.runs.SESSION.run.task
+        assert task.request.tiling == "xy" and "Tiling: xy" in task.result.infotexts[0], task.result.infotexts[0]
 
 
 def test_restyle_render_and_restyle_image_keep_the_source_size(addon_env):
@@ -523,6 +692,105 @@ def test_seamless_textures_from_the_built_in_model(addon_env):
         made.append({"file": f"texture{i}.npy", "prompt": prompt})
     (OUT / "textures.json").write_text(json.dumps(made))
     assert addon_env.ui._model_cfg_text() == "Model's CFG (3)"  # what the panel shows beside the toggle
+
+
+def test_a_production_size_texture_takes_two_passes_with_progress_and_wraps(addon_env, monkeypatch):
+    """The panel's 2K/4K: the first pass at the panel's size, then the hires fix's wrap-aware enlargement and tiled
+    second pass (the server's `sd_core_tile`). The same path at a size a test affords: "2K" made 512 px here, from
+    256 px in 128 px tiles. Progress runs across both passes; the texture is saved for the outer test's seam check."""
+    monkeypatch.setitem(addon_env.props.PRODUCTION_SIDES, "2K", 512)
+    bpy.context.preferences.addons[ADDON].preferences.url = BUILTIN_URL
+    s = bpy.context.scene.sd_core
+    s.prompt, s.seamless, s.apply_material, s.texture_size = "large black and white checkerboard", "XY", False, "2K"
+    s.width = s.height = 256
+    run = start_texture_run(addon_env, steps=12)
+    run.task.poll_interval = 0.05
+    assert (run.task.request.hires_scale, run.task.request.tile) == (2.0, (128, 128, 32))
+    assert run.task.request.hires_steps == 5  # 12 steps x strength 0.4: the second pass refines
+    seen = []
+    while not run.step():
+        seen.append((run.task.phase, run.task.phases, run.task.fraction, run.task.step))
+        time.sleep(0.02)
+    assert run.task.state.value == "done", run.task.error
+    phases = {(phase, phases) for phase, phases, _, step in seen if step}
+    assert phases == {(1, 2), (2, 2)}, phases  # both passes reported
+    fractions = [f for _, _, f, _ in seen]
+    assert fractions == sorted(fractions)
+    first = [f for phase, _, f, step in seen if phase == 1 and step]
+    second = [f for phase, _, f, step in seen if phase == 2 and step]
+    assert max(first) <= 0.5 + 1e-9 and 0.5 <= min(second) and max(second) > 0.6, (first, second)
+    image = run.images[0]
+    assert tuple(image.size) == (512, 512)
+    parameters = image["sd_parameters"]
+    assert "Hires upscale: 2.0" in parameters and "Tiling: xy" in parameters and "Size: 256x256" in parameters
+    assert "Tile size: 128x128, Tile overlap: 32" in parameters and "Hires steps: 5" in parameters, parameters
+    np.save(OUT / "production.npy", blender_pixels(image)[:, :, :3])
+
+
+def pbr_wiring(material) -> dict:
+    """What feeds the Principled BSDF's Normal and Roughness and the output's Displacement, followed back to the
+    images: {"normal": (image, normal map space), "roughness": image, "height": image, "displacement": scale}."""
+    nodes = material.node_tree.nodes
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    (normal_link,) = bsdf.inputs["Normal"].links
+    normal_map = normal_link.from_node
+    assert normal_map.type == "NORMAL_MAP"
+    (normal_tex,) = [link.from_node for link in normal_map.inputs["Color"].links]
+    (rough_link,) = bsdf.inputs["Roughness"].links
+    output = bsdf.outputs["BSDF"].links[0].to_node
+    (disp_link,) = output.inputs["Displacement"].links
+    displacement = disp_link.from_node
+    assert displacement.type == "DISPLACEMENT" and normal_tex.type == "TEX_IMAGE"
+    (height_tex,) = [link.from_node for link in displacement.inputs["Height"].links]
+    return {
+        "normal": (normal_tex.image, normal_map.space),
+        "roughness": rough_link.from_node.image,
+        "height": height_tex.image,
+        "base": bsdf.inputs["Base Color"].links[0].from_node.image,
+    }
+
+
+def test_pbr_maps_from_a_seamless_texture_are_wired_into_the_material(addon_env):
+    """Make PBR Maps on a texture whose infotext says it tiles: height, normal and roughness images (Non-Color), the
+    maps `sd_core.pbr` makes of its pixels with wrap-around, wired into the cube's Principled BSDF."""
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    u = np.arange(64)
+    wave = (0.5 + 0.4 * np.sin(2 * np.pi * u / 32))[None, :] * np.ones((64, 1))  # tiles every 32 px
+    rgba = np.stack([wave, wave, wave, np.ones_like(wave)], axis=-1)
+    texture = addon_env.pixels.new_image("bark", np.round(rgba * 255).astype(np.uint8))
+    texture["sd_parameters"] = "bark\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, Tiling: xy"
+    assert bpy.ops.sdcore.pbr_maps(image="bark") == {"FINISHED"}
+    wired = pbr_wiring(cube.active_material)
+    assert wired["base"] == texture and wired["normal"][1] == "TANGENT"
+    expected = addon_env.sd_pbr.pbr_maps(addon_env.pixels.to_srgb8(texture), seamless="xy", strength=4.0)
+    for name, image in (("normal", wired["normal"][0]), ("roughness", wired["roughness"]), ("height", wired["height"])):
+        assert image.name == f"bark {name}" and image.colorspace_settings.name == "Non-Color"
+        assert image.packed_file is not None
+        got = blender_pixels(image)[:, :, :3].astype(np.float64) / 255
+        want = expected[name] if name == "normal" else np.repeat(expected[name][:, :, None], 3, axis=2)
+        assert np.abs(got - want).max() <= 0.5 / 255 + 1e-6, name
+    normal = blender_pixels(wired["normal"][0])[:, :, :3].astype(np.float64) / 255 * 2 - 1
+    assert np.abs(normal[:, 0] - normal[:, 32]).max() < 2 / 255  # the wrap: column 0 is like any other
+    assert normal[:, 0, 0].mean() < -0.2 and normal[:, 16, 0].mean() > 0.2  # rising: leans left; falling: right
+    again = len(bpy.data.images)
+    assert bpy.ops.sdcore.pbr_maps(image="bark") == {"FINISHED"}  # again: the same nodes, new maps
+    assert len(bpy.data.images) == again + 3 and pbr_wiring(cube.active_material)["base"] == texture
+
+
+def test_generate_texture_with_pbr_maps_wires_them(addon_env):
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    bpy.ops.mesh.primitive_cube_add()
+    s = bpy.context.scene.sd_core
+    s.pbr, s.seamless = True, "XY"
+    before = image_names()
+    assert bpy.ops.sdcore.generate_texture() == {"FINISHED"}
+    assert image_names() - before == {PROMPT} | {f"{PROMPT} {name}" for name in ("height", "normal", "roughness")}
+    wired = pbr_wiring(bpy.context.active_object.active_material)
+    assert wired["base"].name == PROMPT and wired["height"].name == f"{PROMPT} height"
 
 
 def test_connection_check_reports_the_engine(addon_env):

@@ -31,6 +31,7 @@ SDXL = os.environ.get("SD_KRITA_TEST_SDXL") == "1"
 SDXL_SIZES = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
               (1536, 640), (640, 1536)]  # fmt: skip
 LORA_DIR = os.environ.get("SD_KRITA_TEST_LORA_DIR", "")  # holds bricks.safetensors, a LoRA for the SD1 model
+STYLES = os.environ.get("SD_KRITA_TEST_STYLES", "")  # a styles.csv with "Ink": "{prompt}, ink drawing", "blurry"
 W, H = 160, 120
 
 
@@ -56,6 +57,7 @@ class Recorder:
         self.progress: list[float] = []
         self.model_defaults: list[dict] = []
         self.loras: list[list[str]] = []
+        self.styles: list[list[str]] = []
         controller.server_status.connect(self.statuses.append)
         controller.model_defaults.connect(self.model_defaults.append)
         controller.message.connect(self.messages.append)
@@ -74,11 +76,12 @@ def ctl() -> Iterator[tuple[Controller, Recorder]]:
     assert PYTHON and MODEL, "SD_KRITA_TEST_PYTHON and SD_KRITA_TEST_MODEL must be set"
     settings = Settings(
         python=PYTHON, model=MODEL, port=0, prompt="a red apple", seed=1234, steps=2, sampler="Euler",
-        candidates=1, grow=4, feather=8, margin=16, resolution=64, lora_dir=LORA_DIR,
+        candidates=1, grow=4, feather=8, margin=16, resolution=64, lora_dir=LORA_DIR, styles_file=STYLES,
     )  # fmt: skip
     controller = Controller(Krita.instance(), settings)
     rec = Recorder(controller)
     controller.loras_ready.connect(rec.loras.append)
+    controller.styles_ready.connect(rec.styles.append)
     controller.start_server()
     pump(lambda: any("ready" in s or "not available" in s for s in rec.statuses), 300, "the server to start")
     server = controller.server
@@ -344,6 +347,114 @@ def test_the_servers_loras_become_prompt_tags(ctl: tuple[Controller, Recorder]) 
         close(doc)
 
 
+def test_refine_the_whole_canvas_and_rerun_with_a_new_layer_name(ctl: tuple[Controller, Recorder]) -> None:
+    """Refine without a selection: img2img of the canvas at Strength (no mask), an opaque layer over the canvas;
+    the same seed again gets a layer name of its own. With a selection: the selection at Strength (a mask), the
+    layer's alpha the shaped selection."""
+    controller, rec = ctl
+    sent = submissions(controller)
+    doc = new_document()
+    add_painted_layer(doc)
+    before = snapshot(doc)
+    controller.settings.strength = 0.4
+    try:
+        first = run(controller, rec, lambda: controller.refine(doc))
+        second = run(controller, rec, lambda: controller.refine(doc))
+    finally:
+        controller.settings.strength = 0.75
+    assert first is not None and second is not None, rec.messages
+    assert [p["denoising_strength"] for p, _ in sent] == [0.4, 0.4] and not any("mask" in p for p, _ in sent)
+    select(doc, soft_disc(70, 55, 22, 8))  # with a selection: the selection at Strength, as Inpaint
+    alpha, _ = expected_alpha(doc, controller.settings)
+    controller.settings.strength = 0.4
+    try:
+        third = run(controller, rec, lambda: controller.refine(doc))
+    finally:
+        controller.settings.strength = 0.75
+    assert third is not None and sent[2][0]["denoising_strength"] == 0.4 and "mask" in sent[2][0], rec.messages
+    assert bytes(stack(doc)[-1].pixelData(0, 0, W, H))[3::4] == alpha
+    assert third[0] == first[0] + " [3]"
+    assert "Denoising strength: 0.4" in infotext(sent[0][1])
+    assert first[0].startswith("a red apple (seed 1234)") and second[0] == first[0] + " [2]"
+    assert names(doc) == ["Background", "Paint", first[0], second[0], third[0]]
+    assert set(bytes(stack(doc)[-2].pixelData(0, 0, W, H))[3::4]) == {255}
+    assert all(snapshot(doc)[k] == v for k, v in before.items())
+    entries = controller.history.entries
+    assert [e.name for e in entries[:3]] == [third[0], second[0], first[0]] and entries[0].kind == "refine"
+    close(doc)
+
+
+def test_qts_png_decoder_agrees_with_the_pure_one() -> None:
+    """Upscale decodes the server's PNG with Qt (fast on a large canvas); it must give the bytes the plugin's own
+    decoder gives, in Krita's B, G, R, A order, partial alpha included."""
+    from sd_krita import tools
+    from sd_krita.sd_client import encode_png_rgba
+
+    w, h = 37, 23
+    rgba = bytes(v for y in range(h) for x in range(w) for v in (x * 6, y * 11, (x * y) % 256, 255 - x))
+    png = encode_png_rgba(w, h, rgba)
+    assert document.decode_bgra(png) == tools.decode_bgra(png)
+    assert document.decode_bgra(png)[2][:4] == bytes([0, 0, 0, 255])  # B, G, R, A of the first pixel
+    with pytest.raises(ValueError):
+        document.decode_bgra(b"not a png")
+
+
+@pytest.mark.parametrize("sd_upscale", [False, True])
+def test_upscale_opens_a_new_document(ctl: tuple[Controller, Recorder], sd_upscale: bool) -> None:
+    """The canvas 2x through the server's Lanczos (extras), or its SD upscale script (img2img in tiles): a new
+    document twice the size with the result as a layer; the user's document untouched."""
+    controller, rec = ctl
+    doc = new_document()
+    add_painted_layer(doc)
+    doc.refreshProjection()
+    before, projection = snapshot(doc), bytes(doc.pixelData(0, 0, W, H))
+    count = len(Krita.instance().documents())
+    controller.settings.strength = 0.3
+    try:
+        added = run(controller, rec, lambda: controller.upscale(2, "Lanczos", sd_upscale, doc))
+    finally:
+        controller.settings.strength = 0.75
+    assert added is not None, rec.messages
+    docs = Krita.instance().documents()
+    assert len(docs) == count + 1
+    big = docs[-1]
+    assert (big.width(), big.height()) == (2 * W, 2 * H) and big != doc
+    layers = [n for n in big.rootNode().childNodes() if n.type() == "paintlayer"]
+    assert [n.name() for n in layers] == ["Background", *added]  # Krita's new document, the result on top
+    data = bytes(layers[-1].pixelData(0, 0, 2 * W, 2 * H))
+    assert set(data[3::4]) == {255}
+    if not sd_upscale:  # Lanczos of a smooth gradient: each pixel close to the original's at half the position
+        worst = max(
+            abs(data[4 * ((2 * y + 1) * 2 * W + 2 * x + 1) + c] - projection[4 * (y * W + x) + c])
+            for y in range(2, H - 2, 7) for x in range(2, W - 2, 7) for c in range(3)
+        )  # fmt: skip
+        assert worst <= 6, worst
+    assert snapshot(doc) == before and bytes(doc.pixelData(0, 0, W, H)) == projection
+    close(big)
+    close(doc)
+
+
+def test_a_style_from_the_servers_list(ctl: tuple[Controller, Recorder]) -> None:
+    """The server's styles reach the docker's picker; the chosen one goes by name and the server merges its texts
+    into the prompts (its infotext shows them)."""
+    controller, rec = ctl
+    assert rec.styles and rec.styles[-1] == ["Ink"]
+    sent = submissions(controller)
+    doc = new_document()
+    add_painted_layer(doc)
+    controller.settings.style = "Ink"
+    try:
+        added = run(controller, rec, lambda: controller.generate(doc))
+    finally:
+        controller.settings.style = ""
+    assert added is not None, rec.messages
+    ((payload, job),) = sent
+    assert payload["styles"] == ["Ink"] and payload["prompt"] == "a red apple"
+    text = infotext(job)
+    assert text.startswith("a red apple, ink drawing") and "Negative prompt: blurry" in text, text
+    close(doc)
+
+
 @pytest.mark.parametrize("model, depth", [("RGBA", "U16"), ("GRAYA", "U8")])
 def test_other_colour_spaces_get_an_8bit_srgb_result_layer(ctl: tuple[Controller, Recorder], model, depth) -> None:
     controller, rec = ctl
@@ -482,14 +593,111 @@ def test_cancel_then_inpaint_again(ctl: tuple[Controller, Recorder]) -> None:
         rec.clear()
         assert controller.inpaint(doc)
         pump(lambda: controller.run is not None and controller.run.stage == "generate", 60, "the request to be sent")
-        pump(lambda: any(p > 0 for p in rec.progress), 120, "progress from the server")
+        previews: list[bytes] = []
+        controller.preview.connect(previews.append)
+        pump(lambda: any(p > 0 for p in rec.progress) and previews, 120, "progress and a live preview")
         controller.cancel()
+        controller.preview.disconnect(previews.append)
         assert rec.results == [None] and rec.messages[-1] == "Cancelled."
+        image = qt.QImage.fromData(previews[-1], "PNG")  # the server's current_image, as the docker shows it
+        assert not image.isNull() and image.width() >= 8, "the live preview is a PNG of the generation"
     finally:
         controller.settings.steps, controller.settings.resolution = 2, 64
     assert names(doc) == ["Background", "Paint"]
     assert run(controller, rec, lambda: controller.inpaint(doc)) is not None, rec.messages
     close(doc)
+
+
+RED, BLUE, DRIFT = (200, 40, 40), (40, 60, 200), (30, -10, -30)
+
+
+class StubServer:
+    """An A1111-shaped server whose output colours are known: img2img answers blue where the mask is white and
+    the init image elsewhere, with DRIFT added everywhere (no paste-back), as an engine's tint."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from sd_krita.sd_client import decode_png, encode_png_rgba
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _json(self, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's API
+                self._json({"progress": 0.5, "current_image": None} if "progress" in self.path else [])
+
+            def do_POST(self) -> None:  # noqa: N802
+                import base64
+
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                w, h, init = decode_png(base64.b64decode(payload["init_images"][0]))
+                _, _, mask = decode_png(base64.b64decode(payload["mask"]))
+                out = bytearray(init)
+                for i in range(w * h):
+                    src = BLUE if mask[4 * i] > 127 else init[4 * i : 4 * i + 3]
+                    out[4 * i : 4 * i + 3] = bytes(max(0, min(255, c + d)) for c, d in zip(src, DRIFT, strict=True))
+                image = base64.b64encode(encode_png_rgba(w, h, bytes(out))).decode()
+                self._json({"images": [image], "parameters": {}, "info": json.dumps({"seed": 3})})
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def hue(rgb: tuple[int, ...]) -> float:
+    import colorsys
+
+    return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360
+
+
+@pytest.mark.parametrize("colour_match", [True, False])
+def test_colour_matching_with_a_stub_server_of_known_drift(colour_match: bool) -> None:
+    """Blue inpainted into red in real Krita through a stub server that tints its whole image by DRIFT: with
+    matching the result layer shows the blue drawn (within 2 levels, 1 degree of hue); without, the tinted blue."""
+    stub = StubServer()
+    settings = Settings(server_url=stub.url, grow=4, feather=8, margin=32, resolution=128, seed=3,
+                        colour_match=colour_match)  # fmt: skip
+    controller = Controller(Krita.instance(), settings)
+    rec = Recorder(controller)
+    try:
+        doc = new_document()
+        node = doc.createNode("Red", "paintlayer")
+        node.setPixelData(bytes([RED[2], RED[1], RED[0], 255]) * (W * H), 0, 0, W, H)
+        doc.rootNode().addChildNode(node, None)
+        doc.setActiveNode(node)
+        doc.refreshProjection()
+        select(doc, soft_disc(80, 60, 20, 4))
+        before = snapshot(doc)
+        added = run(controller, rec, lambda: controller.inpaint(doc), timeout=120)
+        assert added is not None, rec.messages
+        assert all(snapshot(doc)[k] == v for k, v in before.items())
+        data = bytes(stack(doc)[-1].pixelData(0, 0, W, H))
+        shown = {tuple(data[4 * i : 4 * i + 3][::-1]) for i in range(W * H) if data[4 * i + 3] == 255}
+        assert len(shown) >= 1
+        tinted = tuple(c + d for c, d in zip(BLUE, DRIFT, strict=True))
+        if colour_match:
+            assert all(max(abs(c - e) for c, e in zip(px, BLUE, strict=True)) <= 2 for px in shown), shown
+            assert all(abs(hue(px) - hue(BLUE)) <= 1.0 for px in shown), shown
+        else:
+            assert shown == {tinted}, shown
+        close(doc)
+    finally:
+        controller.shutdown()
+        stub.close()
 
 
 def test_unreachable_server_is_a_clear_message() -> None:
@@ -502,7 +710,8 @@ def test_unreachable_server_is_a_clear_message() -> None:
     add_painted_layer(doc)
     select(doc, soft_disc(80, 60, 20, 6))
     result = run(controller, rec, lambda: controller.inpaint(doc), timeout=60)
-    assert result is None and "not answering" in rec.messages[-1]
+    assert result is None and "not answering" in rec.messages[-1] and "nothing answers there" in rec.messages[-1]
+    assert "Errno" not in rec.messages[-1] and "Error" not in rec.messages[-1], rec.messages
     assert names(doc) == ["Background", "Paint"]
     controller.shutdown()
     close(doc)

@@ -7,6 +7,7 @@ SD_KRITA_SMOKE_REPORT and quits Krita through its File > Quit action. Watchdogs 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -16,19 +17,26 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from krita import Extension, Krita, Selection
-from PyQt5.QtCore import QPoint, QTimer
+from PyQt5.QtCore import QPoint, QRect, QTimer
 from PyQt5.QtWidgets import (
+    QAbstractButton,
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFormLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QSpinBox,
+    QWidget,
 )
 
 REPORT = os.environ.get("SD_KRITA_SMOKE_REPORT", "")
+MODE = os.environ.get("SD_KRITA_SMOKE_MODE", "smoke")  # "smoke": the inpaint round trip; "layout": the docker's layout
 SHOTS = os.environ.get("SD_KRITA_SMOKE_SHOTS", "")  # a folder for screenshots of the docker and the window
 QUIT_HUNG_EXIT = 17  # Krita did not exit after File > Quit (a known intermittent Krita hang)
 SCENARIO_HUNG_EXIT = 18
@@ -78,6 +86,7 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
         return found
 
     status = widget(QLabel, "status_label")
+    widget(QAbstractButton, "fold_options").click()  # the settings live in a folded section
     report["settings_loaded"] = widget(QLineEdit, "python_edit").text() == os.environ.get("SD_KRITA_SMOKE_PYTHON")
 
     widget(QPushButton, "start_button").click()
@@ -163,8 +172,256 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     report["undo_removed_layer"] = set(layers(doc)) == set(before)
     report["originals_unchanged_after_undo"] = layers(doc) == before
 
+    # the tools, each through its button, each a new layer (or document) that undo removes, the user's untouched
+    doc.setSelection(None)  # Refine without a selection: the whole canvas
+    yield from tool_run(report, "refine", doc, before, lambda: widget(QPushButton, "refine_button").click(), results)
+    report["refine_opaque"] = set(bytes(stack(doc)[-1].pixelData(0, 0, W, H))[3::4]) == {255}
+    yield from undo(report, "refine", doc, before)
+
+    # a LoRA chosen from the server's list (SD1: applied; the SDXL model refuses the SD1 LoRA, naming it)
+    lora_combo = widget(QComboBox, "lora_combo")
+    yield Wait(lambda: lora_combo.count() > 0, 30, "the server's LoRAs")
+    report["lora_choices"] = [lora_combo.itemText(i) for i in range(lora_combo.count())]
+    widget(QAbstractButton, "fold_loras").click()
+    widget(QPushButton, "lora_add_button").click()
+    report["lora_field"] = widget(QLineEdit, "loras_edit").text()
+    if os.environ.get("SD_KRITA_SMOKE_SDXL") == "1":
+        results.clear()
+        widget(QPushButton, "generate_button").click()
+        yield Wait(lambda: results, 240, "the refused LoRA")
+        report["lora_refused"] = results[0] is None and "bricks" in widget(QLabel, "message_label").text()
+        report["lora_message"] = widget(QLabel, "message_label").text()
+        report["lora_undo_removed_layer"] = layers(doc) == before
+    else:
+        yield from tool_run(
+            report, "lora", doc, before, lambda: widget(QPushButton, "generate_button").click(), results
+        )
+        yield from undo(report, "lora", doc, before)
+    widget(QLineEdit, "loras_edit").setText("")
+
+    # History: every result so far, thumbnails; Apply adds one again, Same seed remakes it, Discard drops it
+    history = widget(QListWidget, "history_list")
+    widget(QAbstractButton, "fold_history").click()
+    report["history_count"] = history.count()
+    report["history_icons"] = all(not history.item(i).icon().isNull() for i in range(history.count()))
+    history.setCurrentRow(history.count() - 1)  # the first result: the inpaint
+    first_name = report["layer_names"][-1]
+    yield from tool_run(report, "apply", doc, before, lambda: widget(QPushButton, "history_apply_button").click(),
+                        None)  # fmt: skip
+    report["apply_name"] = stack(doc)[-1].name()
+    yield from undo(report, "apply", doc, before)
+    history.setCurrentRow(history.count() - 1)
+    doc.setSelection(selection)  # the inpaint again, on the same selection and pixels
+    yield from tool_run(report, "rerun", doc, before, lambda: widget(QPushButton, "history_rerun_button").click(),
+                        results)  # fmt: skip
+    report["rerun_name"] = stack(doc)[-1].name()
+    report["rerun_same_seed"] = report["rerun_name"].startswith(first_name.split(" [")[0])
+    rerun_pixels = hashlib.sha1(bytes(stack(doc)[-1].pixelData(0, 0, W, H))).hexdigest()
+    report["rerun_same_pixels"] = rerun_pixels == report.get("apply_pixels_sha1")
+    yield from undo(report, "rerun", doc, before)
+    if SHOTS:
+        docker.widget().ensureWidgetVisible(widget(QPushButton, "history_rerun_button"))
+        yield Wait(lambda: True, 0.5, "the docker to repaint")
+        path = os.path.join(SHOTS, "docker_history.png")
+        docker.grab().save(path)
+        report["shots"].append(path)
+    count = history.count()
+    history.setCurrentRow(0)
+    widget(QPushButton, "history_discard_button").click()
+    report["discard_dropped_one"] = history.count() == count - 1
+
+    # Upscale: the canvas 2x with the server's Lanczos, into a new document; this one is not touched
+    widget(QAbstractButton, "fold_upscale").click()
+    upscalers = widget(QComboBox, "upscaler_combo")
+    report["upscalers"] = [upscalers.itemText(i) for i in range(upscalers.count())]
+    upscalers.setCurrentText("Lanczos")
+    widget(QComboBox, "factor_combo").setCurrentIndex(0)  # 2x
+    docs_before = len(app.documents())
+    results.clear()
+    widget(QPushButton, "upscale_button").click()
+    yield Wait(lambda: results, 240, "the upscale")
+    report["upscale_message"] = widget(QLabel, "message_label").text()
+    assert results[0], report["upscale_message"]
+    big = app.activeDocument()
+    report["upscaled_new_document"] = len(app.documents()) == docs_before + 1 and big != doc
+    report["upscaled_size"] = [big.width(), big.height()]
+    big_layers = [n for n in big.rootNode().childNodes() if n.type() == "paintlayer"]
+    report["upscaled_layer"] = [n.name() for n in big_layers]
+    report["upscale_originals_unchanged"] = layers(doc) == before and (doc.width(), doc.height()) == (W, H)
+    app.action("edit_undo").trigger()
+    yield Wait(lambda: len([n for n in big.rootNode().childNodes() if n.type() == "paintlayer"]) < len(big_layers),
+               10, "undo in the upscaled document")  # fmt: skip
+    report["upscale_undo_removed_layer"] = True
+    big.setModified(False)
+    big.close()
+
+    # the live preview: a slow Generate shows the server's current image in the docker until it is cancelled
+    widget(QSpinBox, "steps_spin").setValue(150)
+    widget(QSpinBox, "resolution_spin").setValue(192)
+    preview = widget(QLabel, "preview_label")
+    results.clear()
+    widget(QPushButton, "generate_button").click()
+    yield Wait(lambda: preview.isVisible() and preview.pixmap() is not None and not preview.pixmap().isNull(), 120,
+               "the live preview in the docker")  # fmt: skip
+    report["preview_shown"] = [preview.pixmap().width(), preview.pixmap().height()]
+    yield Wait(lambda: True, 0.5, "the docker to scroll to the preview")
+    visible = preview.visibleRegion().boundingRect()  # the part of the label the docked place shows
+    progress = widget(QProgressBar, "progress_bar")
+    report["preview_in_view"] = visible.height() >= min(48, preview.height()) and visible.width() > 0
+    report["progress_in_view_with_preview"] = progress.visibleRegion().boundingRect() == progress.rect()
+    if SHOTS:
+        path = os.path.join(SHOTS, "docker_preview.png")
+        docker.grab().save(path)
+        report["shots"].append(path)
+    widget(QPushButton, "cancel_button").click()
+    yield Wait(lambda: results, 30, "the cancelled generation")
+    report["preview_hidden_after"] = results[0] is None and not preview.isVisible()
+    report["preview_originals_unchanged"] = layers(doc) == before
+
     widget(QPushButton, "stop_button").click()
     report["server_stopped"] = plugin.controller().server is None
+    report["stop_disabled_after"] = not widget(QPushButton, "stop_button").isEnabled()
+    report["completed"] = True
+
+
+def tool_run(report: dict[str, Any], name: str, doc: Any, before: dict[str, bytes], click: Callable[[], None],
+             results: list[Any] | None) -> Iterator[Wait]:  # fmt: skip
+    """Click, wait for the new layer, check it is one new layer on top with the user's layers byte-identical."""
+    count = len(stack(doc))
+    if results is not None:
+        results.clear()
+    click()
+    if results is not None:
+        yield Wait(lambda: results, 240, f"the {name} round trip")
+        assert results[0], f"{name}: {results}"
+    yield Wait(lambda: len(stack(doc)) == count + 1, 30, f"the {name} layer")
+    doc.waitForDone()
+    after = layers(doc)
+    report[f"{name}_new_layer_on_top"] = len(after) == len(before) + 1 and stack(doc)[-1].name() not in before
+    report[f"{name}_originals_unchanged"] = all(after[k] == v for k, v in before.items())
+    if name == "apply":
+        report["apply_pixels_sha1"] = hashlib.sha1(after[stack(doc)[-1].name()]).hexdigest()
+
+
+def undo(report: dict[str, Any], name: str, doc: Any, before: dict[str, bytes]) -> Iterator[Wait]:
+    Krita.instance().action("edit_undo").trigger()
+    yield Wait(lambda: len(stack(doc)) == len(before), 30, f"undo to remove the {name} layer")
+    report[f"{name}_undo_removed_layer"] = layers(doc) == before
+
+
+CONTROLS = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QListWidget, QProgressBar)
+FIRST_VIEW = ("prompt_edit", "inpaint_button", "generate_button", "refine_button", "progress_bar", "cancel_button")
+
+
+def global_rect(w: QWidget) -> QRect:
+    return QRect(w.mapToGlobal(QPoint(0, 0)), w.size())
+
+
+def controls(root: QWidget) -> list[QWidget]:
+    """The docker's controls, without the parts inside a spin box or combo box (their own line edits)."""
+    found = []
+    for w in root.findChildren(QWidget):
+        if not isinstance(w, CONTROLS):
+            continue
+        parent, inner = w.parentWidget(), False
+        while parent is not None and parent is not root:
+            inner = inner or isinstance(parent, (QAbstractSpinBox, QComboBox))
+            parent = parent.parentWidget()
+        if not inner:
+            found.append(w)
+    return found
+
+
+def describe(w: QWidget) -> str:
+    return w.objectName() or f"{type(w).__name__}({getattr(w, 'text', lambda: '')()})"
+
+
+def layout_scenario(report: dict[str, Any]) -> Iterator[Wait]:
+    """The docker in its default docked place, the window maximised on the Xvfb screen: the first view (prompt,
+    the main buttons, progress) must be visible without scrolling, nothing clipped sideways, every control with a
+    tooltip, the status of an unreachable server in plain words, Stop server disabled. Screenshots kept."""
+    app = Krita.instance()
+    yield Wait(lambda: app.activeWindow() is not None, 60, "the main window")
+    window = app.activeWindow().qwindow()
+    window.showMaximized()
+    screen = window.screen().availableGeometry()
+    window.setGeometry(screen)  # Xvfb has no window manager to maximise it: the whole screen, as maximised
+    doc = app.createDocument(W, H, "layout", "RGBA", "U8", "", 72.0)
+    app.activeWindow().addView(doc)
+    yield Wait(lambda: app.activeDocument() == doc, 30, "the new document")
+    start = time.monotonic()
+    yield Wait(lambda: window.frameGeometry().size() == screen.size() or time.monotonic() - start > 10, 15,
+               "the window to fill the screen")  # fmt: skip
+    report["window_min"] = [window.minimumSizeHint().width(), window.minimumSizeHint().height()]
+    docker0 = [d for d in app.dockers() if d.objectName() == "sd_krita_docker"][0]
+    report["docker_min"] = [docker0.minimumSizeHint().width(), docker0.minimumSizeHint().height()]
+    start = time.monotonic()
+    yield Wait(lambda: time.monotonic() - start > 3, 10, "the layout to settle")
+    dockers = [d for d in app.dockers() if d.objectName() == "sd_krita_docker"]
+    report["docker_found"] = len(dockers) == 1
+    docker = dockers[0]
+    report["docker_visible"] = docker.isVisible()
+    report["docker_floating"] = docker.isFloating()
+    report["screen"] = [screen.width(), screen.height()]
+    report["window"] = [window.frameGeometry().width(), window.frameGeometry().height()]
+    report["docker_rect"] = [docker.x(), docker.y(), docker.width(), docker.height()]
+    scroll = docker.widget()
+    viewport = scroll.viewport()
+    root = scroll.widget()
+    seen = global_rect(viewport).intersected(global_rect(docker)).intersected(global_rect(window)).intersected(screen)
+    report["viewport"] = [seen.x(), seen.y(), seen.width(), seen.height()]
+    report["scrolled"] = scroll.verticalScrollBar().value()
+    first = {}
+    for name in FIRST_VIEW:
+        w = docker.findChild(QWidget, f"sd_krita_{name}")
+        r = global_rect(w)
+        first[name] = {
+            "rect": [r.x(), r.y(), r.width(), r.height()],
+            "visible": bool(w.isVisible()),
+            "inside": bool(seen.contains(r)),
+            "unclipped": w.visibleRegion().boundingRect() == w.rect(),
+        }
+    report["first_view"] = first
+    clipped = [describe(w) for w in controls(root) if w.isVisible() and global_rect(w).right() > seen.right()]
+    report["clipped_sideways"] = clipped
+    report["no_tooltip"] = [describe(w) for w in controls(root) if not w.toolTip().strip()]
+    report["controls"] = len(controls(root))
+    status = docker.findChild(QLabel, "sd_krita_status_label")
+    yield Wait(lambda: "not available" in status.text(), 60, "the status of the unreachable server")
+    report["status_text"] = status.text()
+    report["stop_enabled"] = docker.findChild(QPushButton, "sd_krita_stop_button").isEnabled()
+    port = docker.findChild(QSpinBox, "sd_krita_port_spin")
+    form = port.parentWidget().layout()
+    label = form.labelForField(port) if isinstance(form, QFormLayout) else None
+    report["port_label"] = label.text() if label is not None else ""
+    os.makedirs(SHOTS, exist_ok=True)
+    shots = {"window": window, "docker": docker}
+    report["shots"] = []
+    for name, w in shots.items():
+        path = os.path.join(SHOTS, f"{name}.png")
+        w.grab().save(path)
+        report["shots"].append(path)
+    fold = docker.findChild(QAbstractButton, "sd_krita_fold_options")
+    fold.click()
+    yield Wait(lambda: True, 1, "the options to unfold")
+    strength = docker.findChild(QDoubleSpinBox, "sd_krita_strength_spin")
+    report["options_unfold"] = strength.isVisible()
+    scroll.ensureWidgetVisible(strength)
+    path = os.path.join(SHOTS, "docker_options.png")
+    docker.grab().save(path)
+    report["shots"].append(path)
+    report["clipped_sideways_unfolded"] = [
+        describe(w) for w in controls(root) if w.isVisible() and global_rect(w).right() > seen.right()
+    ]
+    for key in ("selection", "loras", "upscale", "history", "server"):
+        docker.findChild(QAbstractButton, f"sd_krita_fold_{key}").click()
+    yield Wait(lambda: True, 1, "every section to unfold")
+    report["clipped_sideways_all_open"] = [
+        describe(w) for w in controls(root) if w.isVisible() and global_rect(w).right() > seen.right()
+    ]
+    path = os.path.join(SHOTS, "docker_contents.png")
+    root.grab().save(path)
+    report["shots"].append(path)
     report["completed"] = True
 
 
@@ -173,7 +430,7 @@ class Driver:
 
     def __init__(self) -> None:
         self.report: dict[str, Any] = {"completed": False}
-        self.steps = scenario(self.report)
+        self.steps = layout_scenario(self.report) if MODE == "layout" else scenario(self.report)
         self.wait: Wait | None = None
         self.timer = QTimer()
         self.timer.timeout.connect(self.tick)
