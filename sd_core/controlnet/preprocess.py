@@ -27,9 +27,12 @@ import numpy as np
 from .. import images, limits
 
 
-def _cv2() -> Any:
-    import cv2  # opencv-python-headless, a dependency: imported when a preprocessor runs
-
+def _cv2(what: str) -> Any:
+    """OpenCV, an optional extra (`sd-core[controlnet]`): its wheels need numpy 2, which Blender's Python lacks."""
+    try:
+        import cv2
+    except ImportError as e:  # missing, or built for another numpy
+        raise limits.SettingError("module", f"{what} needs OpenCV: pip install 'sd-core[controlnet]' ({e})") from None
     return cv2
 
 
@@ -49,7 +52,7 @@ def resize_short_side(image: np.ndarray, resolution: int) -> np.ndarray:
     area filter shrinking, cubic enlarging, as the extension); unchanged for `resolution` <= 0."""
     if resolution <= 0:
         return image
-    cv2 = _cv2()
+    cv2 = _cv2("resizing to a processor resolution")
     h, w = image.shape[:2]
     k = resolution / min(h, w)
     size = (max(1, round(w * k)), max(1, round(h * k)))
@@ -63,7 +66,7 @@ def canny(image: Any, low: float = 100, high: float = 200) -> np.ndarray:
     A1111 extension's "canny"."""
     limits.check_number("threshold_a", low, 1, 255)
     limits.check_number("threshold_b", high, 1, 255)
-    return _grey3(_cv2().Canny(_rgb(image), low, high))
+    return _grey3(_cv2("the canny preprocessor").Canny(_rgb(image), low, high))
 
 
 def invert(image: Any) -> np.ndarray:

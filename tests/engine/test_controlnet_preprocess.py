@@ -105,3 +105,13 @@ def test_run_by_name_with_processor_resolution_and_defaults():
         preprocess.run("depth_midas", img)
     with pytest.raises(SettingError, match="control_image"):
         preprocess.run("canny", np.zeros((0, 4, 3), np.uint8))
+
+
+def test_canny_without_opencv_names_the_extra(monkeypatch):
+    """OpenCV is the `controlnet` extra (its wheels need numpy 2, Blender's Python has 1.26): without it, canny is a
+    clear error naming what to install, not an ImportError."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
+    with pytest.raises(SettingError, match=r"canny preprocessor needs OpenCV: pip install 'sd-core\[controlnet\]'"):
+        preprocess.canny(np.zeros((16, 16, 3), np.uint8))

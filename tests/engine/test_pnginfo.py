@@ -69,4 +69,4 @@ def test_a_float_that_went_through_single_precision_is_written_as_typed():
         "Noise multiplier: 1e-05"
     )
     assert format_parameters("p", "", {"Variation seed strength": float(np.float32(0.35))}).endswith(": 0.35")
-    assert float(parse_parameters(text + ", A: 1, B: 2")["Denoising strength"]) == np.float32(0.6)
+    assert np.float32(float(parse_parameters(text + ", A: 1, B: 2")["Denoising strength"])) == np.float32(0.6)
