@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import images, limits
+from .. import images, limits, projection
 
 
 def _cv2(what: str) -> Any:
@@ -113,25 +113,11 @@ def depth_map(depth: Any, *, near: float | None = None, far: float | None = None
     `mode`: "inverse" (1/z, as MiDaS's maps) or "linear"."""
     limits.check_choice("depth_mode", mode, ("inverse", "linear"))
     z = _pass(depth, "depth", 1)
-    surface = np.isfinite(z) & (z > 0)
-    if far is not None:
-        surface &= z <= far
-    if not surface.any():
-        raise limits.SettingError("depth", "depth pass has no surface (every value is non-finite, zero or too far)")
-    lo = float(z[surface].min()) if near is None else float(near)
-    hi = float(z[surface].max()) if far is None else float(far)
-    if not 0 < lo < hi:
-        if lo == hi:  # one flat distance: all white
-            out = np.where(surface, 255, 0).astype(np.uint8)
-            return _grey3(out)
-        raise limits.SettingError("depth", f"depth: near ({lo:g}) must be positive and less than far ({hi:g})")
-    zs = np.clip(np.where(surface, z, hi), lo, hi)
-    if mode == "inverse":
-        value = (1 / zs - 1 / hi) / (1 / lo - 1 / hi)
-    else:
-        value = (hi - zs) / (hi - lo)
-    out = np.where(surface, np.round(value * 255), 0)
-    return _grey3(out.astype(np.uint8))
+    try:
+        grey = projection.depth_levels(z, near=near, far=far, mode=mode)
+    except ValueError as e:
+        raise limits.SettingError("depth", str(e)) from None
+    return _grey3(grey)
 
 
 def normal_map(normals: Any, *, camera_rotation: Any = None) -> np.ndarray:
