@@ -3,9 +3,10 @@
     python scripts/build_blender_addon.py [--blender-python .venv-bpy50/bin/python] [--output-dir dist]
                                           [--validate-with .venv-bpy42/bin/python ...]
 
-The add-on needs the stdlib HTTP client `sd_core/client.py` and the numpy-only PBR maths `sd_core/pbr.py`. Rather
-than keeping second copies in `blender_addon/`, the source is staged in a temporary folder with them copied in as
-`sd_client.py` and `sd_pbr.py`, and the zip is built from
+The add-on needs the stdlib HTTP client `sd_core/client.py` and the numpy-only PBR and projection maths
+`sd_core/pbr.py` and `sd_core/projection.py`. Rather than keeping second copies in `blender_addon/`, the source is
+staged in a temporary folder with them copied in as `sd_client.py`, `sd_pbr.py` and `sd_projection.py`, and the zip
+is built from
 there (Blender's builder skips symlinks, so a link would not do). The tool (`blender_ext.py`) ships inside the `bpy`
 wheel; `scripts/install_bpy.sh` makes the venvs that have it. Prints the zip's path last; exits non-zero on failure.
 """
@@ -26,6 +27,8 @@ CLIENT = REPO / "sd_core" / "client.py"
 VENDORED_NAME = "sd_client.py"
 PBR = REPO / "sd_core" / "pbr.py"  # numpy only: the PBR maps are made in Blender's own Python
 PBR_NAME = "sd_pbr.py"
+PROJECTION = REPO / "sd_core" / "projection.py"  # numpy only: Project Texture's geometry
+PROJECTION_NAME = "sd_projection.py"
 DEFAULT_PYTHON = REPO / ".venv-bpy50" / "bin" / "python"
 
 
@@ -67,6 +70,8 @@ def stage(into: Path) -> Path:
     shutil.copyfile(CLIENT, staged / VENDORED_NAME)
     check_standalone(PBR, allowed=("numpy",))
     shutil.copyfile(PBR, staged / PBR_NAME)
+    check_standalone(PROJECTION, allowed=("numpy",))
+    shutil.copyfile(PROJECTION, staged / PROJECTION_NAME)
     return staged
 
 
