@@ -68,6 +68,11 @@ class Request:
     hires_strength: float = 0.4
     hires_steps: int | None = None  # the second pass's steps (None: the engine's rule; A1111's server rule: all)
     tile: tuple[int, int, int] | None = None
+    # A ControlNet unit (Project Texture's depth): the control map (uint8 HxWx3 top-down, used as it is: module
+    # "none"), the name of a ControlNet of the server's `--controlnet-dir` (`/controlnet/model_list`) and its weight
+    control_image: np.ndarray | None = None
+    control_model: str = ""
+    control_weight: float = 1.0
 
     def tagged_prompt(self) -> str:
         """The prompt with the LoRAs' A1111 tags appended (how both engines are asked for a LoRA)."""
@@ -84,6 +89,8 @@ class Request:
             raise UserError("img2img needs a source image with pixels")
         if self.kind == "inpaint" and self.mask is None:
             raise UserError("Inpainting needs a mask")
+        if self.control_image is not None and not self.control_model:
+            raise UserError("Choose a depth ControlNet of the server (the panel's ControlNet field) to project with")
         self.tagged_prompt()
 
 

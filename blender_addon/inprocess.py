@@ -97,6 +97,8 @@ class InProcessEngine(Engine):
         request.check()
         if request.model:
             raise UserError("In-process mode has one model (the preferences' Model): clear the panel's model choice")
+        if request.control_image is not None:
+            raise UserError("Project Texture needs a server with a depth ControlNet: choose a server connection")
         return Job(lambda cancel: self._generate(request, cancel), on_cancel=self.interrupt)
 
     def _generate(self, request: Request, cancel: threading.Event) -> Result:

@@ -13,10 +13,11 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import materials, pixels, props
+from . import materials, pixels, projection, props
 from .engine import Request, Result, UserError, client, size_choices
 from .renders import render_scene, render_viewport
 from .runs import PREVIEW_NAME, SESSION, Finish, Run, new_preview_image, remove_images
+from .task import State
 
 TIMER_SECONDS = 0.1
 TEXTURE_FOLDER = "//sd_textures"
@@ -408,6 +409,180 @@ class SDCORE_OT_pbr_maps(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _multiple_of_8(value: int) -> int:
+    return max(8, value // 8 * 8)
+
+
+class SDCORE_OT_project_texture(_Generation, bpy.types.Operator):
+    """Generate from each camera with a depth ControlNet and project the picture onto the selected meshes' UVs,
+    baked into a texture per object (alpha = covered) wired into its material. Each further camera inpaints only
+    what earlier views did not cover"""
+
+    bl_idname = "sdcore.project_texture"
+    bl_label = "Project Texture"
+
+    cameras: StringProperty(
+        name="Cameras",
+        default="",
+        description="Camera objects to project from in turn, comma-separated; empty: the scene's active camera",
+    )
+    controlnet: StringProperty(
+        name="ControlNet", default="", description="The server's depth ControlNet; empty: the panel's ControlNet"
+    )
+    control_weight: FloatProperty(name="ControlNet weight", default=1.0, min=0.0, max=2.0)
+    fill_strength: FloatProperty(
+        name="Fill strength",
+        default=1.0,
+        min=0.0,
+        max=1.0,
+        description="Denoising strength of the further cameras' inpainting (1: the holes are made anew)",
+    )
+    texture_size: IntProperty(name="Texture size", default=projection.TEXTURE_SIZE, min=64, max=8192)
+
+    _camera_names: list[str]
+    _object_names: list[str]
+    _index = 0
+    _pending: tuple | None = None  # (init image, mask) of the next camera's inpainting, found by `_advance`
+    _made_any = False
+
+    def _setup(self, context: Any) -> bool:
+        scene = context.scene
+        names = [n.strip() for n in self.cameras.split(",") if n.strip()]
+        if not names and scene.camera is not None:
+            names = [scene.camera.name]
+        try:
+            if not names:
+                raise UserError("The scene has no active camera to project from: add one and make it active")
+            for name in names:
+                obj = bpy.data.objects.get(name)
+                if obj is None or obj.type != "CAMERA":
+                    raise UserError(f"There is no camera named '{name}'")
+            meshes = [o for o in context.selected_objects if o.type == "MESH"]
+            if not meshes:
+                raise UserError("Select the mesh objects to project onto")
+            for obj in meshes:
+                if len(obj.data.uv_layers) == 0:
+                    materials.ensure_uvs(obj.data)
+        except UserError as exc:
+            SESSION.last_error = str(exc)
+            self.report({"ERROR"}, str(exc))
+            return False
+        self._camera_names, self._object_names = names, [o.name for o in meshes]
+        self._index, self._pending, self._made_any = 0, None, False
+        for obj in meshes:
+            projection.texture_for(obj, self.texture_size)
+        return True
+
+    def _objects(self) -> list[Any]:
+        return [bpy.data.objects[n] for n in self._object_names if n in bpy.data.objects]
+
+    def _advance(self, context: Any) -> bool:
+        """Move to the next camera that has something to do (the first with nothing covered yet: everything);
+        False when none is left."""
+        while self._index < len(self._camera_names):
+            objects = self._objects()
+            covered = any((projection.read_texture(projection.texture_for(o))[:, :, 3] > 0.5).any() for o in objects)
+            if not covered:
+                self._pending = None
+                return True
+            camera = bpy.data.objects[self._camera_names[self._index]]
+            init, mask, holes = projection.inpaint_inputs(context.scene, camera, objects)
+            if holes > 0:
+                self._pending = (init, mask)
+                return True
+            self._index += 1
+        return False
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        scene, settings = context.scene, props.settings(context)
+        camera_name = self._camera_names[self._index]
+        camera = bpy.data.objects[camera_name]
+        width, height = projection.render_size(scene)
+        depth = projection.render_depth(scene, camera)
+        if self._pending is None:
+            request = props.make_request(settings, "txt2img", hires_scale=None, tile=None)
+            request.width, request.height = _multiple_of_8(width), _multiple_of_8(height)
+        else:
+            init, mask = self._pending
+            request = _img2img_request(settings, init, kind="inpaint", seamless=False)
+            request.mask, request.strength = mask, self.fill_strength
+        request.tiling = ""  # a view of the scene, not a tile
+        request.control_image = projection.depth_control_image(depth)
+        request.control_model = self.controlnet or settings.controlnet
+        request.control_weight = self.control_weight
+        object_names = list(self._object_names)
+        label = f"Project texture from '{camera_name}' ({self._index + 1} of {len(self._camera_names)})"
+
+        def finish(decoded: list[np.ndarray], result: Result) -> list[Any]:
+            picture = _fit(decoded[0], width, height)
+            cam = bpy.data.objects[camera_name]
+            objects = [bpy.data.objects[n] for n in object_names if n in bpy.data.objects]
+            projection.project_picture(scene, cam, objects, picture[:, :, :3], depth)
+            made = []
+            for obj in objects:
+                texture = projection.texture_for(obj)
+                if result.infotexts and result.infotexts[0]:
+                    texture["sd_parameters"] = result.infotexts[0]
+                materials.apply_texture(obj, texture)
+                made.append(texture)
+            return made
+
+        return request, label, finish
+
+    def _pack(self) -> None:
+        if props.settings(bpy.context).pack:
+            for obj in self._objects():
+                projection.texture_for(obj).pack()
+
+    def execute(self, context: Any) -> set[str]:
+        if not self._setup(context):
+            return {"CANCELLED"}
+        outcome = {"CANCELLED"}
+        while self._advance(context):
+            run = self._begin(context)
+            if run is None:
+                return {"CANCELLED"}
+            run.wait()
+            outcome = self._end(run)
+            if run.state is not State.DONE:
+                return outcome
+            self._pack()
+            self._index += 1
+        if outcome == {"CANCELLED"} and self._index >= len(self._camera_names):
+            self.report({"INFO"}, "Project texture: every texel the cameras see is covered already")
+            return {"FINISHED"}
+        return outcome
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        if not self._setup(context):
+            return {"CANCELLED"}
+        if not self._advance(context):
+            self.report({"INFO"}, "Project texture: every texel the cameras see is covered already")
+            return {"FINISHED"}
+        return _Generation.invoke(self, context, event)
+
+    def modal(self, context: Any, event: Any) -> set[str]:
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        assert self._run is not None
+        if not self._run.step():
+            return {"PASS_THROUGH"}
+        if self._run.state is State.DONE:
+            self._pack()
+            self._index += 1
+            if self._advance(context):
+                SESSION.note(self._run)
+                run = self._begin(context)
+                if run is not None:
+                    self._run = run
+                    return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        self._timer = None
+        return self._end(self._run)
+
+
 class SDCORE_OT_cancel(bpy.types.Operator):
     """Stop the running generation; nothing is made from it"""
 
@@ -585,6 +760,7 @@ CLASSES = (
     SDCORE_OT_img2img_image,
     SDCORE_OT_inpaint_image,
     SDCORE_OT_pbr_maps,
+    SDCORE_OT_project_texture,
     SDCORE_OT_cancel,
     SDCORE_OT_release,
     SDCORE_OT_test_connection,

@@ -166,6 +166,12 @@ class SDCORE_PG_settings(bpy.types.PropertyGroup):
             description="Also derive normal, height and roughness maps from a generated texture and wire them into "
             "the material (Normal Map node, Roughness, Displacement); seamless like the texture",
         ),
+        "controlnet": StringProperty(
+            name="ControlNet",
+            default="",
+            description="Project Texture's depth ControlNet: a name of the server's ControlNet folder "
+            "(its /controlnet/model_list, e.g. control_v11f1p_sd15_depth)",
+        ),
         "history": CollectionProperty(type=SDCORE_PG_history_entry),
         "history_index": IntProperty(default=0),
     }

@@ -64,6 +64,15 @@ def a1111_payload(request: Request) -> tuple[str, dict[str, Any]]:
             payload[name] = getattr(request, name)
     if request.tiling:
         payload["tiling"] = True if request.tiling == "xy" else request.tiling
+    if request.control_image is not None:  # the A1111 ControlNet extension's unit: the map as it is
+        unit = {
+            "image": _png_b64(request.control_image),
+            "module": "none",
+            "model": request.control_model,
+            "weight": request.control_weight,
+            "resize_mode": "Just Resize",
+        }
+        payload["alwayson_scripts"] = {"controlnet": {"args": [unit]}}
     if request.kind == "txt2img":
         if request.hires_scale:  # A1111's hires fix; the second pass's strength is its denoising_strength
             payload.update(enable_hr=True, hr_scale=request.hires_scale, hr_upscaler="Lanczos")

@@ -111,6 +111,11 @@ class _Panel:
         row.prop(s, "pbr", toggle=True, icon="NODE_MATERIAL")
         row.prop(s, "pack", toggle=True, icon="PACKAGE")
         col.operator("sdcore.pbr_maps", icon="NODE_MATERIAL")
+        if context.space_data.type == "VIEW_3D":
+            col = layout.column(align=True)
+            col.enabled = not busy
+            col.prop(s, "controlnet")
+            col.operator("sdcore.project_texture", icon="MOD_UVPROJECT")
         col = layout.column(align=True)
         col.enabled = not busy
         col.prop(s, "strength", slider=True)
