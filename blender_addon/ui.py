@@ -111,7 +111,7 @@ class _Panel:
         row.prop(s, "pbr", toggle=True, icon="NODE_MATERIAL")
         row.prop(s, "pack", toggle=True, icon="PACKAGE")
         col.operator("sdcore.pbr_maps", icon="NODE_MATERIAL")
-        if context.space_data.type == "VIEW_3D":
+        if context.space_data.type == "NODE_EDITOR":  # the shader editor: about objects and their materials
             col = layout.column(align=True)
             col.enabled = not busy
             col.prop(s, "controlnet")

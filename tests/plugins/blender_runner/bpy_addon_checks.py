@@ -619,6 +619,7 @@ def test_panels_and_operators_are_registered(addon_env):
         "release",
         "size",
         "add_lora",
+        "project_texture",
     ):
         assert hasattr(bpy.ops.sdcore, op)
 

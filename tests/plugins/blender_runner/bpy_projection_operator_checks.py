@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 if "BLENDER_USER_RESOURCES" not in os.environ:
@@ -115,3 +116,55 @@ def test_project_texture_from_two_cameras(addon):
     diff2 = np.abs(back2[:, :, :3] * 255 - second)[filled].mean()
     print(f"camera 2: mean abs diff {diff2:.2f}/255 over {filled.sum()} newly filled pixels")
     assert diff2 < 8, diff2
+
+
+class Recorder:
+    """Stands in for a panel's layout (panels do not draw in background mode): records props and operators."""
+
+    def __init__(self, log: list) -> None:
+        self.log, self.enabled, self.alert = log, True, False
+
+    def row(self, **_kwargs):
+        return Recorder(self.log)
+
+    column = box = row
+
+    def prop(self, _data, name, **_kwargs) -> None:
+        self.log.append(name)
+
+    def operator(self, idname, **_kwargs):
+        self.log.append(idname)
+        return types.SimpleNamespace()
+
+    def label(self, *_args, **_kwargs) -> None:
+        pass
+
+    operator_menu_enum = progress = template_icon = label
+
+
+def test_the_shader_editor_panel_offers_project_texture(addon):
+    drawn = {}
+    for space in ("NODE_EDITOR", "IMAGE_EDITOR"):
+        log: list = []
+        context = types.SimpleNamespace(scene=bpy.context.scene, space_data=types.SimpleNamespace(type=space))
+        addon.ui.SDCORE_PT_shader_editor.draw(types.SimpleNamespace(layout=Recorder(log)), context)
+        drawn[space] = log
+    assert "sdcore.project_texture" in drawn["NODE_EDITOR"] and "controlnet" in drawn["NODE_EDITOR"]
+    assert "sdcore.project_texture" not in drawn["IMAGE_EDITOR"]
+
+
+def test_without_a_controlnet_or_a_selection_the_report_says_what_to_do(addon):
+    scene = empty_scene(W, H)
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.url = "SERVER", URL
+    scene.sd_core.controlnet = ""
+    cube, _ = cube_and_sphere(scene)
+    scene.camera = add_camera(scene, "Cam1", CAM1, TARGET)
+    bpy.ops.object.select_all(action="DESELECT")
+    with pytest.raises(RuntimeError, match="Select the mesh objects"):
+        bpy.ops.sdcore.project_texture()
+    cube.select_set(True)
+    with pytest.raises(RuntimeError, match="depth ControlNet"):
+        bpy.ops.sdcore.project_texture()
+    with pytest.raises(RuntimeError, match="no camera named 'Nope'"):
+        bpy.ops.sdcore.project_texture(cameras="Nope")
