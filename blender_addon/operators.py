@@ -413,6 +413,113 @@ def _multiple_of_8(value: int) -> int:
     return max(8, value // 8 * 8)
 
 
+class Projection:
+    """Project Texture's plan, in plain Python so the operator, the blocking path and tests share it: the cameras
+    in turn, one `Run` each (started by `SESSION`, so it is ticked, previewed and cancelled like every run).
+
+    `advance()` moves to the next camera with something to do (returns False when none is left), `prepare()` renders
+    its depth and makes the request (txt2img while nothing is covered yet, else an inpaint of what the textures'
+    coverage leaves open, seen from that camera), and the run's finish bakes the picture. `finished(run)` after
+    a successful run moves on. Nothing is baked for a cancelled or failed run."""
+
+    def __init__(
+        self,
+        context: Any,
+        cameras: str = "",
+        controlnet: str = "",
+        control_weight: float = 1.0,
+        fill_strength: float = 1.0,
+        texture_size: int = projection.TEXTURE_SIZE,
+    ) -> None:
+        scene = context.scene
+        names = [n.strip() for n in cameras.split(",") if n.strip()]
+        if not names and scene.camera is not None:
+            names = [scene.camera.name]
+        if not names:
+            raise UserError("The scene has no active camera to project from: add one and make it active")
+        for name in names:
+            obj = bpy.data.objects.get(name)
+            if obj is None or obj.type != "CAMERA":
+                raise UserError(f"There is no camera named '{name}'")
+        meshes = [o for o in context.selected_objects if o.type == "MESH"]
+        if not meshes:
+            raise UserError("Select the mesh objects to project onto")
+        for obj in meshes:
+            materials.ensure_uvs(obj.data)
+            projection.texture_for(obj, texture_size)
+        self.scene_name = scene.name
+        self.camera_names, self.object_names = names, [o.name for o in meshes]
+        self.controlnet, self.control_weight, self.fill_strength = controlnet, control_weight, fill_strength
+        self.index = 0
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None
+
+    def objects(self) -> list[Any]:
+        return [bpy.data.objects[n] for n in self.object_names if n in bpy.data.objects]
+
+    def advance(self) -> bool:
+        """Move to the next camera that has something to do; False when none is left."""
+        scene = bpy.data.scenes[self.scene_name]
+        while self.index < len(self.camera_names):
+            objects = self.objects()
+            covered = any((projection.read_texture(projection.texture_for(o))[:, :, 3] > 0.5).any() for o in objects)
+            if not covered:
+                self._pending = None
+                return True
+            camera = bpy.data.objects[self.camera_names[self.index]]
+            init, mask, holes = projection.inpaint_inputs(scene, camera, objects)
+            if holes > 0:
+                self._pending = (init, mask)
+                return True
+            self.index += 1
+        return False
+
+    def prepare(self, context: Any) -> tuple[Request, str, Finish]:
+        scene, settings = bpy.data.scenes[self.scene_name], props.settings(context)
+        camera_name = self.camera_names[self.index]
+        width, height = projection.render_size(scene)
+        depth = projection.render_depth(scene, bpy.data.objects[camera_name])
+        if self._pending is None:
+            request = props.make_request(settings, "txt2img", hires_scale=None, tile=None)
+            request.width, request.height = _multiple_of_8(width), _multiple_of_8(height)
+        else:
+            init, mask = self._pending
+            request = _img2img_request(settings, init, kind="inpaint", seamless=False)
+            request.mask, request.strength = mask, self.fill_strength
+        request.tiling = ""  # a view of the scene, not a tile
+        request.control_image = projection.depth_control_image(depth)
+        request.control_model = self.controlnet or settings.controlnet
+        request.control_weight = self.control_weight
+        object_names, scene_name = list(self.object_names), self.scene_name
+        label = f"Project texture from '{camera_name}' ({self.index + 1} of {len(self.camera_names)})"
+
+        def finish(decoded: list[np.ndarray], result: Result) -> list[Any]:
+            picture = _fit(decoded[0], width, height)
+            objects = [bpy.data.objects[n] for n in object_names if n in bpy.data.objects]
+            camera = bpy.data.objects[camera_name]
+            projection.project_picture(bpy.data.scenes[scene_name], camera, objects, picture[:, :, :3], depth)
+            made = []
+            for obj in objects:
+                texture = projection.texture_for(obj)
+                if result.infotexts and result.infotexts[0]:
+                    texture["sd_parameters"] = result.infotexts[0]
+                materials.apply_texture(obj, texture)
+                made.append(texture)
+            return made
+
+        return request, label, finish
+
+    def finished(self, run: Run, pack: bool) -> bool:
+        """After a run: on success keep the textures (packed when asked) and go on; True if another camera has
+        something to do."""
+        if run.state is not State.DONE:
+            return False
+        if pack:
+            for obj in self.objects():
+                projection.texture_for(obj).pack()
+        self.index += 1
+        return self.advance()
+
+
 class SDCORE_OT_project_texture(_Generation, bpy.types.Operator):
     """Generate from each camera with a depth ControlNet and project the picture onto the selected meshes' UVs,
     baked into a texture per object (alpha = covered) wired into its material. Each further camera inpaints only
@@ -439,145 +546,63 @@ class SDCORE_OT_project_texture(_Generation, bpy.types.Operator):
     )
     texture_size: IntProperty(name="Texture size", default=projection.TEXTURE_SIZE, min=64, max=8192)
 
-    _camera_names: list[str]
-    _object_names: list[str]
-    _index = 0
-    _pending: tuple | None = None  # (init image, mask) of the next camera's inpainting, found by `_advance`
-    _made_any = False
+    _plan: Projection | None = None
+    _NOTHING = "Project texture: every texel the cameras see is covered already"
 
-    def _setup(self, context: Any) -> bool:
-        scene = context.scene
-        names = [n.strip() for n in self.cameras.split(",") if n.strip()]
-        if not names and scene.camera is not None:
-            names = [scene.camera.name]
+    def _setup(self, context: Any) -> set[str] | None:
+        """The plan, moved to its first camera with work; None when there is one, else the operator's (reported)
+        outcome: nothing left to do, or refused."""
         try:
-            if not names:
-                raise UserError("The scene has no active camera to project from: add one and make it active")
-            for name in names:
-                obj = bpy.data.objects.get(name)
-                if obj is None or obj.type != "CAMERA":
-                    raise UserError(f"There is no camera named '{name}'")
-            meshes = [o for o in context.selected_objects if o.type == "MESH"]
-            if not meshes:
-                raise UserError("Select the mesh objects to project onto")
-            for obj in meshes:
-                if len(obj.data.uv_layers) == 0:
-                    materials.ensure_uvs(obj.data)
+            self._plan = Projection(
+                context, self.cameras, self.controlnet, self.control_weight, self.fill_strength, self.texture_size
+            )
+            if not self._plan.advance():
+                self.report({"INFO"}, self._NOTHING)
+                return {"FINISHED"}
         except UserError as exc:
             SESSION.last_error = str(exc)
             self.report({"ERROR"}, str(exc))
-            return False
-        self._camera_names, self._object_names = names, [o.name for o in meshes]
-        self._index, self._pending, self._made_any = 0, None, False
-        for obj in meshes:
-            projection.texture_for(obj, self.texture_size)
-        return True
-
-    def _objects(self) -> list[Any]:
-        return [bpy.data.objects[n] for n in self._object_names if n in bpy.data.objects]
-
-    def _advance(self, context: Any) -> bool:
-        """Move to the next camera that has something to do (the first with nothing covered yet: everything);
-        False when none is left."""
-        while self._index < len(self._camera_names):
-            objects = self._objects()
-            covered = any((projection.read_texture(projection.texture_for(o))[:, :, 3] > 0.5).any() for o in objects)
-            if not covered:
-                self._pending = None
-                return True
-            camera = bpy.data.objects[self._camera_names[self._index]]
-            init, mask, holes = projection.inpaint_inputs(context.scene, camera, objects)
-            if holes > 0:
-                self._pending = (init, mask)
-                return True
-            self._index += 1
-        return False
+            return {"CANCELLED"}
+        return None
 
     def prepare(self, context: Any) -> tuple[Request, str, Finish]:
-        scene, settings = context.scene, props.settings(context)
-        camera_name = self._camera_names[self._index]
-        camera = bpy.data.objects[camera_name]
-        width, height = projection.render_size(scene)
-        depth = projection.render_depth(scene, camera)
-        if self._pending is None:
-            request = props.make_request(settings, "txt2img", hires_scale=None, tile=None)
-            request.width, request.height = _multiple_of_8(width), _multiple_of_8(height)
-        else:
-            init, mask = self._pending
-            request = _img2img_request(settings, init, kind="inpaint", seamless=False)
-            request.mask, request.strength = mask, self.fill_strength
-        request.tiling = ""  # a view of the scene, not a tile
-        request.control_image = projection.depth_control_image(depth)
-        request.control_model = self.controlnet or settings.controlnet
-        request.control_weight = self.control_weight
-        object_names = list(self._object_names)
-        label = f"Project texture from '{camera_name}' ({self._index + 1} of {len(self._camera_names)})"
-
-        def finish(decoded: list[np.ndarray], result: Result) -> list[Any]:
-            picture = _fit(decoded[0], width, height)
-            cam = bpy.data.objects[camera_name]
-            objects = [bpy.data.objects[n] for n in object_names if n in bpy.data.objects]
-            projection.project_picture(scene, cam, objects, picture[:, :, :3], depth)
-            made = []
-            for obj in objects:
-                texture = projection.texture_for(obj)
-                if result.infotexts and result.infotexts[0]:
-                    texture["sd_parameters"] = result.infotexts[0]
-                materials.apply_texture(obj, texture)
-                made.append(texture)
-            return made
-
-        return request, label, finish
-
-    def _pack(self) -> None:
-        if props.settings(bpy.context).pack:
-            for obj in self._objects():
-                projection.texture_for(obj).pack()
+        assert self._plan is not None
+        return self._plan.prepare(context)
 
     def execute(self, context: Any) -> set[str]:
-        if not self._setup(context):
-            return {"CANCELLED"}
-        outcome = {"CANCELLED"}
-        while self._advance(context):
+        refused = self._setup(context)
+        if refused is not None:
+            return refused
+        assert self._plan is not None
+        while True:
             run = self._begin(context)
             if run is None:
                 return {"CANCELLED"}
             run.wait()
-            outcome = self._end(run)
-            if run.state is not State.DONE:
-                return outcome
-            self._pack()
-            self._index += 1
-        if outcome == {"CANCELLED"} and self._index >= len(self._camera_names):
-            self.report({"INFO"}, "Project texture: every texel the cameras see is covered already")
-            return {"FINISHED"}
-        return outcome
+            if not self._plan.finished(run, props.settings(context).pack):
+                return self._end(run)
+            SESSION.note(run)
 
     def invoke(self, context: Any, event: Any) -> set[str]:
         if bpy.app.background or context.window is None:
             return self.execute(context)
-        if not self._setup(context):
-            return {"CANCELLED"}
-        if not self._advance(context):
-            self.report({"INFO"}, "Project texture: every texel the cameras see is covered already")
-            return {"FINISHED"}
+        refused = self._setup(context)
+        if refused is not None:
+            return refused
         return _Generation.invoke(self, context, event)
 
     def modal(self, context: Any, event: Any) -> set[str]:
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        assert self._run is not None
+        assert self._run is not None and self._plan is not None
         if not self._run.step():
             return {"PASS_THROUGH"}
-        if self._run.state is State.DONE:
-            self._pack()
-            self._index += 1
-            if self._advance(context):
-                SESSION.note(self._run)
-                run = self._begin(context)
-                if run is not None:
-                    self._run = run
-                    return {"PASS_THROUGH"}
+        if self._plan.finished(self._run, props.settings(context).pack):
+            SESSION.note(self._run)
+            run = self._begin(context)
+            if run is not None:
+                self._run = run
+                return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
         self._timer = None
         return self._end(self._run)

@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def decode(addon, png: bytes) -> np.ndarray:
     return addon.pixels.png_to_array(png)
 
 
-def test_project_texture_from_two_cameras(addon):
+def projection_scene(addon):
+    """Cube and sphere selected, two cameras (Cam1 active), the textures premarked, the add-on at the server."""
     prefs = bpy.context.preferences.addons[ADDON].preferences
     scene = empty_scene(W, H)
     prefs.connection, prefs.url = "SERVER", URL
@@ -68,6 +70,13 @@ def test_project_texture_from_two_cameras(addon):
     for obj in objects:
         obj.select_set(True)
     bpy.context.view_layer.objects.active = cube
+    return scene, objects, cam1, cam2
+
+
+def test_project_texture_from_two_cameras(addon):
+    scene, objects, cam1, cam2 = projection_scene(addon)
+    cube, _ = objects
+    proj = addon.projection
 
     assert bpy.ops.sdcore.project_texture(cameras="Cam1") == {"FINISHED"}, addon.runs.SESSION.last_error
     run = addon.runs.SESSION.run
@@ -168,3 +177,30 @@ def test_without_a_controlnet_or_a_selection_the_report_says_what_to_do(addon):
         bpy.ops.sdcore.project_texture()
     with pytest.raises(RuntimeError, match="no camera named 'Nope'"):
         bpy.ops.sdcore.project_texture(cameras="Nope")
+
+
+def test_a_projection_run_ticks_without_blocking_and_cancel_bakes_nothing(addon):
+    """The operator's plan driven as the modal timer drives it: each tick returns at once; Cancel mid-run leaves
+    every texture as it was."""
+    scene, objects, cam1, _ = projection_scene(addon)
+    proj, session = addon.projection, addon.runs.SESSION
+    before = {o.name: proj.read_texture(proj.texture_for(o)) for o in objects}
+    plan = addon.operators.Projection(bpy.context, "Cam1", CONTROLNET)
+    assert plan.advance()
+    request, label, finish = plan.prepare(bpy.context)
+    assert request.kind == "txt2img" and request.control_image is not None
+    request.steps, request.width, request.height = 150, 512, 512  # long enough to be cancelled while it runs
+    run = session.start(bpy.context, request, label, finish)
+    slowest, deadline = 0.0, time.monotonic() + 120
+    while run.task.state is not addon.task.State.RUNNING:
+        assert time.monotonic() < deadline and not run.finished, run.report()
+        t = time.monotonic()
+        run.step()
+        slowest = max(slowest, time.monotonic() - t)
+        time.sleep(0.02)
+    assert slowest < 0.5, slowest
+    run.cancel()
+    assert run.wait(timeout=60) is addon.task.State.CANCELLED
+    assert not plan.finished(run, pack=True) and plan.index == 0
+    for obj in objects:
+        np.testing.assert_array_equal(proj.read_texture(proj.texture_for(obj)), before[obj.name])
