@@ -320,6 +320,28 @@ def test_a_default_request_leaves_cfg_and_size_to_the_engine():
     assert generation_settings(Request(prompt="x", seed=7, cfg_scale=5.0)).cfg_scale == 5.0
 
 
+def test_a_depth_control_map_goes_as_one_controlnet_extension_unit():
+    """Project Texture's depth: the A1111 ControlNet extension's unit, the map as it is (module "none"), on txt2img and
+    on the next camera's inpainting; a map without a ControlNet is the add-on's clear refusal; in-process refuses."""
+    depth = np.zeros((16, 24, 3), np.uint8)
+    depth[:, :12] = 255
+    for kind, extra in (
+        ("txt2img", {}),
+        ("inpaint", {"image": np.zeros((16, 24, 3), np.uint8), "mask": depth[..., 0]}),
+    ):
+        request = Request(kind=kind, prompt="x", control_image=depth, control_model="depth [abc]", control_weight=0.7)
+        request.__dict__.update(extra)
+        _, payload = a1111_payload(request)
+        (unit,) = payload["alwayson_scripts"]["controlnet"]["args"]
+        assert (unit["module"], unit["model"], unit["weight"]) == ("none", "depth [abc]", 0.7)
+        assert np.array_equal(np.asarray(open_b64(unit["image"]).convert("RGB")), depth)
+    assert "alwayson_scripts" not in a1111_payload(Request(prompt="x"))[1]
+    with pytest.raises(UserError, match="depth ControlNet"):
+        Request(prompt="x", control_image=depth).check()
+    with pytest.raises(UserError, match="needs a server"):
+        InProcessEngine("").start(Request(prompt="x", control_image=depth, control_model="depth"))
+
+
 def test_a_production_size_is_the_same_hires_fix_and_tiles_for_both_engines():
     """2K/4K as both engines are asked: the server's A1111 hires fields and sd_core_tile, the engine's HiresOptions and
     TileOptions, with the same numbers; a chosen model goes as this request's override only."""
