@@ -231,6 +231,11 @@ class Engine(ABC):
         """The names of the LoRAs this engine can apply (its LoRA folder); may block briefly (a server's list)."""
         return []
 
+    def controlnets(self) -> list[str]:
+        """The names of the ControlNets a request may name (`Request.control_model`): a server's ControlNet folder;
+        may block briefly. Empty: this engine takes none."""
+        return []
+
     def models(self) -> list[str]:
         """The names of the models a request may choose (`Request.model`): a server's models folder; may block
         briefly. Empty: the engine has its one model."""

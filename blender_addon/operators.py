@@ -737,6 +737,36 @@ class SDCORE_OT_choose_model(bpy.types.Operator):
         return {"FINISHED"}
 
 
+_CONTROLNET_NAMES: list[str] = []  # the engine's list, read when the dialog opens
+
+
+def _controlnet_names(_self: Any, _context: Any, _text: str) -> list[str]:
+    return _CONTROLNET_NAMES
+
+
+class SDCORE_OT_choose_controlnet(bpy.types.Operator):
+    """Choose one of the server's ControlNets for Project Texture (a depth ControlNet)"""
+
+    bl_idname = "sdcore.choose_controlnet"
+    bl_label = "Choose ControlNet"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: StringProperty(name="ControlNet", default="", search=_controlnet_names)
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        try:
+            _CONTROLNET_NAMES[:] = SESSION.engine_for(context).controlnets()
+        except Exception as exc:  # the list is a convenience: any name can still be typed
+            self.report({"WARNING"}, f"Could not list the ControlNets: {exc}")
+        if not _CONTROLNET_NAMES:
+            self.report({"INFO"}, "The engine lists no ControlNet (a server started with --controlnet-dir does)")
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context: Any) -> set[str]:
+        props.settings(context).controlnet = self.name.strip()
+        return {"FINISHED"}
+
+
 class SDCORE_OT_history_clear(bpy.types.Operator):
     """Forget the recent prompts"""
 
@@ -793,6 +823,7 @@ CLASSES = (
     SDCORE_OT_history_clear,
     SDCORE_OT_add_lora,
     SDCORE_OT_choose_model,
+    SDCORE_OT_choose_controlnet,
 )
 
 

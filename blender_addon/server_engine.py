@@ -158,6 +158,11 @@ class ServerEngine(Engine):
     def loras(self) -> list[str]:
         return [str(item["name"]) for item in self._client.loras() if isinstance(item, dict) and item.get("name")]
 
+    def controlnets(self) -> list[str]:
+        """The server's `/controlnet/model_list` (A1111's ControlNet extension API; names with their `[hash]`)."""
+        listed = (self._client.request("GET", "/controlnet/model_list") or {}).get("model_list") or []
+        return [str(name) for name in listed if isinstance(name, str) and name and name != "None"]
+
     def models(self) -> list[str]:
         listed = [item for item in self._client.request("GET", "/sdapi/v1/sd-models") or [] if isinstance(item, dict)]
         names = [str(item["model_name"]) for item in listed if item.get("model_name")]
@@ -291,6 +296,9 @@ class LocalServerEngine(ServerEngine):
 
     def models(self) -> list[str]:
         return super().models() if self._server is not None else []  # its one model until it runs
+
+    def controlnets(self) -> list[str]:
+        return super().controlnets() if self._server is not None else []
 
     def loras(self) -> list[str]:
         """The server's list once it runs; before, the LoRA folder's files (what it will list)."""

@@ -114,7 +114,9 @@ class _Panel:
         if context.space_data.type == "NODE_EDITOR":  # the shader editor: about objects and their materials
             col = layout.column(align=True)
             col.enabled = not busy
-            col.prop(s, "controlnet")
+            row = col.row(align=True)
+            row.prop(s, "controlnet")
+            row.operator("sdcore.choose_controlnet", text="", icon="DOWNARROW_HLT")
             col.operator("sdcore.project_texture", icon="MOD_UVPROJECT")
         col = layout.column(align=True)
         col.enabled = not busy

@@ -94,5 +94,5 @@ def test_project_texture_operator_in_blender(version, projection_server, project
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=OPERATOR_RUNNER.parent, timeout=600)
     assert done.returncode == 0, f"Blender {version} checks failed:\n{done.stdout[-12000:]}\n{done.stderr[-4000:]}"
-    assert "4 passed" in done.stdout.splitlines()[-1], done.stdout[-2000:]
+    assert "5 passed" in done.stdout.splitlines()[-1], done.stdout[-2000:]
     print("\n".join(line for line in done.stdout.splitlines() if "mean abs diff" in line))  # the figures (-s)

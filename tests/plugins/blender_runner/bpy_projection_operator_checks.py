@@ -159,6 +159,7 @@ def test_the_shader_editor_panel_offers_project_texture(addon):
         addon.ui.SDCORE_PT_shader_editor.draw(types.SimpleNamespace(layout=Recorder(log)), context)
         drawn[space] = log
     assert "sdcore.project_texture" in drawn["NODE_EDITOR"] and "controlnet" in drawn["NODE_EDITOR"]
+    assert "sdcore.choose_controlnet" in drawn["NODE_EDITOR"]
     assert "sdcore.project_texture" not in drawn["IMAGE_EDITOR"]
 
 
@@ -177,6 +178,15 @@ def test_without_a_controlnet_or_a_selection_the_report_says_what_to_do(addon):
         bpy.ops.sdcore.project_texture()
     with pytest.raises(RuntimeError, match="no camera named 'Nope'"):
         bpy.ops.sdcore.project_texture(cameras="Nope")
+
+
+def test_the_servers_controlnets_are_a_list_to_choose_from(addon):
+    scene = empty_scene(W, H)
+    prefs = bpy.context.preferences.addons[ADDON].preferences
+    prefs.connection, prefs.url = "SERVER", URL
+    assert addon.runs.SESSION.engine_for(bpy.context).controlnets() == [CONTROLNET]
+    assert bpy.ops.sdcore.choose_controlnet(name=CONTROLNET) == {"FINISHED"}
+    assert scene.sd_core.controlnet == CONTROLNET
 
 
 def test_a_projection_run_ticks_without_blocking_and_cancel_bakes_nothing(addon):
