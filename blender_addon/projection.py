@@ -202,6 +202,30 @@ def render_depth(scene: Any, camera: Any) -> np.ndarray:
     return np.where(rgba[::-1, :, 3] > 0.5, depth, np.inf)
 
 
+def render_normals(scene: Any, camera: Any) -> np.ndarray:
+    """The camera's view of the surfaces' shading normals, world space (float64 HxWx3, rows top-down), zero where
+    no surface is seen: Blender's Normal pass, rendered as `render_depth` is (emission of (n + 1) / 2)."""
+    camera_view(scene, camera)
+    material, nodes, emission = _emission_material("SD Projection Normals")
+    links = material.node_tree.links
+    geometry = nodes.new("ShaderNodeNewGeometry")
+    encode = nodes.new("ShaderNodeVectorMath")
+    encode.operation = "MULTIPLY_ADD"
+    encode.inputs[1].default_value = (0.5, 0.5, 0.5)
+    encode.inputs[2].default_value = (0.5, 0.5, 0.5)
+    links.new(geometry.outputs["Normal"], encode.inputs[0])
+    links.new(encode.outputs["Vector"], emission.inputs["Color"])
+    with _exact_cycles(scene, camera), _override(bpy.context.view_layer, material):
+        rgba = _render_float(scene)[::-1].astype(np.float64)
+    return np.where(rgba[:, :, 3:] > 0.5, rgba[:, :, :3] * 2 - 1, 0.0)
+
+
+def normal_control_image(scene: Any, camera: Any) -> np.ndarray:
+    """A normal ControlNet's map (camera space, uint8 HxWx3 top-down) of what `camera` sees."""
+    view = camera_view(scene, camera)
+    return pj.normal_colours(render_normals(scene, camera), view.world_to_camera[:3, :3])
+
+
 def depth_control_image(depth: np.ndarray) -> np.ndarray:
     """A depth ControlNet's map (near = white, uint8 HxWx3 top-down) from `render_depth`'s pass."""
     try:

@@ -56,6 +56,18 @@ def depth_levels(
     return np.where(surface, np.round(value * 255), 0).astype(np.uint8)
 
 
+def normal_colours(normals: np.ndarray, camera_rotation: np.ndarray | None = None) -> np.ndarray:
+    """Normals (HxWx3) as a normal ControlNet's map, uint8 HxWx3: camera space encoded `(n + 1) / 2` (red = +X right,
+    green = +Y up, blue = +Z toward the camera; zero vectors = no surface = 128 grey). `camera_rotation`: the 3x3
+    world-to-camera rotation for world-space normals (Blender's). Used by `controlnet.preprocess.normal_map`."""
+    n = np.asarray(normals, dtype=np.float64)
+    if camera_rotation is not None:
+        n = n @ np.asarray(camera_rotation, dtype=np.float64).T
+    length = np.linalg.norm(n, axis=2, keepdims=True)
+    unit = np.divide(n, length, out=np.zeros_like(n), where=length > 1e-8)
+    return np.round((unit + 1) * 127.5).clip(0, 255).astype(np.uint8)
+
+
 def transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Points (..., 3) through a 4x4 affine matrix."""
     m = np.asarray(matrix, dtype=np.float64)

@@ -129,9 +129,7 @@ def normal_map(normals: Any, *, camera_rotation: Any = None) -> np.ndarray:
         if rot.shape != (3, 3):
             raise limits.SettingError("camera_rotation", f"camera_rotation must be 3x3, got shape {rot.shape}")
         n = n @ rot.T
-    length = np.linalg.norm(n, axis=2, keepdims=True)
-    unit = np.divide(n, length, out=np.zeros_like(n), where=length > 1e-8)
-    return np.round((unit + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    return projection.normal_colours(n)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,29 @@ def test_perspective_depth_is_view_z_not_distance():
     np.testing.assert_allclose(depth, 5.0, rtol=1e-5)
 
 
+def test_normals_of_a_tilted_plane_give_the_expected_colours():
+    """A plane tilted about two axes, seen by a camera turned away from the world axes: the normal map is the plane's
+    analytic normal in camera space, (n + 1) / 2 (within one level), and 128 grey where there is no surface."""
+    scene = empty_scene(64, 48)
+    cam = add_camera(scene, "Cam", (1.0, -2.0, 0.5), target=(0.0, 3.0, 0.0))
+    bpy.ops.mesh.primitive_plane_add(size=3.0, location=(0.0, 3.0, 0.0), rotation=(np.radians(70), np.radians(25), 0))
+    plane = bpy.context.active_object
+    normal = plane.matrix_world.to_3x3() @ mathutils.Vector((0, 0, 1))
+    if normal.dot(cam.location - plane.location) < 0:
+        normal = -normal
+    normals = projection.render_normals(scene, cam)
+    seen = np.linalg.norm(normals, axis=2) > 0.5
+    assert 0.2 < seen.mean() < 0.95
+    inner = eroded(seen, 1)
+    np.testing.assert_allclose(normals[inner], np.broadcast_to(np.array(normal), (inner.sum(), 3)), atol=1e-3)
+    control = projection.normal_control_image(scene, cam)
+    in_camera = cam.matrix_world.inverted().to_3x3() @ normal
+    expected = np.round((np.array(in_camera) + 1) * 127.5)
+    assert np.abs(control[inner].astype(float) - expected).max() <= 1, (control[inner][0], expected)
+    assert (control[~seen] == 128).all()
+    assert expected[2] > 128 and np.abs(expected[:2] - 128).max() > 20, expected  # facing the camera, tilted
+
+
 # --- projecting and baking ------------------------------------------------------------------------------------------
 
 
