@@ -333,18 +333,19 @@ def _materials(assign: dict[Any, Any]) -> Iterator[None]:
     for obj, material in assign.items():
         slots = [s.material for s in obj.material_slots]
         links = [s.link for s in obj.material_slots]
-        if not slots:
+        if not slots:  # a mesh slot of its own, removed afterwards (clear(): after pop() the object keeps a slot)
             obj.data.materials.append(material)
-        for slot in obj.material_slots:
-            slot.link = "OBJECT"
-            slot.material = material
+        else:
+            for slot in obj.material_slots:
+                slot.link = "OBJECT"
+                slot.material = material
         saved.append((obj, slots, links))
     try:
         yield
     finally:
         for obj, slots, links in saved:
             if not slots:
-                obj.data.materials.pop()
+                obj.data.materials.clear()
                 continue
             for slot, material, link in zip(obj.material_slots, slots, links, strict=True):
                 slot.material = None

@@ -39,7 +39,7 @@ def test_projection_geometry_in_blender(version, tmp_path):
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=RUNNER.parent, timeout=600)
     assert done.returncode == 0, f"Blender {version} checks failed:\n{done.stdout[-12000:]}\n{done.stderr[-4000:]}"
-    assert "6 passed" in done.stdout.splitlines()[-1], done.stdout[-2000:]
+    assert "7 passed" in done.stdout.splitlines()[-1], done.stdout[-2000:]
     depth = np.load(tmp_path / "planes_depth.npy")
     control = np.load(tmp_path / "planes_control.npy")
     np.testing.assert_array_equal(preprocess.depth_map(depth), control)  # the add-on's map is the engine's

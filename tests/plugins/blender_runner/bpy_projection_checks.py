@@ -252,3 +252,26 @@ def test_a_second_camera_fills_only_what_the_first_did_not_cover(scene_two_camer
     back = projection.render_textures(scene, cam2, objects)
     filled = eroded(mask > 0, 2)
     assert np.abs(back[:, :, :3] * 255 - second)[filled].mean() < 8
+
+
+def test_the_scene_is_left_as_it_was(scene_two_cameras):
+    """The passes' temporary set-up (engine, samples, filter, view transform, film, camera, material override, the
+    objects' materials) is undone afterwards, and no temporary material is left behind."""
+    scene, objects, cam1, cam2 = scene_two_cameras
+    scene.render.engine = "BLENDER_EEVEE_NEXT" if bpy.app.version < (5, 0, 0) else "BLENDER_EEVEE"
+    scene.cycles.samples, scene.render.film_transparent = 37, False
+    scene.view_settings.view_transform = "AgX"
+    cube = objects[0]
+    material = bpy.data.materials.new("Mine")
+    cube.data.materials.append(material)
+    before = (scene.render.engine, scene.cycles.samples, scene.cycles.pixel_filter_type, scene.cycles.filter_width)
+    materials_before = set(bpy.data.materials.keys())
+    projection.render_depth(scene, cam2)
+    projection.render_normals(scene, cam2)
+    projection.inpaint_inputs(scene, cam2, objects)
+    after = (scene.render.engine, scene.cycles.samples, scene.cycles.pixel_filter_type, scene.cycles.filter_width)
+    assert after == before and scene.camera == cam1 and not scene.render.film_transparent
+    assert scene.view_settings.view_transform == "AgX" and bpy.context.view_layer.material_override is None
+    assert [s.material for s in cube.material_slots] == [material] and cube.material_slots[0].link == "DATA"
+    assert len(objects[1].material_slots) == 0
+    assert set(bpy.data.materials.keys()) == materials_before
