@@ -193,20 +193,62 @@ def _barycentric_raster(uv: np.ndarray, width: int, height: int) -> tuple[np.nda
     return rows[inside], cols[inside], np.stack([l0, l1, l2], axis=1)[inside]
 
 
+def _batch_raster(
+    uvs: np.ndarray, width: int, height: int, box: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_barycentric_raster` for many small triangles at once: each triangle's texels within a `box` (rows, cols)
+    window from its bounding box's corner. Returns (triangle index, rows, cols, barycentric weights) of the texels
+    inside."""
+    px = uvs * np.array([width, height]) - 0.5  # (T, 3, 2) texel-centre coordinates
+    c0 = np.floor(px[:, :, 0].min(axis=1)).astype(np.int64)
+    r0 = np.floor(px[:, :, 1].min(axis=1)).astype(np.int64)
+    dr, dc = np.mgrid[0 : box[0], 0 : box[1]]
+    rows = r0[:, None] + dr.ravel()[None, :]  # (T, K)
+    cols = c0[:, None] + dc.ravel()[None, :]
+    a, b, c = px[:, 0], px[:, 1], px[:, 2]
+    det = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+    ok = np.abs(det) >= 1e-12
+    det = np.where(ok, det, 1.0)[:, None]
+    x, y = cols - a[:, 0:1], rows - a[:, 1:2]
+    l1 = (x * (c[:, 1:2] - a[:, 1:2]) - (c[:, 0:1] - a[:, 0:1]) * y) / det
+    l2 = ((b[:, 0:1] - a[:, 0:1]) * y - x * (b[:, 1:2] - a[:, 1:2])) / det
+    l0 = 1 - l1 - l2
+    eps = -1e-9
+    inside = (l0 >= eps) & (l1 >= eps) & (l2 >= eps) & ok[:, None]
+    inside &= (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    tri, k = np.nonzero(inside)
+    return tri, rows[tri, k], cols[tri, k], np.stack([l0[tri, k], l1[tri, k], l2[tri, k]], axis=1)
+
+
 def rasterize_uv(
     uvs: np.ndarray, positions: np.ndarray, normals: np.ndarray, width: int, height: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each texel's world position and normal from triangles: `uvs` (T, 3, 2), `positions` and `normals` (T, 3, 3)
     per corner (world space). Returns (positions (H, W, 3), normals (H, W, 3), covered (H, W) bool), rows bottom-up
-    (Blender's texture layout); texels whose centre no triangle covers are not `covered`. Where UV islands overlap
-    the later triangle wins."""
+    (Blender's texture layout); texels whose centre no triangle covers are not `covered`. Where UV islands overlap,
+    one of the triangles wins. Small triangles (bounding box up to 16 x 16 texels: a dense mesh's) are rasterized
+    together in batches, bucketed by size; larger ones one by one."""
     uvs = np.asarray(uvs, dtype=np.float64)
     positions = np.asarray(positions, dtype=np.float64)
     normals = np.asarray(normals, dtype=np.float64)
     pos_out = np.zeros((height, width, 3))
     nrm_out = np.zeros((height, width, 3))
     covered = np.zeros((height, width), bool)
-    for t in range(len(uvs)):
+    px = uvs * np.array([width, height]) - 0.5
+    span = np.ceil(px.max(axis=1)) - np.floor(px.min(axis=1)) + 1  # (T, 2): columns, rows of the bounding box
+    largest = span.max(axis=1)
+    low = 0
+    for box in (4, 8, 16):  # buckets by bounding-box size, so little of each window is wasted
+        bucket = np.nonzero((largest > low) & (largest <= box))[0]
+        low = box
+        for start in range(0, len(bucket), 8192):
+            index = bucket[start : start + 8192]
+            tri, rows, cols, bary = _batch_raster(uvs[index], width, height, (box, box))
+            t = index[tri]
+            pos_out[rows, cols] = np.einsum("kc,kcd->kd", bary, positions[t])
+            nrm_out[rows, cols] = np.einsum("kc,kcd->kd", bary, normals[t])
+            covered[rows, cols] = True
+    for t in np.nonzero(largest > 16)[0]:
         rows, cols, bary = _barycentric_raster(uvs[t], width, height)
         if len(rows):
             pos_out[rows, cols] = bary @ positions[t]
