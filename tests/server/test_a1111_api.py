@@ -81,7 +81,8 @@ def test_webuiapi_helpers_for_every_listing_endpoint(webui, server):
     memory = webui.get_memory()
     assert set(memory["ram"]) == {"free", "used", "total"} and 0 < memory["ram"]["used"] < memory["ram"]["total"]
     assert memory["cuda"] == {"error": "unavailable"} or "system" in memory["cuda"]
-    assert webui.get_scripts() == {"txt2img": [], "img2img": ["sd upscale"]}
+    # A1111 lists always-on scripts beside selectable ones (the ControlNet extension as "controlnet")
+    assert webui.get_scripts() == {"txt2img": ["controlnet"], "img2img": ["controlnet", "sd upscale"]}
     assert webui.skip() is None  # nothing running: harmless, as A1111
     assert webui.refresh_checkpoints() is None
     assert webui.get_options()["sd_model_checkpoint"].startswith("tiny")

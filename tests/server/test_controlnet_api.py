@@ -134,7 +134,9 @@ def test_webuiapi_controlnet_unit_gives_the_python_api_image(server, engine):
         guidance_start=0.25, guidance_end=0.75, control_mode=1,
     )  # fmt: skip
     kw = {k: v for k, v in BASE.items() if k != "sampler_name"}
-    result = api.txt2img(**kw, sampler_name="Euler", controlnet_units=[unit])
+    # a dict of our own: webuiapi writes the units into its `alwayson_scripts={}` default, which would then send
+    # them with every later webuiapi request in this process (other test files')
+    result = api.txt2img(**kw, sampler_name="Euler", controlnet_units=[unit], alwayson_scripts={})
     assert len(result.images) == 1  # module none: no detected map
     fitted = drawing().resize((SIZE, SIZE), Image.LANCZOS)
     expected = api_image(engine, image=fitted, strength=0.7, start=0.25, end=0.75, control_mode="prompt", steps="a1111")
