@@ -255,6 +255,47 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     big.setModified(False)
     big.close()
 
+    # a control layer: a hidden sketch below Paint, chosen in the Control section with the server's ControlNet,
+    # guides an inpaint of the same selection and seed (SD1; the SDXL model refuses the SD1 net, naming it)
+    sketch = doc.createNode("Sketch", "paintlayer")
+    strokes = bytearray(W * H * 4)
+    for y in range(H):
+        strokes[4 * (y * W + 60) : 4 * (y * W + 64)] = b"\0\0\0\xff" * 4
+    sketch.setPixelData(bytes(strokes), 0, 0, W, H)
+    sketch.setVisible(False)
+    doc.rootNode().addChildNode(sketch, stack(doc)[0])  # above Background, below Paint
+    doc.setActiveNode(paint)
+    doc.refreshProjection()
+    before_control = layers(doc)
+    widget(QAbstractButton, "fold_control").click()
+    widget(QPushButton, "control_refresh_button").click()
+    layer_combo, model_combo = widget(QComboBox, "control_layer_combo"), widget(QComboBox, "control_model_combo")
+    report["control_layers"] = [layer_combo.itemText(i) for i in range(layer_combo.count())]
+    layer_combo.setCurrentIndex(layer_combo.findData("Sketch"))
+    module_combo = widget(QComboBox, "control_module_combo")
+    module_combo.setCurrentIndex(module_combo.findData("invert"))
+    yield Wait(lambda: str(model_combo.currentData() or "").startswith("tiny_sd1_control ["), 30,
+               "the server's ControlNet")  # fmt: skip
+    report["control_settings"] = [settings.control_layer, settings.control_module, settings.control_model]
+    doc.setSelection(selection)
+    if os.environ.get("SD_KRITA_SMOKE_SDXL") == "1":
+        results.clear()
+        widget(QPushButton, "inpaint_button").click()
+        yield Wait(lambda: results, 240, "the refused ControlNet")
+        report["control_message"] = widget(QLabel, "message_label").text()
+        report["control_refused"] = results[0] is None and "ControlNet" in report["control_message"]
+        report["control_undo_removed_layer"] = layers(doc) == before_control
+    else:
+        yield from tool_run(report, "control", doc, before_control,
+                            lambda: widget(QPushButton, "inpaint_button").click(), results)  # fmt: skip
+        guided = hashlib.sha1(bytes(stack(doc)[-1].pixelData(0, 0, W, H))).hexdigest()
+        report["control_differs"] = guided != report.get("apply_pixels_sha1")  # the same inpaint without it
+        yield from undo(report, "control", doc, before_control)
+    layer_combo.setCurrentIndex(0)  # None
+    report["control_off"] = settings.control_layer == ""
+    sketch.remove()
+    yield Wait(lambda: layers(doc) == before, 10, "the sketch layer to go")
+
     # the live preview: a slow Generate shows the server's current image in the docker until it is cancelled
     widget(QSpinBox, "steps_spin").setValue(150)
     widget(QSpinBox, "resolution_spin").setValue(192)
