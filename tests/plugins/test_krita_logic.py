@@ -455,6 +455,7 @@ def test_read_response_rejects_wrong_size_and_garbage() -> None:
 REGION_CODE = (
     str(REPO / "krita_plugin" / "sd_krita" / "regions.py"),
     str(REPO / "krita_plugin" / "sd_krita" / "generation.py"),
+    str(REPO / "krita_plugin" / "sd_krita" / "control.py"),
 )
 
 
@@ -481,9 +482,11 @@ def region_lines_run(fn):
 
 
 def prepare_and_composite(selection: int, resolution: int) -> int:
-    """Region-code lines executed preparing a square selection's request and compositing a reply into it."""
-    settings = Settings(grow=2, feather=4, margin=8, resolution=resolution)
+    """Region-code lines executed preparing a square selection's request (with a control layer) and compositing a
+    reply into it."""
+    settings = Settings(grow=2, feather=4, margin=8, resolution=resolution, control_layer="Sketch", control_model="m")
     cap = capture_for(1024, 1024, Rect(300, 300, selection, selection), settings)
+    cap = generation.Capture(cap.plan, cap.image, cap.selection, cap.image)  # the canvas as its own control layer
     preparing, req = region_lines_run(lambda: generation.build_request(cap, settings))
     size = (req.plan.work_w, req.plan.work_h)
     reply = response_with([Image.frombytes("RGB", size, noise(size[0] * size[1] * 3, 5))], [1])
