@@ -345,7 +345,7 @@ def test_whole_application_smoke(
         if kind == "sdxl":
             assert result["control_refused"] and result["control_undo_removed_layer"], result
         else:
-            for check in ("new_layer_on_top", "originals_unchanged", "undo_removed_layer", "differs"):
+            for check in ("new_layer", "originals_unchanged", "undo_removed_layer", "differs"):
                 assert result.get(f"control_{check}") is True, f"control_{check}: {json.dumps(result, indent=1)}"
         assert "Lanczos" in result["upscalers"] and result["upscaled_size"] == [256, 192], result
         assert result["upscaled_layer"] == ["Background", "Upscaled 256x192"], result  # Krita's new document

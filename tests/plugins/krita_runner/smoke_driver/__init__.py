@@ -264,7 +264,6 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     sketch.setPixelData(bytes(strokes), 0, 0, W, H)
     sketch.setVisible(False)
     doc.rootNode().addChildNode(sketch, stack(doc)[0])  # above Background, below Paint
-    doc.setActiveNode(paint)
     doc.refreshProjection()
     before_control = layers(doc)
     widget(QAbstractButton, "fold_control").click()
@@ -288,6 +287,11 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     else:
         yield from tool_run(report, "control", doc, before_control,
                             lambda: widget(QPushButton, "inpaint_button").click(), results)  # fmt: skip
+        report["control_layer_names"] = [n.name() for n in stack(doc)]  # above the active layer, wherever it is
+        report["control_new_layer"] = (
+            len(stack(doc)) == len(before_control) + 1
+            and len(set(report["control_layer_names"]) - set(before_control)) == 1
+        )
         guided = hashlib.sha1(bytes(stack(doc)[-1].pixelData(0, 0, W, H))).hexdigest()
         report["control_differs"] = guided != report.get("apply_pixels_sha1")  # the same inpaint without it
         yield from undo(report, "control", doc, before_control)
