@@ -429,8 +429,12 @@ class SDDocker(DockWidget):
         c.controlnets_ready.connect(self._set_controlnets)
         self.control_refresh_button.clicked.connect(self._fill_control_layers)
         self.control_layer_combo.currentIndexChanged.connect(
-            lambda index: self._store("control_layer", self.control_layer_combo.itemData(index) or "")
+            lambda index: (
+                self._store("control_layer", self.control_layer_combo.itemData(index) or ""),
+                self._control_title(),
+            )
         )
+        self._control_title()
         self.control_module_combo.currentIndexChanged.connect(
             lambda index: self._store("control_module", self.control_module_combo.itemData(index) or "none")
         )
@@ -613,6 +617,12 @@ class SDDocker(DockWidget):
             self.style_combo.addItem(name, name)
         self.style_combo.setCurrentIndex(max(0, self.style_combo.findData(current)))
         self.style_combo.blockSignals(False)
+
+    def _control_title(self) -> None:
+        """The folded Control header says which layer guides the runs, so a forgotten one shows."""
+        layer = self.settings.control_layer
+        short = layer if len(layer) <= 20 else layer[:19] + "…"  # a long name must not widen the docker
+        self.folds["control"].button.setText(f"Control: {short}" if layer else "Control")
 
     def _fill_control_layers(self) -> None:
         """'None', then the active document's layers; a stored layer it lacks stays listed, as chosen."""

@@ -340,7 +340,7 @@ def test_whole_application_smoke(
         if kind == "sdxl":
             assert result["lora_refused"] and result["lora_undo_removed_layer"], result
         assert "Sketch" in result["control_layers"] and result["control_off"], result
-        assert result["control_settings"][:2] == ["Sketch", "invert"], result
+        assert result["control_settings"][:2] == ["Sketch", "invert"] and result["control_title"] == "Control: Sketch"
         assert result["control_settings"][2].startswith("tiny_sd1_control ["), result
         if kind == "sdxl":
             assert result["control_refused"] and result["control_undo_removed_layer"], result

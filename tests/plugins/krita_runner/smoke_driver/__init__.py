@@ -276,6 +276,7 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     yield Wait(lambda: str(model_combo.currentData() or "").startswith("tiny_sd1_control ["), 30,
                "the server's ControlNet")  # fmt: skip
     report["control_settings"] = [settings.control_layer, settings.control_module, settings.control_model]
+    report["control_title"] = widget(QAbstractButton, "fold_control").text()
     doc.setSelection(selection)
     if os.environ.get("SD_KRITA_SMOKE_SDXL") == "1":
         results.clear()
@@ -296,7 +297,7 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
         report["control_differs"] = guided != report.get("apply_pixels_sha1")  # the same inpaint without it
         yield from undo(report, "control", doc, before_control)
     layer_combo.setCurrentIndex(0)  # None
-    report["control_off"] = settings.control_layer == ""
+    report["control_off"] = settings.control_layer == "" and widget(QAbstractButton, "fold_control").text() == "Control"
     sketch.remove()
     yield Wait(lambda: layers(doc) == before, 10, "the sketch layer to go")
 
