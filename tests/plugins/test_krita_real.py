@@ -299,8 +299,8 @@ def test_whole_application_smoke(
 ) -> None:
     """Krita under Xvfb, the docker driven like a user: inpaint, then Refine (the whole canvas), a LoRA from the
     server's list (SD1: applied; SDXL: refused, naming it), History (Apply, Same seed: the same pixels again,
-    Discard), Upscale 2x into a new document and a control layer (a hidden sketch through the server's SD1
-    ControlNet: SD1 a different result than without it; SDXL: refused, naming the ControlNet); a slow Generate
+    Discard), Upscale 2x into a new document and a control layer (the Paint layer, threshold, through the server's
+    SD1 ControlNet: SD1 a different result than without it; SDXL: refused, naming the ControlNet); a slow Generate
     shows the server's live preview in the docker
     until cancelled. Each result is a new layer on top, the user's layers stay byte-identical, and undo removes
     it."""
@@ -339,8 +339,8 @@ def test_whole_application_smoke(
         assert result["lora_choices"] == ["bricks"] and result["lora_field"] == "bricks:0.8", result
         if kind == "sdxl":
             assert result["lora_refused"] and result["lora_undo_removed_layer"], result
-        assert "Sketch" in result["control_layers"] and result["control_off"], result
-        assert result["control_settings"][:2] == ["Sketch", "invert"] and result["control_title"] == "Control: Sketch"
+        assert "Paint" in result["control_layers"] and result["control_off"], result
+        assert result["control_settings"][:2] == ["Paint", "threshold"] and result["control_title"] == "Control: Paint"
         assert result["control_settings"][2].startswith("tiny_sd1_control ["), result
         if kind == "sdxl":
             assert result["control_refused"] and result["control_undo_removed_layer"], result

@@ -255,24 +255,19 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
     big.setModified(False)
     big.close()
 
-    # a control layer: a hidden sketch below Paint, chosen in the Control section with the server's ControlNet,
-    # guides an inpaint of the same selection and seed (SD1; the SDXL model refuses the SD1 net, naming it)
-    sketch = doc.createNode("Sketch", "paintlayer")
-    strokes = bytearray(W * H * 4)
-    for y in range(H):
-        strokes[4 * (y * W + 60) : 4 * (y * W + 64)] = b"\0\0\0\xff" * 4
-    sketch.setPixelData(bytes(strokes), 0, 0, W, H)
-    sketch.setVisible(False)
-    doc.rootNode().addChildNode(sketch, stack(doc)[0])  # above Background, below Paint
-    doc.refreshProjection()
+    # a control layer: the user's Paint layer itself (a gradient), module threshold, chosen in the Control section
+    # with the server's ControlNet, guides an inpaint of the same selection and seed (SD1; the SDXL model refuses
+    # the SD1 net, naming it). No layer is added for it: layers added through the API while the view is open made
+    # the active layer (where results go) and Krita 5.1.5 itself unreliable here; the kritarunner test draws a
+    # hidden sketch layer instead
     before_control = layers(doc)
     widget(QAbstractButton, "fold_control").click()
     widget(QPushButton, "control_refresh_button").click()
     layer_combo, model_combo = widget(QComboBox, "control_layer_combo"), widget(QComboBox, "control_model_combo")
     report["control_layers"] = [layer_combo.itemText(i) for i in range(layer_combo.count())]
-    layer_combo.setCurrentIndex(layer_combo.findData("Sketch"))
+    layer_combo.setCurrentIndex(layer_combo.findData("Paint"))
     module_combo = widget(QComboBox, "control_module_combo")
-    module_combo.setCurrentIndex(module_combo.findData("invert"))
+    module_combo.setCurrentIndex(module_combo.findData("threshold"))
     yield Wait(lambda: str(model_combo.currentData() or "").startswith("tiny_sd1_control ["), 30,
                "the server's ControlNet")  # fmt: skip
     report["control_settings"] = [settings.control_layer, settings.control_module, settings.control_model]
@@ -298,7 +293,6 @@ def scenario(report: dict[str, Any]) -> Iterator[Wait]:
         yield from undo(report, "control", doc, before_control)
     layer_combo.setCurrentIndex(0)  # None
     report["control_off"] = settings.control_layer == "" and widget(QAbstractButton, "fold_control").text() == "Control"
-    before = before_control  # the sketch stays: one of the user's layers from now on
 
     # the live preview: a slow Generate shows the server's current image in the docker until it is cancelled
     widget(QSpinBox, "steps_spin").setValue(150)
@@ -489,6 +483,9 @@ class Driver:
                         raise AssertionError(f"timed out waiting for {self.wait.what}")
                     return
             self.wait = next(self.steps)
+            if self.wait is not None:
+                self.report["waiting_for"] = self.wait.what
+                write_report(self.report)  # so far: a crash of Krita itself still leaves where it happened
         except StopIteration:
             self.finish()
         except Exception:
