@@ -452,7 +452,7 @@ def layout_scenario(report: dict[str, Any]) -> Iterator[Wait]:
     report["clipped_sideways_unfolded"] = [
         describe(w) for w in controls(root) if w.isVisible() and global_rect(w).right() > seen.right()
     ]
-    for key in ("selection", "loras", "upscale", "history", "server"):
+    for key in ("selection", "control", "loras", "upscale", "history", "server"):
         docker.findChild(QAbstractButton, f"sd_krita_fold_{key}").click()
     yield Wait(lambda: True, 1, "every section to unfold")
     report["clipped_sideways_all_open"] = [
