@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import document, generation, messages, qt, tools
+from . import control, document, generation, messages, qt, tools
 from .sd_client import ClientError, Job, LocalServer, SDClient
 from .settings import Settings
 
@@ -51,6 +51,14 @@ def read_styles(client: SDClient) -> list[str]:
         return []
 
 
+def read_controlnets(client: SDClient) -> list[str]:
+    """The server's ControlNets (the A1111 extension's /controlnet/model_list); [] where it has none or no such API."""
+    try:
+        return control.model_names(client.request("GET", control.MODEL_LIST_PATH))
+    except ClientError:
+        return []
+
+
 def read_model_defaults(client: SDClient) -> dict[str, Any]:
     """The current model's own CFG scale and size from sd-core's options; {} where a server does not say."""
     try:
@@ -79,6 +87,7 @@ class Controller(qt.QObject):
     loras_ready = qt.pyqtSignal(list)  # the server's LoRA names ([] from servers without any)
     upscalers_ready = qt.pyqtSignal(list)  # the server's upscaler names ([] from servers without the listing)
     styles_ready = qt.pyqtSignal(list)  # the server's prompt style names
+    controlnets_ready = qt.pyqtSignal(list)  # the server's ControlNet names ([] from servers without any)
     server_owned = qt.pyqtSignal(bool)  # whether a server this plugin started is running (Stop server applies)
     preview = qt.pyqtSignal(bytes)  # the server's live preview of the running generation (PNG bytes)
     history_changed = qt.pyqtSignal()  # `history` gained or lost entries
@@ -124,8 +133,10 @@ class Controller(qt.QObject):
         if self.server is not None and self.server.running():
             self._say(f"The server is already running at {self.server.url}.")
             return
-        extra = (("--lora-dir", s.lora_dir) if s.lora_dir else ()) + (
-            ("--styles", s.styles_file) if s.styles_file else ()
+        extra = (
+            (("--lora-dir", s.lora_dir) if s.lora_dir else ())
+            + (("--styles", s.styles_file) if s.styles_file else ())
+            + (("--controlnet-dir", s.controlnet_dir) if s.controlnet_dir else ())
         )
         server = LocalServer(s.python, s.model, port=s.port or None, extra_args=extra)
         try:
@@ -161,6 +172,7 @@ class Controller(qt.QObject):
                 read_loras(client),
                 read_upscalers(client),
                 read_styles(client),
+                read_controlnets(client),
             ),
         )
 
@@ -181,13 +193,14 @@ class Controller(qt.QObject):
         if self._server_job_kind == "start":
             self.check_server()
             return
-        samplers, defaults, loras, upscalers, styles = job.result
+        samplers, defaults, loras, upscalers, styles, controlnets = job.result
         names = [s.get("name", "") for s in samplers or [] if isinstance(s, dict)]
         self.samplers_ready.emit([n for n in names if n])
         self.model_defaults.emit(defaults)
         self.loras_ready.emit(loras)
         self.upscalers_ready.emit(upscalers)
         self.styles_ready.emit(styles)
+        self.controlnets_ready.emit(controlnets)
         owner = " (started by Krita)" if self.server is not None and self.server.running() else ""
         self._status(f"Server ready at {self.client.base_url}{owner}.")
 

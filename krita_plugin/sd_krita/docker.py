@@ -1,6 +1,6 @@
 """The docker: a compact first view (prompt, Inpaint / Generate / Refine, progress with Cancel, messages, the live
-preview) and folded sections below it (Options, Selection, LoRAs, Upscale, History, Server), so it stays usable in
-its default docked place on small screens.
+preview) and folded sections below it (Options, Selection, Control, LoRAs, Upscale, History, Server), so it stays
+usable in its default docked place on small screens.
 
 Widgets only: every action goes to the shared `Controller`; every change of a field is written to the settings
 (and Krita's config) at once, so a restart or a second window shows the same values. Every control has a tooltip.
@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from krita import DockWidget
+from krita import DockWidget, Krita
 
-from . import qt, sizes, tools
+from . import control, document, qt, sizes, tools
 from .controller import Controller
 from .sd_client import add_lora
 from .settings import Settings
@@ -26,7 +26,8 @@ MODEL_CFG_GUESS = 7.5  # what the CFG spin shows until the server names the mode
 
 
 NO_STYLE = "No style"
-FOLDS = ("options", "selection", "loras", "upscale", "history", "server")
+FOLDS = ("options", "selection", "control", "loras", "upscale", "history", "server")
+NO_CONTROL = "None"
 PREVIEW_HEIGHT = 128
 THUMB = 64
 
@@ -206,6 +207,25 @@ class SDDocker(DockWidget):
         form.addRow(self.colour_check)
         layout.addWidget(fold)
 
+        fold, box = self._fold("control", "Control", "A layer of the document guiding the runs through a ControlNet")
+        ctl = qt.QFormLayout(box)
+        self.control_layer_combo = qt.QComboBox()
+        self.control_refresh_button = qt.QPushButton("↻")
+        self.control_refresh_button.setFixedWidth(28)
+        self.control_module_combo = qt.QComboBox()
+        for name in control.MODULES:
+            self.control_module_combo.addItem(control.MODULE_LABELS[name], name)
+        self.control_module_combo.setCurrentIndex(max(0, self.control_module_combo.findData(s.control_module)))
+        self.control_model_combo = qt.QComboBox()
+        self.control_weight_spin = _dspin(0.0, 2.0, s.control_weight, 0.05)
+        self._fill_control_layers()
+        self._set_controlnets([])  # the server's ControlNets once connected
+        ctl.addRow("Layer", self._row(self.control_layer_combo, self.control_refresh_button))
+        ctl.addRow("Module", self.control_module_combo)
+        ctl.addRow("Model", self.control_model_combo)
+        ctl.addRow("Weight", self.control_weight_spin)
+        layout.addWidget(fold)
+
         fold, box = self._fold("loras", "LoRAs", "The server's LoRAs, added to the prompt as <lora:name:weight>")
         lora_form = qt.QFormLayout(box)
         self.lora_combo = qt.QComboBox()  # the server's LoRAs
@@ -264,6 +284,9 @@ class SDDocker(DockWidget):
         self.model_button = qt.QPushButton("…")
         self.model_button.setFixedWidth(28)
         form.addRow("Model", self._row(self.model_edit, self.model_button))
+        self.controlnet_dir_edit = qt.QLineEdit(s.controlnet_dir)
+        self.controlnet_dir_edit.setPlaceholderText("none")
+        form.addRow("ControlNets", self.controlnet_dir_edit)
         self.port_spin = _spin(0, 65535, s.port)
         self.port_spin.setSpecialValueText("any free port")
         form.addRow("Start port", self.port_spin)
@@ -311,7 +334,9 @@ class SDDocker(DockWidget):
             "refine_button", "cancel_button", "progress_bar", "message_label", "preview_label", "size_combo",
             "resolution_spin", "lora_combo", "lora_weight_spin", "lora_add_button", "loras_edit", "factor_combo",
             "upscaler_combo", "sd_upscale_check", "upscale_button", "history_list", "history_apply_button",
-            "history_discard_button", "history_rerun_button", "style_combo",
+            "history_discard_button", "history_rerun_button", "style_combo", "control_layer_combo",
+            "control_refresh_button", "control_module_combo", "control_model_combo", "control_weight_spin",
+            "controlnet_dir_edit",
         ):  # fmt: skip
             getattr(self, name).setObjectName(f"sd_krita_{name}")
 
@@ -354,6 +379,17 @@ class SDDocker(DockWidget):
             "own colours. With a server that pastes the surroundings back (sd-core) there is nothing to remove.",
             "style_combo": "One of the server's prompt styles (its styles.csv): its texts are merged into the\n"
             "prompt and negative prompt by the server. 'No style': the prompts as written.",
+            "control_layer_combo": "A layer of this document that guides every run as a ControlNet input: e.g.\n"
+            "line art or a scribble drawn on its own layer (it may be hidden). Its pixels over the region the run\n"
+            "repaints are sent, scaled like the image. None: no control layer.",
+            "control_refresh_button": "Read this document's layers again (after adding or renaming one).",
+            "control_module_combo": "How the server turns the layer into the ControlNet's map: None (the layer is a\n"
+            "map already), Invert (black lines on white become white on black, for line-art nets), Scribble\n"
+            "(dark strokes), Threshold, Canny edges (of a picture).",
+            "control_model_combo": "The ControlNet (the server's list: the models of its --controlnet-dir). It must\n"
+            "be made for the loaded model's family (SD 1.5 or SDXL) and for the module's kind of map.",
+            "control_weight_spin": "How strongly the control layer guides the result (1: as trained, 0: not at all).",
+            "controlnet_dir_edit": "A folder of ControlNet models for Start server (--controlnet-dir); empty: none.",
             "lora_combo": "The server's LoRAs.",
             "lora_weight_spin": "The weight of the LoRA to add.",
             "lora_add_button": "Add the chosen LoRA with its weight to the list below.",
@@ -390,6 +426,23 @@ class SDDocker(DockWidget):
         c.loras_ready.connect(self._set_loras)
         c.upscalers_ready.connect(self._set_upscalers)
         c.styles_ready.connect(self._set_styles)
+        c.controlnets_ready.connect(self._set_controlnets)
+        self.control_refresh_button.clicked.connect(self._fill_control_layers)
+        self.control_layer_combo.currentIndexChanged.connect(
+            lambda index: (
+                self._store("control_layer", self.control_layer_combo.itemData(index) or ""),
+                self._control_title(),
+            )
+        )
+        self._control_title()
+        self.control_module_combo.currentIndexChanged.connect(
+            lambda index: self._store("control_module", self.control_module_combo.itemData(index) or "none")
+        )
+        self.control_model_combo.currentIndexChanged.connect(
+            lambda index: self._store("control_model", self.control_model_combo.itemData(index) or "")
+        )
+        self.control_weight_spin.valueChanged.connect(lambda value: self._store("control_weight", value))
+        self.folds["control"].button.toggled.connect(lambda on: self._fill_control_layers() if on else None)
         c.server_owned.connect(self._set_owned)
         c.preview.connect(self._show_preview)
         c.history_changed.connect(self._fill_history)
@@ -410,7 +463,11 @@ class SDDocker(DockWidget):
         self.history_discard_button.clicked.connect(lambda: self._history_action(c.discard))
         self.history_rerun_button.clicked.connect(lambda: self._history_action(c.regenerate))
 
-        text_fields: list[tuple[Any, str]] = [(self.python_edit, "python"), (self.model_edit, "model")]
+        text_fields: list[tuple[Any, str]] = [
+            (self.python_edit, "python"),
+            (self.model_edit, "model"),
+            (self.controlnet_dir_edit, "controlnet_dir"),
+        ]
         for edit, name in text_fields:
             edit.textChanged.connect(lambda text, name=name: self._store(name, text))
         self.prompt_edit.textChanged.connect(lambda: self._store("prompt", self.prompt_edit.toPlainText()))
@@ -561,6 +618,40 @@ class SDDocker(DockWidget):
         self.style_combo.setCurrentIndex(max(0, self.style_combo.findData(current)))
         self.style_combo.blockSignals(False)
 
+    def _control_title(self) -> None:
+        """The folded Control header says which layer guides the runs, so a forgotten one shows."""
+        layer = self.settings.control_layer
+        short = layer if len(layer) <= 20 else layer[:19] + "…"  # a long name must not widen the docker
+        self.folds["control"].button.setText(f"Control: {short}" if layer else "Control")
+
+    def _fill_control_layers(self) -> None:
+        """'None', then the active document's layers; a stored layer it lacks stays listed, as chosen."""
+        current = self.settings.control_layer
+        names = document.layer_names(Krita.instance().activeDocument())
+        combo = self.control_layer_combo
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(NO_CONTROL, "")
+        for name in dict.fromkeys(names + ([current] if current and current not in names else [])):
+            combo.addItem(name, name)
+        combo.setCurrentIndex(max(0, combo.findData(current)))
+        combo.blockSignals(False)
+
+    def _set_controlnets(self, names: list[str]) -> None:
+        """The server's ControlNets; a stored one it lacks stays listed, as chosen (the server then names it)."""
+        current = self.settings.control_model
+        combo = self.control_model_combo
+        combo.blockSignals(True)
+        combo.clear()
+        for name in names + ([current] if current and current not in names else []):
+            combo.addItem(name, name)
+        if not combo.count():
+            combo.addItem("(the server lists none)", "")
+        combo.setCurrentIndex(max(0, combo.findData(current)))
+        combo.blockSignals(False)
+        if combo.currentData() != current:
+            self._store("control_model", combo.currentData() or "")
+
     def _set_upscalers(self, names: list[str]) -> None:
         current = self.settings.upscaler
         self.upscaler_combo.blockSignals(True)
@@ -619,7 +710,9 @@ class SDDocker(DockWidget):
             self.loras_edit.setText(add_lora(self.loras_edit.text(), name, self.lora_weight_spin.value()))
 
     def canvasChanged(self, canvas: Any) -> None:  # noqa: N802 - Krita's DockWidget API
-        """Required by Krita; the controller always works on the active document."""
+        """Another document: the control layer list shows its layers (the controller always works on the active
+        document)."""
+        self._fill_control_layers()
 
 
 def thumbnail(pixels: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import qt, sizes
+from . import control, qt, sizes
 from .generation import Candidate, Capture
 from .regions import LayerPixels, Plan, Rect, RegionError, bgra_to_rgb, plan_canvas, plan_region
 from .settings import Settings
@@ -84,6 +84,56 @@ def read_pixels(doc: Any, rect: Rect, source: str, node: Any) -> bytes:
     return converted_pixels(doc, rect)
 
 
+def find_layer(node: Any, name: str) -> Any:
+    """The first layer called `name` below `node` (groups searched, top of the stack first); None if there is none."""
+    for child in reversed(node.childNodes()):
+        if child.name() == name and not child.type().endswith("mask"):
+            return child
+        found = find_layer(child, name)
+        if found is not None:
+            return found
+    return None
+
+
+def layer_names(doc: Any) -> list[str]:
+    """The names of the document's layers, top of the stack first (groups and their layers; masks left out)."""
+
+    def walk(node: Any) -> list[str]:
+        out = []
+        for child in reversed(node.childNodes()):
+            if not child.type().endswith("mask"):
+                out += [child.name(), *walk(child)]
+        return out
+
+    return walk(doc.rootNode()) if doc is not None else []
+
+
+def read_control(doc: Any, settings: Settings, rect: Rect) -> bytes | None:
+    """The control layer's B, G, R, A over `rect` (read only: the layer is not changed); None without one. A hidden
+    layer is read too: a sketch hidden from the canvas still guides the model."""
+    if not control.active(settings):
+        return None
+    try:
+        control.check(settings)
+    except RegionError as exc:
+        raise UserError(str(exc)) from None
+    node = find_layer(doc.rootNode(), settings.control_layer)
+    if node is None:
+        raise UserError(
+            f"The control layer {settings.control_layer!r} is not in this document: choose one of its layers in "
+            "the Control section (or None)."
+        )
+    if not is_native(node):
+        raise UserError(
+            f"The control layer is {node.colorModel()}/{node.colorDepth()}; a control layer needs to be an 8-bit "
+            "RGBA layer (Layer > Convert > Layer Color Space)."
+        )
+    data = bytes(node.projectionPixelData(rect.x, rect.y, rect.w, rect.h))
+    if len(data) != rect.w * rect.h * 4:
+        raise UserError("Krita returned incomplete pixels for the control layer; try again.")
+    return data
+
+
 def converted_pixels(doc: Any, rect: Rect) -> bytes:
     """The projection of a non-8-bit-RGBA document as 8-bit sRGB B, G, R, A, converted by Krita."""
     image = doc.thumbnail(doc.width(), doc.height())
@@ -127,12 +177,13 @@ def capture(doc: Any, settings: Settings, *, mode: str = "selection") -> tuple[C
         if mode == "selection":
             raise UserError("Select the area to inpaint first (any selection tool; feathered edges are kept).")
         plan = sizes.at_size(plan_canvas(width, height, target=settings.resolution), sizes.parse(settings.size))
+        hint = read_control(doc, settings, plan.box)
         if mode == "new":
-            return Capture(plan, None, None), target
+            return Capture(plan, None, None, hint), target
         image = read_pixels(doc, plan.box, settings.source, anchor)
         if len(image) != plan.box.w * plan.box.h * 4:
             raise UserError("Krita returned incomplete pixels for this layer; choose 'Visible canvas' as the source.")
-        return Capture(plan, image, None), target
+        return Capture(plan, image, None, hint), target
     plan = _plan(bounds, width, height, settings)
     box = plan.box
     mask = bytes(selection.pixelData(box.x, box.y, box.w, box.h))
@@ -143,7 +194,7 @@ def capture(doc: Any, settings: Settings, *, mode: str = "selection") -> tuple[C
     image = read_pixels(doc, box, settings.source, anchor)
     if len(image) != box.w * box.h * 4:
         raise UserError("Krita returned incomplete pixels for this layer; choose 'Visible canvas' as the source.")
-    return Capture(plan, image, mask), target
+    return Capture(plan, image, mask, read_control(doc, settings, box)), target
 
 
 def capture_canvas(doc: Any) -> tuple[bytes, int, int, Target]:

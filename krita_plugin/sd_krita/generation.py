@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from . import regions
+from . import control, regions
 from .regions import LayerPixels, Plan, RegionError
 from .sd_client import decode_png, encode_png_rgba, lora_tags, parse_loras
 from .settings import Settings
@@ -26,6 +26,7 @@ class Capture:
     plan: Plan
     image: bytes | None  # B, G, R, A over plan.box; None for txt2img
     selection: bytes | None  # one byte per pixel over plan.box; None: the whole box is replaced
+    control: bytes | None = None  # the control layer's B, G, R, A over plan.box; None: no control layer
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ def build_request(capture: Capture, settings: Settings, strength: float | None =
         if alpha.count(0) == len(alpha):
             raise RegionError("The selection is empty inside the canvas.")
     payload = common_payload(settings, plan)
+    if capture.control is not None:
+        control.check(settings)
+        control.attach(payload, control.unit(control.control_image(capture.control, plan), plan, settings))
     if capture.image is None:
         return Request("txt2img", payload, plan, alpha, None, None)
     original = regions.resize(regions.bgra_to_rgb(capture.image), box.w, box.h, 3, plan.work_w, plan.work_h)

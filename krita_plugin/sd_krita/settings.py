@@ -28,6 +28,7 @@ class Settings:
     model: str = ""  # checkpoint the started server loads
     lora_dir: str = ""  # the started server's LoRA folder (--lora-dir); empty: none
     styles_file: str = ""  # the started server's A1111 styles.csv (--styles); empty: none
+    controlnet_dir: str = ""  # the started server's ControlNet folder (--controlnet-dir); empty: none
     port: int = 7860
     prompt: str = ""
     negative_prompt: str = ""
@@ -49,6 +50,10 @@ class Settings:
     folds: str = ""  # the docker's open sections, comma-separated ("" : all folded, the compact view)
     upscale_factor: int = 2
     upscaler: str = "Lanczos"
+    control_layer: str = ""  # the name of the layer sent as a ControlNet input (control.py); empty: none
+    control_module: str = "none"  # the server's preprocessor for it: none, invert, scribble, threshold, canny
+    control_model: str = ""  # one of the server's /controlnet/model_list
+    control_weight: float = 1.0
     sd_upscale: bool = False  # Upscale also img2imgs the enlarged canvas in tiles at Strength (A1111's SD upscale)
 
     def to_strings(self) -> dict[str, str]:

@@ -455,6 +455,7 @@ def test_read_response_rejects_wrong_size_and_garbage() -> None:
 REGION_CODE = (
     str(REPO / "krita_plugin" / "sd_krita" / "regions.py"),
     str(REPO / "krita_plugin" / "sd_krita" / "generation.py"),
+    str(REPO / "krita_plugin" / "sd_krita" / "control.py"),
 )
 
 
@@ -481,9 +482,11 @@ def region_lines_run(fn):
 
 
 def prepare_and_composite(selection: int, resolution: int) -> int:
-    """Region-code lines executed preparing a square selection's request and compositing a reply into it."""
-    settings = Settings(grow=2, feather=4, margin=8, resolution=resolution)
+    """Region-code lines executed preparing a square selection's request (with a control layer) and compositing a
+    reply into it."""
+    settings = Settings(grow=2, feather=4, margin=8, resolution=resolution, control_layer="Sketch", control_model="m")
     cap = capture_for(1024, 1024, Rect(300, 300, selection, selection), settings)
+    cap = generation.Capture(cap.plan, cap.image, cap.selection, cap.image)  # the canvas as its own control layer
     preparing, req = region_lines_run(lambda: generation.build_request(cap, settings))
     size = (req.plan.work_w, req.plan.work_h)
     reply = response_with([Image.frombytes("RGB", size, noise(size[0] * size[1] * 3, 5))], [1])
@@ -712,3 +715,127 @@ def test_a_chosen_style_is_sent_by_name() -> None:
     assert "styles" not in plain.payload
     listed = [{"name": "ink", "prompt": "{prompt}, ink", "negative_prompt": ""}, {"name": ""}, "junk", {"x": 1}]
     assert tools.style_names(listed) == ["ink"] and tools.style_names({"detail": "no"}) == []
+
+
+# --- control layers -----------------------------------------------------------------------------------------------
+
+
+def sketch_layer(w: int, h: int) -> bytes:
+    """A transparent layer (B, G, R, A) with one black 4 px wide vertical stroke at x = 70..73, as drawn on a new
+    layer, and a half-transparent grey dot at (80, 50)."""
+    out = bytearray(w * h * 4)
+    for y in range(h):
+        for x in range(70, 74):
+            out[4 * (y * w + x) : 4 * (y * w + x) + 4] = b"\0\0\0\xff"
+    out[4 * (50 * w + 80) : 4 * (50 * w + 80) + 4] = b"\x80\x80\x80\x80"
+    return bytes(out)
+
+
+def control_settings(**changes) -> Settings:
+    base = dict(prompt="a cat", seed=5, steps=3, grow=2, feather=4, margin=32, resolution=64, control_layer="Sketch",
+                control_module="invert", control_model="tiny_cn [1a2b3c4d]", control_weight=0.7)  # fmt: skip
+    return Settings(**{**base, **changes})
+
+
+def with_control(cap: generation.Capture, layer: bytes, canvas_w: int) -> generation.Capture:
+    """The capture with the control layer read over the plan's box, as document.read_control reads it."""
+    return generation.Capture(cap.plan, cap.image, cap.selection, regions.crop(layer, canvas_w, 4, cap.plan.box))
+
+
+def the_unit(payload: dict) -> dict:
+    (unit,) = payload["alwayson_scripts"]["controlnet"]["args"]
+    return unit
+
+
+def test_control_unit_is_built_from_the_settings() -> None:
+    """A chosen layer, module, model and weight become one unit of the A1111 ControlNet extension's API; the image
+    is already at the working size, so the server is asked for no crop and no further resampling, and for no
+    detected map among the answer's images (the candidates)."""
+    settings = control_settings()
+    cap = with_control(capture_for(150, 100, Rect(60, 40, 30, 20), settings), sketch_layer(150, 100), 150)
+    req = generation.build_request(cap, settings)
+    unit = the_unit(req.payload)
+    assert {k: v for k, v in unit.items() if k != "image"} == {
+        "enabled": True, "module": "invert", "model": "tiny_cn [1a2b3c4d]", "weight": 0.7,
+        "resize_mode": "Just Resize", "pixel_perfect": True, "control_mode": "Balanced", "guidance_start": 0.0,
+        "guidance_end": 1.0, "save_detected_map": False,
+    }  # fmt: skip
+    image = Image.open(io.BytesIO(base64.b64decode(unit["image"])))
+    assert image.size == (req.plan.work_w, req.plan.work_h) == (req.payload["width"], req.payload["height"])
+    # the rest of the request is the same as without a control layer
+    plain = generation.build_request(capture_for(150, 100, Rect(60, 40, 30, 20), settings), settings).payload
+    assert {k: v for k, v in req.payload.items() if k != "alwayson_scripts"} == plain
+    assert "alwayson_scripts" not in plain
+    for module in ("none", "scribble", "threshold", "canny"):
+        payload = generation.build_request(cap, control_settings(control_module=module)).payload
+        assert the_unit(payload)["module"] == module
+
+
+def test_no_control_layer_sends_no_unit_and_a_missing_model_is_a_clear_error() -> None:
+    cap = with_control(capture_for(150, 100, Rect(60, 40, 30, 20), Settings()), sketch_layer(150, 100), 150)
+    plan = cap.plan
+    no_layer = generation.build_request(generation.Capture(plan, cap.image, cap.selection), control_settings())
+    assert "alwayson_scripts" not in no_layer.payload  # nothing read: no unit
+    with pytest.raises(RegionError, match="Choose a ControlNet model"):
+        generation.build_request(cap, control_settings(control_model=""))
+    with pytest.raises(RegionError, match="Unknown control module"):
+        generation.build_request(cap, control_settings(control_module="depth_midas"))
+    with pytest.raises(RegionError, match="incomplete pixels for the control layer"):
+        generation.build_request(generation.Capture(plan, cap.image, cap.selection, b"\0" * 12), control_settings())
+
+
+def test_control_layer_is_cropped_and_scaled_like_the_image() -> None:
+    """The control map covers exactly the region the init image covers (plan.box), at the same working size: a
+    layer identical to the canvas gives a map identical to the init image; a transparent sketch layer is its black
+    strokes on white, at the place the box and the scale put them (PIL's bilinear resize as the oracle)."""
+    settings = control_settings(resolution=48)  # box 96x80 (selection, grown, context) -> 56x48: scaled
+    cap = capture_for(150, 100, Rect(60, 40, 30, 20), settings)
+    plan = cap.plan
+    assert plan.scaled and plan.box.x > 0 and plan.box.y > 0
+    canvas = bytearray(150 * 100 * 4)
+    for y in range(plan.box.h):  # the canvas holds the captured image over the box
+        row = cap.image[y * plan.box.w * 4 : (y + 1) * plan.box.w * 4]
+        start = ((plan.box.y + y) * 150 + plan.box.x) * 4
+        canvas[start : start + len(row)] = row
+    same = generation.build_request(with_control(cap, bytes(canvas), 150), settings).payload
+    assert the_unit(same)["image"] == same["init_images"][0]
+
+    sketch = sketch_layer(150, 100)
+    unit = the_unit(generation.build_request(with_control(cap, sketch, 150), settings).payload)
+    got = Image.open(io.BytesIO(base64.b64decode(unit["image"]))).convert("RGB")
+    flat = Image.new("RGB", (150, 100), "white")  # the oracle: PIL flattens over white, crops, resizes
+    b, g, r, a = Image.frombytes("RGBA", (150, 100), sketch).split()
+    flat.paste(Image.merge("RGB", (r, g, b)), mask=a)
+    box = plan.box
+    want = flat.crop((box.x, box.y, box.right, box.bottom)).resize((plan.work_w, plan.work_h), Image.BILINEAR)
+    assert got.size == want.size
+    assert max(abs(p - q) for p, q in zip(got.tobytes(), want.tobytes(), strict=True)) <= 3
+    column = [min(got.getpixel((x, plan.work_h // 2))) for x in range(plan.work_w)]
+    dark = [x for x, v in enumerate(column) if v < 128]
+    centre = (72 - box.x) * plan.work_w / box.w  # the stroke's centre (x 70..73) in the map's pixels
+    assert dark and abs(sum(dark) / len(dark) + 0.5 - centre) <= 1.0, (dark, centre)
+    assert got.getpixel((0, 0)) == (255, 255, 255)  # transparent = white paper
+
+
+def test_generate_and_refine_of_the_canvas_carry_the_control_over_the_canvas() -> None:
+    settings = control_settings(control_module="scribble")
+    plan = regions.plan_canvas(150, 100, target=64)
+    sketch = sketch_layer(150, 100)
+    txt = generation.build_request(generation.Capture(plan, None, None, sketch), settings)
+    assert txt.kind == "txt2img" and the_unit(txt.payload)["module"] == "scribble"
+    image = Image.open(io.BytesIO(base64.b64decode(the_unit(txt.payload)["image"])))
+    assert image.size == (plan.work_w, plan.work_h)
+    canvas = bytes(v for y in range(100) for x in range(150) for v in (x, y, 90, 255))
+    img2img = generation.build_request(generation.Capture(plan, canvas, None, sketch), settings, 0.5)
+    assert img2img.kind == "img2img" and the_unit(img2img.payload)["image"] == the_unit(txt.payload)["image"]
+
+
+def test_the_servers_controlnet_list_is_read_by_name() -> None:
+    from sd_krita import control
+
+    assert control.model_names({"model_list": ["tiny [1a2b3c4d]", "None", "", 3]}) == ["tiny [1a2b3c4d]"]
+    assert control.model_names({"detail": "Not Found"}) == [] == control.model_names(None)
+    assert set(control.MODULES) == set(control.MODULE_LABELS)
+    from sd_core.controlnet import preprocess  # the server's preprocessors: every module offered is one of them
+
+    assert set(control.MODULES) <= set(preprocess.MODULES)

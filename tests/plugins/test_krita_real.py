@@ -160,6 +160,17 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def controlnet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight ControlNet for the tiny SD1 model, "tiny_sd1_control", for the started server's
+    --controlnet-dir (the SDXL run has it too, and skips the control layer test: no net of its family)."""
+    from controlnet_fixtures import write_controlnet_file
+
+    folder = tmp_path_factory.mktemp("controlnets")
+    write_controlnet_file(folder / "tiny_sd1_control.safetensors", "sd1")
+    return folder
+
+
+@pytest.fixture(scope="module")
 def styles_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An A1111 styles.csv for the started server's --styles."""
     path = tmp_path_factory.mktemp("styles") / "styles.csv"
@@ -168,15 +179,16 @@ def styles_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_plugin_api_in_kritarunner(
-    tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path], lora_dir: Path, styles_file: Path
-) -> None:
+    tmp_path: Path, pytest_for_krita: Path, model_kind: tuple[str, Path], lora_dir: Path, styles_file: Path,
+    controlnet_dir: Path,
+) -> None:  # fmt: skip
     kind, model = model_kind
     path = os.pathsep.join(str(p) for p in (pytest_for_krita, REPO / "krita_plugin", RUNNER, REPO))
     env = krita_env(
         tmp_path / "home", QT_QPA_PLATFORM="offscreen", PYTHONPATH=path, SD_KRITA_TEST_PYTHON=sys.executable,
         SD_KRITA_TEST_MODEL=str(model), SD_KRITA_TEST_SDXL="1" if kind == "sdxl" else "0",
         SD_KRITA_TEST_BUILTIN_MODEL=str(BUILTIN_MODEL), SD_KRITA_TEST_LORA_DIR=str(lora_dir),
-        SD_KRITA_TEST_STYLES=str(styles_file),
+        SD_KRITA_TEST_STYLES=str(styles_file), SD_KRITA_TEST_CONTROLNET_DIR=str(controlnet_dir),
         SD_KRITA_WATCHDOG=str(KRITA_TIMEOUT - 60),
     )  # fmt: skip
     code, out = run_krita(["kritarunner", "-s", "run_pytest", "-f", "main"], env)
@@ -201,7 +213,7 @@ def test_zip_imports_with_kritas_importer(tmp_path: Path, plugin_zip: Path) -> N
     assert packaged == source
 
 
-def smoke_profile(home: Path, plugin_zip: Path, tiny_model: Path, lora_dir: Path) -> None:
+def smoke_profile(home: Path, plugin_zip: Path, tiny_model: Path, lora_dir: Path, controlnet_dir: Path) -> None:
     """Plugin from the zip via Krita's importer, the driver plugin, kritarc with both enabled and settings."""
     resources = home / ".local" / "share" / "krita"
     resources.mkdir(parents=True)
@@ -216,7 +228,7 @@ def smoke_profile(home: Path, plugin_zip: Path, tiny_model: Path, lora_dir: Path
         "[python]\nenable_sd_krita=true\nenable_smoke_driver=true\n\n"
         f"[sd_krita]\npython={sys.executable}\nmodel={tiny_model}\nport=0\nresolution=64\nsteps=2\nseed=77\n"
         "sampler=Euler\ngrow=4\nfeather=6\nmargin=16\ncandidates=1\nstrength=0.6\n"
-        f"lora_dir={lora_dir}\n",
+        f"lora_dir={lora_dir}\ncontrolnet_dir={controlnet_dir}\n",
         encoding="utf-8",
     )
 
@@ -283,18 +295,20 @@ def test_docker_layout_in_its_default_place(tmp_path: Path, plugin_zip: Path, sc
 
 
 def test_whole_application_smoke(
-    tmp_path: Path, plugin_zip: Path, model_kind: tuple[str, Path], lora_dir: Path
+    tmp_path: Path, plugin_zip: Path, model_kind: tuple[str, Path], lora_dir: Path, controlnet_dir: Path
 ) -> None:
     """Krita under Xvfb, the docker driven like a user: inpaint, then Refine (the whole canvas), a LoRA from the
     server's list (SD1: applied; SDXL: refused, naming it), History (Apply, Same seed: the same pixels again,
-    Discard) and Upscale 2x into a new document; a slow Generate shows the server's live preview in the docker
+    Discard), Upscale 2x into a new document and a control layer (the Paint layer, threshold, through the server's
+    SD1 ControlNet: SD1 a different result than without it; SDXL: refused, naming the ControlNet); a slow Generate
+    shows the server's live preview in the docker
     until cancelled. Each result is a new layer on top, the user's layers stay byte-identical, and undo removes
     it."""
     kind, model = model_kind
     attempts = []
     for attempt in range(2):  # Krita 5.1.5 sometimes hangs after File > Quit; one retry, then it is a failure
         home = tmp_path / f"home{attempt}"
-        smoke_profile(home, plugin_zip, model, lora_dir)
+        smoke_profile(home, plugin_zip, model, lora_dir, controlnet_dir)
         report = home / "report.json"
         env = krita_env(
             home, SD_KRITA_SMOKE_REPORT=str(report), SD_KRITA_SMOKE_PYTHON=sys.executable,
@@ -325,6 +339,14 @@ def test_whole_application_smoke(
         assert result["lora_choices"] == ["bricks"] and result["lora_field"] == "bricks:0.8", result
         if kind == "sdxl":
             assert result["lora_refused"] and result["lora_undo_removed_layer"], result
+        assert "Paint" in result["control_layers"] and result["control_off"], result
+        assert result["control_settings"][:2] == ["Paint", "threshold"] and result["control_title"] == "Control: Paint"
+        assert result["control_settings"][2].startswith("tiny_sd1_control ["), result
+        if kind == "sdxl":
+            assert result["control_refused"] and result["control_undo_removed_layer"], result
+        else:
+            for check in ("new_layer", "originals_unchanged", "undo_removed_layer", "differs"):
+                assert result.get(f"control_{check}") is True, f"control_{check}: {json.dumps(result, indent=1)}"
         assert "Lanczos" in result["upscalers"] and result["upscaled_size"] == [256, 192], result
         assert result["upscaled_layer"] == ["Background", "Upscaled 256x192"], result  # Krita's new document
         assert min(result["preview_shown"]) >= 32, result  # the server's preview, scaled into the docker

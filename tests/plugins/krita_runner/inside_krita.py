@@ -8,6 +8,7 @@ SD_KRITA_TEST_BUILTIN_MODEL is the built-in texture model, for the check where t
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from sd_krita import document, qt, regions, sizes
 from sd_krita.controller import Controller
 from sd_krita.generation import Candidate
 from sd_krita.regions import Rect
+from sd_krita.sd_client import decode_png
 from sd_krita.settings import Settings
 
 PYTHON = os.environ.get("SD_KRITA_TEST_PYTHON", "")
@@ -31,6 +33,7 @@ SDXL = os.environ.get("SD_KRITA_TEST_SDXL") == "1"
 SDXL_SIZES = [(1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344, 768), (768, 1344),
               (1536, 640), (640, 1536)]  # fmt: skip
 LORA_DIR = os.environ.get("SD_KRITA_TEST_LORA_DIR", "")  # holds bricks.safetensors, a LoRA for the SD1 model
+CONTROLNET_DIR = os.environ.get("SD_KRITA_TEST_CONTROLNET_DIR", "")  # holds tiny_sd1_control, for the SD1 model
 STYLES = os.environ.get("SD_KRITA_TEST_STYLES", "")  # a styles.csv with "Ink": "{prompt}, ink drawing", "blurry"
 W, H = 160, 120
 
@@ -58,6 +61,7 @@ class Recorder:
         self.model_defaults: list[dict] = []
         self.loras: list[list[str]] = []
         self.styles: list[list[str]] = []
+        self.controlnets: list[list[str]] = []
         controller.server_status.connect(self.statuses.append)
         controller.model_defaults.connect(self.model_defaults.append)
         controller.message.connect(self.messages.append)
@@ -77,9 +81,11 @@ def ctl() -> Iterator[tuple[Controller, Recorder]]:
     settings = Settings(
         python=PYTHON, model=MODEL, port=0, prompt="a red apple", seed=1234, steps=2, sampler="Euler",
         candidates=1, grow=4, feather=8, margin=16, resolution=64, lora_dir=LORA_DIR, styles_file=STYLES,
+        controlnet_dir=CONTROLNET_DIR,
     )  # fmt: skip
     controller = Controller(Krita.instance(), settings)
     rec = Recorder(controller)
+    controller.controlnets_ready.connect(rec.controlnets.append)
     controller.loras_ready.connect(rec.loras.append)
     controller.styles_ready.connect(rec.styles.append)
     controller.start_server()
@@ -452,6 +458,70 @@ def test_a_style_from_the_servers_list(ctl: tuple[Controller, Recorder]) -> None
     assert payload["styles"] == ["Ink"] and payload["prompt"] == "a red apple"
     text = infotext(job)
     assert text.startswith("a red apple, ink drawing") and "Negative prompt: blurry" in text, text
+    close(doc)
+
+
+def test_a_control_layer_guides_the_inpaint(ctl: tuple[Controller, Recorder]) -> None:
+    """A hidden sketch layer (black strokes on transparent) as the control layer, module invert, the server's tiny
+    SD1 ControlNet: the request carries the unit (the layer's pixels over the request's box), the server applied it
+    (its infotext's `ControlNet 0` entry), the result differs from the same request (same seed) without the control
+    layer, and the user's layers, the sketch included, stay byte-identical."""
+    if SDXL:
+        pytest.skip("the test ControlNet is an SD1 net (the SDXL run has no ControlNet of its family)")
+    controller, rec = ctl
+    assert rec.controlnets and len(rec.controlnets[-1]) == 1, rec.controlnets
+    (model,) = rec.controlnets[-1]
+    assert model.startswith("tiny_sd1_control [")
+    doc = new_document()
+    add_painted_layer(doc)
+    sketch = doc.createNode("Sketch", "paintlayer")
+    strokes = bytearray(W * H * 4)
+    for y in range(H):
+        for x in list(range(40, 44)) + list(range(90, 93)):
+            strokes[4 * (y * W + x) : 4 * (y * W + x) + 4] = b"\0\0\0\xff"
+    for x in range(W):
+        strokes[4 * (60 * W + x) : 4 * (60 * W + x) + 4] = b"\0\0\0\xff"
+    sketch.setPixelData(bytes(strokes), 0, 0, W, H)
+    sketch.setVisible(False)  # hidden from the canvas: the model sees it only as the control map
+    doc.rootNode().addChildNode(sketch, None)
+    doc.refreshProjection()
+    select(doc, soft_disc(70, 55, 30, 8))
+    _, plan = expected_alpha(doc, controller.settings)
+    before = snapshot(doc)
+    sent = submissions(controller)
+    s = controller.settings
+    s.control_layer, s.control_module, s.control_model, s.control_weight = "Sketch", "invert", model, 1.0
+    try:
+        added = run(controller, rec, lambda: controller.inpaint(doc))
+        assert added is not None, rec.messages
+        first = document.find_layer(doc.rootNode(), added[0])
+        guided = bytes(first.pixelData(0, 0, W, H))
+        assert names(doc) == ["Background", "Paint", "Sketch", added[0]]
+        first.setVisible(False)  # the same request again: the same canvas, without the control layer
+        doc.refreshProjection()
+        doc.waitForDone()
+        s.control_layer = ""
+        plain = run(controller, rec, lambda: controller.inpaint(doc))
+        assert plain is not None, rec.messages
+    finally:
+        s.control_layer, s.control_model = "", ""
+    (payload, job), (plain_payload, plain_job) = sent
+    (unit,) = payload["alwayson_scripts"]["controlnet"]["args"]
+    assert unit["module"] == "invert" and unit["model"] == model and unit["weight"] == 1.0
+    map_w, map_h, rgba = decode_png(base64.b64decode(unit["image"]))
+    assert (map_w, map_h) == (payload["width"], payload["height"]) == (plan.work_w, plan.work_h)
+    flat = regions.bgra_to_rgb(bytes(strokes))  # the layer flattened over white, cropped to the box, scaled
+    expected = regions.resize(regions.crop(flat, W, 3, plan.box), plan.box.w, plan.box.h, 3, map_w, map_h)
+    assert regions.merge(regions.split(rgba, 4)[:3]) == expected, "the map is the layer over the request's box"
+    text = infotext(job)
+    assert 'ControlNet 0: "Module: invert, Model: ' + model in text, text
+    assert "alwayson_scripts" not in plain_payload and "ControlNet" not in infotext(plain_job)
+    assert {k: v for k, v in payload.items() if k != "alwayson_scripts"} == plain_payload
+    unguided = document.find_layer(doc.rootNode(), plain[0])
+    assert names(doc) == ["Background", "Paint", "Sketch", added[0], plain[0]]
+    assert bytes(unguided.pixelData(0, 0, W, H)) != guided, "the control layer did not change the result"
+    after = snapshot(doc)
+    assert all(after[k] == v for k, v in before.items()), "a user's layer changed"
     close(doc)
 
 
