@@ -53,7 +53,7 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
         "--max-examples",
         "40",
         "--workers",
-        "2",
+        "1",  # one thread: with 2, hypothesis 6.170 crashed once under load reading a lambda's source (no server error)
         "--seed",
         "20260101",
         "--request-timeout",
