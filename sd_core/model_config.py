@@ -110,7 +110,7 @@ def _sub(shapes: dict[str, tuple[int, ...]], prefix: str) -> dict[str, tuple[int
     return {k[len(prefix) :]: tuple(v) for k, v in shapes.items() if k.startswith(prefix)}
 
 
-def _indices(shapes: dict, pattern: str) -> list[int]:
+def key_indices(shapes: dict, pattern: str) -> list[int]:
     """Sorted distinct integers N in the keys matching `pattern` (a regex with one `(\\d+)` group, matched at the
     start of the key)."""
     rx = re.compile(pattern)
@@ -118,20 +118,51 @@ def _indices(shapes: dict, pattern: str) -> list[int]:
 
 
 def _need(shapes: dict, key: str, what: str) -> tuple[int, ...]:
+    """The shape at `key`, or an error naming the network (`what`: "UNet", "ControlNet", ...) and the key."""
     if key not in shapes:
         raise ValueError(f"not a Stable Diffusion {what}: missing {key!r}")
     return shapes[key]
 
 
-def _depth(shapes: dict, prefix: str) -> int:
+def transformer_depth_at(shapes: dict, prefix: str) -> int:
     """Number of transformer blocks in the SpatialTransformer at `prefix` (0 if there is none)."""
-    return len(_indices(shapes, re.escape(prefix) + r"transformer_blocks\.(\d+)\."))
+    return len(key_indices(shapes, re.escape(prefix) + r"transformer_blocks\.(\d+)\."))
 
 
-def _uniform(values: list[int], what: str) -> int:
+def _uniform(values: list[int], what: str, network: str = "UNet") -> int:
     if len(set(values)) > 1:
-        raise ValueError(f"unsupported UNet layout: {what} varies within a resolution level ({values})")
+        raise ValueError(f"unsupported {network} layout: {what} varies within a resolution level ({values})")
     return values[0] if values else 0
+
+
+def input_levels(shapes: dict, model_channels: int, network: str) -> tuple[list[int], list[int], list[int]]:
+    """The input side that UNets and ControlNets (a copy of a UNet's encoder) share: ResBlocks grouped into levels,
+    a Downsample (`.0.op`) closing each level but the last. Returns per level the ResBlock count, the channel
+    multiplier and the transformer depth; errors name `network`."""
+    res_counts: list[int] = [0]
+    level_ch: list[list[int]] = [[]]
+    depths: list[list[int]] = [[]]
+    blocks = key_indices(shapes, r"input_blocks\.(\d+)\.")
+    if blocks != list(range(len(blocks))):
+        raise ValueError(f"unsupported {network} layout: input_blocks indices {blocks}")
+    for n in blocks[1:]:
+        if f"input_blocks.{n}.0.op.weight" in shapes:
+            res_counts.append(0)
+            level_ch.append([])
+            depths.append([])
+            continue
+        res_counts[-1] += 1
+        level_ch[-1].append(_need(shapes, f"input_blocks.{n}.0.out_layers.3.weight", network)[0])
+        depths[-1].append(transformer_depth_at(shapes, f"input_blocks.{n}.1."))
+    if 0 in res_counts:
+        raise ValueError(f"unsupported {network} layout: a resolution level without ResBlocks")
+    channel_mult = []
+    for chans in level_ch:
+        ch = _uniform(chans, "channel count", network)
+        if ch % model_channels:
+            raise ValueError(f"unsupported {network} layout: {ch} channels is not a multiple of {model_channels}")
+        channel_mult.append(ch // model_channels)
+    return res_counts, channel_mult, [_uniform(d, "transformer depth", network) for d in depths]
 
 
 def infer_unet_config(shapes: dict[str, tuple[int, ...]], sd2: bool | None = None) -> dict:
@@ -146,40 +177,16 @@ def infer_unet_config(shapes: dict[str, tuple[int, ...]], sd2: bool | None = Non
         raise ValueError("unsupported UNet: a label_emb that is not SDXL's (class-conditioned models such as unCLIP)")
     mc = conv_in[0]
 
-    # input side: ResBlocks grouped into levels, a Downsample (`.0.op`) closes each level but the last
-    res_counts: list[int] = [0]
-    level_ch: list[list[int]] = [[]]
-    depths: list[list[int]] = [[]]
-    blocks = _indices(shapes, r"input_blocks\.(\d+)\.")
-    if blocks != list(range(len(blocks))):
-        raise ValueError(f"unsupported UNet layout: input_blocks indices {blocks}")
-    for n in blocks[1:]:
-        if f"input_blocks.{n}.0.op.weight" in shapes:
-            res_counts.append(0)
-            level_ch.append([])
-            depths.append([])
-            continue
-        res_counts[-1] += 1
-        level_ch[-1].append(_need(shapes, f"input_blocks.{n}.0.out_layers.3.weight", "UNet")[0])
-        depths[-1].append(_depth(shapes, f"input_blocks.{n}.1."))
-    if 0 in res_counts:
-        raise ValueError("unsupported UNet layout: a resolution level without ResBlocks")
+    res_counts, channel_mult, transformer_depth = input_levels(shapes, mc, "UNet")
     levels = len(res_counts)
-    channel_mult = []
-    for chans in level_ch:
-        ch = _uniform(chans, "channel count")
-        if ch % mc:
-            raise ValueError(f"unsupported UNet layout: {ch} channels is not a multiple of {mc}")
-        channel_mult.append(ch // mc)
-    transformer_depth = [_uniform(d, "transformer depth") for d in depths]
 
     # output side, deepest level first: an Upsample (`.1.conv` or `.2.conv`) closes each level but the shallowest
     out_counts: list[int] = [0]
     out_depths: list[list[int]] = [[]]
-    out_blocks = _indices(shapes, r"output_blocks\.(\d+)\.")
+    out_blocks = key_indices(shapes, r"output_blocks\.(\d+)\.")
     for n in out_blocks:
         out_counts[-1] += 1
-        out_depths[-1].append(_depth(shapes, f"output_blocks.{n}.1."))
+        out_depths[-1].append(transformer_depth_at(shapes, f"output_blocks.{n}.1."))
         if f"output_blocks.{n}.1.conv.weight" in shapes or f"output_blocks.{n}.2.conv.weight" in shapes:
             out_counts.append(0)
             out_depths.append([])
@@ -188,8 +195,8 @@ def infer_unet_config(shapes: dict[str, tuple[int, ...]], sd2: bool | None = Non
     out_counts.reverse()
     out_depths.reverse()
 
-    mid = _indices(shapes, r"middle_block\.(\d+)\.")
-    depth_middle = _depth(shapes, "middle_block.1.") if mid else 0
+    mid = key_indices(shapes, r"middle_block\.(\d+)\.")
+    depth_middle = transformer_depth_at(shapes, "middle_block.1.") if mid else 0
 
     context_dims = {v[1] for k, v in shapes.items() if k.endswith("attn2.to_k.weight")}
     if len(context_dims) != 1:
@@ -222,7 +229,7 @@ def infer_vae_config(shapes: dict[str, tuple[int, ...]]) -> dict:
     """VAE config from shapes with `first_stage_model.` stripped."""
     conv_in = _need(shapes, "encoder.conv_in.weight", "VAE")
     ch = conv_in[0]
-    levels = _indices(shapes, r"encoder\.down\.(\d+)\.")
+    levels = key_indices(shapes, r"encoder\.down\.(\d+)\.")
     if not levels:
         raise ValueError("not a Stable Diffusion VAE: missing 'encoder.down.0.*'")
     ch_mult = [_need(shapes, f"encoder.down.{i}.block.0.conv2.weight", "VAE")[0] // ch for i in levels]
@@ -231,7 +238,7 @@ def infer_vae_config(shapes: dict[str, tuple[int, ...]]) -> dict:
         "out_ch": _need(shapes, "decoder.conv_out.weight", "VAE")[0],
         "ch": ch,
         "ch_mult": ch_mult,
-        "num_res_blocks": len(_indices(shapes, r"encoder\.down\.0\.block\.(\d+)\.")),
+        "num_res_blocks": len(key_indices(shapes, r"encoder\.down\.0\.block\.(\d+)\.")),
         "z_channels": _need(shapes, "decoder.conv_in.weight", "VAE")[1],
         "embed_dim": _need(shapes, "post_quant_conv.weight", "VAE")[1],
     }
@@ -246,13 +253,13 @@ def infer_text_config(shapes: dict[str, tuple[int, ...]], openclip: bool, act: s
     if openclip:
         tok = _need(shapes, "token_embedding.weight", "OpenCLIP text encoder")
         pos = _need(shapes, "positional_embedding", "OpenCLIP text encoder")
-        layers = _indices(shapes, r"transformer\.resblocks\.(\d+)\.")
+        layers = key_indices(shapes, r"transformer\.resblocks\.(\d+)\.")
         fc1 = _need(shapes, "transformer.resblocks.0.mlp.c_fc.weight", "OpenCLIP text encoder")
     else:
         shapes = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in shapes.items()}
         tok = _need(shapes, "text_model.embeddings.token_embedding.weight", "CLIP text encoder")
         pos = _need(shapes, "text_model.embeddings.position_embedding.weight", "CLIP text encoder")
-        layers = _indices(shapes, r"text_model\.encoder\.layers\.(\d+)\.")
+        layers = key_indices(shapes, r"text_model\.encoder\.layers\.(\d+)\.")
         fc1 = _need(shapes, "text_model.encoder.layers.0.mlp.fc1.weight", "CLIP text encoder")
     return {
         "vocab_size": tok[0],
@@ -332,7 +339,7 @@ def infer_config(shapes: dict[str, tuple[int, ...]]) -> ModelConfig:
 def _sdxl_towers(shapes: dict[str, tuple[int, ...]]) -> list[tuple[dict, bool]]:
     """(shapes, OpenCLIP names?) of each `conditioner.embedders.N` text tower, in order."""
     towers = []
-    for n in _indices(shapes, re.escape(SDXL_TEXT_PREFIX) + r"(\d+)\."):
+    for n in key_indices(shapes, re.escape(SDXL_TEXT_PREFIX) + r"(\d+)\."):
         hf, oc = (_sub(shapes, f"{SDXL_TEXT_PREFIX}{n}.{kind}.") for kind in ("transformer", "model"))
         if not (hf or oc):
             raise ValueError(f"unsupported SDXL text encoder at {SDXL_TEXT_PREFIX}{n}.* (no transformer.* or model.*)")

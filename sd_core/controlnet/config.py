@@ -9,8 +9,9 @@ families' UNets (`sd_core.model_config.infer_unet_config`).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
+
+from ..model_config import input_levels, key_indices, transformer_depth_at
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 HINT_CONVS = 8
@@ -29,25 +30,10 @@ class ControlNetConfig:
     params: int = 0
 
 
-def _indices(shapes: dict, pattern: str) -> list[int]:
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in shapes if (m := rx.match(k))})
-
-
 def _need(shapes: dict, key: str) -> tuple[int, ...]:
     if key not in shapes:
         raise ValueError(f"not a ControlNet: missing {key!r}")
     return tuple(shapes[key])
-
-
-def _depth(shapes: dict, prefix: str) -> int:
-    return len(_indices(shapes, re.escape(prefix) + r"transformer_blocks\.(\d+)\."))
-
-
-def _uniform(values: list[int], what: str) -> int:
-    if len(set(values)) > 1:
-        raise ValueError(f"unsupported ControlNet layout: {what} varies within a resolution level ({values})")
-    return values[0] if values else 0
 
 
 def is_controlnet(shapes: dict) -> bool:
@@ -67,34 +53,13 @@ def infer_controlnet_config(shapes: dict[str, tuple[int, ...]]) -> ControlNetCon
     _need(shapes, "middle_block_out.0.weight")
     mc = conv_in[0]
 
-    res_counts: list[int] = [0]
-    level_ch: list[list[int]] = [[]]
-    depths: list[list[int]] = [[]]
-    blocks = _indices(shapes, r"input_blocks\.(\d+)\.")
-    if blocks != list(range(len(blocks))):
-        raise ValueError(f"unsupported ControlNet layout: input_blocks indices {blocks}")
-    for n in blocks[1:]:
-        if f"input_blocks.{n}.0.op.weight" in shapes:
-            res_counts.append(0)
-            level_ch.append([])
-            depths.append([])
-            continue
-        res_counts[-1] += 1
-        level_ch[-1].append(_need(shapes, f"input_blocks.{n}.0.out_layers.3.weight")[0])
-        depths[-1].append(_depth(shapes, f"input_blocks.{n}.1."))
-    if 0 in res_counts:
-        raise ValueError("unsupported ControlNet layout: a resolution level without ResBlocks")
-    channel_mult = []
-    for chans in level_ch:
-        ch = _uniform(chans, "channel count")
-        if ch % mc:
-            raise ValueError(f"unsupported ControlNet layout: {ch} channels is not a multiple of {mc}")
-        channel_mult.append(ch // mc)
-    zero_convs = _indices(shapes, r"zero_convs\.(\d+)\.")
+    res_counts, channel_mult, transformer_depth = input_levels(shapes, mc, "ControlNet")
+    blocks = key_indices(shapes, r"input_blocks\.(\d+)\.")
+    zero_convs = key_indices(shapes, r"zero_convs\.(\d+)\.")
     if zero_convs != blocks:
         raise ValueError(f"not a ControlNet: {len(zero_convs)} zero convs for {len(blocks)} input blocks")
 
-    mid = _indices(shapes, r"middle_block\.(\d+)\.")
+    mid = key_indices(shapes, r"middle_block\.(\d+)\.")
     context_dims = {v[1] for k, v in shapes.items() if k.endswith("attn2.to_k.weight")}
     if len(context_dims) != 1:
         raise ValueError(f"not a ControlNet: cross-attention context widths {sorted(context_dims)}")
@@ -115,16 +80,16 @@ def infer_controlnet_config(shapes: dict[str, tuple[int, ...]]) -> ControlNetCon
         "model_channels": mc,
         "channel_mult": channel_mult,
         "num_res_blocks": res_counts,
-        "transformer_depth": [_uniform(d, "transformer depth") for d in depths],
+        "transformer_depth": transformer_depth,
         "mid_block": bool(mid),
-        "transformer_depth_middle": _depth(shapes, "middle_block.1.") if mid else 0,
+        "transformer_depth_middle": transformer_depth_at(shapes, "middle_block.1.") if mid else 0,
         "num_heads": 8 if sd1 else -1,
         "num_head_channels": -1 if sd1 else 64,
         "context_dim": context_dim,
         "use_linear_in_transformer": linear,
         **({"adm_in_channels": label[1]} if label else {}),
     }
-    hint_indices = _indices(shapes, r"input_hint_block\.(\d+)\.")
+    hint_indices = key_indices(shapes, r"input_hint_block\.(\d+)\.")
     if hint_indices != list(range(0, 2 * len(hint_indices), 2)) or len(hint_indices) < 2:
         raise ValueError(f"unsupported ControlNet hint block: convs at {hint_indices} (expected 0, 2, 4, ...)")
     hint = tuple(
