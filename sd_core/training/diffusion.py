@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -167,6 +168,31 @@ def diffusion_loss(
     return err.mean()
 
 
+def batch_loss(
+    cfg: TrainConfig,
+    unet: UNetModel,
+    text: CLIPTextEncoder,
+    source: LatentPool | EncodedBatches,
+    schedule: NoiseSchedule,
+    tokens_of: CaptionTokens,
+    gen: torch.Generator,
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """One optimiser step's loss, as `Stage.train` takes it: a batch with captions dropped at `uncond_prob`, biased
+    timesteps, noise and the seamless axes, all drawn from `gen` in that order (the UNet and LoRA stages share it)."""
+
+    def step_loss(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        latents, captions = source.batch(cfg.unet_batch)
+        drop = torch.rand(len(captions), generator=gen) < cfg.uncond_prob
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        t = sample_timesteps(len(captions), schedule.num_timesteps, cfg.timestep_bias, gen)
+        noise = torch.randn(latents.shape, generator=gen)
+        with tiling.seamless([unet], draw_seamless_axes(cfg.seamless_prob, gen)):
+            loss = diffusion_loss(unet, text, schedule, latents, tokens_of(captions), t, noise, cfg.snr_gamma)
+        return loss, loss
+
+    return step_loss
+
+
 def train_unet(
     cfg: TrainConfig,
     unet: UNetModel,
@@ -192,16 +218,7 @@ def train_unet(
     if stage.resume():
         return ema
 
-    def step_loss(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        latents, captions = source.batch(cfg.unet_batch)
-        drop = torch.rand(len(captions), generator=gen) < cfg.uncond_prob
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        t = sample_timesteps(len(captions), schedule.num_timesteps, cfg.timestep_bias, gen)
-        noise = torch.randn(latents.shape, generator=gen)
-        with tiling.seamless([unet], draw_seamless_axes(cfg.seamless_prob, gen)):
-            loss = diffusion_loss(unet, text, schedule, latents, tokens_of(captions), t, noise, cfg.snr_gamma)
-        return loss, loss
-
+    step_loss = batch_loss(cfg, unet, text, source, schedule, tokens_of, gen)
     unet.train()
     text.train(train_text)
     stage.train(

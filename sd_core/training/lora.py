@@ -20,14 +20,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .. import checkpoint, tiling
+from .. import checkpoint
 from ..lora.keys import ldm_to_diffusers_unet, patchable_layers
 from ..models.text_encoder import CLIPTextEncoder
 from ..models.unet import UNetModel
 from ..schedules import NoiseSchedule
 from .config import TrainConfig
-from .diffusion import CaptionTokens, EncodedBatches, LatentPool, diffusion_loss, sample_timesteps
-from .stage import Stage, StepHook, draw_seamless_axes, lr_at
+from .diffusion import CaptionTokens, EncodedBatches, LatentPool, batch_loss
+from .stage import Stage, StepHook, lr_at
 
 UNET_TARGETS = (".proj_in", ".proj_out", ".to_q", ".to_k", ".to_v", ".to_out.0", ".ff.net.0.proj", ".ff.net.2")
 TEXT_TARGETS = (".q_proj", ".k_proj", ".v_proj", ".out_proj", ".fc1", ".fc2")
@@ -116,16 +116,7 @@ def train_lora(
     if stage.resume():
         return factors
 
-    def step_loss(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        latents, captions = source.batch(cfg.unet_batch)
-        drop = torch.rand(len(captions), generator=gen) < cfg.uncond_prob
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        t = sample_timesteps(len(captions), schedule.num_timesteps, cfg.timestep_bias, gen)
-        noise = torch.randn(latents.shape, generator=gen)
-        with tiling.seamless([unet], draw_seamless_axes(cfg.seamless_prob, gen)):
-            loss = diffusion_loss(unet, text, schedule, latents, tokens_of(captions), t, noise, cfg.snr_gamma)
-        return loss, loss
-
+    step_loss = batch_loss(cfg, unet, text, source, schedule, tokens_of, gen)
     unet.train()
     text.train(cfg.lora_text)
     stage.train(opt, lambda step: lr_at(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup, cfg.lr_schedule), step_loss)
