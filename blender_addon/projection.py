@@ -28,6 +28,7 @@ import numpy as np
 
 from . import pixels
 from .engine import UserError
+from .renders import image_output
 
 try:  # the copy the extension builder puts into the zip (numpy only)
     from . import sd_projection as pj
@@ -121,25 +122,6 @@ def _exact_cycles(scene: Any, camera: Any) -> Iterator[None]:
         yield
 
 
-@contextmanager
-def _exr_output(scene: Any) -> Iterator[None]:
-    settings = scene.render.image_settings
-    names = [n for n in ("media_type", "file_format", "color_mode", "color_depth", "exr_codec") if hasattr(settings, n)]
-    saved = {n: getattr(settings, n) for n in names}
-    try:
-        if "media_type" in saved:  # Blender 5.0+
-            settings.media_type = "IMAGE"
-        settings.file_format, settings.color_mode, settings.color_depth = "OPEN_EXR", "RGBA", "32"
-        settings.exr_codec = "ZIP"
-        yield
-    finally:
-        for name in names:
-            try:
-                setattr(settings, name, saved[name])
-            except (TypeError, ValueError):
-                pass
-
-
 def _render_float(scene: Any) -> np.ndarray:
     """Render the scene, returning the Render Result as float32 HxWx4, rows bottom-up (linear, unclamped)."""
     try:
@@ -149,7 +131,7 @@ def _render_float(scene: Any) -> np.ndarray:
     result = next((img for img in bpy.data.images if img.type == "RENDER_RESULT"), None)
     if result is None:
         raise UserError("Cycles gave no render result")
-    with pixels.temp_path(".exr") as path, _exr_output(scene):
+    with pixels.temp_path(".exr") as path, image_output(scene, "OPEN_EXR", "32", exr_codec="ZIP"):
         result.save_render(path, scene=scene)
         image = bpy.data.images.load(path, check_existing=False)
         try:

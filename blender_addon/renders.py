@@ -18,15 +18,18 @@ from .pixels import png_to_array, temp_path
 
 
 @contextmanager
-def _png_output(scene: Any) -> Iterator[None]:
-    """Make `save_render` write an 8-bit RGBA PNG whatever the scene's output format; restore afterwards."""
+def image_output(scene: Any, file_format: str, color_depth: str, **extra: str) -> Iterator[None]:
+    """Make `save_render` write RGBA `file_format` at `color_depth` (and any `extra` image settings, e.g. an EXR
+    codec) whatever the scene's output format; restore the scene's settings afterwards."""
     settings = scene.render.image_settings
-    names = [n for n in ("media_type", "file_format", "color_mode", "color_depth") if hasattr(settings, n)]
+    wanted = {"file_format": file_format, "color_mode": "RGBA", "color_depth": color_depth, **extra}
+    names = [n for n in ("media_type", *wanted) if hasattr(settings, n)]
     saved = {n: getattr(settings, n) for n in names}
     try:
-        if "media_type" in saved:  # Blender 5.0+: PNG is only offered for still images
+        if "media_type" in saved:  # Blender 5.0+: PNG and EXR are only offered for still images
             settings.media_type = "IMAGE"
-        settings.file_format, settings.color_mode, settings.color_depth = "PNG", "RGBA", "8"
+        for name, value in wanted.items():
+            setattr(settings, name, value)
         yield
     finally:
         for name in names:
@@ -41,7 +44,7 @@ def render_result_pixels(scene: Any) -> np.ndarray:
     result = next((img for img in bpy.data.images if img.type == "RENDER_RESULT"), None)
     if result is None:
         raise UserError("There is no render result yet: render the scene first (F12)")
-    with temp_path(".png") as path, _png_output(scene):
+    with temp_path(".png") as path, image_output(scene, "PNG", "8"):
         try:
             result.save_render(path, scene=scene)
         except RuntimeError as exc:
