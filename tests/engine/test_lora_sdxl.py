@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from lora_files import SDXL_UNET_TARGETS, kohya_lora, peft_lora, peft_metadata, save
+from lora_parity import NEGATIVE, PROMPT, SIZE, ParityRun, assert_same
 from model_fixtures import _cached_folder
 from sdxl_fixtures import sdxl_folder
 
@@ -18,8 +19,8 @@ import sd_core
 from sd_core.checkpoint import read_state_dict
 from sd_core.lora.files import LoraError
 
-PROMPT, NEGATIVE = "a red brick wall, highly detailed", "blurry"
-SIZE, STEPS, CFG, SEED = 64, 6, 7.5, 77
+RUN = ParityRun(steps=6)
+ours, theirs = RUN.ours, RUN.theirs
 
 
 @pytest.fixture(scope="module")
@@ -47,35 +48,6 @@ def lora_dir(tmp_path_factory, reference):
 @pytest.fixture(scope="module")
 def pipe(lora_dir):
     return sd_core.load(sdxl_folder(), device="cpu", dtype=torch.float32, lora_dirs=[lora_dir])
-
-
-def ours(pipe, prompt: str = PROMPT, **kw) -> np.ndarray:
-    img = pipe.txt2img(
-        prompt, negative_prompt=NEGATIVE, width=SIZE, height=SIZE, steps=STEPS, sampler="ddim", cfg_scale=CFG,
-        seed=SEED, **kw,
-    )[0]  # fmt: skip
-    return np.asarray(img, dtype=np.float64)
-
-
-def theirs(reference, adapters: dict[str, object], lora_dir) -> np.ndarray:
-    """diffusers' image with `adapters` {file stem: weight, or {"unet": w, "text_encoder": w, ...}} loaded."""
-    reference.unload_lora_weights()
-    for name in adapters:
-        reference.load_lora_weights(str(lora_dir / f"{name}.safetensors"), adapter_name=name)
-    if adapters:
-        reference.set_adapters(list(adapters), list(adapters.values()))
-    out = reference(
-        PROMPT, negative_prompt=NEGATIVE, width=SIZE, height=SIZE, num_inference_steps=STEPS, guidance_scale=CFG,
-        generator=torch.Generator("cpu").manual_seed(SEED), output_type="np",
-    )  # fmt: skip
-    reference.unload_lora_weights()
-    return (out.images[0] * 255).round().astype(np.float64)
-
-
-def assert_same(mine: np.ndarray, ref: np.ndarray, base: np.ndarray) -> None:
-    assert np.abs(ref - base).mean() > 3.0, "the LoRA must change the reference image, or the test proves nothing"
-    diff = np.abs(mine - ref).mean()
-    assert diff < 1.0, f"mean abs pixel difference {diff:.3f} >= 1/255"
 
 
 @pytest.fixture(scope="module")
