@@ -23,7 +23,7 @@ from sd_core.server.schemas import Img2ImgRequest, Txt2ImgRequest
 from sd_core.server.settings import ServerSettings
 from sd_core.server.styles import StyleFile
 
-from .sources import Job
+from .sources import Job, map_images
 
 
 class JobError(Exception):
@@ -46,6 +46,7 @@ class BatchConfig:
     upscaler_dirs: tuple[Path, ...] = ()
     lora_dirs: tuple[Path, ...] = ()
     embedding_dirs: tuple[Path, ...] = ()
+    controlnet_dir: Path | None = None  # the ControlNets jobs may name (alwayson_scripts.controlnet)
     threads: int | None = None  # torch's CPU threads in each worker (None: torch's own choice)
 
     def resolved(self) -> BatchConfig:
@@ -61,6 +62,7 @@ class BatchConfig:
             upscaler_dirs=tuple(Path(p).resolve() for p in self.upscaler_dirs),
             lora_dirs=tuple(Path(p).resolve() for p in self.lora_dirs),
             embedding_dirs=tuple(Path(p).resolve() for p in self.embedding_dirs),
+            controlnet_dir=absolute(self.controlnet_dir),
         )
 
     def server_settings(self) -> ServerSettings:
@@ -72,6 +74,7 @@ class BatchConfig:
             upscaler_dirs=self.upscaler_dirs,
             lora_dirs=self.lora_dirs,
             embedding_dirs=self.embedding_dirs,
+            controlnet_dir=self.controlnet_dir,
         )
 
 
@@ -85,15 +88,6 @@ def _image_data(value: Any, name: str) -> Any:
         raise JobError(f"{name}: file not found: {value}", name) from None
     except OSError as exc:
         raise JobError(f"{name}: cannot read {value}: {exc}", name) from None
-
-
-def _with_image_data(body: dict[str, Any]) -> dict[str, Any]:
-    out = dict(body)
-    if isinstance(out.get("init_images"), list):
-        out["init_images"] = [_image_data(v, f"init_images[{i}]") for i, v in enumerate(out["init_images"])]
-    if "mask" in out:
-        out["mask"] = _image_data(out["mask"], "mask")
-    return out
 
 
 def _validation_error(exc: ValidationError) -> JobError:
@@ -128,7 +122,7 @@ class Checker:
         """The job's checked plan (engine settings, prepared images); `JobError` naming the field otherwise."""
         schema = Img2ImgRequest if job.kind == "img2img" else Txt2ImgRequest
         try:
-            request = schema.model_validate(_with_image_data(job.body))
+            request = schema.model_validate(map_images(job.body, _image_data))
             plan = generate.plan(request, job.kind, self.settings, self.directory, self.store, self.styles)
         except ValidationError as exc:
             raise _validation_error(exc) from None

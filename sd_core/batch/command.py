@@ -99,6 +99,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--upscaler-dir", "a folder of ESRGAN-family upscaler models"),
     ):
         parser.add_argument(option, type=Path, action="append", help=f"{what}; repeatable")
+    parser.add_argument(
+        "--controlnet-dir", type=Path, default=None, help="the ControlNets jobs may name (alwayson_scripts.controlnet)"
+    )
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: best for the device)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (default: torch's)")
@@ -130,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         upscaler_dirs=tuple(args.upscaler_dir or ()),
         lora_dirs=tuple(args.lora_dir or ()),
         embedding_dirs=tuple(args.embeddings_dir or ()),
+        controlnet_dir=args.controlnet_dir,
         threads=args.threads,
     )
 

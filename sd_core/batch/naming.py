@@ -1,8 +1,8 @@
 """A job's identity: a hash of what it asks for, its seeds when it asks for random ones, and its output names.
 
-The hash covers the request body (with `--set` and `--seeds` applied), the contents of the images it names and the
-model (file name and size), so an edited line, a changed input image or another `--model` is a new job, and an
-unchanged one is found again in the manifest on a rerun.
+The hash covers the request body (with `--set` and `--seeds` applied), the contents of the images it names (init
+images, mask, ControlNet units' images) and the model (file name and size), so an edited line, a changed input image or
+another `--model` is a new job, and an unchanged one is found again in the manifest on a rerun.
 Names are `LLLLL-SEED-HASH.png` (line, the image's seed, the hash's first 10 hex digits; `-K` after the hash when a
 job makes several images), the same on every run and every machine.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from sd_core import limits
 
-from .sources import Job
+from .sources import Job, map_images
 
 SHORT = 10  # hex digits of the job hash in names and in the manifest
 
@@ -29,7 +29,7 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _image_identity(value: Any) -> Any:
+def _image_identity(value: Any, _field: str = "") -> Any:
     """A named image file by its contents (a missing one by its path: the checks refuse it anyway)."""
     if isinstance(value, str) and not value.startswith("data:"):
         try:
@@ -49,11 +49,7 @@ def model_identity(path: str | Path) -> str:
 def job_hash(job: Job, model: str = "") -> str:
     """The job's hash (hex SHA-256 of its canonical JSON, image files by their contents, and `model`, the
     `model_identity`), first `SHORT` digits: another model makes other images under other names."""
-    body = dict(job.body)
-    if isinstance(body.get("init_images"), list):
-        body["init_images"] = [_image_identity(v) for v in body["init_images"]]
-    if "mask" in body:
-        body["mask"] = _image_identity(body["mask"])
+    body = map_images(job.body, _image_identity)  # init images, mask, ControlNet units' images
     identity = {"kind": job.kind, "body": body, "model": model}
     text = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:SHORT]

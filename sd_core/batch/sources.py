@@ -1,8 +1,9 @@
 """Job sources: what `sd-core batch JOBS` reads, one job per line, each an A1111 request body.
 
 - `.jsonl` (or `.json`): each line a txt2img or img2img request body, exactly what the server takes, except that
-  `init_images` and `mask` are file paths (relative to the JOBS file's folder) instead of base64; a `data:` URL is
-  taken as it is. A line with `init_images` is img2img, any other txt2img.
+  images (`init_images`, `mask`, a ControlNet unit's `image`, `alwayson_scripts.controlnet.args[N].image`) are file
+  paths (relative to the JOBS file's folder) instead of base64; a `data:` URL is taken as it is. A line with
+  `init_images` is img2img, any other txt2img.
 - `.csv`: a header of request field names (`prompt`, `steps`, `sampler_name`, ...), a row per job; cells are text and
   read as the server reads JSON text for that field (pydantic's lax mode: "20" is 20 for `steps`); an empty cell is
   left out.
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-IMAGE_FIELDS = ("init_images", "mask")  # request fields that hold images: file paths in a JOBS file
 
 
 @dataclass(frozen=True)
@@ -78,21 +78,54 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
     return fields
 
 
-def _resolve_images(body: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Image fields' paths made absolute against the JOBS file's folder (`data:` URLs and non-text left as they are,
-    for the request checks to judge)."""
+def map_images(body: dict[str, Any], fn: Callable[[Any, str], Any]) -> dict[str, Any]:
+    """The body with `fn(value, field)` applied to every image it holds, `field` naming it as the server does:
+    `init_images[i]`, `mask`, and each ControlNet unit's `image` or `input_image` (a value, a one-image list, or its
+    `{"image": ...}`) at `alwayson_scripts.controlnet.args[i]`. Absent and empty ones are left out; shapes the
+    request checks refuse are left as they are, for them to name."""
 
-    def resolve(value: Any) -> Any:
+    def apply(value: Any, field: str) -> Any:
+        return fn(value, field) if value not in (None, "") else value
+
+    out = dict(body)
+    if isinstance(out.get("init_images"), list):
+        out["init_images"] = [apply(v, f"init_images[{i}]") for i, v in enumerate(out["init_images"])]
+    if "mask" in out:
+        out["mask"] = apply(out["mask"], "mask")
+    scripts = out.get("alwayson_scripts")
+    controlnet = scripts.get("controlnet") if isinstance(scripts, dict) else None
+    if isinstance(controlnet, dict) and isinstance(controlnet.get("args"), list):
+        prefix = "alwayson_scripts.controlnet.args"
+        units = [_unit_images(u, f"{prefix}[{i}]", apply) for i, u in enumerate(controlnet["args"])]
+        out["alwayson_scripts"] = {**scripts, "controlnet": {**controlnet, "args": units}}
+    return out
+
+
+def _unit_images(unit: Any, prefix: str, apply: Callable[[Any, str], Any]) -> Any:
+    if not isinstance(unit, dict):
+        return unit
+    unit = dict(unit)
+    for key in ("image", "input_image"):
+        value, field = unit.get(key), f"{prefix}.{key}"
+        if isinstance(value, dict):
+            unit[key] = {**value, "image": apply(value.get("image"), f"{field}.image")}
+        elif isinstance(value, list):
+            unit[key] = [apply(v, f"{field}[{i}]") for i, v in enumerate(value)]
+        elif key in unit:
+            unit[key] = apply(value, field)
+    return unit
+
+
+def _resolve_images(body: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Image paths made absolute against the JOBS file's folder (`data:` URLs and non-text left as they are, for the
+    request checks to judge)."""
+
+    def resolve(value: Any, _field: str) -> Any:
         if isinstance(value, str) and not value.startswith("data:"):
             return str((folder / value).resolve())
         return value
 
-    out = dict(body)
-    if isinstance(out.get("init_images"), list):
-        out["init_images"] = [resolve(v) for v in out["init_images"]]
-    if "mask" in out:
-        out["mask"] = resolve(out["mask"])
-    return out
+    return map_images(body, resolve)
 
 
 def _jsonl(path: Path) -> list[Job | BadLine]:
