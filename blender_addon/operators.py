@@ -670,11 +670,25 @@ class SDCORE_OT_history_recall(bpy.types.Operator):
         return {"FINISHED"}
 
 
-_LORA_NAMES: list[str] = []  # the engine's list, read when the dialog opens (a search callback must not block)
+def _search(names: list[str]) -> Callable[[Any, Any, str], list[str]]:
+    """A StringProperty search callback over `names`, the engine's list read when the dialog opens (a search callback
+    must not block on the engine)."""
+    return lambda _self, _context, _text: names
 
 
-def _lora_names(_self: Any, _context: Any, _text: str) -> list[str]:
-    return _LORA_NAMES
+def _open_picker(op: Any, context: Any, names: list[str], listing: str, what: str, empty: str = "") -> set[str]:
+    """Fill `names` from the engine's `listing` method, then open `op`'s dialog. The list is a convenience: a failure
+    is a warning, and any name can still be typed."""
+    try:
+        names[:] = getattr(SESSION.engine_for(context), listing)()
+    except Exception as exc:
+        op.report({"WARNING"}, f"Could not list the {what}: {exc}")
+    if not names and empty:
+        op.report({"INFO"}, empty)
+    return context.window_manager.invoke_props_dialog(op)
+
+
+_LORA_NAMES: list[str] = []
 
 
 class SDCORE_OT_add_lora(bpy.types.Operator):
@@ -684,15 +698,11 @@ class SDCORE_OT_add_lora(bpy.types.Operator):
     bl_label = "Add LoRA"
     bl_options = {"REGISTER", "UNDO"}
 
-    name: StringProperty(name="LoRA", default="", search=_lora_names)
+    name: StringProperty(name="LoRA", default="", search=_search(_LORA_NAMES))
     weight: FloatProperty(name="Weight", default=0.8, soft_min=-2.0, soft_max=2.0)
 
     def invoke(self, context: Any, event: Any) -> set[str]:
-        try:
-            _LORA_NAMES[:] = SESSION.engine_for(context).loras()
-        except Exception as exc:  # the list is a convenience: any name can still be typed
-            self.report({"WARNING"}, f"Could not list the LoRAs: {exc}")
-        return context.window_manager.invoke_props_dialog(self)
+        return _open_picker(self, context, _LORA_NAMES, "loras", "LoRAs")
 
     def execute(self, context: Any) -> set[str]:
         if not self.name.strip():
@@ -707,11 +717,7 @@ class SDCORE_OT_add_lora(bpy.types.Operator):
         return {"FINISHED"}
 
 
-_MODEL_NAMES: list[str] = []  # the engine's list, read when the dialog opens (a search callback must not block)
-
-
-def _model_names(_self: Any, _context: Any, _text: str) -> list[str]:
-    return _MODEL_NAMES
+_MODEL_NAMES: list[str] = []
 
 
 class SDCORE_OT_choose_model(bpy.types.Operator):
@@ -721,27 +727,18 @@ class SDCORE_OT_choose_model(bpy.types.Operator):
     bl_label = "Choose Model"
     bl_options = {"REGISTER", "UNDO"}
 
-    name: StringProperty(name="Model", default="", search=_model_names)
+    name: StringProperty(name="Model", default="", search=_search(_MODEL_NAMES))
 
     def invoke(self, context: Any, event: Any) -> set[str]:
-        try:
-            _MODEL_NAMES[:] = SESSION.engine_for(context).models()
-        except Exception as exc:  # the list is a convenience: any name can still be typed
-            self.report({"WARNING"}, f"Could not list the models: {exc}")
-        if not _MODEL_NAMES:
-            self.report({"INFO"}, "This engine has one model (set in the add-on preferences)")
-        return context.window_manager.invoke_props_dialog(self)
+        empty = "This engine has one model (set in the add-on preferences)"
+        return _open_picker(self, context, _MODEL_NAMES, "models", "models", empty)
 
     def execute(self, context: Any) -> set[str]:
         props.settings(context).model = self.name.strip()  # empty: back to the engine's own
         return {"FINISHED"}
 
 
-_CONTROLNET_NAMES: list[str] = []  # the engine's list, read when the dialog opens
-
-
-def _controlnet_names(_self: Any, _context: Any, _text: str) -> list[str]:
-    return _CONTROLNET_NAMES
+_CONTROLNET_NAMES: list[str] = []
 
 
 class SDCORE_OT_choose_controlnet(bpy.types.Operator):
@@ -751,16 +748,11 @@ class SDCORE_OT_choose_controlnet(bpy.types.Operator):
     bl_label = "Choose ControlNet"
     bl_options = {"REGISTER", "UNDO"}
 
-    name: StringProperty(name="ControlNet", default="", search=_controlnet_names)
+    name: StringProperty(name="ControlNet", default="", search=_search(_CONTROLNET_NAMES))
 
     def invoke(self, context: Any, event: Any) -> set[str]:
-        try:
-            _CONTROLNET_NAMES[:] = SESSION.engine_for(context).controlnets()
-        except Exception as exc:  # the list is a convenience: any name can still be typed
-            self.report({"WARNING"}, f"Could not list the ControlNets: {exc}")
-        if not _CONTROLNET_NAMES:
-            self.report({"INFO"}, "The engine lists no ControlNet (a server started with --controlnet-dir does)")
-        return context.window_manager.invoke_props_dialog(self)
+        empty = "The engine lists no ControlNet (a server started with --controlnet-dir does)"
+        return _open_picker(self, context, _CONTROLNET_NAMES, "controlnets", "ControlNets", empty)
 
     def execute(self, context: Any) -> set[str]:
         props.settings(context).controlnet = self.name.strip()
