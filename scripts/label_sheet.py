@@ -2,6 +2,7 @@
 them by eye.
 
     python scripts/label_sheet.py generate        # images with the built-in model -> tests/training/data/labelled/
+    python scripts/label_sheet.py generate-extra  # then 64 more: bricks and grid in training captions (320-383)
     python scripts/label_sheet.py sheets OUT_DIR  # 8x6 contact sheets, each image 4x (nearest) with its index
     python scripts/label_sheet.py labels          # labels.txt (typed while looking) -> labels.json
 
@@ -58,6 +59,24 @@ def prompts(per_pattern: int = 38, seed: int = 7) -> list[dict]:
     return out
 
 
+def extra_prompts(n: int = 64, seed: int = 11) -> list[dict]:
+    """A second batch (files 320-383): bricks and grid in the training captions' words, which the model draws more
+    cleanly, so that these two patterns have more clear examples (the first batch had few)."""
+    from sd_core.training.data import COLOURS
+
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    out = []
+    for i in range(n):
+        pattern = ("bricks", "grid")[i % 2]
+        a, b = (names[int(j)] for j in rng.choice(len(names), size=2, replace=False))
+        text = (f"{a} and {b} {pattern}", f"small {a} and {b} {pattern}", f"large {a} and {b} {pattern}", pattern)[
+            (i // 2) % 4
+        ]
+        out.append({"prompt": text, "seed": int(rng.integers(1_000_000))})
+    return out
+
+
 def degraded(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
     """Procedural images a detector should not pass: flat, near-flat with faint texture, heavily blurred."""
     from sd_core.training import data
@@ -77,6 +96,24 @@ def degraded(rng: np.random.Generator) -> list[tuple[str, np.ndarray]]:
             img = np.asarray(Image.fromarray(img.astype(np.uint8)).filter(ImageFilter.GaussianBlur(4)), np.float64)
         out.append((f"procedural {pattern} {a}/{b} degraded {i % 4}", np.clip(img, 0, 255).astype(np.uint8)))
     return out
+
+
+def generate_extra(folder: Path) -> None:
+    """Append `extra_prompts`' images to the set."""
+    import torch
+
+    import sd_core
+    from sd_core.training import evaluate
+
+    torch.set_num_threads(1)
+    pipe = sd_core.load(None, device="cpu", dtype="fp32")
+    items = json.loads((folder / "images.json").read_text())
+    for p in extra_prompts():
+        name = f"{len(items):03d}.png"
+        evaluate.generate(pipe, p["prompt"], p["seed"], cfg_scale=None).save(folder / name, optimize=True)
+        items.append({"file": name, "source": "model", **p})
+    (folder / "images.json").write_text(json.dumps(items, indent=1) + "\n")
+    print(f"{len(items)} images in {folder}")
 
 
 def generate(folder: Path) -> None:
@@ -102,10 +139,10 @@ def generate(folder: Path) -> None:
     print(f"{len(items)} images in {folder}")
 
 
-def sheets(folder: Path, out: Path, cols: int = 8, rows: int = 6, zoom: int = 4) -> None:
+def sheets(folder: Path, out: Path, cols: int = 8, rows: int = 6, zoom: int = 4, first: int = 0) -> None:
     """Contact sheets: each image `zoom`x nearest, its index above it."""
     out.mkdir(parents=True, exist_ok=True)
-    files = sorted(folder.glob("[0-9][0-9][0-9].png"))
+    files = [f for f in sorted(folder.glob("[0-9][0-9][0-9].png")) if int(f.stem) >= first]
     cell, label = 64 * zoom, 14
     per = cols * rows
     for s in range(0, len(files), per):
@@ -116,7 +153,7 @@ def sheets(folder: Path, out: Path, cols: int = 8, rows: int = 6, zoom: int = 4)
             draw.text((x + 2, y + 1), path.stem, fill=(255, 255, 255))
             with Image.open(path) as im:
                 sheet.paste(im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y + label))
-        sheet.save(out / f"sheet_{s // per:02d}.png")
+        sheet.save(out / f"sheet_{first}_{s // per:02d}.png")
 
 
 ABBREVIATIONS = {
@@ -134,7 +171,7 @@ ABBREVIATIONS = {
 
 def labels(folder: Path) -> None:
     """labels.txt (typed while looking at the sheets: `index pattern colours [? note]`, colours `fig/bg` for dots,
-    grid and bricks, `a+b` otherwise, `-` for none) -> labels.json."""
+    grid and bricks, `a+b` otherwise, `-` for none or an unnamed figure/background) -> labels.json."""
     out = []
     for line in (folder / "labels.txt").read_text().splitlines():
         if not line.strip() or line.startswith("#"):
@@ -144,8 +181,8 @@ def labels(folder: Path) -> None:
         unsure = rest.startswith("?")
         figure = background = None
         if "/" in colours:
-            figure, background = colours.split("/")
-            named = [figure, background]
+            figure, background = (None if c == "-" else c for c in colours.split("/"))
+            named = [c for c in (figure, background) if c]
         else:
             named = [] if colours == "-" else colours.split("+")
         out.append(
@@ -167,17 +204,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("generate")
+    sub.add_parser("generate-extra")
     sub.add_parser("labels")
     sh = sub.add_parser("sheets")
     sh.add_argument("out", type=Path)
     sh.add_argument("--zoom", type=int, default=4)
+    sh.add_argument("--first", type=int, default=0, help="first image index")
     args = parser.parse_args(argv)
     if args.command == "generate":
         generate(FOLDER)
+    elif args.command == "generate-extra":
+        generate_extra(FOLDER)
     elif args.command == "labels":
         labels(FOLDER)
     else:
-        sheets(FOLDER, args.out, zoom=args.zoom)
+        sheets(FOLDER, args.out, zoom=args.zoom, first=args.first)
     return 0
 
 

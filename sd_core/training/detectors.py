@@ -317,8 +317,8 @@ def is_checkerboard(image: Image.Image | np.ndarray) -> bool:
 
 def wave_fit(mask: np.ndarray, reach: int = 3) -> tuple[float, float, float]:
     """(purity of the rows after lining the columns up, peak-to-peak displacement in pixels, how far the displacement
-    travels in all, up and down) for bands across x. A wave's displacement goes up and comes back (travel about twice
-    its peak-to-peak or more); a diagonal's only climbs."""
+    travels in all, up and down) for bands across x. A wave's displacement goes up and comes back (travel at least 1.2
+    times its peak-to-peak, even when the image holds one cycle only); a diagonal's only climbs (exactly 1)."""
     h, w = mask.shape
     cols = mask.astype(np.float64)
     shifts = np.zeros(w, dtype=int)
@@ -350,7 +350,7 @@ def is_waves(image: Image.Image | np.ndarray) -> bool:
             continue  # bands must run across the whole image, every column crossing about as many
         purity, swing, travel = wave_fit(mask)
         fit, _, _ = row_consistency(mask.T)  # the columns unshifted: the same bands everywhere would be stripes
-        if purity >= 0.8 and swing >= 4 and travel >= 1.6 * swing and fit < 0.95:
+        if purity >= 0.8 and swing >= 4 and travel >= 1.2 * swing and fit < 0.95:
             return True
     return False
 
@@ -467,6 +467,20 @@ def periodicity(mask: np.ndarray) -> float:
     return float(auto[~lobe].max()) if (~lobe).any() else 0.0
 
 
+def thick_share(mask: np.ndarray, radius: int = 1) -> float:
+    """Share of `mask`'s pixels that survive an erosion by a (2 * radius + 1)-pixel square: about 0 for lines a
+    few pixels wide, most of it for blobs."""
+    if not mask.any():
+        return 0.0
+    padded = np.pad(mask, radius, mode="edge")
+    h, w = mask.shape
+    kept = np.ones_like(mask)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            kept &= padded[dy : dy + h, dx : dx + w]
+    return float(kept.sum() / mask.sum())
+
+
 def is_noise(image: Image.Image | np.ndarray) -> bool:
     """Two colours in irregular blobs: both sides sizeable, blobs not speckle, no repetition, and none of the
     regular patterns."""
@@ -475,6 +489,8 @@ def is_noise(image: Image.Image | np.ndarray) -> bool:
         return False
     edges = (split.mask != np.roll(split.mask, 1, 0)).mean() + (split.mask != np.roll(split.mask, 1, 1)).mean()
     if edges > 0.25 or periodicity(split.mask) > 0.5:
+        return False
+    if min(thick_share(split.mask), thick_share(~split.mask)) < 0.4:  # thin lines (a faint grid) are not blobs
         return False
     return not any(check(image) for name, check in PATTERN_CHECKS.items() if name != "noise")
 
@@ -519,10 +535,19 @@ def is_diagonal_stripes(image: Image.Image | np.ndarray) -> bool:
 # --- roles --------------------------------------------------------------------------------------------------------
 
 
-def region_colour(image: Image.Image | np.ndarray, region: np.ndarray) -> str | None:
+def region_colour(image: Image.Image | np.ndarray, region: np.ndarray, signal: np.ndarray | None = None) -> str | None:
     """The named colour of `region`: the most common name among its named pixels, when at least a quarter of the
-    region is named and that name has most of them (thin lines are half blend with their surround)."""
-    labels = colour_labels(image)[region]
+    region is named and that name has most of them. With `signal` (`principal_channel`), only the region's purer
+    half is read, the pixels farthest from the other colour: thin lines and small dots are half blend with their
+    surround at the edges."""
+    arr = as_array(image)
+    if signal is not None and region.any() and (~region).any():
+        inside, outside = signal[region], signal[~region]
+        away = inside if inside.mean() >= outside.mean() else -inside  # larger: farther from the other colour
+        core = np.zeros_like(region)
+        core[region] = away >= np.median(away)
+        region = core
+    labels = colour_labels(arr)[region]
     named = labels[labels >= 0]
     if labels.size == 0 or named.size < 0.25 * labels.size:
         return None
@@ -536,7 +561,8 @@ def roles(image: Image.Image | np.ndarray, pattern: str) -> tuple[str | None, st
     side (dots, thin lines), of bricks the majority (the bricks; the thin mortar is the background)."""
     split = two_colour_mask(image)
     figure = ~split.mask if pattern == "bricks" else split.mask
-    return region_colour(image, figure), region_colour(image, ~figure)
+    signal = principal_channel(as_array(image))
+    return region_colour(image, figure, signal), region_colour(image, ~figure, signal)
 
 
 def colours_present(image: Image.Image | np.ndarray, names: tuple[str, ...] | list[str], pattern: str) -> bool:

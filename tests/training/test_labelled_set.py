@@ -39,15 +39,17 @@ def wrong_colour(entry: dict) -> str:
 
 @cache
 def agreement() -> dict[str, dict]:
-    """Per detector: {"n", "agree", "rate", "positives", "misses" (files where it disagrees)}."""
+    """Per detector: {"n", "agree", "rate", "positives" (labelled yes), "found" (of those, detector yes), "misses"
+    (files where it disagrees)}."""
     rows: dict[str, dict] = {}
 
     def add(name: str, file: str, detector: bool, label: bool) -> None:
-        row = rows.setdefault(name, {"n": 0, "agree": 0, "positives": 0, "misses": []})
+        row = rows.setdefault(name, {"n": 0, "agree": 0, "positives": 0, "found": 0, "misses": []})
         row["n"] += 1
         row["positives"] += int(label)
         if detector == label:
             row["agree"] += 1
+            row["found"] += int(label)
         else:
             row["misses"].append(file)
 
@@ -66,19 +68,28 @@ def agreement() -> dict[str, dict]:
             wrong = (colours[0], wrong_colour(entry))
             add("colours: both named present", file, detectors.colours_present(image, colours, pattern), True)
             add("colours: a wrong one absent", file, detectors.colours_present(image, wrong, pattern), False)
-        if pattern in detectors.ROLE_PATTERNS and entry["figure"] and entry["background"]:
+        if pattern in detectors.ROLE_PATTERNS and (entry["figure"] or entry["background"]):
             want = (entry["figure"], entry["background"])
-            add("roles: figure on background", file, detectors.roles(image, pattern) == want, True)
-            add("roles: swapped refused", file, detectors.roles(image, pattern) == want[::-1], False)
+            seen = detectors.roles(image, pattern)
+            same = all(w is None or w == s for w, s in zip(want, seen, strict=True))
+            add("roles: figure on background", file, same, True)
+            if all(want):
+                add("roles: swapped refused", file, seen == want[::-1], False)
     for row in rows.values():
         row["rate"] = row["agree"] / row["n"]
     return rows
 
 
 def table() -> str:
-    lines = ["| detector | sure images | positives | agree | rate |", "|---|---|---|---|---|"]
+    lines = [
+        "| detector | sure images | labelled yes: found | labelled no: refused | agreement |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in agreement().items():
-        lines.append(f"| {name} | {row['n']} | {row['positives']} | {row['agree']} | {row['rate']:.3f} |")
+        pos, neg = row["positives"], row["n"] - row["positives"]
+        found = f"{row['found']}/{pos}" if pos else "-"
+        refused = f"{row['agree'] - row['found']}/{neg}" if neg else "-"
+        lines.append(f"| {name} | {row['n']} | {found} | {refused} | {row['agree']}/{row['n']} = {row['rate']:.3f} |")
     return "\n".join(lines)
 
 
