@@ -369,7 +369,7 @@ def grid_lines(split: Split) -> tuple[list[tuple[int, int]], list[tuple[int, int
     return line_runs(lines, 1, 0.75), line_runs(lines, 0, 0.75)
 
 
-def thin(line_list: list[tuple[int, int]], size: int = 64) -> bool:
+def thin(line_list: list[tuple[int, int]], size: int) -> bool:
     """At least two lines, each much thinner than the gaps between them."""
     if len(line_list) < 2:
         return False
@@ -380,15 +380,17 @@ def thin(line_list: list[tuple[int, int]], size: int = 64) -> bool:
 
 def is_grid(image: Image.Image | np.ndarray) -> bool:
     """Thin lines of one colour crossing the whole image in both directions (bricks' joints do not cross)."""
-    found = grid_lines(two_colour_mask(image))
-    return found is not None and thin(found[0]) and thin(found[1])
+    split = two_colour_mask(image)
+    found = grid_lines(split)
+    h, w = split.mask.shape
+    return found is not None and thin(found[0], h) and thin(found[1], w)
 
 
 def brick_courses(split: Split) -> list[np.ndarray] | None:
     """The vertical joints of each course between two horizontal mortar lines (a boolean per column), or None
     when there are no continuous, thin horizontal mortar lines."""
     found = grid_lines(split)
-    if found is None or not thin(found[0]):
+    if found is None or not thin(found[0], split.mask.shape[0]):
         return None
     rows = found[0]
     courses = []

@@ -188,3 +188,29 @@ def test_generator_textures_tile_and_wrap_ratio_sees_it():
     assert evaluate.wrap_ratio(cut) >= 3
     ramp = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 64, axis=0).repeat(3, axis=2)
     assert evaluate.wrap_ratio([ramp], "x") > 10 and evaluate.wrap_ratio([ramp], "y") < 1.5
+
+
+def test_judged_tables_per_pattern_and_checks_roles_where_asked():
+    """`evaluate.judged` (the scoring half of `judge_prompts`) on generator textures drawn as asked, and once with
+    the colours swapped: right in the asked roles, wrong in swapped ones only where the prompt fixed the roles."""
+    from sd_core.training.phrasing import Prompt
+
+    rng = np.random.default_rng(4)
+    prompts, images = [], []
+    for pattern in data.PATTERNS:
+        spec = data.TextureSpec(pattern, "red", "white", "small")
+        roles = pattern in detectors.ROLE_PATTERNS
+        prompts.append(Prompt(f"red {pattern} on a white background", pattern, "red", "white", roles))
+        images.append(data.render(spec, 64, rng))
+        swapped = data.render(data.TextureSpec(pattern, "white", "red", "small"), 64, rng)
+        prompts.append(Prompt(f"red {pattern} on a white background", pattern, "red", "white", roles))
+        images.append(swapped)
+    result = evaluate.judged(prompts, list(range(len(prompts))), images, 3.0)
+    assert result["n"] == 16 and set(result["per_pattern"]) == set(data.PATTERNS)
+    for s in result["samples"]:
+        as_asked = s["seed"] % 2 == 0
+        assert s["pattern_ok"] and s["colours_ok"], s
+        assert s["roles_ok"] == (as_asked or s["pattern"] not in detectors.ROLE_PATTERNS), s
+    assert result["ok"] == (8 + 5) / 16
+    table = evaluate.markdown_table(result)
+    assert "| dots | 2 | 1.00 | 1.00 | 0.50 | 0.50 |" in table and "| **all** | 16 |" in table
