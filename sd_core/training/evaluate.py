@@ -261,13 +261,21 @@ def judge_image(image: Image.Image | np.ndarray, prompt: Prompt) -> dict[str, bo
     "dots on a blue background" for a blue surround."""
     one_named = (prompt.figure is None) != (prompt.background is None)
     roles_asked = prompt.roles or (one_named and prompt.pattern in detectors.ROLE_PATTERNS)
-    return detectors.judge(image, prompt.pattern, prompt.figure, prompt.background, roles_asked=roles_asked)
+    verdict = detectors.judge(image, prompt.pattern, prompt.figure, prompt.background, roles_asked=roles_asked)
+    return {**verdict, "roles_asked": roles_asked}
 
 
 def rates(verdicts: list[dict[str, bool]]) -> dict[str, Any]:
-    """n and the share of each check (`CHECKS`) among `verdicts`."""
+    """n and the share of each check (`CHECKS`) among `verdicts` ("roles" counts a prompt that asked no roles as
+    right), and `roles_asked`: how many asked roles, `roles_of_asked`: the share of those right."""
     n = len(verdicts)
-    return {"n": n, **{c.removesuffix("_ok"): sum(v[c] for v in verdicts) / max(1, n) for c in CHECKS}}
+    asked = [v for v in verdicts if v.get("roles_asked")]
+    return {
+        "n": n,
+        **{c.removesuffix("_ok"): sum(v[c] for v in verdicts) / max(1, n) for c in CHECKS},
+        "roles_asked": len(asked),
+        "roles_of_asked": sum(v["roles_ok"] for v in asked) / len(asked) if asked else None,
+    }
 
 
 def judge_prompts(
@@ -296,13 +304,16 @@ def judged(prompts: Sequence[Prompt], seeds: Sequence[int], images: Sequence[Any
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    """The per-pattern table of a `judge_prompts` result, and the overall line, in markdown."""
-    lines = ["| pattern | n | pattern right | colours right | roles right | all right |", "|---|---|---|---|---|---|"]
+    """The per-pattern table of a `judge_prompts` result, and the overall line, in markdown. Roles: the share right
+    among the prompts that asked for roles (dots, grid, bricks with both colours placed, or one colour named)."""
+    lines = [
+        "| pattern | n | pattern right | colours right | roles right (of prompts asking roles) | all right |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = [*result["per_pattern"].items(), ("**all**", result)]
     for name, r in rows:
-        lines.append(
-            f"| {name} | {r['n']} | {r['pattern']:.2f} | {r['colours']:.2f} | {r['roles']:.2f} | {r['ok']:.2f} |"
-        )
+        roles = f"{r['roles_of_asked']:.2f} of {r['roles_asked']}" if r["roles_asked"] else "- (none asked)"
+        lines.append(f"| {name} | {r['n']} | {r['pattern']:.2f} | {r['colours']:.2f} | {roles} | {r['ok']:.2f} |")
     return "\n".join(lines)
 
 

@@ -213,4 +213,5 @@ def test_judged_tables_per_pattern_and_checks_roles_where_asked():
         assert s["roles_ok"] == (as_asked or s["pattern"] not in detectors.ROLE_PATTERNS), s
     assert result["ok"] == (8 + 5) / 16
     table = evaluate.markdown_table(result)
-    assert "| dots | 2 | 1.00 | 1.00 | 0.50 | 0.50 |" in table and "| **all** | 16 |" in table
+    assert "| dots | 2 | 1.00 | 1.00 | 0.50 of 2 | 0.50 |" in table and "| **all** | 16 |" in table
+    assert "| waves | 2 | 1.00 | 1.00 | - (none asked) | 1.00 |" in table
