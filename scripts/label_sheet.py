@@ -3,6 +3,7 @@ them by eye.
 
     python scripts/label_sheet.py generate        # images with the built-in model -> tests/training/data/labelled/
     python scripts/label_sheet.py generate-extra  # then 64 more: bricks and grid in training captions (320-383)
+    python scripts/label_sheet.py generate-check  # then 48 held-out phrasings, labelled after the detectors were final
     python scripts/label_sheet.py sheets OUT_DIR  # 8x6 contact sheets, each image 4x (nearest) with its index
     python scripts/label_sheet.py labels          # labels.txt (typed while looking) -> labels.json
 
@@ -116,6 +117,26 @@ def generate_extra(folder: Path) -> None:
     print(f"{len(items)} images in {folder}")
 
 
+def generate_check(folder: Path, n: int = 48) -> None:
+    """Append a check batch (files 384-431): held-out phrasings (`phrasing.held_out_prompts`, their own seeds),
+    labelled after the detectors were final and never used to change them: the agreement on unseen images."""
+    import torch
+
+    import sd_core
+    from sd_core.training import evaluate
+    from sd_core.training.phrasing import held_out_prompts
+
+    torch.set_num_threads(1)
+    pipe = sd_core.load(None, device="cpu", dtype="fp32")
+    items = json.loads((folder / "images.json").read_text())
+    for i, p in enumerate(held_out_prompts(n, seed=77)):
+        name = f"{len(items):03d}.png"
+        evaluate.generate(pipe, p.text, 50_000 + i, cfg_scale=None).save(folder / name, optimize=True)
+        items.append({"file": name, "source": "model", "batch": "check", "prompt": p.text, "seed": 50_000 + i})
+    (folder / "images.json").write_text(json.dumps(items, indent=1) + "\n")
+    print(f"{len(items)} images in {folder}")
+
+
 def generate(folder: Path) -> None:
     import torch
 
@@ -205,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("generate")
     sub.add_parser("generate-extra")
+    sub.add_parser("generate-check")
     sub.add_parser("labels")
     sh = sub.add_parser("sheets")
     sh.add_argument("out", type=Path)
@@ -213,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "generate":
         generate(FOLDER)
+    elif args.command == "generate-check":
+        generate_check(FOLDER)
     elif args.command == "generate-extra":
         generate_extra(FOLDER)
     elif args.command == "labels":
