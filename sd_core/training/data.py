@@ -195,6 +195,9 @@ def random_spec(
 
 
 CAPTION_VARIANTS = (("full", 0.7), ("pattern", 0.1), ("one", 0.1), ("colours", 0.1))
+VARIANT_NAMES = ("full", "pattern", "one", "colours", "phrasing")
+"""Caption variants a caption mix may weigh: `caption`'s four, and "phrasing" (`phrasing.training_caption`: the
+phrasings people type, "red dots on a white background", "a seamless red and white polka dot pattern", ...)."""
 
 
 def parse_weights(text: str, names: tuple[str, ...] | list[str], what: str) -> list[tuple[str, float]]:
@@ -216,8 +219,9 @@ def parse_weights(text: str, names: tuple[str, ...] | list[str], what: str) -> l
 
 
 def parse_caption_mix(text: str) -> tuple[tuple[str, float], ...]:
-    """ "full=0.4,pattern=0.15,one=0.15,colours=0.3" -> CAPTION_VARIANTS-like weights ("" -> the default)."""
-    return tuple(parse_weights(text, [n for n, _ in CAPTION_VARIANTS], "caption variant")) or CAPTION_VARIANTS
+    """ "full=0.4,pattern=0.15,one=0.15,colours=0.3" or "phrasing=0.8,full=0.2" -> CAPTION_VARIANTS-like weights
+    (names from `VARIANT_NAMES`; "" -> the default)."""
+    return tuple(parse_weights(text, VARIANT_NAMES, "caption variant")) or CAPTION_VARIANTS
 
 
 def parse_pattern_weights(text: str) -> dict[str, float]:
@@ -234,6 +238,10 @@ def random_caption(
     """Mostly the full caption; sometimes only part of it, so each word also means something on its own."""
     names, weights = zip(*variants, strict=True)
     variant = names[rng.choice(len(names), p=np.array(weights) / sum(weights))]
+    if variant == "phrasing":
+        from .phrasing import training_caption
+
+        return training_caption(spec, rng)
     return caption(spec, variant, with_scale=variant != "colours" and rng.random() < 0.5)
 
 

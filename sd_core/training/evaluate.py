@@ -5,8 +5,15 @@
 - `negative_effect`: share of a colour's pixels with and without that colour as the negative prompt.
 - `wrap_ratio`, `img2img_keeps_structure`, `inpaint_continues`: the seamless / image-mode checks.
 
+- `judge_prompts` (issue 40's measure): prompts in people's phrasings (`phrasing.Prompt`), each image judged by
+  `detectors.judge`: the asked pattern, both asked colours, and the asked colours in the asked roles (figure on
+  background) where the prompt fixes them; overall rates and a per-pattern table. `prompt_pass_rates`: the same per
+  prompt over several seeds (the README prompts check).
+
 `python -m sd_core.training.evaluate [--model PATH]` prints all figures as JSON (the default model by default);
-`--validation 3,7` prints only adherence on the validation samples, the ones to compare training choices on.
+`--validation 3,7` prints only adherence on the validation samples, the ones to compare training choices on;
+`--v2` prints `judge_prompts` on held-out phrasings and pairs (and trained ones) at the model's default CFG as JSON,
+then the per-pattern table in markdown; `--v2 --validation-prompts` the same on the validation prompts.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +29,8 @@ import numpy as np
 from PIL import Image
 
 from . import detectors
-from .data import COLOURS, DETECTABLE, HELD_OUT, TextureSpec, allowed, caption, render
+from .data import COLOURS, DETECTABLE, HELD_OUT, PATTERNS, TextureSpec, allowed, caption, render
+from .phrasing import Prompt, held_out_prompts, trained_prompts
 
 EVAL = {"width": 64, "height": 64, "steps": 20, "sampler": "euler"}
 """Sampling settings of every check: the training size, 20 Euler steps."""
@@ -231,27 +240,139 @@ def report(pipe: Any, n: int = 50) -> dict[str, Any]:
     }
 
 
+# --- issue 40: people's phrasings, judged for pattern, colours and roles -------------------------------------------
+
+V2_SEEDS = {"held_out": (0, 10_000), "trained": (1, 20_000), "validation": (100, 30_000)}
+"""(prompt seed, first image seed) of `v2_prompts`. Choices (recipes, phases, CFG) are made on "validation" (held-out
+phrasings and pairs too, other prompts and seeds); "held_out" and "trained" are only reported."""
+CHECKS = ("pattern_ok", "colours_ok", "roles_ok", "ok")
+
+
+def v2_prompts(kind: str = "held_out", n: int = 160) -> tuple[list[Prompt], list[int]]:
+    """The prompts and image seeds of one `V2_SEEDS` set (patterns take turns: n / 8 of each)."""
+    prompt_seed, first = V2_SEEDS[kind]
+    prompts = trained_prompts(n, prompt_seed) if kind == "trained" else held_out_prompts(n, prompt_seed)
+    return prompts, [first + i for i in range(n)]
+
+
+def judge_image(image: Image.Image | np.ndarray, prompt: Prompt) -> dict[str, bool]:
+    """`detectors.judge` for one prompt. Roles are checked where the phrasing fixes them (`prompt.roles`) and, for
+    dots, grid and bricks, where it names one colour only: "red bricks" asks for red bricks (not red mortar),
+    "dots on a blue background" for a blue surround."""
+    one_named = (prompt.figure is None) != (prompt.background is None)
+    roles_asked = prompt.roles or (one_named and prompt.pattern in detectors.ROLE_PATTERNS)
+    verdict = detectors.judge(image, prompt.pattern, prompt.figure, prompt.background, roles_asked=roles_asked)
+    return {**verdict, "roles_asked": roles_asked}
+
+
+def rates(verdicts: list[dict[str, bool]]) -> dict[str, Any]:
+    """n and the share of each check (`CHECKS`) among `verdicts` ("roles" counts a prompt that asked no roles as
+    right), and `roles_asked`: how many asked roles, `roles_of_asked`: the share of those right."""
+    n = len(verdicts)
+    asked = [v for v in verdicts if v.get("roles_asked")]
+    return {
+        "n": n,
+        **{c.removesuffix("_ok"): sum(v[c] for v in verdicts) / max(1, n) for c in CHECKS},
+        "roles_asked": len(asked),
+        "roles_of_asked": sum(v["roles_ok"] for v in asked) / len(asked) if asked else None,
+    }
+
+
+def judge_prompts(
+    pipe: Any, prompts: Sequence[Prompt], seeds: Sequence[int], cfg_scale: float | None = None, **options: Any
+) -> dict[str, Any]:
+    """One image per prompt (`seeds[i]` for `prompts[i]`) at `cfg_scale` (None: the model's default), judged by
+    `judge_image`: the overall shares of pattern, colours, roles and all three right, a per-pattern table of the
+    same, and every sample's verdict."""
+    images = [
+        generate(pipe, p.text, seed, cfg_scale=cfg_scale, **options) for p, seed in zip(prompts, seeds, strict=True)
+    ]
+    return judged(prompts, seeds, images, cfg_scale if cfg_scale is not None else pipe.defaults.cfg_scale)
+
+
+def judged(prompts: Sequence[Prompt], seeds: Sequence[int], images: Sequence[Any], cfg_scale: float) -> dict[str, Any]:
+    """`judge_prompts` of images already generated."""
+    samples = []
+    for p, seed, image in zip(prompts, seeds, images, strict=True):
+        samples.append({**asdict(p), "seed": seed, **judge_image(image, p)})
+    per_pattern = {
+        pattern: rates([s for s in samples if s["pattern"] == pattern])
+        for pattern in PATTERNS
+        if any(s["pattern"] == pattern for s in samples)
+    }
+    return {"cfg_scale": cfg_scale, **rates(samples), "per_pattern": per_pattern, "samples": samples}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The per-pattern table of a `judge_prompts` result, and the overall line, in markdown. Roles: the share right
+    among the prompts that asked for roles (dots, grid, bricks with both colours placed, or one colour named)."""
+    lines = [
+        "| pattern | n | pattern right | colours right | roles right (of prompts asking roles) | all right |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [*result["per_pattern"].items(), ("**all**", result)]
+    for name, r in rows:
+        roles = f"{r['roles_of_asked']:.2f} of {r['roles_asked']}" if r["roles_asked"] else "- (none asked)"
+        lines.append(f"| {name} | {r['n']} | {r['pattern']:.2f} | {r['colours']:.2f} | {roles} | {r['ok']:.2f} |")
+    return "\n".join(lines)
+
+
+def prompt_pass_rates(
+    pipe: Any, items: Sequence[tuple[Prompt, Sequence[int]]], cfg_scale: float | None = None, **options: Any
+) -> list[dict[str, Any]]:
+    """Per prompt, over its seeds (e.g. the README's prompts on 10 seeds each): the shares of `CHECKS`."""
+    out = []
+    for prompt, seeds in items:
+        verdicts = [judge_image(generate(pipe, prompt.text, s, cfg_scale=cfg_scale, **options), prompt) for s in seeds]
+        out.append({"prompt": prompt.text, **rates(verdicts)})
+    return out
+
+
+def report_v2(pipe: Any, n: int = 160, validation: bool = False) -> dict[str, Any]:
+    """`judge_prompts` at the model's default CFG: held-out phrasings and pairs, and trained ones for comparison
+    (`validation`: the validation prompts only)."""
+    kinds = ("validation",) if validation else ("held_out", "trained")
+    return {kind: judge_prompts(pipe, *v2_prompts(kind, n)) for kind in kinds}
+
+
 def main(argv: list[str] | None = None) -> int:
     import sd_core
 
     parser = argparse.ArgumentParser(prog="python -m sd_core.training.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="checkpoint (default: the built-in model)")
-    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--n", type=int, default=None, help="samples per set (default 50; --v2: 160)")
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument(
         "--validation", metavar="CFGS", help="only adherence on the validation samples at these CFG scales, e.g. 3,7"
     )
+    parser.add_argument("--v2", action="store_true", help="judge_prompts: people's phrasings, pattern/colours/roles")
+    parser.add_argument("--validation-prompts", action="store_true", help="with --v2: the validation prompts only")
     args = parser.parse_args(argv)
     pipe = sd_core.load(args.model, device="cpu", dtype=args.dtype)  # None: the built-in model
+    if args.v2:
+        results = report_v2(pipe, args.n or 160, args.validation_prompts)
+        json.dump(
+            {
+                k: {**summary(r), "failures": [s["text"] for s in r["samples"] if not s["ok"]]}
+                for k, r in results.items()
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        for kind, r in results.items():
+            print(f"\n{kind} (CFG {r['cfg_scale']:g}):\n")
+            print(markdown_table(r))
+        return 0
     if args.validation:
         scales = [float(c) for c in args.validation.split(",")]
         result = {
             f"{name}_cfg{cfg:g}": summary(adherence(pipe, samples, cfg))
-            for name, samples in validation_samples(args.n).items()
+            for name, samples in validation_samples(args.n or 100).items()
             for cfg in scales
         }
     else:
-        result = report(pipe, args.n)
+        result = report(pipe, args.n or 50)
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0

@@ -187,7 +187,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--caption-mix",
         default=d.caption_mix,
-        help='caption variants of procedural textures, e.g. "full=0.4,pattern=0.15,one=0.15,colours=0.3" '
+        help='caption variants of procedural textures, e.g. "full=0.4,pattern=0.15,one=0.15,colours=0.3"; '
+        '"phrasing" draws the phrasings people type (sd_core.training.phrasing), e.g. "phrasing=0.8,full=0.2" '
         "(default: full=0.7,pattern=0.1,one=0.1,colours=0.1)",
     )
     parser.add_argument(
