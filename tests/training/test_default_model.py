@@ -15,6 +15,7 @@ import sd_core
 from sd_core import checkpoint, cli
 from sd_core.loader import BUILTIN_MODEL
 from sd_core.training import data, evaluate
+from sd_core.training.phrasing import Prompt
 
 MODEL = BUILTIN_MODEL
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="built-in model not installed")
@@ -111,3 +112,23 @@ def test_cli_without_model_uses_the_built_in_one(tmp_path, capsys):
     (path,) = tmp_path.glob("*.png")
     image = np.asarray(Image.open(path).convert("RGB"))
     assert evaluate.check(image, ("blue", "white"), "horizontal stripes") == (True, True)
+
+
+README_PROMPTS = (
+    (Prompt("blue and white horizontal stripes", "horizontal stripes", "blue", "white", False), "xy"),
+    (Prompt("a red and white checkerboard pattern", "checkerboard", "red", "white", False), None),
+    (Prompt("blue waves on a white background", "waves", "blue", "white", False), None),
+    (Prompt("yellow and black vertical stripes", "vertical stripes", "yellow", "black", False), None),
+    (Prompt("seamless green and black checkerboard", "checkerboard", "green", "black", False), None),
+    (Prompt("black and orange noise", "noise", "black", "orange", False), None),
+)
+"""The README's first command (with its --tiling xy) and the five more prompts the README shows for the built-in
+model, as `evaluate.judge_image` reads them (pattern, colours, roles where the phrasing fixes them)."""
+
+
+@pytest.mark.parametrize(("prompt", "tiling"), README_PROMPTS, ids=[p.text for p, _ in README_PROMPTS])
+def test_readme_prompts_draw_what_they_say_on_ten_seeds(prompt, tiling):
+    """Issue 40's acceptance 3: at the model's defaults (CFG 3, 64 px, Euler 20), seeds 1-10, every image right."""
+    options = {"tiling": tiling} if tiling else {}
+    (result,) = evaluate.prompt_pass_rates(pipe(), [(prompt, range(1, 11))], **options)
+    assert result["ok"] == 1.0, result
