@@ -30,7 +30,10 @@
 #          on the CPU). CFG 3 kept as the default: 0.64 at CFG 2, 0.67 at 3, 0.60 at 5 on the same prompts.
 #          Tried and not kept: the VAE decoder alone, 800 steps with bricks three times as often (as phase 8):
 #          bricks survive the autoencoder's round trip in 0.50 of the generator's textures instead of 0.33, but the
-#          validation prompts went 0.64 -> 0.62 (bricks still 0.00).
+#          validation prompts went 0.64 -> 0.62 (bricks still 0.00); 1000 more UNet steps from phase 10 with 85%
+#          phrasings and the learning rate 1e-4 (cosine), about 14 min: 0.67 -> 0.67. Phase 10's file is the shipped
+#          model. Phases 9 and 10 were run with exactly the lines below (seeds included), from the shipped first
+#          version (phase 8's file).
 # Measured here: phase 1 about 53 min, phase 2 about 50 min, phase 3 about 10 min, phases 4 and 5 about 15 min
 # each, phase 6 about 13 min, phase 7 about 20 min, phase 8 about 12 min, one torch thread each, on a 2-core CPU
 # shared with other work. Phase 4 was checked tensor for tensor against a separate run (identical); phases 5 to 8
