@@ -15,6 +15,7 @@ import sd_core
 from sd_core import checkpoint, cli
 from sd_core.loader import BUILTIN_MODEL
 from sd_core.training import data, evaluate
+from sd_core.training.phrasing import Prompt
 
 MODEL = BUILTIN_MODEL
 pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason="built-in model not installed")
@@ -51,7 +52,7 @@ def test_names_its_own_default_cfg_scale():
 
 def test_held_out_colour_pattern_pairs_reach_the_target():
     """The issue's acceptance: 80% of 50 held-out samples right, at the model's own default scale (3, chosen on the
-    validation samples, which share no image with these). Measured 0.80."""
+    validation samples, which share no image with these). Measured 0.80 (the first version too)."""
     result = held_out(pipe().defaults.cfg_scale)
     failures = [s["prompt"] for s in result["samples"] if not (s["colour_ok"] and s["pattern_ok"])]
     assert result["n"] == 50
@@ -59,7 +60,8 @@ def test_held_out_colour_pattern_pairs_reach_the_target():
 
 
 def test_held_out_pairs_at_cfg_7_do_not_regress():
-    """At A1111's usual scale the model does a little worse (guidance also amplifies a wrong colour): measured 0.78."""
+    """At A1111's usual scale the model does worse (guidance also amplifies a wrong colour): measured 0.70 (the first
+    version 0.78)."""
     assert held_out(7.0)["both"] >= 0.6
 
 
@@ -79,17 +81,18 @@ def test_negative_prompt_removes_its_colour(colour):
 def test_seam_is_like_any_interior_step_only_when_tiling():
     """Image-work acceptance: with tiling="xy" the step across the wrap edge is, over two dozen prompts, the size of
     the steps between neighbouring columns/rows inside the image; without tiling it is clearly larger. At the model's
-    own scale (at CFG 7: 1.29 vs 1.77, see the model card)."""
+    own scale (measured 0.86 vs 1.41; the first version 1.08 vs 1.61, at CFG 7 1.29 vs 1.77)."""
     samples = evaluate.held_out_samples(24)
     tiled = [evaluate.generate(pipe(), s.prompt, s.seed, cfg_scale=None, tiling="xy") for s in samples]
     plain = [evaluate.generate(pipe(), s.prompt, s.seed, cfg_scale=None) for s in samples]
-    assert 0.8 <= evaluate.wrap_ratio(tiled) <= 1.25  # measured 1.08
-    assert evaluate.wrap_ratio(plain) >= 1.3  # measured 1.61
+    assert 0.8 <= evaluate.wrap_ratio(tiled) <= 1.25  # measured 0.86
+    assert evaluate.wrap_ratio(plain) >= 1.3  # measured 1.41
 
 
 def test_seamless_textures_keep_the_asked_colours():
     """Trained with circular padding half the time (phases 7 and 8), the model draws the asked colours with tiling
-    on too (before: 0.21 of two dozen trained pairs right with tiling, 0.88 without). Measured 0.82 of 50."""
+    on too (before: 0.21 of two dozen trained pairs right with tiling, 0.88 without). Measured 0.72 of 50 (the first
+    version 0.82: the fine-tune on people's phrasings, phases 9 and 10, cost some of it)."""
     result = evaluate.adherence(pipe(), evaluate.held_out_samples(50), pipe().defaults.cfg_scale, tiling="xy")
     assert result["both"] >= 0.7, result["both"]
 
@@ -111,3 +114,23 @@ def test_cli_without_model_uses_the_built_in_one(tmp_path, capsys):
     (path,) = tmp_path.glob("*.png")
     image = np.asarray(Image.open(path).convert("RGB"))
     assert evaluate.check(image, ("blue", "white"), "horizontal stripes") == (True, True)
+
+
+README_PROMPTS = (
+    (Prompt("blue and white horizontal stripes", "horizontal stripes", "blue", "white", False), "xy"),
+    (Prompt("a red and white checkerboard pattern", "checkerboard", "red", "white", False), None),
+    (Prompt("blue waves on a white background", "waves", "blue", "white", False), None),
+    (Prompt("yellow and black vertical stripes", "vertical stripes", "yellow", "black", False), None),
+    (Prompt("seamless green and black checkerboard", "checkerboard", "green", "black", False), None),
+    (Prompt("black and orange noise", "noise", "black", "orange", False), None),
+)
+"""The README's first command (with its --tiling xy) and the five more prompts the README shows for the built-in
+model, as `evaluate.judge_image` reads them (pattern, colours, roles where the phrasing fixes them)."""
+
+
+@pytest.mark.parametrize(("prompt", "tiling"), README_PROMPTS, ids=[p.text for p, _ in README_PROMPTS])
+def test_readme_prompts_draw_what_they_say_on_ten_seeds(prompt, tiling):
+    """Issue 40's acceptance 3: at the model's defaults (CFG 3, 64 px, Euler 20), seeds 1-10, every image right."""
+    options = {"tiling": tiling} if tiling else {}
+    (result,) = evaluate.prompt_pass_rates(pipe(), [(prompt, range(1, 11))], **options)
+    assert result["ok"] == 1.0, result
