@@ -76,7 +76,7 @@ CASES = [
 LABELS = {"sd_core": "sd_core", "openvino": "OpenVINO", "sdcpp": "stable-diffusion.cpp"}
 
 
-# --- pure parts (tests/engine/test_peers_bench.py) --------------------------------------------------------------
+# --- pure parts (tests/benchmarks/test_peers_table.py) --------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,7 +157,7 @@ def format_table(rows: list[dict]) -> list[str]:
     lines = [head, "-" * len(head)]
     for r in rows:
         name = f"{LABELS[r['engine']]} {r['precision']}"
-        if r["precision_used"] and r["precision_used"] not in r["precision"]:
+        if r["precision"] == "default":  # say what the engine's own default is on this CPU
             name += f" ({r['precision_used']})"
         span = f"{r['image_s_min']:.1f}-{r['image_s_max']:.1f}"
         ratio = (
