@@ -116,10 +116,15 @@ def load_sdcpp(args):
 
     wtype = {"f16": "f16", "f32": "f32"}[args.precision]
     sd = StableDiffusion(model_path=args.model, n_threads=args.threads, wtype=wtype, verbose=False)
-    step_hook = []
 
     def generate(steps, on_step):
-        step_hook[:] = [on_step]
+        seen: set[int] = set()
+
+        def progress(step, total, _seconds):  # sampling: step 0 at its start, then 1..total at each end
+            if total == steps and step >= 1 and step not in seen:
+                seen.add(step)
+                on_step()
+
         images = sd.generate_image(
             prompt=PROMPT,
             cfg_scale=CFG,
@@ -128,7 +133,7 @@ def load_sdcpp(args):
             sample_method="euler",
             sample_steps=steps,
             seed=SEED,
-            progress_callback=lambda step, total, seconds: step_hook[0](),
+            progress_callback=progress,
         )
         return np.asarray(images[0].convert("RGB"), dtype=np.uint8)
 
