@@ -1,5 +1,5 @@
 """sd_core against the CPU engines people pick for speed: OpenVINO (through optimum-intel, what FastSD CPU is built on)
-and stable-diffusion.cpp, on the same random-weight SD1.5-size single file, in one run.
+and stable-diffusion.cpp, with diffusers alongside, on the same random-weight SD1.5-size single file, in one run.
 
     python benchmarks/peers.py                             # every engine and precision, 512x512, 4 steps, 2 rounds
     python benchmarks/peers.py --engines sd_core,openvino --precisions fp32 --repeats 1 --steps 2 --size 256
@@ -7,26 +7,29 @@ and stable-diffusion.cpp, on the same random-weight SD1.5-size single file, in o
 
 The peers are never dependencies of sd_core: each gets its own virtual environment, made by this script on first use
 (`python -m venv` + pip with pinned versions, PEERS below) in `--venv-dir` (default ~/.cache/sd_core_peers), and
-OpenVINO's IR is exported there once, keyed by the weights' hash: the single file is read by diffusers'
+OpenVINO's IR is exported there once, keyed by the weights' sha256: the single file is read by diffusers'
 `from_single_file` with the local config folder (offline) and saved as a diffusers folder, which optimum-intel's
-Python API exports (`export=True`, float32 weights, no 8-bit compression; about 100 s and 8 GB once).
-stable-diffusion.cpp (stable-diffusion-cpp-python, built from source by pip) loads the single file itself.
+Python API exports (`export=True`, float32 weights, no 8-bit compression; minutes and about 8 GB, once).
+stable-diffusion.cpp (stable-diffusion-cpp-python, built from source by pip) loads the single file itself. diffusers
+(the project's test oracle) runs in this interpreter, as in bench.py.
 
 Each run is one engine at one precision in a fresh process of its own interpreter (`benchmarks/peers_worker.py`):
 load (timed; OpenVINO's includes compiling the networks), a 1-step warm-up image, then `--images` timed images:
 txt2img, Euler, CFG 7.5, same prompt and seed, batch 1, `--threads` threads in every engine (torch.set_num_threads;
-OpenVINO INFERENCE_NUM_THREADS; sd.cpp n_threads). Rounds alternate the order of the runs (forward, then backward),
-so background load falls on every engine. Precisions: sd_core bf16 and fp32; OpenVINO its default (no hint: its own
-INFERENCE_PRECISION_HINT for the CPU, reported) and fp32 (INFERENCE_PRECISION_HINT f32); sd.cpp f16 and f32 (wtype).
+OpenVINO INFERENCE_NUM_THREADS; sd.cpp n_threads; OMP_NUM_THREADS for all). Rounds alternate the order of the runs
+(forward, then backward), so background load falls on every engine. Precisions: sd_core and diffusers bf16 and fp32;
+OpenVINO its default (no hint: its own INFERENCE_PRECISION_HINT for the CPU, reported) and fp32
+(INFERENCE_PRECISION_HINT f32); sd.cpp f16 and f32 (wtype).
 
 Reported per engine and precision (medians over runs): s/step (a sampling step: the UNet on the prompt and on the
-empty negative prompt; wall-clock time between consecutive step callbacks, which all three engines offer), its CPU
+empty negative prompt; wall-clock time between consecutive step callbacks, which every engine here offers), its CPU
 time (all threads), s/image (text encoding, the steps and the VAE decode; median and range), peak RSS of the whole
-process (load and generation), load time, and the ratios sd_core / peer at the matching precision (low: sd_core bf16
-against OpenVINO's default and sd.cpp f16; full: the three in float32). OpenVINO is given sd_core's own Euler sigma
-list (diffusers' EulerDiscreteScheduler, as bench.py gives diffusers), so its image starts from the same noise and
-runs the same sampler: the mean pixel difference to sd_core's image says both ran the same model. sd.cpp draws its
-own noise and uses its own sigma schedule. All numbers go to `--json` (default benchmarks/results/<cpu>-peers.json).
+process (load and generation), load time, and the ratios sd_core / other engine at the matching precision (low: sd_core
+bf16 against diffusers bf16, OpenVINO's default and sd.cpp f16; full: all in float32). diffusers and OpenVINO are given
+sd_core's own Euler sigma list (diffusers' EulerDiscreteScheduler, as in bench.py), so their images start from the
+same noise and run the same sampler: the mean pixel difference to sd_core's image says they ran the same model.
+sd.cpp draws its own noise and uses its own sigma schedule. All numbers go to `--json` (default
+benchmarks/results/<cpu>-peers.json).
 """
 
 from __future__ import annotations
@@ -68,12 +71,14 @@ PEERS = {
 CASES = [
     ("sd_core", "bf16", "low"),
     ("sd_core", "fp32", "full"),
+    ("diffusers", "bf16", "low"),
+    ("diffusers", "fp32", "full"),
     ("openvino", "default", "low"),
     ("openvino", "fp32", "full"),
     ("sdcpp", "f16", "low"),
     ("sdcpp", "f32", "full"),
 ]
-LABELS = {"sd_core": "sd_core", "openvino": "OpenVINO", "sdcpp": "stable-diffusion.cpp"}
+LABELS = {"sd_core": "sd_core", "diffusers": "diffusers", "openvino": "OpenVINO", "sdcpp": "stable-diffusion.cpp"}
 
 
 # --- pure parts (tests/benchmarks/test_peers_table.py) --------------------------------------------------------------
@@ -81,11 +86,11 @@ LABELS = {"sd_core": "sd_core", "openvino": "OpenVINO", "sdcpp": "stable-diffusi
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", default="sd_core,openvino,sdcpp", help="comma list of sd_core, openvino, sdcpp")
+    parser.add_argument("--engines", default=",".join(LABELS), help=f"comma list of {', '.join(LABELS)}")
     parser.add_argument(
         "--precisions",
         default="bf16,fp32,default,f16,f32",
-        help="comma list: sd_core bf16/fp32, openvino default/fp32, sdcpp f16/f32; 'low' or 'full' pick a class",
+        help="comma list: sd_core and diffusers bf16/fp32, openvino default/fp32, sdcpp f16/f32; 'low'/'full': a class",
     )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=4)
@@ -194,8 +199,9 @@ def cpu_slug(cpuinfo: str) -> str:
 
 
 def venv_python(venv_dir: Path, engine: str, log) -> Path:
-    """The engine's interpreter: sd_core runs in this one; a peer in its venv, made (or remade) when its pins change."""
-    if engine == "sd_core":
+    """The engine's interpreter: sd_core and diffusers (its test oracle) run in this one; a peer in its venv, made (or
+    remade) when its pins change."""
+    if engine not in PEERS:
         return Path(sys.executable)
     spec = PEERS[engine]
     venv = venv_dir / engine
@@ -264,11 +270,11 @@ def run_case(case, args, pythons: dict, models: dict, sigmas: dict, image: Path)
     cmd = [str(pythons[engine]), str(WORKER), "run", "--engine", engine, "--precision", precision]
     cmd += ["--model", str(models[engine]), "--size", str(args.size), "--steps", str(args.steps)]
     cmd += ["--images", str(args.images), "--threads", str(args.threads), "--image", str(image)]
-    cmd += ["--sigmas", json.dumps(sigmas)]
+    cmd += ["--sigmas", json.dumps(sigmas), "--config", str(args.config)]
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore"}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
-    if engine != "sd_core":
+    if engine in PEERS:
         env.pop("PYTHONPATH")  # a peer's venv sees neither sd_core nor this environment's packages
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -328,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     for case in args.cases:
         row = {"engine": case[0], "precision": case[1], "class": case[2], **summarize(runs[case])}
         ours = next((c for c in args.cases if c[0] == "sd_core" and c[2] == case[2]), None)
-        if case[0] == "openvino" and ours is not None:  # same noise and sigmas as sd_core: same model, same image
+        if case[0] in ("diffusers", "openvino") and ours is not None:  # same noise and sigmas as sd_core's
             row["px_diff_vs_sd_core"] = float(np.abs(images[case] - images[ours]).mean())
         rows.append(row)
     add_ratios(rows)
@@ -345,9 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         if "px_diff_vs_sd_core" in row:
             diff = row["px_diff_vs_sd_core"]
-            log(
-                f"mean |pixel difference| OpenVINO {row['precision']} vs sd_core (same noise, sigmas): {diff:.2f} / 255"
-            )
+            name = f"{LABELS[row['engine']]} {row['precision']}"
+            log(f"mean |pixel difference| {name} vs sd_core (same noise and sigmas): {diff:.2f} / 255")
     end = load_average()
     log(f"load average (1/5/15 min): {info['load_average_start']} at the start, {end} at the end")
     log(f"{time.perf_counter() - t_start:.0f} s in all")

@@ -62,22 +62,15 @@ def load_sd_core(args):
     return generate, info
 
 
-def load_openvino(args):
-    import numpy as np
-    import openvino as ov
+def _euler_call(pipe, args, sigmas: dict, numpy_out):
+    """generate() for a diffusers-style pipeline (diffusers, optimum-intel's OpenVINO one): Euler given sd_core's own
+    sigma list (diffusers' EulerDiscreteScheduler runs the same sampler with it, as in bench.py), torch's seeded noise
+    (the same as sd_core's), the step callbacks."""
     import torch
     from diffusers import EulerDiscreteScheduler
-    from optimum.intel import OVStableDiffusionPipeline
 
-    torch.set_num_threads(args.threads)  # the scheduler's few tensor ops; the networks run in OpenVINO
-    ov_config = {"INFERENCE_NUM_THREADS": str(args.threads)}
-    if args.precision == "fp32":
-        ov_config["INFERENCE_PRECISION_HINT"] = "f32"
-    pipe = OVStableDiffusionPipeline.from_pretrained(args.model, ov_config=ov_config, device="CPU", compile=True)
     pipe.set_progress_bar_config(disable=True)
-    # the same sampler as sd_core's: Euler given sd_core's own sigma list (as bench.py does with diffusers)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
-    sigmas = json.loads(args.sigmas)
 
     def generate(steps, on_step):
         def callback(_pipe, _i, _t, kwargs):
@@ -94,7 +87,44 @@ def load_openvino(args):
             sigmas=sigmas[str(steps)],
             callback_on_step_end=callback,
         )
-        return (out.images[0] * 255).round().astype(np.uint8)
+        return (out.images[0] * 255).round().astype(numpy_out.uint8)
+
+    return generate
+
+
+def load_diffusers(args):
+    import diffusers
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.precision]
+    pipe = diffusers.StableDiffusionPipeline.from_single_file(
+        args.model,
+        config=args.config,
+        local_files_only=True,
+        torch_dtype=dtype,
+        safety_checker=None,
+        requires_safety_checker=False,
+    )
+    generate = _euler_call(pipe, args, json.loads(args.sigmas), np)
+    info = {"precision_used": str(pipe.unet.dtype).removeprefix("torch."), "per_step": "callbacks"}
+    info["versions"] = _versions("diffusers", "torch")
+    return generate, info
+
+
+def load_openvino(args):
+    import numpy as np
+    import openvino as ov
+    import torch
+    from optimum.intel import OVStableDiffusionPipeline
+
+    torch.set_num_threads(args.threads)  # the scheduler's few tensor ops; the networks run in OpenVINO
+    ov_config = {"INFERENCE_NUM_THREADS": str(args.threads)}
+    if args.precision == "fp32":
+        ov_config["INFERENCE_PRECISION_HINT"] = "f32"
+    pipe = OVStableDiffusionPipeline.from_pretrained(args.model, ov_config=ov_config, device="CPU", compile=True)
+    generate = _euler_call(pipe, args, json.loads(args.sigmas), np)
 
     core = ov.Core()
     info = {"default_dtype": str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))}
@@ -153,7 +183,7 @@ def _versions(*names: str) -> dict:
     return out
 
 
-LOADERS = {"sd_core": load_sd_core, "openvino": load_openvino, "sdcpp": load_sdcpp}
+LOADERS = {"sd_core": load_sd_core, "diffusers": load_diffusers, "openvino": load_openvino, "sdcpp": load_sdcpp}
 
 
 def run(args) -> None:
@@ -217,12 +247,13 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--engine", choices=sorted(LOADERS), required=True)
     r.add_argument("--precision", required=True)
-    r.add_argument("--model", required=True, help="single file (sd_core, sd.cpp) or OpenVINO IR folder")
+    r.add_argument("--model", required=True, help="single file (sd_core, diffusers, sd.cpp) or OpenVINO IR folder")
     r.add_argument("--size", type=int, default=512)
     r.add_argument("--steps", type=int, default=4)
     r.add_argument("--images", type=int, default=1)
     r.add_argument("--threads", type=int, default=2)
-    r.add_argument("--sigmas", default="{}", help="JSON {steps: sd_core's Euler sigmas}, for OpenVINO's scheduler")
+    r.add_argument("--config", default=None, help="diffusers: the single file's config folder")
+    r.add_argument("--sigmas", default="{}", help="JSON {steps: sd_core's Euler sigmas}, for diffusers' scheduler")
     r.add_argument("--image", default=None, help="save the last image here (.npy)")
     c = sub.add_parser("convert")
     c.add_argument("--model", required=True)
