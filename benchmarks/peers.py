@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=None, help="its diffusers config folder (with --model)")
     parser.add_argument("--venv-dir", type=Path, default=Path.home() / ".cache" / "sd_core_peers")
     parser.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/<cpu>-peers.json")
+    parser.add_argument(
+        "--lock", type=Path, default=None, help="hold an exclusive flock on this file during each run and the export"
+    )
     parser.add_argument("--setup-only", action="store_true", help="make the venvs and the IR, then stop")
     args = parser.parse_args(argv)
     args.engines = [e for e in args.engines.split(",") if e]
@@ -259,6 +262,22 @@ def openvino_ir(python: Path, model: Path, config: Path, venv_dir: Path, log) ->
 # --- the runs ---------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def held(lock: Path | None):
+    """An exclusive flock on `lock` (a machine shared with other memory-heavy jobs), or nothing."""
+    if lock is None:
+        yield
+        return
+    import fcntl
+
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def load_average() -> str:
     with contextlib.suppress(OSError, AttributeError):
         return "/".join(f"{v:.2f}" for v in os.getloadavg())
@@ -276,7 +295,8 @@ def run_case(case, args, pythons: dict, models: dict, sigmas: dict, image: Path)
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     if engine in PEERS:
         env.pop("PYTHONPATH")  # a peer's venv sees neither sd_core nor this environment's packages
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with held(args.lock):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{engine} {precision} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -301,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     pythons = {e: venv_python(args.venv_dir, e, log) for e in engines}
     models = {e: args.model for e in engines}
     if "openvino" in engines:
-        models["openvino"] = openvino_ir(pythons["openvino"], args.model, args.config, args.venv_dir, log)
+        with held(args.lock):
+            models["openvino"] = openvino_ir(pythons["openvino"], args.model, args.config, args.venv_dir, log)
     if args.setup_only:
         log("[setup] done")
         return
