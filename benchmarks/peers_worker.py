@@ -127,17 +127,22 @@ def load_openvino(args):
     generate = _euler_call(pipe, args, json.loads(args.sigmas), np)
 
     core = ov.Core()
-    info = {"default_dtype": str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))}
+    info = {"default_dtype": _ov_str(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))}
     try:  # what the compiled UNet runs in
         compiled = pipe.unet.request.get_compiled_model() if hasattr(pipe.unet.request, "get_compiled_model") else None
         compiled = compiled or pipe.unet.request
-        info["precision_used"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        info["precision_used"] = _ov_str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         info["threads_used"] = int(compiled.get_property("INFERENCE_NUM_THREADS"))
     except Exception as exc:  # noqa: BLE001  (report, don't fail the run)
         info["precision_used"] = f"? ({type(exc).__name__}: {exc})"
     info["versions"] = {"openvino": ov.__version__, **_versions("optimum-intel", "diffusers", "torch")}
     info["per_step"] = "callbacks"
     return generate, info
+
+
+def _ov_str(value) -> str:
+    """An OpenVINO element type as its short name (bf16, f32)."""
+    return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
 def load_sdcpp(args):
