@@ -104,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--lock", type=Path, default=None, help="hold an exclusive flock on this file during each run and the export"
     )
+    parser.add_argument("--table", type=Path, default=None, help="print the table of a results file, run nothing")
     parser.add_argument("--setup-only", action="store_true", help="make the venvs and the IR, then stop")
     args = parser.parse_args(argv)
     args.engines = [e for e in args.engines.split(",") if e]
@@ -160,7 +161,7 @@ def format_table(rows: list[dict]) -> list[str]:
     """The table, one string per line; ratios are sd_core / this engine (below 1: sd_core faster or leaner)."""
     head = (
         f"{'engine, precision':<34}{'s/step':>8}{'CPU s/step':>11}{'s/image':>9}{'(range)':>14}"
-        f"{'peak RSS':>10}{'load s':>8}   {'sd_core / this: step, image, RSS':<32}"
+        f"{'peak RSS':>10}{'load s':>8}   {'sd_core / this: step, CPU step, image, RSS':<42}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -169,7 +170,7 @@ def format_table(rows: list[dict]) -> list[str]:
             name += f" ({r['precision_used']})"
         span = f"{r['image_s_min']:.1f}-{r['image_s_max']:.1f}"
         ratio = (
-            f"{r['ratio_step_s']:.2f}  {r['ratio_image_s']:.2f}  {r['ratio_peak_mb']:.2f}"
+            f"{r['ratio_step_s']:.2f}  {r['ratio_cpu_step_s']:.2f}  {r['ratio_image_s']:.2f}  {r['ratio_peak_mb']:.2f}"
             if "ratio_step_s" in r
             else ""
         )
@@ -304,6 +305,11 @@ def run_case(case, args, pythons: dict, models: dict, sigmas: dict, image: Path)
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.table:
+        saved = json.loads(args.table.read_text())
+        add_ratios(saved["rows"])
+        print("\n".join(format_table(saved["rows"])))
+        return
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
@@ -338,9 +344,15 @@ def main(argv: list[str] | None = None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="peers-"))
     runs: dict[tuple, list[dict]] = {c: [] for c in args.cases}
     images: dict[tuple, np.ndarray] = {}
+    failed: list[str] = []
     for n, case in enumerate(run_order(args.cases, args.repeats)):
         path = scratch / f"{case[0]}-{case[1]}.npy"
-        r = run_case(case, args, pythons, models, sigmas, path)
+        try:
+            r = run_case(case, args, pythons, models, sigmas, path)
+        except RuntimeError as exc:  # the other runs go on; the case is left out of the table if it never ran
+            failed.append(f"{case[0]} {case[1]}: {exc}")
+            log(f"run {n + 1:>2} FAILED {exc}")
+            continue
         r["load_average"] = load_average()
         runs[case].append(r)
         images[case] = np.load(path).astype(np.float32)
@@ -352,9 +364,9 @@ def main(argv: list[str] | None = None) -> None:
             f"peak RSS {r['peak_mb'] / 1024:.1f} GiB, load average {r['load_average']}"
         )
     rows = []
-    for case in args.cases:
+    for case in [c for c in args.cases if runs[c]]:
         row = {"engine": case[0], "precision": case[1], "class": case[2], **summarize(runs[case])}
-        ours = next((c for c in args.cases if c[0] == "sd_core" and c[2] == case[2]), None)
+        ours = next((c for c in images if c[0] == "sd_core" and c[2] == case[2]), None)
         if case[0] in ("diffusers", "openvino") and ours is not None:  # same noise and sigmas as sd_core's
             row["px_diff_vs_sd_core"] = float(np.abs(images[case] - images[ours]).mean())
         rows.append(row)
@@ -376,13 +388,18 @@ def main(argv: list[str] | None = None) -> None:
             log(f"mean |pixel difference| {name} vs sd_core (same noise and sigmas): {diff:.2f} / 255")
     end = load_average()
     log(f"load average (1/5/15 min): {info['load_average_start']} at the start, {end} at the end")
+    if failed:
+        log(f"{len(failed)} run(s) failed (above, and in the JSON)")
     log(f"{time.perf_counter() - t_start:.0f} s in all")
     info["load_average_end"] = end
     out = args.json or ROOT / "benchmarks" / "results" / f"{cpu_slug(Path('/proc/cpuinfo').read_text())}-peers.json"
     settings = {k: getattr(args, k) for k in ("size", "steps", "images", "repeats", "threads")}
     raw = {f"{e} {p}": rs for (e, p, _), rs in runs.items()}
     out.write_text(
-        json.dumps({"machine": info, "settings": settings, "pins": PEERS, "rows": rows, "runs": raw}, indent=1)
+        json.dumps(
+            {"machine": info, "settings": settings, "pins": PEERS, "rows": rows, "runs": raw, "failed": failed},
+            indent=1,
+        )
     )
     log(f"written {out}")
 

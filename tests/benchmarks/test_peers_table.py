@@ -59,7 +59,7 @@ def test_medians_ratios_and_table():
     assert "ratio_step_s" not in rows[0] and "ratio_step_s" not in rows[2]
     lines = peers.format_table(rows)
     assert len(lines) == 2 + len(rows)
-    assert lines[3].startswith("OpenVINO default (bf16)") and lines[3].rstrip().endswith("1.50  1.50  0.50")
+    assert lines[3].startswith("OpenVINO default (bf16)") and lines[3].rstrip().endswith("1.50  1.50  1.50  0.50")
     assert "3.00" in lines[2] and "10.0-14.0" in lines[2] and "3.0 GiB" in lines[2]
 
 
