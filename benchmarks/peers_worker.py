@@ -1,7 +1,7 @@
 """One engine in one fresh process, for `benchmarks/peers.py`: load, a 1-step warm-up image, then the timed images;
-prints one JSON line. Run by the driver with each engine's own interpreter (sd_core: the driver's; OpenVINO and
-stable-diffusion.cpp: the virtual environments the driver makes), so this file imports nothing at the top but the
-standard library, and each engine's packages only inside its own function.
+prints one JSON line. Run by the driver with each engine's own interpreter (sd_core and diffusers: the driver's;
+OpenVINO and stable-diffusion.cpp: the virtual environments the driver makes), so this file imports nothing at the top
+but the standard library, and each engine's packages only inside its own function.
 
     python peers_worker.py run --engine sd_core --precision bf16 --model sd15.safetensors --steps 4 --images 1
     python peers_worker.py convert --model sd15.safetensors --config CONFIG --out FOLDER   # OpenVINO venv: diffusers
