@@ -11,7 +11,7 @@ the words one by one, which is what lets the model combine a colour and a patter
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,16 +232,24 @@ def parse_pattern_weights(text: str) -> dict[str, float]:
     return weights
 
 
+Phrase = Callable[[TextureSpec, np.random.Generator], str]
+"""A caption in people's words for a texture (`phrasing.training_caption`, passed in: phrasing imports this module)."""
+
+
 def random_caption(
-    spec: TextureSpec, rng: np.random.Generator, variants: tuple[tuple[str, float], ...] = CAPTION_VARIANTS
+    spec: TextureSpec,
+    rng: np.random.Generator,
+    variants: tuple[tuple[str, float], ...] = CAPTION_VARIANTS,
+    phrase: Phrase | None = None,
 ) -> str:
-    """Mostly the full caption; sometimes only part of it, so each word also means something on its own."""
+    """Mostly the full caption; sometimes only part of it, so each word also means something on its own. The
+    "phrasing" variant is `phrase`'s caption."""
     names, weights = zip(*variants, strict=True)
     variant = names[rng.choice(len(names), p=np.array(weights) / sum(weights))]
     if variant == "phrasing":
-        from .phrasing import training_caption
-
-        return training_caption(spec, rng)
+        if phrase is None:
+            raise ValueError('caption variant "phrasing" needs a phrase function (phrasing.training_caption)')
+        return phrase(spec, rng)
     return caption(spec, variant, with_scale=variant != "colours" and rng.random() < 0.5)
 
 
@@ -260,11 +268,13 @@ class TextureDataset:
         seed: int = 0,
         pattern_weights: dict[str, float] | None = None,
         caption_mix: tuple[tuple[str, float], ...] = CAPTION_VARIANTS,
+        phrase: Phrase | None = None,
     ) -> None:
         self.size = size
         self.rng = np.random.default_rng(seed)
         self.pattern_weights = pattern_weights or None
         self.caption_mix = caption_mix
+        self.phrase = phrase
 
     def spec(self) -> TextureSpec:
         return random_spec(self.rng, pattern_weights=self.pattern_weights)
@@ -272,7 +282,7 @@ class TextureDataset:
     def batch(self, batch_size: int) -> tuple[torch.Tensor, list[str]]:
         specs = [self.spec() for _ in range(batch_size)]
         imgs = [render(s, self.size, self.rng) for s in specs]
-        return to_tensor(imgs), [random_caption(s, self.rng, self.caption_mix) for s in specs]
+        return to_tensor(imgs), [random_caption(s, self.rng, self.caption_mix, self.phrase) for s in specs]
 
     def state(self) -> dict:
         return {"size": self.size, "rng": self.rng.bit_generator.state}

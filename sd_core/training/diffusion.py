@@ -24,6 +24,7 @@ from ..tokenizer import CLIPTokenizer
 from .autoencoder import posterior_sample
 from .config import TrainConfig
 from .data import CAPTION_VARIANTS, ImageData, TextureDataset, TextureSpec, random_caption, render, to_tensor
+from .phrasing import training_caption
 from .stage import Stage, StepHook, draw_seamless_axes, lr_at
 
 SD1_PAD = 49407
@@ -78,7 +79,7 @@ class LatentPool:
         idx = self.rng.integers(len(self.specs), size=batch_size)
         t = torch.from_numpy(idx)
         z = posterior_sample(self.mean[t], self.logvar[t])
-        return z, [random_caption(self.specs[i], self.rng, self.caption_mix) for i in idx]
+        return z, [random_caption(self.specs[i], self.rng, self.caption_mix, training_caption) for i in idx]
 
     def state(self) -> dict:
         return {"rng": self.rng.bit_generator.state}

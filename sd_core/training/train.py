@@ -39,6 +39,7 @@ from .autoencoder import LATENT_SCALE, train_decoder, train_vae
 from .config import PRESETS, TrainConfig
 from .data import FolderDataset, TextureDataset, parse_caption_mix, parse_pattern_weights
 from .diffusion import EncodedBatches, LatentPool, train_unet
+from .phrasing import training_caption
 from .stage import StepHook, atomic_save, load_state
 
 # --- building, exporting, running -----------------------------------------------------------------------------------
@@ -110,7 +111,11 @@ def run(cfg: TrainConfig, on_step: Callable[[str, int, float], None] | None = No
         FolderDataset(cfg.data, cfg.size, cfg.seed)
         if cfg.data
         else TextureDataset(
-            cfg.size, cfg.seed, parse_pattern_weights(cfg.pattern_weights), parse_caption_mix(cfg.caption_mix)
+            cfg.size,
+            cfg.seed,
+            parse_pattern_weights(cfg.pattern_weights),
+            parse_caption_mix(cfg.caption_mix),
+            training_caption,
         )
     )
 

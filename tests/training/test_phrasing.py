@@ -75,7 +75,10 @@ def test_roles_only_for_phrasings_that_fix_them():
 def test_caption_mix_takes_phrasings():
     mix = data.parse_caption_mix("phrasing=0.8,full=0.2")
     assert mix == (("phrasing", 0.8), ("full", 0.2))
-    captions = data.TextureDataset(seed=0, caption_mix=(("phrasing", 1.0),)).batch(16)[1]
+    mix = (("phrasing", 1.0),)
+    captions = data.TextureDataset(seed=0, caption_mix=mix, phrase=phrasing.training_caption).batch(16)[1]
     assert len(set(captions)) > 8
+    with pytest.raises(ValueError, match="phrasing.training_caption"):  # data.py cannot import phrasing.py (cycle)
+        data.TextureDataset(seed=0, caption_mix=mix).batch(1)
     with pytest.raises(ValueError, match="unknown caption variant"):
         data.parse_caption_mix("phrases=1")
