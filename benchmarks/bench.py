@@ -119,9 +119,9 @@ def machine_info() -> dict:
     return info
 
 
-def load_average() -> str:
+def load_average(digits: int = 1) -> str:
     with contextlib.suppress(OSError, AttributeError):
-        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+        return "/".join(f"{v:.{digits}f}" for v in os.getloadavg())
     return "?"
 
 

@@ -279,12 +279,6 @@ def held(lock: Path | None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def load_average() -> str:
-    with contextlib.suppress(OSError, AttributeError):
-        return "/".join(f"{v:.2f}" for v in os.getloadavg())
-    return "?"
-
-
 def run_case(case, args, pythons: dict, models: dict, sigmas: dict, image: Path) -> dict:
     engine, precision, _ = case
     cmd = [str(pythons[engine]), str(WORKER), "run", "--engine", engine, "--precision", precision]
@@ -313,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
-    from bench import euler_sigmas, machine_info
+    from bench import euler_sigmas, load_average, machine_info
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -334,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     sigmas = {str(n): euler_sigmas(n) for n in (1, args.steps)}
     info = machine_info()
-    info["load_average_start"] = load_average()
+    info["load_average_start"] = load_average(2)
     log(f"machine: {info}")
     log(
         f"model {args.model} ({args.model.stat().st_size / 2**30:.1f} GiB); {args.size}x{args.size}, batch 1, "
@@ -353,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
             failed.append(f"{case[0]} {case[1]}: {exc}")
             log(f"run {n + 1:>2} FAILED {exc}")
             continue
-        r["load_average"] = load_average()
+        r["load_average"] = load_average(2)
         runs[case].append(r)
         images[case] = np.load(path).astype(np.float32)
         log(
@@ -386,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
             diff = row["px_diff_vs_sd_core"]
             name = f"{LABELS[row['engine']]} {row['precision']}"
             log(f"mean |pixel difference| {name} vs sd_core (same noise and sigmas): {diff:.2f} / 255")
-    end = load_average()
+    end = load_average(2)
     log(f"load average (1/5/15 min): {info['load_average_start']} at the start, {end} at the end")
     if failed:
         log(f"{len(failed)} run(s) failed (above, and in the JSON)")

@@ -37,7 +37,6 @@ MIN_VALUE = 0.3
 WHITE = (0.25, 0.75)  # saturation below, value above
 BLACK_VALUE = 0.25
 NAMES = (*HUE_RANGES, "white", "black")
-STRIPE_PURITY = 0.85
 """Share of the spectrum on one frequency axis that makes stripes: bricks reach about 0.8, waves 0.77, stripes 1."""
 
 

@@ -348,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--v2", action="store_true", help="judge_prompts: people's phrasings, pattern/colours/roles")
     parser.add_argument("--validation-prompts", action="store_true", help="with --v2: the validation prompts only")
     args = parser.parse_args(argv)
+    if args.validation_prompts and not args.v2:
+        parser.error("--validation-prompts goes with --v2")
+    if args.v2 and args.validation:
+        parser.error("--validation CFGS is the first version's check; with --v2 use --validation-prompts")
     pipe = sd_core.load(args.model, device="cpu", dtype=args.dtype)  # None: the built-in model
     if args.v2:
         results = report_v2(pipe, args.n or 160, args.validation_prompts)
@@ -368,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         scales = [float(c) for c in args.validation.split(",")]
         result = {
             f"{name}_cfg{cfg:g}": summary(adherence(pipe, samples, cfg))
-            for name, samples in validation_samples(args.n or 100).items()
+            for name, samples in validation_samples(args.n or 50).items()
             for cfg in scales
         }
     else:
